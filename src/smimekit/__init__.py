@@ -1,0 +1,1 @@
+"""smimekit: sovereign S/MIME."""

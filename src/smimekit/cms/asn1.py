@@ -1,0 +1,125 @@
+"""ASN.1 structures and object identifiers that asn1crypto lacks, and safe decoding.
+
+Importing this module registers the extra OIDs with asn1crypto's class maps, so the rest of
+``smimekit.cms`` can use readable names (``dh_single_pass_std_dh_sha256kdf`` ...).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asn1crypto import algos, cms, core
+
+from smimekit.errors import ASN1Error
+
+
+def _register(cls: Any, entries: dict[str, str]) -> None:
+    cls._map.update(entries)
+    # asn1crypto caches the reverse map lazily; rebuild it after adding names.
+    cls._reverse_map = None
+
+
+# RFC 5753 section 7.1.4 and SEC 1 / RFC 8418: key agreement schemes.
+KARI_SCHEMES = {
+    "1.3.133.16.840.63.0.2": "dh_single_pass_std_dh_sha1kdf",
+    "1.3.132.1.11.0": "dh_single_pass_std_dh_sha224kdf",
+    "1.3.132.1.11.1": "dh_single_pass_std_dh_sha256kdf",
+    "1.3.132.1.11.2": "dh_single_pass_std_dh_sha384kdf",
+    "1.3.132.1.11.3": "dh_single_pass_std_dh_sha512kdf",
+    "1.3.133.16.840.63.0.3": "dh_single_pass_cofactor_dh_sha1kdf",
+    "1.3.132.1.14.0": "dh_single_pass_cofactor_dh_sha224kdf",
+    "1.3.132.1.14.1": "dh_single_pass_cofactor_dh_sha256kdf",
+    "1.3.132.1.14.2": "dh_single_pass_cofactor_dh_sha384kdf",
+    "1.3.132.1.14.3": "dh_single_pass_cofactor_dh_sha512kdf",
+    # RFC 8418 section 2.2: HKDF for X25519 / X448.
+    "1.2.840.113549.1.9.16.3.19": "dh_single_pass_std_dh_hkdf_sha256",
+    "1.2.840.113549.1.9.16.3.20": "dh_single_pass_std_dh_hkdf_sha384",
+    "1.2.840.113549.1.9.16.3.21": "dh_single_pass_std_dh_hkdf_sha512",
+}
+_register(cms.KeyEncryptionAlgorithmId, KARI_SCHEMES)
+
+# RFC 8103: AEAD_CHACHA20_POLY1305 content encryption.
+_register(algos.EncryptionAlgorithmId, {"1.2.840.113549.1.9.16.3.18": "chacha20_poly1305"})
+
+
+class GCMParameters(core.Sequence):
+    """RFC 5084 section 3.2."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's declarative API
+        ("aes_nonce", core.OctetString),
+        ("aes_icvlen", core.Integer, {"default": 12}),
+    ]
+
+
+class ECCCMSSharedInfo(core.Sequence):
+    """RFC 5753 section 7.2, also used by RFC 8418 for X25519/X448."""
+
+    _fields = [  # noqa: RUF012
+        ("key_info", algos.AlgorithmIdentifier),
+        ("entity_u_info", core.OctetString, {"explicit": 0, "optional": True}),
+        ("supp_pub_info", core.OctetString, {"explicit": 2}),
+    ]
+
+
+class RC2CBCParameter(core.Sequence):
+    """RFC 3370 section 5.2 (read-only, for archives)."""
+
+    _fields = [  # noqa: RUF012
+        ("rc2_parameter_version", core.Integer, {"optional": True}),
+        ("iv", core.OctetString),
+    ]
+
+
+T = TypeVar("T", bound=core.Asn1Value)
+F = TypeVar("F", bound=Callable[..., Any])
+
+# What asn1crypto raises on bad input, lazily, wherever a field is first touched.
+PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
+
+
+def load(cls: type[T], data: bytes, what: str) -> T:
+    """Decode the outer layer of ``data`` as ``cls`` (DER or BER)."""
+    if not data:
+        raise ASN1Error(f"malformed {what}: empty input")
+    try:
+        return cls.load(data, strict=False)
+    except PARSE_ERRORS as exc:
+        raise ASN1Error(f"malformed {what}: {_reason(exc)}") from None
+
+
+def guard(what: str) -> Callable[[F], F]:
+    """Turn asn1crypto's lazy parse errors inside the decorated function into ASN1Error.
+
+    asn1crypto parses on first access, so a truncated or mis-tagged structure explodes deep
+    inside the caller as a bare ValueError; this puts one clear name on it.
+    """
+
+    def wrap(func: F) -> F:
+        @functools.wraps(func)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except PARSE_ERRORS as exc:
+                raise ASN1Error(f"malformed {what}: {_reason(exc)}") from None
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first[:160]
+
+
+def der_set(attrs: core.Asn1Value) -> bytes:
+    """The DER of an IMPLICIT [0]/[1] attribute set re-tagged as a universal SET OF.
+
+    RFC 5652 section 5.4: the message digest over signed attributes uses the SET OF tag,
+    not the implicit tag they carry inside SignerInfo (same for authAttrs, RFC 5083 2.2).
+    """
+    raw = attrs.dump()
+    return b"\x31" + raw[1:]

@@ -1,0 +1,195 @@
+"""EnvelopedData (RFC 5652 section 6) and AuthEnvelopedData (RFC 5083), low level.
+
+AES-GCM (RFC 5084) and ChaCha20-Poly1305 (RFC 8103) go into AuthEnvelopedData, AES-CBC into
+EnvelopedData. Authenticated modes check the tag before any plaintext is released.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from asn1crypto import cms, core
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from smimekit.cms import asn1, recipients
+from smimekit.cms.algorithms import (
+    Cipher,
+    ContentCipher,
+    aead_decrypt,
+    aead_encrypt,
+    cbc_decrypt,
+    cbc_encrypt,
+    cipher_for,
+    content_cipher,
+    new_key,
+)
+from smimekit.cms.recipients import RecipientOptions
+from smimekit.errors import (
+    DecryptionError,
+    EncryptionError,
+    MalformedError,
+    NoRecipientError,
+    UnsupportedError,
+)
+
+ENCRYPTED_TYPES = ("enveloped_data", "authenticated_enveloped_data")
+
+
+@dataclass(frozen=True)
+class DecryptedContent:
+    """The result of :func:`decrypt_enveloped`."""
+
+    content: bytes
+    """The plaintext content (for S/MIME: a MIME entity)."""
+    cipher: str
+    """Content-encryption algorithm, e.g. ``aes256-gcm``."""
+    authenticated: bool
+    """True for AuthEnvelopedData (the tag was checked)."""
+    recipient: str
+    """How the key was delivered, e.g. ``ktri-rsaes_oaep`` or ``kari-...sha256kdf``."""
+
+
+def encrypt_enveloped(
+    content: bytes,
+    recipient_certs: Sequence[x509.Certificate],
+    *,
+    cipher: Cipher = Cipher.AES256_GCM,
+    options: RecipientOptions | None = None,
+) -> bytes:
+    """Encrypt ``content`` to every certificate; a DER ContentInfo.
+
+    Raises:
+        EncryptionError: no recipients, or a certificate whose key cannot receive mail.
+    """
+    if not recipient_certs:
+        raise EncryptionError("at least one recipient certificate is required")
+    options = options or RecipientOptions()
+    spec = cipher_for(cipher)
+    cek = new_key(spec)
+    infos = [recipients.build(cert, cek, options) for cert in recipient_certs]
+    if cipher.authenticated:
+        nonce = os.urandom(12)
+        sealed = aead_encrypt(spec, cek, nonce, content, None)
+        if spec.mode == "chacha":
+            params: core.Asn1Value = core.OctetString(nonce)
+        else:
+            params = asn1.GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})
+        eci = _eci(spec, params, memoryview(sealed)[:-16])
+        body = cms.AuthEnvelopedData(
+            {"version": "v0", "recipient_infos": infos, "auth_encrypted_content_info": eci,
+             "mac": bytes(sealed[-16:])}
+        )
+        return cms.ContentInfo(
+            {"content_type": "authenticated_enveloped_data", "content": body}
+        ).dump()
+    iv = os.urandom(16)
+    ciphertext = cbc_encrypt(spec, cek, iv, content)
+    eci = _eci(spec, core.OctetString(iv), ciphertext)
+    version = "v0" if all(i.name == "ktri" and i.chosen["version"].native == "v0"
+                          for i in infos) else "v2"
+    body = cms.EnvelopedData(
+        {"version": version, "recipient_infos": infos, "encrypted_content_info": eci}
+    )
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": body}).dump()
+
+
+def _eci(spec: ContentCipher, params: core.Asn1Value, ciphertext: bytes | memoryview
+         ) -> cms.EncryptedContentInfo:
+    return cms.EncryptedContentInfo(
+        {
+            "content_type": "data",
+            "content_encryption_algorithm": {
+                "algorithm": spec.oid_name,
+                "parameters": core.Any.load(params.dump()),
+            },
+            "encrypted_content": bytes(ciphertext),
+        }
+    )
+
+
+def content_type_of(der: bytes) -> str:
+    """The asn1crypto name of a ContentInfo's content type (cheap: outer layers only)."""
+    return _content_type(der)
+
+
+@asn1.guard("ContentInfo")
+def _content_type(der: bytes) -> str:
+    info = asn1.load(cms.ContentInfo, der, "CMS ContentInfo")
+    return str(info["content_type"].native)
+
+
+@asn1.guard("EnvelopedData")
+def decrypt_enveloped(
+    der: bytes,
+    keys: Sequence[tuple[PrivateKeyTypes, x509.Certificate | None]],
+    *,
+    allow_legacy: bool = False,
+) -> DecryptedContent:
+    """Decrypt an EnvelopedData or AuthEnvelopedData with any of ``keys``.
+
+    Each entry pairs a private key with its certificate (or None: the key is then tried on
+    every slot of its type). Historic keys may simply be listed too.
+
+    Raises:
+        ASN1Error: the structure cannot be decoded.
+        NoRecipientError: none of the keys matches a recipient.
+        DecryptionError: the key does not open it, or the content was altered (one generic
+            error for every failing step, so no padding oracle).
+        LegacyAlgorithmError: 3DES or RC2 without ``allow_legacy``.
+    """
+    info = asn1.load(cms.ContentInfo, der, "CMS ContentInfo")
+    kind = info["content_type"].native
+    if kind not in ENCRYPTED_TYPES:
+        raise MalformedError(f"not an encrypted message: the CMS content type is {kind}")
+    body = info["content"]
+    authenticated = kind == "authenticated_enveloped_data"
+    eci = body["auth_encrypted_content_info" if authenticated else "encrypted_content_info"]
+    alg = eci["content_encryption_algorithm"]
+    spec = content_cipher(alg["algorithm"].native, allow_legacy=allow_legacy)
+    if authenticated != (spec.mode in ("gcm", "chacha")):
+        raise UnsupportedError(f"{spec.name} does not belong in {kind.replace('_', ' ')}")
+    encrypted = eci["encrypted_content"].native
+    if encrypted is None:
+        raise UnsupportedError("the encrypted content is absent (detached EnvelopedData)")
+    params = alg["parameters"]
+    aad = None
+    if authenticated and body["auth_attrs"].native is not None:
+        aad = asn1.der_set(body["auth_attrs"])
+
+    found = recipients.candidates(list(body["recipient_infos"]), list(keys))
+    if not found:
+        raise NoRecipientError()
+    for candidate in found:
+        cek = recipients.unwrap(candidate, spec.key_size)
+        try:
+            if spec.mode == "cbc":
+                iv = _iv(spec, params)
+                plain = cbc_decrypt(spec, cek, iv, encrypted)
+            elif spec.mode == "gcm":
+                gcm = asn1.GCMParameters.load(params.dump())
+                tag = body["mac"].native
+                if len(tag) != gcm["aes_icvlen"].native:
+                    raise DecryptionError()
+                plain = aead_decrypt(spec, cek, gcm["aes_nonce"].native, encrypted, tag, aad)
+            else:
+                nonce = core.OctetString.load(params.dump()).native
+                plain = aead_decrypt(spec, cek, nonce, encrypted, body["mac"].native, aad)
+        except DecryptionError:
+            continue
+        return DecryptedContent(plain, spec.name, authenticated, candidate.description)
+    raise DecryptionError()
+
+
+def _iv(spec: ContentCipher, params: core.Asn1Value) -> bytes:
+    if spec.oid_name == "rc2":
+        rc2 = asn1.RC2CBCParameter.load(params.dump())
+        version = rc2["rc2_parameter_version"].native
+        # RFC 3370 section 5.2: version 58 means an effective key of 128 bits, the only
+        # RC2 variant the underlying library implements.
+        if version not in (None, 58):
+            raise UnsupportedError(f"RC2 with parameter version {version} is not supported")
+        return bytes(rc2["iv"].native)
+    return bytes(core.OctetString.load(params.dump()).native)

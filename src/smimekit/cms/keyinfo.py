@@ -1,0 +1,67 @@
+"""Small bridges between ``cryptography`` certificates/keys and asn1crypto identifiers."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from asn1crypto import cms
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+
+DER = serialization.Encoding.DER
+
+
+def cert_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(DER)
+
+
+def asn1_cert(cert: x509.Certificate) -> asn1_x509.Certificate:
+    return asn1_x509.Certificate.load(cert_der(cert))
+
+
+def issuer_and_serial(cert: x509.Certificate) -> cms.IssuerAndSerialNumber:
+    return cms.IssuerAndSerialNumber(
+        {
+            "issuer": asn1_x509.Name.load(cert.issuer.public_bytes()),
+            "serial_number": cert.serial_number,
+        }
+    )
+
+
+def subject_key_id(cert: x509.Certificate) -> bytes:
+    """The certificate's SKI, or the RFC 5280 method-1 value when the extension is absent."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        return ext.value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+
+
+def public_key_fingerprint(key: PublicKeyTypes) -> bytes:
+    raw = key.public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(raw).digest()
+
+
+def key_matches_cert(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+    return public_key_fingerprint(key.public_key()) == public_key_fingerprint(cert.public_key())
+
+
+def matches_issuer_serial(ias: Any, cert: x509.Certificate) -> bool:
+    """True when an asn1crypto IssuerAndSerialNumber names ``cert``.
+
+    Names are compared by their DER, and failing that by asn1crypto's RFC 5280 comparison
+    (case- and whitespace-insensitive), so certificates re-encoded by another tool still match.
+    """
+    if ias["serial_number"].native != cert.serial_number:
+        return False
+    issuer_der = cert.issuer.public_bytes()
+    if ias["issuer"].dump() == issuer_der:
+        return True
+    return bool(ias["issuer"] == asn1_x509.Name.load(issuer_der))
+
+
+def matches_ski(ski: bytes, cert: x509.Certificate) -> bool:
+    return ski == subject_key_id(cert)

@@ -1,0 +1,326 @@
+"""RecipientInfo: wrap the content-encryption key for a recipient, and unwrap it.
+
+KeyTransRecipientInfo (RSA PKCS#1 v1.5, RSAES-OAEP; RFC 5652 6.2.1, RFC 8017) and
+KeyAgreeRecipientInfo (ephemeral-static ECDH on P-256/384/521, RFC 5753; X25519/X448,
+RFC 8418) with AES key wrap (RFC 3394).
+
+Unwrapping never says why it failed: a wrong key, bad padding or a failed key unwrap all
+yield a random key of the right length (RFC 3218 section 2.3), so the failure surfaces only
+as one generic :class:`~smimekit.errors.DecryptionError` after content decryption.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from asn1crypto import algos, cms, core, keys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+from smimekit.cms.algorithms import hash_algorithm
+from smimekit.cms.asn1 import ECCCMSSharedInfo
+from smimekit.cms.keyinfo import issuer_and_serial, matches_issuer_serial, matches_ski
+from smimekit.errors import EncryptionError, LegacyAlgorithmError, UnsupportedError
+
+WRAP_OIDS = {
+    "aes128_wrap": ("2.16.840.1.101.3.4.1.5", 16),
+    "aes192_wrap": ("2.16.840.1.101.3.4.1.25", 24),
+    "aes256_wrap": ("2.16.840.1.101.3.4.1.45", 32),
+}
+_WRAP_BY_OID = {oid: (name, size) for name, (oid, size) in WRAP_OIDS.items()}
+
+# kari scheme name -> (kdf kind, hash name)
+_SCHEMES = {
+    "dh_single_pass_std_dh_sha1kdf": ("x963", "sha1"),
+    "dh_single_pass_std_dh_sha224kdf": ("x963", "sha224"),
+    "dh_single_pass_std_dh_sha256kdf": ("x963", "sha256"),
+    "dh_single_pass_std_dh_sha384kdf": ("x963", "sha384"),
+    "dh_single_pass_std_dh_sha512kdf": ("x963", "sha512"),
+    "dh_single_pass_cofactor_dh_sha1kdf": ("x963", "sha1"),
+    "dh_single_pass_cofactor_dh_sha224kdf": ("x963", "sha224"),
+    "dh_single_pass_cofactor_dh_sha256kdf": ("x963", "sha256"),
+    "dh_single_pass_cofactor_dh_sha384kdf": ("x963", "sha384"),
+    "dh_single_pass_cofactor_dh_sha512kdf": ("x963", "sha512"),
+    "dh_single_pass_std_dh_hkdf_sha256": ("hkdf", "sha256"),
+    "dh_single_pass_std_dh_hkdf_sha384": ("hkdf", "sha384"),
+    "dh_single_pass_std_dh_hkdf_sha512": ("hkdf", "sha512"),
+}
+# What we write: the X9.63 KDF hash sized to the curve (RFC 5753 section 8), HKDF for X curves.
+_EC_KDF = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
+
+
+@dataclass(frozen=True)
+class RecipientOptions:
+    """How to wrap for RSA (OAEP or v1.5) and ECDH recipients."""
+
+    oaep: bool = False
+    oaep_hash: str = "sha256"
+    ecdh_kdf: str | None = None  # X9.63 KDF hash; None = sized to the curve
+    use_ski: bool = False
+
+
+def wrap_algorithm_for(cek_len: int) -> str:
+    return {16: "aes128_wrap", 24: "aes192_wrap"}.get(cek_len, "aes256_wrap")
+
+
+def build(cert: x509.Certificate, cek: bytes, options: RecipientOptions) -> cms.RecipientInfo:
+    """A RecipientInfo carrying ``cek`` for ``cert``'s public key.
+
+    Raises:
+        EncryptionError: the certificate's key cannot receive encrypted mail.
+    """
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return _build_ktri(cert, key, cek, options)
+    if isinstance(key, ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey):
+        return _build_kari(cert, key, cek, options)
+    raise EncryptionError(
+        f"cannot encrypt to {cert.subject.rfc4514_string()}: {type(key).__name__} keys cannot"
+        " receive encrypted mail"
+    )
+
+
+def _rid_ktri(cert: x509.Certificate, use_ski: bool) -> tuple[cms.RecipientIdentifier, str]:
+    if use_ski:
+        from smimekit.cms.keyinfo import subject_key_id
+
+        return cms.RecipientIdentifier({"subject_key_identifier": subject_key_id(cert)}), "v2"
+    return cms.RecipientIdentifier({"issuer_and_serial_number": issuer_and_serial(cert)}), "v0"
+
+
+def _build_ktri(cert: x509.Certificate, key: rsa.RSAPublicKey, cek: bytes,
+                options: RecipientOptions) -> cms.RecipientInfo:
+    rid, version = _rid_ktri(cert, options.use_ski)
+    if options.oaep:
+        h = hash_algorithm(options.oaep_hash)
+        alg = cms.KeyEncryptionAlgorithm(
+            {
+                "algorithm": "rsaes_oaep",
+                "parameters": algos.RSAESOAEPParams(
+                    {
+                        "hash_algorithm": {"algorithm": options.oaep_hash},
+                        "mask_gen_algorithm": {
+                            "algorithm": "mgf1",
+                            "parameters": {"algorithm": options.oaep_hash},
+                        },
+                    }
+                ),
+            }
+        )
+        encrypted = key.encrypt(cek, padding.OAEP(padding.MGF1(h), h, None))
+    else:
+        alg = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()})
+        encrypted = key.encrypt(cek, padding.PKCS1v15())
+    return cms.RecipientInfo(
+        name="ktri",
+        value=cms.KeyTransRecipientInfo(
+            {"version": version, "rid": rid, "key_encryption_algorithm": alg,
+             "encrypted_key": encrypted}
+        ),
+    )
+
+
+def _shared_info(wrap_der: bytes, ukm: bytes | None, key_len: int) -> bytes:
+    info: dict[str, Any] = {
+        "key_info": algos.AlgorithmIdentifier.load(wrap_der),
+        "supp_pub_info": (key_len * 8).to_bytes(4, "big"),
+    }
+    if ukm is not None:
+        info["entity_u_info"] = ukm
+    return ECCCMSSharedInfo(info).dump()
+
+
+def _kdf(kind: str, hash_name: str, secret: bytes, shared_info: bytes, length: int) -> bytes:
+    h = hash_algorithm(hash_name, allow_legacy=True)  # SHA-1 X9.63 KDF is OpenSSL's default
+    if kind == "hkdf":
+        # RFC 8418 section 2.2: no salt, the shared secret as IKM, SharedInfo as info.
+        return HKDF(algorithm=h, length=length, salt=None, info=shared_info).derive(secret)
+    return X963KDF(algorithm=h, length=length, sharedinfo=shared_info).derive(secret)
+
+
+def _build_kari(cert: x509.Certificate, key: Any, cek: bytes,
+                options: RecipientOptions) -> cms.RecipientInfo:
+    wrap_name = wrap_algorithm_for(len(cek))
+    wrap_oid, wrap_len = WRAP_OIDS[wrap_name]
+    wrap_der = algos.AlgorithmIdentifier({"algorithm": wrap_oid}).dump()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        eph: Any = ec.generate_private_key(key.curve)
+        secret = eph.exchange(ec.ECDH(), key)
+        point = eph.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        # RFC 5753 section 3.1.1: id-ecPublicKey, parameters absent (the curve is the
+        # recipient's).
+        originator = keys.PublicKeyInfo(
+            {"algorithm": {"algorithm": "ec"}, "public_key": point}
+        )
+        hash_name = options.ecdh_kdf or _EC_KDF.get(key.curve.name, "sha256")
+        scheme, kind = f"dh_single_pass_std_dh_{hash_name}kdf", "x963"
+    else:
+        is_x25519 = isinstance(key, x25519.X25519PublicKey)
+        eph = x25519.X25519PrivateKey.generate() if is_x25519 else x448.X448PrivateKey.generate()
+        secret = eph.exchange(key)
+        raw = eph.public_key().public_bytes(serialization.Encoding.Raw,
+                                             serialization.PublicFormat.Raw)
+        originator = keys.PublicKeyInfo(
+            {"algorithm": {"algorithm": "x25519" if is_x25519 else "x448"}, "public_key": raw}
+        )
+        hash_name = "sha256" if is_x25519 else "sha512"
+        scheme, kind = f"dh_single_pass_std_dh_hkdf_{hash_name}", "hkdf"
+    kek = _kdf(kind, hash_name, secret, _shared_info(wrap_der, None, wrap_len), wrap_len)
+    if options.use_ski:
+        from smimekit.cms.keyinfo import subject_key_id
+
+        rid = cms.KeyAgreementRecipientIdentifier(
+            {"r_key_id": {"subject_key_identifier": subject_key_id(cert)}}
+        )
+    else:
+        rid = cms.KeyAgreementRecipientIdentifier({"issuer_and_serial_number": issuer_and_serial(cert)})
+    kari = cms.KeyAgreeRecipientInfo(
+        {
+            "version": "v3",
+            "originator": cms.OriginatorIdentifierOrKey({"originator_key": originator}),
+            "key_encryption_algorithm": {
+                "algorithm": scheme,
+                "parameters": core.Any.load(wrap_der),
+            },
+            "recipient_encrypted_keys": [{"rid": rid, "encrypted_key": aes_key_wrap(kek, cek)}],
+        }
+    )
+    return cms.RecipientInfo(name="kari", value=kari)
+
+
+# -- unwrapping -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A recipient slot that one of our keys may open."""
+
+    key: PrivateKeyTypes
+    info: cms.RecipientInfo
+    encrypted_key: cms.RecipientEncryptedKey | None  # for kari: our slot
+    exact: bool  # matched by certificate, not only by key type
+    description: str
+
+
+def candidates(
+    infos: list[cms.RecipientInfo],
+    keypairs: list[tuple[PrivateKeyTypes, x509.Certificate | None]],
+) -> list[Candidate]:
+    """Every (key, recipient slot) pair worth trying, exact certificate matches first."""
+    found: list[Candidate] = []
+    for key, cert in keypairs:
+        for info in infos:
+            if info.name == "ktri" and isinstance(key, rsa.RSAPrivateKey):
+                ktri = info.chosen
+                exact = cert is not None and _rid_matches(ktri["rid"], cert)
+                if cert is None or exact:
+                    alg = ktri["key_encryption_algorithm"]["algorithm"].native
+                    found.append(Candidate(key, info, None, exact, f"ktri-{alg}"))
+            elif info.name == "kari" and _is_agreement_key(key):
+                kari = info.chosen
+                for rek in kari["recipient_encrypted_keys"]:
+                    exact = cert is not None and _kari_rid_matches(rek["rid"], cert)
+                    if cert is None or exact:
+                        scheme = kari["key_encryption_algorithm"]["algorithm"].native
+                        found.append(Candidate(key, info, rek, exact, f"kari-{scheme}"))
+    found.sort(key=lambda c: not c.exact)
+    return found
+
+
+def _is_agreement_key(key: PrivateKeyTypes) -> bool:
+    return isinstance(key, ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey |
+                      x448.X448PrivateKey)
+
+
+def _rid_matches(rid: cms.RecipientIdentifier, cert: x509.Certificate) -> bool:
+    if rid.name == "issuer_and_serial_number":
+        return matches_issuer_serial(rid.chosen, cert)
+    return matches_ski(rid.chosen.native, cert)
+
+
+def _kari_rid_matches(rid: cms.KeyAgreementRecipientIdentifier, cert: x509.Certificate) -> bool:
+    if rid.name == "issuer_and_serial_number":
+        return matches_issuer_serial(rid.chosen, cert)
+    return matches_ski(rid.chosen["subject_key_identifier"].native, cert)
+
+
+def unwrap(candidate: Candidate, key_len: int) -> bytes:
+    """The content-encryption key from one slot, or a random key if anything fails."""
+    try:
+        if candidate.info.name == "ktri":
+            cek = _unwrap_ktri(candidate.info.chosen, candidate.key)
+        else:
+            assert candidate.encrypted_key is not None
+            cek = _unwrap_kari(candidate.info.chosen, candidate.encrypted_key, candidate.key,
+                               key_len)
+    except (LegacyAlgorithmError, UnsupportedError):
+        raise
+    except (ValueError, TypeError, InvalidUnwrap, KeyError, IndexError):
+        cek = None
+    if cek is None or len(cek) != key_len:
+        # RFC 3218 section 2.3: carry on with a random key; the failure shows up later as the
+        # same generic error as any other.
+        return os.urandom(key_len)
+    return cek
+
+
+def _unwrap_ktri(ktri: cms.KeyTransRecipientInfo, key: PrivateKeyTypes) -> bytes:
+    assert isinstance(key, rsa.RSAPrivateKey)
+    alg = ktri["key_encryption_algorithm"]
+    name = alg["algorithm"].native
+    encrypted = ktri["encrypted_key"].native
+    if name == "rsaes_oaep":
+        params = alg["parameters"]
+        h = hash_algorithm(params["hash_algorithm"]["algorithm"].native, allow_legacy=True)
+        mgf_params = params["mask_gen_algorithm"]["parameters"]
+        mh = hash_algorithm(mgf_params["algorithm"].native, allow_legacy=True)
+        label = params["p_source_algorithm"]["parameters"].native or None
+        return key.decrypt(encrypted, padding.OAEP(padding.MGF1(mh), h, label))
+    if name in ("rsaes_pkcs1v15", "rsa"):
+        return key.decrypt(encrypted, padding.PKCS1v15())
+    raise UnsupportedError(f"unsupported key transport algorithm {name}")
+
+
+def _unwrap_kari(kari: cms.KeyAgreeRecipientInfo, rek: cms.RecipientEncryptedKey,
+                 key: PrivateKeyTypes, key_len: int) -> bytes:
+    alg = kari["key_encryption_algorithm"]
+    scheme = alg["algorithm"].native
+    if scheme not in _SCHEMES:
+        raise UnsupportedError(f"unsupported key agreement scheme {scheme}")
+    kind, hash_name = _SCHEMES[scheme]
+    wrap_der = alg["parameters"].dump()
+    wrap_oid = algos.AlgorithmIdentifier.load(wrap_der)["algorithm"].dotted
+    if wrap_oid not in _WRAP_BY_OID:
+        raise UnsupportedError(f"unsupported key wrap algorithm {wrap_oid}")
+    wrap_len = _WRAP_BY_OID[wrap_oid][1]
+    originator = kari["originator"]
+    if originator.name != "originator_key":
+        raise UnsupportedError("static-static key agreement (originator certificate) is not"
+                               " supported")
+    point = originator.chosen["public_key"].native
+    if isinstance(point, dict):  # asn1crypto may parse an EC point into a dict
+        point = originator.chosen["public_key"].contents[1:]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        peer: Any = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, bytes(point))
+        secret = key.exchange(ec.ECDH(), peer)
+    elif isinstance(key, x25519.X25519PrivateKey):
+        secret = key.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(point)))
+    elif isinstance(key, x448.X448PrivateKey):
+        secret = key.exchange(x448.X448PublicKey.from_public_bytes(bytes(point)))
+    else:  # pragma: no cover - filtered by candidates()
+        raise ValueError("not an agreement key")
+    ukm = kari["ukm"].native if kari["ukm"].native is not None else None
+    kek = _kdf(kind, hash_name, secret, _shared_info(wrap_der, ukm, wrap_len), wrap_len)
+    return aes_key_unwrap(kek, rek["encrypted_key"].native)
+
+
+_ = hashes  # re-exported for type checkers of callers

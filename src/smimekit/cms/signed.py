@@ -1,0 +1,520 @@
+"""SignedData (RFC 5652 section 5): create and verify, low level.
+
+These functions check the cryptography and the signed attributes only. Whether the signer's
+certificate deserves trust is decided above, in :mod:`smimekit.validation`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from asn1crypto import algos, cms, core, tsp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from smimekit.cms import asn1
+from smimekit.cms.algorithms import Digest, hash_algorithm
+from smimekit.cms.keyinfo import (
+    asn1_cert,
+    cert_der,
+    issuer_and_serial,
+    key_matches_cert,
+    matches_issuer_serial,
+    matches_ski,
+    subject_key_id,
+)
+from smimekit.errors import (
+    LegacyAlgorithmError,
+    NoSignatureError,
+    SignatureInvalidError,
+    SignedAttributesError,
+    SigningError,
+    UnsupportedError,
+)
+
+# Capabilities we announce (RFC 8551 section 2.5.2), strongest first.
+ANNOUNCED_CIPHERS = ("aes256_gcm", "aes128_gcm", "aes256_cbc", "aes128_cbc")
+
+
+@dataclass(frozen=True)
+class SignerSpec:
+    """One signer for :func:`sign_data`."""
+
+    key: PrivateKeyTypes
+    certificate: x509.Certificate
+    digest: Digest = Digest.SHA256
+    pss: bool = False
+    use_ski: bool = False
+
+
+@dataclass(frozen=True)
+class SignerResult:
+    """What one verified SignerInfo says."""
+
+    certificate: x509.Certificate
+    """The signer's certificate, found by issuer+serial or subject key identifier."""
+    digest_algorithm: str
+    """Digest algorithm name, e.g. ``sha256``."""
+    signature_algorithm: str
+    """Signature scheme, e.g. ``rsa-pkcs1v15``, ``rsa-pss``, ``ecdsa``, ``ed25519``."""
+    signing_time: dt.datetime | None
+    """The self-asserted signing-time attribute, if present (always timezone-aware)."""
+    has_signing_certificate_v2: bool
+    """Whether the ESS signing-certificate(-v2) attribute was present (and matched)."""
+
+
+@dataclass(frozen=True)
+class SignedDataResult:
+    """A SignedData whose every signer verified."""
+
+    content: bytes
+    """The signed content (the eContent, or the detached content that was checked)."""
+    content_type: str
+    """The eContentType, as asn1crypto names it (``data`` for S/MIME)."""
+    detached: bool
+    """True when the content was supplied separately (multipart/signed)."""
+    signers: tuple[SignerResult, ...]
+    certificates: tuple[x509.Certificate, ...]
+    """Every certificate carried in the SignedData."""
+
+
+# -- signing --------------------------------------------------------------------------------
+
+
+def sign_data(
+    content: bytes,
+    signers: Sequence[SignerSpec],
+    *,
+    detached: bool = True,
+    certificates: Sequence[x509.Certificate] = (),
+    signing_time: dt.datetime | None = None,
+) -> bytes:
+    """Build a DER ContentInfo holding a SignedData over ``content`` (eContentType data).
+
+    Raises:
+        SigningError: no signer, or a key that does not match its certificate.
+        UnsupportedError: a key type we cannot sign with.
+    """
+    if not signers:
+        raise SigningError("at least one signer is required")
+    when = (signing_time or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    digests: dict[str, bytes] = {}
+    infos = []
+    digest_algs: dict[str, algos.DigestAlgorithm] = {}
+    certs: list[x509.Certificate] = []
+    for spec in signers:
+        if not key_matches_cert(spec.key, spec.certificate):
+            raise SigningError("the private key does not match the signing certificate")
+        digest = spec.digest.value
+        if isinstance(spec.key, ed25519.Ed25519PrivateKey):
+            digest = "sha512"  # RFC 8419 section 3.1: Ed25519 pairs with SHA-512
+        if digest not in digests:
+            digests[digest] = _hash(digest, content)
+        digest_algs[digest] = algos.DigestAlgorithm({"algorithm": digest})
+        attrs = _signed_attributes(spec.certificate, digests[digest], when)
+        to_sign = attrs.dump()
+        sig_alg, signature = _sign(spec, digest, to_sign)
+        if spec.use_ski:
+            sid = cms.SignerIdentifier({"subject_key_identifier": subject_key_id(spec.certificate)})
+            version = "v3"
+        else:
+            sid = cms.SignerIdentifier({"issuer_and_serial_number": issuer_and_serial(spec.certificate)})
+            version = "v1"
+        infos.append(
+            cms.SignerInfo(
+                {
+                    "version": version,
+                    "sid": sid,
+                    "digest_algorithm": digest_algs[digest],
+                    "signed_attrs": attrs,
+                    "signature_algorithm": sig_alg,
+                    "signature": signature,
+                }
+            )
+        )
+        certs.append(spec.certificate)
+    for extra in certificates:
+        if extra not in certs:
+            certs.append(extra)
+    encap: dict[str, object] = {"content_type": "data"}
+    if not detached:
+        encap["content"] = content
+    signed = cms.SignedData(
+        {
+            "version": "v3" if any(s.use_ski for s in signers) else "v1",
+            "digest_algorithms": list(digest_algs.values()),
+            "encap_content_info": encap,
+            "certificates": [asn1_cert(c) for c in certs],
+            "signer_infos": infos,
+        }
+    )
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+
+
+def _hash(name: str, data: bytes) -> bytes:
+    return hashlib.new(name, data).digest()
+
+
+def _time(when: dt.datetime) -> cms.Time:
+    # RFC 5652 section 11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
+    if 1950 <= when.year < 2050:
+        return cms.Time({"utc_time": when})
+    return cms.Time({"general_time": when})
+
+
+def _signed_attributes(cert: x509.Certificate, digest: bytes, when: dt.datetime
+                       ) -> cms.CMSAttributes:
+    ess = tsp.SigningCertificateV2(
+        {
+            "certs": [
+                {
+                    # hashAlgorithm left at its DEFAULT (SHA-256), so DER omits it.
+                    "cert_hash": hashlib.sha256(cert_der(cert)).digest(),
+                    "issuer_serial": {
+                        "issuer": [
+                            asn1_x509.GeneralName(
+                                {"directory_name": asn1_x509.Name.load(cert.issuer.public_bytes())}
+                            )
+                        ],
+                        "serial_number": cert.serial_number,
+                    },
+                }
+            ]
+        }
+    )
+    caps = cms.SMIMECapabilites([{"capability_id": c} for c in ANNOUNCED_CIPHERS])
+    attrs = [
+        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        cms.CMSAttribute({"type": "signing_time", "values": [_time(when)]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [digest]}),
+        cms.CMSAttribute({"type": "smime_capabilities", "values": [caps]}),
+        cms.CMSAttribute({"type": "signing_certificate_v2", "values": [ess]}),
+    ]
+    # DER: a SET OF is sorted by the encodings of its elements (X.690 section 11.6).
+    attrs.sort(key=lambda a: a.dump())
+    return cms.CMSAttributes(attrs)
+
+
+def _sign(spec: SignerSpec, digest: str, data: bytes) -> tuple[algos.SignedDigestAlgorithm, bytes]:
+    key = spec.key
+    h = hash_algorithm(digest)
+    if isinstance(key, rsa.RSAPrivateKey):
+        if spec.pss:
+            params = algos.RSASSAPSSParams(
+                {
+                    "hash_algorithm": {"algorithm": digest},
+                    "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": digest}},
+                    "salt_length": h.digest_size,
+                }
+            )
+            sig = key.sign(data, padding.PSS(padding.MGF1(h), h.digest_size), h)
+            return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params}), sig
+        sig = key.sign(data, padding.PKCS1v15(), h)
+        # rsaEncryption as the signature algorithm, as OpenSSL, NSS and gpgsm write it.
+        return algos.SignedDigestAlgorithm(
+            {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}
+        ), sig
+    if spec.pss:
+        raise SigningError("--pss needs an RSA key")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        sig = key.sign(data, ec.ECDSA(h))
+        return algos.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"}), sig
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return algos.SignedDigestAlgorithm({"algorithm": "ed25519"}), key.sign(data)
+    raise UnsupportedError(f"cannot sign with a {type(key).__name__}")
+
+
+# -- verification ---------------------------------------------------------------------------
+
+
+@asn1.guard("SignedData")
+def verify_signed_data(
+    der: bytes,
+    *,
+    detached_content: bytes | None = None,
+    extra_certs: Sequence[x509.Certificate] = (),
+    allow_legacy: bool = False,
+) -> SignedDataResult:
+    """Verify every signer of a SignedData (DER or BER ContentInfo).
+
+    Raises:
+        ASN1Error: the structure cannot be decoded.
+        NoSignatureError: not a SignedData, or zero signers.
+        SignatureInvalidError: a digest or signature does not verify, content confusion.
+        SignedAttributesError: a required signed attribute is missing, duplicated or wrong.
+        LegacyAlgorithmError: SHA-1/MD5/DSA without ``allow_legacy``.
+    """
+    info = asn1.load(cms.ContentInfo, der, "CMS ContentInfo")
+    if info["content_type"].native != "signed_data":
+        raise NoSignatureError(f"not a SignedData but {info['content_type'].native}")
+    sd = info["content"]
+    encap = sd["encap_content_info"]
+    content_type = encap["content_type"].native
+    embedded = encap["content"]
+    embedded_bytes = None if embedded.native is None else _octets(embedded)
+    if detached_content is not None:
+        if embedded_bytes is not None and embedded_bytes != detached_content:
+            raise SignatureInvalidError(
+                "content confusion: the signature carries its own content, different from the"
+                " detached content it was sent with"
+            )
+        content = detached_content
+    elif embedded_bytes is None:
+        raise SignatureInvalidError("detached signature without its signed content")
+    else:
+        content = embedded_bytes
+
+    certs = [x509.load_der_x509_certificate(c.chosen.dump())
+             for c in (sd["certificates"] or []) if c.name == "certificate"]
+    pool = certs + [c for c in extra_certs if c not in certs]
+    signer_infos = list(sd["signer_infos"])
+    if not signer_infos:
+        raise NoSignatureError("the SignedData has zero signers")
+    digest_cache: dict[str, bytes] = {}
+    results = []
+    for index, si in enumerate(signer_infos, start=1):
+        results.append(
+            _verify_signer(si, index, content, content_type, pool, digest_cache, allow_legacy)
+        )
+    return SignedDataResult(
+        content=content,
+        content_type=content_type,
+        detached=detached_content is not None,
+        signers=tuple(results),
+        certificates=tuple(certs),
+    )
+
+
+def _octets(value: core.Asn1Value) -> bytes:
+    # eContent may be a constructed (BER, chunked) OCTET STRING; asn1crypto merges the chunks.
+    if isinstance(value, core.ParsableOctetString):
+        return bytes(value)
+    native = value.native
+    return native if isinstance(native, bytes) else value.dump()
+
+
+def _find_signer_cert(sid: cms.SignerIdentifier, pool: list[x509.Certificate]) -> x509.Certificate:
+    for cert in pool:
+        if sid.name == "issuer_and_serial_number" and matches_issuer_serial(sid.chosen, cert):
+            return cert
+        if sid.name == "subject_key_identifier" and matches_ski(sid.chosen.native, cert):
+            return cert
+    raise SignatureInvalidError("the signer's certificate is not in the message or the given set")
+
+
+def _verify_signer(
+    si: cms.SignerInfo,
+    index: int,
+    content: bytes,
+    content_type: str,
+    pool: list[x509.Certificate],
+    digest_cache: dict[str, bytes],
+    allow_legacy: bool,
+) -> SignerResult:
+    cert = _find_signer_cert(si["sid"], pool)
+    digest_name = si["digest_algorithm"]["algorithm"].native
+    h = hash_algorithm(digest_name, allow_legacy=allow_legacy)
+    if digest_name not in digest_cache:
+        digest_cache[digest_name] = _hash(digest_name, content)
+    digest = digest_cache[digest_name]
+    who = f"signer {index} ({cert.subject.rfc4514_string()})"
+
+    signing_time = None
+    ess = False
+    attrs = si["signed_attrs"]
+    if attrs.native is not None and len(attrs) > 0:
+        values = _attribute_values(attrs, who)
+        ct = _single(values, "content_type", who, required=True)
+        if ct.native != content_type:
+            raise SignedAttributesError(
+                f"{who}: content-type attribute {ct.native} does not match the content"
+                f" ({content_type})"
+            )
+        md = _single(values, "message_digest", who, required=True)
+        if md.native != digest:
+            raise SignatureInvalidError(f"{who}: message digest mismatch, the content was altered")
+        st = _single(values, "signing_time", who, required=False)
+        if st is not None:
+            signing_time = _parse_time(st, who)
+        for name in ("signing_certificate_v2", "signing_certificate"):
+            sc = _single(values, name, who, required=False)
+            if sc is not None:
+                _check_signing_certificate(sc, cert, who, allow_legacy)
+                ess = True
+        signed_bytes = asn1.der_set(attrs)
+        prehashed = False
+    else:
+        if content_type != "data":
+            raise SignedAttributesError(
+                f"{who}: signed attributes are required when the content type is not data"
+            )
+        signed_bytes = digest
+        prehashed = True
+    scheme = _verify_signature(si, cert, h, signed_bytes, prehashed, content, who, allow_legacy)
+    return SignerResult(
+        certificate=cert,
+        digest_algorithm=digest_name,
+        signature_algorithm=scheme,
+        signing_time=signing_time,
+        has_signing_certificate_v2=ess,
+    )
+
+
+def _attribute_values(attrs: cms.CMSAttributes, who: str) -> dict[str, list[core.Asn1Value]]:
+    grouped: dict[str, list[core.Asn1Value]] = defaultdict(list)
+    seen: set[str] = set()
+    for attr in attrs:
+        name = attr["type"].native
+        if name in seen and name in ("content_type", "message_digest", "signing_time",
+                                     "signing_certificate", "signing_certificate_v2"):
+            # RFC 5652 section 5.3: these attributes MUST NOT appear twice.
+            raise SignedAttributesError(f"{who}: duplicate {name.replace('_', '-')} attribute")
+        seen.add(name)
+        grouped[name].extend(attr["values"])
+    return grouped
+
+
+def _single(values: dict[str, list[core.Asn1Value]], name: str, who: str, *, required: bool
+            ) -> core.Asn1Value | None:
+    found = values.get(name, [])
+    label = name.replace("_", "-")
+    if not found:
+        if required:
+            raise SignedAttributesError(f"{who}: missing {label} signed attribute")
+        return None
+    if len(found) != 1:
+        raise SignedAttributesError(f"{who}: {label} attribute must have exactly one value")
+    return found[0]
+
+
+def _parse_time(value: core.Asn1Value, who: str) -> dt.datetime:
+    try:
+        when = value.native
+    except ValueError:
+        raise SignedAttributesError(f"{who}: malformed signing-time attribute") from None
+    if not isinstance(when, dt.datetime):
+        raise SignedAttributesError(f"{who}: malformed signing-time attribute")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when
+
+
+def _check_signing_certificate(value: core.Asn1Value, cert: x509.Certificate, who: str,
+                               allow_legacy: bool) -> None:
+    ids = value["certs"]
+    if len(ids) == 0:
+        raise SignedAttributesError(f"{who}: empty ESS signing-certificate attribute")
+    first = ids[0]
+    if "hash_algorithm" in first:
+        alg = first["hash_algorithm"]["algorithm"].native
+    else:
+        alg = "sha1"  # ESS signing-certificate v1 (RFC 2634) always uses SHA-1
+    if alg == "sha1":
+        allow_legacy = True  # a SHA-1 certificate binding only narrows, it never widens
+    hash_algorithm(alg, allow_legacy=allow_legacy)
+    if first["cert_hash"].native != _hash(alg, cert_der(cert)):
+        raise SignedAttributesError(
+            f"{who}: ESS signing-certificate attribute names a different certificate"
+        )
+
+
+_PKCS1_NAMED = {
+    "sha1_rsa": "sha1",
+    "sha224_rsa": "sha224",
+    "sha256_rsa": "sha256",
+    "sha384_rsa": "sha384",
+    "sha512_rsa": "sha512",
+}
+_ECDSA_NAMED = {
+    "sha1_ecdsa": "sha1",
+    "sha224_ecdsa": "sha224",
+    "sha256_ecdsa": "sha256",
+    "sha384_ecdsa": "sha384",
+    "sha512_ecdsa": "sha512",
+}
+_DSA_NAMED = {"sha1_dsa": "sha1", "sha224_dsa": "sha224", "sha256_dsa": "sha256"}
+_EC_PUBLIC_KEY = "1.2.840.10045.2.1"  # some signers put id-ecPublicKey here
+
+
+def _verify_signature(
+    si: cms.SignerInfo,
+    cert: x509.Certificate,
+    h: hashes.HashAlgorithm,
+    data: bytes,
+    prehashed: bool,
+    content: bytes,
+    who: str,
+    allow_legacy: bool,
+) -> str:
+    alg = si["signature_algorithm"]
+    name = alg["algorithm"].native
+    dotted = alg["algorithm"].dotted
+    signature = si["signature"].native
+    key = cert.public_key()
+    hash_arg: hashes.HashAlgorithm | utils.Prehashed = utils.Prehashed(h) if prehashed else h
+    try:
+        if name in ("rsassa_pkcs1v15", "rsaes_pkcs1v15") or name in _PKCS1_NAMED:
+            if name in _PKCS1_NAMED and _PKCS1_NAMED[name] != h.name.replace("-", ""):
+                h = hash_algorithm(_PKCS1_NAMED[name], allow_legacy=allow_legacy)
+                hash_arg = h
+                if prehashed:
+                    data = content
+            _expect(key, rsa.RSAPublicKey, who)
+            key.verify(signature, data, padding.PKCS1v15(), hash_arg)  # type: ignore[union-attr]
+            return "rsa-pkcs1v15"
+        if name == "rsassa_pss":
+            _expect(key, rsa.RSAPublicKey, who)
+            params = alg["parameters"]
+            ph = hash_algorithm(params["hash_algorithm"]["algorithm"].native,
+                                allow_legacy=allow_legacy)
+            mgf = params["mask_gen_algorithm"]
+            mh = hash_algorithm(mgf["parameters"]["algorithm"].native, allow_legacy=allow_legacy)
+            salt = params["salt_length"].native
+            if ph.name != h.name:
+                data = content if prehashed else data
+                hash_arg = ph
+            key.verify(signature, data, padding.PSS(padding.MGF1(mh), salt), hash_arg)  # type: ignore[union-attr]
+            return "rsa-pss"
+        if name in _ECDSA_NAMED or dotted == _EC_PUBLIC_KEY or name == "ecdsa":
+            if name in _ECDSA_NAMED and _ECDSA_NAMED[name] != h.name.replace("-", ""):
+                h = hash_algorithm(_ECDSA_NAMED[name], allow_legacy=allow_legacy)
+                hash_arg = h
+                if prehashed:
+                    data = content
+            _expect(key, ec.EllipticCurvePublicKey, who)
+            key.verify(signature, data, ec.ECDSA(hash_arg))  # type: ignore[union-attr,call-arg]
+            return "ecdsa"
+        if name in ("ed25519", "ed448"):
+            cls = ed25519.Ed25519PublicKey if name == "ed25519" else ed448.Ed448PublicKey
+            _expect(key, cls, who)
+            key.verify(signature, content if prehashed else data)  # type: ignore[union-attr,call-arg]
+            return name
+        if name in _DSA_NAMED or name == "dsa":
+            if not allow_legacy:
+                raise LegacyAlgorithmError(f"{who}: DSA signatures are legacy, refused by default")
+            _expect(key, dsa.DSAPublicKey, who)
+            if name in _DSA_NAMED:
+                h = hash_algorithm(_DSA_NAMED[name], allow_legacy=True)
+                hash_arg = h
+                if prehashed:
+                    data = content
+            key.verify(signature, data, hash_arg)  # type: ignore[union-attr,call-arg]
+            return "dsa"
+    except InvalidSignature:
+        raise SignatureInvalidError(f"{who}: the signature does not verify") from None
+    raise UnsupportedError(f"{who}: unsupported signature algorithm {name or dotted}")
+
+
+def _expect(key: object, cls: type, who: str) -> None:
+    if not isinstance(key, cls):
+        raise SignatureInvalidError(
+            f"{who}: the signature algorithm does not fit the certificate's key type"
+        )

@@ -1,0 +1,141 @@
+"""Every exception smimekit raises on purpose, in one tree.
+
+::
+
+    SmimeError
+    ├── MalformedError                 input that is not what it claims to be
+    │   ├── ASN1Error                  truncated or wrong DER/BER, bad tags, huge lengths
+    │   └── MIMEError                  wrong or missing MIME structure, bad transfer encoding
+    ├── UnsupportedError               a valid construct we do not implement
+    │   └── LegacyAlgorithmError       3DES, RC2, SHA-1 ... refused unless explicitly allowed
+    ├── KeyLoadError                   a key or certificate file cannot be read
+    │   └── PassphraseError            passphrase missing, unreadable or wrong
+    ├── SigningError                   the signing operation itself cannot be carried out
+    ├── EncryptionError                the encryption operation cannot be carried out
+    ├── DecryptionError                one generic failure for every unwrap/decrypt step
+    │   └── NoRecipientError           none of our keys/certificates is a recipient
+    └── VerificationError              a signature or its trust decision failed
+        ├── NoSignatureError           the message is not signed (or has zero signers)
+        ├── SignatureInvalidError      the cryptographic check failed (digest, signature)
+        ├── SignedAttributesError      a required signed attribute is missing or wrong
+        └── UntrustedError             intact, but the certificate check failed
+
+``DecryptionError`` deliberately carries no detail about which step failed (key transport,
+key unwrap, padding, tag): telling them apart would give a padding oracle (RFC 3218).
+``VerificationError`` carries the whole verdict in ``.verdict`` when one was computed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smimekit.validation.verdict import Verdict
+
+__all__ = [
+    "ASN1Error",
+    "DecryptionError",
+    "EncryptionError",
+    "KeyLoadError",
+    "LegacyAlgorithmError",
+    "MIMEError",
+    "MalformedError",
+    "NoRecipientError",
+    "NoSignatureError",
+    "PassphraseError",
+    "SignatureInvalidError",
+    "SignedAttributesError",
+    "SigningError",
+    "SmimeError",
+    "UnsupportedError",
+    "UntrustedError",
+    "VerificationError",
+]
+
+
+class SmimeError(Exception):
+    """Root of every error smimekit raises on purpose."""
+
+
+class MalformedError(SmimeError):
+    """The input is not well-formed: bad ASN.1, bad MIME, bad encoding."""
+
+
+class ASN1Error(MalformedError):
+    """Truncated, mis-tagged or otherwise undecodable ASN.1 (DER or BER)."""
+
+
+class MIMEError(MalformedError):
+    """The MIME structure is missing, wrong or inconsistent."""
+
+
+class UnsupportedError(SmimeError):
+    """A well-formed construct that smimekit does not implement."""
+
+
+class LegacyAlgorithmError(UnsupportedError):
+    """A legacy algorithm (3DES, RC2, SHA-1 signatures...) refused by policy.
+
+    Pass ``allow_legacy=True`` (CLI: ``--allow-legacy``) to read archives that need it.
+    """
+
+
+class KeyLoadError(SmimeError):
+    """A private key, certificate or PKCS#12 file cannot be loaded."""
+
+
+class PassphraseError(KeyLoadError):
+    """The passphrase is missing, cannot be read, or does not open the key."""
+
+
+class SigningError(SmimeError):
+    """Signing cannot be carried out (key and certificate do not match, bad options)."""
+
+
+class EncryptionError(SmimeError):
+    """Encryption cannot be carried out (unusable recipient certificate, bad options)."""
+
+
+class DecryptionError(SmimeError):
+    """Decryption failed. Deliberately says nothing about which step failed."""
+
+    def __init__(self, message: str = "decryption failed: wrong key or damaged message") -> None:
+        super().__init__(message)
+
+
+class NoRecipientError(DecryptionError):
+    """None of the given keys or certificates matches a recipient of the message."""
+
+    def __init__(
+        self, message: str = "no matching recipient: the message is not encrypted to this key"
+    ) -> None:
+        super().__init__(message)
+
+
+class VerificationError(SmimeError):
+    """A signature, or the trust decision about it, failed.
+
+    ``verdict`` holds the full :class:`~smimekit.validation.verdict.Verdict` when the failure
+    came out of a complete verification run, so a caller can report every reason.
+    """
+
+    def __init__(self, message: str, verdict: Verdict | None = None, **data: Any) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+        self.data = data
+
+
+class NoSignatureError(VerificationError):
+    """The message carries no signature, or a SignedData with zero signers."""
+
+
+class SignatureInvalidError(VerificationError):
+    """The cryptographic check failed: digest mismatch or bad signature value."""
+
+
+class SignedAttributesError(VerificationError):
+    """A signed attribute required by RFC 5652/8551 is missing, duplicated or wrong."""
+
+
+class UntrustedError(VerificationError):
+    """The signature is intact but its certificate did not pass validation."""
