@@ -1,0 +1,259 @@
+"""The safe recipes: sign, verify, encrypt, decrypt whole messages.
+
+Defaults follow RFC 8551 and current practice: SHA-256, AES-256-GCM, signed attributes with
+ESS signing-certificate-v2, strict validation. Lower-level assembly is in :mod:`smimekit.cms`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.message
+import email.policy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from smimekit.cms.algorithms import Cipher, Digest
+from smimekit.cms.enveloped import encrypt_enveloped
+from smimekit.cms.recipients import RecipientOptions
+from smimekit.cms.signed import SignerSpec, sign_data
+from smimekit.errors import MIMEError, NoRecipientError
+from smimekit.smime.message import build_multipart_signed, build_pkcs7_mime, prepare
+from smimekit.smime.wrap import Layer, unwrap
+from smimekit.validation.assess import assess
+from smimekit.validation.verdict import Verdict
+
+MessageInput = bytes | bytearray | memoryview | email.message.Message
+KeyPair = tuple[PrivateKeyTypes, x509.Certificate | None]
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """The result of :func:`decrypt`."""
+
+    content: bytes
+    """The complete decrypted message: the outer headers around the decrypted entity."""
+    cipher: str
+    """Content-encryption algorithm, e.g. ``aes256-gcm``."""
+    recipient: str
+    """How the content key reached us, e.g. ``ktri-rsaes_oaep``."""
+    layers: tuple[Layer, ...]
+    partial: bool = False
+    """True when the encrypted part sat next to unencrypted siblings (shown alone)."""
+
+    def as_message(self) -> email.message.EmailMessage:
+        return _parse(self.content)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The result of :func:`verify` and :func:`decrypt_verify`."""
+
+    content: bytes
+    """The message with its S/MIME layers removed (outer headers kept)."""
+    verdict: Verdict
+
+    def as_message(self) -> email.message.EmailMessage:
+        return _parse(self.content)
+
+
+def _parse(data: bytes) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+def _as_bytes(message: MessageInput) -> bytes:
+    if isinstance(message, bytes | bytearray | memoryview):
+        return bytes(message)
+    if isinstance(message, email.message.Message):
+        return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    raise TypeError("message must be bytes or an email.message.Message")
+
+
+def sign(
+    message: MessageInput,
+    key: PrivateKeyTypes,
+    cert: x509.Certificate,
+    *,
+    chain: Sequence[x509.Certificate] = (),
+    opaque: bool = False,
+    digest: Digest = Digest.SHA256,
+    pss: bool = False,
+    use_ski: bool = False,
+    signing_time: dt.datetime | None = None,
+) -> bytes:
+    """Sign a message: multipart/signed (default) or opaque application/pkcs7-mime.
+
+    8-bit content is converted to quoted-printable or base64 first, so the signature
+    survives any relay. ``chain`` certificates are included for the recipient.
+
+    Raises:
+        SigningError: the key does not match the certificate, or the options do not fit it.
+        MIMEError: the input is not a readable message.
+    """
+    outer, entity = prepare(_as_bytes(message))
+    der = sign_data(
+        entity,
+        [SignerSpec(key, cert, digest, pss=pss, use_ski=use_ski)],
+        detached=not opaque,
+        certificates=chain,
+        signing_time=signing_time,
+    )
+    if opaque:
+        return build_pkcs7_mime(outer, der, "signed_data")
+    micalg = "sha-512" if isinstance(key, ed25519.Ed25519PrivateKey) else digest.micalg
+    return build_multipart_signed(outer, entity, der, micalg)
+
+
+def encrypt(
+    message: MessageInput,
+    recipients: Sequence[x509.Certificate],
+    *,
+    cipher: Cipher = Cipher.AES256_GCM,
+    oaep: bool = False,
+    use_ski: bool = False,
+) -> bytes:
+    """Encrypt a message to every recipient certificate (application/pkcs7-mime).
+
+    AES-GCM and ChaCha20-Poly1305 produce authEnveloped-data, AES-CBC enveloped-data.
+    RSA recipients get PKCS#1 v1.5 key transport unless ``oaep``; EC and X25519/X448
+    recipients get ECDH key agreement with AES key wrap.
+
+    Raises:
+        EncryptionError: no recipient, or a certificate whose key cannot receive mail.
+    """
+    outer, entity = prepare(_as_bytes(message))
+    der = encrypt_enveloped(entity, recipients, cipher=cipher,
+                            options=RecipientOptions(oaep=oaep, use_ski=use_ski))
+    kind = "authenticated_enveloped_data" if cipher.authenticated else "enveloped_data"
+    return build_pkcs7_mime(outer, der, kind)
+
+
+def _can_receive(cert: x509.Certificate) -> bool:
+    key = cert.public_key()
+    return isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey |
+                      x25519.X25519PublicKey | x448.X448PublicKey)
+
+
+def sign_encrypt(
+    message: MessageInput,
+    key: PrivateKeyTypes,
+    cert: x509.Certificate,
+    recipients: Sequence[x509.Certificate],
+    *,
+    chain: Sequence[x509.Certificate] = (),
+    opaque: bool = False,
+    digest: Digest = Digest.SHA256,
+    pss: bool = False,
+    use_ski: bool = False,
+    cipher: Cipher = Cipher.AES256_GCM,
+    oaep: bool = False,
+    include_self: bool = True,
+    signing_time: dt.datetime | None = None,
+) -> bytes:
+    """Sign, then encrypt the signed message (RFC 8551 section 3.7).
+
+    With ``include_self`` the sender's own certificate is added as a recipient (when its key
+    can receive mail), so the sender can read their sent mail.
+    """
+    signed = sign(message, key, cert, chain=chain, opaque=opaque, digest=digest, pss=pss,
+                  use_ski=use_ski, signing_time=signing_time)
+    targets = list(recipients)
+    if include_self and cert not in targets and _can_receive(cert):
+        targets.append(cert)
+    return encrypt(signed, targets, cipher=cipher, oaep=oaep)
+
+
+def _keypairs(key: PrivateKeyTypes | None, cert: x509.Certificate | None,
+              keys: Sequence[KeyPair]) -> list[KeyPair]:
+    pairs: list[KeyPair] = [] if key is None else [(key, cert)]
+    pairs.extend(keys)
+    return pairs
+
+
+def decrypt(
+    message: MessageInput,
+    key: PrivateKeyTypes | None,
+    cert: x509.Certificate | None = None,
+    *,
+    keys: Sequence[KeyPair] = (),
+    allow_legacy: bool = False,
+) -> Decrypted:
+    """Remove the encryption layer(s); signed layers below are left for :func:`verify`.
+
+    ``keys`` may list more (key, certificate) pairs, e.g. a key history: the matching one is
+    found from the RecipientInfos.
+
+    Raises:
+        NoRecipientError: the message is not encrypted to any of the keys.
+        DecryptionError: wrong key or altered message (deliberately not more precise).
+        LegacyAlgorithmError: 3DES/RC2 without ``allow_legacy``.
+        MalformedError: the input is not an encrypted S/MIME message.
+    """
+    pairs = _keypairs(key, cert, keys)
+    if not pairs:
+        raise NoRecipientError("no private key was given")
+    result = unwrap(_as_bytes(message), keys=pairs, allow_legacy=allow_legacy,
+                    encryption_only=True)
+    if not result.encrypted:
+        raise MIMEError("the message is not encrypted (no enveloped-data part)")
+    last = [layer for layer in result.layers if layer.kind == "encrypted"][-1]
+    cipher, _, recipient = last.detail.partition(", ")
+    return Decrypted(result.message(), cipher, recipient, result.layers,
+                     partial=result.partially_encrypted)
+
+
+def verify(
+    message: MessageInput,
+    *,
+    trust: Sequence[x509.Certificate] = (),
+    at: dt.datetime | None = None,
+    extra_certs: Sequence[x509.Certificate] = (),
+    allow_legacy: bool = False,
+    raise_for_failure: bool = True,
+) -> Verified:
+    """Verify a signed message against ``trust`` anchors at ``at`` (default now).
+
+    Every signer of every signed layer must verify, chain to an anchor, be fit for signing
+    mail and match the From address.
+
+    Raises:
+        VerificationError: (unless ``raise_for_failure`` is False) with ``.verdict`` set.
+        NoRecipientError: the message is encrypted; use :func:`decrypt_verify`.
+        MalformedError: broken MIME or CMS.
+    """
+    return decrypt_verify(message, None, trust=trust, at=at, extra_certs=extra_certs,
+                          allow_legacy=allow_legacy, raise_for_failure=raise_for_failure)
+
+
+def decrypt_verify(
+    message: MessageInput,
+    key: PrivateKeyTypes | None,
+    cert: x509.Certificate | None = None,
+    *,
+    keys: Sequence[KeyPair] = (),
+    trust: Sequence[x509.Certificate] = (),
+    at: dt.datetime | None = None,
+    extra_certs: Sequence[x509.Certificate] = (),
+    allow_legacy: bool = False,
+    raise_for_failure: bool = True,
+) -> Verified:
+    """Unwrap every layer (encrypted, signed, triple-wrapped) and judge the whole message.
+
+    The verdict lists the layers seen, outermost first.
+
+    Raises:
+        the errors of :func:`decrypt` and :func:`verify`.
+    """
+    result = unwrap(_as_bytes(message), keys=_keypairs(key, cert, keys),
+                    allow_legacy=allow_legacy, extra_certs=extra_certs)
+    verdict = assess(result, trust=trust, at=at, extra_certs=extra_certs,
+                     allow_legacy=allow_legacy)
+    if raise_for_failure:
+        verdict.raise_for_failure()
+    return Verified(result.message(), verdict)

@@ -1,0 +1,169 @@
+"""Shared CLI plumbing: input/output, passphrases, key and certificate options."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from smimekit.errors import KeyLoadError, PassphraseError
+from smimekit.keys.load import load_certificates, load_pkcs12, load_private_key, read_source
+
+MAX_INPUT = 2 * 1024**3  # refuse to slurp more than 2 GiB from one input
+
+
+class CliError(click.ClickException):
+    """A failure of the operation: exit status 1, one line on stderr."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"smimekit: error: {self.format_message()}", err=True)
+
+
+@dataclass
+class Globals:
+    data_dir: Path
+    config: Path | None
+    database_url: str | None
+
+
+def read_input(path: str | None) -> bytes:
+    """The whole input message from a file or stdin ('-' or no argument)."""
+    try:
+        if path is None or path == "-":
+            if sys.stdin.isatty():
+                click.echo("smimekit: reading the message from standard input (end with Ctrl-D)",
+                           err=True)
+            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_INPUT + 1)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INPUT:
+        raise CliError("input is larger than 2 GiB")
+    if not data:
+        raise CliError("the input message is empty")
+    return data
+
+
+def write_output(path: str | None, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename) or to stdout."""
+    if path is None or path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def passphrase_from(passphrase_file: str | None, passphrase_env: str | None) -> bytes | None:
+    """A passphrase from the file, the named variable or SMIMEKIT_PASSPHRASE, if any."""
+    if passphrase_file:
+        try:
+            text = Path(passphrase_file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read passphrase file {passphrase_file}: "
+                           f"{exc.strerror or exc}") from None
+        return text.rstrip(b"\r\n")
+    if passphrase_env:
+        value = os.environ.get(passphrase_env)
+        if value is None:
+            raise CliError(f"environment variable {passphrase_env} is not set")
+        return value.encode()
+    value = os.environ.get("SMIMEKIT_PASSPHRASE")
+    return value.encode() if value is not None else None
+
+
+def _ask(label: str) -> bytes:
+    if not sys.stdin.isatty():
+        raise PassphraseError(
+            f"{label} needs a passphrase: use --passphrase-file, --passphrase-env or"
+            " SMIMEKIT_PASSPHRASE (no terminal to ask on)"
+        )
+    return getpass.getpass(f"Passphrase for {label}: ").encode()
+
+
+def load_key_and_cert(
+    key_path: str, cert_path: str | None, passphrase: bytes | None
+) -> tuple[PrivateKeyTypes, x509.Certificate | None, list[x509.Certificate]]:
+    """The private key (asking for a passphrase only when needed), its certificate and extras.
+
+    A PKCS#12 file given as ``--key`` supplies the certificate and chain too.
+    """
+    data, _label = read_source(key_path, "key")
+    secret = passphrase
+    for attempt in range(2):
+        try:
+            if _looks_pkcs12(data):
+                key, cert, extra = load_pkcs12(data, secret, label=f"key {key_path}")
+                if key is None:
+                    raise KeyLoadError(f"{key_path}: the PKCS#12 file holds no private key")
+            else:
+                key, cert, extra = load_private_key(data, secret), None, []
+            break
+        except PassphraseError:
+            if secret is not None or attempt:
+                raise
+            secret = _ask(key_path)
+    if cert_path is not None:
+        certs = load_certificates(cert_path)
+        cert, extra = certs[0], certs[1:] + extra
+    return key, cert, extra
+
+
+def _looks_pkcs12(data: bytes) -> bool:
+    if data.startswith(b"-----") or data[:1] != b"\x30":
+        return False
+    try:
+        load_private_key(data, None)
+    except PassphraseError:
+        # An encrypted PKCS#8 DER key also asks for a passphrase; PKCS#12 has version 3 first.
+        return b"\x02\x01\x03" in data[:8]
+    except KeyLoadError:
+        return True
+    return False
+
+
+def load_cert_files(paths: tuple[str, ...]) -> list[x509.Certificate]:
+    certs: list[x509.Certificate] = []
+    for path in paths:
+        certs.extend(load_certificates(path))
+    return certs
+
+
+def passphrase_options(func: Any) -> Any:
+    func = click.option("--passphrase-env", metavar="NAME",
+                        help="Read the key passphrase from this environment variable.")(func)
+    func = click.option("--passphrase-file", type=click.Path(dir_okay=False),
+                        help="Read the key passphrase from this file (first line).")(func)
+    return func
+
+
+def io_options(func: Any) -> Any:
+    func = click.option("-o", "--output", "output", metavar="OUT",
+                        help="Write the result here (default: standard output).")(func)
+    func = click.argument("input_path", metavar="[IN]", required=False)(func)
+    return func

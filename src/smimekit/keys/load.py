@@ -1,0 +1,173 @@
+"""Load private keys and certificates from the files people actually have.
+
+Private keys: PEM (PKCS#8, traditional, encrypted), DER (PKCS#8, encrypted PKCS#8), PKCS#12.
+Certificates: PEM (one or many), DER, PKCS#7 certs-only (PEM or DER), PKCS#12.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+
+from smimekit.errors import KeyLoadError, PassphraseError
+
+Source = bytes | str | os.PathLike[str]
+Passphrase = bytes | str | None
+
+_PEM_KEY = re.compile(
+    rb"-----BEGIN ((?:ENCRYPTED |RSA |EC |DSA )?PRIVATE KEY)-----.*?-----END \1-----", re.S
+)
+
+
+def read_source(source: Source, what: str) -> tuple[bytes, str]:
+    """The bytes of ``source`` (a path or the data itself) and a label for messages."""
+    if isinstance(source, bytes):
+        return source, what
+    if isinstance(source, str) and source.lstrip().startswith("-----BEGIN"):
+        return source.encode(), what
+    path = Path(source)
+    try:
+        return path.read_bytes(), f"{what} {path}"
+    except OSError as exc:
+        raise KeyLoadError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _secret(passphrase: Passphrase) -> bytes | None:
+    if passphrase is None:
+        return None
+    return passphrase.encode() if isinstance(passphrase, str) else passphrase
+
+
+def load_private_key(source: Source, passphrase: Passphrase = None) -> PrivateKeyTypes:
+    """Load a private key from PEM, DER, (encrypted) PKCS#8 or PKCS#12.
+
+    Raises:
+        PassphraseError: the key is encrypted and the passphrase is missing or wrong.
+        KeyLoadError: the file cannot be read or holds no private key.
+    """
+    data, label = read_source(source, "key")
+    secret = _secret(passphrase)
+    if b"-----BEGIN" in data:
+        match = _PEM_KEY.search(data)
+        if match is None:
+            raise KeyLoadError(f"{label}: no private key in this PEM file")
+        block = match.group(0)
+        encrypted = match.group(1).startswith(b"ENCRYPTED") or b"Proc-Type: 4,ENCRYPTED" in block
+        return _load(lambda pw: serialization.load_pem_private_key(block, pw), secret, encrypted,
+                     label)
+    try:
+        return serialization.load_der_private_key(data, None)
+    except TypeError:
+        return _load(lambda pw: serialization.load_der_private_key(data, pw), secret, True, label)
+    except ValueError:
+        pass
+    try:  # encrypted PKCS#8 in DER
+        return _load(lambda pw: serialization.load_der_private_key(data, pw), secret, True, label)
+    except KeyLoadError as first:
+        try:
+            key, _cert, _extra = load_pkcs12(data, passphrase, label=label)
+        except PassphraseError:
+            raise
+        except KeyLoadError:
+            if isinstance(first, PassphraseError):
+                raise first from None
+            raise KeyLoadError(
+                f"{label}: not a private key (PEM, DER, PKCS#8 or PKCS#12)"
+            ) from None
+        if key is None:
+            raise KeyLoadError(f"{label}: the PKCS#12 file holds no private key") from None
+        return key
+
+
+def _load(loader: object, secret: bytes | None, encrypted: bool, label: str) -> PrivateKeyTypes:
+    assert callable(loader)
+    if encrypted and secret is None:
+        raise PassphraseError(f"{label} is encrypted: a passphrase is required")
+    try:
+        return loader(secret if encrypted else None)  # type: ignore[no-any-return]
+    except TypeError:
+        if secret is None:
+            raise PassphraseError(f"{label} is encrypted: a passphrase is required") from None
+        return loader(secret)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        if encrypted or "password" in str(exc).lower() or "decrypt" in str(exc).lower():
+            raise PassphraseError(f"{label}: wrong passphrase or damaged key") from None
+        raise KeyLoadError(f"{label}: not a valid private key") from None
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd keys
+        raise KeyLoadError(f"{label}: unsupported key ({type(exc).__name__})") from None
+
+
+def load_pkcs12(
+    source: Source, passphrase: Passphrase = None, *, label: str | None = None
+) -> tuple[PrivateKeyTypes | None, x509.Certificate | None, list[x509.Certificate]]:
+    """Open a PKCS#12 file: (private key, its certificate, the other certificates).
+
+    Raises:
+        PassphraseError: wrong or missing passphrase.
+        KeyLoadError: not a PKCS#12 file.
+    """
+    data, default_label = read_source(source, "PKCS#12")
+    label = label or default_label
+    secret = _secret(passphrase)
+    try:
+        key, cert, extra = pkcs12.load_key_and_certificates(data, secret)
+    except ValueError as exc:
+        text = str(exc).lower()
+        if "password" in text:
+            if secret is None:
+                raise PassphraseError(f"{label} is protected: a passphrase is required") from None
+            raise PassphraseError(f"{label}: wrong passphrase") from None
+        raise KeyLoadError(f"{label}: not a PKCS#12 file") from None
+    except Exception as exc:
+        raise KeyLoadError(f"{label}: unsupported PKCS#12 content ({type(exc).__name__})"
+                           ) from None
+    return key, cert, list(extra)
+
+
+def load_certificates(source: Source, passphrase: Passphrase = None) -> list[x509.Certificate]:
+    """Every certificate in a PEM, DER, PKCS#7 certs-only or PKCS#12 file.
+
+    Raises:
+        KeyLoadError: no certificate could be read.
+    """
+    data, label = read_source(source, "certificate file")
+    try:
+        if b"-----BEGIN PKCS7-----" in data or b"-----BEGIN CMS-----" in data:
+            return list(pkcs7.load_pem_pkcs7_certificates(data))
+        if b"-----BEGIN" in data:
+            if b"-----BEGIN CERTIFICATE-----" not in data:
+                raise ValueError("no certificate")
+            return list(x509.load_pem_x509_certificates(data))
+    except ValueError:
+        raise KeyLoadError(f"{label}: no readable certificate in this PEM file") from None
+    try:
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        pass
+    try:
+        return list(pkcs7.load_der_pkcs7_certificates(data))
+    except ValueError:
+        pass
+    try:
+        _key, cert, extra = load_pkcs12(data, passphrase, label=label)
+    except PassphraseError:
+        raise
+    except KeyLoadError:
+        raise KeyLoadError(
+            f"{label}: not a certificate (PEM, DER, PKCS#7 or PKCS#12)"
+        ) from None
+    return ([cert] if cert is not None else []) + extra
+
+
+def load_certificate(source: Source, passphrase: Passphrase = None) -> x509.Certificate:
+    """The first certificate of :func:`load_certificates`."""
+    certs = load_certificates(source, passphrase)
+    if not certs:
+        raise KeyLoadError("no certificate found")
+    return certs[0]

@@ -1,0 +1,209 @@
+"""Unwrap nested S/MIME layers in one pass: signed, encrypted, triple-wrapped.
+
+The result lists every layer seen, outermost first. A signature is only attributed to the
+message when it covers the root entity; S/MIME parts buried below an unprotected
+multipart are reported as *partial* (signature spoofing, Efail direct exfiltration) and never
+merged with their unprotected siblings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from smimekit.cms.enveloped import ENCRYPTED_TYPES, content_type_of, decrypt_enveloped
+from smimekit.cms.signed import SignedDataResult, verify_signed_data
+from smimekit.errors import (
+    MIMEError,
+    NoRecipientError,
+    SmimeError,
+    VerificationError,
+)
+from smimekit.smime.canonical import CRLF, Entity, Header, join_entity, split_multipart, to_crlf
+from smimekit.smime.message import is_multipart_signed, is_pkcs7_mime, pkcs7_der, split_signed
+
+MAX_LAYERS = 8
+MAX_WALK_DEPTH = 16
+MAX_WALK_PARTS = 1000
+
+KeyPairs = Sequence[tuple[PrivateKeyTypes, x509.Certificate | None]]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One S/MIME layer, outermost first."""
+
+    kind: str
+    """``signed`` or ``encrypted``."""
+    form: str
+    """``multipart/signed`` or ``application/pkcs7-mime``."""
+    detail: str
+    """E.g. ``aes256-gcm, ktri-rsaes_oaep`` or ``1 signer``."""
+    signed: SignedDataResult | None = None
+    """For a signed layer whose signatures verified cryptographically."""
+    error: VerificationError | None = None
+    """For a signed layer whose check failed."""
+
+
+@dataclass(frozen=True)
+class Unwrapped:
+    """What :func:`unwrap` found."""
+
+    root: Entity
+    """The message as received (headers parsed)."""
+    entity: bytes
+    """The innermost content entity (CRLF), after every layer was removed."""
+    layers: tuple[Layer, ...]
+    partially_signed: bool = False
+    """A signature exists below an unsigned root: the message as a whole is not signed."""
+    partially_encrypted: bool = False
+    """An encrypted part sat next to unencrypted siblings; only that part is in ``entity``."""
+    inner_headers: tuple[Header, ...] = ()
+    """Headers of a wrapped message/rfc822 inside the protection, if any."""
+
+    @property
+    def signed(self) -> bool:
+        return any(layer.kind == "signed" for layer in self.layers)
+
+    @property
+    def encrypted(self) -> bool:
+        return any(layer.kind == "encrypted" for layer in self.layers)
+
+    def message(self) -> bytes:
+        """The outer headers of the received message around the innermost entity."""
+        outer = b"".join(h.raw + CRLF for h in self.root.outer_headers)
+        return outer + b"MIME-Version: 1.0" + CRLF + self.entity
+
+
+def unwrap(
+    message: bytes,
+    *,
+    keys: KeyPairs = (),
+    allow_legacy: bool = False,
+    extra_certs: Sequence[x509.Certificate] = (),
+    encryption_only: bool = False,
+) -> Unwrapped:
+    """Peel every S/MIME layer off ``message`` (only encryption layers if asked).
+
+    A signed layer whose verification fails is recorded (``Layer.error``) and unwrapping
+    stops there: nothing below an unverified signature is released.
+
+    Raises:
+        MalformedError: broken MIME or CMS.
+        NoRecipientError: encrypted, and none of ``keys`` is a recipient (or none given).
+        DecryptionError: a key matched but the content does not decrypt.
+        LegacyAlgorithmError: a legacy algorithm without ``allow_legacy``.
+    """
+    raw = to_crlf(message)
+    root = Entity.parse(raw)
+    current = root
+    layers: list[Layer] = []
+    inner_headers: tuple[Header, ...] = ()
+    partial_encrypted = False
+    for _ in range(MAX_LAYERS):
+        if encryption_only and (is_multipart_signed(current) or (
+                is_pkcs7_mime(current) and content_type_of(pkcs7_der(current)) == "signed_data")):
+            break
+        if is_multipart_signed(current):
+            detached = split_signed(current)
+            try:
+                result = verify_signed_data(detached.signature, detached_content=detached.content,
+                                            extra_certs=extra_certs, allow_legacy=allow_legacy)
+            except VerificationError as exc:
+                layers.append(Layer("signed", "multipart/signed", str(exc), error=exc))
+                break
+            layers.append(Layer("signed", "multipart/signed", _signers(result), signed=result))
+            current = Entity.parse(detached.content)
+        elif is_pkcs7_mime(current):
+            der = pkcs7_der(current)
+            kind = content_type_of(der)
+            if kind == "signed_data":
+                try:
+                    result = verify_signed_data(der, extra_certs=extra_certs,
+                                                allow_legacy=allow_legacy)
+                except VerificationError as exc:
+                    layers.append(Layer("signed", "application/pkcs7-mime", str(exc), error=exc))
+                    break
+                layers.append(Layer("signed", "application/pkcs7-mime", _signers(result),
+                                    signed=result))
+                current = Entity.parse(to_crlf(result.content))
+            elif kind in ENCRYPTED_TYPES:
+                current = _decrypt(der, keys, allow_legacy, layers)
+            else:
+                raise MIMEError(f"application/pkcs7-mime carries an unexpected CMS type {kind}")
+        elif current.content_type == "message/rfc822" and layers:
+            # A whole message wrapped inside the protection (RFC 8551 3.7, header protection).
+            inner = Entity.parse(current.body)
+            inner_headers = inner.outer_headers
+            current = inner
+        else:
+            break
+    else:
+        raise MIMEError(f"more than {MAX_LAYERS} nested S/MIME layers")
+
+    partially_signed = False
+    if not layers:
+        buried = _buried_smime(current)
+        partially_signed = any(kind == "signed" for kind, _ in buried)
+        encrypted_parts = [part for kind, part in buried if kind == "encrypted"]
+        if encrypted_parts and keys:
+            # Efail: decrypt the buried part alone; never splice it into the plain siblings.
+            current = _decrypt(pkcs7_der(encrypted_parts[0]), keys, allow_legacy, layers)
+            partial_encrypted = True
+    return Unwrapped(
+        root=root,
+        entity=join_entity(current.headers, current.body),
+        layers=tuple(layers),
+        partially_signed=partially_signed,
+        partially_encrypted=partial_encrypted,
+        inner_headers=inner_headers,
+    )
+
+
+def _signers(result: SignedDataResult) -> str:
+    n = len(result.signers)
+    return f"{n} signer" + ("" if n == 1 else "s")
+
+
+def _decrypt(der: bytes, keys: KeyPairs, allow_legacy: bool, layers: list[Layer]) -> Entity:
+    if not keys:
+        raise NoRecipientError("the message is encrypted: a private key is needed to open it")
+    out = decrypt_enveloped(der, keys, allow_legacy=allow_legacy)
+    layers.append(Layer("encrypted", "application/pkcs7-mime", f"{out.cipher}, {out.recipient}"))
+    return Entity.parse(to_crlf(out.content))
+
+
+def _buried_smime(entity: Entity) -> list[tuple[str, Entity]]:
+    """S/MIME parts found anywhere below a non-S/MIME root, as (kind, entity)."""
+    found: list[tuple[str, Entity]] = []
+    budget = [MAX_WALK_PARTS]
+
+    def walk(ent: Entity, depth: int) -> None:
+        if depth > MAX_WALK_DEPTH or budget[0] <= 0:
+            return
+        budget[0] -= 1
+        if is_multipart_signed(ent):
+            found.append(("signed", ent))
+            return
+        if is_pkcs7_mime(ent):
+            try:
+                kind = content_type_of(pkcs7_der(ent))
+            except SmimeError:  # a broken buried part must not hide its siblings
+                return
+            found.append(("signed" if kind == "signed_data" else "encrypted", ent))
+            return
+        if ent.content_type.startswith("multipart/"):
+            try:
+                parts = split_multipart(ent.body, ent.params.get("boundary", ""))
+            except MIMEError:
+                return
+            for part in parts:
+                walk(Entity.parse(part), depth + 1)
+        elif ent.content_type == "message/rfc822":
+            walk(Entity.parse(ent.body), depth + 1)
+
+    walk(entity, 0)
+    return found

@@ -1,0 +1,117 @@
+"""Turn what was unwrapped into a :class:`Verdict`: trust, key usage, sender binding."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from email.utils import getaddresses
+
+from cryptography import x509
+
+from smimekit.smime.wrap import Unwrapped
+from smimekit.validation.path import Purpose, validate
+from smimekit.validation.verdict import (
+    CertSummary,
+    LayerSummary,
+    RevocationStatus,
+    SignerVerdict,
+    Verdict,
+    cert_emails,
+)
+
+
+def sender_addresses(unwrapped: Unwrapped) -> list[str]:
+    """From and Sender addresses of the received message (RFC 8550 section 3)."""
+    out = []
+    for name in ("from", "sender"):
+        value = unwrapped.root.get(name)
+        if value:
+            out.extend(addr for _display, addr in getaddresses([value]) if addr)
+    return out
+
+
+def _norm(address: str) -> str:
+    local, _, domain = address.strip().rpartition("@")
+    return f"{local}@{domain.lower()}" if local else address.strip().lower()
+
+
+def assess(
+    unwrapped: Unwrapped,
+    *,
+    trust: Sequence[x509.Certificate],
+    at: dt.datetime | None = None,
+    extra_certs: Sequence[x509.Certificate] = (),
+    allow_legacy: bool = False,
+) -> Verdict:
+    """The verdict on an unwrapped message at ``at`` (default: now)."""
+    when = at or dt.datetime.now(dt.UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    senders = sender_addresses(unwrapped)
+    reasons: list[str] = []
+    warnings: list[str] = []
+    signers: list[SignerVerdict] = []
+    for layer in unwrapped.layers:
+        if layer.kind != "signed":
+            continue
+        if layer.error is not None:
+            reasons.append(str(layer.error))
+            continue
+        assert layer.signed is not None
+        pool = list(layer.signed.certificates) + list(extra_certs)
+        for signer in layer.signed.signers:
+            cert = signer.certificate
+            path = validate(cert, intermediates=pool, anchors=trust, at=when,
+                            purpose=Purpose.SIGN, allow_legacy=allow_legacy)
+            emails = cert_emails(cert)
+            from_match: bool | None = None
+            signer_reasons = list(path.reasons) + list(path.usage_reasons)
+            if senders:
+                bound = {_norm(e) for e in emails}
+                from_match = all(_norm(s) in bound for s in senders)
+                if not from_match:
+                    signer_reasons.append(
+                        f"sender {', '.join(senders)} is not an address of the signer's"
+                        f" certificate ({', '.join(emails) or 'none'})"
+                    )
+            else:
+                warnings.append("the message has no From header to bind the signer to")
+            signers.append(
+                SignerVerdict(
+                    intact=True,
+                    trusted=path.trusted,
+                    signer=CertSummary.of(cert),
+                    email=tuple(emails),
+                    chain=tuple(CertSummary.of(c) for c in path.chain),
+                    digest_algorithm=signer.digest_algorithm,
+                    signature_algorithm=signer.signature_algorithm,
+                    signing_time=signer.signing_time,
+                    key_usage_ok=path.key_usage_ok,
+                    from_match=from_match,
+                    revocation=tuple(RevocationStatus(c.subject.rfc4514_string())
+                                     for c in path.chain[:-1]),
+                    reasons=tuple(signer_reasons),
+                )
+            )
+    if unwrapped.partially_signed:
+        reasons.append(
+            "only a part of the message is signed (a signed part inside an unsigned"
+            " multipart); the message as a whole is not signed"
+        )
+    elif not unwrapped.signed:
+        reasons.append("the message is not signed")
+    if unwrapped.partially_encrypted:
+        warnings.append(
+            "an encrypted part sat next to unencrypted parts; only the encrypted part is shown"
+        )
+    return Verdict(
+        signers=tuple(signers),
+        layers=tuple(LayerSummary(layer.kind, layer.form, layer.detail)
+                     for layer in unwrapped.layers),
+        validation_time=when,
+        from_address=senders[0] if senders else None,
+        partially_signed=unwrapped.partially_signed,
+        partially_encrypted=unwrapped.partially_encrypted,
+        warnings=tuple(dict.fromkeys(warnings)),
+        reasons=tuple(reasons),
+    )

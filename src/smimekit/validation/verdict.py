@@ -1,0 +1,217 @@
+"""The verdict on a message: frozen dataclasses, and their JSON.
+
+Designed so later checks slot in without changing the shape: revocation fills
+``SignerVerdict.revocation``; S/MIME policy adds reasons and warnings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from smimekit.errors import UntrustedError, VerificationError
+
+
+@dataclass(frozen=True)
+class CertSummary:
+    """A certificate, as a person reads it."""
+
+    subject: str
+    issuer: str
+    serial: str
+    """Hexadecimal serial number."""
+    sha256: str
+    """SHA-256 fingerprint, hex."""
+    not_before: dt.datetime
+    not_after: dt.datetime
+    emails: tuple[str, ...]
+    """rfc822Name and SmtpUTF8Mailbox addresses of the subject."""
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertSummary:
+        return cls(
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            serial=format(cert.serial_number, "x"),
+            sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            emails=tuple(cert_emails(cert)),
+        )
+
+
+def cert_emails(cert: x509.Certificate) -> list[str]:
+    """Addresses bound to ``cert``: SAN rfc822Name, SmtpUTF8Mailbox, else subject emailAddress."""
+    found: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        san = None
+    if san is not None:
+        found.extend(san.get_values_for_type(x509.RFC822Name))
+        for other in san.get_values_for_type(x509.OtherName):
+            if other.type_id.dotted_string == "1.3.6.1.5.5.7.8.9":  # RFC 8398 SmtpUTF8Mailbox
+                found.append(_utf8_string(other.value))
+    if not found:
+        from cryptography.x509.oid import NameOID
+
+        for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+            found.append(str(attr.value))
+    return [f for f in found if f]
+
+
+def _utf8_string(der: bytes) -> str:
+    # otherName value is an explicit [0] around a UTF8String.
+    from asn1crypto import core
+
+    try:
+        value = core.UTF8String.load(core.Any.load(der).contents if der[:1] == b"\xa0" else der)
+        return str(value.native)
+    except (ValueError, TypeError):
+        return ""
+
+
+@dataclass(frozen=True)
+class RevocationStatus:
+    """Revocation state of one certificate of the chain."""
+
+    subject: str
+    status: str = "not-checked"
+    """``good``, ``revoked``, ``unknown`` or ``not-checked``."""
+    source: str = "none"
+    """``crl``, ``ocsp``, ``cache`` or ``none``."""
+    age_seconds: float | None = None
+    """How old the answer was when used."""
+
+
+@dataclass(frozen=True)
+class SignerVerdict:
+    """Everything decided about one signer."""
+
+    intact: bool
+    """The signature and signed attributes verify over the content."""
+    trusted: bool
+    """A valid chain leads to a trust anchor at the validation time."""
+    signer: CertSummary | None
+    email: tuple[str, ...]
+    """The signer certificate's email addresses."""
+    chain: tuple[CertSummary, ...]
+    """Signer first, trust anchor last (empty when no path was found)."""
+    digest_algorithm: str | None
+    signature_algorithm: str | None
+    signing_time: dt.datetime | None
+    """Self-asserted by the signer (signing-time attribute)."""
+    key_usage_ok: bool
+    """Key usage and extended key usage permit signing mail."""
+    from_match: bool | None
+    """The From (and Sender) address is one of the certificate's addresses; None if no From."""
+    revocation: tuple[RevocationStatus, ...] = ()
+    reasons: tuple[str, ...] = ()
+    """Why this signer fails, in words; empty when it passes."""
+
+    @property
+    def valid(self) -> bool:
+        return (self.intact and self.trusted and self.key_usage_ok
+                and self.from_match is not False and not self.reasons)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    kind: str
+    """``signed`` or ``encrypted``."""
+    form: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision on a message, and every reason behind it."""
+
+    signers: tuple[SignerVerdict, ...]
+    layers: tuple[LayerSummary, ...]
+    """Outermost first: e.g. encrypted, signed."""
+    validation_time: dt.datetime
+    from_address: str | None
+    partially_signed: bool = False
+    """A signature covers only a part, not the root: never a signed message."""
+    partially_encrypted: bool = False
+    warnings: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = field(default=())
+    """Message-level reasons for failure."""
+
+    @property
+    def signed(self) -> bool:
+        return any(layer.kind == "signed" for layer in self.layers)
+
+    @property
+    def encrypted(self) -> bool:
+        return any(layer.kind == "encrypted" for layer in self.layers)
+
+    @property
+    def valid(self) -> bool:
+        """True only when the root is signed and every signer passes every check."""
+        return (
+            self.signed
+            and bool(self.signers)
+            and all(s.valid for s in self.signers)
+            and not self.reasons
+            and not self.partially_signed
+        )
+
+    def all_reasons(self) -> list[str]:
+        out = list(self.reasons)
+        for s in self.signers:
+            out.extend(s.reasons)
+        return out
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`~smimekit.errors.VerificationError` unless :attr:`valid`."""
+        if self.valid:
+            return
+        reasons = self.all_reasons() or ["the message is not validly signed"]
+        cls = VerificationError
+        if self.signers and all(s.intact for s in self.signers) and not self.reasons:
+            cls = UntrustedError
+        raise cls("; ".join(reasons), verdict=self)
+
+    def summary(self) -> str:
+        """One line for people: signer, email, signing time, chain, revocation."""
+        if not self.signers:
+            return "NOT SIGNED: " + "; ".join(self.all_reasons() or ["no signature"])
+        head = "VALID" if self.valid else "INVALID"
+        bits = []
+        for s in self.signers:
+            who = s.signer.subject if s.signer else "unknown signer"
+            email = ",".join(s.email) or "no email"
+            when = s.signing_time.isoformat() if s.signing_time else "no signing time"
+            chain = " <- ".join(c.subject for c in s.chain) if s.chain else "no chain"
+            rev = ",".join(sorted({r.status for r in s.revocation})) or "not-checked"
+            bits.append(f"signer {who} <{email}> signed {when}; chain: {chain}; revocation: {rev}")
+        text = f"{head}: " + " | ".join(bits)
+        reasons = self.all_reasons()
+        if reasons:
+            text += " -- " + "; ".join(reasons)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["valid"] = self.valid
+        data["signed"] = self.signed
+        data["encrypted"] = self.encrypted
+        for signer, raw in zip(self.signers, data["signers"], strict=True):
+            raw["valid"] = signer.valid
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_json_default, sort_keys=True)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
