@@ -128,16 +128,19 @@ def encrypt(
         EncryptionError: no recipient, or a certificate whose key cannot receive mail.
     """
     outer, entity = prepare(_as_bytes(message))
-    der = encrypt_enveloped(entity, recipients, cipher=cipher,
-                            options=RecipientOptions(oaep=oaep, use_ski=use_ski))
+    der = encrypt_enveloped(
+        entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
+    )
     kind = "authenticated_enveloped_data" if cipher.authenticated else "enveloped_data"
     return build_pkcs7_mime(outer, der, kind)
 
 
 def _can_receive(cert: x509.Certificate) -> bool:
     key = cert.public_key()
-    return isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey |
-                      x25519.X25519PublicKey | x448.X448PublicKey)
+    return isinstance(
+        key,
+        rsa.RSAPublicKey | ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey,
+    )
 
 
 def sign_encrypt(
@@ -161,16 +164,26 @@ def sign_encrypt(
     With ``include_self`` the sender's own certificate is added as a recipient (when its key
     can receive mail), so the sender can read their sent mail.
     """
-    signed = sign(message, key, cert, chain=chain, opaque=opaque, digest=digest, pss=pss,
-                  use_ski=use_ski, signing_time=signing_time)
+    signed = sign(
+        message,
+        key,
+        cert,
+        chain=chain,
+        opaque=opaque,
+        digest=digest,
+        pss=pss,
+        use_ski=use_ski,
+        signing_time=signing_time,
+    )
     targets = list(recipients)
     if include_self and cert not in targets and _can_receive(cert):
         targets.append(cert)
     return encrypt(signed, targets, cipher=cipher, oaep=oaep)
 
 
-def _keypairs(key: PrivateKeyTypes | None, cert: x509.Certificate | None,
-              keys: Sequence[KeyPair]) -> list[KeyPair]:
+def _keypairs(
+    key: PrivateKeyTypes | None, cert: x509.Certificate | None, keys: Sequence[KeyPair]
+) -> list[KeyPair]:
     pairs: list[KeyPair] = [] if key is None else [(key, cert)]
     pairs.extend(keys)
     return pairs
@@ -198,14 +211,14 @@ def decrypt(
     pairs = _keypairs(key, cert, keys)
     if not pairs:
         raise NoRecipientError("no private key was given")
-    result = unwrap(_as_bytes(message), keys=pairs, allow_legacy=allow_legacy,
-                    encryption_only=True)
+    result = unwrap(_as_bytes(message), keys=pairs, allow_legacy=allow_legacy, encryption_only=True)
     if not result.encrypted:
         raise MIMEError("the message is not encrypted (no enveloped-data part)")
     last = [layer for layer in result.layers if layer.kind == "encrypted"][-1]
     cipher, _, recipient = last.detail.partition(", ")
-    return Decrypted(result.message(), cipher, recipient, result.layers,
-                     partial=result.partially_encrypted)
+    return Decrypted(
+        result.message(), cipher, recipient, result.layers, partial=result.partially_encrypted
+    )
 
 
 def verify(
@@ -227,8 +240,15 @@ def verify(
         NoRecipientError: the message is encrypted; use :func:`decrypt_verify`.
         MalformedError: broken MIME or CMS.
     """
-    return decrypt_verify(message, None, trust=trust, at=at, extra_certs=extra_certs,
-                          allow_legacy=allow_legacy, raise_for_failure=raise_for_failure)
+    return decrypt_verify(
+        message,
+        None,
+        trust=trust,
+        at=at,
+        extra_certs=extra_certs,
+        allow_legacy=allow_legacy,
+        raise_for_failure=raise_for_failure,
+    )
 
 
 def decrypt_verify(
@@ -250,10 +270,13 @@ def decrypt_verify(
     Raises:
         the errors of :func:`decrypt` and :func:`verify`.
     """
-    result = unwrap(_as_bytes(message), keys=_keypairs(key, cert, keys),
-                    allow_legacy=allow_legacy, extra_certs=extra_certs)
-    verdict = assess(result, trust=trust, at=at, extra_certs=extra_certs,
-                     allow_legacy=allow_legacy)
+    result = unwrap(
+        _as_bytes(message),
+        keys=_keypairs(key, cert, keys),
+        allow_legacy=allow_legacy,
+        extra_certs=extra_certs,
+    )
+    verdict = assess(result, trust=trust, at=at, extra_certs=extra_certs, allow_legacy=allow_legacy)
     if raise_for_failure:
         verdict.raise_for_failure()
     return Verified(result.message(), verdict)

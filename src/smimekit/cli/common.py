@@ -41,8 +41,9 @@ def read_input(path: str | None) -> bytes:
     try:
         if path is None or path == "-":
             if sys.stdin.isatty():
-                click.echo("smimekit: reading the message from standard input (end with Ctrl-D)",
-                           err=True)
+                click.echo(
+                    "smimekit: reading the message from standard input (end with Ctrl-D)", err=True
+                )
             data = sys.stdin.buffer.read(MAX_INPUT + 1)
         else:
             with open(path, "rb") as fh:
@@ -85,8 +86,9 @@ def passphrase_from(passphrase_file: str | None, passphrase_env: str | None) -> 
         try:
             text = Path(passphrase_file).read_bytes()
         except OSError as exc:
-            raise CliError(f"cannot read passphrase file {passphrase_file}: "
-                           f"{exc.strerror or exc}") from None
+            raise CliError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror or exc}"
+            ) from None
         return text.rstrip(b"\r\n")
     if passphrase_env:
         value = os.environ.get(passphrase_env)
@@ -128,6 +130,8 @@ def load_key_and_cert(
             if secret is not None or attempt:
                 raise
             secret = _ask(key_path)
+    if key is None:
+        raise KeyLoadError(f"{key_path}: no private key found")
     if cert_path is not None:
         certs = load_certificates(cert_path)
         cert, extra = certs[0], certs[1:] + extra
@@ -155,15 +159,26 @@ def load_cert_files(paths: tuple[str, ...]) -> list[x509.Certificate]:
 
 
 def passphrase_options(func: Any) -> Any:
-    func = click.option("--passphrase-env", metavar="NAME",
-                        help="Read the key passphrase from this environment variable.")(func)
-    func = click.option("--passphrase-file", type=click.Path(dir_okay=False),
-                        help="Read the key passphrase from this file (first line).")(func)
+    func = click.option(
+        "--passphrase-env",
+        metavar="NAME",
+        help="Read the key passphrase from this environment variable.",
+    )(func)
+    func = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False),
+        help="Read the key passphrase from this file (first line).",
+    )(func)
     return func
 
 
 def io_options(func: Any) -> Any:
-    func = click.option("-o", "--output", "output", metavar="OUT",
-                        help="Write the result here (default: standard output).")(func)
+    func = click.option(
+        "-o",
+        "--output",
+        "output",
+        metavar="OUT",
+        help="Write the result here (default: standard output).",
+    )(func)
     func = click.argument("input_path", metavar="[IN]", required=False)(func)
     return func

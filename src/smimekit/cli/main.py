@@ -19,13 +19,25 @@ from smimekit.errors import SmimeError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smimekit")
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="SMIMEKIT_DATA_DIR",
-              default="./smimekit-data", show_default=True,
-              help="Where smimekit keeps its database and key material.")
-@click.option("--config", type=click.Path(dir_okay=False), envvar="SMIMEKIT_CONFIG",
-              help="TOML configuration file.")
-@click.option("--database-url", envvar="SMIMEKIT_DATABASE_URL",
-              help="Use this database (e.g. PostgreSQL) instead of SQLite in the data dir.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="SMIMEKIT_DATA_DIR",
+    default="./smimekit-data",
+    show_default=True,
+    help="Where smimekit keeps its database and key material.",
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="SMIMEKIT_CONFIG",
+    help="TOML configuration file.",
+)
+@click.option(
+    "--database-url",
+    envvar="SMIMEKIT_DATABASE_URL",
+    help="Use this database (e.g. PostgreSQL) instead of SQLite in the data dir.",
+)
 @click.pass_context
 def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str | None) -> None:
     """Sovereign S/MIME: sign, verify, encrypt and decrypt mail."""
@@ -57,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so plainly, without a traceback
         if os.environ.get("SMIMEKIT_DEBUG"):
             raise
-        click.echo(f"smimekit: internal error ({type(exc).__name__}): {exc}; set"
-                   " SMIMEKIT_DEBUG=1 for details", err=True)
+        click.echo(
+            f"smimekit: internal error ({type(exc).__name__}): {exc}; set"
+            " SMIMEKIT_DEBUG=1 for details",
+            err=True,
+        )
         return 1
     return 0
 

@@ -27,65 +27,126 @@ DIGESTS = [d.value for d in Digest]
 
 
 def _sign_options(func: Any) -> Any:
-    for opt in reversed([
-        click.option("--key", "key_path", required=True, metavar="KEY",
-                     help="Signing key: PEM, DER, encrypted PKCS#8 or PKCS#12."),
-        click.option("--cert", "cert_path", metavar="CERT",
-                     help="Signing certificate (taken from the PKCS#12 when --key is one)."),
-        click.option("--chain", "chain_paths", multiple=True, metavar="PEM",
-                     help="Intermediate certificates to include (repeatable)."),
-        click.option("--opaque", is_flag=True,
-                     help="Opaque application/pkcs7-mime instead of multipart/signed."),
-        click.option("--digest", type=click.Choice(DIGESTS), default="sha256", show_default=True),
-        click.option("--pss", is_flag=True, help="RSASSA-PSS instead of PKCS#1 v1.5 (RSA keys)."),
-        click.option("--use-ski", is_flag=True,
-                     help="Identify the signer by subject key identifier."),
-    ]):
+    for opt in reversed(
+        [
+            click.option(
+                "--key",
+                "key_path",
+                required=True,
+                metavar="KEY",
+                help="Signing key: PEM, DER, encrypted PKCS#8 or PKCS#12.",
+            ),
+            click.option(
+                "--cert",
+                "cert_path",
+                metavar="CERT",
+                help="Signing certificate (taken from the PKCS#12 when --key is one).",
+            ),
+            click.option(
+                "--chain",
+                "chain_paths",
+                multiple=True,
+                metavar="PEM",
+                help="Intermediate certificates to include (repeatable).",
+            ),
+            click.option(
+                "--opaque",
+                is_flag=True,
+                help="Opaque application/pkcs7-mime instead of multipart/signed.",
+            ),
+            click.option(
+                "--digest", type=click.Choice(DIGESTS), default="sha256", show_default=True
+            ),
+            click.option(
+                "--pss", is_flag=True, help="RSASSA-PSS instead of PKCS#1 v1.5 (RSA keys)."
+            ),
+            click.option(
+                "--use-ski", is_flag=True, help="Identify the signer by subject key identifier."
+            ),
+        ]
+    ):
         func = opt(func)
     return passphrase_options(func)
 
 
 def _encrypt_options(func: Any) -> Any:
-    for opt in reversed([
-        click.option("--to", "to_paths", multiple=True, required=True, metavar="CERT",
-                     help="Recipient certificate (repeatable)."),
-        click.option("--cipher", type=click.Choice(CIPHERS), default="aes256-gcm",
-                     show_default=True),
-        click.option("--oaep", is_flag=True, help="RSAES-OAEP key transport for RSA recipients."),
-    ]):
+    for opt in reversed(
+        [
+            click.option(
+                "--to",
+                "to_paths",
+                multiple=True,
+                required=True,
+                metavar="CERT",
+                help="Recipient certificate (repeatable).",
+            ),
+            click.option(
+                "--cipher", type=click.Choice(CIPHERS), default="aes256-gcm", show_default=True
+            ),
+            click.option(
+                "--oaep", is_flag=True, help="RSAES-OAEP key transport for RSA recipients."
+            ),
+        ]
+    ):
         func = opt(func)
     return func
 
 
 def _verify_options(func: Any) -> Any:
-    for opt in reversed([
-        click.option("--trust", "trust_paths", multiple=True, metavar="PEM",
-                     help="Trust anchor certificates (repeatable)."),
-        click.option("--at", "at_text", metavar="ISO8601",
-                     help="Validate at this time instead of now."),
-        click.option("--report", "report_path", metavar="FILE",
-                     help="Write the verdict as JSON to FILE."),
-        click.option("--certs", "cert_paths", multiple=True, metavar="PEM",
-                     help="Extra certificates for finding signers and intermediates."),
-    ]):
+    for opt in reversed(
+        [
+            click.option(
+                "--trust",
+                "trust_paths",
+                multiple=True,
+                metavar="PEM",
+                help="Trust anchor certificates (repeatable).",
+            ),
+            click.option(
+                "--at", "at_text", metavar="ISO8601", help="Validate at this time instead of now."
+            ),
+            click.option(
+                "--report", "report_path", metavar="FILE", help="Write the verdict as JSON to FILE."
+            ),
+            click.option(
+                "--certs",
+                "cert_paths",
+                multiple=True,
+                metavar="PEM",
+                help="Extra certificates for finding signers and intermediates.",
+            ),
+        ]
+    ):
         func = opt(func)
     return func
 
 
 def _decrypt_options(func: Any) -> Any:
-    for opt in reversed([
-        click.option("--key", "key_path", required=True, metavar="KEY",
-                     help="Private key: PEM, DER, encrypted PKCS#8 or PKCS#12."),
-        click.option("--cert", "cert_path", metavar="CERT",
-                     help="Its certificate (picks the matching recipient)."),
-    ]):
+    for opt in reversed(
+        [
+            click.option(
+                "--key",
+                "key_path",
+                required=True,
+                metavar="KEY",
+                help="Private key: PEM, DER, encrypted PKCS#8 or PKCS#12.",
+            ),
+            click.option(
+                "--cert",
+                "cert_path",
+                metavar="CERT",
+                help="Its certificate (picks the matching recipient).",
+            ),
+        ]
+    ):
         func = opt(func)
     return passphrase_options(func)
 
 
 def _legacy(func: Any) -> Any:
     return click.option(
-        "--allow-legacy", is_flag=True,
+        "--allow-legacy",
+        is_flag=True,
         help="Read 3DES/RC2/SHA-1/short-key material (archives). Never used for writing.",
     )(func)
 
@@ -100,17 +161,24 @@ def _at(text: str | None) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
-def _signer(key_path: str, cert_path: str | None, chain_paths: tuple[str, ...],
-            passphrase_file: str | None, passphrase_env: str | None) -> tuple[Any, Any, list[Any]]:
-    key, cert, extra = load_key_and_cert(key_path, cert_path,
-                                         passphrase_from(passphrase_file, passphrase_env))
+def _signer(
+    key_path: str,
+    cert_path: str | None,
+    chain_paths: tuple[str, ...],
+    passphrase_file: str | None,
+    passphrase_env: str | None,
+) -> tuple[Any, Any, list[Any]]:
+    key, cert, extra = load_key_and_cert(
+        key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
+    )
     if cert is None:
         raise CliError("--cert is required unless --key is a PKCS#12 file holding it")
     return key, cert, extra + load_cert_files(chain_paths)
 
 
-def _finish_verdict(result: api.Verified | None, verdict: Verdict, report_path: str | None,
-                    output: str | None) -> None:
+def _finish_verdict(
+    result: api.Verified | None, verdict: Verdict, report_path: str | None, output: str | None
+) -> None:
     if report_path:
         write_output(report_path, verdict.to_json().encode() + b"\n")
     if verdict.valid and result is not None:
@@ -125,14 +193,25 @@ def _finish_verdict(result: api.Verified | None, verdict: Verdict, report_path: 
 @click.command()
 @_sign_options
 @io_options
-def sign(key_path: str, cert_path: str | None, chain_paths: tuple[str, ...], opaque: bool,
-         digest: str, pss: bool, use_ski: bool, passphrase_file: str | None,
-         passphrase_env: str | None, input_path: str | None, output: str | None) -> None:
+def sign(
+    key_path: str,
+    cert_path: str | None,
+    chain_paths: tuple[str, ...],
+    opaque: bool,
+    digest: str,
+    pss: bool,
+    use_ski: bool,
+    passphrase_file: str | None,
+    passphrase_env: str | None,
+    input_path: str | None,
+    output: str | None,
+) -> None:
     """Sign a message (multipart/signed, or opaque with --opaque)."""
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
     data = read_input(input_path)
-    out = api.sign(data, key, cert, chain=chain, opaque=opaque, digest=Digest(digest), pss=pss,
-                   use_ski=use_ski)
+    out = api.sign(
+        data, key, cert, chain=chain, opaque=opaque, digest=Digest(digest), pss=pss, use_ski=use_ski
+    )
     write_output(output, out)
 
 
@@ -140,16 +219,28 @@ def sign(key_path: str, cert_path: str | None, chain_paths: tuple[str, ...], opa
 @_verify_options
 @_legacy
 @io_options
-def verify(trust_paths: tuple[str, ...], at_text: str | None, report_path: str | None,
-           cert_paths: tuple[str, ...], allow_legacy: bool, input_path: str | None,
-           output: str | None) -> None:
+def verify(
+    trust_paths: tuple[str, ...],
+    at_text: str | None,
+    report_path: str | None,
+    cert_paths: tuple[str, ...],
+    allow_legacy: bool,
+    input_path: str | None,
+    output: str | None,
+) -> None:
     """Verify a signed message; write its content to OUT when every check passes."""
     trust = load_cert_files(trust_paths)
     extra = load_cert_files(cert_paths)
     data = read_input(input_path)
     try:
-        result = api.verify(data, trust=trust, at=_at(at_text), extra_certs=extra,
-                            allow_legacy=allow_legacy, raise_for_failure=False)
+        result = api.verify(
+            data,
+            trust=trust,
+            at=_at(at_text),
+            extra_certs=extra,
+            allow_legacy=allow_legacy,
+            raise_for_failure=False,
+        )
     except VerificationError as exc:
         if exc.verdict is None:
             raise
@@ -161,8 +252,9 @@ def verify(trust_paths: tuple[str, ...], at_text: str | None, report_path: str |
 @click.command()
 @_encrypt_options
 @io_options
-def encrypt(to_paths: tuple[str, ...], cipher: str, oaep: bool, input_path: str | None,
-            output: str | None) -> None:
+def encrypt(
+    to_paths: tuple[str, ...], cipher: str, oaep: bool, input_path: str | None, output: str | None
+) -> None:
     """Encrypt a message to one or more recipients."""
     recipients = load_cert_files(to_paths)
     data = read_input(input_path)
@@ -173,18 +265,28 @@ def encrypt(to_paths: tuple[str, ...], cipher: str, oaep: bool, input_path: str 
 @_decrypt_options
 @_legacy
 @io_options
-def decrypt(key_path: str, cert_path: str | None, passphrase_file: str | None,
-            passphrase_env: str | None, allow_legacy: bool, input_path: str | None,
-            output: str | None) -> None:
+def decrypt(
+    key_path: str,
+    cert_path: str | None,
+    passphrase_file: str | None,
+    passphrase_env: str | None,
+    allow_legacy: bool,
+    input_path: str | None,
+    output: str | None,
+) -> None:
     """Decrypt a message (signed layers inside are kept for verify)."""
-    key, cert, _extra = load_key_and_cert(key_path, cert_path,
-                                          passphrase_from(passphrase_file, passphrase_env))
+    key, cert, _extra = load_key_and_cert(
+        key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
+    )
     data = read_input(input_path)
     result = api.decrypt(data, key, cert, allow_legacy=allow_legacy)
     write_output(output, result.content)
     if result.partial:
-        click.echo("smimekit: warning: the encrypted part sat next to unencrypted parts; only"
-                   " the encrypted part was written (Efail protection)", err=True)
+        click.echo(
+            "smimekit: warning: the encrypted part sat next to unencrypted parts; only"
+            " the encrypted part was written (Efail protection)",
+            err=True,
+        )
     click.echo(f"smimekit: decrypted ({result.cipher}, {result.recipient})", err=True)
 
 
@@ -193,18 +295,41 @@ def decrypt(key_path: str, cert_path: str | None, passphrase_file: str | None,
 @_encrypt_options
 @click.option("--no-self", is_flag=True, help="Do not add the sender as a recipient.")
 @io_options
-def sign_encrypt(key_path: str, cert_path: str | None, chain_paths: tuple[str, ...],
-                 opaque: bool, digest: str, pss: bool, use_ski: bool,
-                 passphrase_file: str | None, passphrase_env: str | None,
-                 to_paths: tuple[str, ...], cipher: str, oaep: bool, no_self: bool,
-                 input_path: str | None, output: str | None) -> None:
+def sign_encrypt(
+    key_path: str,
+    cert_path: str | None,
+    chain_paths: tuple[str, ...],
+    opaque: bool,
+    digest: str,
+    pss: bool,
+    use_ski: bool,
+    passphrase_file: str | None,
+    passphrase_env: str | None,
+    to_paths: tuple[str, ...],
+    cipher: str,
+    oaep: bool,
+    no_self: bool,
+    input_path: str | None,
+    output: str | None,
+) -> None:
     """Sign, then encrypt (the sender can read the sent copy unless --no-self)."""
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
     recipients = load_cert_files(to_paths)
     data = read_input(input_path)
-    out = api.sign_encrypt(data, key, cert, recipients, chain=chain, opaque=opaque,
-                           digest=Digest(digest), pss=pss, use_ski=use_ski, cipher=Cipher(cipher), oaep=oaep,
-                           include_self=not no_self)
+    out = api.sign_encrypt(
+        data,
+        key,
+        cert,
+        recipients,
+        chain=chain,
+        opaque=opaque,
+        digest=Digest(digest),
+        pss=pss,
+        use_ski=use_ski,
+        cipher=Cipher(cipher),
+        oaep=oaep,
+        include_self=not no_self,
+    )
     write_output(output, out)
 
 
@@ -213,18 +338,36 @@ def sign_encrypt(key_path: str, cert_path: str | None, chain_paths: tuple[str, .
 @_verify_options
 @_legacy
 @io_options
-def decrypt_verify(key_path: str, cert_path: str | None, passphrase_file: str | None,
-                   passphrase_env: str | None, trust_paths: tuple[str, ...],
-                   at_text: str | None, report_path: str | None, cert_paths: tuple[str, ...],
-                   allow_legacy: bool, input_path: str | None, output: str | None) -> None:
+def decrypt_verify(
+    key_path: str,
+    cert_path: str | None,
+    passphrase_file: str | None,
+    passphrase_env: str | None,
+    trust_paths: tuple[str, ...],
+    at_text: str | None,
+    report_path: str | None,
+    cert_paths: tuple[str, ...],
+    allow_legacy: bool,
+    input_path: str | None,
+    output: str | None,
+) -> None:
     """Decrypt, then verify; the verdict covers every layer."""
-    key, cert, _extra = load_key_and_cert(key_path, cert_path,
-                                          passphrase_from(passphrase_file, passphrase_env))
+    key, cert, _extra = load_key_and_cert(
+        key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
+    )
     trust = load_cert_files(trust_paths)
     extra = load_cert_files(cert_paths)
     data = read_input(input_path)
-    result = api.decrypt_verify(data, key, cert, trust=trust, at=_at(at_text), extra_certs=extra,
-                                allow_legacy=allow_legacy, raise_for_failure=False)
+    result = api.decrypt_verify(
+        data,
+        key,
+        cert,
+        trust=trust,
+        at=_at(at_text),
+        extra_certs=extra,
+        allow_legacy=allow_legacy,
+        raise_for_failure=False,
+    )
     _finish_verdict(result, result.verdict, report_path, output)
 
 

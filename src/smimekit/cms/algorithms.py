@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers.algorithms import RC2, TripleDES
 from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
-from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from smimekit.errors import DecryptionError, LegacyAlgorithmError, UnsupportedError
@@ -129,7 +129,7 @@ def new_key(spec: ContentCipher) -> bytes:
     return os.urandom(spec.key_size)
 
 
-def _block_cipher(spec: ContentCipher, key: bytes) -> algorithms.BlockCipherAlgorithm:
+def _block_cipher(spec: ContentCipher, key: bytes) -> BlockCipherAlgorithm:
     if spec.oid_name == "tripledes_3key":
         return TripleDES(key)
     if spec.oid_name == "rc2":
@@ -157,16 +157,18 @@ def cbc_decrypt(spec: ContentCipher, key: bytes, iv: bytes, data: bytes) -> byte
         raise DecryptionError() from None
 
 
-def aead_encrypt(spec: ContentCipher, key: bytes, nonce: bytes, data: bytes, aad: bytes | None
-                 ) -> bytes:
+def aead_encrypt(
+    spec: ContentCipher, key: bytes, nonce: bytes, data: bytes, aad: bytes | None
+) -> bytes:
     """Return ciphertext || 16-byte tag."""
     if spec.mode == "chacha":
         return ChaCha20Poly1305(key).encrypt(nonce, data, aad)
     return AESGCM(key).encrypt(nonce, data, aad)
 
 
-def aead_decrypt(spec: ContentCipher, key: bytes, nonce: bytes, data: bytes, tag: bytes,
-                 aad: bytes | None) -> bytes:
+def aead_decrypt(
+    spec: ContentCipher, key: bytes, nonce: bytes, data: bytes, tag: bytes, aad: bytes | None
+) -> bytes:
     """Check the tag first; nothing is returned unless it matches (RFC 5083 section 2.1)."""
     try:
         if spec.mode == "chacha":
@@ -179,8 +181,9 @@ def aead_decrypt(spec: ContentCipher, key: bytes, nonce: bytes, data: bytes, tag
         # which still checks the tag in finalize() before we return anything.
         if not 12 <= len(tag) <= 16:
             raise ValueError("tag")
-        dec = _Cipher(algorithms.AES(key), modes.GCM(nonce, tag, min_tag_length=len(tag))
-                      ).decryptor()
+        dec = _Cipher(
+            algorithms.AES(key), modes.GCM(nonce, tag, min_tag_length=len(tag))
+        ).decryptor()
         if aad:
             dec.authenticate_additional_data(aad)
         out = dec.update(data)

@@ -79,8 +79,12 @@ def encrypt_enveloped(
             params = asn1.GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})
         eci = _eci(spec, params, memoryview(sealed)[:-16])
         body = cms.AuthEnvelopedData(
-            {"version": "v0", "recipient_infos": infos, "auth_encrypted_content_info": eci,
-             "mac": bytes(sealed[-16:])}
+            {
+                "version": "v0",
+                "recipient_infos": infos,
+                "auth_encrypted_content_info": eci,
+                "mac": bytes(sealed[-16:]),
+            }
         )
         return cms.ContentInfo(
             {"content_type": "authenticated_enveloped_data", "content": body}
@@ -88,16 +92,20 @@ def encrypt_enveloped(
     iv = os.urandom(16)
     ciphertext = cbc_encrypt(spec, cek, iv, content)
     eci = _eci(spec, core.OctetString(iv), ciphertext)
-    version = "v0" if all(i.name == "ktri" and i.chosen["version"].native == "v0"
-                          for i in infos) else "v2"
+    version = (
+        "v0"
+        if all(i.name == "ktri" and i.chosen["version"].native == "v0" for i in infos)
+        else "v2"
+    )
     body = cms.EnvelopedData(
         {"version": version, "recipient_infos": infos, "encrypted_content_info": eci}
     )
     return cms.ContentInfo({"content_type": "enveloped_data", "content": body}).dump()
 
 
-def _eci(spec: ContentCipher, params: core.Asn1Value, ciphertext: bytes | memoryview
-         ) -> cms.EncryptedContentInfo:
+def _eci(
+    spec: ContentCipher, params: core.Asn1Value, ciphertext: bytes | memoryview
+) -> cms.EncryptedContentInfo:
     return cms.EncryptedContentInfo(
         {
             "content_type": "data",

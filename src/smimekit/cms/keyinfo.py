@@ -37,7 +37,7 @@ def subject_key_id(cert: x509.Certificate) -> bytes:
         ext = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         return ext.value.digest
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type,unused-ignore]
 
 
 def public_key_fingerprint(key: PublicKeyTypes) -> bytes:

@@ -95,8 +95,9 @@ def _rid_ktri(cert: x509.Certificate, use_ski: bool) -> tuple[cms.RecipientIdent
     return cms.RecipientIdentifier({"issuer_and_serial_number": issuer_and_serial(cert)}), "v0"
 
 
-def _build_ktri(cert: x509.Certificate, key: rsa.RSAPublicKey, cek: bytes,
-                options: RecipientOptions) -> cms.RecipientInfo:
+def _build_ktri(
+    cert: x509.Certificate, key: rsa.RSAPublicKey, cek: bytes, options: RecipientOptions
+) -> cms.RecipientInfo:
     rid, version = _rid_ktri(cert, options.use_ski)
     if options.oaep:
         h = hash_algorithm(options.oaep_hash)
@@ -121,8 +122,12 @@ def _build_ktri(cert: x509.Certificate, key: rsa.RSAPublicKey, cek: bytes,
     return cms.RecipientInfo(
         name="ktri",
         value=cms.KeyTransRecipientInfo(
-            {"version": version, "rid": rid, "key_encryption_algorithm": alg,
-             "encrypted_key": encrypted}
+            {
+                "version": version,
+                "rid": rid,
+                "key_encryption_algorithm": alg,
+                "encrypted_key": encrypted,
+            }
         ),
     )
 
@@ -145,8 +150,9 @@ def _kdf(kind: str, hash_name: str, secret: bytes, shared_info: bytes, length: i
     return X963KDF(algorithm=h, length=length, sharedinfo=shared_info).derive(secret)
 
 
-def _build_kari(cert: x509.Certificate, key: Any, cek: bytes,
-                options: RecipientOptions) -> cms.RecipientInfo:
+def _build_kari(
+    cert: x509.Certificate, key: Any, cek: bytes, options: RecipientOptions
+) -> cms.RecipientInfo:
     wrap_name = wrap_algorithm_for(len(cek))
     wrap_oid, wrap_len = WRAP_OIDS[wrap_name]
     wrap_der = algos.AlgorithmIdentifier({"algorithm": wrap_oid}).dump()
@@ -158,17 +164,16 @@ def _build_kari(cert: x509.Certificate, key: Any, cek: bytes,
         )
         # RFC 5753 section 3.1.1: id-ecPublicKey, parameters absent (the curve is the
         # recipient's).
-        originator = keys.PublicKeyInfo(
-            {"algorithm": {"algorithm": "ec"}, "public_key": point}
-        )
+        originator = keys.PublicKeyInfo({"algorithm": {"algorithm": "ec"}, "public_key": point})
         hash_name = options.ecdh_kdf or _EC_KDF.get(key.curve.name, "sha256")
         scheme, kind = f"dh_single_pass_std_dh_{hash_name}kdf", "x963"
     else:
         is_x25519 = isinstance(key, x25519.X25519PublicKey)
         eph = x25519.X25519PrivateKey.generate() if is_x25519 else x448.X448PrivateKey.generate()
         secret = eph.exchange(key)
-        raw = eph.public_key().public_bytes(serialization.Encoding.Raw,
-                                             serialization.PublicFormat.Raw)
+        raw = eph.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         originator = keys.PublicKeyInfo(
             {"algorithm": {"algorithm": "x25519" if is_x25519 else "x448"}, "public_key": raw}
         )
@@ -182,7 +187,9 @@ def _build_kari(cert: x509.Certificate, key: Any, cek: bytes,
             {"r_key_id": {"subject_key_identifier": subject_key_id(cert)}}
         )
     else:
-        rid = cms.KeyAgreementRecipientIdentifier({"issuer_and_serial_number": issuer_and_serial(cert)})
+        rid = cms.KeyAgreementRecipientIdentifier(
+            {"issuer_and_serial_number": issuer_and_serial(cert)}
+        )
     kari = cms.KeyAgreeRecipientInfo(
         {
             "version": "v3",
@@ -237,8 +244,9 @@ def candidates(
 
 
 def _is_agreement_key(key: PrivateKeyTypes) -> bool:
-    return isinstance(key, ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey |
-                      x448.X448PrivateKey)
+    return isinstance(
+        key, ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey | x448.X448PrivateKey
+    )
 
 
 def _rid_matches(rid: cms.RecipientIdentifier, cert: x509.Certificate) -> bool:
@@ -260,8 +268,9 @@ def unwrap(candidate: Candidate, key_len: int) -> bytes:
             cek = _unwrap_ktri(candidate.info.chosen, candidate.key)
         else:
             assert candidate.encrypted_key is not None
-            cek = _unwrap_kari(candidate.info.chosen, candidate.encrypted_key, candidate.key,
-                               key_len)
+            cek = _unwrap_kari(
+                candidate.info.chosen, candidate.encrypted_key, candidate.key, key_len
+            )
     except (LegacyAlgorithmError, UnsupportedError):
         raise
     except (ValueError, TypeError, InvalidUnwrap, KeyError, IndexError):
@@ -290,8 +299,12 @@ def _unwrap_ktri(ktri: cms.KeyTransRecipientInfo, key: PrivateKeyTypes) -> bytes
     raise UnsupportedError(f"unsupported key transport algorithm {name}")
 
 
-def _unwrap_kari(kari: cms.KeyAgreeRecipientInfo, rek: cms.RecipientEncryptedKey,
-                 key: PrivateKeyTypes, key_len: int) -> bytes:
+def _unwrap_kari(
+    kari: cms.KeyAgreeRecipientInfo,
+    rek: cms.RecipientEncryptedKey,
+    key: PrivateKeyTypes,
+    key_len: int,
+) -> bytes:
     alg = kari["key_encryption_algorithm"]
     scheme = alg["algorithm"].native
     if scheme not in _SCHEMES:
@@ -304,8 +317,9 @@ def _unwrap_kari(kari: cms.KeyAgreeRecipientInfo, rek: cms.RecipientEncryptedKey
     wrap_len = _WRAP_BY_OID[wrap_oid][1]
     originator = kari["originator"]
     if originator.name != "originator_key":
-        raise UnsupportedError("static-static key agreement (originator certificate) is not"
-                               " supported")
+        raise UnsupportedError(
+            "static-static key agreement (originator certificate) is not supported"
+        )
     point = originator.chosen["public_key"].native
     if isinstance(point, dict):  # asn1crypto may parse an EC point into a dict
         point = originator.chosen["public_key"].contents[1:]

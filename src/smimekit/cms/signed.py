@@ -11,6 +11,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asn1crypto import algos, cms, core, tsp
 from asn1crypto import x509 as asn1_x509
@@ -126,7 +127,9 @@ def sign_data(
             sid = cms.SignerIdentifier({"subject_key_identifier": subject_key_id(spec.certificate)})
             version = "v3"
         else:
-            sid = cms.SignerIdentifier({"issuer_and_serial_number": issuer_and_serial(spec.certificate)})
+            sid = cms.SignerIdentifier(
+                {"issuer_and_serial_number": issuer_and_serial(spec.certificate)}
+            )
             version = "v1"
         infos.append(
             cms.SignerInfo(
@@ -170,8 +173,9 @@ def _time(when: dt.datetime) -> cms.Time:
     return cms.Time({"general_time": when})
 
 
-def _signed_attributes(cert: x509.Certificate, digest: bytes, when: dt.datetime
-                       ) -> cms.CMSAttributes:
+def _signed_attributes(
+    cert: x509.Certificate, digest: bytes, when: dt.datetime
+) -> cms.CMSAttributes:
     ess = tsp.SigningCertificateV2(
         {
             "certs": [
@@ -211,12 +215,17 @@ def _sign(spec: SignerSpec, digest: str, data: bytes) -> tuple[algos.SignedDiges
             params = algos.RSASSAPSSParams(
                 {
                     "hash_algorithm": {"algorithm": digest},
-                    "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": digest}},
+                    "mask_gen_algorithm": {
+                        "algorithm": "mgf1",
+                        "parameters": {"algorithm": digest},
+                    },
                     "salt_length": h.digest_size,
                 }
             )
             sig = key.sign(data, padding.PSS(padding.MGF1(h), h.digest_size), h)
-            return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params}), sig
+            return algos.SignedDigestAlgorithm(
+                {"algorithm": "rsassa_pss", "parameters": params}
+            ), sig
         sig = key.sign(data, padding.PKCS1v15(), h)
         # rsaEncryption as the signature algorithm, as OpenSSL, NSS and gpgsm write it.
         return algos.SignedDigestAlgorithm(
@@ -272,8 +281,11 @@ def verify_signed_data(
     else:
         content = embedded_bytes
 
-    certs = [x509.load_der_x509_certificate(c.chosen.dump())
-             for c in (sd["certificates"] or []) if c.name == "certificate"]
+    certs = [
+        x509.load_der_x509_certificate(c.chosen.dump())
+        for c in (sd["certificates"] or [])
+        if c.name == "certificate"
+    ]
     pool = certs + [c for c in extra_certs if c not in certs]
     signer_infos = list(sd["signer_infos"])
     if not signer_infos:
@@ -373,8 +385,13 @@ def _attribute_values(attrs: cms.CMSAttributes, who: str) -> dict[str, list[core
     seen: set[str] = set()
     for attr in attrs:
         name = attr["type"].native
-        if name in seen and name in ("content_type", "message_digest", "signing_time",
-                                     "signing_certificate", "signing_certificate_v2"):
+        if name in seen and name in (
+            "content_type",
+            "message_digest",
+            "signing_time",
+            "signing_certificate",
+            "signing_certificate_v2",
+        ):
             # RFC 5652 section 5.3: these attributes MUST NOT appear twice.
             raise SignedAttributesError(f"{who}: duplicate {name.replace('_', '-')} attribute")
         seen.add(name)
@@ -382,8 +399,7 @@ def _attribute_values(attrs: cms.CMSAttributes, who: str) -> dict[str, list[core
     return grouped
 
 
-def _single(values: dict[str, list[core.Asn1Value]], name: str, who: str, *, required: bool
-            ) -> core.Asn1Value | None:
+def _single(values: dict[str, list[core.Asn1Value]], name: str, who: str, *, required: bool) -> Any:
     found = values.get(name, [])
     label = name.replace("_", "-")
     if not found:
@@ -407,8 +423,9 @@ def _parse_time(value: core.Asn1Value, who: str) -> dt.datetime:
     return when
 
 
-def _check_signing_certificate(value: core.Asn1Value, cert: x509.Certificate, who: str,
-                               allow_legacy: bool) -> None:
+def _check_signing_certificate(
+    value: core.Asn1Value, cert: x509.Certificate, who: str, allow_legacy: bool
+) -> None:
     ids = value["certs"]
     if len(ids) == 0:
         raise SignedAttributesError(f"{who}: empty ESS signing-certificate attribute")
@@ -454,67 +471,76 @@ def _verify_signature(
     who: str,
     allow_legacy: bool,
 ) -> str:
+    """Check one signature value; return the scheme's name."""
     alg = si["signature_algorithm"]
     name = alg["algorithm"].native
     dotted = alg["algorithm"].dotted
     signature = si["signature"].native
     key = cert.public_key()
-    hash_arg: hashes.HashAlgorithm | utils.Prehashed = utils.Prehashed(h) if prehashed else h
+
+    def hashed_with(named: str | None) -> tuple[bytes, hashes.HashAlgorithm | utils.Prehashed]:
+        # A signature algorithm that names its own hash wins over digestAlgorithm; without
+        # signed attributes the content must then be hashed again with that hash.
+        if named is not None and named != h.name.replace("-", ""):
+            return (content if prehashed else data), hash_algorithm(
+                named, allow_legacy=allow_legacy
+            )
+        return data, (utils.Prehashed(h) if prehashed else h)
+
     try:
         if name in ("rsassa_pkcs1v15", "rsaes_pkcs1v15") or name in _PKCS1_NAMED:
-            if name in _PKCS1_NAMED and _PKCS1_NAMED[name] != h.name.replace("-", ""):
-                h = hash_algorithm(_PKCS1_NAMED[name], allow_legacy=allow_legacy)
-                hash_arg = h
-                if prehashed:
-                    data = content
-            _expect(key, rsa.RSAPublicKey, who)
-            key.verify(signature, data, padding.PKCS1v15(), hash_arg)  # type: ignore[union-attr]
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise _mismatch(who)
+            payload, how = hashed_with(_PKCS1_NAMED.get(name))
+            key.verify(signature, payload, padding.PKCS1v15(), how)
             return "rsa-pkcs1v15"
         if name == "rsassa_pss":
-            _expect(key, rsa.RSAPublicKey, who)
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise _mismatch(who)
             params = alg["parameters"]
-            ph = hash_algorithm(params["hash_algorithm"]["algorithm"].native,
-                                allow_legacy=allow_legacy)
-            mgf = params["mask_gen_algorithm"]
-            mh = hash_algorithm(mgf["parameters"]["algorithm"].native, allow_legacy=allow_legacy)
-            salt = params["salt_length"].native
-            if ph.name != h.name:
-                data = content if prehashed else data
-                hash_arg = ph
-            key.verify(signature, data, padding.PSS(padding.MGF1(mh), salt), hash_arg)  # type: ignore[union-attr]
+            pss_hash = params["hash_algorithm"]["algorithm"].native
+            mgf_hash = hash_algorithm(
+                params["mask_gen_algorithm"]["parameters"]["algorithm"].native,
+                allow_legacy=allow_legacy,
+            )
+            payload, how = hashed_with(pss_hash)
+            key.verify(
+                signature,
+                payload,
+                padding.PSS(padding.MGF1(mgf_hash), params["salt_length"].native),
+                how,
+            )
             return "rsa-pss"
-        if name in _ECDSA_NAMED or dotted == _EC_PUBLIC_KEY or name == "ecdsa":
-            if name in _ECDSA_NAMED and _ECDSA_NAMED[name] != h.name.replace("-", ""):
-                h = hash_algorithm(_ECDSA_NAMED[name], allow_legacy=allow_legacy)
-                hash_arg = h
-                if prehashed:
-                    data = content
-            _expect(key, ec.EllipticCurvePublicKey, who)
-            key.verify(signature, data, ec.ECDSA(hash_arg))  # type: ignore[union-attr,call-arg]
+        if name in _ECDSA_NAMED or name == "ecdsa" or dotted == _EC_PUBLIC_KEY:
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise _mismatch(who)
+            payload, how = hashed_with(_ECDSA_NAMED.get(name))
+            key.verify(signature, payload, ec.ECDSA(how))
             return "ecdsa"
-        if name in ("ed25519", "ed448"):
-            cls = ed25519.Ed25519PublicKey if name == "ed25519" else ed448.Ed448PublicKey
-            _expect(key, cls, who)
-            key.verify(signature, content if prehashed else data)  # type: ignore[union-attr,call-arg]
-            return name
+        if name == "ed25519":
+            if not isinstance(key, ed25519.Ed25519PublicKey):
+                raise _mismatch(who)
+            key.verify(signature, content if prehashed else data)
+            return "ed25519"
+        if name == "ed448":
+            if not isinstance(key, ed448.Ed448PublicKey):
+                raise _mismatch(who)
+            key.verify(signature, content if prehashed else data)
+            return "ed448"
         if name in _DSA_NAMED or name == "dsa":
             if not allow_legacy:
                 raise LegacyAlgorithmError(f"{who}: DSA signatures are legacy, refused by default")
-            _expect(key, dsa.DSAPublicKey, who)
-            if name in _DSA_NAMED:
-                h = hash_algorithm(_DSA_NAMED[name], allow_legacy=True)
-                hash_arg = h
-                if prehashed:
-                    data = content
-            key.verify(signature, data, hash_arg)  # type: ignore[union-attr,call-arg]
+            if not isinstance(key, dsa.DSAPublicKey):
+                raise _mismatch(who)
+            payload, how = hashed_with(_DSA_NAMED.get(name))
+            key.verify(signature, payload, how)
             return "dsa"
     except InvalidSignature:
         raise SignatureInvalidError(f"{who}: the signature does not verify") from None
     raise UnsupportedError(f"{who}: unsupported signature algorithm {name or dotted}")
 
 
-def _expect(key: object, cls: type, who: str) -> None:
-    if not isinstance(key, cls):
-        raise SignatureInvalidError(
-            f"{who}: the signature algorithm does not fit the certificate's key type"
-        )
+def _mismatch(who: str) -> SignatureInvalidError:
+    return SignatureInvalidError(
+        f"{who}: the signature algorithm does not fit the certificate's key type"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -59,8 +60,9 @@ def load_private_key(source: Source, passphrase: Passphrase = None) -> PrivateKe
             raise KeyLoadError(f"{label}: no private key in this PEM file")
         block = match.group(0)
         encrypted = match.group(1).startswith(b"ENCRYPTED") or b"Proc-Type: 4,ENCRYPTED" in block
-        return _load(lambda pw: serialization.load_pem_private_key(block, pw), secret, encrypted,
-                     label)
+        return _load(
+            lambda pw: serialization.load_pem_private_key(block, pw), secret, encrypted, label
+        )
     try:
         return serialization.load_der_private_key(data, None)
     except TypeError:
@@ -85,16 +87,20 @@ def load_private_key(source: Source, passphrase: Passphrase = None) -> PrivateKe
         return key
 
 
-def _load(loader: object, secret: bytes | None, encrypted: bool, label: str) -> PrivateKeyTypes:
-    assert callable(loader)
+def _load(
+    loader: Callable[[bytes | None], PrivateKeyTypes],
+    secret: bytes | None,
+    encrypted: bool,
+    label: str,
+) -> PrivateKeyTypes:
     if encrypted and secret is None:
         raise PassphraseError(f"{label} is encrypted: a passphrase is required")
     try:
-        return loader(secret if encrypted else None)  # type: ignore[no-any-return]
+        return loader(secret if encrypted else None)
     except TypeError:
         if secret is None:
             raise PassphraseError(f"{label} is encrypted: a passphrase is required") from None
-        return loader(secret)  # type: ignore[no-any-return]
+        return loader(secret)
     except ValueError as exc:
         if encrypted or "password" in str(exc).lower() or "decrypt" in str(exc).lower():
             raise PassphraseError(f"{label}: wrong passphrase or damaged key") from None
@@ -125,8 +131,7 @@ def load_pkcs12(
             raise PassphraseError(f"{label}: wrong passphrase") from None
         raise KeyLoadError(f"{label}: not a PKCS#12 file") from None
     except Exception as exc:
-        raise KeyLoadError(f"{label}: unsupported PKCS#12 content ({type(exc).__name__})"
-                           ) from None
+        raise KeyLoadError(f"{label}: unsupported PKCS#12 content ({type(exc).__name__})") from None
     return key, cert, list(extra)
 
 
@@ -159,9 +164,7 @@ def load_certificates(source: Source, passphrase: Passphrase = None) -> list[x50
     except PassphraseError:
         raise
     except KeyLoadError:
-        raise KeyLoadError(
-            f"{label}: not a certificate (PEM, DER, PKCS#7 or PKCS#12)"
-        ) from None
+        raise KeyLoadError(f"{label}: not a certificate (PEM, DER, PKCS#7 or PKCS#12)") from None
     return ([cert] if cert is not None else []) + extra
 
 

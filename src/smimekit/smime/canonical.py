@@ -38,7 +38,7 @@ def split_head_body(raw: bytes) -> tuple[bytes, bytes]:
     if end < 0:
         # Headers only, no body.
         return raw.rstrip(b"\r\n"), b""
-    return raw[:end], raw[end + 4:]
+    return raw[:end], raw[end + 4 :]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ class Entity:
         if disp:
             msg = Message()
             msg["Content-Disposition"] = disp
-            name = msg.get_param("filename", name, header="content-disposition") or name
+            found = msg.get_param("filename", name, header="content-disposition")
+            name = email.utils.collapse_rfc2231_value(found) if found else name
         return str(name).lower()
 
     def decoded_body(self) -> bytes:
@@ -180,14 +181,16 @@ def split_multipart(body: bytes, boundary: str) -> list[bytes]:
     if not boundary or len(boundary) > 200:
         raise MIMEError("multipart without a valid boundary parameter")
     delim = re.compile(
-        rb"(?:\A|\r\n)--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*(?:\r\n|\Z)"
+        rb"(?:\A|\r\n)--"
+        + re.escape(boundary.encode("utf-8", "replace"))
+        + rb"(--)?[ \t]*(?:\r\n|\Z)"
     )
     parts: list[bytes] = []
     start: int | None = None
     closed = False
     for match in delim.finditer(body):
         if start is not None:
-            parts.append(body[start:match.start()])
+            parts.append(body[start : match.start()])
         if match.group(1):
             closed = True
             break
@@ -243,4 +246,4 @@ def make_7bit(entity: bytes) -> bytes:
 def b64_lines(data: bytes, width: int = 76) -> bytes:
     """Base64 in CRLF-terminated lines of ``width`` characters (RFC 2045 6.8)."""
     encoded = base64.b64encode(data)
-    return CRLF.join(encoded[i:i + width] for i in range(0, len(encoded), width)) + CRLF
+    return CRLF.join(encoded[i : i + width] for i in range(0, len(encoded), width)) + CRLF

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from smimekit.errors import MIMEError
 from smimekit.smime.canonical import (
     CRLF,
     Entity,
@@ -21,7 +22,6 @@ from smimekit.smime.canonical import (
     split_multipart,
     to_crlf,
 )
-from smimekit.errors import MIMEError
 
 PKCS7_MIME = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
 PKCS7_SIGNATURE = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
@@ -45,8 +45,10 @@ def prepare(message: bytes) -> tuple[tuple[Header, ...], bytes]:
     content_headers = parsed.content_headers
     if not any(h.lname == "content-type" for h in content_headers):
         charset = b"us-ascii" if parsed.body.isascii() else b"utf-8"
-        content_headers = (Header("Content-Type", b"Content-Type: text/plain; charset=" + charset),
-                           *content_headers)
+        content_headers = (
+            Header("Content-Type", b"Content-Type: text/plain; charset=" + charset),
+            *content_headers,
+        )
     return parsed.outer_headers, make_7bit(join_entity(content_headers, parsed.body))
 
 
@@ -54,8 +56,9 @@ def _outer(outer: Sequence[Header]) -> bytes:
     return b"".join(h.raw + CRLF for h in outer) + b"MIME-Version: 1.0" + CRLF
 
 
-def build_multipart_signed(outer: Sequence[Header], entity: bytes, signature_der: bytes,
-                           micalg: str) -> bytes:
+def build_multipart_signed(
+    outer: Sequence[Header], entity: bytes, signature_der: bytes, micalg: str
+) -> bytes:
     """A complete multipart/signed message (RFC 8551 section 3.5.3)."""
     boundary = new_boundary()
     b = boundary.encode()
@@ -64,17 +67,35 @@ def build_multipart_signed(outer: Sequence[Header], entity: bytes, signature_der
             _outer(outer),
             b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=',
             micalg.encode(),
-            b'; boundary="', b, b'"', CRLF, CRLF,
-            PREAMBLE, CRLF,
-            b"--", b, CRLF,
-            entity, CRLF,
-            b"--", b, CRLF,
-            b'Content-Type: application/pkcs7-signature; name="smime.p7s"', CRLF,
-            b"Content-Transfer-Encoding: base64", CRLF,
-            b'Content-Disposition: attachment; filename="smime.p7s"', CRLF,
-            b"Content-Description: S/MIME Cryptographic Signature", CRLF, CRLF,
+            b'; boundary="',
+            b,
+            b'"',
+            CRLF,
+            CRLF,
+            PREAMBLE,
+            CRLF,
+            b"--",
+            b,
+            CRLF,
+            entity,
+            CRLF,
+            b"--",
+            b,
+            CRLF,
+            b'Content-Type: application/pkcs7-signature; name="smime.p7s"',
+            CRLF,
+            b"Content-Transfer-Encoding: base64",
+            CRLF,
+            b'Content-Disposition: attachment; filename="smime.p7s"',
+            CRLF,
+            b"Content-Description: S/MIME Cryptographic Signature",
+            CRLF,
+            CRLF,
             b64_lines(signature_der),
-            b"--", b, b"--", CRLF,
+            b"--",
+            b,
+            b"--",
+            CRLF,
         ]
     )
 
@@ -85,10 +106,19 @@ def build_pkcs7_mime(outer: Sequence[Header], der: bytes, cms_type: str) -> byte
     return b"".join(
         [
             _outer(outer),
-            b"Content-Type: application/pkcs7-mime; smime-type=", smime_type.encode(),
-            b'; name="', filename.encode(), b'"', CRLF,
-            b"Content-Transfer-Encoding: base64", CRLF,
-            b'Content-Disposition: attachment; filename="', filename.encode(), b'"', CRLF, CRLF,
+            b"Content-Type: application/pkcs7-mime; smime-type=",
+            smime_type.encode(),
+            b'; name="',
+            filename.encode(),
+            b'"',
+            CRLF,
+            b"Content-Transfer-Encoding: base64",
+            CRLF,
+            b'Content-Disposition: attachment; filename="',
+            filename.encode(),
+            b'"',
+            CRLF,
+            CRLF,
             b64_lines(der),
         ]
     )

@@ -104,14 +104,20 @@ def unwrap(
     inner_headers: tuple[Header, ...] = ()
     partial_encrypted = False
     for _ in range(MAX_LAYERS):
-        if encryption_only and (is_multipart_signed(current) or (
-                is_pkcs7_mime(current) and content_type_of(pkcs7_der(current)) == "signed_data")):
+        if encryption_only and (
+            is_multipart_signed(current)
+            or (is_pkcs7_mime(current) and content_type_of(pkcs7_der(current)) == "signed_data")
+        ):
             break
         if is_multipart_signed(current):
             detached = split_signed(current)
             try:
-                result = verify_signed_data(detached.signature, detached_content=detached.content,
-                                            extra_certs=extra_certs, allow_legacy=allow_legacy)
+                result = verify_signed_data(
+                    detached.signature,
+                    detached_content=detached.content,
+                    extra_certs=extra_certs,
+                    allow_legacy=allow_legacy,
+                )
             except VerificationError as exc:
                 layers.append(Layer("signed", "multipart/signed", str(exc), error=exc))
                 break
@@ -122,13 +128,15 @@ def unwrap(
             kind = content_type_of(der)
             if kind == "signed_data":
                 try:
-                    result = verify_signed_data(der, extra_certs=extra_certs,
-                                                allow_legacy=allow_legacy)
+                    result = verify_signed_data(
+                        der, extra_certs=extra_certs, allow_legacy=allow_legacy
+                    )
                 except VerificationError as exc:
                     layers.append(Layer("signed", "application/pkcs7-mime", str(exc), error=exc))
                     break
-                layers.append(Layer("signed", "application/pkcs7-mime", _signers(result),
-                                    signed=result))
+                layers.append(
+                    Layer("signed", "application/pkcs7-mime", _signers(result), signed=result)
+                )
                 current = Entity.parse(to_crlf(result.content))
             elif kind in ENCRYPTED_TYPES:
                 current = _decrypt(der, keys, allow_legacy, layers)

@@ -22,7 +22,7 @@ from smimekit.validation.verdict import (
 
 def sender_addresses(unwrapped: Unwrapped) -> list[str]:
     """From and Sender addresses of the received message (RFC 8550 section 3)."""
-    out = []
+    out: list[str] = []
     for name in ("from", "sender"):
         value = unwrapped.root.get(name)
         if value:
@@ -61,8 +61,14 @@ def assess(
         pool = list(layer.signed.certificates) + list(extra_certs)
         for signer in layer.signed.signers:
             cert = signer.certificate
-            path = validate(cert, intermediates=pool, anchors=trust, at=when,
-                            purpose=Purpose.SIGN, allow_legacy=allow_legacy)
+            path = validate(
+                cert,
+                intermediates=pool,
+                anchors=trust,
+                at=when,
+                purpose=Purpose.SIGN,
+                allow_legacy=allow_legacy,
+            )
             emails = cert_emails(cert)
             from_match: bool | None = None
             signer_reasons = list(path.reasons) + list(path.usage_reasons)
@@ -88,8 +94,9 @@ def assess(
                     signing_time=signer.signing_time,
                     key_usage_ok=path.key_usage_ok,
                     from_match=from_match,
-                    revocation=tuple(RevocationStatus(c.subject.rfc4514_string())
-                                     for c in path.chain[:-1]),
+                    revocation=tuple(
+                        RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1]
+                    ),
                     reasons=tuple(signer_reasons),
                 )
             )
@@ -106,8 +113,9 @@ def assess(
         )
     return Verdict(
         signers=tuple(signers),
-        layers=tuple(LayerSummary(layer.kind, layer.form, layer.detail)
-                     for layer in unwrapped.layers),
+        layers=tuple(
+            LayerSummary(layer.kind, layer.form, layer.detail) for layer in unwrapped.layers
+        ),
         validation_time=when,
         from_address=senders[0] if senders else None,
         partially_signed=unwrapped.partially_signed,

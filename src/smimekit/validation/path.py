@@ -72,14 +72,18 @@ def usage_problems(cert: x509.Certificate, purpose: Purpose) -> list[str]:
     eku = _ext(cert, x509.ExtendedKeyUsage)
     if isinstance(eku, x509.ExtendedKeyUsage):
         usages = set(eku)
-        if not usages & {ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}:
+        if not usages & {
+            ExtendedKeyUsageOID.EMAIL_PROTECTION,
+            ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+        }:
             out.append(f"{_name(cert)}: extended key usage lacks emailProtection")
     ku = _ext(cert, x509.KeyUsage)
     if isinstance(ku, x509.KeyUsage):
         if purpose is Purpose.SIGN:
             if not (ku.digital_signature or ku.content_commitment):
-                out.append(f"{_name(cert)}: key usage does not allow digitalSignature or"
-                           " nonRepudiation")
+                out.append(
+                    f"{_name(cert)}: key usage does not allow digitalSignature or nonRepudiation"
+                )
         else:
             key = cert.public_key()
             needed = ku.key_encipherment if isinstance(key, rsa.RSAPublicKey) else ku.key_agreement
@@ -89,8 +93,9 @@ def usage_problems(cert: x509.Certificate, purpose: Purpose) -> list[str]:
     return out
 
 
-def _cert_problems(cert: x509.Certificate, at: dt.datetime, allow_legacy: bool,
-                   *, is_ca: bool, anchor: bool) -> list[str]:
+def _cert_problems(
+    cert: x509.Certificate, at: dt.datetime, allow_legacy: bool, *, is_ca: bool, anchor: bool
+) -> list[str]:
     out = []
     name = _name(cert)
     if at < cert.not_valid_before_utc:
@@ -98,8 +103,11 @@ def _cert_problems(cert: x509.Certificate, at: dt.datetime, allow_legacy: bool,
     if at > cert.not_valid_after_utc:
         out.append(f"{name}: expired on {cert.not_valid_after_utc.isoformat()}")
     key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey) and key.key_size < MIN_RSA_BITS \
-            and not allow_legacy:
+    if (
+        isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey)
+        and key.key_size < MIN_RSA_BITS
+        and not allow_legacy
+    ):
         out.append(f"{name}: {key.key_size}-bit key is too weak (at least {MIN_RSA_BITS})")
     if not anchor and not allow_legacy:
         try:
@@ -120,7 +128,8 @@ def _cert_problems(cert: x509.Certificate, at: dt.datetime, allow_legacy: bool,
             out.append(f"{name}: used as a CA but key usage lacks keyCertSign")
         eku = _ext(cert, x509.ExtendedKeyUsage)
         if isinstance(eku, x509.ExtendedKeyUsage) and not set(eku) & {
-            ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE
+            ExtendedKeyUsageOID.EMAIL_PROTECTION,
+            ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
         }:
             out.append(f"{name}: CA extended key usage excludes emailProtection")
     return out
@@ -163,13 +172,17 @@ def validate(
         problems: list[str] = []
         last = len(path) - 1
         for depth, cert in enumerate(path):
-            problems += _cert_problems(cert, when, allow_legacy, is_ca=depth > 0,
-                                       anchor=depth == last)
+            problems += _cert_problems(
+                cert, when, allow_legacy, is_ca=depth > 0, anchor=depth == last
+            )
         # pathLenConstraint: the number of non-self-issued CAs below each CA.
         for depth, cert in enumerate(path[1:], start=1):
             bc = _ext(cert, x509.BasicConstraints)
-            if isinstance(bc, x509.BasicConstraints) and bc.path_length is not None \
-                    and depth - 1 > bc.path_length:
+            if (
+                isinstance(bc, x509.BasicConstraints)
+                and bc.path_length is not None
+                and depth - 1 > bc.path_length
+            ):
                 problems.append(f"{_name(cert)}: path length constraint exceeded")
         return problems
 
@@ -196,8 +209,10 @@ def validate(
     if best is None:
         return PathResult(
             (),
-            (f"no chain to a trust anchor: issuer {leaf.issuer.rfc4514_string()!r} of"
-             f" {_name(leaf)} is not trusted or not found",),
+            (
+                f"no chain to a trust anchor: issuer {leaf.issuer.rfc4514_string()!r} of"
+                f" {_name(leaf)} is not trusted or not found",
+            ),
             usage,
         )
     return PathResult(best[0], tuple(best[1]), usage)

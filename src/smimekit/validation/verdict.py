@@ -116,8 +116,13 @@ class SignerVerdict:
 
     @property
     def valid(self) -> bool:
-        return (self.intact and self.trusted and self.key_usage_ok
-                and self.from_match is not False and not self.reasons)
+        return (
+            self.intact
+            and self.trusted
+            and self.key_usage_ok
+            and self.from_match is not False
+            and not self.reasons
+        )
 
 
 @dataclass(frozen=True)
