@@ -277,6 +277,10 @@ def decrypt_verify(
         extra_certs=extra_certs,
     )
     verdict = assess(result, trust=trust, at=at, extra_certs=extra_certs, allow_legacy=allow_legacy)
-    if raise_for_failure:
+    if raise_for_failure and not verdict.valid:
+        broken = next((layer.error for layer in result.layers if layer.error is not None), None)
+        if broken is not None:
+            # Keep the precise class (digest mismatch, bad attributes...) and add the verdict.
+            raise type(broken)(str(broken), verdict=verdict)
         verdict.raise_for_failure()
     return Verified(result.message(), verdict)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 MAX_DEPTH = 10
@@ -135,10 +136,34 @@ def _cert_problems(
     return out
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate, allow_legacy: bool) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+    except (UnsupportedAlgorithm, ValueError):
+        # cryptography refuses SHA-1/MD5 certificate signatures outright ("Unsupported
+        # signature algorithm"); archives may still need them.
+        return allow_legacy and _legacy_issued_by(cert, issuer)
+    except (TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _legacy_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """SHA-1/MD5-signed certificates, which the high-level check no longer accepts (archives)."""
+    if cert.issuer != issuer.subject:
+        return False
+    key = issuer.public_key()
+    try:
+        alg = cert.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey) and alg is not None:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, PKCS1v15(), alg)
+        elif isinstance(key, dsa.DSAPublicKey) and alg is not None:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, alg)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and alg is not None:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(alg))
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return False
     return True
 
@@ -201,7 +226,7 @@ def validate(
         for candidate in [*anchors, *pool]:
             if candidate.subject != current.issuer or any(_same(candidate, p) for p in path):
                 continue
-            if _issued_by(current, candidate) and search([*path, candidate]):
+            if _issued_by(current, candidate, allow_legacy) and search([*path, candidate]):
                 return True
         return False
 
