@@ -229,6 +229,7 @@ def verify(
     output: str | None,
 ) -> None:
     """Verify a signed message; write its content to OUT when every check passes."""
+    when = _at(at_text)
     trust = load_cert_files(trust_paths)
     extra = load_cert_files(cert_paths)
     data = read_input(input_path)
@@ -236,7 +237,7 @@ def verify(
         result = api.verify(
             data,
             trust=trust,
-            at=_at(at_text),
+            at=when,
             extra_certs=extra,
             allow_legacy=allow_legacy,
             raise_for_failure=False,
@@ -352,6 +353,7 @@ def decrypt_verify(
     output: str | None,
 ) -> None:
     """Decrypt, then verify; the verdict covers every layer."""
+    when = _at(at_text)
     key, cert, _extra = load_key_and_cert(
         key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
     )
@@ -363,7 +365,7 @@ def decrypt_verify(
         key,
         cert,
         trust=trust,
-        at=_at(at_text),
+        at=when,
         extra_certs=extra,
         allow_legacy=allow_legacy,
         raise_for_failure=False,
