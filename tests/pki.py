@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -17,6 +18,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 EMAIL_EKU = [ExtendedKeyUsageOID.EMAIL_PROTECTION]
+# Verification compares signing-time with Date (within an hour), so test mail is dated now.
+DATE = email.utils.format_datetime(NOW)
 
 
 def _name(cn: str) -> x509.Name:
@@ -150,5 +153,5 @@ def message(sender: str = "alice@example.org", body: bytes = b"Hello, world.\r\n
             headers: bytes = b"Content-Type: text/plain; charset=us-ascii\r\n") -> bytes:
     return (
         f"From: {sender}\r\nTo: bob@example.org\r\nSubject: test\r\n"
-        "Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <t1@example.org>\r\n"
+        f"Date: {DATE}\r\nMessage-ID: <t1@example.org>\r\n"
     ).encode() + headers + b"\r\n" + body

@@ -21,7 +21,7 @@ from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.cms.enveloped import encrypt_enveloped
 from smimekit.cms.recipients import RecipientOptions
 from smimekit.cms.signed import SignerSpec, sign_data
-from smimekit.errors import MIMEError, NoRecipientError
+from smimekit.errors import MIMEError, NoRecipientError, VerificationError
 from smimekit.smime.message import build_multipart_signed, build_pkcs7_mime, prepare
 from smimekit.smime.wrap import Layer, unwrap
 from smimekit.validation.assess import assess
@@ -279,8 +279,10 @@ def decrypt_verify(
     verdict = assess(result, trust=trust, at=at, extra_certs=extra_certs, allow_legacy=allow_legacy)
     if raise_for_failure and not verdict.valid:
         broken = next((layer.error for layer in result.layers if layer.error is not None), None)
-        if broken is not None:
+        if isinstance(broken, VerificationError):
             # Keep the precise class (digest mismatch, bad attributes...) and add the verdict.
             raise type(broken)(str(broken), verdict=verdict)
+        if broken is not None:
+            raise broken
         verdict.raise_for_failure()
     return Verified(result.message(), verdict)

@@ -7,6 +7,7 @@ checks the verdict; then ``openssl cms`` opens the same message, when it is inst
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ MESSAGE = (
     b"From: Alice Example <alice@example.org>\r\n"
     b"To: Bob <bob@example.org>, Carol <carol@example.org>\r\n"
     b"Subject: Quarterly figures\r\n"
-    b"Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+    b"Date: %s\r\n"
     b"Message-ID: <demo-1@example.org>\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\n"
     b"\r\n"
@@ -137,8 +138,9 @@ def run(workdir: Path) -> bool:
     say(f"1. Made a root CA and three people in {workdir}:")
     say("   Alice (RSA-2048, sender), Bob (RSA-2048), Carol (EC P-256).")
 
-    sealed = smimekit.sign_encrypt(MESSAGE, alice_key, alice, [bob, carol])
-    (workdir / "message.eml").write_bytes(MESSAGE)
+    message = MESSAGE % email.utils.formatdate(usegmt=True).encode()
+    sealed = smimekit.sign_encrypt(message, alice_key, alice, [bob, carol])
+    (workdir / "message.eml").write_bytes(message)
     (workdir / "sealed.eml").write_bytes(sealed)
     say("2. Alice signed the message (SHA-256, RSA) and encrypted it with AES-256-GCM to Bob,")
     say(f"   Carol and herself (so she can read her sent copy): sealed.eml, {len(sealed)} bytes.")

@@ -166,7 +166,7 @@ def test_usage_errors_exit_2(files: Path, args: list[str]) -> None:
     (b"", b"empty"),
     (b"From: a@b\r\nContent-Type: application/pkcs7-mime\r\n"
      b"Content-Transfer-Encoding: base64\r\n\r\nMIIB", b"malformed"),
-    (b"\x00\x01garbage", b"malformed"),
+    (b"\x00\x01garbage", b"not encrypted"),
 ])
 def test_hostile_input_exits_1_without_traceback(files: Path, data: bytes, words: bytes) -> None:
     result = run("decrypt", "--key", files / "alice.key", stdin=data)

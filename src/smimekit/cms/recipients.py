@@ -78,7 +78,12 @@ def build(cert: x509.Certificate, cek: bytes, options: RecipientOptions) -> cms.
     """
     key = cert.public_key()
     if isinstance(key, rsa.RSAPublicKey):
-        return _build_ktri(cert, key, cek, options)
+        try:
+            return _build_ktri(cert, key, cek, options)
+        except ValueError:
+            raise EncryptionError(
+                f"cannot encrypt to {cert.subject.rfc4514_string()}: its RSA key is unusable"
+            ) from None
     if isinstance(key, ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey):
         return _build_kari(cert, key, cek, options)
     raise EncryptionError(

@@ -268,7 +268,10 @@ def verify_signed_data(
     encap = sd["encap_content_info"]
     content_type = encap["content_type"].native
     embedded = encap["content"]
-    embedded_bytes = None if embedded.native is None else _octets(embedded)
+    signer_infos = list(sd["signer_infos"])
+    if not signer_infos:
+        raise NoSignatureError("the SignedData has zero signers")
+    embedded_bytes = None if isinstance(embedded, core.Void) else _octets(embedded)
     if detached_content is not None:
         if embedded_bytes is not None and embedded_bytes != detached_content:
             raise SignatureInvalidError(
@@ -287,9 +290,6 @@ def verify_signed_data(
         if c.name == "certificate"
     ]
     pool = certs + [c for c in extra_certs if c not in certs]
-    signer_infos = list(sd["signer_infos"])
-    if not signer_infos:
-        raise NoSignatureError("the SignedData has zero signers")
     digest_cache: dict[str, bytes] = {}
     results = []
     for index, si in enumerate(signer_infos, start=1):
@@ -303,6 +303,20 @@ def verify_signed_data(
         signers=tuple(results),
         certificates=tuple(certs),
     )
+
+
+@asn1.guard("SignedData")
+def embedded_content(der: bytes) -> bytes | None:
+    """The eContent of a SignedData without any check (None when detached).
+
+    Only for reaching an encrypted layer under a signature that failed: the result must
+    never be presented as signed.
+    """
+    info = asn1.load(cms.ContentInfo, der, "CMS ContentInfo")
+    if info["content_type"].native != "signed_data":
+        return None
+    embedded = info["content"]["encap_content_info"]["content"]
+    return None if isinstance(embedded, core.Void) else _octets(embedded)
 
 
 def _octets(value: core.Asn1Value) -> bytes:
@@ -342,7 +356,7 @@ def _verify_signer(
     signing_time = None
     ess = False
     attrs = si["signed_attrs"]
-    if attrs.native is not None and len(attrs) > 0:
+    if not isinstance(attrs, core.Void) and len(attrs) > 0:
         values = _attribute_values(attrs, who)
         ct = _single(values, "content_type", who, required=True)
         if ct.native != content_type:
@@ -370,6 +384,15 @@ def _verify_signer(
             )
         signed_bytes = digest
         prehashed = True
+    unsigned = si["unsigned_attrs"]
+    if not isinstance(unsigned, core.Void):
+        for attr in unsigned:
+            name = attr["type"].native
+            if name in ("content_type", "message_digest", "signing_time"):
+                # RFC 5652 sections 11.1-11.3: these MUST NOT be unsigned attributes.
+                raise SignedAttributesError(
+                    f"{who}: {name.replace('_', '-')} sent as an unsigned attribute"
+                )
     scheme = _verify_signature(si, cert, h, signed_bytes, prehashed, content, who, allow_legacy)
     return SignerResult(
         certificate=cert,
@@ -380,21 +403,27 @@ def _verify_signer(
     )
 
 
+# The attributes we check; any other attribute is left unparsed, since one we do not
+# understand (e.g. Microsoft's encryption key preference, which asn1crypto cannot read)
+# must not break verification.
+_CHECKED_ATTRIBUTES = (
+    "content_type",
+    "message_digest",
+    "signing_time",
+    "signing_certificate",
+    "signing_certificate_v2",
+)
+
+
 def _attribute_values(attrs: cms.CMSAttributes, who: str) -> dict[str, list[core.Asn1Value]]:
     grouped: dict[str, list[core.Asn1Value]] = defaultdict(list)
-    seen: set[str] = set()
     for attr in attrs:
         name = attr["type"].native
-        if name in seen and name in (
-            "content_type",
-            "message_digest",
-            "signing_time",
-            "signing_certificate",
-            "signing_certificate_v2",
-        ):
+        if name not in _CHECKED_ATTRIBUTES:
+            continue
+        if name in grouped:
             # RFC 5652 section 5.3: these attributes MUST NOT appear twice.
             raise SignedAttributesError(f"{who}: duplicate {name.replace('_', '-')} attribute")
-        seen.add(name)
         grouped[name].extend(attr["values"])
     return grouped
 

@@ -101,6 +101,10 @@ class Entity:
     @classmethod
     def parse(cls, raw: bytes) -> Entity:
         head, body = split_head_body(raw)
+        if head and _HEADER_NAME.match(head) is None:
+            # Content without any header (e.g. ``openssl cms -encrypt`` of a plain file):
+            # read it as a text/plain body rather than refuse it.
+            return cls((), raw)
         headers = tuple(parse_headers(head))
         ctype, params = _content_type(headers)
         return cls(headers, body, ctype, params)

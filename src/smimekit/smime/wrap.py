@@ -15,9 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms.enveloped import ENCRYPTED_TYPES, content_type_of, decrypt_enveloped
-from smimekit.cms.signed import SignedDataResult, verify_signed_data
+from smimekit.cms.signed import SignedDataResult, embedded_content, verify_signed_data
 from smimekit.errors import (
     MIMEError,
+    LegacyAlgorithmError,
     NoRecipientError,
     SmimeError,
     VerificationError,
@@ -44,7 +45,7 @@ class Layer:
     """E.g. ``aes256-gcm, ktri-rsaes_oaep`` or ``1 signer``."""
     signed: SignedDataResult | None = None
     """For a signed layer whose signatures verified cryptographically."""
-    error: VerificationError | None = None
+    error: VerificationError | LegacyAlgorithmError | None = None
     """For a signed layer whose check failed."""
 
 
@@ -86,7 +87,11 @@ def unwrap(
     extra_certs: Sequence[x509.Certificate] = (),
     encryption_only: bool = False,
 ) -> Unwrapped:
-    """Peel every S/MIME layer off ``message`` (only encryption layers if asked).
+    """Peel every S/MIME layer off ``message``.
+
+    With ``encryption_only``, unwrapping goes down to the innermost encryption layer and
+    stops at the first signature inside it; signatures outside it are checked, and a failed
+    one is recorded without stopping (the caller asked to decrypt, not to verify).
 
     A signed layer whose verification fails is recorded (``Layer.error``) and unwrapping
     stops there: nothing below an unverified signature is released.
@@ -104,12 +109,10 @@ def unwrap(
     inner_headers: tuple[Header, ...] = ()
     partial_encrypted = False
     for _ in range(MAX_LAYERS):
-        if encryption_only and (
-            is_multipart_signed(current)
-            or (is_pkcs7_mime(current) and content_type_of(pkcs7_der(current)) == "signed_data")
-        ):
-            break
+        seen_encryption = any(layer.kind == "encrypted" for layer in layers)
         if is_multipart_signed(current):
+            if encryption_only and seen_encryption:
+                break  # signatures inside the encryption are left for verify
             detached = split_signed(current)
             try:
                 result = verify_signed_data(
@@ -118,22 +121,33 @@ def unwrap(
                     extra_certs=extra_certs,
                     allow_legacy=allow_legacy,
                 )
-            except VerificationError as exc:
+            except (VerificationError, LegacyAlgorithmError) as exc:
                 layers.append(Layer("signed", "multipart/signed", str(exc), error=exc))
-                break
+                if not encryption_only:
+                    break  # nothing below an unverified signature is released
+                current = Entity.parse(detached.content)
+                continue
             layers.append(Layer("signed", "multipart/signed", _signers(result), signed=result))
             current = Entity.parse(detached.content)
         elif is_pkcs7_mime(current):
             der = pkcs7_der(current)
             kind = content_type_of(der)
             if kind == "signed_data":
+                if encryption_only and seen_encryption:
+                    break
                 try:
                     result = verify_signed_data(
                         der, extra_certs=extra_certs, allow_legacy=allow_legacy
                     )
-                except VerificationError as exc:
+                except (VerificationError, LegacyAlgorithmError) as exc:
                     layers.append(Layer("signed", "application/pkcs7-mime", str(exc), error=exc))
-                    break
+                    inner = embedded_content(der) if encryption_only else None
+                    if inner is None:
+                        break
+                    # Decrypting only: go on through the failed outer signature; the
+                    # failure stays recorded in the layer for the caller to report.
+                    current = Entity.parse(to_crlf(inner))
+                    continue
                 layers.append(
                     Layer("signed", "application/pkcs7-mime", _signers(result), signed=result)
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from email.utils import getaddresses
+from email.utils import getaddresses, parsedate_to_datetime
 
 from cryptography import x509
 
@@ -35,6 +35,43 @@ def _norm(address: str) -> str:
     return f"{local}@{domain.lower()}" if local else address.strip().lower()
 
 
+CLOCK_SKEW = dt.timedelta(minutes=5)
+DATE_TOLERANCE = dt.timedelta(hours=1)
+
+
+def _date(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _time_problems(
+    signing_time: dt.datetime | None,
+    cert: x509.Certificate,
+    when: dt.datetime,
+    date_header: dt.datetime | None,
+) -> list[str]:
+    """Signing-time checks (RFC 8550 4.4 spirit; Thunderbird compares it with Date too)."""
+    if signing_time is None:
+        return []
+    out = []
+    stamp = signing_time.isoformat()
+    if not cert.not_valid_before_utc <= signing_time <= cert.not_valid_after_utc:
+        out.append(f"signing time {stamp} is outside the certificate's validity")
+    if signing_time > when + CLOCK_SKEW:
+        out.append(f"signing time {stamp} is in the future")
+    if date_header is not None and abs(signing_time - date_header) > DATE_TOLERANCE:
+        out.append(
+            f"signing time {stamp} and the Date header {date_header.isoformat()} differ by more"
+            " than an hour (a reused or back-dated signature?)"
+        )
+    return out
+
+
 def assess(
     unwrapped: Unwrapped,
     *,
@@ -48,6 +85,7 @@ def assess(
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     senders = sender_addresses(unwrapped)
+    date_header = _date(unwrapped.root.get("date"))
     reasons: list[str] = []
     warnings: list[str] = []
     signers: list[SignerVerdict] = []
@@ -82,6 +120,7 @@ def assess(
                     )
             else:
                 warnings.append("the message has no From header to bind the signer to")
+            signer_reasons += _time_problems(signer.signing_time, cert, when, date_header)
             signers.append(
                 SignerVerdict(
                     intact=True,

@@ -14,7 +14,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from smimekit.errors import UntrustedError, VerificationError
+from smimekit.errors import NoSignatureError, UntrustedError, VerificationError
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,10 @@ class Verdict:
         if self.valid:
             return
         reasons = self.all_reasons() or ["the message is not validly signed"]
-        cls = VerificationError
-        if self.signers and all(s.intact for s in self.signers) and not self.reasons:
+        cls: type[VerificationError] = VerificationError
+        if not self.signed:
+            cls = NoSignatureError
+        elif self.signers and all(s.intact for s in self.signers) and not self.reasons:
             cls = UntrustedError
         raise cls("; ".join(reasons), verdict=self)
 
