@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smimekit.cms.enveloped import ENCRYPTED_TYPES, content_type_of, decrypt_enveloped
 from smimekit.cms.signed import SignedDataResult, embedded_content, verify_signed_data
 from smimekit.errors import (
-    MIMEError,
     LegacyAlgorithmError,
+    MIMEError,
     NoRecipientError,
     SmimeError,
     VerificationError,
@@ -141,12 +141,12 @@ def unwrap(
                     )
                 except (VerificationError, LegacyAlgorithmError) as exc:
                     layers.append(Layer("signed", "application/pkcs7-mime", str(exc), error=exc))
-                    inner = embedded_content(der) if encryption_only else None
-                    if inner is None:
+                    unverified = embedded_content(der) if encryption_only else None
+                    if unverified is None:
                         break
                     # Decrypting only: go on through the failed outer signature; the
                     # failure stays recorded in the layer for the caller to report.
-                    current = Entity.parse(to_crlf(inner))
+                    current = Entity.parse(to_crlf(unverified))
                     continue
                 layers.append(
                     Layer("signed", "application/pkcs7-mime", _signers(result), signed=result)
