@@ -15,8 +15,10 @@ is proved on its own by ``test_interop_harness.py`` (peer -> peer round trips).
 from __future__ import annotations
 
 import base64
+import datetime
 import email
 import email.policy
+import email.utils
 import os
 import re
 import shutil
@@ -284,6 +286,11 @@ def lf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
 
 
+#: The Date of every test message: now (at import). Verifiers compare the signing-time
+#: attribute with the Date header, so a fixed date would make the suite fail with time.
+DATE = email.utils.format_datetime(datetime.datetime.now(datetime.UTC).replace(microsecond=0))
+
+
 def outer_headers(sender: str = "alice", recipient: str = "bob") -> bytes:
     """From/To/Subject/Date/Message-ID. The sender must be the signer: verifiers bind the
     From address to the signer certificate's email (RFC 8550 section 3)."""
@@ -291,7 +298,7 @@ def outer_headers(sender: str = "alice", recipient: str = "bob") -> bytes:
         f"From: {sender.capitalize()} <{sender}@{EMAIL_DOMAIN}>\r\n"
         f"To: {recipient.capitalize()} <{recipient}@{EMAIL_DOMAIN}>\r\n"
         "Subject: smimekit interop\r\n"
-        "Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n"
+        f"Date: {DATE}\r\n"
         f"Message-ID: <interop-{sender}-{recipient}@{EMAIL_DOMAIN}>\r\n"
     ).encode()
 

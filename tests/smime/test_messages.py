@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.utils
 
 import pytest
 from pki import DATE, PKI, Identity, message
@@ -209,3 +210,34 @@ def test_signed_bytes_survive_base64_reencoding(alice: Identity, trust: list) ->
     head, body = signed.split(b"\r\n\r\n", 1)
     rewrapped = base64.encodebytes(base64.b64decode(body)).replace(b"\n", b"\r\n")
     assert smimekit.verify(head + b"\r\n\r\n" + rewrapped, trust=trust).verdict.valid
+
+
+def _dated(when: str) -> bytes:
+    return message().replace(b"Date: " + DATE.encode(), b"Date: " + when.encode())
+
+
+def test_old_signature_under_a_newer_date_fails(alice: Identity, trust: list) -> None:
+    import datetime as dt
+
+    signed = smimekit.sign(_dated(DATE), alice.key, alice.cert,
+                           signing_time=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3))
+    result = smimekit.verify(signed, trust=trust, raise_for_failure=False)
+    assert not result.verdict.valid
+    assert "more than an hour older than the Date header" in result.verdict.summary()
+
+
+def test_mail_signed_long_after_its_date_only_warns(alice: Identity, trust: list) -> None:
+    signed = smimekit.sign(_dated("Mon, 26 Jan 2026 14:38:03 +0000"), alice.key, alice.cert)
+    result = smimekit.verify(signed, trust=trust)
+    assert result.verdict.valid
+    assert any("after the Date header" in w for w in result.verdict.warnings)
+
+
+def test_signing_time_outside_certificate_validity_fails(alice: Identity, trust: list) -> None:
+    import datetime as dt
+
+    when = alice.cert.not_valid_before_utc - dt.timedelta(days=2)
+    signed = smimekit.sign(_dated(email.utils.format_datetime(when)), alice.key, alice.cert,
+                           signing_time=when)
+    result = smimekit.verify(signed, trust=trust, raise_for_failure=False)
+    assert "outside the certificate's validity" in result.verdict.summary()

@@ -64,12 +64,25 @@ def _time_problems(
         out.append(f"signing time {stamp} is outside the certificate's validity")
     if signing_time > when + CLOCK_SKEW:
         out.append(f"signing time {stamp} is in the future")
-    if date_header is not None and abs(signing_time - date_header) > DATE_TOLERANCE:
+    if date_header is not None and date_header - signing_time > DATE_TOLERANCE:
+        # An old signature under a newer Date is how a signed message gets replayed (this is
+        # Thunderbird's rule too). The other way round, signed well after the Date, is mail
+        # that sat in an outbox: the caller gets a warning for that.
         out.append(
-            f"signing time {stamp} and the Date header {date_header.isoformat()} differ by more"
-            " than an hour (a reused or back-dated signature?)"
+            f"the signature ({stamp}) is more than an hour older than the Date header"
+            f" ({date_header.isoformat()}): a re-used signature?"
         )
     return out
+
+
+def _time_warnings(signing_time: dt.datetime | None, date_header: dt.datetime | None
+                   ) -> list[str]:
+    if signing_time is None or date_header is None:
+        return []
+    if signing_time - date_header > DATE_TOLERANCE:
+        return [f"signed ({signing_time.isoformat()}) more than an hour after the Date header"
+                f" ({date_header.isoformat()})"]
+    return []
 
 
 def assess(
@@ -121,6 +134,7 @@ def assess(
             else:
                 warnings.append("the message has no From header to bind the signer to")
             signer_reasons += _time_problems(signer.signing_time, cert, when, date_header)
+            warnings += _time_warnings(signer.signing_time, date_header)
             signers.append(
                 SignerVerdict(
                     intact=True,

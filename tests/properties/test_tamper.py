@@ -1,0 +1,181 @@
+"""Any single-bit change to protected bytes is detected, and nothing is released.
+
+Two forms of evidence: Hypothesis properties (a random position and bit, any message and
+algorithm), and deterministic sweeps that flip one bit in *every* byte of one message each, so
+a failure names every offset that slipped through, with its place in the ASN.1 tree.
+
+"Detected" means a :class:`smimekit.errors.SmimeError` subclass: verify never returns a valid
+verdict, decrypt never returns plaintext, and no other exception escapes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import smimekit
+from properties.der import flip, path_to, pkcs7_message, pkcs7_parts
+from properties.pki import RECIPIENTS, SIGNERS, test_pki
+from properties.strategies import messages
+from smimekit import Cipher, Digest
+from smimekit.errors import SmimeError
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                       HealthCheck.data_too_large])
+AEAD = [Cipher.AES128_GCM, Cipher.AES256_GCM, Cipher.CHACHA20_POLY1305]
+
+
+def signed_region(signed: bytes) -> tuple[int, int]:
+    """[start, end) of the first part of a multipart/signed: the bytes the signature covers."""
+    match = re.search(rb'boundary="([^"]+)"', signed)
+    assert match is not None
+    delimiter = b"--" + match.group(1)
+    start = signed.index(delimiter + b"\r\n") + len(delimiter) + 2
+    end = signed.index(b"\r\n" + delimiter, start)
+    return start, end
+
+
+def _outcome(call: Callable[[], object]) -> str | None:
+    """None when ``call`` raised a SmimeError; otherwise what went wrong."""
+    try:
+        call()
+    except SmimeError:
+        return None
+    except Exception as exc:  # the finding: a non-SmimeError escaped
+        return f"{type(exc).__name__}: {exc}"
+    return "accepted"
+
+
+# -- properties ---------------------------------------------------------------------------
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(data=st.data(), signer=st.sampled_from(SIGNERS), digest=st.sampled_from(list(Digest)))
+def test_a_flipped_bit_in_the_signed_part_of_multipart_signed_is_detected(
+    data: st.DataObject, signer: str, digest: Digest
+) -> None:
+    pki = test_pki()
+    user = pki[signer]
+    sample = data.draw(messages(user.email), label="message")
+    signed = smimekit.sign(sample.raw, user.key, user.cert, digest=digest)
+    start, end = signed_region(signed)
+    position = data.draw(st.integers(start, end - 1), label="position")
+    bit = data.draw(st.integers(0, 7), label="bit")
+
+    with pytest.raises(SmimeError):
+        smimekit.verify(flip(signed, position, bit), trust=[pki.ca])
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(data=st.data(), signer=st.sampled_from(SIGNERS), digest=st.sampled_from(list(Digest)))
+def test_a_flipped_bit_anywhere_in_an_opaque_signed_blob_is_detected(
+    data: st.DataObject, signer: str, digest: Digest
+) -> None:
+    pki = test_pki()
+    user = pki[signer]
+    sample = data.draw(messages(user.email), label="message")
+    pss = signer == "rsa" and data.draw(st.booleans(), label="pss")
+    head, der = pkcs7_parts(smimekit.sign(sample.raw, user.key, user.cert, opaque=True,
+                                          digest=digest, pss=pss))
+    position = data.draw(st.integers(0, len(der) - 1), label="position")
+    bit = data.draw(st.integers(0, 7), label="bit")
+
+    tampered = pkcs7_message(head, flip(der, position, bit))
+    with pytest.raises(SmimeError):
+        smimekit.verify(tampered, trust=[pki.ca])
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(
+    data=st.data(),
+    recipients=st.lists(st.sampled_from(RECIPIENTS), min_size=1, max_size=3, unique=True),
+    cipher=st.sampled_from(AEAD),
+    oaep=st.booleans(),
+)
+def test_a_flipped_bit_anywhere_in_auth_enveloped_data_releases_no_plaintext(
+    data: st.DataObject, recipients: list[str], cipher: Cipher, oaep: bool
+) -> None:
+    pki = test_pki()
+    sample = data.draw(messages(pki["rsa"].email), label="message")
+    reader = pki[data.draw(st.sampled_from(recipients), label="reader")]
+    head, der = pkcs7_parts(smimekit.encrypt(sample.raw, [pki[r].cert for r in recipients],
+                                             cipher=cipher, oaep=oaep))
+    position = data.draw(st.integers(0, len(der) - 1), label="position")
+    bit = data.draw(st.integers(0, 7), label="bit")
+
+    tampered = pkcs7_message(head, flip(der, position, bit))
+    with pytest.raises(SmimeError):
+        smimekit.decrypt(tampered, reader.key, reader.cert)
+
+
+# -- sweeps: every byte of one message ----------------------------------------------------
+
+
+def _sweep(der: bytes, check: Callable[[bytes], object], positions: range | None = None
+           ) -> list[str]:
+    problems = []
+    for position in positions or range(len(der)):
+        tampered = flip(der, position, position % 8)
+        outcome = _outcome(lambda t=tampered: check(t))  # type: ignore[misc]
+        if outcome is not None:
+            problems.append(f"offset {position} bit {position % 8} "
+                            f"[{path_to(der, position)}]: {outcome}")
+    return problems
+
+
+@pytest.mark.slow
+def test_every_byte_of_the_signed_part_of_multipart_signed_is_protected() -> None:
+    pki = test_pki()
+    user = pki["ed25519"]
+    message = (b"From: ed25519@example.org\r\nSubject: sweep\r\nContent-Type: text/plain;"
+               b" charset=utf-8\r\n\r\nCaf\xc3\xa9 au lait.\r\nSecond line\r\n")
+    signed = smimekit.sign(message, user.key, user.cert)
+    start, end = signed_region(signed)
+    problems = []
+    for position in range(start, end):
+        tampered = flip(signed, position, position % 8)
+        outcome = _outcome(lambda t=tampered: smimekit.verify(t, trust=[pki.ca]))  # type: ignore[misc]
+        if outcome is not None:
+            problems.append(f"offset {position - start} of the signed part: {outcome}")
+    assert problems == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signer", ["ed25519", "rsa"])
+def test_every_byte_of_an_opaque_signed_blob_is_protected(signer: str) -> None:
+    pki = test_pki()
+    user = pki[signer]
+    head, der = pkcs7_parts(smimekit.sign(
+        f"From: {user.email}\r\nSubject: sweep\r\n\r\nHello, world.\r\n".encode(),
+        user.key, user.cert, opaque=True))
+
+    problems = _sweep(der, lambda d: smimekit.verify(pkcs7_message(head, d), trust=[pki.ca]))
+    assert problems == [], f"{len(problems)} of {len(der)} changes not detected:\n" + \
+        "\n".join(problems)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("recipient", "oaep", "cipher"),
+    [
+        ("rsa", False, Cipher.AES256_GCM),
+        ("rsa", True, Cipher.CHACHA20_POLY1305),
+        ("p256", False, Cipher.AES128_GCM),
+        ("x25519", False, Cipher.AES256_GCM),
+    ],
+)
+def test_every_byte_of_auth_enveloped_data_is_protected(recipient: str, oaep: bool,
+                                                        cipher: Cipher) -> None:
+    pki = test_pki()
+    user = pki[recipient]
+    head, der = pkcs7_parts(smimekit.encrypt(
+        b"Subject: sweep\r\n\r\nThe secret is 42.\r\n", [user.cert], cipher=cipher, oaep=oaep))
+
+    problems = _sweep(der, lambda d: smimekit.decrypt(pkcs7_message(head, d), user.key,
+                                                      user.cert))
+    assert problems == [], f"{len(problems)} of {len(der)} changes released plaintext:\n" + \
+        "\n".join(problems)
