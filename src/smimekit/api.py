@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x448, x2
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.cms.enveloped import encrypt_enveloped
+from smimekit.cms.enveloped import encrypt_enveloped_chunks
 from smimekit.cms.recipients import RecipientOptions
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import MIMEError, NoRecipientError, VerificationError
@@ -128,11 +128,12 @@ def encrypt(
         EncryptionError: no recipient, or a certificate whose key cannot receive mail.
     """
     outer, entity = prepare(_as_bytes(message))
-    der = encrypt_enveloped(
+    chunks, _size = encrypt_enveloped_chunks(
         entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
     )
+    del entity  # the ciphertext is in the chunks; free the plaintext copy early
     kind = "authenticated_enveloped_data" if cipher.authenticated else "enveloped_data"
-    return build_pkcs7_mime(outer, der, kind)
+    return build_pkcs7_mime(outer, chunks, kind)
 
 
 def _can_receive(cert: x509.Certificate) -> bool:

@@ -7,12 +7,13 @@ One place decides what is modern (written and read), what is legacy (read only w
 from __future__ import annotations
 
 import enum
+import hmac
 import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers.algorithms import RC2, TripleDES
-from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -137,49 +138,65 @@ def _block_cipher(spec: ContentCipher, key: bytes) -> BlockCipherAlgorithm:
     return algorithms.AES(key)
 
 
-def cbc_encrypt(spec: ContentCipher, key: bytes, iv: bytes, data: bytes) -> bytes:
+Buffer = bytes | memoryview
+
+
+def cbc_encrypt(spec: ContentCipher, key: bytes, iv: bytes, data: Buffer) -> bytes:
     block = _block_cipher(spec, key)
-    padder = padding.PKCS7(block.block_size).padder()
+    size = block.block_size // 8
+    full = len(data) - len(data) % size
+    pad = size - len(data) % size
     enc = _Cipher(block, modes.CBC(iv)).encryptor()
-    return enc.update(padder.update(data) + padder.finalize()) + enc.finalize()
+    # Only the last block is padded: no copy of the whole content (PKCS#7, RFC 5652 6.3).
+    tail = bytes(memoryview(data)[full:]) + bytes([pad]) * pad
+    out = bytearray(len(data) + pad + size)
+    n = enc.update_into(memoryview(data)[:full], out)
+    n += enc.update_into(tail, memoryview(out)[n:])
+    enc.finalize()
+    del out[n:]
+    return bytes(out)
 
 
-def cbc_decrypt(spec: ContentCipher, key: bytes, iv: bytes, data: bytes) -> bytes:
+def cbc_decrypt(spec: ContentCipher, key: bytes, iv: bytes, data: Buffer) -> bytes:
     try:
         block = _block_cipher(spec, key)
-        if len(iv) * 8 != block.block_size or len(data) % len(iv) or not data:
+        size = block.block_size // 8
+        if len(iv) != size or len(data) % size or not data:
             raise ValueError("bad sizes")
         dec = _Cipher(block, modes.CBC(iv)).decryptor()
-        padded = dec.update(data) + dec.finalize()
-        unpadder = padding.PKCS7(block.block_size).unpadder()
-        return unpadder.update(padded) + unpadder.finalize()
+        padded = dec.update(data)
+        dec.finalize()
     except ValueError:
         raise DecryptionError() from None
+    pad = padded[-1]
+    ok = 1 <= pad <= size and hmac.compare_digest(padded[-pad:], bytes([pad]) * pad)
+    if not ok:
+        raise DecryptionError()
+    return padded[:-pad]
 
 
 def aead_encrypt(
-    spec: ContentCipher, key: bytes, nonce: bytes, data: bytes, aad: bytes | None
+    spec: ContentCipher, key: bytes, nonce: bytes, data: Buffer, aad: bytes | None
 ) -> bytes:
-    """Return ciphertext || 16-byte tag."""
+    """Return ciphertext || 16-byte tag (one buffer, so the caller can slice without copying)."""
     if spec.mode == "chacha":
         return ChaCha20Poly1305(key).encrypt(nonce, data, aad)
     return AESGCM(key).encrypt(nonce, data, aad)
 
 
 def aead_decrypt(
-    spec: ContentCipher, key: bytes, nonce: bytes, data: bytes, tag: bytes, aad: bytes | None
+    spec: ContentCipher, key: bytes, nonce: bytes, data: Buffer, tag: bytes, aad: bytes | None
 ) -> bytes:
     """Check the tag first; nothing is returned unless it matches (RFC 5083 section 2.1)."""
     try:
         if spec.mode == "chacha":
             if len(tag) != 16:
                 raise ValueError("tag")
-            return ChaCha20Poly1305(key).decrypt(nonce, data + tag, aad)
-        if len(tag) == 16 and len(nonce) == 12:
-            return AESGCM(key).decrypt(nonce, data + tag, aad)
-        # Shorter ICVs (12..16 bytes, RFC 5084 section 3.2) go through the streaming API,
-        # which still checks the tag in finalize() before we return anything.
-        if not 12 <= len(tag) <= 16:
+            return ChaCha20Poly1305(key).decrypt(nonce, bytes(data) + tag, aad)
+        # ICVs of 12..16 bytes (RFC 5084 section 3.2). The streaming API avoids joining the
+        # tag to a large ciphertext; the plaintext is held back until finalize() has checked
+        # the tag.
+        if not 12 <= len(tag) <= 16 or not nonce:
             raise ValueError("tag")
         dec = _Cipher(
             algorithms.AES(key), modes.GCM(nonce, tag, min_tag_length=len(tag))

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms import asn1, recipients
+from smimekit.cms import der as dertools
 from smimekit.cms.algorithms import (
     Cipher,
     ContentCipher,
@@ -64,12 +65,27 @@ def encrypt_enveloped(
     Raises:
         EncryptionError: no recipients, or a certificate whose key cannot receive mail.
     """
+    chunks, _size = encrypt_enveloped_chunks(
+        content, recipient_certs, cipher=cipher, options=options
+    )
+    return b"".join(chunks)
+
+
+def encrypt_enveloped_chunks(
+    content: bytes,
+    recipient_certs: Sequence[x509.Certificate],
+    *,
+    cipher: Cipher = Cipher.AES256_GCM,
+    options: RecipientOptions | None = None,
+) -> tuple[list[dertools.Chunk], int]:
+    """:func:`encrypt_enveloped` as DER chunks (the ciphertext is one of them, not copied)."""
     if not recipient_certs:
         raise EncryptionError("at least one recipient certificate is required")
     options = options or RecipientOptions()
     spec = cipher_for(cipher)
     cek = new_key(spec)
     infos = [recipients.build(cert, cek, options) for cert in recipient_certs]
+    ciphertext: dertools.Chunk
     if cipher.authenticated:
         nonce = os.urandom(12)
         sealed = aead_encrypt(spec, cek, nonce, content, None)
@@ -77,35 +93,41 @@ def encrypt_enveloped(
             params: core.Asn1Value = core.OctetString(nonce)
         else:
             params = asn1.GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})
-        eci = _eci(spec, params, memoryview(sealed)[:-16])
+        ciphertext = memoryview(sealed)[:-16]
         body = cms.AuthEnvelopedData(
             {
                 "version": "v0",
                 "recipient_infos": infos,
-                "auth_encrypted_content_info": eci,
+                "auth_encrypted_content_info": _eci(spec, params),
                 "mac": bytes(sealed[-16:]),
             }
         )
-        return cms.ContentInfo(
-            {"content_type": "authenticated_enveloped_data", "content": body}
-        ).dump()
-    iv = os.urandom(16)
-    ciphertext = cbc_encrypt(spec, cek, iv, content)
-    eci = _eci(spec, core.OctetString(iv), ciphertext)
-    version = (
-        "v0"
-        if all(i.name == "ktri" and i.chosen["version"].native == "v0" for i in infos)
-        else "v2"
-    )
-    body = cms.EnvelopedData(
-        {"version": version, "recipient_infos": infos, "encrypted_content_info": eci}
-    )
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": body}).dump()
+        kind = "authenticated_enveloped_data"
+    else:
+        iv = os.urandom(16)
+        ciphertext = cbc_encrypt(spec, cek, iv, content)
+        version = (
+            "v0"
+            if all(i.name == "ktri" and i.chosen["version"].native == "v0" for i in infos)
+            else "v2"
+        )
+        body = cms.EnvelopedData(
+            {
+                "version": version,
+                "recipient_infos": infos,
+                "encrypted_content_info": _eci(spec, core.OctetString(iv)),
+            }
+        )
+        kind = "enveloped_data"
+    # Built around an empty encryptedContent; the ciphertext is spliced in without copies.
+    shell = cms.ContentInfo({"content_type": kind, "content": body}).dump()
+    target = dertools.encrypted_content_offset(shell)
+    if target is None:  # pragma: no cover - our own encoding always has the field
+        raise EncryptionError("internal error: encrypted content field not found")
+    return dertools.splice(shell, target, ciphertext)
 
 
-def _eci(
-    spec: ContentCipher, params: core.Asn1Value, ciphertext: bytes | memoryview
-) -> cms.EncryptedContentInfo:
+def _eci(spec: ContentCipher, params: core.Asn1Value) -> cms.EncryptedContentInfo:
     return cms.EncryptedContentInfo(
         {
             "content_type": "data",
@@ -113,7 +135,7 @@ def _eci(
                 "algorithm": spec.oid_name,
                 "parameters": core.Any.load(params.dump()),
             },
-            "encrypted_content": bytes(ciphertext),
+            "encrypted_content": b"",
         }
     )
 
@@ -148,7 +170,14 @@ def decrypt_enveloped(
             error for every failing step, so no padding oracle).
         LegacyAlgorithmError: 3DES or RC2 without ``allow_legacy``.
     """
-    info = asn1.load(cms.ContentInfo, der, "CMS ContentInfo")
+    hollowed = dertools.hollow(der)
+    if hollowed is not None:
+        # Plain DER: parse the structure without its ciphertext, which stays a view.
+        shell, encrypted = hollowed
+        info = asn1.load(cms.ContentInfo, shell, "CMS ContentInfo")
+    else:
+        info = asn1.load(cms.ContentInfo, der, "CMS ContentInfo")
+        encrypted = None
     kind = info["content_type"].native
     if kind not in ENCRYPTED_TYPES:
         raise MalformedError(f"not an encrypted message: the CMS content type is {kind}")
@@ -159,7 +188,8 @@ def decrypt_enveloped(
     spec = content_cipher(alg["algorithm"].native, allow_legacy=allow_legacy)
     if authenticated != (spec.mode in ("gcm", "chacha")):
         raise UnsupportedError(f"{spec.name} does not belong in {kind.replace('_', ' ')}")
-    encrypted = eci["encrypted_content"].native
+    if encrypted is None:
+        encrypted = eci["encrypted_content"].native
     if encrypted is None:
         raise UnsupportedError("the encrypted content is absent (detached EnvelopedData)")
     params = alg["parameters"]

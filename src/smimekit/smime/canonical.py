@@ -7,11 +7,12 @@ to be signed is rewritten (to CRLF, and 8-bit to quoted-printable/base64, RFC 85
 
 from __future__ import annotations
 
-import base64
 import binascii
 import email
 import email.policy
+import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email import encoders
 from email.message import Message
@@ -24,21 +25,25 @@ _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
 def to_crlf(data: bytes) -> bytes:
-    """Every line ending as CRLF (bare LF becomes CRLF; existing CRLF stays)."""
-    if b"\n" not in data:
+    """Every line ending as CRLF (bare LF becomes CRLF; existing CRLF stays).
+
+    Input that is already CRLF is returned as is: two counting scans, no copy.
+    """
+    lf = data.count(b"\n")
+    if lf == 0 or lf == data.count(CRLF):
         return data
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return data.replace(CRLF, b"\n").replace(b"\n", CRLF)
 
 
-def split_head_body(raw: bytes) -> tuple[bytes, bytes]:
-    """(header block without the blank line, body) of a CRLF message or entity."""
+def split_head_body(raw: bytes) -> tuple[bytes, int]:
+    """(header block without the blank line, offset of the body) of a CRLF entity."""
     if raw.startswith(CRLF):
-        return b"", raw[2:]
+        return b"", 2
     end = raw.find(b"\r\n\r\n")
     if end < 0:
         # Headers only, no body.
-        return raw.rstrip(b"\r\n"), b""
-    return raw[:end], raw[end + 4 :]
+        return raw.rstrip(b"\r\n"), len(raw)
+    return raw[:end], end + 4
 
 
 @dataclass(frozen=True)
@@ -91,23 +96,40 @@ def _field(lines: list[bytes]) -> Header:
 
 @dataclass(frozen=True)
 class Entity:
-    """A MIME entity (or a whole message) as raw CRLF bytes plus its parsed headers."""
+    """A MIME entity (or a whole message): its raw CRLF bytes and its parsed headers.
 
+    The body is not copied out of ``raw`` until asked for (``body``); ``body_view`` and
+    ``decoded_body`` work on a view, which matters for 50 MB messages.
+    """
+
+    raw: bytes
     headers: tuple[Header, ...]
-    body: bytes
+    body_offset: int
     content_type: str = "text/plain"
     params: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: bytes) -> Entity:
-        head, body = split_head_body(raw)
+        head, offset = split_head_body(raw)
         if head and _HEADER_NAME.match(head) is None:
             # Content without any header (e.g. ``openssl cms -encrypt`` of a plain file):
             # read it as a text/plain body rather than refuse it.
-            return cls((), raw)
+            return cls(raw, (), 0)
         headers = tuple(parse_headers(head))
         ctype, params = _content_type(headers)
-        return cls(headers, body, ctype, params)
+        return cls(raw, headers, offset, ctype, params)
+
+    @functools.cached_property
+    def body(self) -> bytes:
+        return self.raw[self.body_offset :]
+
+    @property
+    def body_view(self) -> memoryview:
+        return memoryview(self.raw)[self.body_offset :]
+
+    def entity(self) -> bytes:
+        """The entity as bytes that parse back to it (a headerless one gets its blank line)."""
+        return self.raw if self.headers else CRLF + self.raw[self.body_offset :]
 
     def get(self, name: str) -> str | None:
         for h in self.headers:
@@ -143,7 +165,9 @@ class Entity:
         cte = (self.get("content-transfer-encoding") or "7bit").strip().lower()
         if cte == "base64":
             try:
-                return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", self.body), validate=True)
+                # Non-strict: line breaks and stray characters are skipped, as MIME asks
+                # (RFC 2045 6.8); bad padding is still an error.
+                return binascii.a2b_base64(self.body_view)
             except binascii.Error:
                 raise MIMEError("bad base64 in the S/MIME body") from None
         if cte == "quoted-printable":
@@ -174,7 +198,7 @@ def join_entity(headers: tuple[Header, ...] | list[Header], body: bytes) -> byte
     return b"".join(h.raw + CRLF for h in headers) + CRLF + body
 
 
-def split_multipart(body: bytes, boundary: str) -> list[bytes]:
+def split_multipart(body: bytes | memoryview, boundary: str) -> list[bytes]:
     """The raw parts of a multipart body (RFC 2046 5.1.1), exactly as transmitted.
 
     The CRLF before each delimiter belongs to the delimiter, not to the part.
@@ -194,7 +218,7 @@ def split_multipart(body: bytes, boundary: str) -> list[bytes]:
     closed = False
     for match in delim.finditer(body):
         if start is not None:
-            parts.append(body[start : match.start()])
+            parts.append(bytes(body[start : match.start()]))
         if match.group(1):
             closed = True
             break
@@ -263,7 +287,41 @@ def make_7bit(entity: bytes) -> bytes:
     return to_crlf(msg.as_bytes(policy=policy))
 
 
-def b64_lines(data: bytes, width: int = 76) -> bytes:
-    """Base64 in CRLF-terminated lines of ``width`` characters (RFC 2045 6.8)."""
-    encoded = base64.b64encode(data)
-    return CRLF.join(encoded[i : i + width] for i in range(0, len(encoded), width)) + CRLF
+B64_LINE = 76  # RFC 2045 6.8
+_B64_BLOCK = 57 * 1024  # whole lines per block: 57 input octets make one 76-character line
+
+
+def _b64_block(data: bytes | memoryview) -> bytes:
+    encoded = binascii.b2a_base64(data, newline=False)
+    return CRLF.join(encoded[i : i + B64_LINE] for i in range(0, len(encoded), B64_LINE)) + CRLF
+
+
+def b64_lines(data: bytes | memoryview) -> bytes:
+    """Base64 in CRLF-terminated lines of 76 characters (RFC 2045 6.8)."""
+    return b"".join(b64_chunks([data]))
+
+
+def b64_chunks(chunks: Iterable[bytes | memoryview]) -> list[bytes]:
+    """Base64 lines of the concatenation of ``chunks``, block by block, never joining them.
+
+    Large chunks are encoded straight from views; only the seams between chunks are copied.
+    """
+    out: list[bytes] = []
+    carry = b""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        if carry:
+            need = _B64_BLOCK - len(carry)
+            carry += bytes(view[:need])
+            view = view[need:]
+            if len(carry) < _B64_BLOCK:
+                continue
+            out.append(_b64_block(carry))
+            carry = b""
+        whole = len(view) - len(view) % _B64_BLOCK
+        for start in range(0, whole, _B64_BLOCK):
+            out.append(_b64_block(view[start : start + _B64_BLOCK]))
+        carry = bytes(view[whole:])
+    if carry:
+        out.append(_b64_block(carry))
+    return out

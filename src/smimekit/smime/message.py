@@ -16,6 +16,7 @@ from smimekit.smime.canonical import (
     CRLF,
     Entity,
     Header,
+    b64_chunks,
     b64_lines,
     join_entity,
     make_7bit,
@@ -100,10 +101,17 @@ def build_multipart_signed(
     )
 
 
-def build_pkcs7_mime(outer: Sequence[Header], der: bytes, cms_type: str) -> bytes:
-    """A complete application/pkcs7-mime message (RFC 8551 sections 3.2, 3.3, 3.5.2)."""
+def build_pkcs7_mime(
+    outer: Sequence[Header], der: bytes | Sequence[bytes | memoryview], cms_type: str
+) -> bytes:
+    """A complete application/pkcs7-mime message (RFC 8551 sections 3.2, 3.3, 3.5.2).
+
+    ``der`` may be given as chunks (see :func:`smimekit.cms.enveloped.encrypt_enveloped_chunks`)
+    so a large ciphertext is base64-encoded without first being joined.
+    """
     smime_type, filename = SMIME_TYPES[cms_type]
-    return b"".join(
+    chunks = [der] if isinstance(der, bytes) else der
+    head = b"".join(
         [
             _outer(outer),
             b"Content-Type: application/pkcs7-mime; smime-type=",
@@ -119,9 +127,9 @@ def build_pkcs7_mime(outer: Sequence[Header], der: bytes, cms_type: str) -> byte
             b'"',
             CRLF,
             CRLF,
-            b64_lines(der),
         ]
     )
+    return b"".join([head, *b64_chunks(chunks)])
 
 
 def is_pkcs7_mime(entity: Entity) -> bool:
@@ -154,7 +162,7 @@ def split_signed(entity: Entity) -> DetachedSignature:
     Raises:
         MIMEError: not two parts, or the second part is not a PKCS#7 signature.
     """
-    parts = split_multipart(entity.body, entity.params.get("boundary", ""))
+    parts = split_multipart(entity.body_view, entity.params.get("boundary", ""))
     if len(parts) != 2:
         raise MIMEError(f"multipart/signed must have exactly 2 parts, this one has {len(parts)}")
     sig = Entity.parse(parts[1])

@@ -23,7 +23,7 @@ from smimekit.errors import (
     SmimeError,
     VerificationError,
 )
-from smimekit.smime.canonical import CRLF, Entity, Header, join_entity, split_multipart, to_crlf
+from smimekit.smime.canonical import CRLF, Entity, Header, split_multipart, to_crlf
 from smimekit.smime.message import is_multipart_signed, is_pkcs7_mime, pkcs7_der, split_signed
 
 MAX_LAYERS = 8
@@ -75,8 +75,10 @@ class Unwrapped:
 
     def message(self) -> bytes:
         """The outer headers of the received message around the innermost entity."""
+        if not self.layers:
+            return self.root.raw
         outer = b"".join(h.raw + CRLF for h in self.root.outer_headers)
-        return outer + b"MIME-Version: 1.0" + CRLF + self.entity
+        return b"".join([outer, b"MIME-Version: 1.0", CRLF, self.entity])
 
 
 def unwrap(
@@ -158,7 +160,7 @@ def unwrap(
                 raise MIMEError(f"application/pkcs7-mime carries an unexpected CMS type {kind}")
         elif current.content_type == "message/rfc822" and layers:
             # A whole message wrapped inside the protection (RFC 8551 3.7, header protection).
-            inner = Entity.parse(current.body)
+            inner = Entity.parse(bytes(current.body_view))
             inner_headers = inner.outer_headers
             current = inner
         else:
@@ -177,7 +179,7 @@ def unwrap(
             partial_encrypted = True
     return Unwrapped(
         root=root,
-        entity=join_entity(current.headers, current.body),
+        entity=current.entity(),
         layers=tuple(layers),
         partially_signed=partially_signed,
         partially_encrypted=partial_encrypted,
@@ -219,13 +221,13 @@ def _buried_smime(entity: Entity) -> list[tuple[str, Entity]]:
             return
         if ent.content_type.startswith("multipart/"):
             try:
-                parts = split_multipart(ent.body, ent.params.get("boundary", ""))
+                parts = split_multipart(ent.body_view, ent.params.get("boundary", ""))
             except MIMEError:
                 return
             for part in parts:
                 walk(Entity.parse(part), depth + 1)
         elif ent.content_type == "message/rfc822":
-            walk(Entity.parse(ent.body), depth + 1)
+            walk(Entity.parse(bytes(ent.body_view)), depth + 1)
 
     walk(entity, 0)
     return found

@@ -75,13 +75,14 @@ def _time_problems(
     return out
 
 
-def _time_warnings(signing_time: dt.datetime | None, date_header: dt.datetime | None
-                   ) -> list[str]:
+def _time_warnings(signing_time: dt.datetime | None, date_header: dt.datetime | None) -> list[str]:
     if signing_time is None or date_header is None:
         return []
     if signing_time - date_header > DATE_TOLERANCE:
-        return [f"signed ({signing_time.isoformat()}) more than an hour after the Date header"
-                f" ({date_header.isoformat()})"]
+        return [
+            f"signed ({signing_time.isoformat()}) more than an hour after the Date header"
+            f" ({date_header.isoformat()})"
+        ]
     return []
 
 

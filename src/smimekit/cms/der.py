@@ -1,0 +1,136 @@
+"""Zero-copy handling of the one large field of an encrypted message.
+
+asn1crypto copies the bytes of every enclosing structure as it encodes or lazily parses, so
+a 50 MB ciphertext would be copied five times. Here the large encryptedContent is kept out
+of asn1crypto's way: on writing, the structure is built around an empty field and the
+ciphertext spliced in as chunks; on reading, the structure is parsed with that field emptied
+("hollowed") and the ciphertext taken as a memoryview of the input. Only definite-length DER
+takes this path; BER with indefinite lengths goes through asn1crypto as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+Chunk = bytes | memoryview
+
+
+class _Unsupported(Exception):
+    """Not plain definite-length DER: the caller falls back to asn1crypto."""
+
+
+def _header(data: Chunk, off: int) -> tuple[int, int, int]:
+    """(tag byte, content start, content length) of the TLV at ``off``."""
+    end = len(data)
+    if off + 2 > end:
+        raise _Unsupported
+    tag = data[off]
+    if tag & 0x1F == 0x1F:
+        raise _Unsupported  # high tag numbers never occur on our path
+    first = data[off + 1]
+    pos = off + 2
+    if first < 0x80:
+        length = first
+    elif first == 0x80:
+        raise _Unsupported  # indefinite length (BER)
+    else:
+        count = first & 0x7F
+        if count > 8 or pos + count > end:
+            raise _Unsupported
+        length = int.from_bytes(bytes(data[pos : pos + count]), "big")
+        pos += count
+    if pos + length > end:
+        raise _Unsupported
+    return tag, pos, length
+
+
+def _children(data: Chunk, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+    """(offset, tag, content start, content length) of each child TLV."""
+    pos, end = start, start + length
+    while pos < end:
+        tag, cstart, clen = _header(data, pos)
+        yield pos, tag, cstart, clen
+        pos = cstart + clen
+
+
+def encode_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def encrypted_content_offset(der: Chunk) -> int | None:
+    """Offset of the encryptedContent TLV in an (Auth)EnvelopedData ContentInfo.
+
+    ContentInfo -> [0] -> (Auth)EnvelopedData -> EncryptedContentInfo -> [0] IMPLICIT.
+    None when the input is not plain DER in that shape.
+    """
+    try:
+        tag, start, length = _header(der, 0)
+        if tag != 0x30:
+            return None
+        kids = list(_children(der, start, length))
+        if len(kids) < 2 or kids[1][1] != 0xA0:
+            return None
+        _, _, wstart, wlen = kids[1]
+        inner = list(_children(der, wstart, wlen))
+        if len(inner) != 1 or inner[0][1] != 0x30:
+            return None
+        _, _, bstart, blen = inner[0]
+        for _off, tag, cstart, clen in _children(der, bstart, blen):
+            if tag != 0x30:
+                continue
+            fields = list(_children(der, cstart, clen))
+            if (
+                len(fields) == 3
+                and fields[0][1] == 0x06
+                and fields[1][1] == 0x30
+                and fields[2][1] == 0x80
+            ):
+                return fields[2][0]
+    except _Unsupported:
+        return None
+    return None
+
+
+def splice(der: Chunk, target: int, payload: Chunk) -> tuple[list[Chunk], int]:
+    """Chunks of ``der`` with the content of the primitive TLV at ``target`` replaced.
+
+    Every enclosing length is re-encoded; siblings are passed through as slices.
+    Returns the chunks and their total length.
+    """
+    view = memoryview(der)
+
+    def rebuild(off: int) -> tuple[list[Chunk], int]:
+        _tag, cstart, clen = _header(der, off)
+        tag_bytes = view[off : off + 1]
+        if off == target:
+            length = encode_length(len(payload))
+            return [tag_bytes, length, payload], 1 + len(length) + len(payload)
+        chunks: list[Chunk] = []
+        total = 0
+        for child, _t, child_start, child_len in _children(der, cstart, clen):
+            child_end = child_start + child_len
+            if child <= target < child_end:
+                sub, size = rebuild(child)
+                chunks.extend(sub)
+                total += size
+            else:
+                chunks.append(view[child:child_end])
+                total += child_end - child
+        length = encode_length(total)
+        return [tag_bytes, length, *chunks], 1 + len(length) + total
+
+    return rebuild(0)
+
+
+def hollow(der: Chunk) -> tuple[bytes, memoryview] | None:
+    """(the DER with an empty encryptedContent, a view of the real one), or None."""
+    target = encrypted_content_offset(der)
+    if target is None:
+        return None
+    _tag, cstart, clen = _header(der, target)
+    content = memoryview(der)[cstart : cstart + clen]
+    chunks, _size = splice(der, target, b"")
+    return b"".join(chunks), content
