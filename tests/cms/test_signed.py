@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from asn1crypto import cms
+from asn1crypto import algos, cms
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from pki import PKI, Identity
@@ -213,3 +213,19 @@ def test_truncated_signed_data_is_a_clean_asn1_error(alice: Identity, cut: int) 
     der = sign_data(CONTENT, [SignerSpec(alice.key, alice.cert)])
     with pytest.raises((ASN1Error, NoSignatureError)):
         verify_signed_data(der[:cut], detached_content=CONTENT)
+
+
+def _protection(digest: str, sig: algos.SignedDigestAlgorithm) -> cms.CMSAttribute:
+    return cms.CMSAttribute({"type": "cms_algorithm_protection", "values": [
+        cms.CMSAlgorithmProtection({"digest_algorithm": {"algorithm": digest},
+                                    "signature_algorithm": sig})]})
+
+
+def test_cms_algorithm_protection_is_checked(alice: Identity) -> None:
+    der = sign_data(CONTENT, [SignerSpec(alice.key, alice.cert)])
+    sig_alg = cms.ContentInfo.load(der)["content"]["signer_infos"][0]["signature_algorithm"]
+    good = _resign(der, alice, lambda a: [*a, _protection("sha256", sig_alg)])
+    assert verify_signed_data(good, detached_content=CONTENT).signers
+    bad = _resign(der, alice, lambda a: [*a, _protection("sha512", sig_alg)])
+    with pytest.raises(SignedAttributesError, match="CMSAlgorithmProtection"):
+        verify_signed_data(bad, detached_content=CONTENT)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms import asn1
 from smimekit.cms.algorithms import Digest, hash_algorithm
+from smimekit.cms.asn1 import PARSE_ERRORS
 from smimekit.cms.keyinfo import (
     asn1_cert,
     cert_der,
@@ -375,6 +376,17 @@ def _verify_signer(
             if sc is not None:
                 _check_signing_certificate(sc, cert, who, allow_legacy)
                 ess = True
+        caps = _single(values, "smime_capabilities", who, required=False)
+        if caps is not None:
+            try:
+                _ = caps.native
+            except PARSE_ERRORS:
+                raise SignedAttributesError(
+                    f"{who}: malformed SMIMECapabilities attribute"
+                ) from None
+        protection = _single(values, "cms_algorithm_protection", who, required=False)
+        if protection is not None:
+            _check_algorithm_protection(protection, si, who)
         signed_bytes = asn1.der_set(attrs)
         prehashed = False
     else:
@@ -412,6 +424,8 @@ _CHECKED_ATTRIBUTES = (
     "signing_time",
     "signing_certificate",
     "signing_certificate_v2",
+    "smime_capabilities",
+    "cms_algorithm_protection",
 )
 
 
@@ -450,6 +464,19 @@ def _parse_time(value: core.Asn1Value, who: str) -> dt.datetime:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when
+
+
+def _check_algorithm_protection(value: Any, si: cms.SignerInfo, who: str) -> None:
+    """RFC 6211: the protected algorithm identifiers must be the ones actually used."""
+    if value["digest_algorithm"].dump() != si["digest_algorithm"].dump():
+        raise SignedAttributesError(f"{who}: CMSAlgorithmProtection names another digest")
+    protected = value["signature_algorithm"]
+    if isinstance(protected, core.Void) or (
+        protected.untag().dump() != si["signature_algorithm"].dump()
+    ):
+        raise SignedAttributesError(
+            f"{who}: CMSAlgorithmProtection does not match the signature algorithm"
+        )
 
 
 def _check_signing_certificate(
