@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/python -m smimekit.demo
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 
 typecheck: install
 	$(BIN)/mypy src
