@@ -27,8 +27,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: ``SMIMEKIT_CORPUS`` may point elsewhere; the default is the sibling ``shared/corpus``.
-CORPUS_ROOT = Path(os.environ.get("SMIMEKIT_CORPUS", REPO_ROOT.parent / "shared" / "corpus"))
+
+
+def _corpus_root() -> Path:
+    """``SMIMEKIT_CORPUS``, else the sibling ``shared/corpus``, else this workplace's copy."""
+    if "SMIMEKIT_CORPUS" in os.environ:
+        return Path(os.environ["SMIMEKIT_CORPUS"])
+    for candidate in (REPO_ROOT.parent / "shared" / "corpus", Path("/work/shared/corpus")):
+        if candidate.is_dir():
+            return candidate
+    return REPO_ROOT.parent / "shared" / "corpus"
+
+
+CORPUS_ROOT = _corpus_root()
 
 #: The plaintext of every RFC 4134 and examples-cms (Ireland) example.
 SAMPLE_CONTENT = b"This is some sample content."
