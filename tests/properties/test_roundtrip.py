@@ -20,7 +20,7 @@ from smimekit.errors import SigningError
 from smimekit.smime.message import prepare
 
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -42,6 +42,7 @@ def _key_transport(name: str, oaep: bool) -> str:
     }[name]
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data(), signer=st.sampled_from(SIGNERS), digest=digests, opaque=st.booleans())
 def test_sign_then_verify_gives_back_every_header_and_leaf(
@@ -67,6 +68,7 @@ def test_sign_then_verify_gives_back_every_header_and_leaf(
     assert_same_message(result.content, sample)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data(), recipients=recipient_sets, cipher=ciphers, oaep=st.booleans())
 def test_encrypt_then_decrypt_gives_back_the_same_entity(
@@ -94,6 +96,7 @@ def test_encrypt_then_decrypt_gives_back_the_same_entity(
         assert opened.recipient == _key_transport(reader, oaep)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     data=st.data(),

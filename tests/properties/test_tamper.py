@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 import smimekit
@@ -24,9 +24,20 @@ from properties.strategies import messages
 from smimekit import Cipher, Digest
 from smimekit.errors import SmimeError
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                       HealthCheck.data_too_large])
+# No explain phase: it re-runs a failing example hundreds of times (half a minute here).
+SETTINGS = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+)
 AEAD = [Cipher.AES128_GCM, Cipher.AES256_GCM, Cipher.CHACHA20_POLY1305]
+
+# For the CMS blobs the message hardly matters and a small one shrinks fast.
+small_bodies = st.binary(max_size=300)
+
+
+def _small_message(sender: str, body: bytes) -> bytes:
+    return f"From: {sender}\r\nSubject: tamper\r\n\r\n".encode() + body
 
 
 def signed_region(signed: bytes) -> tuple[int, int]:
@@ -53,7 +64,8 @@ def _outcome(call: Callable[[], object]) -> str | None:
 # -- properties ---------------------------------------------------------------------------
 
 
-@settings(max_examples=80, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=150, **SETTINGS)
 @given(data=st.data(), signer=st.sampled_from(SIGNERS), digest=st.sampled_from(list(Digest)))
 def test_a_flipped_bit_in_the_signed_part_of_multipart_signed_is_detected(
     data: st.DataObject, signer: str, digest: Digest
@@ -65,30 +77,36 @@ def test_a_flipped_bit_in_the_signed_part_of_multipart_signed_is_detected(
     start, end = signed_region(signed)
     position = data.draw(st.integers(start, end - 1), label="position")
     bit = data.draw(st.integers(0, 7), label="bit")
+    note(f"flipped bit {bit} at offset {position - start} of the {end - start}-byte signed part")
 
     with pytest.raises(SmimeError):
         smimekit.verify(flip(signed, position, bit), trust=[pki.ca])
 
 
-@settings(max_examples=80, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=150, **SETTINGS)
 @given(data=st.data(), signer=st.sampled_from(SIGNERS), digest=st.sampled_from(list(Digest)))
 def test_a_flipped_bit_anywhere_in_an_opaque_signed_blob_is_detected(
     data: st.DataObject, signer: str, digest: Digest
 ) -> None:
     pki = test_pki()
     user = pki[signer]
-    sample = data.draw(messages(user.email), label="message")
+    body = data.draw(small_bodies, label="body")
     pss = signer == "rsa" and data.draw(st.booleans(), label="pss")
-    head, der = pkcs7_parts(smimekit.sign(sample.raw, user.key, user.cert, opaque=True,
-                                          digest=digest, pss=pss))
-    position = data.draw(st.integers(0, len(der) - 1), label="position")
+    head, der = pkcs7_parts(smimekit.sign(_small_message(user.email, body), user.key, user.cert,
+                                          opaque=True, digest=digest, pss=pss))
+    # ECDSA signatures vary in length from run to run; a fixed-range draw scaled to the blob
+    # keeps the example stable when Hypothesis replays it.
+    position = data.draw(st.integers(0, 2**16 - 1), label="position/65536") * len(der) >> 16
     bit = data.draw(st.integers(0, 7), label="bit")
+    note(f"flipped bit {bit} at offset {position} of {len(der)}: {path_to(der, position)}")
 
     tampered = pkcs7_message(head, flip(der, position, bit))
     with pytest.raises(SmimeError):
         smimekit.verify(tampered, trust=[pki.ca])
 
 
+@pytest.mark.slow
 @settings(max_examples=150, **SETTINGS)
 @given(
     data=st.data(),
@@ -100,12 +118,14 @@ def test_a_flipped_bit_anywhere_in_auth_enveloped_data_releases_no_plaintext(
     data: st.DataObject, recipients: list[str], cipher: Cipher, oaep: bool
 ) -> None:
     pki = test_pki()
-    sample = data.draw(messages(pki["rsa"].email), label="message")
+    body = data.draw(small_bodies, label="body")
     reader = pki[data.draw(st.sampled_from(recipients), label="reader")]
-    head, der = pkcs7_parts(smimekit.encrypt(sample.raw, [pki[r].cert for r in recipients],
-                                             cipher=cipher, oaep=oaep))
+    head, der = pkcs7_parts(smimekit.encrypt(_small_message(pki["rsa"].email, body),
+                                             [pki[r].cert for r in recipients], cipher=cipher,
+                                             oaep=oaep))
     position = data.draw(st.integers(0, len(der) - 1), label="position")
     bit = data.draw(st.integers(0, 7), label="bit")
+    note(f"flipped bit {bit} at offset {position} of {len(der)}: {path_to(der, position)}")
 
     tampered = pkcs7_message(head, flip(der, position, bit))
     with pytest.raises(SmimeError):
@@ -115,15 +135,16 @@ def test_a_flipped_bit_anywhere_in_auth_enveloped_data_releases_no_plaintext(
 # -- sweeps: every byte of one message ----------------------------------------------------
 
 
-def _sweep(der: bytes, check: Callable[[bytes], object], positions: range | None = None
-           ) -> list[str]:
+def _sweep(data: bytes, check: Callable[[bytes], object], positions: range,
+           where: Callable[[int], str]) -> list[str]:
+    """Flip bit ``position % 8`` at every position; describe each change not refused."""
     problems = []
-    for position in positions or range(len(der)):
-        tampered = flip(der, position, position % 8)
-        outcome = _outcome(lambda t=tampered: check(t))  # type: ignore[misc]
+    for position in positions:
+        tampered = flip(data, position, position % 8)
+        outcome = _outcome(lambda t=tampered: check(t))
         if outcome is not None:
-            problems.append(f"offset {position} bit {position % 8} "
-                            f"[{path_to(der, position)}]: {outcome}")
+            problems.append(f"offset {position} bit {position % 8} [{where(position)}]: "
+                            f"{outcome}")
     return problems
 
 
@@ -135,12 +156,9 @@ def test_every_byte_of_the_signed_part_of_multipart_signed_is_protected() -> Non
                b" charset=utf-8\r\n\r\nCaf\xc3\xa9 au lait.\r\nSecond line\r\n")
     signed = smimekit.sign(message, user.key, user.cert)
     start, end = signed_region(signed)
-    problems = []
-    for position in range(start, end):
-        tampered = flip(signed, position, position % 8)
-        outcome = _outcome(lambda t=tampered: smimekit.verify(t, trust=[pki.ca]))  # type: ignore[misc]
-        if outcome is not None:
-            problems.append(f"offset {position - start} of the signed part: {outcome}")
+
+    problems = _sweep(signed, lambda m: smimekit.verify(m, trust=[pki.ca]), range(start, end),
+                      lambda position: f"byte {position - start} of the signed part")
     assert problems == []
 
 
@@ -153,7 +171,8 @@ def test_every_byte_of_an_opaque_signed_blob_is_protected(signer: str) -> None:
         f"From: {user.email}\r\nSubject: sweep\r\n\r\nHello, world.\r\n".encode(),
         user.key, user.cert, opaque=True))
 
-    problems = _sweep(der, lambda d: smimekit.verify(pkcs7_message(head, d), trust=[pki.ca]))
+    problems = _sweep(der, lambda d: smimekit.verify(pkcs7_message(head, d), trust=[pki.ca]),
+                      range(len(der)), lambda position: path_to(der, position))
     assert problems == [], f"{len(problems)} of {len(der)} changes not detected:\n" + \
         "\n".join(problems)
 
@@ -176,6 +195,7 @@ def test_every_byte_of_auth_enveloped_data_is_protected(recipient: str, oaep: bo
         b"Subject: sweep\r\n\r\nThe secret is 42.\r\n", [user.cert], cipher=cipher, oaep=oaep))
 
     problems = _sweep(der, lambda d: smimekit.decrypt(pkcs7_message(head, d), user.key,
-                                                      user.cert))
+                                                      user.cert),
+                      range(len(der)), lambda position: path_to(der, position))
     assert problems == [], f"{len(problems)} of {len(der)} changes released plaintext:\n" + \
         "\n".join(problems)

@@ -1,0 +1,214 @@
+"""Wrong keys and damaged ciphertext: one generic error, no padding oracle (RFC 3218), and
+legacy algorithms refused by default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from properties.pki import Pki, cert_pem, key_pem, message
+
+import smimekit
+from malformed.cases import der_of, encrypted, openssl, openssl_run, pkcs7_mime
+from smimekit import Cipher
+from smimekit.errors import (
+    DecryptionError,
+    LegacyAlgorithmError,
+    NoRecipientError,
+    SmimeError,
+)
+
+GENERIC = str(DecryptionError())
+
+
+def _flip_in(der: bytes, needle: bytes, offset: int) -> bytes:
+    """Flip the low bit of the byte ``offset`` bytes into the first ``needle`` in ``der``."""
+    at = der.index(needle) + offset
+    return der[:at] + bytes([der[at] ^ 1]) + der[at + 1:]
+
+
+def _tail_flip(der: bytes, back: int) -> bytes:
+    at = len(der) - back
+    return der[:at] + bytes([der[at] ^ 1]) + der[at + 1:]
+
+
+def _wrong_p256_key() -> Any:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+# Each case: (message to decrypt, key, cert) built from the PKI. All must fail the same way.
+CASES: dict[str, Callable[[Pki], tuple[bytes, Any, Any]]] = {
+    "rsa-v1.5-wrong-key": lambda k: (encrypted(k, "rsa"), k["rsa2"].key, None),
+    "rsa-oaep-wrong-key": lambda k: (encrypted(k, "rsa", oaep=True), k["rsa2"].key, None),
+    "rsa-v1.5-right-cert-wrong-key": lambda k: (encrypted(k, "rsa"), k["rsa2"].key,
+                                                k["rsa"].cert),
+    "rsa-oaep-right-cert-wrong-key": lambda k: (encrypted(k, "rsa", oaep=True), k["rsa2"].key,
+                                                k["rsa"].cert),
+    "ecdh-wrong-key": lambda k: (encrypted(k, "p256"), _wrong_p256_key(), None),
+    "ecdh-right-cert-wrong-key": lambda k: (encrypted(k, "p256"), _wrong_p256_key(),
+                                            k["p256"].cert),
+    "gcm-tampered-ciphertext": lambda k: (
+        pkcs7_mime(_tail_flip(der_of(encrypted(k, "rsa")), 40), "authEnveloped-data"),
+        k["rsa"].key, k["rsa"].cert),
+    "gcm-tampered-tag": lambda k: (
+        pkcs7_mime(_tail_flip(der_of(encrypted(k, "rsa")), 3), "authEnveloped-data"),
+        k["rsa"].key, k["rsa"].cert),
+    "chacha-tampered-ciphertext": lambda k: (
+        pkcs7_mime(_tail_flip(der_of(encrypted(k, "x25519", cipher=Cipher.CHACHA20_POLY1305)),
+                              40), "authEnveloped-data"),
+        k["x25519"].key, k["x25519"].cert),
+    "rsa-v1.5-tampered-encrypted-key": lambda k: (
+        pkcs7_mime(_flip_in(der_of(encrypted(k, "rsa")), b"\x04\x82\x01\x00", 100),
+                   "authEnveloped-data"),
+        k["rsa"].key, k["rsa"].cert),
+    "rsa-oaep-tampered-encrypted-key": lambda k: (
+        pkcs7_mime(_flip_in(der_of(encrypted(k, "rsa", oaep=True)), b"\x04\x82\x01\x00", 100),
+                   "authEnveloped-data"),
+        k["rsa"].key, k["rsa"].cert),
+    "gcm-tampered-nonce": lambda k: (
+        pkcs7_mime(_flip_in(der_of(encrypted(k, "p256")), b"\x30\x11\x04\x0c", 6),
+                   "authEnveloped-data"),
+        k["p256"].key, k["p256"].cert),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_failed_unwrap_or_decrypt_is_one_generic_decryption_error(kit: Pki,
+                                                                        case: str) -> None:
+    sealed, key, cert = CASES[case](kit)
+    with pytest.raises(DecryptionError) as info:
+        smimekit.decrypt(sealed, key, cert)
+    assert type(info.value) is DecryptionError
+    assert str(info.value) == GENERIC
+
+
+def test_the_generic_message_does_not_depend_on_the_failing_step(kit: Pki) -> None:
+    messages = set()
+    for case in ("rsa-v1.5-wrong-key", "rsa-oaep-wrong-key", "gcm-tampered-ciphertext",
+                 "rsa-v1.5-tampered-encrypted-key"):
+        sealed, key, cert = CASES[case](kit)
+        try:
+            smimekit.decrypt(sealed, key, cert)
+        except SmimeError as exc:
+            messages.add((type(exc), str(exc), repr(exc.args)))
+    assert len(messages) == 1, messages
+
+
+def test_decrypt_verify_fails_the_same_generic_way(kit: Pki) -> None:
+    sealed, key, cert = CASES["rsa-v1.5-wrong-key"](kit)
+    with pytest.raises(DecryptionError) as info:
+        smimekit.decrypt_verify(sealed, key, cert, trust=[kit.ca])
+    assert type(info.value) is DecryptionError
+    assert str(info.value) == GENERIC
+
+
+@pytest.mark.parametrize(
+    ("recipient", "reader"),
+    [("rsa", "rsa2"), ("p256", "p384"), ("x25519", "p256"), ("rsa", "p256"), ("p256", "rsa")],
+)
+def test_a_key_whose_certificate_is_not_a_recipient_is_no_recipient(
+    kit: Pki, recipient: str, reader: str
+) -> None:
+    with pytest.raises(NoRecipientError):
+        smimekit.decrypt(encrypted(kit, recipient), kit[reader].key, kit[reader].cert)
+
+
+def test_a_key_type_that_cannot_decrypt_is_no_recipient(kit: Pki) -> None:
+    with pytest.raises(NoRecipientError):
+        smimekit.decrypt(encrypted(kit, "rsa"), kit["ed25519"].key, None)
+    with pytest.raises(NoRecipientError):
+        smimekit.decrypt(encrypted(kit, "rsa"), kit["p256"].key, None)
+
+
+def test_no_key_at_all_is_no_recipient(kit: Pki) -> None:
+    with pytest.raises(NoRecipientError):
+        smimekit.decrypt(encrypted(kit, "rsa"), None)
+
+
+# -- legacy content encryption -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def des3_message(kit: Pki, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """An EnvelopedData with 3DES-CBC to the rsa user, made by OpenSSL."""
+    if openssl() is None:
+        pytest.skip("openssl is not installed: cannot craft a 3DES EnvelopedData")
+    work: Path = tmp_path_factory.mktemp("des3")
+    (work / "rsa.pem").write_bytes(cert_pem(kit["rsa"].cert))
+    (work / "in.txt").write_bytes(b"Content-Type: text/plain\r\n\r\nA legacy archive.\r\n")
+    openssl_run("cms", "-encrypt", "-des3", "-in", work / "in.txt", "-out", work / "out.msg",
+                "-recip", work / "rsa.pem")
+    return (work / "out.msg").read_bytes()
+
+
+def test_3des_is_refused_without_allow_legacy(kit: Pki, des3_message: bytes) -> None:
+    user = kit["rsa"]
+    with pytest.raises(LegacyAlgorithmError):
+        smimekit.decrypt(des3_message, user.key, user.cert)
+    with pytest.raises(LegacyAlgorithmError):
+        smimekit.decrypt_verify(des3_message, user.key, user.cert, trust=[kit.ca])
+
+
+def test_3des_is_refused_before_any_key_is_tried(kit: Pki, des3_message: bytes) -> None:
+    """The policy answer must not depend on the key (no oracle through the legacy path)."""
+    with pytest.raises(LegacyAlgorithmError):
+        smimekit.decrypt(des3_message, kit["rsa2"].key, None)
+
+
+def test_3des_opens_with_allow_legacy(kit: Pki, des3_message: bytes) -> None:
+    user = kit["rsa"]
+    opened = smimekit.decrypt(des3_message, user.key, user.cert, allow_legacy=True)
+    assert opened.cipher == "3des-cbc"
+    assert opened.content.endswith(b"\r\n\r\nA legacy archive.\r\n")
+
+
+def test_sha1_signature_is_refused_without_allow_legacy(
+    kit: Pki, tmp_path: Path
+) -> None:
+    if openssl() is None:
+        pytest.skip("openssl is not installed: cannot craft a SHA-1 signature")
+    user = kit["rsa"]
+    (tmp_path / "key.pem").write_bytes(key_pem(user.key))
+    (tmp_path / "cert.pem").write_bytes(cert_pem(user.cert))
+    (tmp_path / "in.txt").write_bytes(message())
+    openssl_run("cms", "-sign", "-md", "sha1", "-nodetach", "-in", tmp_path / "in.txt",
+                "-signer", tmp_path / "cert.pem", "-inkey", tmp_path / "key.pem",
+                "-out", tmp_path / "out.msg")
+    signed_sha1 = b"From: rsa@example.org\r\n" + (tmp_path / "out.msg").read_bytes()
+    with pytest.raises(LegacyAlgorithmError):
+        smimekit.verify(signed_sha1, trust=[kit.ca])
+
+
+# -- trial decryption without a certificate ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("recipients", "reader"),
+    [(("p256", "p384"), "p384"), (("rsa", "rsa2"), "rsa2")],
+    ids=["ecdh-other-curve-first", "rsa-other-key-first"],
+)
+def test_cbc_without_a_certificate_never_returns_another_slots_garbage(
+    kit: Pki, recipients: tuple[str, str], reader: str
+) -> None:
+    """Key given without its certificate, so every slot of its type is tried.
+
+    The first slot belongs to someone else: its unwrap fails, a random key stands in (RFC
+    3218), and AES-CBC with a random key still ends in valid padding about once in 256
+    tries. Decrypt must not hand that out as the message while our own slot is there.
+    """
+    user = kit[reader]
+    sealed = smimekit.encrypt(message(b"The secret is 42.\r\n"),
+                              [kit[r].cert for r in recipients], cipher=Cipher.AES128_CBC)
+    expected = smimekit.decrypt(sealed, user.key, user.cert).content
+    garbage = 0
+    for _ in range(1200):
+        try:
+            opened = smimekit.decrypt(sealed, user.key, None)
+        except DecryptionError:
+            continue  # refusing is acceptable; releasing garbage is not
+        garbage += opened.content != expected
+    assert garbage == 0, f"{garbage} of 1200 decryptions returned garbage as the message"
