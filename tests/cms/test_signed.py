@@ -181,6 +181,7 @@ def test_sha1_digest_needs_allow_legacy(alice: Identity) -> None:
     der = sign_data(CONTENT, [SignerSpec(alice.key, alice.cert)])
     info = cms.ContentInfo.load(der)
     info["content"]["signer_infos"][0]["digest_algorithm"] = {"algorithm": "sha1"}
+    info["content"]["digest_algorithms"] = [{"algorithm": "sha1"}]
     with pytest.raises(LegacyAlgorithmError):
         verify_signed_data(info.dump(force=True), detached_content=CONTENT)
 

@@ -47,6 +47,25 @@ def path_to(der: bytes, offset: int) -> str:
     return " > ".join(steps)
 
 
+def _children(der: bytes, pos: int) -> list[tuple[int, int]]:
+    """(start, end) of each child of the constructed element at ``pos``."""
+    _tag, hl, length = _header(der, pos)
+    out, child, end = [], pos + hl, pos + hl + length
+    while child < end:
+        _t, chl, clen = _header(der, child)
+        out.append((child, child + chl + clen))
+        child += chl + clen
+    return out
+
+
+def recipient_info_spans(der: bytes) -> list[range]:
+    """Byte ranges of each RecipientInfo of an (Auth)EnvelopedData, in order."""
+    wrapper = _children(der, 0)[1][0]  # ContentInfo > [0]
+    body = _children(der, wrapper)[0][0]  # > (Auth)EnvelopedData
+    recipient_set = _children(der, body)[1][0]  # version, then RecipientInfos
+    return [range(start, end) for start, end in _children(der, recipient_set)]
+
+
 def pkcs7_parts(message: bytes) -> tuple[bytes, bytes]:
     """(header block, DER) of a base64 application/pkcs7-mime message as smimekit writes it."""
     head, sep, body = message.partition(b"\r\n\r\n")

@@ -81,8 +81,9 @@ def test_encrypt_then_decrypt_gives_back_the_same_entity(
 
     sealed = smimekit.encrypt(sample.raw, [pki[r].cert for r in recipients], cipher=cipher,
                               oaep=oaep)
+    body = sealed.split(b"\r\n\r\n", 1)[1]  # the outer headers stay in clear by design
     for leaf in sample.leaves:
-        assert len(leaf) <= 16 or leaf not in sealed, "plaintext visible in the sealed message"
+        assert len(leaf) <= 16 or leaf not in body, "plaintext visible in the sealed message"
     user = pki[reader]
     opened = smimekit.decrypt(sealed, user.key, user.cert if with_cert else None)
 

@@ -130,7 +130,10 @@ def hollow(der: Chunk) -> tuple[bytes, memoryview] | None:
     target = encrypted_content_offset(der)
     if target is None:
         return None
-    _tag, cstart, clen = _header(der, target)
-    content = memoryview(der)[cstart : cstart + clen]
-    chunks, _size = splice(der, target, b"")
+    try:
+        _tag, cstart, clen = _header(der, target)
+        content = memoryview(der)[cstart : cstart + clen]
+        chunks, _size = splice(der, target, b"")
+    except _Unsupported:
+        return None  # a sibling is not plain DER: asn1crypto will judge the whole thing
     return b"".join(chunks), content

@@ -7,6 +7,7 @@ EnvelopedData. Authenticated modes check the tag before any plaintext is release
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from smimekit.cms import asn1, recipients
+from smimekit.cms import asn1, recipients, strict
 from smimekit.cms import der as dertools
 from smimekit.cms.algorithms import (
     Cipher,
@@ -35,6 +36,8 @@ from smimekit.errors import (
     NoRecipientError,
     UnsupportedError,
 )
+
+_MIME_START = re.compile(rb"[!-9;-~]+:")  # a header field name and its colon
 
 ENCRYPTED_TYPES = ("enveloped_data", "authenticated_enveloped_data")
 
@@ -183,6 +186,7 @@ def decrypt_enveloped(
         raise MalformedError(f"not an encrypted message: the CMS content type is {kind}")
     body = info["content"]
     authenticated = kind == "authenticated_enveloped_data"
+    strict.enveloped(body, authenticated)
     eci = body["auth_encrypted_content_info" if authenticated else "encrypted_content_info"]
     alg = eci["content_encryption_algorithm"]
     spec = content_cipher(alg["algorithm"].native, allow_legacy=allow_legacy)
@@ -200,8 +204,14 @@ def decrypt_enveloped(
     found = recipients.candidates(list(body["recipient_infos"]), list(keys))
     if not found:
         raise NoRecipientError()
+    # Without a certificate several slots may fit the key. CBC has no integrity, so a wrong
+    # slot's key still "decrypts" to garbage with valid padding once in 256 tries: in that
+    # case a guessed slot must also give something that starts like a MIME entity.
+    ambiguous = spec.mode == "cbc" and sum(not c.exact for c in found) > 1
     for candidate in found:
         cek = recipients.unwrap(candidate, spec.key_size)
+        if cek is None:
+            continue
         try:
             if spec.mode == "cbc":
                 iv = _iv(spec, params)
@@ -216,6 +226,8 @@ def decrypt_enveloped(
                 nonce = core.OctetString.load(params.dump()).native
                 plain = aead_decrypt(spec, cek, nonce, encrypted, body["mac"].native, aad)
         except DecryptionError:
+            continue
+        if ambiguous and not candidate.exact and not _MIME_START.match(plain):
             continue
         return DecryptedContent(plain, spec.name, authenticated, candidate.description)
     raise DecryptionError()

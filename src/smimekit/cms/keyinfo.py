@@ -52,15 +52,12 @@ def key_matches_cert(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
 def matches_issuer_serial(ias: Any, cert: x509.Certificate) -> bool:
     """True when an asn1crypto IssuerAndSerialNumber names ``cert``.
 
-    Names are compared by their DER, and failing that by asn1crypto's RFC 5280 comparison
-    (case- and whitespace-insensitive), so certificates re-encoded by another tool still match.
+    The issuer is compared by its exact DER, as every implementation copies it from the
+    certificate: the identifier is not covered by any signature, so a looser comparison
+    would let a changed byte pass unnoticed.
     """
-    if ias["serial_number"].native != cert.serial_number:
-        return False
-    issuer_der = cert.issuer.public_bytes()
-    if ias["issuer"].dump() == issuer_der:
-        return True
-    return bool(ias["issuer"] == asn1_x509.Name.load(issuer_der))
+    # The identifier's own bytes, as received: asn1crypto re-frames a mis-tagged Name.
+    return bool(ias.dump() == issuer_and_serial(cert).dump())
 
 
 def matches_ski(ski: bytes, cert: x509.Certificate) -> bool:

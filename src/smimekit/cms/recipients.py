@@ -233,7 +233,10 @@ def candidates(
         for info in infos:
             if info.name == "ktri" and isinstance(key, rsa.RSAPrivateKey):
                 ktri = info.chosen
-                exact = cert is not None and _rid_matches(ktri["rid"], cert)
+                if cert is not None:
+                    exact = _rid_matches(ktri["rid"], cert)
+                else:
+                    exact = _rid_names_key(ktri["rid"], key)
                 if cert is None or exact:
                     alg = ktri["key_encryption_algorithm"]["algorithm"].native
                     found.append(Candidate(key, info, None, exact, f"ktri-{alg}"))
@@ -246,6 +249,16 @@ def candidates(
                         found.append(Candidate(key, info, rek, exact, f"kari-{scheme}"))
     found.sort(key=lambda c: not c.exact)
     return found
+
+
+def _rid_names_key(rid: cms.RecipientIdentifier, key: rsa.RSAPrivateKey) -> bool:
+    """Without a certificate, a subject key identifier (RFC 5280 4.2.1.2 method 1) still
+    names the key for certain."""
+    if rid.name != "subject_key_identifier":
+        return False
+    return bool(
+        rid.chosen.native == x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
+    )
 
 
 def _is_agreement_key(key: PrivateKeyTypes) -> bool:
@@ -266,8 +279,13 @@ def _kari_rid_matches(rid: cms.KeyAgreementRecipientIdentifier, cert: x509.Certi
     return matches_ski(rid.chosen["subject_key_identifier"].native, cert)
 
 
-def unwrap(candidate: Candidate, key_len: int) -> bytes:
-    """The content-encryption key from one slot, or a random key if anything fails."""
+def unwrap(candidate: Candidate, key_len: int) -> bytes | None:
+    """The content-encryption key from one slot.
+
+    For a slot matched by our certificate, any failure yields a random key (RFC 3218 2.3),
+    so the failure surfaces later as the same generic error. For a slot only guessed from
+    the key type (no certificate given), a failure means "not ours": None, try the next.
+    """
     try:
         if candidate.info.name == "ktri":
             cek = _unwrap_ktri(candidate.info.chosen, candidate.key)
@@ -281,9 +299,7 @@ def unwrap(candidate: Candidate, key_len: int) -> bytes:
     except (ValueError, TypeError, InvalidUnwrap, KeyError, IndexError):
         cek = None
     if cek is None or len(cek) != key_len:
-        # RFC 3218 section 2.3: carry on with a random key; the failure shows up later as the
-        # same generic error as any other.
-        return os.urandom(key_len)
+        return os.urandom(key_len) if candidate.exact else None
     return cek
 
 

@@ -16,12 +16,12 @@ from typing import Any
 from asn1crypto import algos, cms, core, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from smimekit.cms import asn1
+from smimekit.cms import asn1, strict
 from smimekit.cms.algorithms import Digest, hash_algorithm
 from smimekit.cms.asn1 import PARSE_ERRORS
 from smimekit.cms.keyinfo import (
@@ -34,6 +34,7 @@ from smimekit.cms.keyinfo import (
     subject_key_id,
 )
 from smimekit.errors import (
+    ASN1Error,
     LegacyAlgorithmError,
     NoSignatureError,
     SignatureInvalidError,
@@ -272,6 +273,7 @@ def verify_signed_data(
     signer_infos = list(sd["signer_infos"])
     if not signer_infos:
         raise NoSignatureError("the SignedData has zero signers")
+    strict.signed_data(sd)
     embedded_bytes = None if isinstance(embedded, core.Void) else _octets(embedded)
     if detached_content is not None:
         if embedded_bytes is not None and embedded_bytes != detached_content:
@@ -286,9 +288,7 @@ def verify_signed_data(
         content = embedded_bytes
 
     certs = [
-        x509.load_der_x509_certificate(c.chosen.dump())
-        for c in (sd["certificates"] or [])
-        if c.name == "certificate"
+        _load_cert(c.chosen.dump()) for c in (sd["certificates"] or []) if c.name == "certificate"
     ]
     pool = certs + [c for c in extra_certs if c not in certs]
     digest_cache: dict[str, bytes] = {}
@@ -326,6 +326,13 @@ def _octets(value: core.Asn1Value) -> bytes:
         return bytes(value)
     native = value.native
     return native if isinstance(native, bytes) else value.dump()
+
+
+def _load_cert(der: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except (ValueError, x509.InvalidVersion) as exc:
+        raise ASN1Error(f"malformed certificate in the SignedData: {exc}") from None
 
 
 def _find_signer_cert(sid: cms.SignerIdentifier, pool: list[x509.Certificate]) -> x509.Certificate:
@@ -532,7 +539,12 @@ def _verify_signature(
     name = alg["algorithm"].native
     dotted = alg["algorithm"].dotted
     signature = si["signature"].native
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        raise UnsupportedError(
+            f"{who}: the certificate's public key type is not supported"
+        ) from None
 
     def hashed_with(named: str | None) -> tuple[bytes, hashes.HashAlgorithm | utils.Prehashed]:
         # A signature algorithm that names its own hash wins over digestAlgorithm; without

@@ -169,7 +169,14 @@ def _legacy_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _same(a: x509.Certificate, b: x509.Certificate) -> bool:
-    return a == b or (a.subject == b.subject and a.public_key() == b.public_key())
+    if a == b:
+        return True
+    if a.subject != b.subject:
+        return False
+    try:
+        return a.public_key() == b.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return False
 
 
 def validate(
