@@ -21,10 +21,11 @@ from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.cms.enveloped import encrypt_enveloped_chunks
 from smimekit.cms.recipients import RecipientOptions
 from smimekit.cms.signed import SignerSpec, sign_data
-from smimekit.errors import MIMEError, NoRecipientError, VerificationError
+from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
 from smimekit.smime.message import build_multipart_signed, build_pkcs7_mime, prepare
 from smimekit.smime.wrap import Layer, unwrap
 from smimekit.validation.assess import assess
+from smimekit.validation.recipients import describe, recipient_problems
 from smimekit.validation.verdict import Verdict
 
 MessageInput = bytes | bytearray | memoryview | email.message.Message
@@ -117,6 +118,10 @@ def encrypt(
     cipher: Cipher = Cipher.AES256_GCM,
     oaep: bool = False,
     use_ski: bool = False,
+    trust: Sequence[x509.Certificate] | None = None,
+    intermediates: Sequence[x509.Certificate] = (),
+    check_recipients: bool = True,
+    at: dt.datetime | None = None,
 ) -> bytes:
     """Encrypt a message to every recipient certificate (application/pkcs7-mime).
 
@@ -124,9 +129,15 @@ def encrypt(
     RSA recipients get PKCS#1 v1.5 key transport unless ``oaep``; EC and X25519/X448
     recipients get ECDH key agreement with AES key wrap.
 
+    Each recipient certificate is checked first (unless ``check_recipients`` is False): it
+    must be within its validity, allow key encipherment / key agreement and emailProtection,
+    and, when ``trust`` anchors are given, chain to one of them.
+
     Raises:
-        EncryptionError: no recipient, or a certificate whose key cannot receive mail.
+        EncryptionError: no recipient, an unfit certificate, or a key that cannot receive mail.
     """
+    if check_recipients:
+        _check_recipients(recipients, trust, intermediates, at)
     outer, entity = prepare(_as_bytes(message))
     chunks, _size = encrypt_enveloped_chunks(
         entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
@@ -134,6 +145,23 @@ def encrypt(
     del entity  # the ciphertext is in the chunks; free the plaintext copy early
     kind = "authenticated_enveloped_data" if cipher.authenticated else "enveloped_data"
     return build_pkcs7_mime(outer, chunks, kind)
+
+
+def _check_recipients(
+    recipients: Sequence[x509.Certificate],
+    trust: Sequence[x509.Certificate] | None,
+    intermediates: Sequence[x509.Certificate],
+    at: dt.datetime | None,
+) -> None:
+    problems = []
+    for cert in recipients:
+        found = recipient_problems(cert, trust=trust, intermediates=intermediates, at=at)
+        if found:
+            problems.append(f"{describe(cert)}: {'; '.join(found)}")
+    if problems:
+        raise EncryptionError(
+            "refusing to encrypt to an unfit recipient certificate: " + " | ".join(problems)
+        )
 
 
 def _can_receive(cert: x509.Certificate) -> bool:
@@ -159,6 +187,9 @@ def sign_encrypt(
     oaep: bool = False,
     include_self: bool = True,
     signing_time: dt.datetime | None = None,
+    trust: Sequence[x509.Certificate] | None = None,
+    intermediates: Sequence[x509.Certificate] = (),
+    check_recipients: bool = True,
 ) -> bytes:
     """Sign, then encrypt the signed message (RFC 8551 section 3.7).
 
@@ -177,9 +208,18 @@ def sign_encrypt(
         signing_time=signing_time,
     )
     targets = list(recipients)
-    if include_self and cert not in targets and _can_receive(cert):
+    if check_recipients:
+        _check_recipients(targets, trust, intermediates, None)
+    # The sender's copy: only when the signing certificate can also receive mail (a
+    # signing-only certificate of a dual-key user cannot).
+    if (
+        include_self
+        and cert not in targets
+        and _can_receive(cert)
+        and not recipient_problems(cert, trust=None)
+    ):
         targets.append(cert)
-    return encrypt(signed, targets, cipher=cipher, oaep=oaep)
+    return encrypt(signed, targets, cipher=cipher, oaep=oaep, check_recipients=False)
 
 
 def _keypairs(

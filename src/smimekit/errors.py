@@ -14,6 +14,9 @@
     ├── EncryptionError                the encryption operation cannot be carried out
     ├── DecryptionError                one generic failure for every unwrap/decrypt step
     │   └── NoRecipientError           none of our keys/certificates is a recipient
+    ├── RevocationError                revocation information cannot be obtained or used
+    │   └── FetchError                 a CRL or OCSP fetch failed: network, HTTP, size, scheme
+    ├── TrustStoreError                the trust store cannot be read or changed as asked
     └── VerificationError              a signature or its trust decision failed
         ├── NoSignatureError           the message is not signed (or has zero signers)
         ├── SignatureInvalidError      the cryptographic check failed (digest, signature)
@@ -23,6 +26,8 @@
 ``DecryptionError`` deliberately carries no detail about which step failed (key transport,
 key unwrap, padding, tag): telling them apart would give a padding oracle (RFC 3218).
 ``VerificationError`` carries the whole verdict in ``.verdict`` when one was computed.
+``RevocationError`` never escapes a validation run: a failed fetch becomes an ``unknown``
+revocation status in the verdict, and the revocation policy decides whether that fails.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "ASN1Error",
     "DecryptionError",
     "EncryptionError",
+    "FetchError",
     "KeyLoadError",
     "LegacyAlgorithmError",
     "MIMEError",
@@ -43,10 +49,12 @@ __all__ = [
     "NoRecipientError",
     "NoSignatureError",
     "PassphraseError",
+    "RevocationError",
     "SignatureInvalidError",
     "SignedAttributesError",
     "SigningError",
     "SmimeError",
+    "TrustStoreError",
     "UnsupportedError",
     "UntrustedError",
     "VerificationError",
@@ -110,6 +118,25 @@ class NoRecipientError(DecryptionError):
         self, message: str = "no matching recipient: the message is not encrypted to this key"
     ) -> None:
         super().__init__(message)
+
+
+class TrustStoreError(SmimeError):
+    """The trust store cannot be read or changed as asked."""
+
+
+class RevocationError(SmimeError):
+    """Revocation information (a CRL or an OCSP response) cannot be obtained or used."""
+
+
+class FetchError(RevocationError):
+    """Fetching a CRL or an OCSP response failed: network, HTTP status, size cap, URL scheme.
+
+    ``url`` is the address that was asked.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class VerificationError(SmimeError):

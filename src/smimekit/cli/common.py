@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.errors import KeyLoadError, PassphraseError
 from smimekit.keys.load import load_certificates, load_pkcs12, load_private_key, read_source
+from smimekit.validation.trust import TrustStore
 
 MAX_INPUT = 2 * 1024**3  # refuse to slurp more than 2 GiB from one input
 
@@ -156,6 +157,14 @@ def load_cert_files(paths: tuple[str, ...]) -> list[x509.Certificate]:
     for path in paths:
         certs.extend(load_certificates(path))
     return certs
+
+
+def trust_anchors(paths: tuple[str, ...]) -> list[x509.Certificate]:
+    """The trust store's anchors plus those given with --trust for this run."""
+    ctx = click.get_current_context(silent=True)
+    globals_ = ctx.find_object(Globals) if ctx is not None else None
+    stored = TrustStore(globals_.data_dir).anchors() if globals_ is not None else []
+    return stored + [c for c in load_cert_files(paths) if c not in stored]
 
 
 def passphrase_options(func: Any) -> Any:

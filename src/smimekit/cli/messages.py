@@ -16,6 +16,7 @@ from smimekit.cli.common import (
     passphrase_from,
     passphrase_options,
     read_input,
+    trust_anchors,
     write_output,
 )
 from smimekit.cms.algorithms import Cipher, Digest
@@ -85,6 +86,25 @@ def _encrypt_options(func: Any) -> Any:
             ),
             click.option(
                 "--oaep", is_flag=True, help="RSAES-OAEP key transport for RSA recipients."
+            ),
+            click.option(
+                "--trust",
+                "trust_paths",
+                multiple=True,
+                metavar="PEM",
+                help="Check recipients against these anchors (and the trust store).",
+            ),
+            click.option(
+                "--certs",
+                "cert_paths",
+                multiple=True,
+                metavar="PEM",
+                help="Intermediate certificates for the recipient check.",
+            ),
+            click.option(
+                "--no-recipient-check",
+                is_flag=True,
+                help="Encrypt even to expired, unfit or untrusted certificates.",
             ),
         ]
     ):
@@ -230,7 +250,7 @@ def verify(
 ) -> None:
     """Verify a signed message; write its content to OUT when every check passes."""
     when = _at(at_text)
-    trust = load_cert_files(trust_paths)
+    trust = trust_anchors(trust_paths)
     extra = load_cert_files(cert_paths)
     data = read_input(input_path)
     try:
@@ -254,12 +274,36 @@ def verify(
 @_encrypt_options
 @io_options
 def encrypt(
-    to_paths: tuple[str, ...], cipher: str, oaep: bool, input_path: str | None, output: str | None
+    to_paths: tuple[str, ...],
+    cipher: str,
+    oaep: bool,
+    trust_paths: tuple[str, ...],
+    cert_paths: tuple[str, ...],
+    no_recipient_check: bool,
+    input_path: str | None,
+    output: str | None,
 ) -> None:
-    """Encrypt a message to one or more recipients."""
+    """Encrypt a message to one or more recipients (each certificate is checked first)."""
     recipients = load_cert_files(to_paths)
+    check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
     data = read_input(input_path)
-    write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep))
+    write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check))
+
+
+def _recipient_check(
+    trust_paths: tuple[str, ...], cert_paths: tuple[str, ...], disabled: bool
+) -> dict[str, Any]:
+    """Keyword arguments for the recipient check of api.encrypt / api.sign_encrypt."""
+    if disabled:
+        return {"check_recipients": False}
+    anchors = trust_anchors(trust_paths)
+    if not anchors:
+        click.echo(
+            "smimekit: warning: no trust anchors (--trust or `smimekit trust add`):"
+            " recipients checked for dates and key usage only",
+            err=True,
+        )
+    return {"trust": anchors or None, "intermediates": load_cert_files(cert_paths)}
 
 
 @click.command()
@@ -309,6 +353,9 @@ def sign_encrypt(
     to_paths: tuple[str, ...],
     cipher: str,
     oaep: bool,
+    trust_paths: tuple[str, ...],
+    cert_paths: tuple[str, ...],
+    no_recipient_check: bool,
     no_self: bool,
     input_path: str | None,
     output: str | None,
@@ -316,6 +363,7 @@ def sign_encrypt(
     """Sign, then encrypt (the sender can read the sent copy unless --no-self)."""
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
     recipients = load_cert_files(to_paths)
+    check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
     data = read_input(input_path)
     out = api.sign_encrypt(
         data,
@@ -330,6 +378,7 @@ def sign_encrypt(
         cipher=Cipher(cipher),
         oaep=oaep,
         include_self=not no_self,
+        **check,
     )
     write_output(output, out)
 
@@ -357,7 +406,7 @@ def decrypt_verify(
     key, cert, _extra = load_key_and_cert(
         key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
     )
-    trust = load_cert_files(trust_paths)
+    trust = trust_anchors(trust_paths)
     extra = load_cert_files(cert_paths)
     data = read_input(input_path)
     result = api.decrypt_verify(
