@@ -84,3 +84,17 @@ def test_b64_lines_are_76_wide_with_crlf() -> None:
 def test_entity_reads_legacy_p7m_filename() -> None:
     ent = Entity.parse(b'Content-Type: application/octet-stream; name="SMIME.P7M"\r\n\r\n')
     assert ent.filename == "smime.p7m"
+
+
+def test_boundary_text_inside_a_line_is_not_a_delimiter() -> None:
+    body = b"--b\r\nx --b y\r\n--bz\r\n--b--\r\n"
+    assert split_multipart(body, "b") == [b"x --b y\r\n--bz"]
+
+
+def test_has_long_line_edges() -> None:
+    from smimekit.smime.canonical import has_long_line
+
+    assert not has_long_line(b"a" * 998 + b"\r\n" + b"b" * 998)
+    assert has_long_line(b"a" * 999 + b"\r\nb")
+    assert has_long_line(b"ok\r\n" * 1000 + b"c" * 999)
+    assert not has_long_line(b"ok\r\n" * 100000)

@@ -45,10 +45,16 @@ def _header(data: Chunk, off: int) -> tuple[int, int, int]:
 
 
 def _children(data: Chunk, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
-    """(offset, tag, content start, content length) of each child TLV."""
+    """(offset, tag, content start, content length) of each child TLV.
+
+    The children must fill their parent exactly; anything else is not DER (and a splice
+    must never quietly repair a wrong length).
+    """
     pos, end = start, start + length
     while pos < end:
         tag, cstart, clen = _header(data, pos)
+        if cstart + clen > end:
+            raise _Unsupported
         yield pos, tag, cstart, clen
         pos = cstart + clen
 
@@ -68,7 +74,7 @@ def encrypted_content_offset(der: Chunk) -> int | None:
     """
     try:
         tag, start, length = _header(der, 0)
-        if tag != 0x30:
+        if tag != 0x30 or start + length != len(der):
             return None
         kids = list(_children(der, start, length))
         if len(kids) < 2 or kids[1][1] != 0xA0:
@@ -100,29 +106,44 @@ def splice(der: Chunk, target: int, payload: Chunk) -> tuple[list[Chunk], int]:
     Every enclosing length is re-encoded; siblings are passed through as slices.
     Returns the chunks and their total length.
     """
-    view = memoryview(der)
+    return _rebuild(der, memoryview(der), target, payload, 0)
 
-    def rebuild(off: int) -> tuple[list[Chunk], int]:
-        _tag, cstart, clen = _header(der, off)
-        tag_bytes = view[off : off + 1]
-        if off == target:
-            length = encode_length(len(payload))
-            return [tag_bytes, length, payload], 1 + len(length) + len(payload)
-        chunks: list[Chunk] = []
-        total = 0
-        for child, _t, child_start, child_len in _children(der, cstart, clen):
-            child_end = child_start + child_len
-            if child <= target < child_end:
-                sub, size = rebuild(child)
-                chunks.extend(sub)
-                total += size
-            else:
-                chunks.append(view[child:child_end])
-                total += child_end - child
-        length = encode_length(total)
-        return [tag_bytes, length, *chunks], 1 + len(length) + total
 
-    return rebuild(0)
+def _rebuild(
+    der: Chunk, view: memoryview, target: int, payload: Chunk, off: int
+) -> tuple[list[Chunk], int]:
+    # A module-level function, not a closure: a self-referencing closure is a reference
+    # cycle that would keep a 50 MB payload alive until the cyclic collector runs.
+    _tag, cstart, clen = _header(der, off)
+    tag_bytes = view[off : off + 1]
+    if off == target:
+        length = encode_length(len(payload))
+        return [tag_bytes, length, payload], 1 + len(length) + len(payload)
+    chunks: list[Chunk] = []
+    total = 0
+    for child, _t, child_start, child_len in _children(der, cstart, clen):
+        child_end = child_start + child_len
+        if child <= target < child_end:
+            sub, size = _rebuild(der, view, target, payload, child)
+            chunks.extend(sub)
+            total += size
+        else:
+            chunks.append(view[child:child_end])
+            total += child_end - child
+    length = encode_length(total)
+    return [tag_bytes, length, *chunks], 1 + len(length) + total
+
+
+def content_type_oid(der: Chunk) -> bytes | None:
+    """The raw OID contents of a ContentInfo's contentType, without parsing the content."""
+    try:
+        tag, start, _length = _header(der, 0)
+        if tag != 0x30:
+            return None
+        oid_tag, ostart, olen = _header(der, start)
+    except _Unsupported:
+        return None  # BER or broken: asn1crypto decides
+    return bytes(der[ostart : ostart + olen]) if oid_tag == 0x06 else None
 
 
 def hollow(der: Chunk) -> tuple[bytes, memoryview] | None:

@@ -148,8 +148,20 @@ def content_type_of(der: bytes) -> str:
     return _content_type(der)
 
 
+_CONTENT_TYPES = {
+    bytes.fromhex("2a864886f70d010702"): "signed_data",
+    bytes.fromhex("2a864886f70d010703"): "enveloped_data",
+    bytes.fromhex("2a864886f70d0109100117"): "authenticated_enveloped_data",
+}
+
+
 @asn1.guard("ContentInfo")
 def _content_type(der: bytes) -> str:
+    # The common types straight from the header: parsing the ContentInfo with asn1crypto
+    # would copy a 50 MB content twice just to read its first OID.
+    known = _CONTENT_TYPES.get(dertools.content_type_oid(der) or b"")
+    if known is not None:
+        return known
     info = asn1.load(cms.ContentInfo, der, "CMS ContentInfo")
     return str(info["content_type"].native)
 

@@ -162,7 +162,7 @@ def split_signed(entity: Entity) -> DetachedSignature:
     Raises:
         MIMEError: not two parts, or the second part is not a PKCS#7 signature.
     """
-    parts = split_multipart(entity.body_view, entity.params.get("boundary", ""))
+    parts = split_multipart(entity.raw, entity.params.get("boundary", ""), entity.body_offset)
     if len(parts) != 2:
         raise MIMEError(f"multipart/signed must have exactly 2 parts, this one has {len(parts)}")
     sig = Entity.parse(parts[1])

@@ -221,7 +221,7 @@ def _buried_smime(entity: Entity) -> list[tuple[str, Entity]]:
             return
         if ent.content_type.startswith("multipart/"):
             try:
-                parts = split_multipart(ent.body_view, ent.params.get("boundary", ""))
+                parts = split_multipart(ent.raw, ent.params.get("boundary", ""), ent.body_offset)
             except MIMEError:
                 return
             for part in parts:
