@@ -230,3 +230,16 @@ def test_cms_algorithm_protection_is_checked(alice: Identity) -> None:
     bad = _resign(der, alice, lambda a: [*a, _protection("sha512", sig_alg)])
     with pytest.raises(SignedAttributesError, match="CMSAlgorithmProtection"):
         verify_signed_data(bad, detached_content=CONTENT)
+
+
+@pytest.mark.parametrize("use_ski", [False, True])
+def test_hand_written_der_is_what_asn1crypto_reads_and_writes(pki: PKI, alice: Identity,
+                                                              use_ski: bool) -> None:
+    der = sign_data(CONTENT, [SignerSpec(alice.key, alice.cert, use_ski=use_ski)],
+                    detached=False, certificates=[pki.inter, pki.root])
+    info = cms.ContentInfo.load(der)
+    assert info.dump(force=True) == der
+    sd = info["content"]
+    assert sd["version"].native == ("v3" if use_ski else "v1")
+    assert len(sd["certificates"]) == 3
+    assert verify_signed_data(der).content == CONTENT

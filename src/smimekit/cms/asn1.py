@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asn1crypto import algos, cms, core
+from asn1crypto import tsp as _tsp  # noqa: F401  registers signing-certificate(-v2) parsing
 
 from smimekit.errors import ASN1Error
 

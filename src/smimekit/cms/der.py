@@ -158,3 +158,41 @@ def hollow(der: Chunk) -> tuple[bytes, memoryview] | None:
     except _Unsupported:
         return None  # a sibling is not plain DER: asn1crypto will judge the whole thing
     return b"".join(chunks), content
+
+
+# -- a minimal DER writer, for structures built often (signing) --------------------------
+
+
+def tlv(tag: int, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return bytes([tag]) + encode_length(len(body)) + body
+
+
+def seq(*parts: bytes) -> bytes:
+    return tlv(0x30, *parts)
+
+
+def set_of(*parts: bytes) -> bytes:
+    """A DER SET OF: elements sorted by their encodings (X.690 section 11.6)."""
+    return tlv(0x31, *sorted(parts))
+
+
+def integer(n: int) -> bytes:
+    return tlv(0x02, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True))
+
+
+def octets(data: bytes) -> bytes:
+    return tlv(0x04, data)
+
+
+def oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    out = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        out.extend(reversed(chunk))
+    return tlv(0x06, bytes(out))
