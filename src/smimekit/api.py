@@ -266,12 +266,15 @@ def verify(
     message: MessageInput,
     *,
     trust: Sequence[x509.Certificate] = (),
-    at: dt.datetime | None = None,
+    at: dt.datetime | str | None = None,
     extra_certs: Sequence[x509.Certificate] = (),
     allow_legacy: bool = False,
     raise_for_failure: bool = True,
 ) -> Verified:
     """Verify a signed message against ``trust`` anchors at ``at`` (default now).
+
+    ``at="signing-time"`` validates each signer at its own signing-time attribute (for
+    archives; the verdict warns that this time is self-asserted).
 
     Every signer of every signed layer must verify, chain to an anchor, be fit for signing
     mail and match the From address.
@@ -299,7 +302,7 @@ def decrypt_verify(
     *,
     keys: Sequence[KeyPair] = (),
     trust: Sequence[x509.Certificate] = (),
-    at: dt.datetime | None = None,
+    at: dt.datetime | str | None = None,
     extra_certs: Sequence[x509.Certificate] = (),
     allow_legacy: bool = False,
     raise_for_failure: bool = True,

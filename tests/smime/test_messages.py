@@ -241,3 +241,20 @@ def test_signing_time_outside_certificate_validity_fails(alice: Identity, trust:
                            signing_time=when)
     result = smimekit.verify(signed, trust=trust, raise_for_failure=False)
     assert "outside the certificate's validity" in result.verdict.summary()
+
+
+def test_archive_validation_at_signing_time(pki: PKI, trust: list) -> None:
+    import datetime as dt
+
+    short = pki.person("short", "rsa2048", fresh_key=True,
+                       not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=30),
+                       not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
+                       issuer=(pki.root_key, pki.root))
+    signed = smimekit.sign(message(sender="short@example.org"), short.key, short.cert)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=10)
+    expired = smimekit.verify(signed, trust=trust, at=later, raise_for_failure=False)
+    assert not expired.verdict.valid and "expired" in expired.verdict.summary()
+    archived = smimekit.verify(signed, trust=trust, at="signing-time")
+    assert archived.verdict.valid
+    assert archived.verdict.signers[0].validation_time == archived.verdict.signers[0].signing_time
+    assert any("signer asserted" in w for w in archived.verdict.warnings)

@@ -21,6 +21,7 @@ from smimekit.cli.common import (
 )
 from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.errors import VerificationError
+from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.verdict import Verdict
 
 CIPHERS = [c.value for c in Cipher]
@@ -123,7 +124,13 @@ def _verify_options(func: Any) -> Any:
                 help="Trust anchor certificates (repeatable).",
             ),
             click.option(
-                "--at", "at_text", metavar="ISO8601", help="Validate at this time instead of now."
+                "--at",
+                "at_text",
+                metavar="ISO8601",
+                help=(
+                    "Validate at this ISO 8601 time, or at each signature's own signing"
+                    " time with 'signing-time' (archives)."
+                ),
             ),
             click.option(
                 "--report", "report_path", metavar="FILE", help="Write the verdict as JSON to FILE."
@@ -171,9 +178,11 @@ def _legacy(func: Any) -> Any:
     )(func)
 
 
-def _at(text: str | None) -> dt.datetime | None:
+def _at(text: str | None) -> dt.datetime | str | None:
     if text is None:
         return None
+    if text == SIGNING_TIME:
+        return SIGNING_TIME
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:

@@ -86,16 +86,24 @@ def _time_warnings(signing_time: dt.datetime | None, date_header: dt.datetime | 
     return []
 
 
+SIGNING_TIME = "signing-time"
+"""Pass as ``at`` to validate each signer at its own (self-asserted) signing time: archives."""
+
+
 def assess(
     unwrapped: Unwrapped,
     *,
     trust: Sequence[x509.Certificate],
-    at: dt.datetime | None = None,
+    at: dt.datetime | str | None = None,
     extra_certs: Sequence[x509.Certificate] = (),
     allow_legacy: bool = False,
 ) -> Verdict:
-    """The verdict on an unwrapped message at ``at`` (default: now)."""
-    when = at or dt.datetime.now(dt.UTC)
+    """The verdict on an unwrapped message at ``at`` (default: now, or ``SIGNING_TIME``)."""
+    at_signing_time = at == SIGNING_TIME
+    if isinstance(at, str) and not at_signing_time:
+        raise ValueError(f"at must be a datetime or {SIGNING_TIME!r}")
+    now = dt.datetime.now(dt.UTC)
+    when = now if at is None or isinstance(at, str) else at
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     senders = sender_addresses(unwrapped)
@@ -113,11 +121,27 @@ def assess(
         pool = list(layer.signed.certificates) + list(extra_certs)
         for signer in layer.signed.signers:
             cert = signer.certificate
+            signer_time = when
+            time_reasons: list[str] = []
+            if at_signing_time:
+                # Archives: judge the chain as it stood when the message was signed. The
+                # signing time is the signer's own claim; the verdict says so.
+                if signer.signing_time is None:
+                    time_reasons.append(
+                        "validation at signing time asked for, but the"
+                        " signature has no signing-time attribute"
+                    )
+                else:
+                    signer_time = signer.signing_time
+                    warnings.append(
+                        "validated at the signing time the signer asserted"
+                        f" ({signer_time.isoformat()}), not at a trusted time"
+                    )
             path = validate(
                 cert,
                 intermediates=pool,
                 anchors=trust,
-                at=when,
+                at=signer_time,
                 purpose=Purpose.SIGN,
                 allow_legacy=allow_legacy,
             )
@@ -134,7 +158,10 @@ def assess(
                     )
             else:
                 warnings.append("the message has no From header to bind the signer to")
-            signer_reasons += _time_problems(signer.signing_time, cert, when, date_header)
+            signer_reasons += time_reasons
+            signer_reasons += _time_problems(
+                signer.signing_time, cert, now if at_signing_time else when, date_header
+            )
             warnings += _time_warnings(signer.signing_time, date_header)
             signers.append(
                 SignerVerdict(
@@ -152,6 +179,7 @@ def assess(
                         RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1]
                     ),
                     reasons=tuple(signer_reasons),
+                    validation_time=signer_time,
                 )
             )
     if unwrapped.partially_signed:
