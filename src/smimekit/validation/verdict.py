@@ -87,6 +87,19 @@ class RevocationStatus:
     """``crl``, ``ocsp``, ``cache`` or ``none``."""
     age_seconds: float | None = None
     """How old the answer was when used."""
+    revoked_at: dt.datetime | None = None
+    """When the certificate was revoked; also set on a ``good`` status when the revocation
+    came after the validation time (an archived message signed before it)."""
+    reason: str | None = None
+    """CRLReason of the revocation (``keyCompromise``, ``certificateHold``...), if given."""
+    protocol: str | None = None
+    """``crl`` or ``ocsp``: what kind of answer was used (also when it came from the cache)."""
+    url: str | None = None
+    """Where the answer came from; None for locally supplied CRLs and OCSP responses."""
+    this_update: dt.datetime | None = None
+    next_update: dt.datetime | None = None
+    detail: str = ""
+    """Why the status is unknown, or notes (delegated responder, delta CRL applied...)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ class SignerVerdict:
     revocation: tuple[RevocationStatus, ...] = ()
     reasons: tuple[str, ...] = ()
     """Why this signer fails, in words; empty when it passes."""
+    validation_time: dt.datetime | None = None
+    """When this signer's chain was checked (the signing time in signing-time mode)."""
 
     @property
     def valid(self) -> bool:
