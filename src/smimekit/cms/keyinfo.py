@@ -11,6 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
+from smimekit.cms import der as dertools
+
 DER = serialization.Encoding.DER
 
 
@@ -57,7 +59,12 @@ def matches_issuer_serial(ias: Any, cert: x509.Certificate) -> bool:
     would let a changed byte pass unnoticed.
     """
     # The identifier's own bytes, as received: asn1crypto re-frames a mis-tagged Name.
-    return bool(ias.dump() == issuer_and_serial(cert).dump())
+    return bool(ias.dump() == issuer_and_serial_der(cert))
+
+
+def issuer_and_serial_der(cert: x509.Certificate) -> bytes:
+    """DER of the IssuerAndSerialNumber naming ``cert`` (written directly: this is hot)."""
+    return dertools.seq(cert.issuer.public_bytes(), dertools.integer(cert.serial_number))
 
 
 def matches_ski(ski: bytes, cert: x509.Certificate) -> bool:

@@ -372,6 +372,10 @@ def _verify_signer(
     ess = False
     attrs = si["signed_attrs"]
     if not isinstance(attrs, core.Void) and len(attrs) > 0:
+        # The signed bytes as received, taken before any attribute is parsed: once its
+        # children are touched asn1crypto re-serialises the set (slowly, and not
+        # necessarily byte for byte).
+        signed_bytes = asn1.der_set(attrs)
         values = _attribute_values(attrs, who)
         ct = _single(values, "content_type", who, required=True)
         if ct.native != content_type:
@@ -401,7 +405,6 @@ def _verify_signer(
         protection = _single(values, "cms_algorithm_protection", who, required=False)
         if protection is not None:
             _check_algorithm_protection(protection, si, who)
-        signed_bytes = asn1.der_set(attrs)
         prehashed = False
     else:
         if content_type != "data":
