@@ -178,11 +178,11 @@ class Entity:
 
 
 def _content_type(headers: tuple[Header, ...]) -> tuple[str, dict[str, str]]:
-    value = None
-    for h in headers:
-        if h.lname == "content-type":
-            value = h.value()
-            break
+    values = [h.value() for h in headers if h.lname == "content-type"]
+    if len(values) > 1:
+        # RFC 2045 allows one; readers differ on which one wins (first, last).
+        raise MIMEError(f"the entity has {len(values)} Content-Type header fields")
+    value = values[0] if values else None
     if value is None:
         return "text/plain", {}
     msg = Message()

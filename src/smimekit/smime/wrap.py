@@ -77,7 +77,12 @@ class Unwrapped:
         """The outer headers of the received message around the innermost entity."""
         if not self.layers:
             return self.root.raw
-        outer = b"".join(h.raw + CRLF for h in self.root.outer_headers)
+        # Header protection (RFC 8551 3.1): a wrapped message's own headers are the signed
+        # ones; an outer copy of the same field is unprotected and must not precede them.
+        protected = {h.lname for h in self.inner_headers}
+        outer = b"".join(
+            h.raw + CRLF for h in self.root.outer_headers if h.lname not in protected
+        )
         return b"".join([outer, b"MIME-Version: 1.0", CRLF, self.entity])
 
 
@@ -169,11 +174,15 @@ def unwrap(
         raise MIMEError(f"more than {MAX_LAYERS} nested S/MIME layers")
 
     partially_signed = False
-    if not layers:
+    if (
+        not any(layer.kind == "signed" for layer in layers)
+        and not is_multipart_signed(current)
+        and not is_pkcs7_mime(current)
+    ):
         buried = _buried_smime(current)
         partially_signed = any(kind == "signed" for kind, _ in buried)
         encrypted_parts = [part for kind, part in buried if kind == "encrypted"]
-        if encrypted_parts and keys:
+        if encrypted_parts and keys and not layers:
             # Efail: decrypt the buried part alone; never splice it into the plain siblings.
             current = _decrypt(pkcs7_der(encrypted_parts[0]), keys, allow_legacy, layers)
             partial_encrypted = True

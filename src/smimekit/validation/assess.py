@@ -21,13 +21,17 @@ from smimekit.validation.verdict import (
 
 
 def sender_addresses(unwrapped: Unwrapped) -> list[str]:
-    """From and Sender addresses of the received message (RFC 8550 section 3)."""
+    """From and Sender addresses of the received message (RFC 8550 section 3).
+
+    Every From and Sender field counts (a second From is how a reader gets shown another
+    sender), and so do those of a message wrapped inside the protection (RFC 8551 3.1).
+    """
     out: list[str] = []
-    for name in ("from", "sender"):
-        value = unwrapped.root.get(name)
-        if value:
-            out.extend(addr for _display, addr in getaddresses([value]) if addr)
-    return out
+    for headers in (unwrapped.root.headers, unwrapped.inner_headers):
+        for name in ("from", "sender"):
+            for value in (h.value() for h in headers if h.lname == name):
+                out.extend(addr for _display, addr in getaddresses([value]) if addr)
+    return list(dict.fromkeys(out))
 
 
 def _norm(address: str) -> str:
@@ -157,7 +161,12 @@ def assess(
                         f" certificate ({', '.join(emails) or 'none'})"
                     )
             else:
-                warnings.append("the message has no From header to bind the signer to")
+                # RFC 8550 section 3: the signer must be bound to the From (or Sender)
+                # address; a message without one cannot be bound to anyone.
+                from_match = False
+                signer_reasons.append(
+                    "the message has no From address to bind the signer to (RFC 8550 section 3)"
+                )
             signer_reasons += time_reasons
             signer_reasons += _time_problems(
                 signer.signing_time, cert, now if at_signing_time else when, date_header

@@ -122,7 +122,8 @@ class SignerVerdict:
     key_usage_ok: bool
     """Key usage and extended key usage permit signing mail."""
     from_match: bool | None
-    """The From (and Sender) address is one of the certificate's addresses; None if no From."""
+    """Every From and Sender address (outer, and of a wrapped inner message) is one of the
+    certificate's addresses; False when the message has no From at all."""
     revocation: tuple[RevocationStatus, ...] = ()
     reasons: tuple[str, ...] = ()
     """Why this signer fails, in words; empty when it passes."""
