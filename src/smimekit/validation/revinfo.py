@@ -1,0 +1,283 @@
+"""What CRLs and OCSP responses say, judged alike: the shared part of revocation reading.
+
+:mod:`smimekit.validation.crl` and :mod:`smimekit.validation.ocsp` read one CRL or one OCSP
+response (no I/O) into an :class:`Answer`, judged by a :class:`Context` (validation time,
+current time, clock skew...), or raise :class:`~smimekit.errors.RevocationError` saying why
+it cannot be used for that certificate. Fetching, caching and the policy live in
+:mod:`smimekit.validation.revocation`. This module holds what both readers share: the
+times, the loaders, the URLs a certificate names, signature checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from smimekit.errors import MalformedError, RevocationError
+
+_WEAK = (hashes.SHA1, hashes.MD5)
+# CRLReason values that say the key was not compromised (RFC 5280 5.3.1).
+ADMINISTRATIVE_REASONS = frozenset(
+    {
+        "affiliationChanged",
+        "superseded",
+        "cessationOfOperation",
+        "certificateHold",
+        "privilegeWithdrawn",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The times and tolerances an answer is judged by."""
+
+    at: dt.datetime
+    """Validation time: now, or the signing time for archives."""
+    now: dt.datetime
+    """The current time, which no answer may be issued after (give or take ``skew``)."""
+    skew: dt.timedelta = dt.timedelta(minutes=5)
+    max_age: dt.timedelta = dt.timedelta(days=1)
+    """How long an answer without nextUpdate stays usable after its thisUpdate."""
+    allow_legacy: bool = False
+    """Accept SHA-1 signatures on CRLs and OCSP responses (archives)."""
+    asserted: bool = False
+    """``at`` is the signer's own claim (a signing-time attribute), not a trusted time."""
+
+    @property
+    def reference(self) -> dt.datetime:
+        """The time an answer must still be current at: ``at`` for archives, else now."""
+        return min(self.at, self.now)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one CRL or OCSP response says about one certificate."""
+
+    status: str
+    """``good``, ``revoked`` or ``unknown``, already judged at :attr:`Context.at`."""
+    protocol: str
+    """``crl`` or ``ocsp``."""
+    this_update: dt.datetime
+    next_update: dt.datetime | None
+    fresh: bool
+    """Still current at the reference time (nextUpdate, or thisUpdate + max_age)."""
+    revoked_at: dt.datetime | None = None
+    reason: str | None = None
+    """CRLReason, e.g. ``keyCompromise``; None when revoked without a reason or not revoked."""
+    invalidity_date: dt.datetime | None = None
+    detail: str = ""
+
+    @property
+    def permanent(self) -> bool:
+        """A revocation that no later answer can undo (anything but certificateHold)."""
+        return self.status == "revoked" and self.reason != "certificateHold"
+
+
+def load_crl(data: bytes | x509.CertificateRevocationList) -> x509.CertificateRevocationList:
+    """A CRL from DER or PEM bytes (or an already parsed one).
+
+    Raises:
+        MalformedError: the bytes are not a CRL.
+    """
+    if isinstance(data, x509.CertificateRevocationList):
+        return data
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+        _ = crl.extensions  # parsed lazily: surface a broken one here, not mid-check
+    except ValueError as exc:
+        raise MalformedError(f"not a CRL: {exc}") from exc
+    return crl
+
+
+def load_ocsp_response(data: bytes) -> ocsp.OCSPResponse:
+    """An OCSP response from DER (or base64 PEM-style armour, as some tools save them).
+
+    Raises:
+        MalformedError: the bytes are not an OCSP response.
+    """
+    raw = data
+    if data.lstrip().startswith(b"-----BEGIN"):
+        body = b"".join(line for line in data.splitlines() if line and not line.startswith(b"-"))
+        try:
+            raw = base64.b64decode(body, validate=False)
+        except ValueError as exc:
+            raise MalformedError(f"not an OCSP response: {exc}") from exc
+    try:
+        return ocsp.load_der_ocsp_response(raw)
+    except ValueError as exc:
+        raise MalformedError(f"not an OCSP response: {exc}") from exc
+
+
+def is_delta(crl: x509.CertificateRevocationList) -> bool:
+    return ext(crl.extensions, x509.DeltaCRLIndicator) is not None
+
+
+def ocsp_urls(cert: x509.Certificate) -> list[str]:
+    """OCSP responder URLs from the Authority Information Access extension."""
+    aia = cert_ext(cert, x509.AuthorityInformationAccess)
+    if not isinstance(aia, x509.AuthorityInformationAccess):
+        return []
+    return [
+        d.access_location.value
+        for d in aia
+        if d.access_method == AuthorityInformationAccessOID.OCSP
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
+def crl_urls(cert: x509.Certificate) -> list[str]:
+    """CRL URLs from cRLDistributionPoints (every full name that is a URI, any scheme)."""
+    return _dp_urls(cert_ext(cert, x509.CRLDistributionPoints))
+
+
+def delta_urls(
+    cert: x509.Certificate, base: x509.CertificateRevocationList | None = None
+) -> list[str]:
+    """Delta CRL URLs: the base CRL's freshestCRL, then the certificate's."""
+    urls = []
+    if base is not None:
+        urls += _dp_urls(ext(base.extensions, x509.FreshestCRL))
+    urls += _dp_urls(cert_ext(cert, x509.FreshestCRL))
+    return list(dict.fromkeys(urls))
+
+
+def _dp_urls(points: x509.ExtensionType | None) -> list[str]:
+    if not isinstance(points, x509.CRLDistributionPoints | x509.FreshestCRL):
+        return []
+    return [
+        name.value
+        for point in points
+        for name in point.full_name or ()
+        if isinstance(name, x509.UniformResourceIdentifier)
+    ]
+
+
+def ext(extensions: x509.Extensions, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:
+    try:
+        return extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def cert_ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:
+    try:
+        return ext(cert.extensions, cls)
+    except ValueError:  # duplicate or undecodable extensions: path validation reports those
+        return None
+
+
+def has_oid(extensions: x509.Extensions, oid: x509.ObjectIdentifier) -> bool:
+    return any(e.oid == oid for e in extensions)
+
+
+def unknown_critical(extensions: x509.Extensions) -> list[str]:
+    return [
+        e.oid.dotted_string
+        for e in extensions
+        if e.critical and isinstance(e.value, x509.UnrecognizedExtension)
+    ]
+
+
+def subject_name(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+def freshness(
+    this_update: dt.datetime, next_update: dt.datetime | None, ctx: Context, what: str
+) -> tuple[bool, str]:
+    """(fresh, why not). Raises for an answer from the future: that one is never usable."""
+    if this_update > ctx.now + ctx.skew:
+        raise RevocationError(f"{what} is dated in the future ({this_update.isoformat()})")
+    if next_update is not None:
+        if next_update + ctx.skew < ctx.reference:
+            return False, f"{what} is stale: its nextUpdate {next_update.isoformat()} has passed"
+        return True, ""
+    if this_update + ctx.max_age < ctx.reference:
+        return False, (
+            f"{what} has no nextUpdate and its thisUpdate {this_update.isoformat()} is older"
+            f" than {ctx.max_age}"
+        )
+    return True, ""
+
+
+def judge_revocation(
+    protocol: str,
+    revoked_at: dt.datetime,
+    reason: str | None,
+    invalidity: dt.datetime | None,
+    ctx: Context,
+    this_update: dt.datetime,
+    next_update: dt.datetime | None,
+    fresh: bool,
+    detail: str,
+) -> Answer:
+    # Revoked at the validation time if revoked by then, or if the key was already known to
+    # be compromised by then (invalidityDate, RFC 5280 5.3.2). A later revocation leaves a
+    # signature made earlier standing; the answer still reports when and why. But when the
+    # validation time is only the signer's claim, whoever stole the key can backdate it:
+    # then only a revocation for a reason that says the key was not compromised may come
+    # after it.
+    counts = (
+        revoked_at <= ctx.at
+        or (invalidity is not None and invalidity <= ctx.at)
+        or (ctx.asserted and reason not in ADMINISTRATIVE_REASONS)
+    )
+    return Answer(
+        status="revoked" if counts else "good",
+        protocol=protocol,
+        this_update=this_update,
+        next_update=next_update,
+        fresh=fresh,
+        revoked_at=revoked_at,
+        reason=reason,
+        invalidity_date=invalidity,
+        detail=detail if counts else f"revoked after the validation time {ctx.at.isoformat()}",
+    )
+
+
+# -- signatures ----------------------------------------------------------------------------
+
+
+def check_hash(alg: hashes.HashAlgorithm | None, ctx: Context, what: str) -> None:
+    if isinstance(alg, _WEAK) and not (ctx.allow_legacy and isinstance(alg, hashes.SHA1)):
+        raise RevocationError(f"{what} is signed with {alg.name.upper()}, refused by default")
+
+
+def signature_ok(
+    key: PublicKeyTypes,
+    signature: bytes,
+    data: bytes,
+    alg: hashes.HashAlgorithm | None,
+    pss: padding.PSS | None,
+) -> bool:
+    try:
+        if isinstance(key, rsa.RSAPublicKey) and alg is not None:
+            key.verify(signature, data, pss or padding.PKCS1v15(), alg)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and alg is not None:
+            key.verify(signature, data, ec.ECDSA(alg))
+        elif isinstance(key, dsa.DSAPublicKey) and alg is not None:
+            key.verify(signature, data, alg)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return True
+
+
+class NotApplicableError(RevocationError):
+    """The CRL or OCSP response is about other certificates: not a fault, just not ours."""
