@@ -32,6 +32,7 @@ from smimekit.keys.load import (
     load_pkcs12,
     load_private_key,
 )
+from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
 
 __version__ = "0.1.0"
@@ -40,6 +41,8 @@ __all__ = [
     "Cipher",
     "Decrypted",
     "Digest",
+    "RevocationOptions",
+    "RevocationPolicy",
     "SmimeError",
     "Verdict",
     "Verified",

@@ -26,9 +26,13 @@ from smimekit.smime.message import build_multipart_signed, build_pkcs7_mime, pre
 from smimekit.smime.wrap import Layer, unwrap
 from smimekit.validation.assess import assess
 from smimekit.validation.recipients import describe, recipient_problems
+from smimekit.validation.revocation import RevocationOptions
 from smimekit.validation.verdict import Verdict
 
 MessageInput = bytes | bytearray | memoryview | email.message.Message
+
+SOFT_REVOCATION = RevocationOptions()
+"""The default: revoked fails, no answer passes with a warning (RFC 5280 soft-fail)."""
 KeyPair = tuple[PrivateKeyTypes, x509.Certificate | None]
 
 
@@ -122,6 +126,7 @@ def encrypt(
     intermediates: Sequence[x509.Certificate] = (),
     check_recipients: bool = True,
     at: dt.datetime | None = None,
+    revocation: RevocationOptions | None = SOFT_REVOCATION,
 ) -> bytes:
     """Encrypt a message to every recipient certificate (application/pkcs7-mime).
 
@@ -137,7 +142,7 @@ def encrypt(
         EncryptionError: no recipient, an unfit certificate, or a key that cannot receive mail.
     """
     if check_recipients:
-        _check_recipients(recipients, trust, intermediates, at)
+        _check_recipients(recipients, trust, intermediates, at, revocation)
     outer, entity = prepare(_as_bytes(message))
     chunks, _size = encrypt_enveloped_chunks(
         entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
@@ -152,10 +157,13 @@ def _check_recipients(
     trust: Sequence[x509.Certificate] | None,
     intermediates: Sequence[x509.Certificate],
     at: dt.datetime | None,
+    revocation: RevocationOptions | None,
 ) -> None:
     problems = []
     for cert in recipients:
-        found = recipient_problems(cert, trust=trust, intermediates=intermediates, at=at)
+        found = recipient_problems(
+            cert, trust=trust, intermediates=intermediates, at=at, revocation=revocation
+        )
         if found:
             problems.append(f"{describe(cert)}: {'; '.join(found)}")
     if problems:
@@ -190,6 +198,7 @@ def sign_encrypt(
     trust: Sequence[x509.Certificate] | None = None,
     intermediates: Sequence[x509.Certificate] = (),
     check_recipients: bool = True,
+    revocation: RevocationOptions | None = SOFT_REVOCATION,
 ) -> bytes:
     """Sign, then encrypt the signed message (RFC 8551 section 3.7).
 
@@ -209,7 +218,7 @@ def sign_encrypt(
     )
     targets = list(recipients)
     if check_recipients:
-        _check_recipients(targets, trust, intermediates, None)
+        _check_recipients(targets, trust, intermediates, None, revocation)
     # The sender's copy: only when the signing certificate can also receive mail (a
     # signing-only certificate of a dual-key user cannot).
     if (
@@ -270,11 +279,14 @@ def verify(
     extra_certs: Sequence[x509.Certificate] = (),
     allow_legacy: bool = False,
     raise_for_failure: bool = True,
+    revocation: RevocationOptions | None = SOFT_REVOCATION,
 ) -> Verified:
     """Verify a signed message against ``trust`` anchors at ``at`` (default now).
 
     ``at="signing-time"`` validates each signer at its own signing-time attribute (for
-    archives; the verdict warns that this time is self-asserted).
+    archives; the verdict warns that this time is self-asserted). ``revocation`` chooses how
+    CRLs and OCSP are consulted (default: soft-fail, fetching over HTTP, no disk cache);
+    ``None`` skips revocation checking.
 
     Every signer of every signed layer must verify, chain to an anchor, be fit for signing
     mail and match the From address.
@@ -292,6 +304,7 @@ def verify(
         extra_certs=extra_certs,
         allow_legacy=allow_legacy,
         raise_for_failure=raise_for_failure,
+        revocation=revocation,
     )
 
 
@@ -306,6 +319,7 @@ def decrypt_verify(
     extra_certs: Sequence[x509.Certificate] = (),
     allow_legacy: bool = False,
     raise_for_failure: bool = True,
+    revocation: RevocationOptions | None = SOFT_REVOCATION,
 ) -> Verified:
     """Unwrap every layer (encrypted, signed, triple-wrapped) and judge the whole message.
 
@@ -320,7 +334,14 @@ def decrypt_verify(
         allow_legacy=allow_legacy,
         extra_certs=extra_certs,
     )
-    verdict = assess(result, trust=trust, at=at, extra_certs=extra_certs, allow_legacy=allow_legacy)
+    verdict = assess(
+        result,
+        trust=trust,
+        at=at,
+        extra_certs=extra_certs,
+        allow_legacy=allow_legacy,
+        revocation=revocation,
+    )
     if raise_for_failure and not verdict.valid:
         broken = next((layer.error for layer in result.layers if layer.error is not None), None)
         if isinstance(broken, VerificationError):

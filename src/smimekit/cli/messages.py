@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,6 +12,7 @@ import click
 from smimekit import api
 from smimekit.cli.common import (
     CliError,
+    Globals,
     io_options,
     load_cert_files,
     load_key_and_cert,
@@ -22,6 +25,8 @@ from smimekit.cli.common import (
 from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.errors import VerificationError
 from smimekit.validation.assess import SIGNING_TIME
+from smimekit.validation.revinfo import load_crl, load_ocsp_response
+from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
 
 CIPHERS = [c.value for c in Cipher]
@@ -210,13 +215,122 @@ def _finish_verdict(
 ) -> None:
     if report_path:
         write_output(report_path, verdict.to_json().encode() + b"\n")
+    # One line on stderr either way (the CLI contract); warnings ride along on it.
+    line = verdict.summary()
+    if verdict.warnings:
+        line += " -- warnings: " + "; ".join(verdict.warnings)
     if verdict.valid and result is not None:
         write_output(output, result.content)
-        for warning in verdict.warnings:
-            click.echo(f"smimekit: warning: {warning}", err=True)
-        click.echo(f"smimekit: {verdict.summary()}", err=True)
+        click.echo(f"smimekit: {line}", err=True)
         return
-    raise CliError(verdict.summary())
+    raise CliError(line)
+
+
+def _revocation_options(func: Any) -> Any:
+    """--revocation, --crl, --ocsp-response, --revocation-cache/-timeout -> ``revocation``."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        revocation_policy: str,
+        crl_paths: tuple[str, ...],
+        ocsp_paths: tuple[str, ...],
+        revocation_cache: str | None,
+        revocation_timeout: float,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs["revocation"] = _revocation(
+            revocation_policy,
+            crl_paths,
+            ocsp_paths,
+            revocation_cache,
+            revocation_timeout,
+            kwargs.get("allow_legacy", False),
+        )
+        return func(*args, **kwargs)
+
+    for opt in reversed(
+        [
+            click.option(
+                "--revocation",
+                "revocation_policy",
+                default="soft",
+                show_default=True,
+                type=click.Choice([p.value for p in RevocationPolicy]),
+                help="hard: no fresh answer fails; soft: only revoked fails; offline:"
+                " never touch the network (cached and given CRLs/OCSP only).",
+            ),
+            click.option(
+                "--crl",
+                "crl_paths",
+                multiple=True,
+                metavar="FILE",
+                help="A CRL to use (DER or PEM; full or delta; repeatable).",
+            ),
+            click.option(
+                "--ocsp-response",
+                "ocsp_paths",
+                multiple=True,
+                metavar="FILE",
+                help="A saved OCSP response to use (DER; repeatable).",
+            ),
+            click.option(
+                "--revocation-cache",
+                metavar="DIR",
+                help="Where CRLs and OCSP answers are cached until their nextUpdate"
+                " (default: DATA-DIR/revocation-cache).",
+            ),
+            click.option(
+                "--revocation-timeout",
+                type=float,
+                default=10.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="Network timeout for CRL and OCSP fetches.",
+            ),
+        ]
+    ):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
+def _revocation(
+    policy: str,
+    crl_paths: tuple[str, ...],
+    ocsp_paths: tuple[str, ...],
+    cache: str | None,
+    timeout: float,
+    allow_legacy: bool,
+) -> RevocationOptions:
+    crls, responses = [], []
+    for path in crl_paths:
+        crls.append(load_crl(_read_file(path, "--crl")))
+    for path in ocsp_paths:
+        data = _read_file(path, "--ocsp-response")
+        load_ocsp_response(data)
+        responses.append(data)
+    if cache is None:
+        globals_ = click.get_current_context().find_object(Globals)
+        cache_dir = globals_.data_dir / "revocation-cache" if globals_ else None
+    else:
+        cache_dir = Path(cache)
+    return RevocationOptions(
+        policy=RevocationPolicy(policy),
+        crls=crls,
+        ocsp_responses=responses,
+        cache_dir=cache_dir,
+        timeout=timeout,
+        allow_legacy=allow_legacy,
+    )
+
+
+def _read_file(path: str, option: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or exc}", param_hint=option
+        ) from None
 
 
 @click.command()
@@ -247,6 +361,7 @@ def sign(
 @click.command()
 @_verify_options
 @_legacy
+@_revocation_options
 @io_options
 def verify(
     trust_paths: tuple[str, ...],
@@ -254,6 +369,7 @@ def verify(
     report_path: str | None,
     cert_paths: tuple[str, ...],
     allow_legacy: bool,
+    revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
 ) -> None:
@@ -270,6 +386,7 @@ def verify(
             extra_certs=extra,
             allow_legacy=allow_legacy,
             raise_for_failure=False,
+            revocation=revocation,
         )
     except VerificationError as exc:
         if exc.verdict is None:
@@ -281,6 +398,7 @@ def verify(
 
 @click.command()
 @_encrypt_options
+@_revocation_options
 @io_options
 def encrypt(
     to_paths: tuple[str, ...],
@@ -289,12 +407,14 @@ def encrypt(
     trust_paths: tuple[str, ...],
     cert_paths: tuple[str, ...],
     no_recipient_check: bool,
+    revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
 ) -> None:
     """Encrypt a message to one or more recipients (each certificate is checked first)."""
     recipients = load_cert_files(to_paths)
     check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
+    check["revocation"] = revocation
     data = read_input(input_path)
     write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check))
 
@@ -348,6 +468,7 @@ def decrypt(
 @_sign_options
 @_encrypt_options
 @click.option("--no-self", is_flag=True, help="Do not add the sender as a recipient.")
+@_revocation_options
 @io_options
 def sign_encrypt(
     key_path: str,
@@ -366,6 +487,7 @@ def sign_encrypt(
     cert_paths: tuple[str, ...],
     no_recipient_check: bool,
     no_self: bool,
+    revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
 ) -> None:
@@ -373,6 +495,7 @@ def sign_encrypt(
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
     recipients = load_cert_files(to_paths)
     check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
+    check["revocation"] = revocation
     data = read_input(input_path)
     out = api.sign_encrypt(
         data,
@@ -396,6 +519,7 @@ def sign_encrypt(
 @_decrypt_options
 @_verify_options
 @_legacy
+@_revocation_options
 @io_options
 def decrypt_verify(
     key_path: str,
@@ -407,6 +531,7 @@ def decrypt_verify(
     report_path: str | None,
     cert_paths: tuple[str, ...],
     allow_legacy: bool,
+    revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
 ) -> None:
@@ -427,6 +552,7 @@ def decrypt_verify(
         extra_certs=extra,
         allow_legacy=allow_legacy,
         raise_for_failure=False,
+        revocation=revocation,
     )
     _finish_verdict(result, result.verdict, report_path, output)
 

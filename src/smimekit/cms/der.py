@@ -196,3 +196,19 @@ def oid(dotted: str) -> bytes:
             arc >>= 7
         out.extend(reversed(chunk))
     return tlv(0x06, bytes(out))
+
+
+def elements(contents: Chunk) -> list[tuple[int, bytes]] | None:
+    """(tag, exact bytes) of each TLV in ``contents``; None if it is not plain DER.
+
+    For reading elements as they were received: asn1crypto's dump() of a parsed value may
+    re-encode it (e.g. it normalises the unused bits of a BIT STRING), which would break the
+    signature of a certificate taken from a SignedData.
+    """
+    try:
+        return [
+            (tag, bytes(contents[off : start + length]))
+            for off, tag, start, length in _children(contents, 0, len(contents))
+        ]
+    except _Unsupported:
+        return None

@@ -294,9 +294,7 @@ def verify_signed_data(
     else:
         content = embedded_bytes
 
-    certs = [
-        _load_cert(c.chosen.dump()) for c in (sd["certificates"] or []) if c.name == "certificate"
-    ]
+    certs = _certificates(sd)
     pool = certs + [c for c in extra_certs if c not in certs]
     digest_cache: dict[str, bytes] = {}
     results = []
@@ -333,6 +331,17 @@ def _octets(value: core.Asn1Value) -> bytes:
         return bytes(value)
     native = value.native
     return native if isinstance(native, bytes) else value.dump()
+
+
+def _certificates(sd: cms.SignedData) -> list[x509.Certificate]:
+    """The X.509 certificates of a SignedData, from the bytes exactly as received."""
+    field = sd["certificates"]
+    if isinstance(field, core.Void):
+        return []
+    raw = dertools.elements(field.contents)
+    if raw is not None:
+        return [_load_cert(tlv) for tag, tlv in raw if tag == 0x30]
+    return [_load_cert(c.dump()) for c in field if c.name == "certificate"]  # BER input
 
 
 def _load_cert(der: bytes) -> x509.Certificate:

@@ -10,6 +10,7 @@ from cryptography import x509
 
 from smimekit.smime.wrap import Unwrapped
 from smimekit.validation.path import Purpose, validate
+from smimekit.validation.revocation import RevocationOptions, check_chain
 from smimekit.validation.verdict import (
     CertSummary,
     LayerSummary,
@@ -101,6 +102,7 @@ def assess(
     at: dt.datetime | str | None = None,
     extra_certs: Sequence[x509.Certificate] = (),
     allow_legacy: bool = False,
+    revocation: RevocationOptions | None = None,
 ) -> Verdict:
     """The verdict on an unwrapped message at ``at`` (default: now, or ``SIGNING_TIME``)."""
     at_signing_time = at == SIGNING_TIME
@@ -149,9 +151,26 @@ def assess(
                 purpose=Purpose.SIGN,
                 allow_legacy=allow_legacy,
             )
+            statuses = tuple(
+                RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1]
+            )
+            if revocation is not None and path.chain:
+                # Only chains that reached an anchor: never fetch for an unknown signer's
+                # certificate (the URLs in it are the sender's to choose).
+                report = check_chain(
+                    path.chain,
+                    at=signer_time,
+                    options=revocation,
+                    asserted_time=at_signing_time and signer.signing_time is not None,
+                )
+                statuses = report.statuses
+                revocation_reasons = list(report.reasons)
+                warnings += report.warnings
+            else:
+                revocation_reasons = []
             emails = cert_emails(cert)
             from_match: bool | None = None
-            signer_reasons = list(path.reasons) + list(path.usage_reasons)
+            signer_reasons = list(path.reasons) + list(path.usage_reasons) + revocation_reasons
             if senders:
                 bound = {_norm(e) for e in emails}
                 from_match = all(_norm(s) in bound for s in senders)
@@ -184,9 +203,7 @@ def assess(
                     signing_time=signer.signing_time,
                     key_usage_ok=path.key_usage_ok,
                     from_match=from_match,
-                    revocation=tuple(
-                        RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1]
-                    ),
+                    revocation=statuses,
                     reasons=tuple(signer_reasons),
                     validation_time=signer_time,
                 )
