@@ -1,0 +1,25 @@
+"""The benchmark scripts keep running (their figures are read by people, not asserted)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares with openssl")
+def test_message_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_messages.py"), "--quick", "--no-cli"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1")]
+    assert len(rows) == 12, result.stdout  # 10 KB and 1 MB x six operations
+    assert "x openssl" in result.stdout
