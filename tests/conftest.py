@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# CLI runs (in-process and subprocesses) keep their trust store, revocation cache and
+# intermediates in a throwaway data directory, never in the checkout.
+os.environ.setdefault("SMIMEKIT_DATA_DIR", tempfile.mkdtemp(prefix="smimekit-test-data-"))
 
 from pki import PKI, Identity
 

@@ -32,6 +32,7 @@ from smimekit.keys.load import (
     load_pkcs12,
     load_private_key,
 )
+from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
 
@@ -41,6 +42,7 @@ __all__ = [
     "Cipher",
     "Decrypted",
     "Digest",
+    "IntermediateCache",
     "RevocationOptions",
     "RevocationPolicy",
     "SmimeError",

@@ -18,15 +18,26 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x448, x2
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.cms.enveloped import encrypt_enveloped_chunks
+from smimekit.cms.enveloped import encrypt_enveloped_stream
 from smimekit.cms.recipients import RecipientOptions
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
-from smimekit.smime.message import build_multipart_signed, build_pkcs7_mime, prepare
+from smimekit.smime.message import (
+    build_multipart_signed,
+    build_pkcs7_mime,
+    build_pkcs7_mime_stream,
+    prepare_chunks,
+)
 from smimekit.smime.wrap import Layer, unwrap
 from smimekit.validation.assess import assess
+from smimekit.validation.intermediates import (
+    AIA_TIMEOUT,
+    IntermediateCache,
+    IssuerSource,
+    issuer_source,
+)
 from smimekit.validation.recipients import describe, recipient_problems
-from smimekit.validation.revocation import RevocationOptions
+from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
 
 MessageInput = bytes | bytearray | memoryview | email.message.Message
@@ -101,7 +112,7 @@ def sign(
         SigningError: the key does not match the certificate, or the options do not fit it.
         MIMEError: the input is not a readable message.
     """
-    outer, entity = prepare(_as_bytes(message))
+    outer, entity = prepare_chunks(_as_bytes(message))
     der = sign_data(
         entity,
         [SignerSpec(key, cert, digest, pss=pss, use_ski=use_ski)],
@@ -143,13 +154,13 @@ def encrypt(
     """
     if check_recipients:
         _check_recipients(recipients, trust, intermediates, at, revocation)
-    outer, entity = prepare(_as_bytes(message))
-    chunks, _size = encrypt_enveloped_chunks(
+    outer, entity = prepare_chunks(_as_bytes(message))
+    stream = encrypt_enveloped_stream(
         entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
     )
-    del entity  # the ciphertext is in the chunks; free the plaintext copy early
-    kind = "authenticated_enveloped_data" if cipher.authenticated else "enveloped_data"
-    return build_pkcs7_mime(outer, chunks, kind)
+    return build_pkcs7_mime_stream(
+        outer, stream.prefix, stream.ciphertext, stream.suffix, stream.kind
+    )
 
 
 def _check_recipients(
@@ -280,6 +291,8 @@ def verify(
     allow_legacy: bool = False,
     raise_for_failure: bool = True,
     revocation: RevocationOptions | None = SOFT_REVOCATION,
+    aia: bool = False,
+    intermediates: IntermediateCache | None = None,
 ) -> Verified:
     """Verify a signed message against ``trust`` anchors at ``at`` (default now).
 
@@ -287,6 +300,14 @@ def verify(
     archives; the verdict warns that this time is self-asserted). ``revocation`` chooses how
     CRLs and OCSP are consulted (default: soft-fail, fetching over HTTP, no disk cache);
     ``None`` skips revocation checking.
+
+    Intermediate CAs the message lacks are looked up in ``intermediates`` (a cache that
+    also learns those of every chain that validates) and, with ``aia``, fetched from the
+    caIssuers URLs of the certificates (http only, at most four per message, five-second
+    timeout; through ``revocation.fetcher`` when one is set). AIA is off by default: the
+    URLs are chosen by whoever made the certificate, before anything proves it genuine, so a
+    fetch can tell a sender when the message is read. The ``OFFLINE`` revocation policy
+    means no network at all, so no AIA either.
 
     Every signer of every signed layer must verify, chain to an anchor, be fit for signing
     mail and match the From address.
@@ -305,6 +326,8 @@ def verify(
         allow_legacy=allow_legacy,
         raise_for_failure=raise_for_failure,
         revocation=revocation,
+        aia=aia,
+        intermediates=intermediates,
     )
 
 
@@ -320,10 +343,13 @@ def decrypt_verify(
     allow_legacy: bool = False,
     raise_for_failure: bool = True,
     revocation: RevocationOptions | None = SOFT_REVOCATION,
+    aia: bool = False,
+    intermediates: IntermediateCache | None = None,
 ) -> Verified:
     """Unwrap every layer (encrypted, signed, triple-wrapped) and judge the whole message.
 
-    The verdict lists the layers seen, outermost first.
+    The verdict lists the layers seen, outermost first. ``aia`` and ``intermediates`` as
+    for :func:`verify`.
 
     Raises:
         the errors of :func:`decrypt` and :func:`verify`.
@@ -341,6 +367,7 @@ def decrypt_verify(
         extra_certs=extra_certs,
         allow_legacy=allow_legacy,
         revocation=revocation,
+        issuer_source=_issuer_source(aia, intermediates, revocation),
     )
     if raise_for_failure and not verdict.valid:
         broken = next((layer.error for layer in result.layers if layer.error is not None), None)
@@ -351,3 +378,16 @@ def decrypt_verify(
             raise broken
         verdict.raise_for_failure()
     return Verified(result.message(), verdict)
+
+
+def _issuer_source(
+    aia: bool, cache: IntermediateCache | None, revocation: RevocationOptions | None
+) -> IssuerSource:
+    offline = revocation is not None and revocation.policy is RevocationPolicy.OFFLINE
+    return issuer_source(
+        cache=cache,
+        aia=aia and not offline,
+        fetcher=revocation.fetcher if revocation is not None else None,
+        timeout=min(AIA_TIMEOUT, revocation.timeout) if revocation is not None else AIA_TIMEOUT,
+        no_fetch_reason="offline" if aia and offline else "AIA fetching is off",
+    )

@@ -19,7 +19,8 @@ def _crl(pki: PKI, revoked: list[x509.Certificate]) -> bytes:
     builder = (x509.CertificateRevocationListBuilder()
                .issuer_name(pki.root.subject)
                .last_update(NOW - dt.timedelta(hours=1))
-               .next_update(NOW + dt.timedelta(days=7)))
+               .next_update(NOW + dt.timedelta(days=7))
+               .add_extension(x509.CRLNumber(1), critical=False))  # RFC 5280 5.2.3
     for cert in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(cert.serial_number)

@@ -25,6 +25,7 @@ from smimekit.cli.common import (
 from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.errors import VerificationError
 from smimekit.validation.assess import SIGNING_TIME
+from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.revinfo import load_crl, load_ocsp_response
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
@@ -147,10 +148,25 @@ def _verify_options(func: Any) -> Any:
                 metavar="PEM",
                 help="Extra certificates for finding signers and intermediates.",
             ),
+            click.option(
+                "--aia/--no-aia",
+                default=True,
+                show_default=True,
+                help="Fetch intermediate CAs the message lacks from the certificates' AIA"
+                " caIssuers URLs (http, at most 4, 5 s each; the sender may notice the"
+                " fetch). Never with --revocation offline. Intermediates of chains that"
+                " validate are kept in DATA-DIR/intermediates and used either way.",
+            ),
         ]
     ):
         func = opt(func)
     return func
+
+
+def _intermediate_cache() -> IntermediateCache | None:
+    """The intermediates cache of the data directory (None outside the CLI group)."""
+    globals_ = click.get_current_context().find_object(Globals)
+    return IntermediateCache.in_data_dir(globals_.data_dir) if globals_ is not None else None
 
 
 def _decrypt_options(func: Any) -> Any:
@@ -368,6 +384,7 @@ def verify(
     at_text: str | None,
     report_path: str | None,
     cert_paths: tuple[str, ...],
+    aia: bool,
     allow_legacy: bool,
     revocation: RevocationOptions,
     input_path: str | None,
@@ -387,6 +404,8 @@ def verify(
             allow_legacy=allow_legacy,
             raise_for_failure=False,
             revocation=revocation,
+            aia=aia,
+            intermediates=_intermediate_cache(),
         )
     except VerificationError as exc:
         if exc.verdict is None:
@@ -530,6 +549,7 @@ def decrypt_verify(
     at_text: str | None,
     report_path: str | None,
     cert_paths: tuple[str, ...],
+    aia: bool,
     allow_legacy: bool,
     revocation: RevocationOptions,
     input_path: str | None,
@@ -553,6 +573,8 @@ def decrypt_verify(
         allow_legacy=allow_legacy,
         raise_for_failure=False,
         revocation=revocation,
+        aia=aia,
+        intermediates=_intermediate_cache(),
     )
     _finish_verdict(result, result.verdict, report_path, output)
 

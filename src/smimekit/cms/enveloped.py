@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
+from cryptography.hazmat.primitives.ciphers import algorithms, modes
 
 from smimekit.cms import asn1, recipients, strict
 from smimekit.cms import der as dertools
@@ -23,7 +26,6 @@ from smimekit.cms.algorithms import (
     aead_decrypt,
     aead_encrypt,
     cbc_decrypt,
-    cbc_encrypt,
     cipher_for,
     content_cipher,
     new_key,
@@ -68,47 +70,90 @@ def encrypt_enveloped(
     Raises:
         EncryptionError: no recipients, or a certificate whose key cannot receive mail.
     """
-    chunks, _size = encrypt_enveloped_chunks(
-        content, recipient_certs, cipher=cipher, options=options
-    )
-    return b"".join(chunks)
+    stream = encrypt_enveloped_stream([content], recipient_certs, cipher=cipher, options=options)
+    return b"".join([*stream.prefix, *stream.ciphertext, stream.suffix()])
 
 
-def encrypt_enveloped_chunks(
-    content: bytes,
+class _Length:
+    """Stands in for the ciphertext while the structure around it is laid out."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass
+class EncryptedStream:
+    """A DER ContentInfo in three parts, so a large message is never held twice.
+
+    ``prefix`` (the DER up to the ciphertext), ``ciphertext`` (produced piece by piece as
+    it is consumed) and ``suffix()`` (the rest, with the authentication tag, which is known
+    only once the whole ciphertext has been produced).
+    """
+
+    prefix: list[dertools.Chunk]
+    ciphertext: Iterator[bytes]
+    suffix: Callable[[], bytes]
+    kind: str
+
+
+_PIECE = 1 << 20  # encrypt a megabyte at a time
+
+
+def encrypt_enveloped_stream(
+    chunks: Sequence[dertools.Chunk],
     recipient_certs: Sequence[x509.Certificate],
     *,
     cipher: Cipher = Cipher.AES256_GCM,
     options: RecipientOptions | None = None,
-) -> tuple[list[dertools.Chunk], int]:
-    """:func:`encrypt_enveloped` as DER chunks (the ciphertext is one of them, not copied)."""
+) -> EncryptedStream:
+    """Encrypt the concatenation of ``chunks``; see :class:`EncryptedStream`.
+
+    Raises:
+        EncryptionError: no recipients, or a certificate whose key cannot receive mail.
+    """
     if not recipient_certs:
         raise EncryptionError("at least one recipient certificate is required")
     options = options or RecipientOptions()
     spec = cipher_for(cipher)
     cek = new_key(spec)
     infos = [recipients.build(cert, cek, options) for cert in recipient_certs]
-    ciphertext: dertools.Chunk
-    if cipher.authenticated:
+    total = sum(len(c) for c in chunks)
+    tag: list[bytes] = []
+    if spec.mode == "chacha":
+        # No streaming ChaCha20-Poly1305 in the library: one shot (a copy of the content).
         nonce = os.urandom(12)
-        sealed = aead_encrypt(spec, cek, nonce, content, None)
-        if spec.mode == "chacha":
-            params: core.Asn1Value = core.OctetString(nonce)
-        else:
-            params = asn1.GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})
-        ciphertext = memoryview(sealed)[:-16]
-        body = cms.AuthEnvelopedData(
+        sealed = aead_encrypt(spec, cek, nonce, b"".join(chunks), None)
+        tag.append(sealed[-16:])
+        pieces: Iterator[bytes] = iter([sealed[:-16]])
+        params: core.Asn1Value = core.OctetString(nonce)
+        size = total
+    elif spec.mode == "gcm":
+        nonce = os.urandom(12)
+        encryptor: Any = _Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+        params = asn1.GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})
+        pieces = _pieces(encryptor, chunks, b"", tag)
+        size = total
+    else:
+        iv = os.urandom(16)
+        encryptor = _Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+        params = core.OctetString(iv)
+        pad = 16 - total % 16  # PKCS#7 (RFC 5652 6.3), applied to the last block only
+        pieces = _pieces(encryptor, chunks, bytes([pad]) * pad, None)
+        size = total + pad
+    if cipher.authenticated:
+        body: core.Asn1Value = cms.AuthEnvelopedData(
             {
                 "version": "v0",
                 "recipient_infos": infos,
                 "auth_encrypted_content_info": _eci(spec, params),
-                "mac": bytes(sealed[-16:]),
+                "mac": bytes(16),  # placeholder: the tag is the last 16 bytes of the DER
             }
         )
         kind = "authenticated_enveloped_data"
     else:
-        iv = os.urandom(16)
-        ciphertext = cbc_encrypt(spec, cek, iv, content)
         version = (
             "v0"
             if all(i.name == "ktri" and i.chosen["version"].native == "v0" for i in infos)
@@ -118,16 +163,43 @@ def encrypt_enveloped_chunks(
             {
                 "version": version,
                 "recipient_infos": infos,
-                "encrypted_content_info": _eci(spec, core.OctetString(iv)),
+                "encrypted_content_info": _eci(spec, params),
             }
         )
         kind = "enveloped_data"
-    # Built around an empty encryptedContent; the ciphertext is spliced in without copies.
+    # Built around an empty encryptedContent, then laid out for the real length.
     shell = cms.ContentInfo({"content_type": kind, "content": body}).dump()
     target = dertools.encrypted_content_offset(shell)
     if target is None:  # pragma: no cover - our own encoding always has the field
         raise EncryptionError("internal error: encrypted content field not found")
-    return dertools.splice(shell, target, ciphertext)
+    marker = _Length(size)
+    laid_out, _total = dertools.splice(shell, target, marker)  # type: ignore[arg-type]
+    at = next(i for i, chunk in enumerate(laid_out) if chunk is marker)  # type: ignore[comparison-overlap]
+    before, after = laid_out[:at], laid_out[at + 1 :]
+
+    def suffix() -> bytes:
+        rest = b"".join(after)
+        if cipher.authenticated:
+            if not tag:
+                raise EncryptionError("internal error: the ciphertext was not consumed")
+            rest = rest[:-16] + tag[0]
+        return rest
+
+    return EncryptedStream(before, pieces, suffix, kind)
+
+
+def _pieces(
+    encryptor: Any, chunks: Sequence[dertools.Chunk], tail: bytes, tag: list[bytes] | None
+) -> Iterator[bytes]:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), _PIECE):
+            yield encryptor.update(view[start : start + _PIECE])
+    last = encryptor.update(tail) + encryptor.finalize()
+    if tag is not None:
+        tag.append(encryptor.tag)
+    if last:
+        yield last
 
 
 def _eci(spec: ContentCipher, params: core.Asn1Value) -> cms.EncryptedContentInfo:

@@ -111,7 +111,7 @@ _CAPABILITIES = dertools.seq(*(dertools.seq(dertools.oid(_OID[c])) for c in ANNO
 
 
 def sign_data(
-    content: bytes,
+    content: bytes | Sequence[bytes | memoryview],
     signers: Sequence[SignerSpec],
     *,
     detached: bool = True,
@@ -129,6 +129,8 @@ def sign_data(
     """
     if not signers:
         raise SigningError("at least one signer is required")
+    # The content may come in chunks (a large body is then hashed without being joined).
+    parts = [content] if isinstance(content, bytes | bytearray | memoryview) else list(content)
     when = (signing_time or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     digests: dict[str, bytes] = {}
     infos = []
@@ -140,7 +142,7 @@ def sign_data(
         if isinstance(spec.key, ed25519.Ed25519PrivateKey):
             digest = "sha512"  # RFC 8419 section 3.1: Ed25519 pairs with SHA-512
         if digest not in digests:
-            digests[digest] = _hash(digest, content)
+            digests[digest] = _hash(digest, *parts)
         attrs = _signed_attributes(spec.certificate, digests[digest], when)
         # RFC 5652 5.4: the signature covers the attributes as a SET OF; in the SignerInfo
         # they carry the IMPLICIT [0] tag instead.
@@ -169,7 +171,7 @@ def sign_data(
             certs.append(extra)
     encap = [dertools.oid(_OID["data"])]
     if not detached:
-        encap.append(dertools.tlv(0xA0, dertools.octets(content)))
+        encap.append(dertools.tlv(0xA0, dertools.octets(b"".join(parts))))
     signed = dertools.seq(
         dertools.integer(3 if any(s.use_ski for s in signers) else 1),
         dertools.set_of(*(dertools.seq(dertools.oid(_OID[d])) for d in digests)),
@@ -180,8 +182,11 @@ def sign_data(
     return dertools.seq(dertools.oid(_OID["signed_data"]), dertools.tlv(0xA0, signed))
 
 
-def _hash(name: str, data: bytes) -> bytes:
-    return hashlib.new(name, data).digest()
+def _hash(name: str, *parts: bytes | memoryview) -> bytes:
+    h = hashlib.new(name)
+    for part in parts:
+        h.update(part)
+    return h.digest()
 
 
 def _time(when: dt.datetime) -> bytes:

@@ -12,7 +12,7 @@ import email
 import email.policy
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email import encoders
 from email.message import Message
@@ -310,27 +310,43 @@ def b64_lines(data: bytes | memoryview) -> bytes:
     return b"".join(b64_chunks([data]))
 
 
-def b64_chunks(chunks: Iterable[bytes | memoryview]) -> list[bytes]:
-    """Base64 lines of the concatenation of ``chunks``, block by block, never joining them.
+class Base64Lines:
+    """Incremental base64 in CRLF lines: write() any chunks, close() at the end.
 
-    Large chunks are encoded straight from views; only the seams between chunks are copied.
+    Whole 57-octet groups are encoded block by block straight from views; only the seams
+    between chunks are copied. Each encoded block goes to ``sink``.
     """
-    out: list[bytes] = []
-    carry = b""
-    for chunk in chunks:
+
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        self._sink = sink
+        self._carry = b""
+
+    def write(self, chunk: bytes | memoryview) -> None:
         view = memoryview(chunk)
-        if carry:
-            need = _B64_BLOCK - len(carry)
-            carry += bytes(view[:need])
+        if self._carry:
+            need = _B64_BLOCK - len(self._carry)
+            self._carry += bytes(view[:need])
             view = view[need:]
-            if len(carry) < _B64_BLOCK:
-                continue
-            out.append(_b64_block(carry))
-            carry = b""
+            if len(self._carry) < _B64_BLOCK:
+                return
+            self._sink(_b64_block(self._carry))
+            self._carry = b""
         whole = len(view) - len(view) % _B64_BLOCK
         for start in range(0, whole, _B64_BLOCK):
-            out.append(_b64_block(view[start : start + _B64_BLOCK]))
-        carry = bytes(view[whole:])
-    if carry:
-        out.append(_b64_block(carry))
+            self._sink(_b64_block(view[start : start + _B64_BLOCK]))
+        self._carry = bytes(view[whole:])
+
+    def close(self) -> None:
+        if self._carry:
+            self._sink(_b64_block(self._carry))
+            self._carry = b""
+
+
+def b64_chunks(chunks: Iterable[bytes | memoryview]) -> list[bytes]:
+    """Base64 lines of the concatenation of ``chunks``, never joining them."""
+    out: list[bytes] = []
+    lines = Base64Lines(out.append)
+    for chunk in chunks:
+        lines.write(chunk)
+    lines.close()
     return out

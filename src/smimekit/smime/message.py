@@ -7,17 +7,20 @@ The legacy ``x-pkcs7-*`` types and ``.p7m``/``.p7s`` file names are read too.
 
 from __future__ import annotations
 
+import io
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from smimekit.errors import MIMEError
 from smimekit.smime.canonical import (
     CRLF,
+    Base64Lines,
     Entity,
     Header,
     b64_chunks,
     b64_lines,
+    has_long_line,
     join_entity,
     make_7bit,
     split_multipart,
@@ -40,9 +43,32 @@ def new_boundary() -> str:
     return "----=_smimekit_" + secrets.token_hex(12)
 
 
+_TEXT_PLAIN_ASCII = Header("Content-Type", b"Content-Type: text/plain; charset=us-ascii")
+
+
 def prepare(message: bytes) -> tuple[tuple[Header, ...], bytes]:
     """Split a message into its outer headers and the 7-bit-safe CRLF entity to protect."""
-    parsed = Entity.parse(to_crlf(message))
+    outer, chunks = prepare_chunks(message)
+    return outer, chunks[0] if len(chunks) == 1 and isinstance(chunks[0], bytes) else b"".join(
+        chunks
+    )
+
+
+def prepare_chunks(message: bytes) -> tuple[tuple[Header, ...], list[bytes | memoryview]]:
+    """:func:`prepare`, with the entity as chunks: a 7-bit body is not copied out of the
+    message (a 50 MB body would otherwise be held twice)."""
+    raw = to_crlf(message)
+    parsed = Entity.parse(raw)
+    content_headers = parsed.content_headers
+    if raw.isascii() and not has_long_line(raw):
+        if not any(h.lname == "content-type" for h in content_headers):
+            content_headers = (_TEXT_PLAIN_ASCII, *content_headers)
+        head = b"".join(h.raw + CRLF for h in content_headers) + CRLF
+        return parsed.outer_headers, [head, parsed.body_view]
+    return (*_prepare_slow(parsed),)
+
+
+def _prepare_slow(parsed: Entity) -> tuple[tuple[Header, ...], list[bytes | memoryview]]:
     content_headers = parsed.content_headers
     if not any(h.lname == "content-type" for h in content_headers):
         charset = b"us-ascii" if parsed.body.isascii() else b"utf-8"
@@ -50,7 +76,7 @@ def prepare(message: bytes) -> tuple[tuple[Header, ...], bytes]:
             Header("Content-Type", b"Content-Type: text/plain; charset=" + charset),
             *content_headers,
         )
-    return parsed.outer_headers, make_7bit(join_entity(content_headers, parsed.body))
+    return parsed.outer_headers, [make_7bit(join_entity(content_headers, parsed.body))]
 
 
 def _outer(outer: Sequence[Header]) -> bytes:
@@ -58,9 +84,14 @@ def _outer(outer: Sequence[Header]) -> bytes:
 
 
 def build_multipart_signed(
-    outer: Sequence[Header], entity: bytes, signature_der: bytes, micalg: str
+    outer: Sequence[Header],
+    entity: bytes | Sequence[bytes | memoryview],
+    signature_der: bytes,
+    micalg: str,
 ) -> bytes:
-    """A complete multipart/signed message (RFC 8551 section 3.5.3)."""
+    """A complete multipart/signed message (RFC 8551 section 3.5.3); ``entity`` may be given
+    as chunks (see :func:`prepare_chunks`), joined here once, into the message itself."""
+    parts = [entity] if isinstance(entity, bytes) else list(entity)
     boundary = new_boundary()
     b = boundary.encode()
     return b"".join(
@@ -78,7 +109,7 @@ def build_multipart_signed(
             b"--",
             b,
             CRLF,
-            entity,
+            *parts,
             CRLF,
             b"--",
             b,
@@ -101,17 +132,36 @@ def build_multipart_signed(
     )
 
 
-def build_pkcs7_mime(
-    outer: Sequence[Header], der: bytes | Sequence[bytes | memoryview], cms_type: str
+def build_pkcs7_mime_stream(
+    outer: Sequence[Header],
+    prefix: Sequence[bytes | memoryview],
+    pieces: Iterable[bytes],
+    suffix: Callable[[], bytes],
+    cms_type: str,
 ) -> bytes:
-    """A complete application/pkcs7-mime message (RFC 8551 sections 3.2, 3.3, 3.5.2).
+    """:func:`build_pkcs7_mime` for a CMS produced piece by piece (see
+    ``smimekit.cms.enveloped.encrypt_enveloped_stream``): each piece is base64-encoded as it
+    comes, so the message is assembled once, in one buffer."""
+    out = io.BytesIO()
+    out.write(_pkcs7_head(outer, cms_type))
+    lines = Base64Lines(out.write)
+    for part in prefix:
+        lines.write(part)
+    for piece in pieces:
+        lines.write(piece)
+    lines.write(suffix())
+    lines.close()
+    return out.getvalue()
 
-    ``der`` may be given as chunks (see :func:`smimekit.cms.enveloped.encrypt_enveloped_chunks`)
-    so a large ciphertext is base64-encoded without first being joined.
-    """
+
+def build_pkcs7_mime(outer: Sequence[Header], der: bytes, cms_type: str) -> bytes:
+    """A complete application/pkcs7-mime message (RFC 8551 sections 3.2, 3.3, 3.5.2)."""
+    return b"".join([_pkcs7_head(outer, cms_type), *b64_chunks([der])])
+
+
+def _pkcs7_head(outer: Sequence[Header], cms_type: str) -> bytes:
     smime_type, filename = SMIME_TYPES[cms_type]
-    chunks = [der] if isinstance(der, bytes) else der
-    head = b"".join(
+    return b"".join(
         [
             _outer(outer),
             b"Content-Type: application/pkcs7-mime; smime-type=",
@@ -129,7 +179,6 @@ def build_pkcs7_mime(
             CRLF,
         ]
     )
-    return b"".join([head, *b64_chunks(chunks)])
 
 
 def is_pkcs7_mime(entity: Entity) -> bool:

@@ -80,9 +80,7 @@ class Unwrapped:
         # Header protection (RFC 8551 3.1): a wrapped message's own headers are the signed
         # ones; an outer copy of the same field is unprotected and must not precede them.
         protected = {h.lname for h in self.inner_headers}
-        outer = b"".join(
-            h.raw + CRLF for h in self.root.outer_headers if h.lname not in protected
-        )
+        outer = b"".join(h.raw + CRLF for h in self.root.outer_headers if h.lname not in protected)
         return b"".join([outer, b"MIME-Version: 1.0", CRLF, self.entity])
 
 

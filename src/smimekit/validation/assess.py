@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from email.utils import getaddresses, parsedate_to_datetime
 
 from cryptography import x509
 
 from smimekit.smime.wrap import Unwrapped
+from smimekit.validation.intermediates import IssuerSource
 from smimekit.validation.path import Purpose, validate
 from smimekit.validation.revocation import RevocationOptions, check_chain
 from smimekit.validation.verdict import (
@@ -103,8 +104,15 @@ def assess(
     extra_certs: Sequence[x509.Certificate] = (),
     allow_legacy: bool = False,
     revocation: RevocationOptions | None = None,
+    issuer_source: Callable[[x509.Certificate], Iterable[x509.Certificate]] | None = None,
 ) -> Verdict:
-    """The verdict on an unwrapped message at ``at`` (default: now, or ``SIGNING_TIME``)."""
+    """The verdict on an unwrapped message at ``at`` (default: now, or ``SIGNING_TIME``).
+
+    ``issuer_source`` supplies issuers the message lacks (see :func:`validate`). An
+    :class:`~smimekit.validation.intermediates.IssuerSource` also explains, when no path was
+    found, why its cache and AIA could not help, and learns the intermediates of every
+    signer's chain that validated (and passed revocation).
+    """
     at_signing_time = at == SIGNING_TIME
     if isinstance(at, str) and not at_signing_time:
         raise ValueError(f"at must be a datetime or {SIGNING_TIME!r}")
@@ -143,6 +151,11 @@ def assess(
                         "validated at the signing time the signer asserted"
                         f" ({signer_time.isoformat()}), not at a trusted time"
                     )
+            tracked = issuer_source if isinstance(issuer_source, IssuerSource) else None
+            if tracked is not None:
+                tracked.take_problems()  # only this signer's lookups count below
+            # Only signers whose signature verified get here: the certificate's key signed
+            # this message, so an issuer_source may follow the URLs in it.
             path = validate(
                 cert,
                 intermediates=pool,
@@ -150,7 +163,9 @@ def assess(
                 at=signer_time,
                 purpose=Purpose.SIGN,
                 allow_legacy=allow_legacy,
+                issuer_source=issuer_source,
             )
+            lookup_reasons = tracked.take_problems() if tracked is not None else []
             statuses = tuple(
                 RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1]
             )
@@ -171,6 +186,10 @@ def assess(
             emails = cert_emails(cert)
             from_match: bool | None = None
             signer_reasons = list(path.reasons) + list(path.usage_reasons) + revocation_reasons
+            if not path.chain:
+                signer_reasons += lookup_reasons  # why the cache and AIA did not help
+            elif tracked is not None and path.trusted and not revocation_reasons:
+                tracked.learn(path)
             if senders:
                 bound = {_norm(e) for e in emails}
                 from_match = all(_norm(s) in bound for s in senders)
