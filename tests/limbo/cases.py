@@ -90,10 +90,6 @@ CA_AS_LEAF = Decision(
     " last certificate of a path, as rfc5280::ca-as-leaf (which runs) says"
 )
 
-_CRL_NUMBER = (
-    "revocation.py accepts a CRL without CRLNumber or with a critical one (RFC 5280 5.2.3)"
-)
-
 CASES: dict[str, Decision] = {
     "crl::revoked-certificate-with-crl": REVOCATION,
     "crl::crlnumber-missing": REVOCATION,
@@ -310,5 +306,3 @@ CASES: dict[str, Decision] = {
     "webpki::forbidden-signature-algorithm-in-root": RUN,
     "webpki::forbidden-signature-algorithm-in-leaf": RUN,
 }
-CASES["crl::crlnumber-missing"] = Decision(revocation=True, xfail=_CRL_NUMBER)
-CASES["crl::crlnumber-critical"] = Decision(revocation=True, xfail=_CRL_NUMBER)

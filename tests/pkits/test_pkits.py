@@ -6,7 +6,8 @@ MIME, CMS, the signature), then the signer's certificate is validated with
 certificates the message carries, at a frozen time inside the PKITS validity periods; a
 path that validates is then checked for revocation with
 :func:`smimekit.validation.revocation.check_chain` (policy HARD, every PKITS CRL supplied
-locally, no network), because PKITS expects revocation to be checked for every test.
+locally, the message's certificates as candidate CRL signers, no network), because PKITS
+expects revocation to be checked for every test.
 
 Why not ``smimekit.verify``: the PKITS messages are From ``sender@testcertificates.gov``
 (no certificate holds that address) and some carry signing times after the frozen time, so
@@ -58,48 +59,9 @@ SKIPS = {
 #: Known failures outside path.py, strict: they turn red once fixed, so the mark goes.
 XFAILS: dict[str, str] = {}
 
-_NAMES = (
-    "revocation.py matches a CRL to its certificate by raw issuer name, not by the RFC 5280"
-    " 7.1 comparison path building uses (names.name_key)"
-)
-_ROLLOVER = (
-    "revocation.py verifies a CRL only with the key of the certificate's issuer: a CRL"
-    " signed by the CA's other key (self-issued key rollover, separate CRL signing key) is"
-    " not usable"
-)
-_REASONS = "revocation.py does not combine CRLs partitioned by onlySomeReasons"
-_INDIRECT = "revocation.py does not read indirect CRLs (cRLIssuer)"
-_DP = "revocation.py does not match distributionPoint names against the issuingDistributionPoint"
-
-#: What the revocation module (issue 3, another helper, in progress) does not do yet:
-#: known wrong verdicts, non-strict so a fix shows up as XPASS.
-REVOCATION_GAPS: dict[str, str] = {
-    "4.3.3": _NAMES,
-    "4.3.4": _NAMES,
-    "4.3.5": _NAMES,
-    "4.3.11": _NAMES,
-    "4.4.19": _ROLLOVER,
-    "4.5.1": _ROLLOVER,
-    "4.5.5": _ROLLOVER,
-    "4.5.7": _ROLLOVER,
-    "4.6.15": _ROLLOVER,
-    "4.6.17": _ROLLOVER,
-    "4.9.6": _ROLLOVER,
-    "4.11.7": _ROLLOVER,
-    "4.12.7": _ROLLOVER,
-    "4.12.9": _ROLLOVER,
-    "4.13.19": _ROLLOVER,
-    "4.14.3": _DP,
-    "4.14.8": _DP,
-    "4.14.9": _DP,
-    "4.14.18": _REASONS,
-    "4.14.19": _REASONS,
-    "4.14.22": _INDIRECT,
-    "4.14.24": _INDIRECT,
-    "4.14.25": _INDIRECT,
-    "4.14.30": _INDIRECT,
-    "4.14.33": _INDIRECT,
-}
+#: What the revocation module does not do yet: known wrong verdicts, non-strict so a fix
+#: shows up as XPASS. Empty: every default-settings run gets PKITS's verdict.
+REVOCATION_GAPS: dict[str, str] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +151,13 @@ def _validate(run: Run) -> PathResult:
     )
 
 
-def _revocation_reasons(path: PathResult) -> tuple[str, ...]:
+def _revocation_reasons(run: Run, path: PathResult) -> tuple[str, ...]:
+    """The message's certificates go along: some are the CA's CRL signing certificates."""
     options = RevocationOptions(
         policy=RevocationPolicy.HARD, crls=_crls(), fetcher=MemoryFetcher(), allow_legacy=True
     )
-    return check_chain(path.chain, at=AT, options=options).reasons
+    _leaf, carried = _message(run.file, run.number in LEGACY)
+    return check_chain(path.chain, at=AT, options=options, extra_certs=carried).reasons
 
 
 @pytest.mark.parametrize("run", _params(RUNS))
@@ -217,7 +181,7 @@ def test_pkits_with_revocation(run: Run) -> None:
     """The whole PKITS verdict: the path, then its CRLs (every PKITS test expects them
     checked; a missing or unusable CRL fails under the HARD policy)."""
     path = _validate(run)
-    reasons = list(path.reasons) or list(_revocation_reasons(path))
+    reasons = list(path.reasons) or list(_revocation_reasons(run, path))
     assert (not reasons) is run.settings.valid, reasons or "valid, but PKITS says invalid"
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -23,180 +24,150 @@ from smimekit.cli.common import (
     write_output,
 )
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.errors import VerificationError
 from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.revinfo import load_crl, load_ocsp_response
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
-from smimekit.validation.verdict import Verdict
 
 CIPHERS = [c.value for c in Cipher]
 DIGESTS = [d.value for d in Digest]
 
 
-def _sign_options(func: Any) -> Any:
-    for opt in reversed(
-        [
-            click.option(
-                "--key",
-                "key_path",
-                required=True,
-                metavar="KEY",
-                help="Signing key: PEM, DER, encrypted PKCS#8 or PKCS#12.",
-            ),
-            click.option(
-                "--cert",
-                "cert_path",
-                metavar="CERT",
-                help="Signing certificate (taken from the PKCS#12 when --key is one).",
-            ),
-            click.option(
-                "--chain",
-                "chain_paths",
-                multiple=True,
-                metavar="PEM",
-                help="Intermediate certificates to include (repeatable).",
-            ),
-            click.option(
-                "--opaque",
-                is_flag=True,
-                help="Opaque application/pkcs7-mime instead of multipart/signed.",
-            ),
-            click.option(
-                "--digest", type=click.Choice(DIGESTS), default="sha256", show_default=True
-            ),
-            click.option(
-                "--pss", is_flag=True, help="RSASSA-PSS instead of PKCS#1 v1.5 (RSA keys)."
-            ),
-            click.option(
-                "--use-ski", is_flag=True, help="Identify the signer by subject key identifier."
-            ),
-        ]
-    ):
-        func = opt(func)
-    return passphrase_options(func)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _encrypt_options(func: Any) -> Any:
-    for opt in reversed(
-        [
-            click.option(
-                "--to",
-                "to_paths",
-                multiple=True,
-                required=True,
-                metavar="CERT",
-                help="Recipient certificate (repeatable).",
-            ),
-            click.option(
-                "--cipher", type=click.Choice(CIPHERS), default="aes256-gcm", show_default=True
-            ),
-            click.option(
-                "--oaep", is_flag=True, help="RSAES-OAEP key transport for RSA recipients."
-            ),
-            click.option(
-                "--trust",
-                "trust_paths",
-                multiple=True,
-                metavar="PEM",
-                help="Check recipients against these anchors (and the trust store).",
-            ),
-            click.option(
-                "--certs",
-                "cert_paths",
-                multiple=True,
-                metavar="PEM",
-                help="Intermediate certificates for the recipient check.",
-            ),
-            click.option(
-                "--no-recipient-check",
-                is_flag=True,
-                help="Encrypt even to expired, unfit or untrusted certificates.",
-            ),
-        ]
-    ):
-        func = opt(func)
-    return func
+def _options(
+    *options: Callable[[Any], Any], then: Callable[[Any], Any] | None = None
+) -> Callable[[F], F]:
+    """One decorator applying click options in the order listed (then ``then``)."""
+
+    def apply(func: F) -> F:
+        out: Any = func
+        for option in reversed(options):
+            out = option(out)
+        return then(out) if then is not None else out
+
+    return apply
 
 
-def _verify_options(func: Any) -> Any:
-    for opt in reversed(
-        [
-            click.option(
-                "--trust",
-                "trust_paths",
-                multiple=True,
-                metavar="PEM",
-                help="Trust anchor certificates (repeatable).",
-            ),
-            click.option(
-                "--at",
-                "at_text",
-                metavar="ISO8601",
-                help=(
-                    "Validate at this ISO 8601 time, or at each signature's own signing"
-                    " time with 'signing-time' (archives)."
-                ),
-            ),
-            click.option(
-                "--report", "report_path", metavar="FILE", help="Write the verdict as JSON to FILE."
-            ),
-            click.option(
-                "--certs",
-                "cert_paths",
-                multiple=True,
-                metavar="PEM",
-                help="Extra certificates for finding signers and intermediates.",
-            ),
-            click.option(
-                "--aia/--no-aia",
-                default=True,
-                show_default=True,
-                help="Fetch intermediate CAs the message lacks from the certificates' AIA"
-                " caIssuers URLs (http, at most 4, 5 s each; the sender may notice the"
-                " fetch). Never with --revocation offline. Intermediates of chains that"
-                " validate are kept in DATA-DIR/intermediates and used either way.",
-            ),
-        ]
-    ):
-        func = opt(func)
-    return func
+# Shared by verify (signers, intermediates) and encrypt (the recipients' chains).
+_TRUST = click.option(
+    "--trust",
+    "trust_paths",
+    multiple=True,
+    metavar="PEM",
+    help="Trust anchors for this run, besides the trust store (repeatable).",
+)
+_CERTS = click.option(
+    "--certs",
+    "cert_paths",
+    multiple=True,
+    metavar="PEM",
+    help="Extra certificates: signers and intermediates (repeatable).",
+)
+
+_sign_options = _options(
+    click.option(
+        "--key",
+        "key_path",
+        required=True,
+        metavar="KEY",
+        help="Signing key: PEM, DER, encrypted PKCS#8 or PKCS#12.",
+    ),
+    click.option(
+        "--cert",
+        "cert_path",
+        metavar="CERT",
+        help="Signing certificate (taken from the PKCS#12 when --key is one).",
+    ),
+    click.option(
+        "--chain",
+        "chain_paths",
+        multiple=True,
+        metavar="PEM",
+        help="Intermediate certificates to include (repeatable).",
+    ),
+    click.option(
+        "--opaque", is_flag=True, help="Opaque application/pkcs7-mime instead of multipart/signed."
+    ),
+    click.option("--digest", type=click.Choice(DIGESTS), default="sha256", show_default=True),
+    click.option("--pss", is_flag=True, help="RSASSA-PSS instead of PKCS#1 v1.5 (RSA keys)."),
+    click.option("--use-ski", is_flag=True, help="Identify the signer by subject key identifier."),
+    then=passphrase_options,
+)
+
+_encrypt_options = _options(
+    click.option(
+        "--to",
+        "to_paths",
+        multiple=True,
+        required=True,
+        metavar="CERT",
+        help="Recipient certificate (repeatable).",
+    ),
+    click.option("--cipher", type=click.Choice(CIPHERS), default="aes256-gcm", show_default=True),
+    click.option("--oaep", is_flag=True, help="RSAES-OAEP key transport for RSA recipients."),
+    _TRUST,
+    _CERTS,
+    click.option(
+        "--no-recipient-check",
+        is_flag=True,
+        help="Encrypt even to expired, unfit, revoked or untrusted certificates.",
+    ),
+)
+
+_verify_options = _options(
+    _TRUST,
+    click.option(
+        "--at",
+        "at_text",
+        metavar="ISO8601",
+        help="Validate at this ISO 8601 time, or at each signature's own signing"
+        " time with 'signing-time' (archives).",
+    ),
+    click.option(
+        "--report", "report_path", metavar="FILE", help="Write the verdict as JSON to FILE."
+    ),
+    _CERTS,
+    click.option(
+        "--aia/--no-aia",
+        default=True,
+        show_default=True,
+        help="Fetch intermediate CAs the message lacks from the certificates' AIA"
+        " caIssuers URLs (http, at most 4, 5 s each; the sender may notice the"
+        " fetch). Never with --revocation offline. Intermediates of chains that"
+        " validate are kept in DATA-DIR/intermediates and used either way.",
+    ),
+)
+
+_decrypt_options = _options(
+    click.option(
+        "--key",
+        "key_path",
+        required=True,
+        metavar="KEY",
+        help="Private key: PEM, DER, encrypted PKCS#8 or PKCS#12.",
+    ),
+    click.option(
+        "--cert",
+        "cert_path",
+        metavar="CERT",
+        help="Its certificate (picks the matching recipient).",
+    ),
+    then=passphrase_options,
+)
+
+_legacy = click.option(
+    "--allow-legacy",
+    is_flag=True,
+    help="Read 3DES/RC2/SHA-1/short-key material (archives). Never used for writing.",
+)
 
 
 def _intermediate_cache() -> IntermediateCache | None:
     """The intermediates cache of the data directory (None outside the CLI group)."""
     globals_ = click.get_current_context().find_object(Globals)
     return IntermediateCache.in_data_dir(globals_.data_dir) if globals_ is not None else None
-
-
-def _decrypt_options(func: Any) -> Any:
-    for opt in reversed(
-        [
-            click.option(
-                "--key",
-                "key_path",
-                required=True,
-                metavar="KEY",
-                help="Private key: PEM, DER, encrypted PKCS#8 or PKCS#12.",
-            ),
-            click.option(
-                "--cert",
-                "cert_path",
-                metavar="CERT",
-                help="Its certificate (picks the matching recipient).",
-            ),
-        ]
-    ):
-        func = opt(func)
-    return passphrase_options(func)
-
-
-def _legacy(func: Any) -> Any:
-    return click.option(
-        "--allow-legacy",
-        is_flag=True,
-        help="Read 3DES/RC2/SHA-1/short-key material (archives). Never used for writing.",
-    )(func)
 
 
 def _at(text: str | None) -> dt.datetime | str | None:
@@ -226,16 +197,15 @@ def _signer(
     return key, cert, extra + load_cert_files(chain_paths)
 
 
-def _finish_verdict(
-    result: api.Verified | None, verdict: Verdict, report_path: str | None, output: str | None
-) -> None:
+def _finish_verdict(result: api.Verified, report_path: str | None, output: str | None) -> None:
+    verdict = result.verdict
     if report_path:
         write_output(report_path, verdict.to_json().encode() + b"\n")
     # One line on stderr either way (the CLI contract); warnings ride along on it.
     line = verdict.summary()
     if verdict.warnings:
         line += " -- warnings: " + "; ".join(verdict.warnings)
-    if verdict.valid and result is not None:
+    if verdict.valid:
         write_output(output, result.content)
         click.echo(f"smimekit: {line}", err=True)
         return
@@ -265,49 +235,45 @@ def _revocation_options(func: Any) -> Any:
         )
         return func(*args, **kwargs)
 
-    for opt in reversed(
-        [
-            click.option(
-                "--revocation",
-                "revocation_policy",
-                default="soft",
-                show_default=True,
-                type=click.Choice([p.value for p in RevocationPolicy]),
-                help="hard: no fresh answer fails; soft: only revoked fails; offline:"
-                " never touch the network (cached and given CRLs/OCSP only).",
-            ),
-            click.option(
-                "--crl",
-                "crl_paths",
-                multiple=True,
-                metavar="FILE",
-                help="A CRL to use (DER or PEM; full or delta; repeatable).",
-            ),
-            click.option(
-                "--ocsp-response",
-                "ocsp_paths",
-                multiple=True,
-                metavar="FILE",
-                help="A saved OCSP response to use (DER; repeatable).",
-            ),
-            click.option(
-                "--revocation-cache",
-                metavar="DIR",
-                help="Where CRLs and OCSP answers are cached until their nextUpdate"
-                " (default: DATA-DIR/revocation-cache).",
-            ),
-            click.option(
-                "--revocation-timeout",
-                type=float,
-                default=10.0,
-                show_default=True,
-                metavar="SECONDS",
-                help="Network timeout for CRL and OCSP fetches.",
-            ),
-        ]
-    ):
-        wrapper = opt(wrapper)
-    return wrapper
+    return _options(
+        click.option(
+            "--revocation",
+            "revocation_policy",
+            default="soft",
+            show_default=True,
+            type=click.Choice([p.value for p in RevocationPolicy]),
+            help="hard: no fresh answer fails; soft: only revoked fails; offline:"
+            " never touch the network (cached and given CRLs/OCSP only).",
+        ),
+        click.option(
+            "--crl",
+            "crl_paths",
+            multiple=True,
+            metavar="FILE",
+            help="A CRL to use (DER or PEM; full or delta; repeatable).",
+        ),
+        click.option(
+            "--ocsp-response",
+            "ocsp_paths",
+            multiple=True,
+            metavar="FILE",
+            help="A saved OCSP response to use (DER; repeatable).",
+        ),
+        click.option(
+            "--revocation-cache",
+            metavar="DIR",
+            help="Where CRLs and OCSP answers are cached until their nextUpdate"
+            " (default: DATA-DIR/revocation-cache).",
+        ),
+        click.option(
+            "--revocation-timeout",
+            type=float,
+            default=10.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="Network timeout for CRL and OCSP fetches.",
+        ),
+    )(wrapper)
 
 
 def _revocation(
@@ -395,24 +361,18 @@ def verify(
     trust = trust_anchors(trust_paths)
     extra = load_cert_files(cert_paths)
     data = read_input(input_path)
-    try:
-        result = api.verify(
-            data,
-            trust=trust,
-            at=when,
-            extra_certs=extra,
-            allow_legacy=allow_legacy,
-            raise_for_failure=False,
-            revocation=revocation,
-            aia=aia,
-            intermediates=_intermediate_cache(),
-        )
-    except VerificationError as exc:
-        if exc.verdict is None:
-            raise
-        _finish_verdict(None, exc.verdict, report_path, output)
-        return
-    _finish_verdict(result, result.verdict, report_path, output)
+    result = api.verify(
+        data,
+        trust=trust,
+        at=when,
+        extra_certs=extra,
+        allow_legacy=allow_legacy,
+        raise_for_failure=False,
+        revocation=revocation,
+        aia=aia,
+        intermediates=_intermediate_cache(),
+    )
+    _finish_verdict(result, report_path, output)
 
 
 @click.command()
@@ -576,7 +536,7 @@ def decrypt_verify(
         aia=aia,
         intermediates=_intermediate_cache(),
     )
-    _finish_verdict(result, result.verdict, report_path, output)
+    _finish_verdict(result, report_path, output)
 
 
 COMMANDS = [sign, verify, encrypt, decrypt, sign_encrypt, decrypt_verify]

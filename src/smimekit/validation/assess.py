@@ -166,9 +166,7 @@ def assess(
                 issuer_source=issuer_source,
             )
             lookup_reasons = tracked.take_problems() if tracked is not None else []
-            statuses = tuple(
-                RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1]
-            )
+            statuses = tuple(RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1])
             if revocation is not None and path.chain:
                 # Only chains that reached an anchor: never fetch for an unknown signer's
                 # certificate (the URLs in it are the sender's to choose).
@@ -177,6 +175,7 @@ def assess(
                     at=signer_time,
                     options=revocation,
                     asserted_time=at_signing_time and signer.signing_time is not None,
+                    extra_certs=pool,
                 )
                 statuses = report.statuses
                 revocation_reasons = list(report.reasons)

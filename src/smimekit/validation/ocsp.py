@@ -14,6 +14,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from smimekit.errors import RevocationError
+from smimekit.validation.names import name_key
 from smimekit.validation.revinfo import (
     Answer,
     Context,
@@ -126,7 +127,8 @@ def _responder_candidates(
 ) -> list[x509.Certificate]:
     pool = [issuer, *response.certificates]
     if response.responder_name is not None:
-        return [c for c in pool if c.subject == response.responder_name]
+        named = name_key(response.responder_name)
+        return [c for c in pool if name_key(c.subject) == named]
     wanted = response.responder_key_hash
     return [c for c in pool if _key_sha1(c) == wanted]
 
@@ -139,7 +141,7 @@ def _delegation_problem(
 ) -> str | None:
     """Why ``responder`` may not answer for ``issuer``'s certificates (RFC 6960 4.2.2.2)."""
     who = f"delegated OCSP responder {subject_name(responder)}"
-    if responder.issuer != issuer.subject:
+    if name_key(responder.issuer) != name_key(issuer.subject):
         return f"{who} is not issued by the certificate's issuer"
     try:
         responder.verify_directly_issued_by(issuer)
@@ -188,7 +190,8 @@ def _verify_ocsp_signature(
             problems.append(f"signature does not verify with the key of {subject_name(candidate)}")
             continue
         if candidate == issuer or (
-            candidate.subject == issuer.subject and candidate.public_key() == issuer.public_key()
+            name_key(candidate.subject) == name_key(issuer.subject)
+            and candidate.public_key() == issuer.public_key()
         ):
             return None
         problem = _delegation_problem(candidate, issuer, response.produced_at_utc, ctx)

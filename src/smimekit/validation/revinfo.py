@@ -76,6 +76,9 @@ class Answer:
     """CRLReason, e.g. ``keyCompromise``; None when revoked without a reason or not revoked."""
     invalidity_date: dt.datetime | None = None
     detail: str = ""
+    reasons: frozenset[str] | None = None
+    """For a ``good`` from a CRL partitioned by reason: the reasons it speaks for (another
+    CRL must cover the rest); None: every reason."""
 
     @property
     def permanent(self) -> bool:

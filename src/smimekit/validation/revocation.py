@@ -15,6 +15,25 @@ answers something that does not verify. A stale answer is not used, except one t
 *revoked* (other than certificateHold): a revocation is never undone, so even an old list
 proves it.
 
+Which CRLs speak for a certificate is RFC 5280 6.3.3 (:mod:`.crl`): names compared as 7.1
+asks; the CRL number required (5.2.3); an issuingDistributionPoint must name one of the
+certificate's distribution points (full names, or names relative to the CRL issuer); CRLs
+partitioned by reason (onlySomeReasons, or reasons on the certificate's points) count only
+once together they cover every reason; an indirect CRL (indirectCRL, its entries read with
+certificateIssuer) counts for a certificate whose distribution point names its issuer as
+cRLIssuer.
+
+A CRL need not be signed by the key that signed the certificate: a separate CRL signing
+certificate, the CA's other key across a self-issued key rollover, or an indirect CRL's
+issuer. Such a CRL is used when a certificate of its key, with the CRL issuer's name and
+cRLSign (if key usage is present), is in the chain, in ``extra_certs`` (of :func:`check_chain`,
+e.g. the certificates the message carries) or in :attr:`RevocationOptions.extra_certs`, and
+its own path validates to the chain's trust anchor (RFC 5280 6.3.3 (f)) with every
+certificate on it proven unrevoked, the same way, whatever the policy. A key does not vouch
+for its own certificate, except an indirect CRL issuer whose certificate names itself as its
+cRLIssuer (PKITS 4.14.30). :func:`check_certificate`, which knows no trust anchor, uses only
+the issuer's key. OCSP responses are unaffected (RFC 6960 has its own delegation).
+
 The policies decide what a missing answer means (:class:`RevocationPolicy`). A certificate
 revoked at or before the validation time ``at`` always fails; one revoked after ``at`` (an
 archived message signed before the revocation) passes with a warning that names the date.
@@ -39,18 +58,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from smimekit.errors import FetchError, MalformedError, RevocationError
-from smimekit.validation.crl import evaluate_crl
+from smimekit.validation.crl import ALL_REASONS, crl_issuers, crl_signed_by, evaluate_crl
 from smimekit.validation.fetchers import DEFAULT_TIMEOUT, Fetcher, UrllibFetcher
+from smimekit.validation.names import name_key
 from smimekit.validation.ocsp import (
     CERT_ID_HASH,
     FALLBACK_CERT_ID_HASH,
     evaluate_ocsp,
     ocsp_question,
 )
+from smimekit.validation.path import validate
 from smimekit.validation.revinfo import (
     Answer,
     Context,
     NotApplicableError,
+    cert_ext,
     crl_urls,
     delta_urls,
     is_delta,
@@ -71,6 +93,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_CACHED_BYTES = 10 * 1024 * 1024
+MAX_NESTING = 4
+"""Most certificates whose status is being established at once: a CRL signer's status may
+need another CRL signer's (RFC 5280 6.3.3 (f)); deeper than this is refused."""
 
 
 class RevocationPolicy(enum.Enum):
@@ -110,10 +135,14 @@ class RevocationOptions:
     """Accept CRLs and OCSP responses signed with SHA-1 (archives)."""
     ocsp_nonce: bool = True
     """Send a nonce with OCSP requests (RFC 8954); an echoed nonce must match."""
+    extra_certs: Sequence[x509.Certificate] = ()
+    """Certificates of CRL signing keys (and the intermediates to validate them), used by
+    :func:`check_chain` when a CRL is signed by another key of the certificate's issuer."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crls", tuple(self.crls))
         object.__setattr__(self, "ocsp_responses", tuple(self.ocsp_responses))
+        object.__setattr__(self, "extra_certs", tuple(self.extra_certs))
 
 
 @dataclass(frozen=True)
@@ -143,8 +172,13 @@ def check_chain(
     at: dt.datetime | None = None,
     options: RevocationOptions | None = None,
     asserted_time: bool = False,
+    extra_certs: Sequence[x509.Certificate] = (),
 ) -> RevocationReport:
     """Check every certificate of ``chain`` (end entity first, trust anchor last) at ``at``.
+
+    ``extra_certs`` (with :attr:`RevocationOptions.extra_certs`): candidate certificates of
+    CRL signing keys and their intermediates, e.g. the certificates a message carries; a CRL
+    signed by one of them counts once its path validates to ``chain``'s trust anchor.
 
     ``at`` is the validation time (default: now); for an archived message, the signing
     time: a revocation after it does not count. Set ``asserted_time`` when ``at`` is only the
@@ -158,8 +192,9 @@ def check_chain(
         MalformedError: a locally supplied CRL or OCSP response cannot be parsed.
     """
     opts = options or RevocationOptions()
-    session = _Session(opts, at, asserted_time)
-    statuses = [_Checker(session, cert, issuer).run() for cert, issuer in itertools.pairwise(chain)]
+    anchor = chain[-1] if chain else None
+    session = _Session(opts, at, asserted_time, anchor, [*chain, *extra_certs])
+    statuses = [session.status(cert, issuer) for cert, issuer in itertools.pairwise(chain)]
     reasons: list[str] = []
     warnings: list[str] = []
     for status in statuses:
@@ -226,7 +261,14 @@ def check_certificate(
 
 
 class _Session:
-    def __init__(self, options: RevocationOptions, at: dt.datetime | None, asserted: bool) -> None:
+    def __init__(
+        self,
+        options: RevocationOptions,
+        at: dt.datetime | None,
+        asserted: bool,
+        anchor: x509.Certificate | None = None,
+        pool: Sequence[x509.Certificate] = (),
+    ) -> None:
         now = dt.datetime.now(dt.UTC)
         when = at or now
         if when.tzinfo is None:
@@ -248,6 +290,93 @@ class _Session:
         self.online = options.policy is not RevocationPolicy.OFFLINE
         self._fetcher = options.fetcher
         self._crls: dict[str, x509.CertificateRevocationList | str] = {}
+        # CRL signers (RFC 5280 6.3.3 (f)): candidates, their verdicts, statuses known.
+        self.anchor = anchor
+        self.pool = tuple(dict.fromkeys([*pool, *options.extra_certs]))
+        self._signer_problems: dict[x509.Certificate, str | None] = {}
+        self._statuses: dict[tuple[x509.Certificate, x509.Certificate], RevocationStatus] = {}
+        self._busy: list[tuple[x509.Certificate, x509.Certificate]] = []
+
+    def status(self, cert: x509.Certificate, issuer: x509.Certificate) -> RevocationStatus:
+        """The status of ``cert`` (issued by ``issuer``), established once per session."""
+        pair = (cert, issuer)
+        known = self._statuses.get(pair)
+        if known is not None:
+            return known
+        if pair in self._busy or len(self._busy) >= MAX_NESTING:
+            # Only reachable through a CRL signer: refusing it is the safe way out.
+            return RevocationStatus(
+                subject=cert.subject.rfc4514_string() or "(empty subject)",
+                status="unknown",
+                detail="its status would rest on a CRL signed by a key it certifies",
+            )
+        self._busy.append(pair)
+        try:
+            status = _Checker(self, cert, issuer).run()
+        finally:
+            self._busy.pop()
+        self._statuses[pair] = status
+        return status
+
+    def crl_signers(
+        self,
+        crl: x509.CertificateRevocationList,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        problems: list[str],
+    ) -> list[x509.Certificate]:
+        """Validated certificates, not ``issuer`` itself, whose key signed ``crl`` (about
+        ``cert``): the issuer's other keys, or the CRL issuer of an indirect CRL."""
+        out = []
+        wanted = name_key(crl.issuer)
+        for other in self.pool:
+            if name_key(other.subject) != wanted or other.public_key() == issuer.public_key():
+                continue
+            if not crl_signed_by(crl, other):
+                continue
+            ku = cert_ext(other, x509.KeyUsage)
+            if isinstance(ku, x509.KeyUsage) and not ku.crl_sign:
+                who = other.subject.rfc4514_string()
+                problems.append(f"CRL signer {who}: key usage lacks cRLSign")
+                continue
+            if other not in self._signer_problems:
+                # Provisional, for a path that comes back to this signer: refused.
+                self._signer_problems[other] = _PENDING
+                self._signer_problems[other] = self._signer_problem(other)
+            problem = self._signer_problems[other]
+            if problem is _PENDING and other == cert and _names_itself(other):
+                # An indirect CRL issuer whose certificate (its path already validated)
+                # names itself as the CRL issuer for its own status: its issuer chose so.
+                problem = None
+            if problem is None:
+                out.append(other)
+            else:
+                problems.append(f"CRL signer {other.subject.rfc4514_string()}: {problem}")
+        return out
+
+    def _signer_problem(self, signer: x509.Certificate) -> str | None:
+        """Why ``signer`` may not sign CRLs for the chain (6.3.3 (f)); None when it may."""
+        if self.anchor is None:
+            return "no trust anchor to validate its path to"
+        path = validate(
+            signer,
+            intermediates=self.pool,
+            anchors=[self.anchor],
+            at=self.ctx.at,
+            allow_legacy=self.options.allow_legacy,
+        )
+        if not path.trusted:
+            why = "; ".join(path.reasons[:2]) or "no path"
+            return f"its path to the trust anchor does not validate ({why})"
+        for cert, issuer in itertools.pairwise(path.chain):
+            status = self.status(cert, issuer)
+            who = cert.subject.rfc4514_string() or "(empty subject)"
+            if status.status == "revoked":
+                return f"{who} on its path is revoked"
+            if status.status != "good":
+                # Whatever the policy: an unproven signer would make its CRL's 'good' silent.
+                return f"the revocation status of {who} on its path is unknown ({status.detail})"
+        return None
 
     @property
     def fetcher(self) -> Fetcher:
@@ -281,6 +410,15 @@ class _Session:
             return None
 
 
+_PENDING = "its status rests on a CRL it signed itself"
+
+
+def _names_itself(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` (not self-issued) names its subject as a cRLIssuer."""
+    subject = name_key(cert.subject)
+    return subject != name_key(cert.issuer) and subject in crl_issuers(cert)
+
+
 class _Checker:
     """One certificate against its issuer; collects why each source could not answer."""
 
@@ -291,6 +429,8 @@ class _Checker:
         self.problems: list[str] = []
         self.stale_revoked: RevocationStatus | None = None
         self.unknown: RevocationStatus | None = None
+        self.partial: list[RevocationStatus] = []
+        self.covered: frozenset[str] = frozenset()
 
     def run(self) -> RevocationStatus:
         found = (
@@ -307,6 +447,9 @@ class _Checker:
             return self.stale_revoked
         if self.unknown is not None:
             return dataclasses.replace(self.unknown, detail=self._problems())
+        if self.partial:
+            missing = ", ".join(sorted(ALL_REASONS - self.covered))
+            self.problems.append(f"no CRL covers the revocation reasons {missing}")
         if not ocsp_urls(self.cert) and not crl_urls(self.cert):
             self.problems.append("the certificate names no OCSP responder and no CRL")
         elif not self.s.online:
@@ -348,7 +491,28 @@ class _Checker:
             self.unknown = self.unknown or status
             self.problems.append(answer.detail + where)
             return None
+        if answer.reasons is not None:
+            return self._partial(status, answer.reasons)
         return status
+
+    def _partial(
+        self, status: RevocationStatus, reasons: frozenset[str]
+    ) -> RevocationStatus | None:
+        """A fresh 'not listed' from a CRL partitioned by reason: settled once the CRLs seen
+        cover every reason together (RFC 5280 6.3.3 (i))."""
+        self.partial.append(status)
+        self.covered |= reasons
+        if self.covered < ALL_REASONS:
+            return None
+        parts = self.partial
+        first = next((p for p in parts if p.revoked_at is not None), parts[0])
+        next_updates = [p.next_update for p in parts if p.next_update is not None]
+        return dataclasses.replace(
+            first,
+            this_update=min(p.this_update for p in parts if p.this_update is not None),
+            next_update=min(next_updates) if next_updates else None,
+            detail=f"{len(parts)} CRLs partitioned by reason cover every reason together",
+        )
 
     def _local_ocsp(self) -> RevocationStatus | None:
         for response in self.s.local_ocsp:
@@ -358,8 +522,9 @@ class _Checker:
         return None
 
     def _local_crls(self) -> RevocationStatus | None:
+        issuers = crl_issuers(self.cert)
         for base in self.s.local_bases:
-            if base.issuer != self.cert.issuer:
+            if name_key(base.issuer) not in issuers:
                 continue
             answer = self._crl(base, self.s.local_deltas, "supplied CRL")
             if answer is not None and (found := self._take(answer, "crl", None)):
@@ -478,9 +643,18 @@ class _Checker:
         deltas: Sequence[x509.CertificateRevocationList],
         what: str,
     ) -> Answer | None:
+        signers: list[str] = []
         try:
-            return evaluate_crl(self.cert, self.issuer, base, self.s.ctx, deltas)
+            return evaluate_crl(
+                self.cert,
+                self.issuer,
+                base,
+                self.s.ctx,
+                deltas,
+                lambda crl: self.s.crl_signers(crl, self.cert, self.issuer, signers),
+            )
         except RevocationError as exc:
+            self.problems.extend(signers)
             self.problems.append(f"{what}: {exc}")
         except ValueError as exc:  # cryptography parses entry extensions lazily
             self.problems.append(f"{what}: malformed: {exc}")
