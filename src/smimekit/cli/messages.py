@@ -357,22 +357,19 @@ def verify(
     output: str | None,
 ) -> None:
     """Verify a signed message; write its content to OUT when every check passes."""
-    when = _at(at_text)
-    trust = trust_anchors(trust_paths)
-    extra = load_cert_files(cert_paths)
-    data = read_input(input_path)
-    result = api.verify(
-        data,
-        trust=trust,
-        at=when,
-        extra_certs=extra,
-        allow_legacy=allow_legacy,
-        raise_for_failure=False,
-        revocation=revocation,
-        aia=aia,
-        intermediates=_intermediate_cache(),
+    _open(
+        None,
+        None,
+        trust_paths,
+        _at(at_text),
+        report_path,
+        cert_paths,
+        aia,
+        allow_legacy,
+        revocation,
+        input_path,
+        output,
     )
-    _finish_verdict(result, report_path, output)
 
 
 @click.command()
@@ -516,10 +513,39 @@ def decrypt_verify(
     output: str | None,
 ) -> None:
     """Decrypt, then verify; the verdict covers every layer."""
-    when = _at(at_text)
+    when = _at(at_text)  # a bad --at is a usage error before any passphrase is asked
     key, cert, _extra = load_key_and_cert(
         key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
     )
+    _open(
+        key,
+        cert,
+        trust_paths,
+        when,
+        report_path,
+        cert_paths,
+        aia,
+        allow_legacy,
+        revocation,
+        input_path,
+        output,
+    )
+
+
+def _open(
+    key: Any,
+    cert: Any,
+    trust_paths: tuple[str, ...],
+    at: str | dt.datetime | None,
+    report_path: str | None,
+    cert_paths: tuple[str, ...],
+    aia: bool,
+    allow_legacy: bool,
+    revocation: RevocationOptions,
+    input_path: str | None,
+    output: str | None,
+) -> None:
+    """verify and decrypt-verify: unwrap every layer, judge, report (one line on stderr)."""
     trust = trust_anchors(trust_paths)
     extra = load_cert_files(cert_paths)
     data = read_input(input_path)
@@ -528,7 +554,7 @@ def decrypt_verify(
         key,
         cert,
         trust=trust,
-        at=when,
+        at=at,
         extra_certs=extra,
         allow_legacy=allow_legacy,
         raise_for_failure=False,
