@@ -12,8 +12,10 @@ from cryptography.hazmat.primitives import hashes
 from smimekit.errors import RevocationError
 from smimekit.validation.names import NameKey, name_key
 from smimekit.validation.revinfo import (
+    MEMO_ENTRIES,
     Answer,
     Context,
+    IdentityMemo,
     cert_ext,
     check_hash,
     ext,
@@ -50,8 +52,22 @@ of other keys of the same CA whose key signed it (RFC 5280 6.3.3 (f)); see
 :func:`evaluate_crl`."""
 
 
+_signatures = IdentityMemo()  # (CRL, signer certificate) -> bool
+_serials = IdentityMemo()  # CRL -> frozenset of the serials it lists
+_points: dict[x509.Certificate, tuple[_Point, ...]] = {}
+
+
 def crl_signed_by(crl: x509.CertificateRevocationList, signer: x509.Certificate) -> bool:
     """Whether the key of ``signer`` made the signature of ``crl`` (the hash is not judged)."""
+    known = _signatures.get(crl, signer)
+    if isinstance(known, bool):
+        return known
+    valid = _crl_signed_by(crl, signer)
+    _signatures.put(crl, signer, valid)
+    return valid
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, signer: x509.Certificate) -> bool:
     try:
         alg = crl.signature_hash_algorithm
     except UnsupportedAlgorithm:
@@ -221,6 +237,16 @@ def _certificate_points(cert: x509.Certificate) -> list[_Point]:
     """The distribution points of ``cert``: those of cRLDistributionPoints, then the implicit
     one RFC 5280 6.3.3 ends with (named by the certificate's issuer and issuerAltName) for
     CRLs that no point names."""
+    known = _points.get(cert)  # certificates compare and hash by their DER
+    if known is None:
+        known = tuple(_read_points(cert))
+        if len(_points) >= MEMO_ENTRIES:
+            _points.clear()
+        _points[cert] = known
+    return list(known)
+
+
+def _read_points(cert: x509.Certificate) -> list[_Point]:
     issuer = name_key(cert.issuer)
     out: list[_Point] = []
     points = cert_ext(cert, x509.CRLDistributionPoints)
@@ -265,6 +291,12 @@ def _find_entry(
     first one to the CRL issuer (RFC 5280 5.3.3)."""
     idp = ext(crl.extensions, x509.IssuingDistributionPoint)
     if not (isinstance(idp, x509.IssuingDistributionPoint) and idp.indirect_crl):
+        serials = _serials.get(crl, None)
+        if not isinstance(serials, frozenset):
+            serials = frozenset(entry.serial_number for entry in crl)
+            _serials.put(crl, None, serials)
+        if cert.serial_number not in serials:  # the usual case, without a linear scan
+            return None
         return crl.get_revoked_certificate_by_serial_number(cert.serial_number)
     wanted = name_key(cert.issuer)
     current = {name_key(crl.issuer)}

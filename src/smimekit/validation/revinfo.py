@@ -86,7 +86,56 @@ class Answer:
         return self.status == "revoked" and self.reason != "certificateHold"
 
 
-def load_crl(data: bytes | x509.CertificateRevocationList) -> x509.CertificateRevocationList:
+# -- in-process memos ----------------------------------------------------------------------
+# A CRL or OCSP response read back from the disk cache (or supplied again by the caller) is the
+# same bytes every time: parse it once, and check a signature over it once per key. Parsing
+# is keyed on the exact bytes; what is worked out from a parsed object (signature results,
+# serial sets) is keyed on that object's identity, the object itself kept in the entry so its
+# id cannot be reused. Times (thisUpdate, nextUpdate against the validation time) are never
+# memoised: every use judges them again.
+
+MEMO_ENTRIES = 128
+"""Most entries per memo; a full memo is emptied (cheap, and safe from any thread)."""
+MEMO_BYTES = 64 * 1024 * 1024
+"""Most bytes of CRLs and OCSP responses kept parsed."""
+_parsed: dict[bytes, x509.CertificateRevocationList | ocsp.OCSPResponse] = {}
+_parsed_size = [0]
+
+
+def _remember_parsed(
+    data: bytes, parsed: x509.CertificateRevocationList | ocsp.OCSPResponse
+) -> None:
+    if len(data) > MEMO_BYTES // 4:
+        return
+    if len(_parsed) >= MEMO_ENTRIES or _parsed_size[0] + len(data) > MEMO_BYTES:
+        _parsed.clear()
+        _parsed_size[0] = 0
+    _parsed[data] = parsed
+    _parsed_size[0] += len(data)
+
+
+class IdentityMemo:
+    """Values worked out from an immutable object (a parsed CRL or OCSP response) and a
+    hashable extra key, kept while the memo holds the object itself."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, object], tuple[object, object]] = {}
+
+    def get(self, obj: object, key: object) -> object | None:
+        entry = self._entries.get((id(obj), key))
+        if entry is None or entry[0] is not obj:
+            return None
+        return entry[1]
+
+    def put(self, obj: object, key: object, value: object) -> None:
+        if len(self._entries) >= MEMO_ENTRIES:
+            self._entries.clear()
+        self._entries[(id(obj), key)] = (obj, value)
+
+
+def load_crl(
+    data: bytes | bytearray | x509.CertificateRevocationList,
+) -> x509.CertificateRevocationList:
     """A CRL from DER or PEM bytes (or an already parsed one).
 
     Raises:
@@ -94,14 +143,19 @@ def load_crl(data: bytes | x509.CertificateRevocationList) -> x509.CertificateRe
     """
     if isinstance(data, x509.CertificateRevocationList):
         return data
+    raw = bytes(data)
+    known = _parsed.get(raw)
+    if isinstance(known, x509.CertificateRevocationList):
+        return known
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            crl = x509.load_pem_x509_crl(data)
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            crl = x509.load_pem_x509_crl(raw)
         else:
-            crl = x509.load_der_x509_crl(data)
+            crl = x509.load_der_x509_crl(raw)
         _ = crl.extensions  # parsed lazily: surface a broken one here, not mid-check
     except ValueError as exc:
         raise MalformedError(f"not a CRL: {exc}") from exc
+    _remember_parsed(raw, crl)
     return crl
 
 
@@ -111,17 +165,23 @@ def load_ocsp_response(data: bytes) -> ocsp.OCSPResponse:
     Raises:
         MalformedError: the bytes are not an OCSP response.
     """
-    raw = data
-    if data.lstrip().startswith(b"-----BEGIN"):
-        body = b"".join(line for line in data.splitlines() if line and not line.startswith(b"-"))
+    raw = bytes(data)
+    known = _parsed.get(raw)
+    if isinstance(known, ocsp.OCSPResponse):
+        return known
+    der = raw
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        body = b"".join(line for line in raw.splitlines() if line and not line.startswith(b"-"))
         try:
-            raw = base64.b64decode(body, validate=False)
+            der = base64.b64decode(body, validate=False)
         except ValueError as exc:
             raise MalformedError(f"not an OCSP response: {exc}") from exc
     try:
-        return ocsp.load_der_ocsp_response(raw)
+        response = ocsp.load_der_ocsp_response(der)
     except ValueError as exc:
         raise MalformedError(f"not an OCSP response: {exc}") from exc
+    _remember_parsed(raw, response)
+    return response
 
 
 def is_delta(crl: x509.CertificateRevocationList) -> bool:
