@@ -22,17 +22,36 @@ def _same_encoding(value: Any, what: str) -> None:
     if isinstance(value, core.Void):
         return
     original = value.dump()
+    # The same bytes parsed as the same type always give the same answer, and most of these
+    # fields (versions, algorithm identifiers, our own signer ids) repeat from message to
+    # message: remember the answer instead of re-encoding every time.
+    key = (type(value), value.explicit, value.implicit, original)
+    verdict = _VERDICTS.get(key)
+    if verdict is None:
+        verdict = _reencode_problem(value, original)
+        if len(_VERDICTS) >= _MAX_VERDICTS:
+            _VERDICTS.clear()
+        _VERDICTS[key] = verdict
+    if verdict:
+        raise ASN1Error(f"malformed {what}: {verdict}")
+
+
+_VERDICTS: dict[tuple[Any, ...], str] = {}
+_MAX_VERDICTS = 4096
+
+
+def _reencode_problem(value: Any, original: bytes) -> str:
+    """'' when ``value`` re-encodes to ``original``, else what is wrong."""
     try:
         # On a copy: dump(force=True) replaces the cached encoding of the value it runs on.
         again = value.copy().dump(force=True)
     except UnicodeError:
         # asn1crypto cannot re-encode some legacy strings (TeletexString with 8-bit text);
         # such fields are compared byte for byte where they matter (issuer names).
-        return
+        return ""
     except (ValueError, TypeError):
-        raise ASN1Error(f"malformed {what}: a field has the wrong type or tag") from None
-    if again != original:
-        raise ASN1Error(f"malformed {what}: not a valid DER encoding")
+        return "a field has the wrong type or tag"
+    return "" if again == original else "not a valid DER encoding"
 
 
 def _params_null_or_absent(alg: Any, what: str) -> None:

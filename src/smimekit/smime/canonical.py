@@ -182,16 +182,21 @@ def _content_type(headers: tuple[Header, ...]) -> tuple[str, dict[str, str]]:
     if len(values) > 1:
         # RFC 2045 allows one; readers differ on which one wins (first, last).
         raise MIMEError(f"the entity has {len(values)} Content-Type header fields")
-    value = values[0] if values else None
-    if value is None:
+    if not values:
         return "text/plain", {}
+    ctype, params = _parse_content_type(values[0])
+    return ctype, dict(params)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_content_type(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     msg = Message()
     msg["Content-Type"] = value
-    ctype = msg.get_content_type()
-    params = {}
-    for key, val in msg.get_params(failobj=[])[1:]:
-        params[key.lower()] = email.utils.collapse_rfc2231_value(val)
-    return ctype, params
+    params = tuple(
+        (key.lower(), str(email.utils.collapse_rfc2231_value(val)))
+        for key, val in msg.get_params(failobj=[])[1:]
+    )
+    return msg.get_content_type(), params
 
 
 def join_entity(headers: tuple[Header, ...] | list[Header], body: bytes) -> bytes:

@@ -7,6 +7,7 @@ Designed so later checks slot in without changing the shape: revocation fills
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +35,10 @@ class CertSummary:
 
     @classmethod
     def of(cls, cert: x509.Certificate) -> CertSummary:
+        return _summary(cert) if cls is CertSummary else cls._build(cert)
+
+    @classmethod
+    def _build(cls, cert: x509.Certificate) -> CertSummary:
         return cls(
             subject=cert.subject.rfc4514_string(),
             issuer=cert.issuer.rfc4514_string(),
@@ -45,7 +50,22 @@ class CertSummary:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _summary(cert: x509.Certificate) -> CertSummary:
+    # Frozen, so safe to share; certificates hash and compare by their DER.
+    return CertSummary._build(cert)
+
+
 def cert_emails(cert: x509.Certificate) -> list[str]:
+    return list(_cert_emails(cert))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cert_emails(cert: x509.Certificate) -> tuple[str, ...]:
+    return tuple(_find_emails(cert))
+
+
+def _find_emails(cert: x509.Certificate) -> list[str]:
     """Addresses bound to ``cert``: SAN rfc822Name, SmtpUTF8Mailbox, else subject emailAddress."""
     found: list[str] = []
     try:
