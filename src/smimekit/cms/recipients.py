@@ -320,6 +320,21 @@ def _unwrap_ktri(ktri: cms.KeyTransRecipientInfo, key: PrivateKeyTypes) -> bytes
     raise UnsupportedError(f"unsupported key transport algorithm {name}")
 
 
+_ORIGINATOR_OID = {
+    "ec": "1.2.840.10045.2.1",
+    "x25519": "1.3.101.110",
+    "x448": "1.3.101.111",
+}
+
+
+def _key_kind(key: PrivateKeyTypes) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ec"
+    if isinstance(key, x25519.X25519PrivateKey):
+        return "x25519"
+    return "x448" if isinstance(key, x448.X448PrivateKey) else "other"
+
+
 def _unwrap_kari(
     kari: cms.KeyAgreeRecipientInfo,
     rek: cms.RecipientEncryptedKey,
@@ -341,6 +356,11 @@ def _unwrap_kari(
         raise UnsupportedError(
             "static-static key agreement (originator certificate) is not supported"
         )
+    # The ephemeral key's algorithm must be our key's (RFC 5753 3.1.1, RFC 8418 2): the
+    # identifier is not covered by the tag, so a changed one must not pass unnoticed.
+    declared = originator.chosen["algorithm"]["algorithm"].dotted
+    if declared != _ORIGINATOR_OID.get(_key_kind(key)):
+        raise ValueError("originator key algorithm does not fit the recipient key")
     point = originator.chosen["public_key"].native
     if isinstance(point, dict):  # asn1crypto may parse an EC point into a dict
         point = originator.chosen["public_key"].contents[1:]

@@ -54,6 +54,7 @@ of other keys of the same CA whose key signed it (RFC 5280 6.3.3 (f)); see
 
 _signatures = IdentityMemo()  # (CRL, signer certificate) -> bool
 _serials = IdentityMemo()  # CRL -> frozenset of the serials it lists
+_static_problems = IdentityMemo()  # (CRL, (certificate, what)) -> "" or the problem
 _points: dict[x509.Certificate, tuple[_Point, ...]] = {}
 
 
@@ -129,24 +130,39 @@ def _crl_problem(
 ) -> tuple[str | None, x509.Certificate | None]:
     """(why ``crl`` cannot answer for ``cert``, or None; the certificate whose key signed
     it, if not ``issuer``'s). RFC 5280 6.3.3 (b), (f), (g)."""
+    # What the CRL and the certificate alone decide (number, critical extensions, scope)
+    # is remembered per (parsed CRL, certificate); the signer, which depends on the
+    # context, is judged every time.
+    static = _static_problems.get(crl, (cert, what))
+    if static is None:
+        static = _static_problem(crl, cert, what) or ""
+        _static_problems.put(crl, (cert, what), static)
+    if static:
+        return str(static), None
+    return _signer_problem(crl, issuer, ctx, what, signers)
+
+
+def _static_problem(
+    crl: x509.CertificateRevocationList, cert: x509.Certificate, what: str
+) -> str | None:
     # RFC 5280 5.2.3: conforming CRL issuers MUST include the CRL number, non-critical.
     try:
         number = crl.extensions.get_extension_for_class(x509.CRLNumber)
     except x509.ExtensionNotFound:
-        return f"{what} carries no CRL number (RFC 5280 5.2.3)", None
+        return f"{what} carries no CRL number (RFC 5280 5.2.3)"
     if number.critical:
-        return f"{what} marks its CRL number critical (RFC 5280 5.2.3)", None
+        return f"{what} marks its CRL number critical (RFC 5280 5.2.3)"
     unknown = unknown_critical(crl.extensions)
     if unknown:
-        return f"{what}: unrecognised critical extension {', '.join(unknown)}", None
+        return f"{what}: unrecognised critical extension {', '.join(unknown)}"
     idp = ext(crl.extensions, x509.IssuingDistributionPoint)
     scope = idp if isinstance(idp, x509.IssuingDistributionPoint) else None
     covered = _scope(crl, scope, cert, what)
     if isinstance(covered, str):
-        return covered, None
+        return covered
     if not covered:  # 6.3.3 (e)
-        return f"{what} covers none of the reasons the certificate's points serve", None
-    return _signer_problem(crl, issuer, ctx, what, signers)
+        return f"{what} covers none of the reasons the certificate's points serve"
+    return None
 
 
 def _scope(

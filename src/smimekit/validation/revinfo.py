@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -235,7 +236,9 @@ def ext(extensions: x509.Extensions, cls: type[x509.ExtensionType]) -> x509.Exte
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def cert_ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:
+    # Certificates are immutable and hash by their DER: the lookup is remembered.
     try:
         return ext(cert.extensions, cls)
     except ValueError:  # duplicate or undecodable extensions: path validation reports those
