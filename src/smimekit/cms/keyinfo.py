@@ -1,7 +1,12 @@
-"""Small bridges between ``cryptography`` certificates/keys and asn1crypto identifiers."""
+"""Small bridges between ``cryptography`` certificates/keys and asn1crypto identifiers.
+
+Certificates are immutable and hash by their DER, so what is derived from one alone is
+remembered (verification derives the same identifiers for the same signers again and again).
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -16,6 +21,7 @@ from smimekit.cms import der as dertools
 DER = serialization.Encoding.DER
 
 
+@functools.lru_cache(maxsize=1024)
 def cert_der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(DER)
 
@@ -33,6 +39,7 @@ def issuer_and_serial(cert: x509.Certificate) -> cms.IssuerAndSerialNumber:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def subject_key_id(cert: x509.Certificate) -> bytes:
     """The certificate's SKI, or the RFC 5280 method-1 value when the extension is absent."""
     try:
@@ -62,6 +69,7 @@ def matches_issuer_serial(ias: Any, cert: x509.Certificate) -> bool:
     return bool(ias.dump() == issuer_and_serial_der(cert))
 
 
+@functools.lru_cache(maxsize=1024)
 def issuer_and_serial_der(cert: x509.Certificate) -> bytes:
     """DER of the IssuerAndSerialNumber naming ``cert`` (written directly: this is hot)."""
     return dertools.seq(cert.issuer.public_bytes(), dertools.integer(cert.serial_number))

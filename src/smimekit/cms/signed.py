@@ -7,6 +7,7 @@ certificate deserves trust is decided above, in :mod:`smimekit.validation`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -180,6 +181,11 @@ def sign_data(
         dertools.set_of(*infos),
     )
     return dertools.seq(dertools.oid(_OID["signed_data"]), dertools.tlv(0xA0, signed))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cert_hash(name: str, cert: x509.Certificate) -> bytes:
+    return _hash(name, cert_der(cert))
 
 
 def _hash(name: str, *parts: bytes | memoryview) -> bytes:
@@ -534,7 +540,7 @@ def _check_signing_certificate(
     if alg == "sha1":
         allow_legacy = True  # a SHA-1 certificate binding only narrows, it never widens
     hash_algorithm(alg, allow_legacy=allow_legacy)
-    if first["cert_hash"].native != _hash(alg, cert_der(cert)):
+    if first["cert_hash"].native != _cert_hash(alg, cert):
         raise SignedAttributesError(
             f"{who}: ESS signing-certificate attribute names a different certificate"
         )

@@ -55,6 +55,8 @@ of other keys of the same CA whose key signed it (RFC 5280 6.3.3 (f)); see
 _signatures = IdentityMemo()  # (CRL, signer certificate) -> bool
 _serials = IdentityMemo()  # CRL -> frozenset of the serials it lists
 _static_problems = IdentityMemo()  # (CRL, (certificate, what)) -> "" or the problem
+_direct_signers = IdentityMemo()  # (CRL, (issuer, what)) -> see _direct_signer
+_scopes = IdentityMemo()  # (CRL, certificate) -> _scope(...) for a complete CRL
 _points: dict[x509.Certificate, tuple[_Point, ...]] = {}
 
 
@@ -98,12 +100,14 @@ def _signer_problem(
     except UnsupportedAlgorithm:
         alg = None
     check_hash(alg, ctx, what)
+    # Whether the issuer's own key signed it depends on the CRL and the issuer alone.
+    direct_verdict = _direct_signers.get(crl, (issuer, what))
+    if direct_verdict is None:
+        direct_verdict = _direct_signer(crl, issuer, what)
+        _direct_signers.put(crl, (issuer, what), direct_verdict)
+    if direct_verdict != "not signed by the issuer":
+        return (str(direct_verdict) or None), None
     direct = name_key(crl.issuer) == name_key(issuer.subject)
-    if direct and crl_signed_by(crl, issuer):
-        ku = cert_ext(issuer, x509.KeyUsage)
-        if isinstance(ku, x509.KeyUsage) and not ku.crl_sign:
-            return f"{what}: the issuer's key usage lacks cRLSign", None
-        return None, None
     # Another key of the same CA (a separate CRL signing certificate, or the CA's other key
     # across a self-issued rollover), or the CRL issuer of an indirect CRL: the caller
     # validated those certificates' paths to the same trust anchor; their name, key usage
@@ -118,6 +122,17 @@ def _signer_problem(
     whose = "the issuer's key" if direct else "the key of the CRL issuer"
     extra = " or of a validated CRL signer certificate" if signers is not None else ""
     return f"{what}: signature does not verify with {whose}{extra}", None
+
+
+def _direct_signer(crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> str:
+    """'' when ``issuer``'s own key signed ``crl`` and may, a problem if it may not,
+    'not signed by the issuer' when another key must be looked for."""
+    if name_key(crl.issuer) != name_key(issuer.subject) or not crl_signed_by(crl, issuer):
+        return "not signed by the issuer"
+    ku = cert_ext(issuer, x509.KeyUsage)
+    if isinstance(ku, x509.KeyUsage) and not ku.crl_sign:
+        return f"{what}: the issuer's key usage lacks cRLSign"
+    return ""
 
 
 def _crl_problem(
@@ -163,6 +178,20 @@ def _static_problem(
     if not covered:  # 6.3.3 (e)
         return f"{what} covers none of the reasons the certificate's points serve"
     return None
+
+
+def _static_scope(
+    crl: x509.CertificateRevocationList, cert: x509.Certificate
+) -> str | frozenset[str]:
+    """:func:`_scope` of a complete CRL for ``cert``, remembered per (parsed CRL, cert)."""
+    known = _scopes.get(crl, cert)
+    if known is None:
+        idp = ext(crl.extensions, x509.IssuingDistributionPoint)
+        known = _scope(
+            crl, idp if isinstance(idp, x509.IssuingDistributionPoint) else None, cert, "CRL"
+        )
+        _scopes.put(crl, cert, known)
+    return known  # type: ignore[return-value]
 
 
 def _scope(
@@ -454,10 +483,7 @@ def evaluate_crl(
             detail=f"the certificate expired before the {what} was issued; a CRL may drop"
             " expired certificates, so its absence proves nothing",
         )
-    idp = ext(base.extensions, x509.IssuingDistributionPoint)
-    covered = _scope(
-        base, idp if isinstance(idp, x509.IssuingDistributionPoint) else None, cert, "CRL"
-    )
+    covered = _static_scope(base, cert)
     if isinstance(covered, frozenset) and covered != ALL_REASONS:
         # Partitioned by reason: not listed here proves nothing about the other reasons.
         detail = (

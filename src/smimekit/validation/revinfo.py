@@ -207,13 +207,20 @@ def crl_urls(cert: x509.Certificate) -> list[str]:
     return _dp_urls(cert_ext(cert, x509.CRLDistributionPoints))
 
 
+_base_delta_urls = IdentityMemo()  # CRL -> its freshestCRL URLs
+
+
 def delta_urls(
     cert: x509.Certificate, base: x509.CertificateRevocationList | None = None
 ) -> list[str]:
     """Delta CRL URLs: the base CRL's freshestCRL, then the certificate's."""
     urls = []
     if base is not None:
-        urls += _dp_urls(ext(base.extensions, x509.FreshestCRL))
+        known = _base_delta_urls.get(base, None)
+        if known is None:
+            known = tuple(_dp_urls(ext(base.extensions, x509.FreshestCRL)))
+            _base_delta_urls.put(base, None, known)
+        urls += list(known)  # type: ignore[call-overload]
     urls += _dp_urls(cert_ext(cert, x509.FreshestCRL))
     return list(dict.fromkeys(urls))
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import hashlib
 import itertools
 import logging
@@ -412,6 +413,13 @@ class _Session:
 
 _PENDING = "its status rests on a CRL it signed itself"
 
+_read_memo: dict[Path, tuple[tuple[int, int, int], bytes]] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _cache_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest() + ".der"
+
 
 def _names_itself(cert: x509.Certificate) -> bool:
     """Whether ``cert`` (not self-issued) names its subject as a cRLIssuer."""
@@ -676,16 +684,28 @@ class _DiskCache:
     _ready: bool = field(default=False, repr=False)
 
     def _path(self, key: str) -> Path:
-        return self.root / (hashlib.sha256(key.encode()).hexdigest() + ".der")
+        return self.root / _cache_name(key)
 
     def get(self, key: str) -> bytes | None:
         path = self._path(key)
         try:
-            if path.stat().st_size > MAX_CACHED_BYTES:
+            stat = path.stat()
+            if stat.st_size > MAX_CACHED_BYTES:
                 return None
-            return path.read_bytes()
+            # The same file, unchanged since it was last read in this process, gives back
+            # the same bytes object (whose parse and checks are then remembered too); any
+            # change of size or mtime reads it again.
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            known = _read_memo.get(path)
+            if known is not None and known[0] == stamp:
+                return known[1]
+            data = path.read_bytes()
         except OSError:
             return None
+        if len(_read_memo) >= 256:
+            _read_memo.clear()
+        _read_memo[path] = (stamp, data)
+        return data
 
     def put(self, key: str, data: bytes) -> None:
         try:
