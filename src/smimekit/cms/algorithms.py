@@ -141,22 +141,6 @@ def _block_cipher(spec: ContentCipher, key: bytes) -> BlockCipherAlgorithm:
 Buffer = bytes | memoryview
 
 
-def cbc_encrypt(spec: ContentCipher, key: bytes, iv: bytes, data: Buffer) -> bytes:
-    block = _block_cipher(spec, key)
-    size = block.block_size // 8
-    full = len(data) - len(data) % size
-    pad = size - len(data) % size
-    enc = _Cipher(block, modes.CBC(iv)).encryptor()
-    # Only the last block is padded: no copy of the whole content (PKCS#7, RFC 5652 6.3).
-    tail = bytes(memoryview(data)[full:]) + bytes([pad]) * pad
-    out = bytearray(len(data) + pad + size)
-    n = enc.update_into(memoryview(data)[:full], out)
-    n += enc.update_into(tail, memoryview(out)[n:])
-    enc.finalize()
-    del out[n:]
-    return bytes(out)
-
-
 def cbc_decrypt(spec: ContentCipher, key: bytes, iv: bytes, data: Buffer) -> bytes:
     try:
         block = _block_cipher(spec, key)
