@@ -8,6 +8,7 @@
     │   └── MIMEError                  wrong or missing MIME structure, bad transfer encoding
     ├── UnsupportedError               a valid construct we do not implement
     │   └── LegacyAlgorithmError       3DES, RC2, SHA-1 ... refused unless explicitly allowed
+    ├── CAError                        our CA refuses or cannot issue a certificate as asked
     ├── KeyLoadError                   a key or certificate file cannot be read
     │   └── PassphraseError            passphrase missing, unreadable or wrong
     ├── SigningError                   the signing operation itself cannot be carried out
@@ -16,6 +17,7 @@
     │   └── NoRecipientError           none of our keys/certificates is a recipient
     ├── RevocationError                revocation information cannot be obtained or used
     │   └── FetchError                 a CRL or OCSP fetch failed: network, HTTP, size, scheme
+    ├── StoreError                     the database cannot be opened, read or written as asked
     ├── TrustStoreError                the trust store cannot be read or changed as asked
     └── VerificationError              a signature or its trust decision failed
         ├── NoSignatureError           the message is not signed (or has zero signers)
@@ -32,6 +34,7 @@ revocation status in the verdict, and the revocation policy decides whether that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASN1Error",
+    "CAError",
     "DecryptionError",
     "EncryptionError",
     "FetchError",
@@ -54,6 +58,7 @@ __all__ = [
     "SignedAttributesError",
     "SigningError",
     "SmimeError",
+    "StoreError",
     "TrustStoreError",
     "UnsupportedError",
     "UntrustedError",
@@ -88,6 +93,19 @@ class LegacyAlgorithmError(UnsupportedError):
     """
 
 
+class CAError(SmimeError):
+    """Our CA refuses, or cannot carry out, an issuance as asked.
+
+    A profile that does not fit the key or purpose, a validity beyond the Baseline
+    Requirements, or a certificate the linter finds ERRORs in. ``findings`` holds the linter
+    findings when linting was the reason (empty otherwise).
+    """
+
+    def __init__(self, message: str, findings: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.findings = list(findings)
+
+
 class KeyLoadError(SmimeError):
     """A private key, certificate or PKCS#12 file cannot be loaded."""
 
@@ -118,6 +136,14 @@ class NoRecipientError(DecryptionError):
         self, message: str = "no matching recipient: the message is not encrypted to this key"
     ) -> None:
         super().__init__(message)
+
+
+class StoreError(SmimeError):
+    """The database cannot be opened, read or written as asked.
+
+    A locked SQLite file, an unreachable PostgreSQL server, a bad URL, a duplicate
+    certificate or user: the message says which, never the SQL.
+    """
 
 
 class TrustStoreError(SmimeError):

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.errors import KeyLoadError, PassphraseError
 from smimekit.keys.load import load_certificates, load_pkcs12, load_private_key, read_source
+from smimekit.store import Store
 from smimekit.validation.trust import TrustStore
 
 MAX_INPUT = 2 * 1024**3  # refuse to slurp more than 2 GiB from one input
@@ -35,6 +36,15 @@ class Globals:
     data_dir: Path
     config: Path | None
     database_url: str | None
+
+
+def open_store() -> Store:
+    """The store named by --database-url, or the SQLite file in --data-dir."""
+    ctx = click.get_current_context()
+    globals_ = ctx.find_object(Globals)
+    if globals_ is None:
+        raise CliError("no data directory: run through the smimekit command")
+    return Store.open(globals_.database_url, globals_.data_dir)
 
 
 def read_input(path: str | None) -> bytes:

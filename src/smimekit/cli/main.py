@@ -13,6 +13,7 @@ import click
 
 from smimekit import __version__
 from smimekit.cli.common import Globals
+from smimekit.cli.log import log
 from smimekit.cli.messages import COMMANDS
 from smimekit.cli.trust import trust
 from smimekit.errors import SmimeError
@@ -45,7 +46,7 @@ def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str
     ctx.obj = Globals(Path(data_dir), Path(config) if config else None, database_url)
 
 
-for _command in [*COMMANDS, trust]:
+for _command in [*COMMANDS, trust, log]:
     cli.add_command(_command)
 
 

@@ -1,0 +1,329 @@
+"""Our CA: a root and an issuing intermediate, and S/MIME subscriber issuance.
+
+This first step holds its keys in memory and records nothing: the store, CRLs and OCSP come
+with later steps. Every certificate :meth:`Authority.issue` builds is linted with pkilint's
+CA/Browser Forum S/MIME linter before it is returned, and refused with :class:`CAError` when
+the linter reports an ERROR (or worse).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PublicKeyTypes,
+)
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from smimekit.ca.profiles import (
+    DEFAULT_VALIDITY,
+    Profile,
+    Purpose,
+    SubjectInfo,
+    key_type_of,
+    key_usage,
+)
+from smimekit.errors import CAError
+
+__all__ = ["Authority", "CAKeyType", "Finding", "lint"]
+
+
+class CAKeyType(enum.Enum):
+    """Key types for the root and the issuing CA (BR 6.1.5 and 7.1.3.2)."""
+
+    RSA3072 = "rsa3072"
+    RSA4096 = "rsa4096"
+    P256 = "p256"
+    P384 = "p384"
+    ED25519 = "ed25519"
+
+    def generate(self) -> CertificateIssuerPrivateKeyTypes:
+        """A fresh private key of this type."""
+        if self is CAKeyType.RSA3072:
+            return rsa.generate_private_key(65537, 3072)
+        if self is CAKeyType.RSA4096:
+            return rsa.generate_private_key(65537, 4096)
+        if self is CAKeyType.P256:
+            return ec.generate_private_key(ec.SECP256R1())
+        if self is CAKeyType.P384:
+            return ec.generate_private_key(ec.SECP384R1())
+        return ed25519.Ed25519PrivateKey.generate()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One pkilint finding about a certificate."""
+
+    severity: str
+    """``FATAL``, ``ERROR``, ``WARNING``, ``NOTICE`` or ``INFO``."""
+    code: str
+    """The linter's code, e.g. ``cabf.smime.prohibited_ku_present``."""
+    message: str | None
+    """Detail the linter gave, if any."""
+    path: str
+    """Where in the certificate (pkilint node path)."""
+
+    @property
+    def is_error(self) -> bool:
+        """True for ERROR and FATAL: the certificate breaks a MUST of the BR."""
+        return self.severity in ("ERROR", "FATAL")
+
+    def __str__(self) -> str:
+        detail = f": {self.message}" if self.message else ""
+        return f"{self.severity} {self.code}{detail} @ {self.path}"
+
+
+@functools.cache
+def _validator(level: Any, generation: Any) -> Any:
+    # Building the validator tree costs more than running it; the tree holds no state
+    # between documents (the validity start is read from each certificate).
+    from pkilint.cabf import smime  # type: ignore[import-untyped]
+    from pkilint.pkix import certificate  # type: ignore[import-untyped]
+
+    return certificate.create_pkix_certificate_validator_container(
+        smime.create_decoding_validators(),
+        smime.create_subscriber_validators(level, generation),
+    )
+
+
+def lint(cert: x509.Certificate) -> list[Finding]:
+    """Lint a subscriber certificate with pkilint's CA/B Forum S/MIME BR linter.
+
+    The profile is detected from the reserved policy OID, as ``lint_cabf_smime_cert lint -d``
+    does. Findings of every severity are returned, most severe first.
+
+    Raises:
+        CAError: the certificate carries no CA/B Forum S/MIME policy OID, or cannot be decoded.
+    """
+    # pkilint ships no type information.
+    from pkilint import loader  # type: ignore[import-untyped]
+    from pkilint.cabf import smime
+
+    der = cert.public_bytes(serialization.Encoding.DER)
+    try:
+        doc = loader.RFC5280CertificateDocumentLoader().load_der_document(der, "certificate")
+    except Exception as exc:  # pkilint raises a variety of pyasn1 errors
+        raise CAError(f"pkilint cannot decode the certificate: {exc}") from exc
+    level_generation = smime.determine_validation_level_and_generation(doc)
+    if level_generation is None:
+        raise CAError("the certificate carries no CA/B Forum S/MIME policy OID")
+    level, generation = level_generation
+    validator = _validator(level, generation)
+    found: list[tuple[int, Finding]] = []
+    for result in validator.validate(doc.root):
+        for description in result.finding_descriptions:
+            severity = description.finding.severity
+            found.append((int(severity), Finding(
+                severity=severity.name,
+                code=description.finding.code,
+                message=description.message,
+                path=str(result.node.path),
+            )))
+    found.sort(key=lambda pair: pair[0])
+    return [finding for _, finding in found]
+
+
+def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384 | None:
+    # BR 7.1.3.2: RSA with SHA-256/384/512, ECDSA P-256 with SHA-256, P-384 with SHA-384,
+    # Ed25519 with no separate hash.
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def _ca_name(organization: str, common_name: str, country: str | None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, country)] if country else []
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+              x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    return x509.Name(attrs)
+
+
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=False,
+    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+    encipher_only=False, decipher_only=False,
+)
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A root CA and the intermediate that issues S/MIME subscriber certificates."""
+
+    root_key: CertificateIssuerPrivateKeyTypes
+    """The root's private key (kept offline in a real deployment)."""
+    root: x509.Certificate
+    """The self-signed root: the trust anchor."""
+    key: CertificateIssuerPrivateKeyTypes
+    """The issuing CA's private key."""
+    cert: x509.Certificate
+    """The issuing CA certificate, signed by the root."""
+    base_url: str
+    """HTTP base of the CRL, OCSP and caIssuers URLs written into subscriber certificates."""
+
+    @property
+    def crl_url(self) -> str:
+        """Where the issuing CA's CRL is published (cRLDistributionPoints)."""
+        return f"{self.base_url}/crl/issuing.crl"
+
+    @property
+    def ocsp_url(self) -> str:
+        """The OCSP responder (authorityInfoAccess)."""
+        return f"{self.base_url}/ocsp"
+
+    @property
+    def ca_issuers_url(self) -> str:
+        """Where the issuing CA certificate can be fetched (authorityInfoAccess caIssuers)."""
+        return f"{self.base_url}/certs/issuing.der"
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        """The intermediate then the root, to send with signed mail."""
+        return [self.cert, self.root]
+
+    @classmethod
+    def create(
+        cls,
+        organization: str,
+        *,
+        base_url: str,
+        key_type: CAKeyType = CAKeyType.P384,
+        country: str | None = None,
+        now: dt.datetime | None = None,
+        root_key: CertificateIssuerPrivateKeyTypes | None = None,
+        issuing_key: CertificateIssuerPrivateKeyTypes | None = None,
+    ) -> Authority:
+        """Create a root (20 years) and an issuing intermediate (10 years) for ``organization``.
+
+        The intermediate is restricted to emailProtection (BR 7.1.2.2 g) with pathLen 0.
+        Keys are generated unless given. ``base_url`` must name a public host: pkilint
+        reports an internal name or address (``127.0.0.1``, ``.local``, ``.invalid``) in
+        the CRL or AIA URLs as an ERROR, so issuance would be refused.
+
+        Raises:
+            CAError: ``base_url`` is not an http URL (the BR allow only http for CRL/AIA).
+        """
+        if not base_url.startswith("http://"):
+            raise CAError("CRL and AIA URLs must be http:// (S/MIME BR 7.1.2.3 b, c)")
+        now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        root_key = root_key or key_type.generate()
+        issuing_key = issuing_key or key_type.generate()
+        root_name = _ca_name(organization, f"{organization} S/MIME Root CA", country)
+        root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
+        root = (
+            x509.CertificateBuilder()
+            .subject_name(root_name)
+            .issuer_name(root_name)
+            .public_key(root_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=365 * 20))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(root_ski, critical=False)
+            .sign(root_key, _hash_for(root_key))
+        )
+        name = _ca_name(organization, f"{organization} S/MIME Issuing CA", country)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(root_name)
+            .public_key(issuing_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=365 * 10))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+                           critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(issuing_key.public_key()),
+                critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski),
+                critical=False)
+            .sign(root_key, _hash_for(root_key))
+        )
+        return cls(root_key=root_key, root=root, key=issuing_key, cert=cert,
+                   base_url=base_url.rstrip("/"))
+
+    def issue(
+        self,
+        profile: Profile,
+        subject: SubjectInfo,
+        public_key: PublicKeyTypes,
+        purpose: Purpose,
+        *,
+        not_before: dt.datetime | None = None,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+        check: bool = True,
+    ) -> x509.Certificate:
+        """Build, sign and lint a subscriber certificate for ``subject`` under ``profile``.
+
+        ``purpose`` sets the key usage (dual key pairs: one ``SIGN`` and one ``ENCRYPT``
+        certificate per person). With ``check`` (the default) the certificate is linted and
+        refused on any ERROR finding.
+
+        Raises:
+            CAError: the key cannot serve the purpose, the validity is beyond the profile's
+                maximum, a subject field the profile needs is missing, or the linter found
+                errors (``.findings``).
+        """
+        usage = key_usage(key_type_of(public_key), purpose)
+        if validity > profile.max_validity or validity <= dt.timedelta(0):
+            raise CAError(f"validity {validity.days} days is outside 1..{profile.max_validity.days}"
+                          f" days for profile {profile.name} (S/MIME BR 6.3.2)")
+        start = (not_before or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        # RFC 5280 4.1.2.5: notAfter is inclusive, so the period is notAfter - notBefore + 1s.
+        end = start + validity - dt.timedelta(seconds=1)
+        issuer_ski = self.cert.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier).value
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(profile.subject(subject))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)  # type: ignore[arg-type]  # X25519 is certifiable
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(usage, critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(subject.email)]),
+                           critical=False)
+            .add_extension(x509.CertificatePolicies([
+                x509.PolicyInformation(profile.policy_oid, None)]), critical=False)
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(self.crl_url)], None, None, None)]),
+                critical=False)
+            .add_extension(x509.AuthorityInformationAccess([
+                x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                       x509.UniformResourceIdentifier(self.ocsp_url)),
+                x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                       x509.UniformResourceIdentifier(self.ca_issuers_url)),
+            ]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+                           critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+                critical=False)
+        )
+        cert = builder.sign(self.key, _hash_for(self.key))
+        if check:
+            findings = lint(cert)
+            errors = [f for f in findings if f.is_error]
+            if errors:
+                raise CAError(
+                    f"refusing to issue a {profile.name} certificate: "
+                    + "; ".join(str(f) for f in errors), findings)
+        return cert
+

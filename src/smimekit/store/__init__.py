@@ -1,0 +1,11 @@
+"""Persistence: certificates, keys, users, revocations and the hash-chained audit log.
+
+SQLite in the data directory by default, PostgreSQL by URL; see docs/store.md.
+"""
+
+from __future__ import annotations
+
+from smimekit.store.audit import AuditEntry, AuditProblem
+from smimekit.store.db import DB_FILENAME, Store, StoredCertificate, User
+
+__all__ = ["DB_FILENAME", "AuditEntry", "AuditProblem", "Store", "StoredCertificate", "User"]

@@ -1,0 +1,127 @@
+"""The database schema, as SQLAlchemy Core tables (no ORM).
+
+One schema for SQLite and PostgreSQL. Times are stored in UTC. The audit log keeps its
+timestamp as ISO 8601 text so that the bytes hashed into the chain survive the round trip
+through either database unchanged.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+"""Bumped by every change to the tables below; a store refuses a version it does not know."""
+
+metadata = MetaData()
+
+schema_meta = Table(
+    "schema_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("der", LargeBinary, nullable=False),
+    Column("subject", Text, nullable=False),
+    # JSON list of lower-cased addresses (SAN rfc822Name, then subject emailAddress).
+    Column("emails", Text, nullable=False),
+    Column("issuer", Text, nullable=False),
+    # Hex: serial numbers run to 20 octets, more than any integer column holds.
+    Column("serial", String(64), nullable=False),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    # Comma-separated RFC 5280 names (digitalSignature,keyEncipherment,...); NULL: no extension.
+    Column("key_usage", Text),
+    Column("fingerprint", String(64), nullable=False, unique=True),  # SHA-256, lower-case hex
+    Column("source", String(64), nullable=False),  # issued, imported, harvested, ldap, ...
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", Text),
+    Column("department", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+private_keys = Table(
+    "private_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("encrypted_pkcs8", LargeBinary, nullable=False),  # never stored in the clear
+    Column("owner", String(320), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("certificate_fingerprint", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+    CheckConstraint("purpose IN ('sign', 'encrypt')", name="ck_private_keys_purpose"),
+)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("serial", String(64), nullable=False),
+    Column("issuer_fingerprint", String(64), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=False),
+    Column("reason", String(32)),
+    UniqueConstraint("serial", "issuer_fingerprint", name="uq_revocations_serial_issuer"),
+)
+
+crl_publications = Table(
+    "crl_publications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("issuer_fingerprint", String(64), nullable=False),
+    Column("crl_number", String(64), nullable=False),  # decimal text: up to 20 octets
+    Column("this_update", DateTime(timezone=True), nullable=False),
+    Column("next_update", DateTime(timezone=True)),
+    Column("der", LargeBinary, nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=False),
+)
+
+# Placeholder for the escrow issue: the columns it will at least need.
+escrow_records = Table(
+    "escrow_records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_id", Integer, ForeignKey("private_keys.id")),
+    Column("owner", String(320), nullable=False),
+    Column("threshold", Integer),
+    Column("shares", Integer),
+    Column("payload", LargeBinary),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Append-only and hash-chained: hash = SHA-256(prev_hash || canonical JSON of the row).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("at", String(40), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("details", Text, nullable=False),  # canonical JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
