@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PEERS := openssl gpgsm libnss3-tools
-PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util
+APT_PEERS := openssl gpgsm libnss3-tools softhsm2
+PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install peers lint typecheck unit bench clean

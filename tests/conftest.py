@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # intermediates in a throwaway data directory, never in the checkout.
 os.environ.setdefault("SMIMEKIT_DATA_DIR", tempfile.mkdtemp(prefix="smimekit-test-data-"))
 
+from backends import Backend, backend  # noqa: F401  (the fixture, for every test)
 from pki import PKI, Identity
 
 

@@ -260,7 +260,7 @@ def test_lint_refuses_a_certificate_without_a_cabf_policy() -> None:
 
 def test_internal_urls_make_issuance_fail_lint() -> None:
     ca = Authority.create("Example Ltd", base_url="http://127.0.0.1:8080",
-                          root_key=authority().root_key, issuing_key=authority().key)
+                          root_key=authority().root_signer, issuing_key=authority().signer)
     with pytest.raises(CAError, match="internal_domain_name"):
         ca.issue(PROFILES["mailbox-strict"], INFO, key("p256").public_key(), Purpose.SIGN)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import Backend
+from backends import Backend
 from sqlalchemy import text
 
 from smimekit.cli.main import main

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import Backend
+from backends import Backend
 from cryptography.hazmat.primitives import hashes
 from pki import Identity
 from sqlalchemy import inspect, text

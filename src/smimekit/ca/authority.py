@@ -1,9 +1,11 @@
 """Our CA: a root and an issuing intermediate, and S/MIME subscriber issuance.
 
-This first step holds its keys in memory and records nothing: the store, CRLs and OCSP come
-with later steps. Every certificate :meth:`Authority.issue` builds is linted with pkilint's
-CA/Browser Forum S/MIME linter before it is returned, and refused with :class:`CAError` when
-the linter reports an ERROR (or worse).
+:class:`Authority` holds the two CA certificates and a :class:`~smimekit.keys.signer.Signer`
+for each key (software or PKCS#11); the root's may be absent (an offline root). It records
+nothing: :mod:`smimekit.ca.home` keeps it on disk and :mod:`smimekit.ca.issuance` in the store.
+Every certificate :meth:`Authority.issue` builds is linted with pkilint's CA/Browser Forum
+S/MIME linter before it is returned, and refused with :class:`CAError` when the linter reports
+an ERROR (or worse).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
@@ -32,8 +34,19 @@ from smimekit.ca.profiles import (
     key_usage,
 )
 from smimekit.errors import CAError
+from smimekit.keys.signer import LocalSigner, Signer, sign_builder
 
 __all__ = ["Authority", "CAKeyType", "Finding", "lint"]
+
+
+def _as_signer(key: CertificateIssuerPrivateKeyTypes | Signer) -> Signer:
+    # A private key object has public_key() and sign() too, so test for it first.
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+                  | ed25519.Ed25519PrivateKey):
+        return LocalSigner(key)
+    if isinstance(key, Signer):
+        return key
+    raise CAError(f"a {type(key).__name__} cannot be a CA key")
 
 
 class CAKeyType(enum.Enum):
@@ -131,16 +144,6 @@ def lint(cert: x509.Certificate) -> list[Finding]:
     return [finding for _, finding in found]
 
 
-def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384 | None:
-    # BR 7.1.3.2: RSA with SHA-256/384/512, ECDSA P-256 with SHA-256, P-384 with SHA-384,
-    # Ed25519 with no separate hash.
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return None
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
 def _ca_name(organization: str, common_name: str, country: str | None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, country)] if country else []
     attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
@@ -159,16 +162,16 @@ _CA_KEY_USAGE = x509.KeyUsage(
 class Authority:
     """A root CA and the intermediate that issues S/MIME subscriber certificates."""
 
-    root_key: CertificateIssuerPrivateKeyTypes
-    """The root's private key (kept offline in a real deployment)."""
     root: x509.Certificate
     """The self-signed root: the trust anchor."""
-    key: CertificateIssuerPrivateKeyTypes
-    """The issuing CA's private key."""
     cert: x509.Certificate
     """The issuing CA certificate, signed by the root."""
+    signer: Signer
+    """The issuing CA's key (software or in a token)."""
     base_url: str
     """HTTP base of the CRL, OCSP and caIssuers URLs written into subscriber certificates."""
+    root_signer: Signer | None = None
+    """The root's key, or None when the root is kept offline."""
 
     @property
     def crl_url(self) -> str:
@@ -179,6 +182,11 @@ class Authority:
     def ocsp_url(self) -> str:
         """The OCSP responder (authorityInfoAccess)."""
         return f"{self.base_url}/ocsp"
+
+    @property
+    def root_crl_url(self) -> str:
+        """Where the root's CRL (covering the issuing CA) is published."""
+        return f"{self.base_url}/crl/root.crl"
 
     @property
     def ca_issuers_url(self) -> str:
@@ -199,13 +207,14 @@ class Authority:
         key_type: CAKeyType = CAKeyType.P384,
         country: str | None = None,
         now: dt.datetime | None = None,
-        root_key: CertificateIssuerPrivateKeyTypes | None = None,
-        issuing_key: CertificateIssuerPrivateKeyTypes | None = None,
+        root_key: CertificateIssuerPrivateKeyTypes | Signer | None = None,
+        issuing_key: CertificateIssuerPrivateKeyTypes | Signer | None = None,
     ) -> Authority:
         """Create a root (20 years) and an issuing intermediate (10 years) for ``organization``.
 
         The intermediate is restricted to emailProtection (BR 7.1.2.2 g) with pathLen 0.
-        Keys are generated unless given. ``base_url`` must name a public host: pkilint
+        Keys are generated in software unless given, as private keys or as signers (e.g. a
+        :class:`~smimekit.keys.pkcs11.Pkcs11Signer`). ``base_url`` must name a public host: pkilint
         reports an internal name or address (``127.0.0.1``, ``.local``, ``.invalid``) in
         the CRL or AIA URLs as an ERROR, so issuance would be refused.
 
@@ -215,29 +224,31 @@ class Authority:
         if not base_url.startswith("http://"):
             raise CAError("CRL and AIA URLs must be http:// (S/MIME BR 7.1.2.3 b, c)")
         now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-        root_key = root_key or key_type.generate()
-        issuing_key = issuing_key or key_type.generate()
+        base = base_url.rstrip("/")
+        root_signer = _as_signer(root_key or key_type.generate())
+        signer = _as_signer(issuing_key or key_type.generate())
+        root_public = root_signer.public_key()
         root_name = _ca_name(organization, f"{organization} S/MIME Root CA", country)
-        root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
-        root = (
+        root_ski = x509.SubjectKeyIdentifier.from_public_key(root_public)
+        root = sign_builder(
             x509.CertificateBuilder()
             .subject_name(root_name)
             .issuer_name(root_name)
-            .public_key(root_key.public_key())
+            .public_key(root_public)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now)
             .not_valid_after(now + dt.timedelta(days=365 * 20))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(_CA_KEY_USAGE, critical=True)
-            .add_extension(root_ski, critical=False)
-            .sign(root_key, _hash_for(root_key))
+            .add_extension(root_ski, critical=False),
+            root_signer,
         )
         name = _ca_name(organization, f"{organization} S/MIME Issuing CA", country)
-        cert = (
+        cert = sign_builder(
             x509.CertificateBuilder()
             .subject_name(name)
             .issuer_name(root_name)
-            .public_key(issuing_key.public_key())
+            .public_key(signer.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now)
             .not_valid_after(now + dt.timedelta(days=365 * 10))
@@ -246,15 +257,23 @@ class Authority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
                            critical=False)
             .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(issuing_key.public_key()),
+                x509.SubjectKeyIdentifier.from_public_key(signer.public_key()),
                 critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski),
                 critical=False)
-            .sign(root_key, _hash_for(root_key))
+            # BR 7.1.2.2: where relying parties find the root's CRL and certificate
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(f"{base}/crl/root.crl")], None, None, None)]),
+                critical=False)
+            .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(f"{base}/certs/root.der"))]), critical=False),
+            root_signer,
         )
-        return cls(root_key=root_key, root=root, key=issuing_key, cert=cert,
-                   base_url=base_url.rstrip("/"))
+        assert isinstance(root, x509.Certificate) and isinstance(cert, x509.Certificate)
+        return cls(root=root, cert=cert, signer=signer, base_url=base,
+                   root_signer=root_signer)
 
     def issue(
         self,
@@ -317,7 +336,8 @@ class Authority:
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
                 critical=False)
         )
-        cert = builder.sign(self.key, _hash_for(self.key))
+        cert = sign_builder(builder, self.signer)
+        assert isinstance(cert, x509.Certificate)
         if check:
             findings = lint(cert)
             errors = [f for f in findings if f.is_error]

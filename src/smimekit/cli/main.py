@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from smimekit import __version__
+from smimekit.cli.ca import ca
 from smimekit.cli.common import Globals
 from smimekit.cli.log import log
 from smimekit.cli.messages import COMMANDS
@@ -46,7 +47,7 @@ def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str
     ctx.obj = Globals(Path(data_dir), Path(config) if config else None, database_url)
 
 
-for _command in [*COMMANDS, trust, log]:
+for _command in [*COMMANDS, trust, log, ca]:
     cli.add_command(_command)
 
 

@@ -212,3 +212,15 @@ def elements(contents: Chunk) -> list[tuple[int, bytes]] | None:
         ]
     except _Unsupported:
         return None
+
+
+def children(value: Chunk) -> list[tuple[int, bytes]] | None:
+    """(tag, exact bytes) of each element inside the one constructed TLV ``value``; None if it
+    is not plain DER."""
+    try:
+        tag, start, length = _header(value, 0)
+    except _Unsupported:
+        return None
+    if start + length != len(value) or not tag & 0x20:
+        return None
+    return elements(value[start : start + length])

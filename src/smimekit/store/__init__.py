@@ -6,6 +6,24 @@ SQLite in the data directory by default, PostgreSQL by URL; see docs/store.md.
 from __future__ import annotations
 
 from smimekit.store.audit import AuditEntry, AuditProblem
-from smimekit.store.db import DB_FILENAME, Store, StoredCertificate, User
+from smimekit.store.db import (
+    DB_FILENAME,
+    IssuedRecord,
+    Revocation,
+    Store,
+    StoredCertificate,
+    StoredKey,
+    User,
+)
 
-__all__ = ["DB_FILENAME", "AuditEntry", "AuditProblem", "Store", "StoredCertificate", "User"]
+__all__ = [
+    "DB_FILENAME",
+    "AuditEntry",
+    "AuditProblem",
+    "IssuedRecord",
+    "Revocation",
+    "Store",
+    "StoredCertificate",
+    "StoredKey",
+    "User",
+]

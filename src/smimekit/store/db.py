@@ -41,6 +41,7 @@ from smimekit.store.audit import (
 )
 
 DB_FILENAME = "smimekit.db"
+_UPGRADABLE = frozenset({"1"})  # versions whose upgrade only adds tables
 
 _KEY_USAGES = (
     "digital_signature",
@@ -84,6 +85,56 @@ class StoredCertificate:
     @property
     def certificate(self) -> x509.Certificate:
         return x509.load_der_x509_certificate(self.der)
+
+
+@dataclass(frozen=True)
+class IssuedRecord:
+    """A certificate our CA issued, and where it is in its life."""
+
+    id: int
+    fingerprint: str
+    serial: str
+    """Lower-case hex."""
+    issuer_fingerprint: str
+    email: str
+    purpose: str
+    """``sign``, ``encrypt`` or ``both``."""
+    profile: str
+    key_origin: str
+    """``csr`` (the holder made the key) or ``generated`` (we did)."""
+    issued_at: dt.datetime
+    not_after: dt.datetime
+    renewed_by: str | None
+    notified_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    reason: str | None
+
+    @property
+    def live(self) -> bool:
+        """Neither revoked nor replaced (it may still have expired)."""
+        return self.revoked_at is None and self.renewed_by is None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A revoked serial of one issuer."""
+
+    serial: str
+    revoked_at: dt.datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A sealed private key in a user's key history."""
+
+    id: int
+    sealed: bytes
+    owner: str
+    purpose: str
+    certificate_fingerprint: str | None
+    created_at: dt.datetime
+    retired_at: dt.datetime | None
 
 
 def _now() -> dt.datetime:
@@ -270,6 +321,13 @@ class Store:
                         key="schema_version", value=str(schema.SCHEMA_VERSION)
                     )
                 )
+            elif row.value in _UPGRADABLE:
+                # create_all above added the tables the newer version has
+                conn.execute(
+                    schema.schema_meta.update()
+                    .where(schema.schema_meta.c.key == "schema_version")
+                    .values(value=str(schema.SCHEMA_VERSION))
+                )
             elif row.value != str(schema.SCHEMA_VERSION):
                 raise StoreError(
                     f"the database {self.description} has schema version {row.value}; this"
@@ -359,6 +417,193 @@ class Store:
         found = [_stored_certificate(r) for r in rows]
         return [c for c in found if email.strip().lower() in c.emails]
 
+    # -- our CA's records ---------------------------------------------------------------------
+
+    def upsert_user(
+        self, email: str, name: str | None = None, department: str | None = None
+    ) -> User:
+        """The user with this address, created if missing; a given name or department is
+        updated."""
+        email = email.strip().lower()
+        with self.transaction() as conn:
+            row = conn.execute(select(schema.users).where(schema.users.c.email == email)).first()
+            if row is None:
+                return self.add_user(email, name, department)
+            changes = {k: v for k, v in (("name", name), ("department", department))
+                       if v is not None and getattr(row, k) != v}
+            if changes:
+                conn.execute(schema.users.update().where(schema.users.c.id == row.id)
+                             .values(**changes))
+            return User(row.id, row.email, changes.get("name", row.name),
+                        changes.get("department", row.department))
+
+    def record_issuance(
+        self,
+        cert: x509.Certificate,
+        *,
+        email: str,
+        purpose: str,
+        profile: str,
+        key_origin: str,
+        issuer_fingerprint: str,
+    ) -> IssuedRecord:
+        """Store a certificate our CA issued, with its issuance record (one transaction)."""
+        with self.transaction() as conn:
+            stored = self.add_certificate(cert, "issued")
+            conn.execute(insert(schema.issued).values(
+                fingerprint=stored.fingerprint,
+                serial=stored.serial,
+                issuer_fingerprint=issuer_fingerprint,
+                email=email.strip().lower(),
+                purpose=purpose,
+                profile=profile,
+                key_origin=key_origin,
+                issued_at=_now(),
+                not_after=stored.not_after,
+            ))
+            record = self.issued_record(fingerprint=stored.fingerprint)
+        assert record is not None
+        return record
+
+    def _issued_query(self) -> Any:
+        i, r = schema.issued, schema.revocations
+        return select(i, r.c.revoked_at, r.c.reason).select_from(
+            i.outerjoin(r, (r.c.serial == i.c.serial)
+                        & (r.c.issuer_fingerprint == i.c.issuer_fingerprint)))
+
+    def issued_record(
+        self, *, fingerprint: str | None = None, serial: str | None = None,
+        issuer_fingerprint: str | None = None,
+    ) -> IssuedRecord | None:
+        """The issuance record by certificate fingerprint, or by serial (hex) and issuer."""
+        i = schema.issued
+        query = self._issued_query()
+        if fingerprint is not None:
+            query = query.where(i.c.fingerprint == fingerprint.lower())
+        elif serial is not None and issuer_fingerprint is not None:
+            query = query.where((i.c.serial == serial.lower())
+                                & (i.c.issuer_fingerprint == issuer_fingerprint))
+        else:
+            raise ValueError("give a fingerprint, or a serial and its issuer")
+        with self.transaction() as conn:
+            row = conn.execute(query).first()
+        return _issued(row) if row is not None else None
+
+    def issued_for(self, email: str) -> list[IssuedRecord]:
+        """Everything our CA issued to this address, oldest first."""
+        i = schema.issued
+        with self.transaction() as conn:
+            rows = conn.execute(self._issued_query()
+                                .where(i.c.email == email.strip().lower())
+                                .order_by(i.c.id)).all()
+        return [_issued(r) for r in rows]
+
+    def issued_records(
+        self, *, expiring_before: dt.datetime | None = None, live_only: bool = True,
+        after_id: int = 0, limit: int | None = None,
+    ) -> list[IssuedRecord]:
+        """Issuance records in issue order; ``live_only`` drops revoked and renewed ones;
+        ``expiring_before`` keeps those whose notAfter is earlier."""
+        i, r = schema.issued, schema.revocations
+        query = self._issued_query().where(i.c.id > after_id)
+        if live_only:
+            query = query.where(i.c.renewed_by.is_(None) & r.c.revoked_at.is_(None))
+        if expiring_before is not None:
+            query = query.where(i.c.not_after < expiring_before)
+        query = query.order_by(i.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [_issued(row) for row in rows]
+
+    def mark_renewed(self, fingerprint: str, successor: str) -> None:
+        """Record that ``successor`` replaced the certificate ``fingerprint``."""
+        with self.transaction() as conn:
+            conn.execute(schema.issued.update()
+                         .where(schema.issued.c.fingerprint == fingerprint)
+                         .values(renewed_by=successor))
+
+    def mark_notified(self, fingerprint: str, at: dt.datetime) -> None:
+        """Record when the holder was told the certificate expires."""
+        with self.transaction() as conn:
+            conn.execute(schema.issued.update()
+                         .where(schema.issued.c.fingerprint == fingerprint)
+                         .values(notified_at=at))
+
+    def add_revocation(
+        self, serial: str, issuer_fingerprint: str, revoked_at: dt.datetime, reason: str | None
+    ) -> bool:
+        """Revoke; False (and nothing written) when it is revoked already."""
+        r = schema.revocations
+        with self.transaction() as conn:
+            exists = conn.execute(select(r.c.id).where(
+                (r.c.serial == serial.lower()) & (r.c.issuer_fingerprint == issuer_fingerprint)
+            )).first()
+            if exists is not None:
+                return False
+            conn.execute(insert(r).values(serial=serial.lower(),
+                                          issuer_fingerprint=issuer_fingerprint,
+                                          revoked_at=revoked_at, reason=reason))
+        return True
+
+    def revocations(self, issuer_fingerprint: str) -> list[Revocation]:
+        """Every revocation by this issuer, in serial order of insertion."""
+        r = schema.revocations
+        with self.transaction() as conn:
+            rows = conn.execute(select(r.c.serial, r.c.revoked_at, r.c.reason)
+                                .where(r.c.issuer_fingerprint == issuer_fingerprint)
+                                .order_by(r.c.id)).all()
+        return [Revocation(row.serial, _utc(row.revoked_at), row.reason) for row in rows]
+
+    def add_private_key(
+        self, sealed: bytes, *, owner: str, purpose: str, certificate_fingerprint: str
+    ) -> int:
+        """Keep a sealed (encrypted) private key in the owner's key history; its id."""
+        with self.transaction() as conn:
+            return int(conn.execute(insert(schema.private_keys).values(
+                encrypted_pkcs8=sealed, owner=owner.strip().lower(), purpose=purpose,
+                certificate_fingerprint=certificate_fingerprint, created_at=_now(),
+            ).returning(schema.private_keys.c.id)).scalar_one())
+
+    def private_keys_for(self, owner: str, purpose: str = "encrypt") -> list[StoredKey]:
+        """The owner's key history for ``purpose``, oldest first."""
+        k = schema.private_keys
+        with self.transaction() as conn:
+            rows = conn.execute(select(k).where((k.c.owner == owner.strip().lower())
+                                                & (k.c.purpose == purpose))
+                                .order_by(k.c.id)).all()
+        return [StoredKey(row.id, row.encrypted_pkcs8, row.owner, row.purpose,
+                          row.certificate_fingerprint, _utc(row.created_at),
+                          _utc(row.retired_at) if row.retired_at else None) for row in rows]
+
+    def retire_key(self, certificate_fingerprint: str, at: dt.datetime) -> None:
+        """Mark the key of that certificate as no longer current (it stays in the history)."""
+        k = schema.private_keys
+        with self.transaction() as conn:
+            conn.execute(k.update().where((k.c.certificate_fingerprint == certificate_fingerprint)
+                                          & k.c.retired_at.is_(None)).values(retired_at=at))
+
+    def add_crl(
+        self, issuer_fingerprint: str, number: int, this_update: dt.datetime,
+        next_update: dt.datetime, der: bytes,
+    ) -> None:
+        """Record a published CRL."""
+        with self.transaction() as conn:
+            conn.execute(insert(schema.crl_publications).values(
+                issuer_fingerprint=issuer_fingerprint, crl_number=str(number),
+                this_update=this_update, next_update=next_update, der=der,
+                published_at=_now()))
+
+    def latest_crl(self, issuer_fingerprint: str) -> tuple[int, bytes] | None:
+        """(CRL number, DER) of the newest CRL published for this issuer, if any."""
+        c = schema.crl_publications
+        with self.transaction() as conn:
+            row = conn.execute(select(c.c.crl_number, c.c.der)
+                               .where(c.c.issuer_fingerprint == issuer_fingerprint)
+                               .order_by(c.c.id.desc()).limit(1)).first()
+        return (int(row.crl_number), bytes(row.der)) if row is not None else None
+
     # -- audit log -------------------------------------------------------------------------
 
     def audit(
@@ -435,6 +680,17 @@ class Store:
         with self.transaction() as conn:
             rows = conn.execute(select(*columns).order_by(log.c.id)).all()
         return verify_rows(tuple(r) for r in rows)
+
+
+def _issued(row: Any) -> IssuedRecord:
+    return IssuedRecord(
+        id=row.id, fingerprint=row.fingerprint, serial=row.serial,
+        issuer_fingerprint=row.issuer_fingerprint, email=row.email, purpose=row.purpose,
+        profile=row.profile, key_origin=row.key_origin, issued_at=_utc(row.issued_at),
+        not_after=_utc(row.not_after), renewed_by=row.renewed_by,
+        notified_at=_utc(row.notified_at) if row.notified_at else None,
+        revoked_at=_utc(row.revoked_at) if row.revoked_at else None, reason=row.reason,
+    )
 
 
 def _stored_certificate(row: Any) -> StoredCertificate:

@@ -21,8 +21,11 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
-"""Bumped by every change to the tables below; a store refuses a version it does not know."""
+SCHEMA_VERSION = 2
+"""Bumped by every change to the tables below; a store refuses a version it does not know.
+
+Version 2 added ``issued`` (our CA's issuance records). Version 1 stores are upgraded in place:
+the change only adds tables."""
 
 metadata = MetaData()
 
@@ -74,6 +77,30 @@ private_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("retired_at", DateTime(timezone=True)),
     CheckConstraint("purpose IN ('sign', 'encrypt')", name="ck_private_keys_purpose"),
+)
+
+# What our own CA issued: one row per certificate, with its lifecycle state. Certificates
+# issued elsewhere live in ``certificates`` only.
+issued = Table(
+    "issued",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(64), ForeignKey("certificates.fingerprint"), nullable=False,
+           unique=True),
+    Column("serial", String(64), nullable=False),
+    Column("issuer_fingerprint", String(64), nullable=False),
+    Column("email", String(320), nullable=False, index=True),
+    Column("purpose", String(16), nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("key_origin", String(16), nullable=False),  # csr | generated
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=False, index=True),
+    # Set when a renewal replaced this certificate (the successor's fingerprint).
+    Column("renewed_by", String(64)),
+    Column("notified_at", DateTime(timezone=True)),
+    CheckConstraint("purpose IN ('sign', 'encrypt', 'both')", name="ck_issued_purpose"),
+    CheckConstraint("key_origin IN ('csr', 'generated')", name="ck_issued_key_origin"),
+    UniqueConstraint("serial", "issuer_fingerprint", name="uq_issued_serial_issuer"),
 )
 
 revocations = Table(

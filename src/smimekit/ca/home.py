@@ -1,0 +1,386 @@
+"""The CA's files in the data directory, keys encrypted at rest.
+
+::
+
+    <data-dir>/ca/            0700
+      ca.json                 names, URLs, key type, token reference (no secrets)
+      root.pem issuing.pem    the CA certificates
+      ocsp.pem vault.pem      the delegated OCSP signer and the key vault certificates
+      root.crl                the root's CRL (signed at init, 12 months; 'ca crl --root')
+      root.p12                root key (absent once exported for an offline root)
+      issuing.p12             issuing key (absent when it lives in a PKCS#11 token)
+      ocsp.p12 vault.p12      OCSP signer and vault keys
+
+Every ``.p12`` holds one private key under the CA passphrase (:mod:`smimekit.keys.protect`).
+:meth:`CAHome.create` builds the whole directory beside its final place and renames it into
+place, so a crash leaves either no CA or a complete one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from smimekit.ca.authority import Authority, CAKeyType
+from smimekit.ca.crl import build_crl
+from smimekit.ca.ocsp import build_responder_certificate
+from smimekit.ca.profiles import PROFILES
+from smimekit.errors import CAError, KeyLoadError, PassphraseError
+from smimekit.fsutil import atomic_write, private_dir
+from smimekit.keys.protect import protect_key, unprotect_key
+from smimekit.keys.signer import LocalSigner, Signer
+from smimekit.keys.vault import KeyVault
+from smimekit.store import Revocation
+
+__all__ = ["CAConfig", "CAHome", "Pkcs11Ref", "UnlockedCA"]
+
+CONFIG_VERSION = 1
+OCSP_SIGNER_VALIDITY = dt.timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class Pkcs11Ref:
+    """Where the issuing key lives in a token (the PIN is never stored)."""
+
+    module: str
+    token: str
+    key_label: str
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    """What ``ca init`` was told; stored in ``ca.json``."""
+
+    organization: str
+    base_url: str
+    key_type: str = CAKeyType.P384.value
+    country: str | None = None
+    organization_identifier: str | None = None
+    """BR 7.1.4.2.2 d form (e.g. ``NTRGB-12345678``); needed by sponsored/organization
+    profiles."""
+    default_profile: str = "mailbox-strict"
+    pkcs11: Pkcs11Ref | None = None
+    created_at: str = field(default="")
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["version"] = CONFIG_VERSION
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CAConfig:
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            if data.pop("version", None) != CONFIG_VERSION:
+                raise CAError("ca.json has an unknown version")
+            token = data.pop("pkcs11", None)
+            return cls(**data, pkcs11=Pkcs11Ref(**token) if token else None)
+        except (ValueError, TypeError) as exc:
+            raise CAError(f"ca.json is damaged: {exc}") from None
+
+
+@dataclass(frozen=True)
+class UnlockedCA:
+    """The CA with the keys this run needs."""
+
+    config: CAConfig
+    authority: Authority
+    ocsp_cert: x509.Certificate
+    ocsp_key: CertificateIssuerPrivateKeyTypes | None
+    vault: KeyVault
+
+
+ROOT_CRL_VALIDITY = dt.timedelta(days=365)
+"""The root's CRL lasts the BR maximum for CA CRLs (4.9.7: 12 months): the root is offline."""
+
+
+def root_crl_der(authority: Authority, number: int, now: dt.datetime,
+                 revoked: Sequence[Revocation] = ()) -> bytes:
+    """The root's CRL, signed with the root key."""
+    assert authority.root_signer is not None
+    crl = build_crl(authority.root, authority.root_signer, revoked, number=number,
+                    this_update=now, next_update=now + ROOT_CRL_VALIDITY,
+                    for_ca_certificates=True)
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _issuer_key(key: Any, what: str) -> CertificateIssuerPrivateKeyTypes:
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+                  | ed25519.Ed25519PrivateKey):
+        return key
+    raise CAError(f"{what} holds a key that cannot sign")
+
+
+class CAHome:
+    """The ``ca`` directory under a data directory."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.path = Path(data_dir) / "ca"
+
+    def exists(self) -> bool:
+        """True once ``ca init`` has run here."""
+        return (self.path / "ca.json").is_file()
+
+    def _require(self) -> None:
+        if not self.exists():
+            raise CAError(f"no CA in {self.path.parent}: run 'smimekit ca init' first")
+
+    # -- creation ------------------------------------------------------------------------
+
+    def create(
+        self,
+        config: CAConfig,
+        passphrase: bytes,
+        *,
+        issuing_signer: Signer | None = None,
+        now: dt.datetime | None = None,
+    ) -> UnlockedCA:
+        """Create root, issuing CA, OCSP signer and key vault; write them all or nothing.
+
+        ``issuing_signer`` is a token-held key (``config.pkcs11`` must say where); otherwise
+        the issuing key is generated in software like the root's.
+
+        Raises:
+            CAError: a CA exists here already, bad configuration.
+            PassphraseError: empty passphrase.
+        """
+        if self.exists():
+            raise CAError(f"a CA exists already in {self.path}; refusing to replace it")
+        if not passphrase:
+            raise PassphraseError("the CA keys need a non-empty passphrase")
+        if config.default_profile not in PROFILES:
+            raise CAError(f"unknown profile {config.default_profile!r}; one of: "
+                          + ", ".join(sorted(PROFILES)))
+        if (config.pkcs11 is None) != (issuing_signer is None):
+            raise CAError("a token-held issuing key needs its PKCS#11 reference, and back")
+        try:
+            key_type = CAKeyType(config.key_type)
+        except ValueError:
+            raise CAError(f"unknown CA key type {config.key_type!r}; one of: "
+                          + ", ".join(k.value for k in CAKeyType)) from None
+        now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        config = CAConfig(**{**asdict(config), "pkcs11": config.pkcs11,
+                             "created_at": now.isoformat()})
+        root_key = key_type.generate()
+        issuing_key = None if issuing_signer is not None else key_type.generate()
+        authority = Authority.create(
+            config.organization, base_url=config.base_url, key_type=key_type,
+            country=config.country, now=now, root_key=root_key,
+            issuing_key=issuing_signer or issuing_key)
+        ocsp_key = ec.generate_private_key(ec.SECP384R1())
+        ocsp_cert = build_responder_certificate(
+            authority.cert, authority.signer, ocsp_key.public_key(), now=now,
+            validity=OCSP_SIGNER_VALIDITY)
+        vault = KeyVault.create(config.organization, now=now)
+        assert vault.key is not None
+        assert authority.root_signer is not None
+        root_crl = root_crl_der(authority, 1, now)
+
+        files: dict[str, bytes] = {
+            "ca.json": config.to_json(),
+            "root.pem": _pem(authority.root),
+            "issuing.pem": _pem(authority.cert),
+            "ocsp.pem": _pem(ocsp_cert),
+            "vault.pem": _pem(vault.cert),
+            "root.crl": root_crl,
+            "root.p12": protect_key(root_key, passphrase),
+            "ocsp.p12": protect_key(ocsp_key, passphrase),
+            "vault.p12": protect_key(vault.key, passphrase),
+        }
+        if issuing_key is not None:
+            files["issuing.p12"] = protect_key(issuing_key, passphrase)
+        try:
+            private_dir(self.path.parent)
+            staging = Path(tempfile.mkdtemp(prefix=".ca-new.", dir=self.path.parent))
+            try:
+                for name, data in files.items():
+                    atomic_write(staging / name, data)
+                os.rename(staging, self.path)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        except OSError as exc:
+            raise CAError(f"cannot create the CA in {self.path}: {exc.strerror or exc}") from None
+        return UnlockedCA(config, authority, ocsp_cert, ocsp_key, vault)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def config(self) -> CAConfig:
+        """The stored configuration."""
+        self._require()
+        return CAConfig.from_json(self._read("ca.json"))
+
+    def _read(self, name: str) -> bytes:
+        try:
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            raise CAError(f"the CA file {self.path / name} is missing") from None
+        except OSError as exc:
+            raise CAError(f"cannot read {self.path / name}: {exc.strerror or exc}") from None
+
+    def certificate(self, name: str) -> x509.Certificate:
+        """``root``, ``issuing``, ``ocsp`` or ``vault``."""
+        self._require()
+        try:
+            return x509.load_pem_x509_certificate(self._read(f"{name}.pem"))
+        except ValueError:
+            raise CAError(f"the CA file {name}.pem is damaged") from None
+
+    def _key(self, name: str, passphrase: bytes) -> CertificateIssuerPrivateKeyTypes:
+        try:
+            key = unprotect_key(self._read(f"{name}.p12"), passphrase, f"the CA {name} key")
+        except (PassphraseError, KeyLoadError) as exc:
+            raise type(exc)(str(exc).replace("passphrase for", "CA passphrase for")) from None
+        return _issuer_key(key, f"{name}.p12")
+
+    def has_root_key(self) -> bool:
+        """False once the root key was exported and removed (offline root)."""
+        return (self.path / "root.p12").is_file()
+
+    def unlock(
+        self,
+        passphrase: bytes | None,
+        *,
+        pin: str | None = None,
+        root: bool = False,
+    ) -> UnlockedCA:
+        """The CA with its keys. ``passphrase`` None: certificates only (no signing).
+
+        Raises:
+            CAError: no CA, missing or damaged files, the root key is offline but ``root``
+                was asked for, the token cannot be opened.
+            PassphraseError: wrong passphrase.
+        """
+        config = self.config()
+        root_cert = self.certificate("root")
+        issuing_cert = self.certificate("issuing")
+        ocsp_cert = self.certificate("ocsp")
+        vault_cert = self.certificate("vault")
+        signer: Signer = _NoKey()
+        root_signer: Signer | None = None
+        ocsp_key = None
+        vault = KeyVault(vault_cert)
+        if passphrase is not None:
+            if config.pkcs11 is not None:
+                if pin is None:
+                    raise PassphraseError("the issuing key is in a PKCS#11 token: give its PIN "
+                                          "(--pin-file or SMIMEKIT_PKCS11_PIN)")
+                from smimekit.keys.pkcs11 import open_signer
+
+                signer = open_signer(config.pkcs11.module, config.pkcs11.token,
+                                     config.pkcs11.key_label, pin)
+            else:
+                signer = LocalSigner(self._key("issuing", passphrase))
+            if signer.public_key() != issuing_cert.public_key():
+                raise CAError("the issuing key does not match issuing.pem")
+            ocsp_key = self._key("ocsp", passphrase)
+            vault = KeyVault(vault_cert, self._key("vault", passphrase))
+            if root:
+                if not self.has_root_key():
+                    raise CAError("the root key is offline (exported); bring it back with "
+                                  "'smimekit ca import-root'")
+                root_signer = LocalSigner(self._key("root", passphrase))
+        authority = Authority(root=root_cert, cert=issuing_cert, signer=signer,
+                              base_url=config.base_url, root_signer=root_signer)
+        return UnlockedCA(config, authority, ocsp_cert, ocsp_key, vault)
+
+    # -- offline root ----------------------------------------------------------------------
+
+    def export_root(self, target: Path, *, remove: bool) -> None:
+        """Copy the (still encrypted) root key to ``target``; with ``remove`` delete it here.
+
+        The copy is written and fsynced before the original goes.
+
+        Raises:
+            CAError: no root key here, or the file cannot be written.
+        """
+        self._require()
+        if not self.has_root_key():
+            raise CAError("the root key is not here (already offline)")
+        data = self._read("root.p12")
+        try:
+            atomic_write(target, data)
+            if target.read_bytes() != data:
+                raise CAError(f"the copy at {target} does not read back; root key kept")
+            if remove:
+                (self.path / "root.p12").unlink()
+        except OSError as exc:
+            raise CAError(f"cannot export the root key: {exc.strerror or exc}") from None
+
+    def import_root(self, source: Path, passphrase: bytes) -> None:
+        """Bring an exported root key back (it must match root.pem and open)."""
+        self._require()
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise CAError(f"cannot read {source}: {exc.strerror or exc}") from None
+        key = _issuer_key(unprotect_key(data, passphrase, "the root key file"), str(source))
+        if key.public_key() != self.certificate("root").public_key():
+            raise CAError(f"{source} is not this CA's root key")
+        try:
+            atomic_write(self.path / "root.p12", data)
+        except OSError as exc:
+            raise CAError(f"cannot write the root key: {exc.strerror or exc}") from None
+
+    def root_crl(self) -> bytes:
+        """The root's current CRL (DER)."""
+        self._require()
+        return self._read("root.crl")
+
+    def publish_root_crl(self, unlocked: UnlockedCA, revoked: Sequence[Revocation] = (),
+                         now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+        """Re-sign the root's CRL (needs the root key online), numbered one higher."""
+        if unlocked.authority.root_signer is None:
+            raise CAError("the root key is needed to sign the root's CRL")
+        now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        current = x509.load_der_x509_crl(self.root_crl())
+        number = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        der = root_crl_der(unlocked.authority, number + 1, now, revoked)
+        try:
+            atomic_write(self.path / "root.crl", der, mode=0o644)
+        except OSError as exc:
+            raise CAError(f"cannot write the root CRL: {exc.strerror or exc}") from None
+        return x509.load_der_x509_crl(der)
+
+    def replace_ocsp_signer(self, unlocked: UnlockedCA, passphrase: bytes,
+                            now: dt.datetime | None = None) -> UnlockedCA:
+        """A fresh delegated OCSP signer (key and certificate), e.g. before the old expires."""
+        now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        key = ec.generate_private_key(ec.SECP384R1())
+        cert = build_responder_certificate(unlocked.authority.cert, unlocked.authority.signer,
+                                           key.public_key(), now=now,
+                                           validity=OCSP_SIGNER_VALIDITY)
+        try:
+            atomic_write(self.path / "ocsp.p12", protect_key(key, passphrase))
+            atomic_write(self.path / "ocsp.pem", _pem(cert))
+        except OSError as exc:
+            raise CAError(f"cannot write the OCSP signer: {exc.strerror or exc}") from None
+        return UnlockedCA(unlocked.config, unlocked.authority, cert, key, unlocked.vault)
+
+
+class _NoKey:
+    """Stands for the issuing key when the CA was opened without its passphrase."""
+
+    def public_key(self) -> Any:
+        raise CAError("the CA is locked: give its passphrase")
+
+    def sign(self, data: bytes) -> bytes:
+        raise CAError("the CA is locked: give its passphrase")

@@ -1,0 +1,445 @@
+"""Issuance with records: our CA, the store and the key vault working as one.
+
+:class:`CertificateAuthority` issues from a CSR (proof of possession checked) or with keys it
+generates, renews, revokes and publishes CRLs. Every operation writes its certificates, its
+key-history rows and its audit row in one store transaction: a failure anywhere leaves nothing
+behind. Encryption keys the CA generates are sealed into the user's key history (the vault);
+signing keys it generates are handed over and forgotten (non-repudiation).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+
+from smimekit.ca.crl import build_crl, parse_reason
+from smimekit.ca.home import UnlockedCA
+from smimekit.ca.profiles import (
+    DEFAULT_VALIDITY,
+    PROFILES,
+    Profile,
+    Purpose,
+    SubjectInfo,
+    ValidationLevel,
+)
+from smimekit.errors import CAError
+from smimekit.store import IssuedRecord, Store
+
+__all__ = [
+    "CRL_VALIDITY",
+    "CertificateAuthority",
+    "Issuance",
+    "IssuedItem",
+    "SubscriberKeyType",
+    "fingerprint",
+]
+
+CRL_VALIDITY = dt.timedelta(days=7)
+"""nextUpdate - thisUpdate of our CRLs (S/MIME BR 4.9.7: at most 10 days)."""
+
+
+class SubscriberKeyType(enum.Enum):
+    """Key types the CA generates for subscribers."""
+
+    RSA2048 = "rsa2048"
+    RSA3072 = "rsa3072"
+    RSA4096 = "rsa4096"
+    P256 = "p256"
+    P384 = "p384"
+    ED25519 = "ed25519"
+    """Signing only. (X25519 is not offered: the S/MIME BR do not allow it, see docs/ca.md.)"""
+
+    def generate(self) -> PrivateKeyTypes:
+        """A fresh private key."""
+        if self.value.startswith("rsa"):
+            return rsa.generate_private_key(65537, int(self.value[3:]))
+        if self is SubscriberKeyType.P256:
+            return ec.generate_private_key(ec.SECP256R1())
+        if self is SubscriberKeyType.P384:
+            return ec.generate_private_key(ec.SECP384R1())
+        return ed25519.Ed25519PrivateKey.generate()
+
+
+DEFAULT_SIGN_KEY = SubscriberKeyType.P256
+"""Generated signing keys: ECDSA P-256 (every current client verifies it)."""
+DEFAULT_ENCRYPT_KEY = SubscriberKeyType.RSA3072
+"""Generated encryption keys: RSA, because gpgsm and NSS (Thunderbird) cannot decrypt to EC
+keys (ECDH), and 3072 bits for mail that must stay confidential for decades."""
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint, lower-case hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+@dataclass(frozen=True)
+class IssuedItem:
+    """One certificate from an issuance, with its key when the CA generated it."""
+
+    cert: x509.Certificate
+    purpose: Purpose
+    key: PrivateKeyTypes | None
+    record: IssuedRecord
+
+
+@dataclass(frozen=True)
+class Issuance:
+    """What one issue, enrolment or renewal produced for one person."""
+
+    email: str
+    items: tuple[IssuedItem, ...]
+
+    def item(self, purpose: Purpose) -> IssuedItem | None:
+        """The item for ``purpose``, if there is one."""
+        return next((i for i in self.items if i.purpose is purpose), None)
+
+
+def _purposes(purpose: str) -> tuple[Purpose, ...]:
+    if purpose == "dual":
+        return (Purpose.SIGN, Purpose.ENCRYPT)
+    try:
+        return (Purpose(purpose),)
+    except ValueError:
+        raise CAError(f"unknown purpose {purpose!r}: sign, encrypt, both or dual") from None
+
+
+def _split_name(name: str | None) -> tuple[str | None, str | None]:
+    if not name or " " not in name.strip():
+        return None, None
+    given, _, surname = name.strip().rpartition(" ")
+    return given, surname
+
+
+def _checked_email(email: str) -> str:
+    email = email.strip()
+    local, at, domain = email.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in email) \
+            or len(email) > 254:
+        raise CAError(f"{email!r} is not a mailbox address")
+    return email.lower() if domain.isascii() and local.isascii() else email
+
+
+class CertificateAuthority:
+    """Our CA with its store: issue, renew, revoke, publish."""
+
+    def __init__(self, ca: UnlockedCA, store: Store, *, actor: str = "smimekit") -> None:
+        self.ca = ca
+        self.store = store
+        self.actor = actor
+        self.issuer_fingerprint = fingerprint(ca.authority.cert)
+
+    # -- building blocks -----------------------------------------------------------------
+
+    def profile(self, name: str | None) -> Profile:
+        """A profile by name (the CA's default when None)."""
+        name = name or self.ca.config.default_profile
+        try:
+            return PROFILES[name]
+        except KeyError:
+            raise CAError(f"unknown profile {name!r}; one of: "
+                          + ", ".join(sorted(PROFILES))) from None
+
+    def subject(self, email: str, name: str | None, profile: Profile) -> SubjectInfo:
+        """The subject fields ``profile`` needs, from the CA's configuration and the name."""
+        config = self.ca.config
+        given, surname = _split_name(name)
+        if profile.level is ValidationLevel.SPONSORED and not (given and surname):
+            raise CAError(f"profile {profile.name} needs the person's given name and surname"
+                          " (--name 'Given Surname')")
+        return SubjectInfo(
+            email=email,
+            organization=config.organization,
+            organization_identifier=config.organization_identifier,
+            common_name=name if profile.level is ValidationLevel.SPONSORED else None,
+            given_name=given,
+            surname=surname,
+            country=config.country,
+        )
+
+    def _sign(self, profile: Profile, info: SubjectInfo, public_key: PublicKeyTypes,
+              purpose: Purpose, validity: dt.timedelta, lint: bool,
+              now: dt.datetime | None) -> x509.Certificate:
+        return self.ca.authority.issue(profile, info, public_key, purpose, validity=validity,
+                                       check=lint, not_before=now)
+
+    def _record(self, email: str, name: str | None, department: str | None,
+                built: Sequence[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]],
+                profile: Profile, origin: str, action: str,
+                details: dict[str, object]) -> Issuance:
+        items: list[IssuedItem] = []
+        with self.store.transaction():
+            self.store.upsert_user(email, name, department)
+            for cert, purpose, key in built:
+                record = self.store.record_issuance(
+                    cert, email=email, purpose=purpose.value, profile=profile.name,
+                    key_origin=origin, issuer_fingerprint=self.issuer_fingerprint)
+                if key is not None and purpose is Purpose.ENCRYPT:
+                    self.store.add_private_key(self.ca.vault.seal(key), owner=email,
+                                               purpose="encrypt",
+                                               certificate_fingerprint=record.fingerprint)
+                items.append(IssuedItem(cert, purpose, key, record))
+            self.store.audit(self.actor, action, email, {
+                **details,
+                "profile": profile.name,
+                "certificates": [{"serial": i.record.serial, "purpose": i.purpose.value,
+                                  "fingerprint": i.record.fingerprint,
+                                  "not_after": i.record.not_after.isoformat()}
+                                 for i in items],
+            })
+        return Issuance(email, tuple(items))
+
+    # -- issuance ------------------------------------------------------------------------
+
+    def issue_csr(
+        self,
+        csr_data: bytes,
+        *,
+        email: str,
+        purpose: str,
+        name: str | None = None,
+        department: str | None = None,
+        profile: str | None = None,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+        lint: bool = True,
+        now: dt.datetime | None = None,
+    ) -> Issuance:
+        """Certify the key in a PKCS#10 request (PEM or DER) for ``email``.
+
+        The request's signature must verify (proof of possession). Its subject and
+        extensions are not copied: the CA writes what it validated. ``purpose`` is ``sign``,
+        ``encrypt`` or ``both``.
+
+        Raises:
+            CAError: unreadable request, bad signature, unfit key, profile or linter refusal.
+        """
+        email = _checked_email(email)
+        purposes = _purposes(purpose)
+        if len(purposes) != 1:
+            raise CAError("a CSR carries one key: use --purpose sign, encrypt or both")
+        csr = _load_csr(csr_data)
+        if not csr.is_signature_valid:
+            raise CAError("the CSR signature does not verify: no proof of possession")
+        chosen = self.profile(profile)
+        info = self.subject(email, name, chosen)
+        cert = self._sign(chosen, info, csr.public_key(), purposes[0], validity, lint, now)
+        return self._record(email, name, department, [(cert, purposes[0], None)], chosen,
+                            "csr", "ca.issue", {"origin": "csr"})
+
+    def issue_generated(
+        self,
+        email: str,
+        *,
+        purpose: str = "dual",
+        name: str | None = None,
+        department: str | None = None,
+        profile: str | None = None,
+        sign_key: SubscriberKeyType = DEFAULT_SIGN_KEY,
+        encrypt_key: SubscriberKeyType = DEFAULT_ENCRYPT_KEY,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+        lint: bool = True,
+        now: dt.datetime | None = None,
+        action: str = "ca.issue",
+    ) -> Issuance:
+        """Generate keys and certify them. ``dual`` (default): one signing and one encryption
+        key pair. ``both`` uses ``encrypt_key``'s type for a single key that does both.
+
+        The encryption key is sealed into the user's key history; a signing-only key is not
+        kept. A ``both`` key is kept as an encryption key (mail to it must stay readable).
+        """
+        email = _checked_email(email)
+        chosen = self.profile(profile)
+        info = self.subject(email, name, chosen)
+        built: list[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]] = []
+        for purpose_ in _purposes(purpose):
+            key = (sign_key if purpose_ is Purpose.SIGN else encrypt_key).generate()
+            cert = self._sign(chosen, info, key.public_key(), purpose_, validity, lint, now)
+            built.append((cert, purpose_, key))
+        stored = [(c, Purpose.ENCRYPT if p is Purpose.BOTH else p, k) for c, p, k in built]
+        issuance = self._record(email, name, department, stored, chosen, "generated", action,
+                                {"origin": "generated"})
+        # report BOTH as asked, though it is filed as an encryption key
+        return Issuance(email, tuple(
+            IssuedItem(i.cert, p, i.key, i.record)
+            for i, (_, p, _) in zip(issuance.items, built, strict=True)))
+
+    # -- renewal -------------------------------------------------------------------------
+
+    def renew(
+        self,
+        record: IssuedRecord,
+        *,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+        lint: bool = True,
+        now: dt.datetime | None = None,
+        encrypt_key: SubscriberKeyType | None = None,
+    ) -> IssuedItem:
+        """Replace one certificate. Encryption certificates are always re-keyed (the old key
+        stays in the key history); a signing certificate keeps a key the holder made (the CSR
+        is not needed again) and gets a new one when the CA made it.
+
+        Raises:
+            CAError: the certificate is revoked or was renewed already.
+        """
+        if record.revoked_at is not None:
+            raise CAError(f"certificate {record.serial} is revoked; issue a new one instead")
+        if record.renewed_by is not None:
+            raise CAError(f"certificate {record.serial} was renewed already")
+        stored = self.store.get_certificate(record.fingerprint)
+        assert stored is not None
+        old = stored.certificate
+        profile = self.profile(record.profile)
+        user = self.store.get_user(record.email)
+        name = user.name if user else None
+        info = self.subject(record.email, name, profile)
+        purpose = Purpose(record.purpose)
+        key: PrivateKeyTypes | None = None
+        if purpose in (Purpose.ENCRYPT, Purpose.BOTH) or record.key_origin == "generated":
+            kind = encrypt_key or _same_kind(old.public_key())
+            key = kind.generate()
+            public = key.public_key()
+        else:
+            public = old.public_key()
+        cert = self._sign(profile, info, public, purpose, validity, lint, now)
+        at = now or dt.datetime.now(dt.UTC)
+        with self.store.transaction():
+            new = self.store.record_issuance(
+                cert, email=record.email, purpose=record.purpose, profile=profile.name,
+                key_origin=record.key_origin if key is None else "generated",
+                issuer_fingerprint=self.issuer_fingerprint)
+            self.store.mark_renewed(record.fingerprint, new.fingerprint)
+            if key is not None and purpose in (Purpose.ENCRYPT, Purpose.BOTH):
+                self.store.retire_key(record.fingerprint, at)
+                self.store.add_private_key(self.ca.vault.seal(key), owner=record.email,
+                                           purpose="encrypt",
+                                           certificate_fingerprint=new.fingerprint)
+            self.store.audit(self.actor, "ca.renew", record.email, {
+                "old_serial": record.serial, "serial": new.serial, "purpose": record.purpose,
+                "rekeyed": key is not None, "not_after": new.not_after.isoformat()})
+        return IssuedItem(cert, purpose, key, new)
+
+    # -- revocation ------------------------------------------------------------------------
+
+    def revoke(
+        self,
+        *,
+        serial: str | None = None,
+        email: str | None = None,
+        reason: str = "unspecified",
+        now: dt.datetime | None = None,
+    ) -> list[IssuedRecord]:
+        """Revoke one certificate by serial (hex, colons allowed) or every live one of an
+        address, record it, and publish a fresh CRL, all in one transaction.
+
+        Raises:
+            CAError: nothing to revoke, unknown reason.
+        """
+        reason = parse_reason(reason)
+        at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        if serial is not None:
+            serial = serial.replace(":", "").strip().lower().lstrip("0") or "0"
+            try:
+                int(serial, 16)
+            except ValueError:
+                raise CAError(f"{serial!r} is not a hexadecimal serial number") from None
+            record = self.store.issued_record(serial=serial,
+                                              issuer_fingerprint=self.issuer_fingerprint)
+            if record is None:
+                raise CAError(f"this CA issued no certificate with serial {serial}")
+            targets = [record]
+        elif email is not None:
+            targets = [r for r in self.store.issued_for(email) if r.revoked_at is None
+                       and r.renewed_by is None and r.not_after > at]
+            if not targets:
+                raise CAError(f"{email} holds no live certificate of this CA")
+        else:
+            raise CAError("name a serial or an address to revoke")
+        done: list[IssuedRecord] = []
+        with self.store.transaction():
+            for record in targets:
+                if self.store.add_revocation(record.serial, self.issuer_fingerprint, at,
+                                             reason):
+                    done.append(record)
+                    self.store.audit(self.actor, "ca.revoke", record.email, {
+                        "serial": record.serial, "reason": reason,
+                        "purpose": record.purpose})
+            if not done:
+                raise CAError("already revoked")
+            self.publish_crl(now=at)
+        return [self.store.issued_record(fingerprint=r.fingerprint) or r for r in done]
+
+    # -- CRLs ------------------------------------------------------------------------------
+
+    def publish_crl(self, *, now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+        """Build, sign and record the next CRL (number one higher than the last)."""
+        at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+        with self.store.transaction():
+            latest = self.store.latest_crl(self.issuer_fingerprint)
+            number = (latest[0] + 1) if latest else 1
+            crl = build_crl(self.ca.authority.cert, self.ca.authority.signer,
+                            self.store.revocations(self.issuer_fingerprint), number=number,
+                            this_update=at, next_update=at + CRL_VALIDITY)
+            self.store.add_crl(self.issuer_fingerprint, number, at, at + CRL_VALIDITY,
+                               crl.public_bytes(serialization.Encoding.DER))
+            self.store.audit(self.actor, "ca.crl", self.ca.authority.cert.subject
+                             .rfc4514_string(), {"number": number})
+        return crl
+
+    def current_crl(self, *, now: dt.datetime | None = None) -> bytes:
+        """The newest CRL's DER; a fresh one is published when none is current."""
+        at = now or dt.datetime.now(dt.UTC)
+        latest = self.store.latest_crl(self.issuer_fingerprint)
+        if latest is not None:
+            crl = x509.load_der_x509_crl(latest[1])
+            next_update = crl.next_update_utc
+            # republish when less than half the period is left
+            if next_update is not None and next_update - at > CRL_VALIDITY / 2:
+                return latest[1]
+        return self.publish_crl(now=at).public_bytes(serialization.Encoding.DER)
+
+    # -- key history -----------------------------------------------------------------------
+
+    def key_history(self, email: str) -> list[tuple[PrivateKeyTypes, x509.Certificate]]:
+        """Every encryption key the CA keeps for ``email`` with its certificate, oldest
+        first. Needs the unlocked vault.
+
+        Raises:
+            CAError: the vault is locked, or a record is damaged or tampered.
+        """
+        result = []
+        for stored in self.store.private_keys_for(email, "encrypt"):
+            if stored.certificate_fingerprint is None:
+                continue
+            cert_row = self.store.get_certificate(stored.certificate_fingerprint)
+            if cert_row is None:
+                raise CAError(f"key history of {email}: a certificate is missing")
+            cert = cert_row.certificate
+            result.append((self.ca.vault.open(stored.sealed, cert), cert))
+        return result
+
+
+def _same_kind(public: PublicKeyTypes) -> SubscriberKeyType:
+    if isinstance(public, rsa.RSAPublicKey):
+        return SubscriberKeyType(f"rsa{max(2048, public.key_size)}") \
+            if public.key_size in (2048, 3072, 4096) else SubscriberKeyType.RSA3072
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return SubscriberKeyType.P384 if public.curve.key_size >= 384 else SubscriberKeyType.P256
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return SubscriberKeyType.ED25519
+    return DEFAULT_ENCRYPT_KEY
+
+
+def _load_csr(data: bytes) -> x509.CertificateSigningRequest:
+    try:
+        if b"-----BEGIN" in data[:4096]:
+            return x509.load_pem_x509_csr(data)
+        return x509.load_der_x509_csr(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CAError(f"the CSR cannot be read: {exc}") from None

@@ -1,0 +1,488 @@
+"""``smimekit ca ...``: our own certificate authority.
+
+``init``, ``issue``, ``chain``, ``revoke``, ``crl``, ``serve``, ``export-root``,
+``import-root`` and ``history`` live here; the bulk lifecycle commands (``enroll``, ``renew``,
+``expiring``) in :mod:`smimekit.cli.ca_lifecycle`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from smimekit.ca.authority import CAKeyType
+from smimekit.ca.export import mobileconfig_bytes, pem_chain, pkcs12_bytes
+from smimekit.ca.home import CAConfig, CAHome, Pkcs11Ref
+from smimekit.ca.issuance import (
+    DEFAULT_ENCRYPT_KEY,
+    DEFAULT_SIGN_KEY,
+    CertificateAuthority,
+    Issuance,
+    SubscriberKeyType,
+)
+from smimekit.ca.profiles import PROFILES, Purpose
+from smimekit.cli.common import CliError, Globals, _ask, open_store, passphrase_from
+from smimekit.errors import CAError
+from smimekit.fsutil import atomic_write, private_dir
+
+__all__ = ["ca", "ca_options", "open_ca", "parse_duration", "write_bundle"]
+
+
+def _globals() -> Globals:
+    globals_ = click.get_current_context().find_object(Globals)
+    if globals_ is None:
+        raise CliError("no data directory: run through the smimekit command")
+    return globals_
+
+
+def ca_options(func: Any) -> Any:
+    """--passphrase-file/--passphrase-env for the CA passphrase, --pin-file for a token."""
+    func = click.option("--pin-file", type=click.Path(dir_okay=False),
+                        help="PKCS#11 user PIN (default: SMIMEKIT_PKCS11_PIN).")(func)
+    func = click.option("--passphrase-env", metavar="NAME",
+                        help="Read the CA passphrase from this environment variable.")(func)
+    func = click.option("--passphrase-file", type=click.Path(dir_okay=False),
+                        help="Read the CA passphrase from this file (first line).")(func)
+    return func
+
+
+def _ca_passphrase(passphrase_file: str | None, passphrase_env: str | None) -> bytes:
+    secret = passphrase_from(passphrase_file, passphrase_env)
+    return secret if secret is not None else _ask("the CA keys")
+
+
+def _pin(pin_file: str | None) -> str | None:
+    if pin_file:
+        try:
+            return Path(pin_file).read_text().strip()
+        except OSError as exc:
+            raise CliError(f"cannot read the PIN file {pin_file}: {exc.strerror or exc}") from None
+    return os.environ.get("SMIMEKIT_PKCS11_PIN")
+
+
+@contextmanager
+def open_ca(
+    passphrase_file: str | None, passphrase_env: str | None, pin_file: str | None, *,
+    locked: bool = False, root: bool = False,
+) -> Iterator[CertificateAuthority]:
+    """The CA of the data directory with its store; ``locked``: certificates only."""
+    globals_ = _globals()
+    home = CAHome(globals_.data_dir)
+    if not home.exists():
+        raise CliError(f"no CA in {globals_.data_dir}: run 'smimekit ca init' first")
+    passphrase = None if locked else _ca_passphrase(passphrase_file, passphrase_env)
+    unlocked = home.unlock(passphrase, pin=_pin(pin_file), root=root)
+    store = open_store()
+    try:
+        yield CertificateAuthority(unlocked, store, actor=_actor())
+    finally:
+        store.close()
+
+
+def _actor() -> str:
+    user = os.environ.get("SMIMEKIT_ACTOR") or os.environ.get("USER") or "unknown"
+    return f"cli:{user}"
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([dwy]?)\s*$")
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``30d``, ``6w``, ``2y`` or a bare number of days."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise click.BadParameter(f"{text!r}: expected e.g. 30d, 6w or 2y")
+    n, unit = int(match.group(1)), match.group(2) or "d"
+    return dt.timedelta(days=n * {"d": 1, "w": 7, "y": 365}[unit])
+
+
+def _safe_name(email: str) -> str:
+    return re.sub(r"[^A-Za-z0-9@._+-]", "_", email)
+
+
+def _profile_id(email: str, tag: str) -> str:
+    """A reverse-DNS PayloadIdentifier, e.g. ``com.example.smime.alice.sign``."""
+    local, _, domain = email.rpartition("@")
+    parts = [re.sub(r"[^A-Za-z0-9-]", "-", p) for p in reversed(domain.split("."))]
+    return ".".join([*parts, "smime", re.sub(r"[^A-Za-z0-9-]", "-", local) or "user", tag])
+
+
+def new_passphrase() -> str:
+    """A random PKCS#12 passphrase: 20 characters from an unambiguous alphabet (~100 bits)."""
+    alphabet = "abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRTUVWXY346789"
+    return "".join(secrets.choice(alphabet) for _ in range(20))
+
+
+def write_bundle(
+    cax: CertificateAuthority, issuance: Issuance, out: Path, *, passphrase: str,
+    legacy: bool, mobileconfig: bool, history: bool = True,
+) -> list[Path]:
+    """Write what the person needs: certificates (PEM), and for keys the CA generated a
+    PKCS#12 per key (with the encryption key history when ``history``) and optionally a
+    .mobileconfig. Returns the paths written."""
+    private_dir(out)
+    chain = [cax.ca.authority.cert, cax.ca.authority.root]
+    base = _safe_name(issuance.email)
+    written: list[Path] = []
+    for item in issuance.items:
+        tag = item.purpose.value
+        cert_path = out / f"{base}.{tag}.pem"
+        atomic_write(cert_path, item.cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        written.append(cert_path)
+        if item.key is None:
+            continue
+        extra: list[tuple[Any, x509.Certificate]] = []
+        if history and item.purpose in (Purpose.ENCRYPT, Purpose.BOTH):
+            extra = [(k, c) for k, c in cax.key_history(issuance.email) if c != item.cert]
+        p12 = pkcs12_bytes(item.key, item.cert, chain, passphrase.encode(),
+                           friendly_name=f"{issuance.email} ({tag})", legacy=legacy,
+                           extra=[] if legacy else extra)
+        p12_path = out / f"{base}.{tag}.p12"
+        atomic_write(p12_path, p12)
+        written.append(p12_path)
+        # gpgsm takes no key from a legacy file holding several: one file per older key
+        for old_key, old_cert in extra if legacy else []:
+            old_path = out / f"{base}.{tag}.{format(old_cert.serial_number, 'x')[:16]}.p12"
+            atomic_write(old_path, pkcs12_bytes(
+                old_key, old_cert, chain, passphrase.encode(), legacy=True,
+                friendly_name=f"{issuance.email} ({tag}, until"
+                              f" {old_cert.not_valid_after_utc:%Y-%m-%d})"))
+            written.append(old_path)
+        if mobileconfig:
+            profile = mobileconfig_bytes(
+                p12, passphrase=None, identifier=_profile_id(issuance.email, tag),
+                display_name=f"S/MIME {tag} identity for {issuance.email}",
+                organization=cax.ca.config.organization, ca_certs=chain)
+            mc_path = out / f"{base}.{tag}.mobileconfig"
+            atomic_write(mc_path, profile)
+            written.append(mc_path)
+    return written
+
+
+@click.group()
+def ca() -> None:
+    """Our own certificate authority: issue, renew, revoke, publish."""
+
+
+@ca.command("init")
+@click.option("--organization", "--org", required=True, help="Organisation name (O=).")
+@click.option("--base-url", required=True,
+              help="Public http:// base of the CRL, OCSP and caIssuers URLs.")
+@click.option("--key-type", type=click.Choice([k.value for k in CAKeyType]),
+              default=CAKeyType.P384.value, show_default=True, help="Root and issuing keys.")
+@click.option("--country", help="Two-letter country code (C=).")
+@click.option("--organization-identifier",
+              help="Registration reference, e.g. NTRGB-12345678 (sponsored/organization"
+                   " profiles).")
+@click.option("--profile", "default_profile", type=click.Choice(sorted(PROFILES)),
+              help="Default subscriber profile [sponsored-strict with an organization"
+                   " identifier, else mailbox-strict].")
+@click.option("--pkcs11-module", type=click.Path(dir_okay=False, exists=True),
+              help="Generate the issuing key in this PKCS#11 module's token.")
+@click.option("--token-label", default="smimekit", show_default=True)
+@click.option("--key-label", default="smimekit-issuing", show_default=True)
+@ca_options
+def init(organization: str, base_url: str, key_type: str, country: str | None,
+         organization_identifier: str | None, default_profile: str | None,
+         pkcs11_module: str | None, token_label: str, key_label: str,
+         passphrase_file: str | None, passphrase_env: str | None, pin_file: str | None) -> None:
+    """Create the root, the issuing CA, the OCSP signer and the key vault."""
+    globals_ = _globals()
+    home = CAHome(globals_.data_dir)
+    if home.exists():
+        raise CliError(f"a CA exists already in {home.path}")
+    passphrase = _ca_passphrase(passphrase_file, passphrase_env)
+    if len(passphrase) < 12:
+        raise CliError("the CA passphrase must be at least 12 characters")
+    profile = default_profile or ("sponsored-strict" if organization_identifier
+                                  else "mailbox-strict")
+    ref = None
+    signer = None
+    if pkcs11_module:
+        pin = _pin(pin_file)
+        if not pin:
+            raise CliError("a PKCS#11 token needs its PIN: --pin-file or SMIMEKIT_PKCS11_PIN")
+        from smimekit.keys.pkcs11 import generate_ca_key
+
+        ref = Pkcs11Ref(str(Path(pkcs11_module).resolve()), token_label, key_label)
+        signer = generate_ca_key(ref.module, token_label, key_label, pin, key_type)
+    config = CAConfig(organization=organization, base_url=base_url, key_type=key_type,
+                      country=country, organization_identifier=organization_identifier,
+                      default_profile=profile, pkcs11=ref)
+    store = open_store()
+    try:
+        unlocked = home.create(config, passphrase, issuing_signer=signer)
+        cax = CertificateAuthority(unlocked, store, actor=_actor())
+        with store.transaction():
+            store.add_certificate(unlocked.authority.root, "ca-root")
+            store.add_certificate(unlocked.authority.cert, "ca-issuing")
+            store.audit(cax.actor, "ca.init", organization, {
+                "root": cax.issuer_fingerprint, "key_type": key_type,
+                "pkcs11": bool(ref), "profile": profile})
+            cax.publish_crl()
+    finally:
+        store.close()
+    click.echo(f"created the CA for {organization} in {home.path}")
+    click.echo(f"  root:    {unlocked.authority.root.subject.rfc4514_string()}")
+    click.echo(f"  issuing: {unlocked.authority.cert.subject.rfc4514_string()}"
+               + (" (key in PKCS#11 token)" if ref else ""))
+    click.echo("  next: 'smimekit ca chain -o ca.pem' for clients; 'smimekit ca export-root"
+               " --remove' to take the root key offline")
+
+
+@ca.command("issue")
+@click.option("--email", required=True, help="The mailbox address.")
+@click.option("--name", help="The person's name ('Given Surname').")
+@click.option("--csr", "csr_path", type=click.Path(dir_okay=False, exists=True),
+              help="Certify the key in this PKCS#10 request instead of generating one.")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)),
+              help="Certificate profile [the CA's default].")
+@click.option("--purpose", type=click.Choice(["sign", "encrypt", "both", "dual"]),
+              help="dual: a signing and an encryption certificate [dual; with --csr:"
+                   " required].")
+@click.option("--key-type", type=click.Choice([k.value for k in SubscriberKeyType]),
+              help="Generated key type [p256 to sign, rsa3072 to encrypt].")
+@click.option("--validity", default="730d", show_default=True,
+              help="Validity, e.g. 365d (at most 825d).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Where to write the files.")
+@click.option("--legacy-p12", is_flag=True,
+              help="PKCS#12 with 3DES/SHA-1 for older clients (gpgsm, old Outlook/macOS).")
+@click.option("--mobileconfig", is_flag=True, help="Also write an Apple .mobileconfig.")
+@click.option("--p12-passphrase-file", type=click.Path(dir_okay=False),
+              help="Protect the PKCS#12 with this passphrase [a random one, printed once].")
+@ca_options
+def issue(email: str, name: str | None, csr_path: str | None, profile: str | None,
+          purpose: str | None, key_type: str | None, validity: str, out_dir: str,
+          legacy_p12: bool, mobileconfig: bool, p12_passphrase_file: str | None,
+          passphrase_file: str | None, passphrase_env: str | None,
+          pin_file: str | None) -> None:
+    """Issue certificates for one person, from a CSR or with generated keys."""
+    period = parse_duration(validity)
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        if csr_path:
+            if purpose is None or purpose == "dual":
+                raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
+            if key_type is not None:
+                raise click.UsageError("--key-type is for generated keys, not with --csr")
+            issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
+                                     purpose=purpose, name=name, profile=profile,
+                                     validity=period)
+        else:
+            chosen = SubscriberKeyType(key_type) if key_type else None
+            issuance = cax.issue_generated(
+                email, purpose=purpose or "dual", name=name, profile=profile,
+                validity=period, sign_key=chosen or DEFAULT_SIGN_KEY,
+                encrypt_key=chosen or DEFAULT_ENCRYPT_KEY)
+        p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
+                    else new_passphrase())
+        written = write_bundle(cax, issuance, Path(out_dir), passphrase=p12_pass,
+                               legacy=legacy_p12, mobileconfig=mobileconfig)
+    for item in issuance.items:
+        click.echo(f"issued {item.purpose.value} certificate {item.record.serial} for"
+                   f" {issuance.email}, valid until {item.record.not_after:%Y-%m-%d}")
+    for path in written:
+        click.echo(f"  wrote {path}")
+    if any(i.key is not None for i in issuance.items) and not p12_passphrase_file:
+        click.echo(f"PKCS#12 passphrase (give it to {issuance.email} separately): {p12_pass}")
+
+
+@ca.command("chain")
+@click.option("-o", "--output", "output", help="Write here (default: standard output).")
+@click.option("--root-only", is_flag=True, help="Only the root (the trust anchor).")
+def chain(output: str | None, root_only: bool) -> None:
+    """The CA certificates as PEM: issuing CA then root."""
+    home = CAHome(_globals().data_dir)
+    certs = [home.certificate("root")] if root_only else [home.certificate("issuing"),
+                                                           home.certificate("root")]
+    data = pem_chain(certs)
+    if output in (None, "-"):
+        click.echo(data.decode(), nl=False)
+    else:
+        atomic_write(Path(output), data, mode=0o644)
+
+
+@ca.command("revoke")
+@click.argument("serial", required=False)
+@click.option("--email", help="Revoke every live certificate of this address.")
+@click.option("--reason", default="unspecified", show_default=True,
+              help="unspecified, key-compromise, affiliation-changed, superseded,"
+                   " cessation-of-operation or privilege-withdrawn.")
+@ca_options
+def revoke(serial: str | None, email: str | None, reason: str, passphrase_file: str | None,
+           passphrase_env: str | None, pin_file: str | None) -> None:
+    """Revoke by SERIAL (hex) or --email, and publish a new CRL."""
+    if (serial is None) == (email is None):
+        raise click.UsageError("give a SERIAL or --email, not both")
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        done = cax.revoke(serial=serial, email=email, reason=reason)
+    for record in done:
+        click.echo(f"revoked {record.purpose} certificate {record.serial} of {record.email}"
+                   f" ({reason})")
+
+
+@ca.command("crl")
+@click.option("-o", "--output", "output", help="Write the CRL (DER) here.")
+@click.option("--pem", is_flag=True, help="Write PEM instead of DER.")
+@ca_options
+def crl(output: str | None, pem: bool, passphrase_file: str | None,
+        passphrase_env: str | None, pin_file: str | None) -> None:
+    """Publish a fresh CRL now (run it from cron as well: CRLs expire after 7 days)."""
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        built = cax.publish_crl()
+    number = built.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    click.echo(f"published CRL number {number} with {len(built)} entries, next update"
+               f" {built.next_update_utc:%Y-%m-%d %H:%M} UTC", err=output in (None, "-"))
+    if output:
+        data = built.public_bytes(serialization.Encoding.PEM if pem
+                                  else serialization.Encoding.DER)
+        if output == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            atomic_write(Path(output), data, mode=0o644)
+
+
+@ca.command("root-crl")
+@click.option("-o", "--output", "output", help="Also write the CRL (DER) here.")
+@ca_options
+def root_crl(output: str | None, passphrase_file: str | None, passphrase_env: str | None,
+             pin_file: str | None) -> None:
+    """Re-sign the root's CRL (needs the root key: run it within 12 months of the last)."""
+    home = CAHome(_globals().data_dir)
+    with open_ca(passphrase_file, passphrase_env, pin_file, root=True) as cax:
+        built = home.publish_root_crl(cax.ca)
+        cax.store.audit(cax.actor, "ca.root-crl", cax.ca.config.organization, {})
+    click.echo(f"root CRL re-signed, next update {built.next_update_utc:%Y-%m-%d}")
+    if output:
+        atomic_write(Path(output), built.public_bytes(serialization.Encoding.DER), mode=0o644)
+
+
+@ca.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@ca_options
+def serve(host: str, port: int, passphrase_file: str | None, passphrase_env: str | None,
+          pin_file: str | None) -> None:
+    """Serve the CRLs, OCSP and the CA certificates over HTTP until interrupted.
+
+    Paths: /crl/issuing.crl, /crl/root.crl, /ocsp (POST and GET), /certs/issuing.der,
+    /certs/root.der. Put a reverse proxy at the CA's base URL in front of it.
+    """
+    import logging
+
+    from smimekit.ca.ocsp import OCSPResponder, store_lookup
+    from smimekit.ca.server import CAServer
+
+    home = CAHome(_globals().data_dir)
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        unlocked = cax.ca
+        if unlocked.ocsp_cert.not_valid_after_utc - dt.datetime.now(dt.UTC) \
+                < dt.timedelta(days=30):
+            unlocked = home.replace_ocsp_signer(
+                unlocked, _ca_passphrase(passphrase_file, passphrase_env))
+            cax.store.audit(cax.actor, "ca.ocsp-signer", unlocked.config.organization, {
+                "not_after": unlocked.ocsp_cert.not_valid_after_utc.isoformat()})
+        assert unlocked.ocsp_key is not None
+        responder = OCSPResponder(unlocked.authority.cert, unlocked.ocsp_cert,
+                                  unlocked.ocsp_key,
+                                  store_lookup(cax.store, cax.issuer_fingerprint))
+        der = serialization.Encoding.DER
+        try:
+            server = CAServer(host, port, crl=cax.current_crl, ocsp=responder,
+                              root_crl=home.root_crl, certs={
+                                  "issuing.der": unlocked.authority.cert.public_bytes(der),
+                                  "root.der": unlocked.authority.root.public_bytes(der)})
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        click.echo(f"serving CRL, OCSP and CA certificates on {server.url}"
+                   " (Ctrl-C to stop)", err=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+@ca.command("export-root")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the (still encrypted) root key.")
+@click.option("--remove", is_flag=True, help="Remove it from this machine afterwards.")
+def export_root(output: str, remove: bool) -> None:
+    """Take the root key offline: copy it out (encrypted) and optionally remove it here."""
+    home = CAHome(_globals().data_dir)
+    home.export_root(Path(output), remove=remove)
+    store = open_store()
+    try:
+        store.audit(_actor(), "ca.export-root", home.config().organization,
+                    {"removed": remove})
+    finally:
+        store.close()
+    click.echo(f"root key written to {output}" + ("; removed from this machine" if remove
+                                                   else ""))
+
+
+@ca.command("import-root")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True))
+@ca_options
+def import_root(source: str, passphrase_file: str | None, passphrase_env: str | None,
+                pin_file: str | None) -> None:
+    """Bring an exported root key back (e.g. to re-sign the issuing CA)."""
+    home = CAHome(_globals().data_dir)
+    home.import_root(Path(source), _ca_passphrase(passphrase_file, passphrase_env))
+    click.echo("root key is back on this machine")
+
+
+@ca.command("history")
+@click.option("--email", required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".",
+              show_default=True)
+@click.option("--legacy-p12", is_flag=True, help="3DES/SHA-1 PKCS#12 for older clients.")
+@click.option("--p12-passphrase-file", type=click.Path(dir_okay=False))
+@ca_options
+def history(email: str, out_dir: str, legacy_p12: bool, p12_passphrase_file: str | None,
+            passphrase_file: str | None, passphrase_env: str | None,
+            pin_file: str | None) -> None:
+    """Export a person's encryption key history as one PKCS#12 (lost device, new client)."""
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        keys = cax.key_history(email)
+        if not keys:
+            raise CAError(f"no encryption keys kept for {email}")
+        p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
+                    else new_passphrase())
+        chain_certs = [cax.ca.authority.cert, cax.ca.authority.root]
+        out = private_dir(Path(out_dir))
+        targets: list[Path] = []
+        if legacy_p12:  # gpgsm takes no key from a legacy file holding several
+            for key, cert in keys:
+                target = out / (f"{_safe_name(email)}.history."
+                                f"{format(cert.serial_number, 'x')[:16]}.p12")
+                atomic_write(target, pkcs12_bytes(
+                    key, cert, chain_certs, p12_pass.encode(), legacy=True,
+                    friendly_name=f"{email} (until {cert.not_valid_after_utc:%Y-%m-%d})"))
+                targets.append(target)
+        else:
+            newest_key, newest_cert = keys[-1]
+            target = out / f"{_safe_name(email)}.history.p12"
+            atomic_write(target, pkcs12_bytes(
+                newest_key, newest_cert, chain_certs, p12_pass.encode(),
+                friendly_name=f"{email} (encrypt)", extra=keys[:-1]))
+            targets.append(target)
+        cax.store.audit(cax.actor, "ca.export-history", email, {"keys": len(keys)})
+    click.echo(f"wrote {len(keys)} encryption key(s) of {email} to "
+               + ", ".join(str(t) for t in targets))
+    if not p12_passphrase_file:
+        click.echo(f"PKCS#12 passphrase (give it to {email} separately): {p12_pass}")

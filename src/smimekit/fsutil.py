@@ -1,0 +1,50 @@
+"""Files written so that a crash never leaves half of one: temp file, fsync, rename."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write", "private_dir"]
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if missing, mode 0700; return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically with ``mode``; the old file stays until the rename.
+
+    The temporary file lives in the same directory (so the rename is atomic), is fsynced before
+    the rename, and is removed if anything fails. The directory is fsynced afterwards so the
+    rename itself survives a power cut.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
