@@ -47,6 +47,7 @@ from smimekit.errors import ASN1Error, CAError
 __all__ = [
     "ITERATIONS",
     "LEGACY_ITERATIONS",
+    "RANDOM_PASSPHRASE_ITERATIONS",
     "gpgsm_kdf_safe",
     "mobileconfig_bytes",
     "pem_chain",
@@ -62,6 +63,11 @@ __all__ = [
 #: which a user does not notice. OpenSSL 3's default (2,048) makes each guess ~300 times
 #: cheaper. .NET's loader limits may refuse counts this high (not checked here).
 ITERATIONS = 600_000
+
+#: Iterations for a passphrase smimekit generated itself (20 characters from 50, ~113 bits):
+#: no iteration count adds anything to that, and bulk enrolment writes thousands of files, so
+#: OpenSSL 3's default count is used (~5 ms per file instead of ~0.35 s).
+RANDOM_PASSPHRASE_ITERATIONS = 2048
 
 #: Iterations of the legacy form (3DES bags and SHA-1 MAC, both through the RFC 7292
 #: appendix B KDF). This is the count the clients that need this form write themselves
@@ -207,20 +213,22 @@ def _history_name(friendly_name: str, cert: x509.Certificate, taken: set[str]) -
     return name
 
 
-def _encryption(passphrase: bytes, legacy: bool) -> serialization.KeySerializationEncryption:
+def _encryption(passphrase: bytes, legacy: bool, iterations: int
+                ) -> serialization.KeySerializationEncryption:
     builder = serialization.PrivateFormat.PKCS12.encryption_builder()
     if legacy:
         builder = (builder.kdf_rounds(LEGACY_ITERATIONS)
                    .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
                    .hmac_hash(hashes.SHA1()))  # noqa: S303  (the legacy form's MAC)
     else:
-        builder = (builder.kdf_rounds(ITERATIONS)
+        builder = (builder.kdf_rounds(iterations)
                    .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
                    .hmac_hash(hashes.SHA256()))
     return builder.build(passphrase)
 
 
-def _assemble(files: Sequence[bytes], passphrase: bytes, *, legacy: bool) -> bytes:
+def _assemble(files: Sequence[bytes], passphrase: bytes, *, legacy: bool,
+              iterations: int = ITERATIONS) -> bytes:
     """One PFX holding the safe contents of every file, with a MAC (RFC 7292 5.1 and B)."""
     infos: list[Any] = []
     for der in files:
@@ -229,7 +237,7 @@ def _assemble(files: Sequence[bytes], passphrase: bytes, *, legacy: bool) -> byt
     auth_safe = asn1_pkcs12.AuthenticatedSafe(infos).dump()
     name, digest, iterations, salt_len = (
         ("sha1", hashlib.sha1, LEGACY_ITERATIONS, 8) if legacy
-        else ("sha256", hashlib.sha256, ITERATIONS, 16))
+        else ("sha256", hashlib.sha256, iterations, 16))
     salt = os.urandom(salt_len)
     mac_key = _pkcs12_kdf(digest, _bmp_password(passphrase), salt, iterations, 3,
                           digest().digest_size)
@@ -251,13 +259,15 @@ def pkcs12_bytes(
     friendly_name: str,
     legacy: bool = False,
     extra: Sequence[tuple[PrivateKeyTypes, x509.Certificate]] = (),
+    iterations: int = ITERATIONS,
 ) -> bytes:
     """A PKCS#12 file with ``key``, ``cert`` and the CA ``chain``, for a mail client.
 
-    The default form is PBES2: PBKDF2-HMAC-SHA256 with :data:`ITERATIONS` iterations and
-    AES-256-CBC for the key and for the certificates, and an HMAC-SHA256 MAC with the same
-    iteration count. ``legacy=True`` writes pbeWithSHAAnd3-KeyTripleDES-CBC for both and a
-    SHA-1 MAC, :data:`LEGACY_ITERATIONS` each, with salts that gpgsm 2.2.40 derives correctly
+    The default form is PBES2: PBKDF2-HMAC-SHA256 with ``iterations`` (:data:`ITERATIONS`)
+    and AES-256-CBC for the key and for the certificates, and an HMAC-SHA256 MAC with the same
+    iteration count. Lower ``iterations`` (at least :data:`LEGACY_ITERATIONS`) only for a
+    passphrase that is random and long (:data:`RANDOM_PASSPHRASE_ITERATIONS`).
+    ``legacy=True`` writes pbeWithSHAAnd3-KeyTripleDES-CBC for both and a SHA-1 MAC, :data:`LEGACY_ITERATIONS` each, with salts that gpgsm 2.2.40 derives correctly
     (:func:`gpgsm_kdf_safe`); OpenSSL 3 reads it without ``-legacy``. Use it only for clients
     that cannot read the default (gpgsm imports nothing else).
 
@@ -281,6 +291,8 @@ def pkcs12_bytes(
         raise CAError("the PKCS#12 passphrase must be UTF-8") from None
     if not friendly_name.strip():
         raise CAError("a PKCS#12 export needs a friendly name (the label clients show)")
+    if not legacy and iterations < LEGACY_ITERATIONS:
+        raise CAError(f"at least {LEGACY_ITERATIONS} PBKDF2 iterations")
     if legacy and extra:
         raise CAError("the legacy PKCS#12 form holds one key: gpgsm imports no key from a "
                       "file with several; export the older keys as separate files")
@@ -294,7 +306,7 @@ def pkcs12_bytes(
     if len(set(certs)) != len(certs):
         raise CAError("a certificate appears more than once among the key pairs")
 
-    encryption = _encryption(passphrase, legacy)
+    encryption = _encryption(passphrase, legacy, iterations)
     names = {friendly_name}
     pairs: list[tuple[str, PrivateKeyTypes, x509.Certificate, Sequence[x509.Certificate]]]
     pairs = [(friendly_name, key, cert, chain)]
@@ -314,7 +326,7 @@ def pkcs12_bytes(
         else:
             raise CAError(f"no gpgsm-safe 3DES salts in {_LEGACY_ATTEMPTS} tries")
         files.append(der)
-    return _assemble(files, passphrase, legacy=legacy)
+    return _assemble(files, passphrase, legacy=legacy, iterations=iterations)
 
 
 # --------------------------------------------------------------------------------------------

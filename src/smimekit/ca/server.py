@@ -153,6 +153,9 @@ class _App:
     def route(self, path: str) -> tuple[str, str | None]:
         """(resource kind, argument) of a request path, query dropped."""
         path = path.split("?", 1)[0].split("#", 1)[0]
+        if path.lower().startswith(("http://", "https://")):
+            # absolute-form (RFC 9112 3.2.2), as sent through an HTTP proxy: keep the path
+            path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
         if path in self.crls:
             return "crl", path
         if path in (OCSP_PATH, OCSP_PATH + "/"):

@@ -22,7 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from smimekit.ca.authority import CAKeyType
-from smimekit.ca.export import mobileconfig_bytes, pem_chain, pkcs12_bytes
+from smimekit.ca.export import (
+    ITERATIONS,
+    RANDOM_PASSPHRASE_ITERATIONS,
+    mobileconfig_bytes,
+    pem_chain,
+    pkcs12_bytes,
+)
 from smimekit.ca.home import CAConfig, CAHome, Pkcs11Ref
 from smimekit.ca.issuance import (
     DEFAULT_ENCRYPT_KEY,
@@ -126,11 +132,13 @@ def new_passphrase() -> str:
 
 def write_bundle(
     cax: CertificateAuthority, issuance: Issuance, out: Path, *, passphrase: str,
-    legacy: bool, mobileconfig: bool, history: bool = True,
+    legacy: bool, mobileconfig: bool, history: bool = True, generated: bool = True,
 ) -> list[Path]:
     """Write what the person needs: certificates (PEM), and for keys the CA generated a
     PKCS#12 per key (with the encryption key history when ``history``) and optionally a
-    .mobileconfig. Returns the paths written."""
+    .mobileconfig. ``generated``: the passphrase came from :func:`new_passphrase` (random,
+    so the PKCS#12 needs no high iteration count). Returns the paths written."""
+    rounds = RANDOM_PASSPHRASE_ITERATIONS if generated else ITERATIONS
     private_dir(out)
     chain = [cax.ca.authority.cert, cax.ca.authority.root]
     base = _safe_name(issuance.email)
@@ -147,7 +155,7 @@ def write_bundle(
             extra = [(k, c) for k, c in cax.key_history(issuance.email) if c != item.cert]
         p12 = pkcs12_bytes(item.key, item.cert, chain, passphrase.encode(),
                            friendly_name=f"{issuance.email} ({tag})", legacy=legacy,
-                           extra=[] if legacy else extra)
+                           extra=[] if legacy else extra, iterations=rounds)
         p12_path = out / f"{base}.{tag}.p12"
         atomic_write(p12_path, p12)
         written.append(p12_path)
@@ -288,7 +296,8 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
         p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
                     else new_passphrase())
         written = write_bundle(cax, issuance, Path(out_dir), passphrase=p12_pass,
-                               legacy=legacy_p12, mobileconfig=mobileconfig)
+                               legacy=legacy_p12, mobileconfig=mobileconfig,
+                               generated=p12_passphrase_file is None)
     for item in issuance.items:
         click.echo(f"issued {item.purpose.value} certificate {item.record.serial} for"
                    f" {issuance.email}, valid until {item.record.not_after:%Y-%m-%d}")
@@ -479,7 +488,8 @@ def history(email: str, out_dir: str, legacy_p12: bool, p12_passphrase_file: str
             target = out / f"{_safe_name(email)}.history.p12"
             atomic_write(target, pkcs12_bytes(
                 newest_key, newest_cert, chain_certs, p12_pass.encode(),
-                friendly_name=f"{email} (encrypt)", extra=keys[:-1]))
+                friendly_name=f"{email} (encrypt)", extra=keys[:-1],
+                iterations=ITERATIONS if p12_passphrase_file else RANDOM_PASSPHRASE_ITERATIONS))
             targets.append(target)
         cax.store.audit(cax.actor, "ca.export-history", email, {"keys": len(keys)})
     click.echo(f"wrote {len(keys)} encryption key(s) of {email} to "

@@ -13,6 +13,7 @@ import click
 
 from smimekit import __version__
 from smimekit.cli.ca import ca
+from smimekit.cli.ca_lifecycle import COMMANDS as CA_LIFECYCLE
 from smimekit.cli.common import Globals
 from smimekit.cli.log import log
 from smimekit.cli.messages import COMMANDS
@@ -47,6 +48,8 @@ def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str
     ctx.obj = Globals(Path(data_dir), Path(config) if config else None, database_url)
 
 
+for _command in CA_LIFECYCLE:
+    ca.add_command(_command)
 for _command in [*COMMANDS, trust, log, ca]:
     cli.add_command(_command)
 

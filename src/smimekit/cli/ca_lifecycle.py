@@ -1,0 +1,305 @@
+"""``smimekit ca enroll | renew | expiring``: the CA's subscribers in bulk.
+
+Thin commands over :mod:`smimekit.ca.lifecycle`. Batches are resumable: re-running the same
+command continues where a crash, a kill or Ctrl-C stopped it (the first Ctrl-C finishes the
+current person, a second one stops at once; nothing half-done is kept either way). A progress
+bar goes to stderr when stderr is a terminal (or with ``--progress``); otherwise the only
+output is one summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from smimekit.ca.issuance import (
+    DEFAULT_ENCRYPT_KEY,
+    DEFAULT_SIGN_KEY,
+    CertificateAuthority,
+    Issuance,
+    SubscriberKeyType,
+)
+from smimekit.ca.lifecycle import (
+    RENOTIFY_AFTER,
+    Deliver,
+    Delivery,
+    Expiring,
+    ResultsLog,
+    RowResult,
+    RowStatus,
+    SmtpMailer,
+    due_for_renewal,
+    enroll_rows,
+    expiring,
+    notify,
+    read_enrolment_csv,
+    renew_due,
+)
+from smimekit.ca.profiles import PROFILES
+from smimekit.cli.ca import ca_options, new_passphrase, open_ca, parse_duration, write_bundle
+from smimekit.cli.common import CliError
+
+__all__ = ["COMMANDS", "enroll", "expiring_command", "renew"]
+
+_KEY_TYPES = click.Choice([k.value for k in SubscriberKeyType])
+
+
+class _Stopped(CliError):
+    """Ctrl-C between two people: the batch stopped cleanly."""
+
+    exit_code = 130
+
+
+def _batch_options(func: Any) -> Any:
+    func = click.option("--progress/--no-progress", default=None,
+                        help="Show a progress bar on stderr [when stderr is a terminal].")(func)
+    func = click.option("--mobileconfig", is_flag=True,
+                        help="Also write an Apple .mobileconfig per PKCS#12.")(func)
+    func = click.option("--legacy-p12", is_flag=True,
+                        help="PKCS#12 with 3DES/SHA-1 for older clients (gpgsm, old"
+                             " Outlook/macOS); one key per file, without the key history.")(func)
+    func = click.option("--validity", default="730d", show_default=True,
+                        help="Validity of the new certificates, e.g. 365d (at most 825d).")(func)
+    func = click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".",
+                        show_default=True, help="Where to write each person's files.")(func)
+    return func
+
+
+def _deliverer(cax: CertificateAuthority, out: Path, *, legacy: bool,
+               mobileconfig: bool) -> Deliver:
+    def deliver(issuance: Issuance) -> Delivery:
+        passphrase = new_passphrase() if any(i.key is not None for i in issuance.items) \
+            else None
+        # the legacy form holds one key (gpgsm): no key history, the old file stays in use
+        files = write_bundle(cax, issuance, out, passphrase=passphrase or "", legacy=legacy,
+                             mobileconfig=mobileconfig, history=not legacy)
+        return Delivery(tuple(files), passphrase)
+    return deliver
+
+
+@contextmanager
+def _stop_between_rows() -> Iterator[Callable[[], bool]]:
+    """The first SIGINT asks the batch to stop after the current person; a second one
+    interrupts at once (the person's transaction rolls back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal requested
+        if requested:
+            raise KeyboardInterrupt
+        requested = True
+        click.echo("smimekit: stopping after the current person (Ctrl-C again to stop now)",
+                   err=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_batch(verb: str, results: Iterator[RowResult], log: ResultsLog, *, total: int,
+               label: str, progress: bool | None) -> None:
+    """Drive a batch generator with a progress bar; one summary line at the end (an error,
+    exit status 1, when any row failed)."""
+    counts: Counter[RowStatus] = Counter()
+    show = sys.stderr.isatty() if progress is None else progress
+    console = Console(stderr=True, force_terminal=True if progress else None)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console, disable=not show)
+    with _stop_between_rows() as stop_requested, bar:
+        task = bar.add_task(label, total=total)
+        try:
+            for result in results:
+                counts[result.status] += 1
+                if result.status is RowStatus.ERROR and show:
+                    bar.console.print(Text(f"error: {result.email or '(no address)'}: "
+                                           f"{result.message}", style="red"))
+                bar.advance(task)
+                if stop_requested():
+                    raise _Stopped(f"stopped by Ctrl-C: {_summary(verb, counts, log)}; run"
+                                   " the same command again to continue")
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+    summary = _summary(verb, counts, log)
+    if counts[RowStatus.ERROR]:
+        raise CliError(summary)
+    click.echo(summary, err=True)
+
+
+def _summary(verb: str, counts: Counter[RowStatus], results: ResultsLog) -> str:
+    return (f"{verb} {counts[RowStatus.OK]}, skipped {counts[RowStatus.SKIPPED]}, failed"
+            f" {counts[RowStatus.ERROR]}; results in {results.path}")
+
+
+def _key_kinds(key_type: str | None) -> tuple[SubscriberKeyType, SubscriberKeyType]:
+    if key_type is None:
+        return DEFAULT_SIGN_KEY, DEFAULT_ENCRYPT_KEY
+    return SubscriberKeyType(key_type), SubscriberKeyType(key_type)
+
+
+@click.command("enroll")
+@click.option("--csv", "csv_path", required=True, metavar="FILE",
+              help="UTF-8 CSV with a header row: email (required), name, department.")
+@click.option("--results", "results_path", type=click.Path(dir_okay=False),
+              help="Append one row per person here [OUT/results.csv]; mode 0600, it holds"
+                   " the PKCS#12 passphrases.")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)),
+              help="Certificate profile [the CA's default].")
+@click.option("--purpose", type=click.Choice(["dual", "sign", "encrypt", "both"]),
+              default="dual", show_default=True,
+              help="dual: a signing and an encryption certificate per person.")
+@click.option("--key-type", type=_KEY_TYPES,
+              help="Generated key type [p256 to sign, rsa3072 to encrypt].")
+@_batch_options
+@ca_options
+def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose: str,
+           key_type: str | None, out_dir: str, validity: str, legacy_p12: bool,
+           mobileconfig: bool, progress: bool | None, passphrase_file: str | None,
+           passphrase_env: str | None, pin_file: str | None) -> None:
+    """Issue certificates with generated keys to everyone in a CSV file.
+
+    Each person gets their files in OUT (PKCS#12 under a fresh random passphrase) and a row
+    in the results file. People who hold live certificates of this CA already are skipped,
+    so running it again resumes an interrupted batch. Exit status 1 when any row failed.
+    """
+    period = parse_duration(validity)
+    rows = read_enrolment_csv(csv_path)
+    out = Path(out_dir)
+    results = ResultsLog(Path(results_path) if results_path else out / "results.csv")
+    sign_key, encrypt_key = _key_kinds(key_type)
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
+        _run_batch("enrolled", enroll_rows(
+            cax, rows, purpose=purpose, profile=profile, sign_key=sign_key,
+            encrypt_key=encrypt_key, validity=period, deliver=deliver, results=results),
+            results, total=len(rows), label="enrolling", progress=progress)
+
+
+@click.command("renew")
+@click.option("--due", default="30d", show_default=True,
+              help="Renew live certificates expiring within this period (30d, 6w, ...).")
+@click.option("--results", "results_path", type=click.Path(dir_okay=False),
+              help="Append one row per person here [OUT/renewals.csv]; mode 0600.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be renewed.")
+@click.option("--key-type", type=_KEY_TYPES, help="Type of the new keys [the old key's].")
+@_batch_options
+@ca_options
+def renew(due: str, results_path: str | None, dry_run: bool, key_type: str | None,
+          out_dir: str, validity: str, legacy_p12: bool, mobileconfig: bool,
+          progress: bool | None, passphrase_file: str | None, passphrase_env: str | None,
+          pin_file: str | None) -> None:
+    """Renew every live certificate that expires within --due.
+
+    Encryption certificates get new keys (the old ones stay in the key history, and the new
+    PKCS#12 carries them all); signing certificates keep a key the holder made and get a new
+    one when the CA made it. Already-expired certificates are not renewed: enrol again.
+    Running it again does nothing new (a renewed certificate is no longer live).
+    """
+    window = parse_duration(due)
+    period = parse_duration(validity)
+    encrypt_key = SubscriberKeyType(key_type) if key_type else None
+    with open_ca(passphrase_file, passphrase_env, pin_file, locked=dry_run) as cax:
+        records = due_for_renewal(cax.store, window, issuer_fingerprint=cax.issuer_fingerprint)
+        if dry_run:
+            items = expiring(cax.store, window, issuer_fingerprint=cax.issuer_fingerprint)
+            if items:
+                _table(items)
+            people = len({r.email for r in records})
+            click.echo(f"would renew {len(records)} certificates of {people} people", err=True)
+            return
+        out = Path(out_dir)
+        results = ResultsLog(Path(results_path) if results_path else out / "renewals.csv")
+        deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
+        _run_batch("renewed", renew_due(
+            cax, records, validity=period, encrypt_key=encrypt_key, deliver=deliver,
+            results=results), results, total=len({r.email for r in records}),
+            label="renewing", progress=progress)
+
+
+def _table(items: Sequence[Expiring]) -> None:
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table("email", "purpose", "serial", "not after (UTC)", "days left",
+                  box=None, header_style="bold")
+    for item in items:
+        r = item.record
+        table.add_row(r.email, r.purpose, r.serial, f"{r.not_after:%Y-%m-%d %H:%M}",
+                      str(item.days_left))
+    console.print(table)
+
+
+def _as_json(items: Sequence[Expiring]) -> str:
+    return json.dumps([{
+        "email": i.record.email, "purpose": i.record.purpose, "serial": i.record.serial,
+        "not_after": i.record.not_after.isoformat(), "days_left": i.days_left,
+        "key_origin": i.record.key_origin,
+        "notified_at": i.record.notified_at.isoformat() if i.record.notified_at else None,
+    } for i in items], indent=2)
+
+
+@click.command("expiring")
+@click.option("--within", default="30d", show_default=True,
+              help="List live certificates expiring within this period (30d, 6w, ...).")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout instead of a table.")
+@click.option("--notify", "send", is_flag=True,
+              help="Mail each holder (at most once a week) and the --admin addresses.")
+@click.option("--smtp-host", default="localhost", show_default=True)
+@click.option("--smtp-port", type=click.IntRange(1, 65535), default=25, show_default=True)
+@click.option("--smtp-plain", is_flag=True, help="No STARTTLS, even when the server offers it.")
+@click.option("--from", "sender", metavar="ADDR", help="Sender of the notices (with --notify).")
+@click.option("--admin", "admins", multiple=True, metavar="ADDR",
+              help="Send a summary here (repeatable).")
+def expiring_command(within: str, as_json: bool, send: bool, smtp_host: str, smtp_port: int,
+                     smtp_plain: bool, sender: str | None, admins: tuple[str, ...]) -> None:
+    """List the live certificates that expire soon; with --notify, tell their holders."""
+    window = parse_duration(within)
+    if send and not sender:
+        raise click.UsageError("--notify needs --from ADDR")
+    if not send and admins:
+        raise click.UsageError("--admin goes with --notify")
+    with open_ca(None, None, None, locked=True) as cax:
+        items = expiring(cax.store, window, issuer_fingerprint=cax.issuer_fingerprint)
+        if as_json:
+            click.echo(_as_json(items))
+        elif items:
+            _table(items)
+        else:
+            click.echo(f"no live certificate expires within {window.days} days", err=True)
+        if not send or not items:
+            return
+        assert sender is not None
+        with SmtpMailer(smtp_host, smtp_port, starttls=not smtp_plain) as mailer:
+            report = notify(cax.store, items, mailer=mailer, sender=sender, admins=admins,
+                            within=window, organization=cax.ca.config.organization,
+                            actor=cax.actor)
+    for recipient, error in report.failed:
+        click.echo(f"smimekit: error: mail to {recipient}: {error}", err=True)
+    summary = (f"notified {len(report.notified)} holders"
+               f" ({len(report.recent)} told within the last {RENOTIFY_AFTER.days} days"
+               f" already), summary to {len(report.admins)} admins")
+    if report.failed:
+        raise CliError(f"{summary}; {len(report.failed)} messages could not be sent")
+    click.echo(summary, err=True)
+
+
+COMMANDS: list[click.Command] = [enroll, renew, expiring_command]
+"""Registered into the ``ca`` group by :mod:`smimekit.cli.ca`."""
