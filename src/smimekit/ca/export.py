@@ -267,7 +267,8 @@ def pkcs12_bytes(
     and AES-256-CBC for the key and for the certificates, and an HMAC-SHA256 MAC with the same
     iteration count. Lower ``iterations`` (at least :data:`LEGACY_ITERATIONS`) only for a
     passphrase that is random and long (:data:`RANDOM_PASSPHRASE_ITERATIONS`).
-    ``legacy=True`` writes pbeWithSHAAnd3-KeyTripleDES-CBC for both and a SHA-1 MAC, :data:`LEGACY_ITERATIONS` each, with salts that gpgsm 2.2.40 derives correctly
+    ``legacy=True`` writes pbeWithSHAAnd3-KeyTripleDES-CBC for both and a SHA-1 MAC,
+    :data:`LEGACY_ITERATIONS` each, with salts that gpgsm 2.2.40 derives correctly
     (:func:`gpgsm_kdf_safe`); OpenSSL 3 reads it without ``-legacy``. Use it only for clients
     that cannot read the default (gpgsm imports nothing else).
 
