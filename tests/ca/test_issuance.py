@@ -296,3 +296,15 @@ def test_tampered_key_history_detected(cax: CertificateAuthority) -> None:
                      .values(encrypted_pkcs8=bytes(flipped)))
     with pytest.raises(CAError, match="damaged or tampered"):
         cax.key_history("ivy@example.com")
+
+
+def test_duplicate_live_certificate_refused(cax: CertificateAuthority) -> None:
+    cax.issue_generated("jo@example.com", purpose="sign", **FAST)
+    with pytest.raises(CAError, match="already holds a live sign certificate"):
+        cax.issue_generated("jo@example.com", **FAST)
+    with pytest.raises(CAError, match="already holds"):
+        cax.issue_csr(csr_for("jo@example.com", ec.generate_private_key(ec.SECP256R1())),
+                      email="jo@example.com", purpose="both")
+    cax.issue_generated("jo@example.com", purpose="encrypt", **FAST)  # the missing half
+    cax.issue_generated("jo@example.com", purpose="sign", replace=True, **FAST)
+    assert len(cax.store.issued_for("jo@example.com")) == 3

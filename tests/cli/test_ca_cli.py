@@ -194,6 +194,10 @@ def test_bad_input(env: Path, capsys: pytest.CaptureFixture[str],
         (["ca", "revoke", "zz"], 1, "not a hexadecimal serial"),
         (["ca", "revoke", "--email", "e@example.com", "--reason", "whim"], 1, "reason"),
         (["ca", "revoke"], 2, "SERIAL or --email"),
+        (["ca", "issue", "--email", "dup@example.com", "--key-type", "p256", "--out",
+          str(env / "dup")], 0, ""),
+        (["ca", "issue", "--email", "DUP@example.com", "--out", str(env / "dup2")], 1,
+         "already holds a live"),
     ]
     for args, status, message in cases:
         assert run(backend, *args) == status, args
@@ -300,3 +304,31 @@ def test_issuing_key_in_softhsm(env: Path) -> None:
     assert x509.load_der_x509_crl((env / "c.crl").read_bytes()).is_signature_valid(
         issuing.public_key())  # type: ignore[arg-type]
 
+
+
+@pytest.mark.slow
+def test_locked_or_missing_database(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    backend = Backend("sqlite", None, env / "data")
+    init(backend)
+    out = env / "x"
+    holder = sqlite3.connect(env / "data" / "smimekit.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process is writing
+    try:
+        assert run(backend, "ca", "issue", "--email", "x@example.com", "--key-type", "p256",
+                   "--out", str(out)) == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    err = capsys.readouterr().err
+    assert "locked by another process" in err and "Traceback" not in err
+    assert not out.exists()
+    gone = ["--data-dir", str(env / "data"), "--database-url",
+            "postgresql+psycopg://nobody@127.0.0.1:1/nothing"]
+    assert main([*gone, "ca", "issue", "--email", "x@example.com", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot use the database" in err and "Traceback" not in err
+    assert not out.exists()
+    with Store.open(None, env / "data") as store:
+        assert store.issued_for("x@example.com") == []

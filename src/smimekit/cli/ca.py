@@ -270,11 +270,13 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
 @click.option("--mobileconfig", is_flag=True, help="Also write an Apple .mobileconfig.")
 @click.option("--p12-passphrase-file", type=click.Path(dir_okay=False),
               help="Protect the PKCS#12 with this passphrase [a random one, printed once].")
+@click.option("--replace", is_flag=True,
+              help="Issue even if the address holds a live certificate for the purpose.")
 @ca_options
 def issue(email: str, name: str | None, csr_path: str | None, profile: str | None,
           purpose: str | None, key_type: str | None, validity: str, out_dir: str,
           legacy_p12: bool, mobileconfig: bool, p12_passphrase_file: str | None,
-          passphrase_file: str | None, passphrase_env: str | None,
+          replace: bool, passphrase_file: str | None, passphrase_env: str | None,
           pin_file: str | None) -> None:
     """Issue certificates for one person, from a CSR or with generated keys."""
     period = parse_duration(validity)
@@ -286,13 +288,13 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
                 raise click.UsageError("--key-type is for generated keys, not with --csr")
             issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
                                      purpose=purpose, name=name, profile=profile,
-                                     validity=period)
+                                     validity=period, replace=replace)
         else:
             chosen = SubscriberKeyType(key_type) if key_type else None
             issuance = cax.issue_generated(
                 email, purpose=purpose or "dual", name=name, profile=profile,
                 validity=period, sign_key=chosen or DEFAULT_SIGN_KEY,
-                encrypt_key=chosen or DEFAULT_ENCRYPT_KEY)
+                encrypt_key=chosen or DEFAULT_ENCRYPT_KEY, replace=replace)
         p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
                     else new_passphrase())
         written = write_bundle(cax, issuance, Path(out_dir), passphrase=p12_pass,
