@@ -196,6 +196,20 @@ class CertificateAuthority:
             })
         return Issuance(email, tuple(items))
 
+    def _refuse_duplicates(self, email: str, purposes: Sequence[Purpose],
+                           now: dt.datetime | None) -> None:
+        at = now or dt.datetime.now(dt.UTC)
+        wanted = {p.value for p in purposes}
+        if "both" in wanted:
+            wanted |= {"sign", "encrypt"}
+        for record in self.store.issued_for(email):
+            held = {"sign", "encrypt"} if record.purpose == "both" else {record.purpose}
+            if record.live and record.not_after > at and held & wanted:
+                raise CAError(
+                    f"{email} already holds a live {record.purpose} certificate (serial"
+                    f" {record.serial}, until {record.not_after:%Y-%m-%d}): renew or revoke"
+                    " it, or issue with replace=True (--replace)")
+
     # -- issuance ------------------------------------------------------------------------
 
     def issue_csr(
@@ -210,20 +224,25 @@ class CertificateAuthority:
         validity: dt.timedelta = DEFAULT_VALIDITY,
         lint: bool = True,
         now: dt.datetime | None = None,
+        replace: bool = False,
     ) -> Issuance:
         """Certify the key in a PKCS#10 request (PEM or DER) for ``email``.
 
         The request's signature must verify (proof of possession). Its subject and
         extensions are not copied: the CA writes what it validated. ``purpose`` is ``sign``,
-        ``encrypt`` or ``both``.
+        ``encrypt`` or ``both``. Unless ``replace``, an address that already holds a live
+        certificate for the purpose is refused (renew or revoke that one instead).
 
         Raises:
-            CAError: unreadable request, bad signature, unfit key, profile or linter refusal.
+            CAError: unreadable request, bad signature, unfit key, profile or linter refusal,
+                a live certificate for the purpose exists.
         """
         email = _checked_email(email)
         purposes = _purposes(purpose)
         if len(purposes) != 1:
             raise CAError("a CSR carries one key: use --purpose sign, encrypt or both")
+        if not replace:
+            self._refuse_duplicates(email, purposes, now)
         csr = _load_csr(csr_data)
         if not csr.is_signature_valid:
             raise CAError("the CSR signature does not verify: no proof of possession")
@@ -247,14 +266,18 @@ class CertificateAuthority:
         lint: bool = True,
         now: dt.datetime | None = None,
         action: str = "ca.issue",
+        replace: bool = False,
     ) -> Issuance:
         """Generate keys and certify them. ``dual`` (default): one signing and one encryption
         key pair. ``both`` uses ``encrypt_key``'s type for a single key that does both.
 
         The encryption key is sealed into the user's key history; a signing-only key is not
         kept. A ``both`` key is kept as an encryption key (mail to it must stay readable).
+        Unless ``replace``, a live certificate for a requested purpose is refused.
         """
         email = _checked_email(email)
+        if not replace:
+            self._refuse_duplicates(email, _purposes(purpose), now)
         chosen = self.profile(profile)
         info = self.subject(email, name, chosen)
         built: list[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]] = []
