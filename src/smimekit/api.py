@@ -261,7 +261,10 @@ def decrypt(
     """Remove the encryption layer(s); signed layers below are left for :func:`verify`.
 
     ``keys`` may list more (key, certificate) pairs, e.g. a key history: the matching one is
-    found from the RecipientInfos.
+    found from the RecipientInfos. ``key`` may then be None. A certificate may be None: the
+    key is then tried on every recipient of its type. Every key of a PKCS#12 file, with its
+    certificate, comes from
+    ``smimekit.keys.load.load_pkcs12_identities(path, passphrase).identities``.
 
     Raises:
         NoRecipientError: the message is not encrypted to any of the keys.
@@ -348,8 +351,9 @@ def decrypt_verify(
 ) -> Verified:
     """Unwrap every layer (encrypted, signed, triple-wrapped) and judge the whole message.
 
-    The verdict lists the layers seen, outermost first. ``aia`` and ``intermediates`` as
-    for :func:`verify`.
+    The verdict lists the layers seen, outermost first. ``key``, ``cert`` and ``keys`` (more
+    pairs, e.g. a key history) as for :func:`decrypt`; ``aia`` and ``intermediates`` as for
+    :func:`verify`.
 
     Raises:
         the errors of :func:`decrypt` and :func:`verify`.

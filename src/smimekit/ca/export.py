@@ -28,7 +28,7 @@ import os
 import plistlib
 import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from asn1crypto import cms as asn1_cms
@@ -43,6 +43,7 @@ from cryptography.x509.oid import NameOID
 
 from smimekit.cms.asn1 import PARSE_ERRORS, load
 from smimekit.errors import ASN1Error, CAError
+from smimekit.keys.load import pkcs12_kdf as _pkcs12_kdf
 
 __all__ = [
     "ITERATIONS",
@@ -101,27 +102,6 @@ def _fill(data: bytes, v: int) -> bytes:
 def _bmp_password(passphrase: bytes) -> bytes:
     """The passphrase as a BMPString with its two-byte terminator (RFC 7292 B.1)."""
     return passphrase.decode("utf-8").encode("utf-16-be") + b"\x00\x00"
-
-
-def _pkcs12_kdf(digest: Callable[..., Any], password: bytes, salt: bytes, iterations: int,
-                purpose: int, length: int) -> bytes:
-    """RFC 7292 B.2; ``password`` is already a BMPString, ``purpose`` the ID byte (1 key,
-    2 IV, 3 MAC)."""
-    v = digest().block_size
-    d = bytes([purpose]) * v
-    i = bytearray(_fill(salt, v) + _fill(password, v))
-    out = b""
-    while True:
-        a = digest(d + i).digest()
-        for _ in range(iterations - 1):
-            a = digest(a).digest()
-        out += a
-        if len(out) >= length:
-            return out[:length]
-        b = int.from_bytes(_fill(a, v), "big") + 1
-        for j in range(0, len(i), v):
-            block = (int.from_bytes(i[j:j + v], "big") + b) % (1 << (8 * v))
-            i[j:j + v] = block.to_bytes(v, "big")
 
 
 def gpgsm_kdf_safe(salt: bytes, iterations: int, password: bytes) -> bool:
@@ -259,7 +239,7 @@ def pkcs12_bytes(
     friendly_name: str,
     legacy: bool = False,
     extra: Sequence[tuple[PrivateKeyTypes, x509.Certificate]] = (),
-    iterations: int = ITERATIONS,
+    iterations: int | None = None,
 ) -> bytes:
     """A PKCS#12 file with ``key``, ``cert`` and the CA ``chain``, for a mail client.
 
@@ -292,6 +272,8 @@ def pkcs12_bytes(
         raise CAError("the PKCS#12 passphrase must be UTF-8") from None
     if not friendly_name.strip():
         raise CAError("a PKCS#12 export needs a friendly name (the label clients show)")
+    if iterations is None:
+        iterations = ITERATIONS
     if not legacy and iterations < LEGACY_ITERATIONS:
         raise CAError(f"at least {LEGACY_ITERATIONS} PBKDF2 iterations")
     if legacy and extra:

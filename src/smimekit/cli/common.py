@@ -6,6 +6,7 @@ import getpass
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.errors import KeyLoadError, PassphraseError
-from smimekit.keys.load import load_certificates, load_pkcs12, load_private_key, read_source
+from smimekit.keys.load import (
+    KeyPair,
+    key_matches,
+    load_certificates,
+    load_pkcs12,
+    load_pkcs12_identities,
+    load_private_key,
+    read_source,
+)
 from smimekit.store import Store
 from smimekit.validation.trust import TrustStore
 
@@ -147,6 +156,60 @@ def load_key_and_cert(
         certs = load_certificates(cert_path)
         cert, extra = certs[0], certs[1:] + extra
     return key, cert, extra
+
+
+def load_decryption_keys(
+    key_paths: Sequence[str], cert_path: str | None, passphrase: bytes | None
+) -> list[KeyPair]:
+    """Every private key of ``key_paths`` with its certificate, for decrypting.
+
+    A PKCS#12 file gives every key it holds (a key history: the current and older keys),
+    each with its certificate. A key without one (PEM, DER, PKCS#8) is paired with the
+    certificate of ``cert_path`` if that certifies it, or with None: it is then tried on every
+    recipient of its type. A key certified more than once (a certificate from ``cert_path``
+    or a spare one in a PKCS#12 file) appears once per certificate. Without ``passphrase``,
+    each file that needs one asks for it (the last one typed is tried first).
+
+    Raises:
+        KeyLoadError: a file holds no private key, or the certificate of ``cert_path``
+            belongs to none of the keys.
+        PassphraseError: as for :func:`load_key_and_cert`.
+    """
+    found: list[KeyPair] = []
+    spare: list[x509.Certificate] = []
+    typed: bytes | None = None
+    for key_path in key_paths:
+        data, _label = read_source(key_path, "key")
+        secret = passphrase if passphrase is not None else typed
+        for attempt in range(2):
+            try:
+                if _looks_pkcs12(data):
+                    identities, others = load_pkcs12_identities(
+                        data, secret, label=f"key {key_path}"
+                    )
+                    if not identities:
+                        raise KeyLoadError(f"{key_path}: the PKCS#12 file holds no private key")
+                    found.extend(identities)
+                    spare.extend(others)
+                else:
+                    found.append((load_private_key(data, secret), None))
+                break
+            except PassphraseError:
+                if passphrase is not None or attempt:
+                    raise
+                secret = typed = _ask(key_path)
+    wanted = load_certificates(cert_path) if cert_path is not None else []
+    if wanted and not any(key_matches(key, wanted[0]) for key, _ in found):
+        raise KeyLoadError(f"{cert_path}: the certificate belongs to none of the --key keys")
+    pairs: list[KeyPair] = []
+    for key, cert in found:
+        certs = [cert] if cert is not None else []
+        certs += [c for c in [*wanted, *spare] if c not in certs and key_matches(key, c)]
+        if certs:
+            pairs.extend((key, c) for c in certs)
+        else:
+            pairs.append((key, None))
+    return pairs
 
 
 def _looks_pkcs12(data: bytes) -> bool:

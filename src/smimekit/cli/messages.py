@@ -16,6 +16,7 @@ from smimekit.cli.common import (
     Globals,
     io_options,
     load_cert_files,
+    load_decryption_keys,
     load_key_and_cert,
     passphrase_from,
     passphrase_options,
@@ -24,6 +25,7 @@ from smimekit.cli.common import (
     write_output,
 )
 from smimekit.cms.algorithms import Cipher, Digest
+from smimekit.keys.load import KeyPair
 from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.revinfo import load_crl, load_ocsp_response
@@ -143,16 +145,20 @@ _verify_options = _options(
 _decrypt_options = _options(
     click.option(
         "--key",
-        "key_path",
+        "key_paths",
+        multiple=True,
         required=True,
         metavar="KEY",
-        help="Private key: PEM, DER, encrypted PKCS#8 or PKCS#12.",
+        help="Private key: PEM, DER, encrypted PKCS#8 or PKCS#12 (repeatable). Every key"
+        " of a PKCS#12 file is tried, older ones of a key history too; the passphrase"
+        " options apply to each file.",
     ),
     click.option(
         "--cert",
         "cert_path",
         metavar="CERT",
-        help="Its certificate (picks the matching recipient).",
+        help="The certificate of a --key that has none (picks the matching recipient;"
+        " a PKCS#12 file brings its own).",
     ),
     then=passphrase_options,
 )
@@ -358,8 +364,7 @@ def verify(
 ) -> None:
     """Verify a signed message; write its content to OUT when every check passes."""
     _open(
-        None,
-        None,
+        [],
         trust_paths,
         _at(at_text),
         report_path,
@@ -416,7 +421,7 @@ def _recipient_check(
 @_legacy
 @io_options
 def decrypt(
-    key_path: str,
+    key_paths: tuple[str, ...],
     cert_path: str | None,
     passphrase_file: str | None,
     passphrase_env: str | None,
@@ -425,11 +430,11 @@ def decrypt(
     output: str | None,
 ) -> None:
     """Decrypt a message (signed layers inside are kept for verify)."""
-    key, cert, _extra = load_key_and_cert(
-        key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
+    keys = load_decryption_keys(
+        key_paths, cert_path, passphrase_from(passphrase_file, passphrase_env)
     )
     data = read_input(input_path)
-    result = api.decrypt(data, key, cert, allow_legacy=allow_legacy)
+    result = api.decrypt(data, None, keys=keys, allow_legacy=allow_legacy)
     write_output(output, result.content)
     if result.partial:
         click.echo(
@@ -498,7 +503,7 @@ def sign_encrypt(
 @_revocation_options
 @io_options
 def decrypt_verify(
-    key_path: str,
+    key_paths: tuple[str, ...],
     cert_path: str | None,
     passphrase_file: str | None,
     passphrase_env: str | None,
@@ -514,12 +519,11 @@ def decrypt_verify(
 ) -> None:
     """Decrypt, then verify; the verdict covers every layer."""
     when = _at(at_text)  # a bad --at is a usage error before any passphrase is asked
-    key, cert, _extra = load_key_and_cert(
-        key_path, cert_path, passphrase_from(passphrase_file, passphrase_env)
+    keys = load_decryption_keys(
+        key_paths, cert_path, passphrase_from(passphrase_file, passphrase_env)
     )
     _open(
-        key,
-        cert,
+        keys,
         trust_paths,
         when,
         report_path,
@@ -533,8 +537,7 @@ def decrypt_verify(
 
 
 def _open(
-    key: Any,
-    cert: Any,
+    keys: list[KeyPair],
     trust_paths: tuple[str, ...],
     at: str | dt.datetime | None,
     report_path: str | None,
@@ -551,8 +554,8 @@ def _open(
     data = read_input(input_path)
     result = api.decrypt_verify(
         data,
-        key,
-        cert,
+        None,
+        keys=keys,
         trust=trust,
         at=at,
         extra_certs=extra,
