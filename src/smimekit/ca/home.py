@@ -292,7 +292,9 @@ class CAHome:
             if signer.public_key() != issuing_cert.public_key():
                 raise CAError("the issuing key does not match issuing.pem")
             ocsp_key = self._key("ocsp", passphrase)
-            vault = KeyVault(vault_cert, self._key("vault", passphrase))
+            # after 'escrow init' the vault key exists only as officers' shares
+            if (self.path / "vault.p12").is_file():
+                vault = KeyVault(vault_cert, self._key("vault", passphrase))
             if root:
                 if not self.has_root_key():
                     raise CAError("the root key is offline (exported); bring it back with "

@@ -151,7 +151,10 @@ def write_bundle(
         if item.key is None:
             continue
         extra: list[tuple[Any, x509.Certificate]] = []
-        if history and item.purpose in (Purpose.ENCRYPT, Purpose.BOTH):
+        # once the vault key is under escrow (M-of-N shares) the history is not at hand:
+        # older keys then come back through 'smimekit escrow recover'
+        if history and item.purpose in (Purpose.ENCRYPT, Purpose.BOTH) \
+                and cax.ca.vault.key is not None:
             extra = [(k, c) for k, c in cax.key_history(issuance.email) if c != item.cert]
         p12 = pkcs12_bytes(item.key, item.cert, chain, passphrase.encode(),
                            friendly_name=f"{issuance.email} ({tag})", legacy=legacy,

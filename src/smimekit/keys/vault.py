@@ -70,7 +70,8 @@ class KeyVault:
                 does not belong to ``cert`` (damaged or tampered).
         """
         if self.key is None:
-            raise CAError("the key vault is locked: its private key is not loaded")
+            raise CAError("the key vault is locked: its private key is not here (under escrow,"
+                          " it comes back only with the officers' shares)")
         try:
             plain = decrypt_enveloped(sealed, [(self.key, self.cert)]).content
             key = serialization.load_der_private_key(plain, None)
