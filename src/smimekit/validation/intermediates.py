@@ -35,7 +35,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import tempfile
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from smimekit.errors import FetchError
+from smimekit.fsutil import atomic_write
 from smimekit.validation.certinfo import cert_info, signed_by
 from smimekit.validation.fetchers import Fetcher, UrllibFetcher
 from smimekit.validation.path import PathResult
@@ -247,16 +247,7 @@ class IntermediateCache:
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.root, 0o700)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")  # mode 0600
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(cert.public_bytes(serialization.Encoding.PEM))
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self._path(cert))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(self._path(cert), cert.public_bytes(serialization.Encoding.PEM))
         except OSError as exc:
             log.warning("intermediate not cached", extra={"dir": str(self.root), "error": str(exc)})
             return False

@@ -8,7 +8,6 @@ system CA bundle is imported only when asked (``smimekit trust add --system``).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from smimekit.errors import KeyLoadError, TrustStoreError
+from smimekit.fsutil import atomic_write
 
 SYSTEM_BUNDLES = (
     Path("/etc/ssl/certs/ca-certificates.crt"),  # Debian, Ubuntu
@@ -83,16 +83,9 @@ class TrustStore:
             if target.exists():
                 result.append((cert, False))
                 continue
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".anchor.")
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(cert.public_bytes(serialization.Encoding.PEM))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, target)
+                atomic_write(target, cert.public_bytes(serialization.Encoding.PEM))
             except OSError as exc:
-                Path(tmp).unlink(missing_ok=True)
                 raise TrustStoreError(f"cannot write {target}: {exc.strerror or exc}") from None
             result.append((cert, True))
         return result
