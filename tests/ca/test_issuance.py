@@ -308,3 +308,14 @@ def test_duplicate_live_certificate_refused(cax: CertificateAuthority) -> None:
     cax.issue_generated("jo@example.com", purpose="encrypt", **FAST)  # the missing half
     cax.issue_generated("jo@example.com", purpose="sign", replace=True, **FAST)
     assert len(cax.store.issued_for("jo@example.com")) == 3
+
+
+def test_a_key_that_signs_is_never_kept(cax: CertificateAuthority) -> None:
+    issuance = cax.issue_generated("kim@example.com", purpose="both", **FAST)
+    (item,) = issuance.items
+    assert item.purpose is Purpose.BOTH and item.key is not None
+    assert item.record.purpose == "both"
+    assert cax.store.private_keys_for("kim@example.com", "encrypt") == []
+    assert cax.store.private_keys_for("kim@example.com", "sign") == []
+    renewed = cax.renew(item.record)
+    assert renewed.key is not None and cax.store.private_keys_for("kim@example.com") == []

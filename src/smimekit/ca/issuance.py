@@ -271,9 +271,11 @@ class CertificateAuthority:
         """Generate keys and certify them. ``dual`` (default): one signing and one encryption
         key pair. ``both`` uses ``encrypt_key``'s type for a single key that does both.
 
-        The encryption key is sealed into the user's key history; a signing-only key is not
-        kept. A ``both`` key is kept as an encryption key (mail to it must stay readable).
-        Unless ``replace``, a live certificate for a requested purpose is refused.
+        The encryption key is sealed into the user's key history (and so into escrow); a key
+        that can sign, ``sign`` or ``both``, is handed over and never kept (non-repudiation:
+        nobody but its holder may ever sign with it). Mail to a ``both`` certificate is
+        therefore lost with its key: prefer ``dual``. Unless ``replace``, a live certificate
+        for a requested purpose is refused.
         """
         email = _checked_email(email)
         if not replace:
@@ -285,13 +287,8 @@ class CertificateAuthority:
             key = (sign_key if purpose_ is Purpose.SIGN else encrypt_key).generate()
             cert = self._sign(chosen, info, key.public_key(), purpose_, validity, lint, now)
             built.append((cert, purpose_, key))
-        stored = [(c, Purpose.ENCRYPT if p is Purpose.BOTH else p, k) for c, p, k in built]
-        issuance = self._record(email, name, department, stored, chosen, "generated", action,
-                                {"origin": "generated"})
-        # report BOTH as asked, though it is filed as an encryption key
-        return Issuance(email, tuple(
-            IssuedItem(i.cert, p, i.key, i.record)
-            for i, (_, p, _) in zip(issuance.items, built, strict=True)))
+        return self._record(email, name, department, built, chosen, "generated", action,
+                            {"origin": "generated"})
 
     # -- renewal -------------------------------------------------------------------------
 
@@ -304,9 +301,9 @@ class CertificateAuthority:
         now: dt.datetime | None = None,
         encrypt_key: SubscriberKeyType | None = None,
     ) -> IssuedItem:
-        """Replace one certificate. Encryption certificates are always re-keyed (the old key
-        stays in the key history); a signing certificate keeps a key the holder made (the CSR
-        is not needed again) and gets a new one when the CA made it.
+        """Replace one certificate. Encryption (and ``both``) certificates are always re-keyed
+        (an old encryption key stays in the key history); a signing certificate keeps a key
+        the holder made (the CSR is not needed again) and gets a new one when the CA made it.
 
         Raises:
             CAError: the certificate is revoked or was renewed already.
@@ -338,7 +335,7 @@ class CertificateAuthority:
                 key_origin=record.key_origin if key is None else "generated",
                 issuer_fingerprint=self.issuer_fingerprint)
             self.store.mark_renewed(record.fingerprint, new.fingerprint)
-            if key is not None and purpose in (Purpose.ENCRYPT, Purpose.BOTH):
+            if key is not None and purpose is Purpose.ENCRYPT:
                 self.store.retire_key(record.fingerprint, at)
                 self.store.add_private_key(self.ca.vault.seal(key), owner=record.email,
                                            purpose="encrypt",

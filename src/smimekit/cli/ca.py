@@ -153,7 +153,7 @@ def write_bundle(
         extra: list[tuple[Any, x509.Certificate]] = []
         # once the vault key is under escrow (M-of-N shares) the history is not at hand:
         # older keys then come back through 'smimekit escrow recover'
-        if history and item.purpose in (Purpose.ENCRYPT, Purpose.BOTH) \
+        if history and item.purpose is Purpose.ENCRYPT \
                 and cax.ca.vault.key is not None:
             extra = [(k, c) for k, c in cax.key_history(issuance.email) if c != item.cert]
         p12 = pkcs12_bytes(item.key, item.cert, chain, passphrase.encode(),
