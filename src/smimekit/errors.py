@@ -9,6 +9,8 @@
     ├── UnsupportedError               a valid construct we do not implement
     │   └── LegacyAlgorithmError       3DES, RC2, SHA-1 ... refused unless explicitly allowed
     ├── CAError                        our CA refuses or cannot issue a certificate as asked
+    ├── EscrowError                    key escrow refuses: bad or too few shares, tampered
+    │                                  escrow data, a signing key offered for escrow
     ├── KeyLoadError                   a key or certificate file cannot be read
     │   └── PassphraseError            passphrase missing, unreadable or wrong
     ├── SigningError                   the signing operation itself cannot be carried out
@@ -45,6 +47,7 @@ __all__ = [
     "CAError",
     "DecryptionError",
     "EncryptionError",
+    "EscrowError",
     "FetchError",
     "KeyLoadError",
     "LegacyAlgorithmError",
@@ -104,6 +107,16 @@ class CAError(SmimeError):
     def __init__(self, message: str, findings: Sequence[Any] = ()) -> None:
         super().__init__(message)
         self.findings = list(findings)
+
+
+class EscrowError(SmimeError):
+    """Key escrow refuses or cannot carry out an operation (:mod:`smimekit.escrow`).
+
+    Too few recovery shares, a wrong share or one of another escrow or generation, escrow
+    data altered on disk (``escrow.json``, a share file, a sealed key record), or a signing
+    key offered for escrow (non-repudiation: signing keys are never escrowed). The message
+    names the share, officer or record at fault and never carries key material.
+    """
 
 
 class KeyLoadError(SmimeError):

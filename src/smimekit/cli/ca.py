@@ -88,6 +88,14 @@ def open_ca(
     if not home.exists():
         raise CliError(f"no CA in {globals_.data_dir}: run 'smimekit ca init' first")
     passphrase = None if locked else _ca_passphrase(passphrase_file, passphrase_env)
+    if not locked:
+        from smimekit.escrow.vault import load_state
+
+        state = load_state(home)
+        if state is not None and state.rekey is not None:
+            # keys sealed now would go to the vault key being retired
+            raise CliError("an escrow re-key is in progress: finish it ('smimekit escrow"
+                           " rekey' with the officers' shares) before issuing")
     unlocked = home.unlock(passphrase, pin=_pin(pin_file), root=root)
     store = open_store()
     try:

@@ -15,6 +15,7 @@ from smimekit import __version__
 from smimekit.cli.ca import ca
 from smimekit.cli.ca_lifecycle import COMMANDS as CA_LIFECYCLE
 from smimekit.cli.common import Globals
+from smimekit.cli.escrow import escrow
 from smimekit.cli.log import log
 from smimekit.cli.messages import COMMANDS
 from smimekit.cli.trust import trust
@@ -50,7 +51,7 @@ def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str
 
 for _command in CA_LIFECYCLE:
     ca.add_command(_command)
-for _command in [*COMMANDS, trust, log, ca]:
+for _command in [*COMMANDS, trust, log, ca, escrow]:
     cli.add_command(_command)
 
 

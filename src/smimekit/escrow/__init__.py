@@ -1,0 +1,1 @@
+"""Key escrow under M-of-N control (docs/escrow.md)."""
