@@ -23,3 +23,33 @@ def test_message_benchmark_quick_mode_prints_its_table() -> None:
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1")]
     assert len(rows) == 12, result.stdout  # 10 KB and 1 MB x six operations
     assert "x openssl" in result.stdout
+
+
+@pytest.mark.slow
+def test_ca_benchmark_quick_mode_prints_its_tables() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_ca.py"), "--quick",
+         "--backend", "sqlite"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| sqlite | P-384 |")]
+    for what in ("bare signing", "CSR issuance, recorded",
+                 "generated P-256 key issuance, recorded", "P-256 key generation alone"):
+        assert any(f"| {what}" in row for row in rows), result.stdout
+    assert len(rows) == 4 + 4, result.stdout  # + time split, pkilint, CRL, OCSP
+    assert "target: issuance >= 80% of the bare signing rate" in result.stdout
+    assert "audit chain intact" in result.stdout
+
+
+@pytest.mark.slow
+def test_archive_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_archive.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| scan |",
+                                                                            "| decrypt |"))]
+    assert len(rows) == 2, result.stdout
+    assert "| crypto |" in result.stdout and "decrypt: decrypted 36" in result.stdout

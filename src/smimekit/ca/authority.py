@@ -151,6 +151,14 @@ def _ca_name(organization: str, common_name: str, country: str | None) -> x509.N
     return x509.Name(attrs)
 
 
+_EMAIL_PROTECTION = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION])
+
+
+@functools.cache
+def _policies(policy_oid: x509.ObjectIdentifier) -> x509.CertificatePolicies:
+    return x509.CertificatePolicies([x509.PolicyInformation(policy_oid, None)])
+
+
 _CA_KEY_USAGE = x509.KeyUsage(
     digital_signature=True, content_commitment=False, key_encipherment=False,
     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
@@ -192,6 +200,29 @@ class Authority:
     def ca_issuers_url(self) -> str:
         """Where the issuing CA certificate can be fetched (authorityInfoAccess caIssuers)."""
         return f"{self.base_url}/certs/issuing.der"
+
+    # The extensions every subscriber certificate of this CA carries alike, made once per
+    # Authority (cached_property writes the instance dict, which a frozen dataclass allows).
+
+    @functools.cached_property
+    def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        issuer_ski = self.cert.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
+
+    @functools.cached_property
+    def _crl_distribution_points(self) -> x509.CRLDistributionPoints:
+        return x509.CRLDistributionPoints([x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(self.crl_url)], None, None, None)])
+
+    @functools.cached_property
+    def _authority_information_access(self) -> x509.AuthorityInformationAccess:
+        return x509.AuthorityInformationAccess([
+            x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                   x509.UniformResourceIdentifier(self.ocsp_url)),
+            x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                   x509.UniformResourceIdentifier(self.ca_issuers_url)),
+        ])
 
     @property
     def chain(self) -> list[x509.Certificate]:
@@ -304,8 +335,6 @@ class Authority:
         start = (not_before or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         # RFC 5280 4.1.2.5: notAfter is inclusive, so the period is notAfter - notBefore + 1s.
         end = start + validity - dt.timedelta(seconds=1)
-        issuer_ski = self.cert.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier).value
         builder = (
             x509.CertificateBuilder()
             .subject_name(profile.subject(subject))
@@ -315,26 +344,15 @@ class Authority:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(usage, critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
-                           critical=False)
+            .add_extension(_EMAIL_PROTECTION, critical=False)
             .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(subject.email)]),
                            critical=False)
-            .add_extension(x509.CertificatePolicies([
-                x509.PolicyInformation(profile.policy_oid, None)]), critical=False)
-            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-                [x509.UniformResourceIdentifier(self.crl_url)], None, None, None)]),
-                critical=False)
-            .add_extension(x509.AuthorityInformationAccess([
-                x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
-                                       x509.UniformResourceIdentifier(self.ocsp_url)),
-                x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                       x509.UniformResourceIdentifier(self.ca_issuers_url)),
-            ]), critical=False)
+            .add_extension(_policies(profile.policy_oid), critical=False)
+            .add_extension(self._crl_distribution_points, critical=False)
+            .add_extension(self._authority_information_access, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
                            critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-                critical=False)
+            .add_extension(self._authority_key_identifier, critical=False)
         )
         cert = sign_builder(builder, self.signer)
         assert isinstance(cert, x509.Certificate)
