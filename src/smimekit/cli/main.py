@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from smimekit import __version__
+from smimekit.cli.archive import archive
 from smimekit.cli.ca import ca
 from smimekit.cli.ca_lifecycle import COMMANDS as CA_LIFECYCLE
 from smimekit.cli.common import Globals
@@ -51,7 +52,7 @@ def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str
 
 for _command in CA_LIFECYCLE:
     ca.add_command(_command)
-for _command in [*COMMANDS, trust, log, ca, escrow]:
+for _command in [*COMMANDS, trust, log, ca, escrow, archive]:
     cli.add_command(_command)
 
 

@@ -1,0 +1,1 @@
+"""Archive tools: scan, decrypt and re-encrypt mbox, Maildir and .eml folders."""
