@@ -32,20 +32,6 @@ from smimekit.store import Store
 
 PASS = "correct horse battery staple"
 
-# Registers the lifecycle commands in the ``ca`` group (and the group in ``smimekit``) when
-# the code does not yet; a no-op once it does.
-REGISTER = """
-from smimekit.cli.ca import ca
-from smimekit.cli.ca_lifecycle import COMMANDS
-from smimekit.cli.main import cli
-if "ca" not in cli.commands:
-    cli.add_command(ca)
-for command in COMMANDS:
-    if command.name not in ca.commands:
-        ca.add_command(command)
-"""
-HARNESS = REGISTER + "import sys\nfrom smimekit.cli.main import main\nsys.exit(main())\n"
-exec(REGISTER)
 
 
 @dataclass
@@ -61,7 +47,7 @@ class CA:
         return main(self.args(*args))
 
     def subprocess_args(self, *args: str | Path) -> list[str]:
-        return [sys.executable, "-c", HARNESS, *self.args(*args)]
+        return [sys.executable, "-m", "smimekit.cli.main", *self.args(*args)]
 
     def open(self) -> tuple[CertificateAuthority, Store]:
         store = Store.open(self.backend.url, self.backend.data_dir)

@@ -14,12 +14,8 @@ from pki import PKI
 
 import smimekit.escrow.ceremony as ceremony
 from smimekit.ca.export import pkcs12_bytes
-from smimekit.cli.escrow import escrow
-from smimekit.cli.main import cli, main
+from smimekit.cli.main import main
 from smimekit.store import Store, schema
-
-if "escrow" not in cli.commands:
-    cli.add_command(escrow)
 
 CA_PASS = "correct horse battery staple"
 BOB_KEY_PASS = b"bob's own key passphrase"
