@@ -202,7 +202,7 @@ class CryptoClock:
 
 def _category(key: tuple[str, int, str]) -> str:
     filename, _, name = key
-    if (filename.endswith("archive.py") and name in _READING) \
+    if (filename.endswith(("archive.py", "mailstore.py")) and name in _READING) \
             or "of 'bytearray' objects" in name or "<method 'read' of '_io.Buffered" in name:
         return "reading"
     if "_rust.openssl.rsa" in name or "_rust.openssl.ec" in name or "x25519" in name \

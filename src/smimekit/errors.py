@@ -8,6 +8,7 @@
     │   └── MIMEError                  wrong or missing MIME structure, bad transfer encoding
     ├── UnsupportedError               a valid construct we do not implement
     │   └── LegacyAlgorithmError       3DES, RC2, SHA-1 ... refused unless explicitly allowed
+    ├── ArchiveError                   a mail archive cannot be read or changed as asked
     ├── CAError                        our CA refuses or cannot issue a certificate as asked
     ├── EscrowError                    key escrow refuses: bad or too few shares, tampered
     │                                  escrow data, a signing key offered for escrow
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASN1Error",
+    "ArchiveError",
     "CAError",
     "DecryptionError",
     "EncryptionError",
@@ -93,6 +95,14 @@ class LegacyAlgorithmError(UnsupportedError):
     """A legacy algorithm (3DES, RC2, SHA-1 signatures...) refused by policy.
 
     Pass ``allow_legacy=True`` (CLI: ``--allow-legacy``) to read archives that need it.
+    """
+
+
+class ArchiveError(SmimeError):
+    """A mail archive cannot be read or changed as asked (:mod:`smimekit.escrow.archive`).
+
+    The archive is missing or locked, it changed during the run, an export folder holds
+    something else, or a new mbox did not verify (the old one is then left as it was).
     """
 
 

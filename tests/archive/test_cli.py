@@ -9,13 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from archive.corpus import People, Sample, build, fill_store
-from smimekit.cli.archive import archive as archive_group
-from smimekit.cli.main import cli, main
+from smimekit.cli.main import main
 from smimekit.escrow import archive
 from smimekit.store import Store
-
-if "archive" not in cli.commands:
-    cli.add_command(archive_group)
 
 
 @pytest.fixture

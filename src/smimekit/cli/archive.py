@@ -2,14 +2,16 @@
 
 Thin commands over :mod:`smimekit.escrow.archive`. ``decrypt`` and ``reencrypt`` are
 resumable: run the same command again after a crash, a kill or Ctrl-C. A progress bar goes
-to stderr when stderr is a terminal (or with ``--progress``).
+to stderr when stderr is a terminal (or with ``--progress``). Keys come from ``--key`` files
+and/or from escrow (``--user ADDR --share SPEC ... --reason TEXT``: the user's key history,
+recovered with M officers' shares as ``smimekit escrow recover`` does, and audited).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from smimekit.cli.common import (
     passphrase_from,
     passphrase_options,
 )
+from smimekit.cli.escrow import SHARE_HELP, ca_data_dir, recover_with_shares
 from smimekit.escrow import archive as lib
 from smimekit.store import DB_FILENAME, Store
 
@@ -54,11 +57,25 @@ _FLAG_MEANINGS = {
 _LIST_LIMIT = 20
 
 
-def _keys_option(required: bool) -> Callable[[Any], Any]:
-    return click.option("--key", "key_paths", multiple=True, required=required,
+def _keys_option(func: Any) -> Any:
+    return click.option("--key", "key_paths", multiple=True,
                         type=click.Path(dir_okay=False), metavar="FILE",
                         help="A private key (PEM/DER/PKCS#8) or a PKCS#12 with a whole key"
-                             " history; repeatable.")
+                             " history; repeatable.")(func)
+
+
+def _escrow_options(func: Any) -> Any:
+    for option in reversed((
+        click.option("--user", "escrow_user", metavar="ADDR",
+                     help="Also use this user's key history from escrow (needs --share and"
+                          " --reason; the recovery is audited)."),
+        click.option("--share", "share_specs", multiple=True, metavar="SPEC",
+                     help=SHARE_HELP),
+        click.option("--reason", help="Why the user's keys are recovered (ticket, case):"
+                                      " audited."),
+    )):
+        func = option(func)
+    return func
 
 
 def _progress_option(func: Any) -> Any:
@@ -87,6 +104,34 @@ def _keys(key_paths: Sequence[str], passphrase_file: str | None,
         return []
     return load_decryption_keys(key_paths, None,
                                 passphrase_from(passphrase_file, passphrase_env))
+
+
+def _all_keys(key_paths: Sequence[str], passphrase_file: str | None,
+              passphrase_env: str | None, user: str | None, share_specs: Sequence[str],
+              reason: str | None, details: dict[str, Any]) -> list[lib.KeyPair]:
+    """The --key keys, then the user's keys recovered from escrow (audited)."""
+    if user is None:
+        if share_specs or reason is not None:
+            raise click.UsageError("--share and --reason go with --user ADDR")
+        if not key_paths:
+            raise click.UsageError("give the keys: --key FILE, or --user ADDR --share SPEC ..."
+                                   " --reason TEXT (escrow)")
+    elif not share_specs or reason is None:
+        raise click.UsageError("--user needs --share SPEC (one per officer) and --reason TEXT")
+    keys = _keys(key_paths, passphrase_file, passphrase_env)
+    if user is None:
+        return keys
+    data_dir = ca_data_dir()
+    store = open_store()
+    try:
+        pairs, shares = recover_with_shares(data_dir, store, share_specs, email=user,
+                                            reason=reason or "", details=details)
+    finally:
+        store.close()
+    click.echo(f"smimekit: recovered {len(pairs)} key{'s' if len(pairs) != 1 else ''} of"
+               f" {user} from escrow (officers:"
+               f" {', '.join(s.header.officer for s in shares)})", err=True)
+    return [*keys, *pairs]
 
 
 @contextmanager
@@ -127,7 +172,7 @@ def archive() -> None:
 @archive.command("scan")
 @_path_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@_keys_option(required=False)
+@_keys_option
 @passphrase_options
 @_progress_option
 def scan_command(path: str, as_json: bool, key_paths: tuple[str, ...],
@@ -190,6 +235,12 @@ def _print_scan(report: lib.ScanReport, with_store: bool) -> None:
         for flag, count in report.by_flag.most_common():
             table.add_row(flag, _FLAG_MEANINGS.get(flag, ""), str(count))
         out.print(table)
+    if report.escrow_users:
+        table = Table("user", "messages", title="readable only through escrow (key recovery"
+                      " with --user ADDR --share ... --reason ...)", title_justify="left")
+        for user, count in sorted(report.escrow_users.items(), key=lambda e: (-e[1], e[0])):
+            table.add_row(user, str(count))
+        out.print(table)
     _print_list(out, "unreadable", ("location", "Message-ID", "recipients"),
                 [(loc, mid or "", "; ".join(rcpt)) for loc, mid, rcpt in report.unreadable])
     _print_list(out, "malformed", ("location", "reason"), report.malformed)
@@ -216,20 +267,25 @@ def _print_list(out: Console, title: str, columns: Sequence[str],
 @_path_argument
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="A new folder for the plaintext (or an earlier export, to resume).")
-@_keys_option(required=True)
+@_keys_option
+@_escrow_options
 @passphrase_options
 @click.option("--allow-legacy", is_flag=True,
               help="Also open 3DES and RC2 messages (old archives).")
 @_progress_option
 def decrypt_command(path: str, out_dir: str, key_paths: tuple[str, ...],
-                    passphrase_file: str | None, passphrase_env: str | None,
-                    allow_legacy: bool, progress: bool | None) -> None:
+                    escrow_user: str | None, share_specs: tuple[str, ...],
+                    reason: str | None, passphrase_file: str | None,
+                    passphrase_env: str | None, allow_legacy: bool,
+                    progress: bool | None) -> None:
     """Export the plaintext of every message the keys open, for discovery.
 
     One .eml per message and a manifest (manifest.jsonl, manifest.csv: source location,
-    status, reason, SHA-256 of each output). Run again to resume.
+    status, reason, SHA-256 of each output). Run again to resume. The keys: --key files
+    and/or --user's key history from escrow (--share, --reason; audited).
     """
-    keys = _keys(key_paths, passphrase_file, passphrase_env)
+    keys = _all_keys(key_paths, passphrase_file, passphrase_env, escrow_user, share_specs,
+                     reason, {"output": "archive-decrypt", "archive": str(Path(path))})
     with _file_errors(), _progress_bar(progress, "decrypting") as update:
         report = lib.decrypt_archive(Path(path), Path(out_dir), keys,
                                      allow_legacy=allow_legacy, progress=update)
@@ -255,7 +311,8 @@ def _print_problems(problems: Sequence[tuple[str, str, str]]) -> None:
 
 @archive.command("reencrypt")
 @_path_argument
-@_keys_option(required=True)
+@_keys_option
+@_escrow_options
 @click.option("--to", "to_paths", multiple=True, type=click.Path(dir_okay=False),
               metavar="CERT", help="Encrypt every message to this certificate (repeatable)"
                                    " instead of its owners' current certificates in the store.")
@@ -266,22 +323,31 @@ def _print_problems(problems: Sequence[tuple[str, str, str]]) -> None:
 @click.option("--keep-original", is_flag=True,
               help="mbox: keep the old file as NAME.orig after the swap.")
 @_progress_option
-def reencrypt_command(path: str, key_paths: tuple[str, ...], to_paths: tuple[str, ...],
-                      passphrase_file: str | None, passphrase_env: str | None, dry_run: bool,
-                      allow_legacy: bool, oaep: bool, keep_original: bool,
-                      progress: bool | None) -> None:
+def reencrypt_command(path: str, key_paths: tuple[str, ...], escrow_user: str | None,
+                      share_specs: tuple[str, ...], reason: str | None,
+                      to_paths: tuple[str, ...], passphrase_file: str | None,
+                      passphrase_env: str | None, dry_run: bool, allow_legacy: bool,
+                      oaep: bool, keep_original: bool, progress: bool | None) -> None:
     """Re-encrypt every encrypted message to its owners' current certificates, AES-256-GCM.
 
     Each message is verified (decrypted again with the keys) before it replaces the old
     one; a crash or kill loses nothing. The keys must open the old messages and the new
-    certificates. Run again to finish an interrupted run.
+    certificates. Run again to finish an interrupted run. The keys: --key files and/or
+    --user's key history from escrow (--share, --reason; audited).
     """
     store = _existing_store()
     if not to_paths and store is None:
         raise click.UsageError("no store in the data directory: name the new recipients with"
                                " --to CERT")
-    targets: list[x509.Certificate] = load_cert_files(to_paths)
-    keys = _keys(key_paths, passphrase_file, passphrase_env)
+    try:
+        targets: list[x509.Certificate] = load_cert_files(to_paths)
+        keys = _all_keys(key_paths, passphrase_file, passphrase_env, escrow_user, share_specs,
+                         reason, {"output": "archive-reencrypt", "archive": str(Path(path)),
+                                  "dry_run": dry_run})
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
 
     def fixed(old: Sequence[x509.Certificate]) -> list[x509.Certificate]:
         return targets

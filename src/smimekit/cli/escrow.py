@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 import smimekit
 from smimekit.ca.export import ITERATIONS, RANDOM_PASSPHRASE_ITERATIONS, pkcs12_bytes
@@ -32,8 +33,17 @@ from smimekit.escrow.shares import OfficerSpec, UnlockedShare, read_share_header
 from smimekit.escrow.vault import EscrowResult, check_share, load_state
 from smimekit.fsutil import atomic_write, private_dir
 from smimekit.keys.load import load_certificates, load_private_key
+from smimekit.store import Store
 
-__all__ = ["escrow"]
+__all__ = [
+    "SHARE_HELP",
+    "ca_data_dir",
+    "cli_actor",
+    "escrow",
+    "recover_with_shares",
+    "unlock_share_spec",
+    "unlock_share_specs",
+]
 
 
 def _globals() -> Globals:
@@ -43,15 +53,20 @@ def _globals() -> Globals:
     return globals_
 
 
-def _data_dir() -> Path:
-    """The data directory, which must hold a CA (checked before the store is opened)."""
+def ca_data_dir() -> Path:
+    """The data directory, which must hold a CA (checked before the store is opened).
+
+    Raises:
+        CliError: no data directory, or no CA in it.
+    """
     data_dir = _globals().data_dir
     if not CAHome(data_dir).exists():
         raise CliError(f"no CA in {data_dir}: run 'smimekit ca init' first")
     return data_dir
 
 
-def _actor() -> str:
+def cli_actor() -> str:
+    """Who runs the command, for the audit log: ``cli:$SMIMEKIT_ACTOR`` or ``cli:$USER``."""
     user = os.environ.get("SMIMEKIT_ACTOR") or os.environ.get("USER") or "unknown"
     return f"cli:{user}"
 
@@ -90,7 +105,16 @@ def _officers(specs: Sequence[str]) -> list[OfficerSpec]:
     return [_officer(s) for s in specs]
 
 
-def _share(spec: str) -> UnlockedShare:
+def unlock_share_spec(spec: str) -> UnlockedShare:
+    """Read and unlock the share named by ``FILE[,key=KEYFILE][,passphrase-file=FILE]``
+    (``--share``), asking for a missing passphrase on a terminal.
+
+    Raises:
+        click.BadParameter: the specification is malformed.
+        CliError: a file cannot be read, or the wrong kind of secret is given.
+        EscrowError: the share is damaged or does not open.
+        KeyLoadError: the officer's key cannot be loaded (PassphraseError: wrong passphrase).
+    """
     path, *options = spec.split(",")
     given: dict[str, str] = {}
     for option in options:
@@ -129,11 +153,12 @@ def _share(spec: str) -> UnlockedShare:
     return unlock_share(data, passphrase=secret, source=path)
 
 
-def _shares(specs: Sequence[str]) -> list[UnlockedShare]:
-    return [_share(s) for s in specs]
+def unlock_share_specs(specs: Sequence[str]) -> list[UnlockedShare]:
+    """:func:`unlock_share_spec` for each ``--share``; raises what it raises."""
+    return [unlock_share_spec(s) for s in specs]
 
 
-_SHARE_HELP = ("A share: FILE[,key=KEYFILE][,passphrase-file=FILE]; key= for a share encrypted"
+SHARE_HELP = ("A share: FILE[,key=KEYFILE][,passphrase-file=FILE]; key= for a share encrypted"
                " to the officer's certificate, passphrase-file= for the key's or the share's"
                " passphrase (asked for on a terminal otherwise). Repeat for each officer.")
 _OFFICER_HELP = ("An officer: NAME=cert:FILE (the officer's encryption certificate, RSA"
@@ -174,7 +199,7 @@ def init(threshold: int, count: int | None, officer_specs: tuple[str, ...], out_
     if count is not None and count != len(officer_specs):
         raise click.BadParameter(f"--officers {count} but {len(officer_specs)} --officer given",
                                  param_hint="--officers")
-    data_dir = _data_dir()
+    data_dir = ca_data_dir()
     home = CAHome(data_dir)
     officers = _officers(officer_specs)
     passphrase = passphrase_from(passphrase_file, passphrase_env)
@@ -184,7 +209,7 @@ def init(threshold: int, count: int | None, officer_specs: tuple[str, ...], out_
     store = open_store()
     try:
         result = init_escrow(data_dir, store, passphrase, officers, threshold, Path(out_dir),
-                             actor=_actor())
+                             actor=cli_actor())
     finally:
         store.close()
     if not result.share_files:
@@ -199,7 +224,7 @@ def init(threshold: int, count: int | None, officer_specs: tuple[str, ...], out_
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(as_json: bool) -> None:
     """Officers, threshold, generation and key records (no secrets)."""
-    data_dir = _data_dir()
+    data_dir = ca_data_dir()
     store = open_store()
     try:
         info = recovery.escrow_status(data_dir, store)
@@ -235,11 +260,11 @@ def status(as_json: bool) -> None:
 
 
 @escrow.command("check-share")
-@click.option("--share", "share_spec", required=True, help=_SHARE_HELP)
+@click.option("--share", "share_spec", required=True, help=SHARE_HELP)
 def check_share_cmd(share_spec: str) -> None:
     """An officer's drill: open one share and check it counts (nothing is recovered)."""
-    unlocked = _share(share_spec)
-    state = load_state(CAHome(_data_dir()))
+    unlocked = unlock_share_spec(share_spec)
+    state = load_state(CAHome(ca_data_dir()))
     if state is None:
         raise EscrowError("the vault key is not under escrow")
     generation = state.active
@@ -251,7 +276,7 @@ def check_share_cmd(share_spec: str) -> None:
 
 
 @escrow.command("rotate")
-@click.option("--share", "share_specs", multiple=True, required=True, help=_SHARE_HELP)
+@click.option("--share", "share_specs", multiple=True, required=True, help=SHARE_HELP)
 @click.option("--officer", "officer_specs", multiple=True, required=True, help=_OFFICER_HELP)
 @click.option("--threshold", type=int, required=True, help="Shares needed from now on (M).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -259,20 +284,20 @@ def check_share_cmd(share_spec: str) -> None:
 def rotate(share_specs: tuple[str, ...], officer_specs: tuple[str, ...], threshold: int,
            out_dir: str) -> None:
     """New officers or threshold for the same vault key; the old shares stop counting."""
-    data_dir = _data_dir()
+    data_dir = ca_data_dir()
     officers = _officers(officer_specs)
-    shares = _shares(share_specs)
+    shares = unlock_share_specs(share_specs)
     store = open_store()
     try:
         result = rotate_escrow(data_dir, store, shares, officers, threshold,
-                               Path(out_dir), actor=_actor())
+                               Path(out_dir), actor=cli_actor())
     finally:
         store.close()
     _report(result, "officers rotated")
 
 
 @escrow.command("rekey")
-@click.option("--share", "share_specs", multiple=True, required=True, help=_SHARE_HELP)
+@click.option("--share", "share_specs", multiple=True, required=True, help=SHARE_HELP)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Write the new share files here.")
 @click.option("--officer", "officer_specs", multiple=True,
@@ -286,9 +311,9 @@ def rekey(share_specs: tuple[str, ...], out_dir: str, officer_specs: tuple[str, 
 
     Resumable: run it again with the same (current) shares after an interruption.
     """
-    data_dir = _data_dir()
+    data_dir = ca_data_dir()
     officers = _officers(officer_specs)
-    shares = _shares(share_specs)
+    shares = unlock_share_specs(share_specs)
     store = open_store()
 
     def progress(done: int, total: int) -> None:
@@ -297,7 +322,7 @@ def rekey(share_specs: tuple[str, ...], out_dir: str, officer_specs: tuple[str, 
 
     try:
         result = rekey_escrow(data_dir, store, shares, Path(out_dir),
-                              actor=_actor(), officers=officers, batch_size=batch_size,
+                              actor=cli_actor(), officers=officers, batch_size=batch_size,
                               progress=progress)
     finally:
         store.close()
@@ -312,7 +337,7 @@ def rekey(share_specs: tuple[str, ...], out_dir: str, officer_specs: tuple[str, 
               help="The key's passphrase (first line).")
 def deposit(key_path: str, cert_path: str, email: str, passphrase_file: str | None) -> None:
     """Escrow an encryption key made elsewhere. Signing keys are refused (non-repudiation)."""
-    data_dir = _data_dir()
+    data_dir = ca_data_dir()
     certs = load_certificates(cert_path)
     if not certs:
         raise CliError(f"{cert_path} holds no certificate")
@@ -326,7 +351,7 @@ def deposit(key_path: str, cert_path: str, email: str, passphrase_file: str | No
                                                  "use --passphrase-file"))
     store = open_store()
     try:
-        record = deposit_key(data_dir, store, key, certs[0], email, actor=_actor())
+        record = deposit_key(data_dir, store, key, certs[0], email, actor=cli_actor())
     finally:
         store.close()
     click.echo(f"escrowed the key of certificate {certs[0].serial_number:x} for {email}"
@@ -350,7 +375,7 @@ def _when(text: str | None, end: bool) -> dt.datetime | None:
 
 @escrow.command("recover")
 @click.option("--user", "email", required=True, help="Whose keys (mailbox address).")
-@click.option("--share", "share_specs", multiple=True, required=True, help=_SHARE_HELP)
+@click.option("--share", "share_specs", multiple=True, required=True, help=SHARE_HELP)
 @click.option("--reason", required=True, help="Why (ticket, case, leaver): audited.")
 @click.option("--from", "since", help="Only keys whose certificate was valid on or after"
                                       " this date (YYYY-MM-DD, UTC).")
@@ -373,7 +398,7 @@ def recover(email: str, share_specs: tuple[str, ...], reason: str, since: str | 
     if messages and out_dir is None:
         raise click.UsageError("--decrypt needs --out-dir")
     start, end = _when(since, False), _when(until, True)
-    data_dir = _data_dir()
+    data_dir = ca_data_dir()
     details: dict[str, Any] = ({"output": "pkcs12"} if out_p12 else
                                {"output": "decrypt", "messages": len(messages)})
     names = [Path(m).name for m in messages]
@@ -387,19 +412,9 @@ def recover(email: str, share_specs: tuple[str, ...], reason: str, since: str | 
             raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
     store = open_store()
     try:
-        try:
-            shares = _shares(share_specs)
-        except (SmimeError, click.ClickException) as exc:
-            message = exc.format_message() if isinstance(exc, click.ClickException) \
-                else str(exc)
-            recovery.record_refusal(store, actor=_actor(), email=email, reason=reason,
-                                    error=message, details=details)
-            raise
-        pairs = recovery.recover_keys(data_dir, store, shares, email=email, reason=reason,
-                                      actor=_actor(), since=start, until=end, details=details)
-        if not pairs:
-            raise EscrowError(f"nothing in escrow for {email}"
-                              + (" in that period" if start or end else ""))
+        pairs, shares = recover_with_shares(data_dir, store, share_specs, email=email,
+                                            reason=reason, details=details, since=start,
+                                            until=end)
         try:
             if out_p12:
                 p12_pass = _write_p12(Path(out_p12), email, pairs, p12_passphrase_file,
@@ -410,7 +425,7 @@ def recover(email: str, share_specs: tuple[str, ...], reason: str, since: str | 
         except (SmimeError, click.ClickException) as exc:
             message = exc.format_message() if isinstance(exc, click.ClickException) \
                 else str(exc)
-            recovery.record_refusal(store, actor=_actor(), email=email, reason=reason,
+            recovery.record_refusal(store, actor=cli_actor(), email=email, reason=reason,
                                     error=f"keys recovered, nothing written: {message}",
                                     details=details,
                                     officers=[s.header.officer for s in shares])
@@ -426,6 +441,36 @@ def recover(email: str, share_specs: tuple[str, ...], reason: str, since: str | 
     else:
         click.echo(f"  decrypted {len(messages)} message{'s' if len(messages) != 1 else ''}"
                    f" into {out_dir}")
+
+
+def recover_with_shares(
+    data_dir: Path, store: Store, share_specs: Sequence[str], *, email: str, reason: str,
+    details: dict[str, Any], since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> tuple[list[tuple[PrivateKeyTypes, x509.Certificate]], list[UnlockedShare]]:
+    """``email``'s escrowed keys (oldest first) with the shares of ``--share``, and the
+    shares. Every attempt is audited: a share that does not open through
+    :func:`recovery.record_refusal`, the rest in :func:`recovery.recover_keys`.
+
+    Raises:
+        EscrowError: refused (see :func:`recovery.recover_keys`), or nothing in escrow for
+            that user and period.
+        click.ClickException, SmimeError: a share specification is wrong or does not open.
+        StoreError: the database failed or the attempt could not be audited.
+    """
+    try:
+        shares = unlock_share_specs(share_specs)
+    except (SmimeError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        recovery.record_refusal(store, actor=cli_actor(), email=email, reason=reason,
+                                error=message, details=details)
+        raise
+    pairs = recovery.recover_keys(data_dir, store, shares, email=email, reason=reason,
+                                  actor=cli_actor(), since=since, until=until, details=details)
+    if not pairs:
+        raise EscrowError(f"nothing in escrow for {email}"
+                          + (" in that period" if since or until else ""))
+    return pairs, shares
 
 
 def _write_p12(path: Path, email: str, pairs: list[Any], passphrase_file: str | None,
