@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "private_dir"]
+__all__ = ["atomic_write", "fsync_dir", "private_dir"]
 
 
 def private_dir(path: Path) -> Path:
@@ -15,12 +15,14 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o600) -> None:
+def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o600,
+                 sync_dir: bool = True) -> None:
     """Write ``data`` to ``path`` atomically with ``mode``; the old file stays until the rename.
 
     The temporary file lives in the same directory (so the rename is atomic), is fsynced before
-    the rename, and is removed if anything fails. The directory is fsynced afterwards so the
-    rename itself survives a power cut.
+    the rename, and is removed if anything fails. With ``sync_dir`` the directory is fsynced
+    afterwards so the rename itself survives a power cut (callers that check for the file on
+    resume may skip that).
 
     Raises:
         OSError: the file cannot be written.
@@ -38,6 +40,12 @@ def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o600) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if sync_dir:
+        fsync_dir(directory)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` durable (best effort: not every filesystem can)."""
     try:
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:

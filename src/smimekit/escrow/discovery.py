@@ -11,8 +11,6 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -157,18 +155,9 @@ def _present(out: Path, record: dict[str, Any]) -> bool:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` (mode 0600) through a fsynced temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` into ``path`` (mode 0600) through a fsynced temporary file and a rename; the
+    directory is not fsynced per file: a re-run checks each exported file (:func:`_present`)."""
+    atomic_write(path, data, sync_dir=False)
 
 
 def _export_one(item: _Item, out: Path, classifier: Classifier, keys: Sequence[KeyPair],
