@@ -1,7 +1,7 @@
 """``smimekit archive scan | decrypt | reencrypt``: mail archives (mbox, Maildir, .eml folders).
 
-Thin commands over :mod:`smimekit.escrow.archive`. ``decrypt`` and ``reencrypt`` are
-resumable: run the same command again after a crash, a kill or Ctrl-C. A progress bar goes
+Thin commands over :mod:`smimekit.escrow.archive`. All three are resumable (``scan`` with
+``--state FILE``): run the same command again after a crash, a kill or Ctrl-C. A progress bar goes
 to stderr when stderr is a terminal (or with ``--progress``). Keys come from ``--key`` files
 and/or from escrow (``--user ADDR --share SPEC ... --reason TEXT``: the user's key history,
 recovered with M officers' shares as ``smimekit escrow recover`` does, and audited).
@@ -174,23 +174,32 @@ def archive() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_keys_option
 @passphrase_options
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Record each message's result in FILE (0600) and take the ones already"
+                   " there from it: an interrupted scan goes on where it stopped.")
 @_progress_option
 def scan_command(path: str, as_json: bool, key_paths: tuple[str, ...],
                  passphrase_file: str | None, passphrase_env: str | None,
-                 progress: bool | None) -> None:
+                 state_path: str | None, progress: bool | None) -> None:
     """What is encrypted in an archive, to whom, how, and who can still read it.
 
     Readable "now": a --key opens it, or it is sent to a live certificate of our CA.
     "escrow": only a key in the store's key history opens it. Nothing is decrypted.
+    With --state FILE, run the same command again to resume an interrupted scan.
     """
     keys = _keys(key_paths, passphrase_file, passphrase_env)
     store = _existing_store()
+    state = Path(state_path) if state_path is not None else None
     try:
         with _file_errors(), _progress_bar(progress, "scanning") as update:
-            report = lib.scan(Path(path), store=store, keys=keys, progress=update)
+            report = lib.scan(Path(path), store=store, keys=keys, progress=update,
+                              state=state)
     finally:
         if store is not None:
             store.close()
+    if report.resumed:
+        click.echo(f"smimekit: {report.resumed} of {report.messages} messages taken from"
+                   f" {state}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         return

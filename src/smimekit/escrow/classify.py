@@ -10,25 +10,34 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
+import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from smimekit.cms.keyinfo import issuer_and_serial_der, subject_key_id
+from smimekit.errors import ArchiveError
 from smimekit.escrow.envelope import _INPUT_ERRORS, Envelope, Kind, RecipientId, _inspect, _reason
 from smimekit.escrow.mailstore import (
     MAX_MESSAGE,
+    ArchiveFormat,
     KeyPair,
     Progress,
     ProgressCallback,
+    _file_item,
+    _Item,
     _items,
+    _Journal,
+    _location,
+    _message_files,
     archive_size,
     detect_format,
 )
@@ -184,6 +193,23 @@ class Classifier:
             except (TypeError, ValueError):
                 pass
 
+    def _fingerprint(self) -> str:
+        """A digest of what decides readability: the keys (their certificates, or public
+        keys), the store and what it says of each certificate (loaded now)."""
+        keys = {c.fingerprint(hashes.SHA256()).hex() for certs in self._key_certs.values()
+                for c in certs}
+        keys.update("spki:" + hashlib.sha256(k).hexdigest() for k in self._certless_spki)
+        stored: set[str] = set()
+        if self._store is not None:
+            if self._directory is None:
+                self._directory = _Directory(self._store, self._now)
+            stored = {known.cert.fingerprint(hashes.SHA256()).hex() + ":"
+                      + (known.status.value if known.status is not None else "-")
+                      for entries in self._directory.by_id.values() for known in entries}
+        text = json.dumps([sorted(keys), self._store.description if self._store else None,
+                           sorted(stored)])
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def _store_entries(self, rid: RecipientId) -> list[_Known]:
         if self._store is None:
             return []
@@ -294,6 +320,9 @@ class ScanReport:
     """Messages readable only through escrow, per user whose key history opens them (the
     address for ``--user``; a message to two such users counts for both)."""
     seconds: float = 0.0
+    resumed: int = 0
+    """Messages taken from the ``state`` file of an earlier run (not in :meth:`to_json`:
+    the report is the same either way)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -321,14 +350,30 @@ class ScanReport:
         }
 
 
+SCAN_BATCH = 200
+"""With ``state``: lines are fsynced after this many messages, or ..."""
+SCAN_SYNC_SECONDS = 1.0
+"""... this many seconds, whichever comes first."""
+_STATE_VERSION = 1
+
+
 def scan(path: Path | str, *, store: Store | None = None, keys: Sequence[KeyPair] = (),
          progress: ProgressCallback | None = None, max_size: int = MAX_MESSAGE,
-         now: dt.datetime | None = None) -> ScanReport:
+         now: dt.datetime | None = None, state: Path | None = None) -> ScanReport:
     """Classify every message of an archive (see :class:`Classifier`); no key is used to
     decrypt anything.
 
+    With ``state`` (a file, mode 0600, kept afterwards) the scan is resumable: each
+    message's result is appended to it as a JSON line (fsynced every :data:`SCAN_BATCH`
+    messages or :data:`SCAN_SYNC_SECONDS`), and a later call with the same file takes the
+    messages recorded there from it (unchanged messages, by location, size and mtime; an
+    mbox's by location and size in the same file) and classifies only the others. The report
+    is the same as that of one uninterrupted scan. The file records the archive and a digest
+    of the keys and the store (and what the store says of each certificate), and must match.
+
     Raises:
-        ArchiveError: the archive cannot be read.
+        ArchiveError: the archive cannot be read; ``state`` cannot be read or written, is
+            damaged, or belongs to another archive, other keys or another store.
         StoreError: the store cannot be read.
     """
     p = Path(path)
@@ -336,41 +381,195 @@ def scan(path: Path | str, *, store: Store | None = None, keys: Sequence[KeyPair
     total = archive_size(p)
     classifier = Classifier(store=store, keys=keys, now=now)
     report = ScanReport(str(p), fmt.value)
-    recipients: dict[bytes, list[Any]] = {}
+    tally = _Tally(report)
     started = time.perf_counter()
-    for item in _items(p, fmt, max_size):
-        info = classifier.classify(item.location, item.data, problem=item.problem)
-        report.messages += 1
-        report.bytes += item.size
-        report.by_kind[info.kind.value] += 1
-        report.by_flag.update(info.flags)
-        if info.kind is Kind.MALFORMED:
-            report.malformed.append((info.location, info.problem or "malformed"))
-        if info.envelope is not None and info.readability is not None:
-            report.by_readability[info.readability.value] += 1
-            report.by_cipher[info.envelope.cipher] += 1
-            report.by_key_transport.update({f"{r.kind}-{r.algorithm}"
-                                            for r in info.envelope.recipients})
-            for status in info.recipients:
-                entry = recipients.setdefault(status.recipient.key, [status, 0])
-                entry[1] += 1
-            if info.readability is Readability.UNREADABLE:
-                report.unreadable.append((info.location, info.message_id,
-                                          tuple(s.label for s in info.recipients)))
-            elif info.readability is Readability.ESCROW:
-                report.escrow_users.update({s.label for s in info.recipients
-                                            if s.readability is Readability.ESCROW})
-        if progress is not None:
-            progress(Progress("scanning", report.messages, report.bytes, total))
-    for status, count in sorted(recipients.values(), key=lambda e: (-e[1], e[0].label)):
-        cert, rid = status.certificate, status.recipient
-        report.recipients.append(RecipientSummary(
-            status.label, rid.describe(), status.readability, count,
-            cert.subject.rfc4514_string() if cert is not None else None, status.email,
-            cert.serial_number if cert is not None else rid.serial,
-            cert.issuer.rfc4514_string() if cert is not None else rid.issuer))
+    journal = None
+    done: dict[str, bytes] = {}
+    if state is not None:
+        journal, done = _open_state(Path(state), p, fmt, classifier, tally)
+    try:
+        for stamp, item, recorded in _walk(p, fmt, max_size, done):
+            if recorded is not None:
+                record = recorded
+                report.resumed += 1
+            elif item is not None:
+                info = classifier.classify(item.location, item.data, problem=item.problem)
+                record = tally.record(info, item.size, stamp, journal)
+            tally.add(record)
+            if progress is not None:
+                progress(Progress("scanning", report.messages, report.bytes, total))
+    finally:
+        if journal is not None:
+            journal.close()
+    tally.finish()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _walk(root: Path, fmt: ArchiveFormat, max_size: int, done: dict[str, bytes]
+          ) -> Iterator[tuple[str, _Item | None, dict[str, Any] | None]]:
+    """Each message's stamp (its size, and its mtime or the mbox's inode), and either the
+    message or, when ``done`` holds a record of it with that stamp, the record (a file is
+    then not read)."""
+    if fmt is ArchiveFormat.MBOX:
+        inode = root.stat().st_ino
+        for item in _items(root, fmt, max_size):
+            stamp = f"{item.size}:{inode}"
+            record = _take(done, item.location, stamp)
+            yield stamp, None if record is not None else item, record
+        return
+    for file in _message_files(root, fmt):
+        location = _location(root, file, fmt)
+        try:
+            st = file.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = ""
+        record = _take(done, location, stamp)
+        if record is not None:
+            yield stamp, None, record
+        else:
+            yield stamp, _file_item(root, file, fmt, max_size), None
+
+
+def _take(done: dict[str, bytes], location: str, stamp: str) -> dict[str, Any] | None:
+    """The record of the message at ``location`` if it is of this very message."""
+    line = done.pop(location, None)
+    if line is None or not stamp:
+        return None
+    record: dict[str, Any] = json.loads(line)
+    return record if record.get("stamp") == stamp else None
+
+
+def _open_state(path: Path, archive: Path, fmt: ArchiveFormat, classifier: Classifier,
+                tally: _Tally) -> tuple[_Journal, dict[str, bytes]]:
+    """The state journal, checked against this scan, and the recorded message lines by
+    location (the recipients they name are loaded into ``tally``)."""
+    journal = _Journal(path, batch=SCAN_BATCH, seconds=SCAN_SYNC_SECONDS, mode=0o600)
+    header = {"t": "scan", "v": _STATE_VERSION, "path": str(archive.resolve()),
+              "format": fmt.value, "keys": classifier._fingerprint()}
+    done: dict[str, bytes] = {}
+    first: dict[str, Any] | None = None
+    for line, record in journal.entries(forgive_last=True):
+        if first is None:
+            first = record
+            _check_state(path, record, header)
+        elif record.get("t") == "r":
+            tally.learn(record)
+        elif record.get("t") == "m" and all(r in tally.known for r in record.get("r", ())):
+            done[str(record.get("loc"))] = line
+    if first is None:
+        header["started"] = dt.datetime.now(dt.UTC).isoformat()
+        journal.append(header)
+        journal.sync()
+    return journal, done
+
+
+def _check_state(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+    again = f"delete {path} to start a new scan"
+    if found.get("t") != "scan" or found.get("v") != wanted["v"]:
+        raise ArchiveError(f"{path} is not the state of a scan: {again}")
+    if (found.get("path"), found.get("format")) != (wanted["path"], wanted["format"]):
+        raise ArchiveError(f"{path} is the state of a scan of {found.get('path')}, not of"
+                           f" {wanted['path']}: use another state file, or {again}")
+    if found.get("keys") != wanted["keys"]:
+        raise ArchiveError(f"{path} was made with other keys or another store (or the store"
+                           f" has changed since, or a certificate expired): {again}")
+
+
+class _Tally:
+    """Builds a :class:`ScanReport` from per-message records (JSON-able dicts), so a report
+    made from the lines of a state file is the same as one made as the scan goes."""
+
+    def __init__(self, report: ScanReport) -> None:
+        self.report = report
+        self.known: dict[int, dict[str, Any]] = {}
+        """Recipients by number (``t: r`` records)."""
+        self._ids: dict[str, int] = {}
+        self._next = 0
+        self._counts: dict[int, int] = {}
+
+    def learn(self, record: dict[str, Any]) -> bool:
+        try:
+            number, key = int(record["id"]), str(record["key"])
+            Readability(record["readability"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        self.known[number] = record
+        self._ids[key] = number
+        self._next = max(self._next, number + 1)
+        return True
+
+    def record(self, info: MessageInfo, size: int, stamp: str, journal: _Journal | None
+               ) -> dict[str, Any]:
+        """The record of one message (written to ``journal`` after any new recipient)."""
+        record: dict[str, Any] = {"t": "m", "loc": info.location, "stamp": stamp,
+                                  "size": size, "kind": info.kind.value}
+        if info.flags:
+            record["flags"] = sorted(info.flags)
+        if info.kind is Kind.MALFORMED:
+            record["problem"] = info.problem or "malformed"
+        if info.envelope is not None and info.readability is not None:
+            record["read"] = info.readability.value
+            record["cipher"] = info.envelope.cipher
+            record["kt"] = sorted({f"{r.kind}-{r.algorithm}" for r in info.envelope.recipients})
+            record["r"] = [self._recipient(s, journal) for s in info.recipients]
+            if info.readability is Readability.UNREADABLE:
+                record["mid"] = info.message_id
+        if journal is not None:
+            journal.append(record)
+        return record
+
+    def _recipient(self, status: RecipientStatus, journal: _Journal | None) -> int:
+        key = status.recipient.key.hex()
+        number = self._ids.get(key)
+        if number is not None:
+            return number
+        cert, rid = status.certificate, status.recipient
+        serial = cert.serial_number if cert is not None else rid.serial
+        number = self._next
+        entry: dict[str, Any] = {"t": "r", "id": number, "key": key, "label": status.label,
+                 "identifier": rid.describe(), "readability": status.readability.value,
+                 "subject": cert.subject.rfc4514_string() if cert is not None else None,
+                 "email": status.email,
+                 "serial": format(serial, "x") if serial is not None else None,
+                 "issuer": cert.issuer.rfc4514_string() if cert is not None else rid.issuer}
+        self.learn(entry)
+        if journal is not None:
+            journal.append(entry)
+        return number
+
+    def add(self, record: dict[str, Any]) -> None:
+        report = self.report
+        report.messages += 1
+        report.bytes += record["size"]
+        report.by_kind[record["kind"]] += 1
+        report.by_flag.update(record.get("flags", ()))
+        if "problem" in record:
+            report.malformed.append((record["loc"], record["problem"]))
+        readability = record.get("read")
+        if readability is None:
+            return
+        report.by_readability[readability] += 1
+        report.by_cipher[record["cipher"]] += 1
+        report.by_key_transport.update(record["kt"])
+        for number in record["r"]:
+            self._counts[number] = self._counts.get(number, 0) + 1
+        recipients = [self.known[n] for n in record["r"]]
+        if readability == Readability.UNREADABLE.value:
+            report.unreadable.append((record["loc"], record.get("mid"),
+                                      tuple(r["label"] for r in recipients)))
+        elif readability == Readability.ESCROW.value:
+            report.escrow_users.update({r["label"] for r in recipients
+                                        if r["readability"] == Readability.ESCROW.value})
+
+    def finish(self) -> None:
+        entries = [(self.known[n], count) for n, count in self._counts.items()]
+        for r, count in sorted(entries, key=lambda e: (-e[1], e[0]["label"])):
+            self.report.recipients.append(RecipientSummary(
+                r["label"], r["identifier"], Readability(r["readability"]), count,
+                r["subject"], r["email"],
+                int(r["serial"], 16) if r["serial"] is not None else None, r["issuer"]))
 
 
 def _keys_for(keys: Sequence[KeyPair], source: KeySource | None,

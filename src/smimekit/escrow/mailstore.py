@@ -3,7 +3,8 @@
 :func:`iter_messages` streams the messages of an archive one at a time, each with a location
 that stays the same from run to run (an mbox is read in blocks and never held whole). Also
 the types every archive operation shares (:data:`KeyPair`, :class:`Progress`) and the
-fsynced JSON-lines journal that ``decrypt_archive`` and ``reencrypt_archive`` resume from.
+fsynced JSON-lines journal that ``decrypt_archive``, ``reencrypt_archive`` and ``scan``
+resume from.
 The public names are re-exported by :mod:`smimekit.escrow.archive`.
 """
 
@@ -13,6 +14,7 @@ import enum
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,7 +332,7 @@ def _mbox_items(path: Path, start: int, index: int, max_size: int, *,
 def _mbox_quote(message: bytes) -> bytes:
     return _FROM_TO_QUOTE.sub(rb">\1", message) if b"From " in message else message
 
-# -- journals and fsync, for decrypt_archive and reencrypt_archive ---------------------------
+# -- journals and fsync, for decrypt_archive, reencrypt_archive and scan -----------------------
 
 
 
@@ -348,49 +350,111 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class _Journal:
-    """Append-only JSON lines, each fsynced before the call returns. A line torn by a crash
-    is cut off when the journal is read again."""
+    """Append-only JSON lines. By default each line is fsynced before :meth:`append` returns;
+    with ``batch`` > 1 each line is still written at once (a killed process loses none), but
+    fsynced only after every ``batch`` lines or ``seconds`` seconds, and by :meth:`sync` and
+    :meth:`close` (a power cut loses at most the lines since the last fsync). A line torn by
+    a crash is cut off when the journal is read again. A new journal is created with
+    ``mode`` (less the umask)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, batch: int = 1, seconds: float = 0.0,
+                 mode: int = 0o666) -> None:
         self.path = path
         self._fh: BinaryIO | None = None
+        self._batch = batch
+        self._seconds = seconds
+        self._mode = mode
+        self._unsynced = 0
+        self._synced_at = 0.0
 
     def read(self) -> list[dict[str, Any]]:
+        return [record for _, record in self.entries()]
+
+    def entries(self, *, forgive_last: bool = False) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Each line and its record, streamed. A torn last line is cut off at once; with
+        ``forgive_last`` so is a last line that is not JSON (once the lines are all read).
+
+        Raises:
+            ArchiveError: the journal cannot be read, or a line before the last is damaged.
+        """
         try:
-            data = self.path.read_bytes()
+            self._cut_torn_tail()
+            fh = open(self.path, "rb")
         except FileNotFoundError:
-            return []
+            return iter(())
         except OSError as exc:
             raise ArchiveError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        whole = data[:data.rfind(b"\n") + 1]
-        if len(whole) != len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(len(whole))
+        return self._parse(fh, forgive_last)
+
+    def _cut_torn_tail(self) -> None:
+        with open(self.path, "r+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            pos = end
+            while pos > 0:
+                step = min(pos, 1 << 16)
+                fh.seek(pos - step)
+                nl = fh.read(step).rfind(b"\n")
+                if nl >= 0:
+                    pos = pos - step + nl + 1
+                    break
+                pos -= step
+            if pos != end:
+                fh.truncate(pos)
                 os.fsync(fh.fileno())
-        records = []
-        for line in whole.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise ArchiveError(f"{self.path} is damaged: remove it to start over") from None
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+
+    def _parse(self, fh: BinaryIO, forgive_last: bool
+               ) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        damaged = -1
+        offset = 0
+        with fh:
+            for line in fh:
+                if damaged >= 0 and line.strip():
+                    raise ArchiveError(f"{self.path} is damaged: remove it to start over")
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    if not forgive_last:
+                        raise ArchiveError(
+                            f"{self.path} is damaged: remove it to start over") from None
+                    damaged = offset
+                else:
+                    if isinstance(record, dict):
+                        yield line, record
+                offset += len(line)
+        if damaged >= 0:
+            with open(self.path, "r+b") as out:
+                out.truncate(damaged)
+                os.fsync(out.fileno())
 
     def append(self, record: dict[str, Any]) -> None:
         if self._fh is None:
             created = not self.path.exists()
-            self._fh = open(self.path, "ab")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self._mode)
+            self._fh = os.fdopen(fd, "ab")
+            self._synced_at = time.monotonic()
             if created:
                 _fsync_dir(self.path.parent)
         self._fh.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._unsynced += 1
+        if self._unsynced >= self._batch or time.monotonic() - self._synced_at >= self._seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make every line appended so far durable."""
+        if self._fh is not None and self._unsynced:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._unsynced = 0
+            self._synced_at = time.monotonic()
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            try:
+                self.sync()
+            finally:
+                self._fh.close()
+                self._fh = None
 
     def remove(self) -> None:
         self.close()
