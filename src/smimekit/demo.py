@@ -1,13 +1,16 @@
 """End-to-end demonstration on a throwaway PKI: ``python -m smimekit.demo`` (``make demo``).
 
-Alice signs and encrypts one message to Bob (RSA) and Carol (EC P-256); Bob opens it and
-checks the verdict; then ``openssl cms`` opens the same message, when it is installed.
+smimekit's own CA (a root and an issuing CA, linted S/MIME BR certificates, a store with an
+audit log) issues Alice, Bob and Carol their certificates; Alice signs and encrypts one message
+to Bob (RSA) and Carol (EC P-256); Bob and Carol open it and check the verdict, with revocation
+checked against the CA's own CRLs; then ``openssl cms`` opens the same message, when it is
+installed.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import email.utils
+import secrets
 import shutil
 import subprocess
 import sys
@@ -15,15 +18,15 @@ import tempfile
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    PrivateKeyTypes,
-)
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 import smimekit
+from smimekit.ca.home import CAConfig, CAHome
+from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
+from smimekit.ca.profiles import Purpose
+from smimekit.store import Store
+from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 
 MESSAGE = (
     b"From: Alice Example <alice@example.org>\r\n"
@@ -35,66 +38,6 @@ MESSAGE = (
     b"\r\n"
     b"Hello Bob and Carol,\r\n\r\nthe figures are attached in spirit. Gr\xc3\xbc\xc3\x9fe!\r\n"
 )
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Org"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _ca() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    key = rsa.generate_private_key(65537, 3072)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Example Org Demo Root"))
-        .issuer_name(_name("Example Org Demo Root"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _person(
-    ca_key: CertificateIssuerPrivateKeyTypes,
-    ca: x509.Certificate,
-    name: str,
-    email: str,
-    key: PrivateKeyTypes,
-) -> x509.Certificate:
-    public = key.public_key()
-    is_rsa = isinstance(public, rsa.RSAPublicKey)
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(ca.subject)
-        .public_key(public)  # type: ignore[arg-type]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False)
-        .add_extension(
-            x509.KeyUsage(True, False, is_rsa, False, not is_rsa, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
 
 
 def _pem(path: Path, obj: x509.Certificate | PrivateKeyTypes) -> None:
@@ -117,35 +60,69 @@ def say(text: str) -> None:
 
 def run(workdir: Path) -> bool:
     say("smimekit demo: a throwaway PKI, one message signed and encrypted, opened twice.\n")
-    ca_key, ca = _ca()
-    alice_key = rsa.generate_private_key(65537, 2048)
-    bob_key = rsa.generate_private_key(65537, 2048)
-    carol_key = ec.generate_private_key(ec.SECP256R1())
-    alice = _person(ca_key, ca, "Alice Example", "alice@example.org", alice_key)
-    bob = _person(ca_key, ca, "Bob Example", "bob@example.org", bob_key)
-    carol = _person(ca_key, ca, "Carol Example", "carol@example.org", carol_key)
-    files: list[tuple[str, x509.Certificate | PrivateKeyTypes]] = [
-        ("ca.pem", ca),
-        ("alice.pem", alice),
-        ("alice.key", alice_key),
-        ("bob.pem", bob),
-        ("bob.key", bob_key),
-        ("carol.pem", carol),
-        ("carol.key", carol_key),
-    ]
-    for name, obj in files:
-        _pem(workdir / name, obj)
-    say(f"1. Made a root CA and three people in {workdir}:")
-    say("   Alice (RSA-2048, sender), Bob (RSA-2048), Carol (EC P-256).")
+    data = workdir / "smimekit-data"
+    home = CAHome(data)
+    unlocked = home.create(
+        CAConfig(organization="Example Org", base_url="http://pki.example.org",
+                 key_type="p256", country="GB"),
+        secrets.token_urlsafe(24).encode(),
+    )
+    store = Store.open(None, data)
+    try:
+        cax = CertificateAuthority(unlocked, store, actor="demo")
+        crl = cax.publish_crl()
+        alice_ids = cax.issue_generated(
+            "alice@example.org", name="Alice Example", purpose="dual",
+            sign_key=SubscriberKeyType.RSA2048, encrypt_key=SubscriberKeyType.RSA2048)
+        bob_ids = cax.issue_generated("bob@example.org", name="Bob Example",
+                                      purpose="encrypt",
+                                      encrypt_key=SubscriberKeyType.RSA2048)
+        carol_ids = cax.issue_generated("carol@example.org", name="Carol Example",
+                                        purpose="encrypt",
+                                        encrypt_key=SubscriberKeyType.P256)
+        audit_ok = store.verify_audit_log() == []
+        audit_rows = len(store.audit_entries())
+    finally:
+        store.close()
+    root, issuing = unlocked.authority.root, unlocked.authority.cert
+    picks = {
+        "alice": alice_ids.item(Purpose.SIGN),
+        "alice-enc": alice_ids.item(Purpose.ENCRYPT),
+        "bob": bob_ids.item(Purpose.ENCRYPT),
+        "carol": carol_ids.item(Purpose.ENCRYPT),
+    }
+    for name, item in picks.items():
+        assert item is not None and item.key is not None
+        _pem(workdir / f"{name}.pem", item.cert)
+        _pem(workdir / f"{name}.key", item.key)
+    _pem(workdir / "ca.pem", root)
+    _pem(workdir / "issuing-ca.pem", issuing)
+    alice, alice_key = picks["alice"].cert, picks["alice"].key  # type: ignore[union-attr]
+    bob, bob_key = picks["bob"].cert, picks["bob"].key  # type: ignore[union-attr]
+    carol, carol_key = picks["carol"].cert, picks["carol"].key  # type: ignore[union-attr]
+    assert alice_key is not None and bob_key is not None and carol_key is not None
+    say(f"1. smimekit's own CA (root and issuing CA, P-256) in {data}")
+    say("   issued S/MIME BR certificates, each linted by pkilint before signing:")
+    say("   Alice a signing and an encryption certificate (RSA-2048), Bob an encryption one")
+    say("   (RSA-2048), Carol an encryption one (EC P-256). The store recorded it all:"
+        f" {audit_rows} audit rows, hash chain {'intact' if audit_ok else 'BROKEN'}.")
+    # the CA's own CRLs: revocation is checked without any network
+    revocation = RevocationOptions(policy=RevocationPolicy.HARD,
+                                   crls=[crl, home.root_crl()])
+    ca = root
 
     message = MESSAGE % email.utils.formatdate(usegmt=True).encode()
-    sealed = smimekit.sign_encrypt(message, alice_key, alice, [bob, carol])
+    sealed = smimekit.sign_encrypt(
+        message, alice_key, alice, [bob, carol, picks["alice-enc"].cert],  # type: ignore[union-attr]
+        chain=[issuing], trust=[ca], intermediates=[issuing], revocation=revocation)
     (workdir / "message.eml").write_bytes(message)
     (workdir / "sealed.eml").write_bytes(sealed)
     say("2. Alice signed the message (SHA-256, RSA) and encrypted it with AES-256-GCM to Bob,")
     say(f"   Carol and herself (so she can read her sent copy): sealed.eml, {len(sealed)} bytes.")
+    say("   Each recipient certificate was checked first, revocation against the CA's CRL.")
 
-    opened = smimekit.decrypt_verify(sealed, bob_key, bob, trust=[ca])
+    opened = smimekit.decrypt_verify(sealed, bob_key, bob, trust=[ca], revocation=revocation,
+                                     aia=False)
     verdict = opened.verdict
     layers = " then ".join(layer.kind for layer in verdict.layers)
     say(f"3. Bob opened it: layers {layers}.")
@@ -157,7 +134,8 @@ def run(workdir: Path) -> bool:
         else "   The text did NOT arrive intact!"
     )
 
-    opened_carol = smimekit.decrypt_verify(sealed, carol_key, carol, trust=[ca])
+    opened_carol = smimekit.decrypt_verify(sealed, carol_key, carol, trust=[ca],
+                                           revocation=revocation, aia=False)
     say(
         f"4. Carol opened the same message with her EC key: "
         f"{'valid' if opened_carol.verdict.valid else 'INVALID'} signature from Alice."
