@@ -264,7 +264,7 @@ def decrypt(
     found from the RecipientInfos. ``key`` may then be None. A certificate may be None: the
     key is then tried on every recipient of its type. Every key of a PKCS#12 file, with its
     certificate, comes from
-    ``smimekit.keys.load.load_pkcs12_identities(path, passphrase).identities``.
+    ``smimekit.keys.pkcs12.load_pkcs12_identities(path, passphrase).identities``.
 
     Raises:
         NoRecipientError: the message is not encrypted to any of the keys.

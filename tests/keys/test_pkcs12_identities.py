@@ -24,8 +24,9 @@ from pki import PKI, Identity
 from smimekit.ca import export
 from smimekit.ca.export import pkcs12_bytes
 from smimekit.errors import KeyLoadError, PassphraseError
-from smimekit.keys import load as load_module
-from smimekit.keys.load import load_pkcs12, load_pkcs12_identities, pkcs12_kdf
+from smimekit.keys import pkcs12 as pkcs12_module
+from smimekit.keys.load import load_pkcs12
+from smimekit.keys.pkcs12 import load_pkcs12_identities, pkcs12_kdf
 
 PASS = b"correct horse battery staple"
 OPENSSL = shutil.which("openssl")
@@ -185,7 +186,7 @@ def _with_pbmac1(p12: bytes, passphrase: bytes) -> bytes:
     key = PBKDF2HMAC(hashes.SHA256(), 32, salt, 2048).derive(passphrase)
     mac = crypto_hmac.HMAC(key, hashes.SHA256())
     mac.update(bytes(pfx["auth_safe"]["content"]))
-    params = load_module._Pbmac1Params({
+    params = pkcs12_module._Pbmac1Params({
         "key_derivation_func": {"algorithm": "pbkdf2", "parameters": {
             "salt": algos.Pbkdf2Salt(name="specified", value=salt),
             "iteration_count": 2048, "key_length": 32, "prf": {"algorithm": "sha256"}}},
@@ -339,7 +340,7 @@ def test_huge_iteration_count_is_refused_before_any_work(history: list[Identity]
 
 def test_total_work_is_bounded(pki: PKI, history: list[Identity],
                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load_module, "_MAX_WORK", 10_000)
+    monkeypatch.setattr(pkcs12_module, "_MAX_WORK", 10_000)
     with pytest.raises(KeyLoadError, match="too long"):
         load_pkcs12_identities(_history_p12(pki, history), PASS)
 

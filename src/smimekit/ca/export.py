@@ -43,7 +43,7 @@ from cryptography.x509.oid import NameOID
 
 from smimekit.cms.asn1 import PARSE_ERRORS, load
 from smimekit.errors import ASN1Error, CAError
-from smimekit.keys.load import pkcs12_kdf as _pkcs12_kdf
+from smimekit.keys.pkcs12 import pkcs12_kdf as _pkcs12_kdf
 
 __all__ = [
     "ITERATIONS",

@@ -17,14 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smimekit.errors import KeyLoadError, PassphraseError
 from smimekit.fsutil import atomic_write
 from smimekit.keys.load import (
-    KeyPair,
     key_matches,
     load_certificates,
     load_pkcs12,
-    load_pkcs12_identities,
     load_private_key,
     read_source,
 )
+from smimekit.keys.pkcs12 import KeyPair, load_pkcs12_identities
 from smimekit.store import Store
 from smimekit.validation.trust import TrustStore
 

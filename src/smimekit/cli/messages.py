@@ -25,7 +25,7 @@ from smimekit.cli.common import (
     write_output,
 )
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.keys.load import KeyPair
+from smimekit.keys.pkcs12 import KeyPair
 from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.revinfo import load_crl, load_ocsp_response
