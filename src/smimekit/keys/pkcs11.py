@@ -25,6 +25,8 @@ import hmac
 import os
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -407,6 +409,21 @@ def _close_quietly(session: pkcs11.Session, login: tuple[str, bytes]) -> None:
     _logout(login)
 
 
+@contextmanager
+def _closed_on_failure(session: pkcs11.Session, login: tuple[str, bytes], token_label: str,
+                       key_label: str) -> Iterator[None]:
+    """Close the session (and log out) if the block fails; token errors become CAError."""
+    try:
+        yield
+    except p11.PKCS11Error as exc:
+        _close_quietly(session, login)
+        raise CAError(f"token {token_label!r} failed on key {key_label!r}: "
+                      f"{_name(exc)}") from None
+    except BaseException:
+        _close_quietly(session, login)
+        raise
+
+
 def open_signer(
     module_path: str | os.PathLike[str], token_label: str, key_label: str, pin: str,
 ) -> Pkcs11Signer:
@@ -419,7 +436,7 @@ def open_signer(
             key object is missing or does not match it.
     """
     token, session, login = _open_session(module_path, token_label, pin, rw=False)
-    try:
+    with _closed_on_failure(session, login, token_label, key_label):
         try:
             private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=key_label)
         except p11.NoSuchKey:
@@ -442,13 +459,6 @@ def open_signer(
             raise CAError(f"more than one public key labelled {key_label!r} in token "
                           f"{token_label!r}") from None
         return _signer(token, session, private, public, key_label, login)
-    except p11.PKCS11Error as exc:
-        _close_quietly(session, login)
-        raise CAError(f"token {token_label!r} failed on key {key_label!r}: "
-                      f"{_name(exc)}") from None
-    except BaseException:
-        _close_quietly(session, login)
-        raise
 
 
 def _generate(session: pkcs11.Session, kind: str, key_label: str,
@@ -498,7 +508,7 @@ def generate_ca_key(
     """
     kind = _kind_of(key_type)
     token, session, login = _open_session(module_path, token_label, pin, rw=True)
-    try:
+    with _closed_on_failure(session, login, token_label, key_label):
         needed = {"ed25519": {Mechanism.EC_EDWARDS_KEY_PAIR_GEN}, "p256": {
             Mechanism.EC_KEY_PAIR_GEN}, "p384": {Mechanism.EC_KEY_PAIR_GEN}}.get(
             kind, {Mechanism.RSA_PKCS_KEY_PAIR_GEN})
@@ -522,10 +532,3 @@ def generate_ca_key(
                 raise CAError(f"token {token_label!r} could not generate a {kind} key: "
                               f"{_name(exc)}") from None
         return _signer(token, session, private, public, key_label, login)
-    except p11.PKCS11Error as exc:
-        _close_quietly(session, login)
-        raise CAError(f"token {token_label!r} failed on key {key_label!r}: "
-                      f"{_name(exc)}") from None
-    except BaseException:
-        _close_quietly(session, login)
-        raise
