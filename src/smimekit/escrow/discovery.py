@@ -31,16 +31,13 @@ from smimekit.escrow.envelope import Kind, _reason
 from smimekit.escrow.mailstore import (
     MAX_MESSAGE,
     KeyPair,
-    Progress,
     ProgressCallback,
-    _fsync_dir,
     _Item,
-    _items,
     _Journal,
-    archive_size,
+    _pending,
     detect_format,
 )
-from smimekit.fsutil import atomic_write, private_dir
+from smimekit.fsutil import atomic_write, fsync_dir, private_dir
 
 __all__ = [
     "MANIFEST",
@@ -119,25 +116,16 @@ def decrypt_archive(
     done = {r["location"] for r in records if r.get("status") in _FINAL and _present(out, r)}
     report = DecryptReport(out, journal.path)
     classifier = Classifier(keys=keys)
-    total = archive_size(src)
-    seen = handled = 0
     try:
-        for item in _items(src, fmt, max_size):
-            seen += 1
-            handled += item.size
-            if item.location in done:
-                report.resumed += 1
-            else:
-                entry = _export_one(item, out, classifier, keys, key_source, allow_legacy)
-                journal.append(entry)
-                report.counts[entry["status"]] += 1
-                if entry["status"] not in ("decrypted", "not-encrypted"):
-                    report.problems.append((item.location, entry["status"], entry["reason"]))
-            if progress is not None:
-                progress(Progress("decrypting", seen, handled, total))
+        for item in _pending(src, fmt, max_size, done, report, "decrypting", progress):
+            entry = _export_one(item, out, classifier, keys, key_source, allow_legacy)
+            journal.append(entry)
+            report.counts[entry["status"]] += 1
+            if entry["status"] not in ("decrypted", "not-encrypted"):
+                report.problems.append((item.location, entry["status"], entry["reason"]))
     finally:
         journal.close()
-        _fsync_dir(out)
+        fsync_dir(out)
     _write_csv(out / MANIFEST_CSV, journal.read())
     return report
 

@@ -15,10 +15,10 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smimekit.errors import (
     ArchiveError,
 )
+from smimekit.fsutil import fsync_dir
 
 __all__ = [
     "MAX_HEADER",
@@ -151,6 +152,29 @@ def _items(path: Path, fmt: ArchiveFormat, max_size: int) -> Iterator[_Item]:
         return
     for file in _message_files(path, fmt):
         yield _file_item(path, file, fmt, max_size)
+
+
+class _Resumable(Protocol):
+    resumed: int
+
+
+def _pending(root: Path, fmt: ArchiveFormat, max_size: int, done: Container[str],
+             report: _Resumable, stage: str, progress: ProgressCallback | None,
+             ) -> Iterator[_Item]:
+    """The messages of a resumed run still to do: those whose location is in ``done`` are
+    counted in ``report.resumed`` and not yielded; progress is reported after each message
+    (for a yielded one, once the caller has handled it)."""
+    total = archive_size(root)
+    seen = handled = 0
+    for item in _items(root, fmt, max_size):
+        seen += 1
+        handled += item.size
+        if item.location in done:
+            report.resumed += 1
+        else:
+            yield item
+        if progress is not None:
+            progress(Progress(stage, seen, handled, total))
 
 
 def _message_files(root: Path, fmt: ArchiveFormat) -> Iterator[Path]:
@@ -335,20 +359,6 @@ def _mbox_quote(message: bytes) -> bytes:
 # -- journals and fsync, for decrypt_archive, reencrypt_archive and scan -----------------------
 
 
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _Journal:
     """Append-only JSON lines. By default each line is fsynced before :meth:`append` returns;
     with ``batch`` > 1 each line is still written at once (a killed process loses none), but
@@ -433,7 +443,7 @@ class _Journal:
             self._fh = os.fdopen(fd, "ab")
             self._synced_at = time.monotonic()
             if created:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         self._fh.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
         self._fh.flush()
         self._unsynced += 1
@@ -459,4 +469,4 @@ class _Journal:
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)

@@ -42,17 +42,15 @@ from smimekit.escrow.mailstore import (
     MAX_MESSAGE,
     ArchiveFormat,
     KeyPair,
-    Progress,
     ProgressCallback,
-    _fsync_dir,
     _Item,
-    _items,
     _Journal,
     _maildir_folders,
     _maildir_unique,
-    archive_size,
+    _pending,
     detect_format,
 )
+from smimekit.fsutil import fsync_dir
 from smimekit.keys.load import key_matches
 from smimekit.smime.canonical import CRLF, Entity, Header, to_crlf
 from smimekit.smime.message import (
@@ -376,7 +374,7 @@ def _fix_maildir_name(file: Path, fmt: ArchiveFormat) -> None:
     right = _maildir_name(file.name, file.read_bytes())
     if right != file.name:
         os.rename(file, file.with_name(right))
-        _fsync_dir(file.parent)
+        fsync_dir(file.parent)
 
 
 def _reencrypt_files(root: Path, fmt: ArchiveFormat, worker: _Reencryptor,
@@ -389,19 +387,10 @@ def _reencrypt_files(root: Path, fmt: ArchiveFormat, worker: _Reencryptor,
     if not dry_run:
         _remove_leftovers(root, fmt)
         journal.append({"t": "resume"} if records else {"t": "start", "format": fmt.value})
-    total = archive_size(root)
-    seen = handled = 0
     try:
-        for item in _items(root, fmt, max_size):
-            seen += 1
-            handled += item.size
-            if item.location in done:
-                report.resumed += 1
-            else:
-                outcome = _reencrypt_file(item, fmt, worker, journal, dry_run, fault)
-                _record(report, item.location, outcome)
-            if progress is not None:
-                progress(Progress("re-encrypting", seen, handled, total))
+        for item in _pending(root, fmt, max_size, done, report, "re-encrypting", progress):
+            outcome = _reencrypt_file(item, fmt, worker, journal, dry_run, fault)
+            _record(report, item.location, outcome)
     finally:
         journal.close()
     if not dry_run:
@@ -436,7 +425,7 @@ def _reencrypt_file(item: _Item, fmt: ArchiveFormat, worker: _Reencryptor,
             raise
         return _Skip("failed", str(exc))
     os.replace(temp, item.path)
-    _fsync_dir(item.path.parent)
+    fsync_dir(item.path.parent)
     fault("file:replaced")
     _fix_maildir_name(item.path, fmt)
     journal.append({"t": "done", "id": item.location, "plain": digest})

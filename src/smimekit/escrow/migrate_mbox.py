@@ -24,7 +24,6 @@ from smimekit.escrow.mailstore import (
     _BLOCK,
     Progress,
     ProgressCallback,
-    _fsync_dir,
     _Item,
     _Journal,
     _mbox_items,
@@ -39,6 +38,7 @@ from smimekit.escrow.migrate import (
     _Reencryptor,
     _Skip,
 )
+from smimekit.fsutil import fsync_dir
 from smimekit.smime.canonical import CRLF
 
 
@@ -273,16 +273,16 @@ class _MboxJob:
                         with open(tmp, "rb") as fh:
                             os.fsync(fh.fileno())
                         os.replace(tmp, self.orig)
-                    _fsync_dir(self.path.parent)
+                    fsync_dir(self.path.parent)
                 self.fault("mbox:linked")
                 os.replace(self.new, self.path)
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
                 self.fault("mbox:replaced")
             self.journal.append({"t": "swapped"})
             self.fault("mbox:swapped")
         if not self.keep_original:
             self.orig.unlink(missing_ok=True)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.journal.append({"t": "done"})
         self.journal.remove()
         if not self.report.counts:
