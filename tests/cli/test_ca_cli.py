@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from backends import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
+from loopback import free_port
 
 from smimekit.cli.main import main
 from smimekit.store import Store
@@ -210,12 +210,6 @@ def test_bad_input(env: Path, capsys: pytest.CaptureFixture[str],
         assert store.issued_for("e@example.com") == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _cli(env: Path, *args: str, extra_env: dict[str, str] | None = None,
          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "smimekit.cli.main", "--data-dir",
@@ -233,7 +227,7 @@ def test_serve_answers_openssl_ocsp(env: Path, capsys: pytest.CaptureFixture[str
                "--reason", "key-compromise") == 0
     assert run(backend, "ca", "chain", "--root-only", "-o", str(env / "root.pem")) == 0
     home = env / "data" / "ca"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "smimekit.cli.main", "--data-dir",
                                str(env / "data"), "ca", "serve", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from backends import Backend
+from loopback import free_port
 
 from smimekit.cli.main import main
 from smimekit.store import Store
@@ -34,19 +34,13 @@ MESSAGE = (b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: plans\r\
            b"Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\nMeet at noon.\r\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
            ) -> Iterator[tuple[Backend, Path]]:
     monkeypatch.setenv("SMIMEKIT_PASSPHRASE", PASS)
     assert main([*backend.cli_args(), "ca", "init", "--org", "Example Ltd", "--base-url",
                  "http://pki.example.com", "--key-type", "p256", "--country", "GB"]) == 0
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "smimekit.cli.main", *backend.cli_args(), "ca", "serve",
          "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -10,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from revpki import CrlServer, RevPKI, der
+from loopback import FileServer
+from revpki import RevPKI, der
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +28,8 @@ def rpki() -> RevPKI:
 
 
 @pytest.fixture
-def crl_server() -> Iterator[CrlServer]:
-    server = CrlServer()
+def crl_server() -> Iterator[FileServer]:
+    server = FileServer()
     try:
         yield server
     finally:
@@ -36,7 +37,7 @@ def crl_server() -> Iterator[CrlServer]:
 
 
 @pytest.fixture
-def served_pki(crl_server: CrlServer) -> RevPKI:
+def served_pki(crl_server: FileServer) -> RevPKI:
     """A PKI whose CRL URLs point at ``crl_server`` (empty CRLs published for root and CA)."""
     pki = RevPKI(http_base=crl_server.base, ocsp_url="http://127.0.0.1:1/")
     crl_server.files["root.crl"] = der(pki.crl(issuer=pki.root))

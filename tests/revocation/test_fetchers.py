@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from revpki import CrlServer, free_port
+from loopback import FileServer, free_port
 
 from smimekit.errors import FetchError, RevocationError
 from smimekit.validation.fetchers import MemoryFetcher, UrllibFetcher
@@ -28,13 +28,13 @@ def test_only_http_urls_are_fetched(url: str) -> None:
     assert isinstance(caught.value, RevocationError)
 
 
-def test_crl_is_fetched(crl_server: CrlServer) -> None:
+def test_crl_is_fetched(crl_server: FileServer) -> None:
     crl_server.files["ca.crl"] = b"0" * 1000
     assert UrllibFetcher().fetch_crl(crl_server.base + "/ca.crl") == b"0" * 1000
     assert crl_server.hits["ca.crl"] == 1
 
 
-def test_http_error_is_a_fetch_error(crl_server: CrlServer) -> None:
+def test_http_error_is_a_fetch_error(crl_server: FileServer) -> None:
     with pytest.raises(FetchError, match="HTTP 404"):
         UrllibFetcher().fetch_crl(crl_server.base + "/missing.crl")
 
@@ -45,7 +45,7 @@ def test_closed_port_is_a_fetch_error() -> None:
 
 
 @pytest.mark.parametrize("unsized", [False, True])
-def test_answers_over_the_size_cap_are_refused(crl_server: CrlServer, unsized: bool) -> None:
+def test_answers_over_the_size_cap_are_refused(crl_server: FileServer, unsized: bool) -> None:
     crl_server.files["big.crl"] = b"x" * 5000
     if unsized:
         crl_server.unsized.add("big.crl")
@@ -55,13 +55,13 @@ def test_answers_over_the_size_cap_are_refused(crl_server: CrlServer, unsized: b
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://ftp.test/ca.crl"])
-def test_redirect_to_another_scheme_is_refused(crl_server: CrlServer, target: str) -> None:
+def test_redirect_to_another_scheme_is_refused(crl_server: FileServer, target: str) -> None:
     crl_server.redirects["ca.crl"] = target
     with pytest.raises(FetchError, match=r"not allowed|refusing to fetch"):
         UrllibFetcher().fetch_crl(crl_server.base + "/ca.crl")
 
 
-def test_redirect_within_http_is_followed(crl_server: CrlServer) -> None:
+def test_redirect_within_http_is_followed(crl_server: FileServer) -> None:
     crl_server.redirects["old.crl"] = crl_server.base + "/ca.crl"
     crl_server.files["ca.crl"] = b"crl"
     assert UrllibFetcher().fetch_crl(crl_server.base + "/old.crl") == b"crl"

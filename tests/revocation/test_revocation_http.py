@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from revpki import DAY, HOUR, NOW, CrlServer, RevPKI, der, free_port, issue
+from loopback import FileServer, free_port
+from revpki import DAY, HOUR, NOW, RevPKI, der, issue
 
 from smimekit.validation.fetchers import Fetcher, UrllibFetcher
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy, check_chain
@@ -28,7 +29,7 @@ class Recording(Fetcher):
         return self.inner.post_ocsp(url, request_der)
 
 
-def test_good_over_http_for_the_whole_chain(served_pki: RevPKI, crl_server: CrlServer) -> None:
+def test_good_over_http_for_the_whole_chain(served_pki: RevPKI, crl_server: FileServer) -> None:
     bob = served_pki.person("bob", ocsp_url=False)
     report = check_chain(served_pki.chain(bob), options=RevocationOptions(timeout=3))
     assert [(s.status, s.source) for s in report.statuses] == [("good", "crl"), ("good", "crl")]
@@ -36,7 +37,7 @@ def test_good_over_http_for_the_whole_chain(served_pki: RevPKI, crl_server: CrlS
     assert crl_server.hits == {"ca.crl": 1, "root.crl": 1}
 
 
-def test_revoked_over_http(served_pki: RevPKI, crl_server: CrlServer) -> None:
+def test_revoked_over_http(served_pki: RevPKI, crl_server: FileServer) -> None:
     mallory = served_pki.person("mallory", ocsp_url=False)
     crl_server.files["ca.crl"] = der(served_pki.crl(
         [(mallory.cert, NOW - DAY, x509.ReasonFlags.key_compromise)]))
@@ -46,7 +47,7 @@ def test_revoked_over_http(served_pki: RevPKI, crl_server: CrlServer) -> None:
     assert not report.ok
 
 
-def test_cache_spares_the_second_fetch(served_pki: RevPKI, crl_server: CrlServer,
+def test_cache_spares_the_second_fetch(served_pki: RevPKI, crl_server: FileServer,
                                       tmp_path: Path) -> None:
     bob = served_pki.person("bob", ocsp_url=False)
     options = RevocationOptions(cache_dir=tmp_path / "revocation", timeout=3)
@@ -55,7 +56,7 @@ def test_cache_spares_the_second_fetch(served_pki: RevPKI, crl_server: CrlServer
     assert crl_server.hits == {"ca.crl": 1, "root.crl": 1}
 
 
-def test_delta_crl_over_http(served_pki: RevPKI, crl_server: CrlServer) -> None:
+def test_delta_crl_over_http(served_pki: RevPKI, crl_server: FileServer) -> None:
     mallory = served_pki.person("mallory", ocsp_url=False)
     crl_server.files["ca.crl"] = der(served_pki.crl(number=7,
                                                     freshest_url=served_pki.url("ca-delta.crl")))
@@ -84,14 +85,14 @@ def test_responder_down_under_each_policy(served_pki: RevPKI, policy: Revocation
     assert fetcher.calls == ([down] if asked else [])
 
 
-def test_responder_down_falls_back_to_the_crl(served_pki: RevPKI, crl_server: CrlServer) -> None:
+def test_responder_down_falls_back_to_the_crl(served_pki: RevPKI, crl_server: FileServer) -> None:
     bob = served_pki.person("bob")  # names the OCSP responder at port 1: refused
     report = check_chain(served_pki.chain(bob)[:2],
                          options=RevocationOptions(policy=RevocationPolicy.HARD, timeout=3))
     assert report.ok and report.statuses[0].protocol == "crl"
 
 
-def test_stale_crl_served_fails_hard(served_pki: RevPKI, crl_server: CrlServer) -> None:
+def test_stale_crl_served_fails_hard(served_pki: RevPKI, crl_server: FileServer) -> None:
     bob = served_pki.person("bob", ocsp_url=False)
     crl_server.files["ca.crl"] = der(served_pki.crl(this_update=NOW - 3 * DAY,
                                                     next_update=NOW - DAY))
@@ -100,7 +101,7 @@ def test_stale_crl_served_fails_hard(served_pki: RevPKI, crl_server: CrlServer) 
     assert not report.ok and "stale" in report.reasons[0]
 
 
-def test_garbage_served_as_a_crl_is_no_answer(served_pki: RevPKI, crl_server: CrlServer) -> None:
+def test_garbage_served_as_a_crl_is_no_answer(served_pki: RevPKI, crl_server: FileServer) -> None:
     bob = served_pki.person("bob", ocsp_url=False)
     crl_server.files["ca.crl"] = b"<html>maintenance</html>"
     report = check_chain(served_pki.chain(bob)[:2], options=RevocationOptions(timeout=3))

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
-from revpki import HOUR, NOW, CrlServer, OpensslResponder, Party, RevPKI, der, free_port, issue
+from loopback import FileServer, free_port
+from revpki import HOUR, NOW, OpensslResponder, Party, RevPKI, der, issue
 
 from smimekit.validation.fetchers import Fetcher, UrllibFetcher
 from smimekit.validation.ocsp import evaluate_ocsp, ocsp_question
@@ -58,7 +59,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    crls = CrlServer()
+    crls = FileServer()
     ports = [free_port() for _ in range(3)]
     pki = RevPKI(http_base=crls.base, ocsp_url=f"http://127.0.0.1:{ports[0]}/")
     crls.files["root.crl"] = der(pki.crl(issuer=pki.root))

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import stat
-import threading
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
+from loopback import FileServer
 from pki import NOW, PKI, Identity, _name, ca_cert, message, new_key
 
 import smimekit
@@ -45,49 +42,6 @@ def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-# -- a loopback server -----------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    """Any bytes over real HTTP on loopback; counts the requests it serves."""
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    hits: Counter[str] = field(default_factory=Counter)
-
-    def __post_init__(self) -> None:
-        files, hits = self.files, self.hits
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.lstrip("/")
-                hits[path] += 1
-                body = files.get(path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/pkix-cert")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-
-    def url(self, path: str) -> str:
-        return f"{self.base}/{path}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture(autouse=True)
 def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
@@ -95,8 +49,8 @@ def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
+def server() -> Iterator[FileServer]:
+    s = FileServer(content_type="application/pkix-cert")
     try:
         yield s
     finally:
@@ -169,7 +123,7 @@ def sub_ca(name: str, urls: list[str], issuer: tuple[ec.EllipticCurvePrivateKey,
 # -- verify through the API ------------------------------------------------------------------
 
 
-def test_missing_intermediate_fails_without_aia_and_says_why(pki: PKI, server: Server) -> None:
+def test_missing_intermediate_fails_without_aia_and_says_why(pki: PKI, server: FileServer) -> None:
     carol = person(pki, "carol", [server.url("ca.cer")])
     server.files["ca.cer"] = der(pki.inter)
     result = smimekit.verify(signed_by(carol), trust=[pki.root], revocation=OFF,
@@ -182,7 +136,7 @@ def test_missing_intermediate_fails_without_aia_and_says_why(pki: PKI, server: S
 
 
 def test_aia_fetch_passes_fills_the_cache_and_the_cache_serves_next_time(
-        pki: PKI, server: Server, tmp_path: Path) -> None:
+        pki: PKI, server: FileServer, tmp_path: Path) -> None:
     carol = person(pki, "carol", [server.url("ca.cer")])
     server.files["ca.cer"] = der(pki.inter)
     cache = IntermediateCache.in_data_dir(tmp_path)
@@ -212,7 +166,7 @@ def test_aia_fetch_passes_fills_the_cache_and_the_cache_serves_next_time(
 
 
 @pytest.mark.parametrize("form", ["der", "pem", "pem-bundle", "pkcs7-der", "pkcs7-pem"])
-def test_every_caissuers_format_is_read(pki: PKI, server: Server, form: str) -> None:
+def test_every_caissuers_format_is_read(pki: PKI, server: FileServer, form: str) -> None:
     body = {
         "der": der(pki.inter),
         "pem": pem(pki.inter),
@@ -235,7 +189,7 @@ def test_every_caissuers_format_is_read(pki: PKI, server: Server, form: str) -> 
     (b"\x30" * (MAX_CERT_BYTES + 1), f"exceeds {MAX_CERT_BYTES}"),
     ("other-ca", "did not issue it"),
 ])
-def test_a_bad_caissuers_answer_is_a_clear_reason(pki: PKI, server: Server,
+def test_a_bad_caissuers_answer_is_a_clear_reason(pki: PKI, server: FileServer,
                                                    served: bytes | str | None,
                                                    expected: str) -> None:
     if served == "other-ca":
@@ -255,7 +209,7 @@ def test_a_bad_caissuers_answer_is_a_clear_reason(pki: PKI, server: Server,
 
 
 def test_unreachable_caissuers_is_a_reason(pki: PKI) -> None:
-    closed = Server()
+    closed = FileServer(content_type="application/pkix-cert")
     closed.stop()  # the port is now closed
     carol = person(pki, "carol", [closed.url("ca.cer")])
     result = smimekit.verify(signed_by(carol), trust=[pki.root], revocation=OFF, aia=True,
@@ -315,7 +269,8 @@ def test_decrypt_verify_fetches_too(pki: PKI, bob: Identity) -> None:
 # -- what is followed, what is kept ----------------------------------------------------------
 
 
-def test_two_levels_fetched_one_after_the_other(pki: PKI, server: Server, tmp_path: Path) -> None:
+def test_two_levels_fetched_one_after_the_other(pki: PKI, server: FileServer,
+                                                tmp_path: Path) -> None:
     mid_key = new_key("p256#mid-ca")
     assert isinstance(mid_key, ec.EllipticCurvePrivateKey)
     mid = ca_cert(mid_key, _name("Test Mid CA"), pki.root_key, pki.root.subject)
@@ -331,7 +286,7 @@ def test_two_levels_fetched_one_after_the_other(pki: PKI, server: Server, tmp_pa
 
 
 def test_urls_of_a_certificate_that_did_not_sign_are_never_followed(pki: PKI,
-                                                                    server: Server) -> None:
+                                                                    server: FileServer) -> None:
     # The caIssuers URL serves a CA with the right name but another key, whose own AIA points
     # further: it verifies nothing, so its URL must not be asked.
     fake_key = new_key("p256#fake-issuing-ca")
@@ -486,7 +441,7 @@ def test_parse_certificates_formats(pki: PKI) -> None:
 
 
 def test_cli_fetches_by_default_caches_and_honours_no_aia_and_offline(
-        pki: PKI, server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        pki: PKI, server: FileServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     carol = person(pki, "carol", [server.url("ca.cer")])
     server.files["ca.cer"] = der(pki.inter)
     (tmp_path / "root.pem").write_bytes(pem(pki.root))
