@@ -243,8 +243,8 @@ def test_revoke_publishes_a_crl(cax: CertificateAuthority) -> None:
     (done,) = cax.revoke(serial=serial_colons, reason="key-compromise")
     assert done.revoked_at is not None and done.reason is not None
     latest = cax.store.latest_crl(cax.issuer_fingerprint)
-    assert latest is not None
-    crl = x509.load_der_x509_crl(latest[1])
+    assert latest is not None and latest.der is not None
+    crl = x509.load_der_x509_crl(latest.der)
     assert crl.is_signature_valid(cax.ca.authority.cert.public_key())  # type: ignore[arg-type]
     entry = crl.get_revoked_certificate_by_serial_number(sign.cert.serial_number)
     assert entry is not None
@@ -319,3 +319,17 @@ def test_a_key_that_signs_is_never_kept(cax: CertificateAuthority) -> None:
     assert cax.store.private_keys_for("kim@example.com", "sign") == []
     renewed = cax.renew(item.record)
     assert renewed.key is not None and cax.store.private_keys_for("kim@example.com") == []
+
+
+def test_current_crl_follows_publications(cax: CertificateAuthority) -> None:
+    first = cax.current_crl()  # ca init published none here: this publishes number 1
+    assert cax.current_crl() == first
+    issued = cax.issue_generated("lee@example.com", purpose="sign", **FAST)
+    cax.revoke(serial=issued.items[0].record.serial)  # publishes number 2
+    second = x509.load_der_x509_crl(cax.current_crl())
+    assert second.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
+    assert len(second) == 1
+    # less than half its life left: a fresh one is published
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=5)
+    third = x509.load_der_x509_crl(cax.current_crl(now=later))
+    assert third.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 3

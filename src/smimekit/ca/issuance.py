@@ -135,6 +135,7 @@ class CertificateAuthority:
         self.store = store
         self.actor = actor
         self.issuer_fingerprint = fingerprint(ca.authority.cert)
+        self._crl_cache: tuple[int, bytes] | None = None
 
     # -- building blocks -----------------------------------------------------------------
 
@@ -401,8 +402,8 @@ class CertificateAuthority:
         """Build, sign and record the next CRL (number one higher than the last)."""
         at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         with self.store.transaction():
-            latest = self.store.latest_crl(self.issuer_fingerprint)
-            number = (latest[0] + 1) if latest else 1
+            latest = self.store.latest_crl(self.issuer_fingerprint, with_der=False)
+            number = (latest.number + 1) if latest else 1
             crl = build_crl(self.ca.authority.cert, self.ca.authority.signer,
                             self.store.revocations(self.issuer_fingerprint), number=number,
                             this_update=at, next_update=at + CRL_VALIDITY)
@@ -413,15 +414,21 @@ class CertificateAuthority:
         return crl
 
     def current_crl(self, *, now: dt.datetime | None = None) -> bytes:
-        """The newest CRL's DER; a fresh one is published when none is current."""
+        """The newest CRL's DER; a fresh one is published when none is current.
+
+        Called for every CRL request by ``ca serve``: it asks the store only for the newest
+        number and nextUpdate, and loads the DER again only when the number changed (another
+        process may have revoked and published)."""
         at = now or dt.datetime.now(dt.UTC)
-        latest = self.store.latest_crl(self.issuer_fingerprint)
-        if latest is not None:
-            crl = x509.load_der_x509_crl(latest[1])
-            next_update = crl.next_update_utc
-            # republish when less than half the period is left
-            if next_update is not None and next_update - at > CRL_VALIDITY / 2:
-                return latest[1]
+        latest = self.store.latest_crl(self.issuer_fingerprint, with_der=False)
+        # republish when less than half the period is left
+        if latest is not None and latest.next_update is not None \
+                and latest.next_update - at > CRL_VALIDITY / 2:
+            if self._crl_cache is None or self._crl_cache[0] != latest.number:
+                full = self.store.latest_crl(self.issuer_fingerprint)
+                assert full is not None and full.der is not None
+                self._crl_cache = (full.number, full.der)
+            return self._crl_cache[1]
         return self.publish_crl(now=at).public_bytes(serialization.Encoding.DER)
 
     # -- key history -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from smimekit.store.audit import AuditEntry, AuditProblem
 from smimekit.store.db import (
     DB_FILENAME,
     IssuedRecord,
+    PublishedCrl,
     Revocation,
     Store,
     StoredCertificate,
@@ -21,6 +22,7 @@ __all__ = [
     "AuditEntry",
     "AuditProblem",
     "IssuedRecord",
+    "PublishedCrl",
     "Revocation",
     "Store",
     "StoredCertificate",

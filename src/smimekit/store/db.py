@@ -137,6 +137,16 @@ class Revocation:
 
 
 @dataclass(frozen=True)
+class PublishedCrl:
+    """A CRL the CA published."""
+
+    number: int
+    next_update: dt.datetime | None
+    der: bytes | None
+    """None when not asked for."""
+
+
+@dataclass(frozen=True)
 class StoredKey:
     """A sealed private key in a user's key history."""
 
@@ -628,14 +638,21 @@ class Store:
                 this_update=this_update, next_update=next_update, der=der,
                 published_at=_now()))
 
-    def latest_crl(self, issuer_fingerprint: str) -> tuple[int, bytes] | None:
-        """(CRL number, DER) of the newest CRL published for this issuer, if any."""
+    def latest_crl(self, issuer_fingerprint: str, *, with_der: bool = True
+                   ) -> PublishedCrl | None:
+        """The newest CRL published for this issuer, if any; ``with_der=False`` leaves its
+        DER (megabytes for a large CRL) in the database."""
         c = schema.crl_publications
+        columns = [c.c.crl_number, c.c.next_update] + ([c.c.der] if with_der else [])
         with self.transaction() as conn:
-            row = conn.execute(select(c.c.crl_number, c.c.der)
+            row = conn.execute(select(*columns)
                                .where(c.c.issuer_fingerprint == issuer_fingerprint)
                                .order_by(c.c.id.desc()).limit(1)).first()
-        return (int(row.crl_number), bytes(row.der)) if row is not None else None
+        if row is None:
+            return None
+        return PublishedCrl(int(row.crl_number),
+                            _utc(row.next_update) if row.next_update else None,
+                            bytes(row.der) if with_der else None)
 
     # -- audit log -------------------------------------------------------------------------
 
