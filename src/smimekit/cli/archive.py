@@ -32,13 +32,14 @@ from rich.table import Table
 from smimekit.cli.common import (
     CliError,
     Globals,
+    ca_data_dir,
     load_cert_files,
     load_decryption_keys,
     open_store,
     passphrase_from,
     passphrase_options,
 )
-from smimekit.cli.escrow import SHARE_HELP, ca_data_dir, recover_with_shares
+from smimekit.cli.escrow import SHARE_HELP, recover_with_shares
 from smimekit.escrow import archive as lib
 from smimekit.store import DB_FILENAME, Store
 

@@ -38,18 +38,19 @@ from smimekit.ca.issuance import (
     SubscriberKeyType,
 )
 from smimekit.ca.profiles import PROFILES, Purpose
-from smimekit.cli.common import CliError, Globals, _ask, open_store, passphrase_from
+from smimekit.cli.common import (
+    CliError,
+    _ask,
+    ca_data_dir,
+    cli_actor,
+    cli_globals,
+    open_store,
+    passphrase_from,
+)
 from smimekit.errors import CAError
 from smimekit.fsutil import atomic_write, private_dir
 
 __all__ = ["ca", "ca_options", "open_ca", "parse_duration", "write_bundle"]
-
-
-def _globals() -> Globals:
-    globals_ = click.get_current_context().find_object(Globals)
-    if globals_ is None:
-        raise CliError("no data directory: run through the smimekit command")
-    return globals_
 
 
 def ca_options(func: Any) -> Any:
@@ -83,10 +84,7 @@ def open_ca(
     locked: bool = False, root: bool = False,
 ) -> Iterator[CertificateAuthority]:
     """The CA of the data directory with its store; ``locked``: certificates only."""
-    globals_ = _globals()
-    home = CAHome(globals_.data_dir)
-    if not home.exists():
-        raise CliError(f"no CA in {globals_.data_dir}: run 'smimekit ca init' first")
+    home = CAHome(ca_data_dir())
     passphrase = None if locked else _ca_passphrase(passphrase_file, passphrase_env)
     if not locked:
         from smimekit.escrow.vault import load_state
@@ -99,14 +97,9 @@ def open_ca(
     unlocked = home.unlock(passphrase, pin=_pin(pin_file), root=root)
     store = open_store()
     try:
-        yield CertificateAuthority(unlocked, store, actor=_actor())
+        yield CertificateAuthority(unlocked, store, actor=cli_actor())
     finally:
         store.close()
-
-
-def _actor() -> str:
-    user = os.environ.get("SMIMEKIT_ACTOR") or os.environ.get("USER") or "unknown"
-    return f"cli:{user}"
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([dwy]?)\s*$")
@@ -217,7 +210,7 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
          pkcs11_module: str | None, token_label: str, key_label: str,
          passphrase_file: str | None, passphrase_env: str | None, pin_file: str | None) -> None:
     """Create the root, the issuing CA, the OCSP signer and the key vault."""
-    globals_ = _globals()
+    globals_ = cli_globals()
     home = CAHome(globals_.data_dir)
     if home.exists():
         raise CliError(f"a CA exists already in {home.path}")
@@ -242,7 +235,7 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
     store = open_store()
     try:
         unlocked = home.create(config, passphrase, issuing_signer=signer)
-        cax = CertificateAuthority(unlocked, store, actor=_actor())
+        cax = CertificateAuthority(unlocked, store, actor=cli_actor())
         with store.transaction():
             store.add_certificate(unlocked.authority.root, "ca-root")
             store.add_certificate(unlocked.authority.cert, "ca-issuing")
@@ -325,7 +318,7 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
 @click.option("--root-only", is_flag=True, help="Only the root (the trust anchor).")
 def chain(output: str | None, root_only: bool) -> None:
     """The CA certificates as PEM: issuing CA then root."""
-    home = CAHome(_globals().data_dir)
+    home = CAHome(cli_globals().data_dir)
     certs = [home.certificate("root")] if root_only else [home.certificate("issuing"),
                                                            home.certificate("root")]
     data = pem_chain(certs)
@@ -382,7 +375,7 @@ def crl(output: str | None, pem: bool, passphrase_file: str | None,
 def root_crl(output: str | None, passphrase_file: str | None, passphrase_env: str | None,
              pin_file: str | None) -> None:
     """Re-sign the root's CRL (needs the root key: run it within 12 months of the last)."""
-    home = CAHome(_globals().data_dir)
+    home = CAHome(cli_globals().data_dir)
     with open_ca(passphrase_file, passphrase_env, pin_file, root=True) as cax:
         built = home.publish_root_crl(cax.ca)
         cax.store.audit(cax.actor, "ca.root-crl", cax.ca.config.organization, {})
@@ -407,7 +400,7 @@ def serve(host: str, port: int, passphrase_file: str | None, passphrase_env: str
     from smimekit.ca.ocsp import OCSPResponder, store_lookup
     from smimekit.ca.server import CAServer
 
-    home = CAHome(_globals().data_dir)
+    home = CAHome(cli_globals().data_dir)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
         unlocked = cax.ca
         if unlocked.ocsp_cert.not_valid_after_utc - dt.datetime.now(dt.UTC) \
@@ -445,11 +438,11 @@ def serve(host: str, port: int, passphrase_file: str | None, passphrase_env: str
 @click.option("--remove", is_flag=True, help="Remove it from this machine afterwards.")
 def export_root(output: str, remove: bool) -> None:
     """Take the root key offline: copy it out (encrypted) and optionally remove it here."""
-    home = CAHome(_globals().data_dir)
+    home = CAHome(cli_globals().data_dir)
     home.export_root(Path(output), remove=remove)
     store = open_store()
     try:
-        store.audit(_actor(), "ca.export-root", home.config().organization,
+        store.audit(cli_actor(), "ca.export-root", home.config().organization,
                     {"removed": remove})
     finally:
         store.close()
@@ -463,7 +456,7 @@ def export_root(output: str, remove: bool) -> None:
 def import_root(source: str, passphrase_file: str | None, passphrase_env: str | None,
                 pin_file: str | None) -> None:
     """Bring an exported root key back (e.g. to re-sign the issuing CA)."""
-    home = CAHome(_globals().data_dir)
+    home = CAHome(cli_globals().data_dir)
     home.import_root(Path(source), _ca_passphrase(passphrase_file, passphrase_env))
     click.echo("root key is back on this machine")
 

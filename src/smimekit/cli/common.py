@@ -46,13 +46,38 @@ class Globals:
     database_url: str | None
 
 
-def open_store() -> Store:
-    """The store named by --database-url, or the SQLite file in --data-dir."""
-    ctx = click.get_current_context()
-    globals_ = ctx.find_object(Globals)
+def cli_globals() -> Globals:
+    """The global options of this run (--data-dir, --config, --database-url)."""
+    globals_ = click.get_current_context().find_object(Globals)
     if globals_ is None:
         raise CliError("no data directory: run through the smimekit command")
+    return globals_
+
+
+def open_store() -> Store:
+    """The store named by --database-url, or the SQLite file in --data-dir."""
+    globals_ = cli_globals()
     return Store.open(globals_.database_url, globals_.data_dir)
+
+
+def ca_data_dir() -> Path:
+    """The data directory, which must hold a CA (checked before the store is opened).
+
+    Raises:
+        CliError: no data directory, or no CA in it.
+    """
+    from smimekit.ca.home import CAHome
+
+    data_dir = cli_globals().data_dir
+    if not CAHome(data_dir).exists():
+        raise CliError(f"no CA in {data_dir}: run 'smimekit ca init' first")
+    return data_dir
+
+
+def cli_actor() -> str:
+    """Who runs the command, for the audit log: ``cli:$SMIMEKIT_ACTOR`` or ``cli:$USER``."""
+    user = os.environ.get("SMIMEKIT_ACTOR") or os.environ.get("USER") or "unknown"
+    return f"cli:{user}"
 
 
 def read_input(path: str | None) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,13 @@ import smimekit
 from smimekit.ca.export import ITERATIONS, RANDOM_PASSPHRASE_ITERATIONS, pkcs12_bytes
 from smimekit.ca.home import CAHome
 from smimekit.cli.ca import ca_options, new_passphrase
-from smimekit.cli.common import CliError, Globals, open_store, passphrase_from
+from smimekit.cli.common import (
+    CliError,
+    ca_data_dir,
+    cli_actor,
+    open_store,
+    passphrase_from,
+)
 from smimekit.errors import EscrowError, PassphraseError, SmimeError
 from smimekit.escrow import recovery
 from smimekit.escrow.ceremony import deposit_key, init_escrow, rekey_escrow, rotate_escrow
@@ -37,38 +42,11 @@ from smimekit.store import Store
 
 __all__ = [
     "SHARE_HELP",
-    "ca_data_dir",
-    "cli_actor",
     "escrow",
     "recover_with_shares",
     "unlock_share_spec",
     "unlock_share_specs",
 ]
-
-
-def _globals() -> Globals:
-    globals_ = click.get_current_context().find_object(Globals)
-    if globals_ is None:
-        raise CliError("no data directory: run through the smimekit command")
-    return globals_
-
-
-def ca_data_dir() -> Path:
-    """The data directory, which must hold a CA (checked before the store is opened).
-
-    Raises:
-        CliError: no data directory, or no CA in it.
-    """
-    data_dir = _globals().data_dir
-    if not CAHome(data_dir).exists():
-        raise CliError(f"no CA in {data_dir}: run 'smimekit ca init' first")
-    return data_dir
-
-
-def cli_actor() -> str:
-    """Who runs the command, for the audit log: ``cli:$SMIMEKIT_ACTOR`` or ``cli:$USER``."""
-    user = os.environ.get("SMIMEKIT_ACTOR") or os.environ.get("USER") or "unknown"
-    return f"cli:{user}"
 
 
 def _read_secret(path: str, what: str) -> bytes:
