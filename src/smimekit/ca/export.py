@@ -36,13 +36,14 @@ from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from smimekit.cms.asn1 import PARSE_ERRORS, load
 from smimekit.errors import ASN1Error, CAError
+from smimekit.keys.kinds import is_dsa_private_key
 from smimekit.keys.pkcs12 import pkcs12_kdf as _pkcs12_kdf
 
 __all__ = [
@@ -82,7 +83,7 @@ _LEGACY_ATTEMPTS = 64
 
 _TRIPLEDES_OID = "1.2.840.113549.1.12.1.3"  # pbeWithSHAAnd3-KeyTripleDES-CBC (RFC 7292 C)
 _PKCS12_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
-                     ed448.Ed448PrivateKey, dsa.DSAPrivateKey)
+                     ed448.Ed448PrivateKey)
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
@@ -178,7 +179,7 @@ def pkcs12_gpgsm_kdf_safe(p12: bytes, passphrase: bytes) -> bool:
 def _check_pair(key: object, cert: object, what: str) -> None:
     if not isinstance(cert, x509.Certificate):
         raise CAError(f"{what}: expected a certificate, got {type(cert).__name__}")
-    if not isinstance(key, _PKCS12_KEY_TYPES):
+    if not (isinstance(key, _PKCS12_KEY_TYPES) or is_dsa_private_key(key)):
         raise CAError(f"{what}: a {type(key).__name__} cannot be exported as PKCS#12 "
                       "(RSA, EC, Ed25519, Ed448 and DSA keys can)")
     if key.public_key() != cert.public_key():

@@ -18,7 +18,7 @@ from asn1crypto import algos, cms, core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms import asn1, strict
@@ -41,6 +41,7 @@ from smimekit.errors import (
     SigningError,
     UnsupportedError,
 )
+from smimekit.keys.kinds import is_dsa_public_key
 
 # Capabilities we announce (RFC 8551 section 2.5.2), strongest first.
 ANNOUNCED_CIPHERS = ("aes256_gcm", "aes128_gcm", "aes256_cbc", "aes128_cbc")
@@ -638,7 +639,7 @@ def _verify_signature(
         if name in _DSA_NAMED or name == "dsa":
             if not allow_legacy:
                 raise LegacyAlgorithmError(f"{who}: DSA signatures are legacy, refused by default")
-            if not isinstance(key, dsa.DSAPublicKey):
+            if not is_dsa_public_key(key):
                 raise _mismatch(who)
             payload, how = hashed_with(_DSA_NAMED.get(name))
             key.verify(signature, payload, how)

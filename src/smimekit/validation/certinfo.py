@@ -18,9 +18,10 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from smimekit.keys.kinds import is_dsa_public_key
 from smimekit.validation.names import NameKey, name_key
 from smimekit.validation.policies import policy_mappings
 
@@ -176,7 +177,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
 def _weak_key(key: object) -> str | None:
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         return f"{key.key_size}-bit key is too weak (at least {MIN_RSA_BITS})"
-    if isinstance(key, dsa.DSAPublicKey):
+    if is_dsa_public_key(key):
         return f"{key.key_size}-bit DSA key is a legacy algorithm, refused by default"
     if isinstance(key, ec.EllipticCurvePublicKey) and key.key_size < MIN_EC_BITS:
         return f"{key.curve.name} key is too weak (at least {MIN_EC_BITS} bits)"
@@ -249,7 +250,7 @@ def signed_by(child: CertInfo, issuer: CertInfo) -> bool:
             if alg is not None or is_ed25519 != isinstance(key, ed25519.Ed25519PublicKey):
                 return False
             key.verify(signature, data)
-        elif isinstance(key, dsa.DSAPublicKey):
+        elif is_dsa_public_key(key):
             if alg is None or params is not None:
                 return False
             key.verify(signature, data, alg)

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from smimekit.errors import MalformedError, RevocationError
+from smimekit.keys.kinds import is_dsa_public_key
 
 _WEAK = (hashes.SHA1, hashes.MD5)
 # CRLReason values that say the key was not compromised (RFC 5280 5.3.1).
@@ -341,7 +342,7 @@ def signature_ok(
             key.verify(signature, data, pss or padding.PKCS1v15(), alg)
         elif isinstance(key, ec.EllipticCurvePublicKey) and alg is not None:
             key.verify(signature, data, ec.ECDSA(alg))
-        elif isinstance(key, dsa.DSAPublicKey) and alg is not None:
+        elif is_dsa_public_key(key) and alg is not None:
             key.verify(signature, data, alg)
         elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
             key.verify(signature, data)
