@@ -99,7 +99,7 @@ class LegacyAlgorithmError(UnsupportedError):
 
 
 class ArchiveError(SmimeError):
-    """A mail archive cannot be read or changed as asked (:mod:`smimekit.escrow.archive`).
+    """A mail archive cannot be read or changed as asked (:mod:`smimekit.archive`).
 
     The archive is missing or locked, it changed during the run, an export folder holds
     something else, or a new mbox did not verify (the old one is then left as it was).

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from archive.corpus import People, Sample, build, sample_name
-from smimekit.escrow import archive
-from smimekit.escrow.archive import Kind
+from smimekit import archive
+from smimekit.archive import Kind
 
 
 def test_a_truncated_mbox_reports_the_cut_message_as_malformed(

@@ -3,8 +3,8 @@
 Crash-safe: each new message is written beside the old one, fsynced, verified by decrypting
 it, and only then renamed over it (Maildir, .eml); an mbox is rewritten as a whole,
 checkpointed in the journal next to it, verified, and swapped in one rename
-(:mod:`smimekit.escrow.migrate_mbox`). A re-run finishes the job. docs/archive.md has the
-steps. The public names are re-exported by :mod:`smimekit.escrow.archive`.
+(:mod:`smimekit.archive.migrate_mbox`). A re-run finishes the job. docs/archive.md has the
+steps. The public names are re-exported by :mod:`smimekit.archive`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,21 @@ from typing import NamedTuple, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from smimekit.archive.classify import Classifier, KeySource, Readability, _keys_for
+from smimekit.archive.discovery import _no_key
+from smimekit.archive.envelope import Envelope, Kind, RecipientId, _reason
+from smimekit.archive.mailstore import (
+    MAX_MESSAGE,
+    ArchiveFormat,
+    KeyPair,
+    ProgressCallback,
+    _Item,
+    _Journal,
+    _maildir_folders,
+    _maildir_unique,
+    _pending,
+    detect_format,
+)
 from smimekit.cms.algorithms import Cipher
 from smimekit.cms.enveloped import (
     decrypt_enveloped,
@@ -34,21 +49,6 @@ from smimekit.errors import (
     DecryptionError,
     LegacyAlgorithmError,
     SmimeError,
-)
-from smimekit.escrow.classify import Classifier, KeySource, Readability, _keys_for
-from smimekit.escrow.discovery import _no_key
-from smimekit.escrow.envelope import Envelope, Kind, RecipientId, _reason
-from smimekit.escrow.mailstore import (
-    MAX_MESSAGE,
-    ArchiveFormat,
-    KeyPair,
-    ProgressCallback,
-    _Item,
-    _Journal,
-    _maildir_folders,
-    _maildir_unique,
-    _pending,
-    detect_format,
 )
 from smimekit.fsutil import fsync_dir
 from smimekit.keys.load import key_matches
@@ -308,7 +308,7 @@ def reencrypt_archive(
     report = ReencryptReport(p, fmt.value)
     fault = _fault or (lambda point: None)
     if fmt is ArchiveFormat.MBOX:
-        from smimekit.escrow.migrate_mbox import _MboxJob  # it imports this module
+        from smimekit.archive.migrate_mbox import _MboxJob  # it imports this module
 
         _MboxJob(p, worker, report, dry_run, keep_original, progress, max_size, fault).run()
     else:

@@ -3,7 +3,7 @@
 :func:`_inspect` finds the CMS envelope of a message (also inside a ``multipart/signed``, an
 opaque signature, or a multipart next to other parts) and reads its RecipientInfos and
 content cipher from the start of the DER: only the first kilobytes of the body are decoded.
-The public names are re-exported by :mod:`smimekit.escrow.archive`.
+The public names are re-exported by :mod:`smimekit.archive`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from asn1crypto import algos, cms
 from cryptography import x509
 
+from smimekit.archive.mailstore import MAX_HEADER
 from smimekit.cms import asn1
 from smimekit.cms.algorithms import CONTENT_CIPHERS
 from smimekit.cms.enveloped import (
@@ -28,7 +29,6 @@ from smimekit.errors import (
     MalformedError,
     SmimeError,
 )
-from smimekit.escrow.mailstore import MAX_HEADER
 from smimekit.smime.canonical import CRLF, Entity, split_multipart, to_crlf
 from smimekit.smime.message import (
     is_multipart_signed,
