@@ -38,10 +38,7 @@ revocation status in the verdict, and the revocation policy decides whether that
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from smimekit.validation.verdict import Verdict
+from typing import Any, Protocol
 
 __all__ = [
     "ASN1Error",
@@ -188,6 +185,19 @@ class FetchError(RevocationError):
         self.url = url
 
 
+class VerdictReport(Protocol):
+    """What an error needs of a verification report (:class:`~smimekit.validation.verdict.Verdict`
+    is one). A protocol, so that this module, the bottom of every layer, imports nothing of
+    smimekit: ``validation.verdict`` raises these errors, and must not be imported back."""
+
+    @property
+    def valid(self) -> bool: ...
+
+    def summary(self) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
 class VerificationError(SmimeError):
     """A signature, or the trust decision about it, failed.
 
@@ -195,7 +205,8 @@ class VerificationError(SmimeError):
     came out of a complete verification run, so a caller can report every reason.
     """
 
-    def __init__(self, message: str, verdict: Verdict | None = None, **data: Any) -> None:
+    def __init__(self, message: str, verdict: VerdictReport | None = None,
+                 **data: Any) -> None:
         super().__init__(message)
         self.verdict = verdict
         self.data = data

@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import email
 import email.policy
+import email.utils
 import functools
 import re
 from collections.abc import Callable, Iterable
