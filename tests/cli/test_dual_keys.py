@@ -115,3 +115,20 @@ def test_without_a_ca_sign_encrypt_needs_self_cert_or_no_self(
                  "--passphrase-file", str(tmp_path / "p12.pass"), str(tmp_path / "sealed.eml"),
                  "-o", str(tmp_path / "copy.eml")]) == 0
     assert main([*other, *args, "--no-self", "-o", str(tmp_path / "noself.eml")]) == 0
+
+
+def test_verify_completes_a_chain_from_the_data_directorys_own_ca(
+        backend: Backend, issued: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from smimekit import sign
+    from smimekit.keys.pkcs12 import load_pkcs12_identities
+
+    identities, _ = load_pkcs12_identities(
+        (issued / "alice@example.com.sign.p12").read_bytes(), P12_PASS.encode())
+    key, cert = identities[0]
+    assert cert is not None
+    # only the signer's certificate travels: the issuing CA must come from DATA-DIR/ca
+    (tmp_path / "bare.eml").write_bytes(sign(MESSAGE, key, cert))
+    assert main([*backend.cli_args(), "verify", "--no-aia", "--revocation", "offline",
+                 str(tmp_path / "bare.eml"), "-o", str(tmp_path / "content")]) == 0, \
+        capsys.readouterr().err

@@ -20,6 +20,7 @@ from smimekit.cli.common import (
     load_cert_files,
     load_decryption_keys,
     load_key_and_cert,
+    open_store,
     passphrase_from,
     passphrase_options,
     read_input,
@@ -209,9 +210,13 @@ def _sender_encryption_cert(
     if encryption_cert_path is not None:
         return load_cert_files((encryption_cert_path,))[0]
     globals_ = click.get_current_context().find_object(Globals)
-    if globals_ is None or can_receive_mail(cert):
+    if globals_ is None or can_receive_mail(cert) or not local.has_ca(globals_.data_dir):
         return None
-    return local.issued_encryption_cert(cert, globals_.data_dir, globals_.database_url)
+    store = open_store()
+    try:
+        return local.issued_encryption_cert(cert, store)
+    finally:
+        store.close()
 
 
 def _intermediate_cache() -> IntermediateCache | None:
