@@ -528,7 +528,7 @@ def _by_issuer_serial(ias: bytes, pool: list[x509.Certificate]) -> KeyPreference
             f"issuer {parsed['issuer'].human_friendly}"
             f" serial {format(parsed['serial_number'].native, 'x')}"
         )
-    except (*PARSE_ERRORS, TypeError):
+    except PARSE_ERRORS:
         return None
     cert = next((c for c in pool if matches_issuer_serial(parsed, c)), None)
     return KeyPreference(described, cert)
@@ -544,7 +544,7 @@ def _by_ski(value: bytes, pool: list[x509.Certificate]) -> KeyPreference | None:
             ski = core.OctetString.load(inner[0][1]).native
         else:
             ski = core.OctetString.load(b"\x04" + value[1:]).native
-    except (*PARSE_ERRORS, TypeError):
+    except PARSE_ERRORS:
         return None
     if not isinstance(ski, bytes) or not ski:
         return None

@@ -151,7 +151,8 @@ class SignerVerdict:
     """When this signer's chain was checked (the signing time in signing-time mode)."""
     encryption_cert: CertSummary | None = None
     """The certificate the signer asked answers to be encrypted to (RFC 8551
-    SMIMEEncryptionKeyPreference, or Microsoft's), when the message carries it."""
+    SMIMEEncryptionKeyPreference, or Microsoft's), when the message carries it. Named by a
+    signed attribute but not validated here: encrypting to it checks it as any recipient."""
     encryption_key_preference: str | None = None
     """How that attribute names the certificate (``issuer ... serial ...`` or ``ski ...``),
     also when the message does not carry it; None without the attribute."""
