@@ -108,6 +108,7 @@ class Outside:
         self.alice_key_pem = _key_pem(tmp / "alice.key", self.alice_key)
 
 
+@pytest.mark.slow  # ca init + ca issue (pkilint): about 2 s
 def test_encrypt_to_a_certificate_our_ca_issued_with_only_the_root_trusted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
