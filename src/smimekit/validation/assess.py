@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
 
 from cryptography import x509
 
+from smimekit.cms.signed import KeyPreference
 from smimekit.smime.wrap import Unwrapped
 from smimekit.validation.intermediates import IssuerSource
 from smimekit.validation.path import Purpose, validate
@@ -90,6 +92,17 @@ def _time_warnings(signing_time: dt.datetime | None, date_header: dt.datetime | 
             f" ({date_header.isoformat()})"
         ]
     return []
+
+
+def _key_preference(preference: KeyPreference | None) -> dict[str, Any]:
+    """SignerVerdict fields for the encryption certificate a signer announced."""
+    if preference is None:
+        return {}
+    cert = preference.certificate
+    return {
+        "encryption_key_preference": preference.identifier,
+        "encryption_cert": CertSummary.of(cert) if cert is not None else None,
+    }
 
 
 SIGNING_TIME = "signing-time"
@@ -224,6 +237,7 @@ def assess(
                     revocation=statuses,
                     reasons=tuple(signer_reasons),
                     validation_time=signer_time,
+                    **_key_preference(signer.encryption_preference),
                 )
             )
     if unwrapped.partially_signed:

@@ -20,7 +20,9 @@ What may be followed and kept:
   whose signature checked out) and CA certificates the path builder reached because their
   key verified the certificate below. A fetched certificate is handed back only when its key
   verifies the certificate it was fetched for, so the URLs inside anything else are never
-  followed.
+  followed. A recipient's certificate (:func:`smimekit.validation.recipients.check_recipient`)
+  is the exception: the sender chose it, so its URLs are followed before anything about it
+  is proven; the fetch tells its CA no more than the encrypted mail will.
 - The cache learns only from chains that reached a trust anchor without problems
   (:meth:`IssuerSource.learn` takes the :class:`~smimekit.validation.path.PathResult`), so
   whatever an unvalidated message carries is never written to disk. Nothing read back from

@@ -149,6 +149,13 @@ class SignerVerdict:
     """Why this signer fails, in words; empty when it passes."""
     validation_time: dt.datetime | None = None
     """When this signer's chain was checked (the signing time in signing-time mode)."""
+    encryption_cert: CertSummary | None = None
+    """The certificate the signer asked answers to be encrypted to (RFC 8551
+    SMIMEEncryptionKeyPreference, or Microsoft's), when the message carries it. Named by a
+    signed attribute but not validated here: encrypting to it checks it as any recipient."""
+    encryption_key_preference: str | None = None
+    """How that attribute names the certificate (``issuer ... serial ...`` or ``ski ...``),
+    also when the message does not carry it; None without the attribute."""
 
     @property
     def valid(self) -> bool:
@@ -235,6 +242,9 @@ class Verdict:
             chain = " <- ".join(c.subject for c in s.chain) if s.chain else "no chain"
             rev = ",".join(sorted({r.status for r in s.revocation})) or "not-checked"
             bits.append(f"signer {who} <{email}> signed {when}; chain: {chain}; revocation: {rev}")
+            enc = s.encryption_cert
+            if enc is not None and s.signer is not None and enc.sha256 != s.signer.sha256:
+                bits[-1] += f"; encrypt answers to: {enc.subject} (serial {enc.serial})"
         text = f"{head}: " + " | ".join(bits)
         reasons = self.all_reasons()
         if reasons:
