@@ -142,8 +142,9 @@ class SignerVerdict:
     key_usage_ok: bool
     """Key usage and extended key usage permit signing mail."""
     from_match: bool | None
-    """Every From and Sender address (outer, and of a wrapped inner message) is one of the
-    certificate's addresses; False when the message has no From at all."""
+    """Every From and Sender address (signed, outer, and of a wrapped inner message) is one
+    of the certificate's addresses, and the outer From is the signed one; False when the
+    message has no From at all. Compared ignoring case in the whole address."""
     revocation: tuple[RevocationStatus, ...] = ()
     reasons: tuple[str, ...] = ()
     """Why this signer fails, in words; empty when it passes."""
@@ -178,6 +179,11 @@ class Verdict:
     """Outermost first: e.g. encrypted, signed."""
     validation_time: dt.datetime
     from_address: str | None
+    """The sender the signer is bound to: the signed From when the signature covers one
+    (it is authoritative), else the outer From (or Sender)."""
+    unsigned_from: str | None = None
+    """The outer, unsigned From when it names other addresses than the signed From; such a
+    mismatch fails the sender binding. None when they agree or either is missing."""
     partially_signed: bool = False
     """A signature covers only a part, not the root: never a signed message."""
     partially_encrypted: bool = False
@@ -236,7 +242,7 @@ class Verdict:
             rev = ",".join(sorted({r.status for r in s.revocation})) or "not-checked"
             bits.append(f"signer {who} <{email}> signed {when}; chain: {chain}; revocation: {rev}")
         text = f"{head}: " + " | ".join(bits)
-        reasons = self.all_reasons()
+        reasons = list(dict.fromkeys(self.all_reasons()))  # one line per reason, not signer
         if reasons:
             text += " -- " + "; ".join(reasons)
         return text

@@ -1,0 +1,137 @@
+"""The signer is bound to the From that the signature covers (RFC 8550 3, RFC 8551 3.1,
+RFC 9788): a message signed with its own header block, a wrapped message/rfc822, a
+mismatch with the unsigned outer From, and how addresses compare."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pki import DATE, PKI, Identity, message
+
+import smimekit
+from smimekit.validation.verdict import Verdict
+
+BOSS = "boss@corp.example"
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+
+
+def _verdict(data: bytes, trust: list) -> Verdict:
+    return smimekit.verify(data, trust=trust, raise_for_failure=False).verdict
+
+
+def _eml(sender: str = "alice@example.org") -> bytes:
+    return (f"From: {sender}\nTo: bob@example.org\nSubject: signed as a whole\n"
+            f"Date: {DATE}\nContent-Type: text/plain\n\nHello from openssl.\n").encode()
+
+
+def _openssl_sign(tmp_path: Path, who: Identity, eml: bytes, *, opaque: bool = False) -> bytes:
+    """``openssl cms -sign -in message.eml``: the header block goes inside the signature and
+    the output has no From of its own."""
+    (tmp_path / "message.eml").write_bytes(eml)
+    (tmp_path / "key.pem").write_bytes(who.pem_key())
+    (tmp_path / "cert.pem").write_bytes(who.pem_cert())
+    args = ["openssl", "cms", "-sign", "-in", str(tmp_path / "message.eml"),
+            "-signer", str(tmp_path / "cert.pem"), "-inkey", str(tmp_path / "key.pem")]
+    if opaque:
+        args.append("-nodetach")
+    return subprocess.run(args, check=True, capture_output=True, timeout=30).stdout
+
+
+@needs_openssl
+@pytest.mark.interop
+@pytest.mark.parametrize("opaque", [False, True], ids=["detached", "opaque"])
+def test_openssl_signed_whole_message_binds_the_signed_from(
+        tmp_path: Path, alice: Identity, trust: list, opaque: bool) -> None:
+    signed = _openssl_sign(tmp_path, alice, _eml(), opaque=opaque)
+    head = signed.split(b"\n\n", 1)[0]
+    assert b"From:" not in head  # nothing outside the signature to bind to
+    result = smimekit.verify(signed, trust=trust)
+    v = result.verdict
+    assert v.valid, v.summary()
+    assert v.from_address == "alice@example.org" and v.unsigned_from is None
+    assert v.signers[0].from_match is True
+    assert result.as_message().get_all("From") == ["alice@example.org"]
+
+
+@needs_openssl
+@pytest.mark.interop
+def test_openssl_signed_whole_message_of_someone_else_fails(
+        tmp_path: Path, alice: Identity, trust: list) -> None:
+    signed = _openssl_sign(tmp_path, alice, _eml(BOSS))
+    v = _verdict(signed, trust)
+    assert not v.valid and v.signers[0].from_match is False
+    assert v.from_address == BOSS
+    assert f"sender {BOSS} is not an address" in " ".join(v.all_reasons())
+
+
+@needs_openssl
+@pytest.mark.interop
+def test_outer_from_added_to_an_openssl_signed_message_is_reported_as_a_mismatch(
+        tmp_path: Path, alice: Identity, trust: list) -> None:
+    signed = _openssl_sign(tmp_path, alice, _eml())
+    forged = f"From: {BOSS}\n".encode() + signed
+    v = _verdict(forged, trust)
+    assert not v.valid and v.signers[0].from_match is False
+    assert v.from_address == "alice@example.org"  # the signed From is authoritative
+    assert v.unsigned_from == BOSS
+    data = json.loads(v.to_json())
+    assert data["unsigned_from"] == BOSS and data["from_address"] == "alice@example.org"
+    assert f"outer From {BOSS} is not the signed From alice@example.org" in v.summary()
+    assert v.summary().count("outer From") == 1
+
+
+@needs_openssl
+@pytest.mark.interop
+def test_same_outer_and_signed_from_in_other_case_is_no_mismatch(
+        tmp_path: Path, alice: Identity, trust: list) -> None:
+    signed = _openssl_sign(tmp_path, alice, _eml("Alice@EXAMPLE.org"))
+    v = _verdict(b"From: ALICE@example.ORG\n" + signed, trust)
+    assert v.valid, v.summary()
+    assert v.unsigned_from is None and v.from_address == "Alice@EXAMPLE.org"
+
+
+def _wrapped(outer_from: str | None, inner_from: str) -> bytes:
+    inner = (f"From: {inner_from}\r\nTo: bob@example.org\r\nSubject: notice\r\n"
+             f"Date: {DATE}\r\nContent-Type: text/plain\r\n\r\nwrapped\r\n").encode()
+    outer = message(sender=outer_from or "x", body=inner,
+                    headers=b"Content-Type: message/rfc822\r\n")
+    if outer_from is None:
+        outer = outer.replace(b"From: x\r\n", b"")
+    return outer
+
+
+def test_wrapped_message_binds_its_from_when_the_outer_has_none(alice: Identity,
+                                                               trust: list) -> None:
+    signed = smimekit.sign(_wrapped(None, "alice@example.org"), alice.key, alice.cert)
+    v = _verdict(signed, trust)
+    assert v.valid, v.summary()
+    assert v.from_address == "alice@example.org" and v.unsigned_from is None
+
+
+def test_wrapped_message_mismatch_reports_the_outer_from(alice: Identity, trust: list) -> None:
+    signed = smimekit.sign(_wrapped(BOSS, "alice@example.org"), alice.key, alice.cert)
+    v = _verdict(signed, trust)
+    assert not v.valid and v.unsigned_from == BOSS and v.from_address == "alice@example.org"
+    assert v.signers[0].from_match is False
+
+
+@pytest.mark.parametrize("sender", ["ALICE@example.org", "Alice@Example.ORG",
+                                    "alice@EXAMPLE.ORG"])
+def test_local_part_and_domain_compare_ignoring_case(alice: Identity, trust: list,
+                                                     sender: str) -> None:
+    """Like NSS and Thunderbird, the local part is compared ignoring case too."""
+    signed = smimekit.sign(message(sender=sender), alice.key, alice.cert)
+    v = _verdict(signed, trust)
+    assert v.valid, v.summary()
+    assert v.signers[0].from_match is True
+
+
+def test_mixed_case_certificate_address_matches_lower_case_from(pki: PKI, trust: list) -> None:
+    carol = pki.person("carol", "p256", email="Carol.Smith@Example.org",
+                       issuer=(pki.root_key, pki.root))
+    signed = smimekit.sign(message(sender="carol.smith@example.org"), carol.key, carol.cert)
+    assert _verdict(signed, trust).valid
