@@ -34,19 +34,19 @@ class AddressError(ValueError):
 
 def _ldh_label(label: str, domain: str) -> None:
     if not 1 <= len(label) <= 63 or not set(label) <= _LDH:
-        raise AddressError(f"{domain!r}: {label!r} is not a valid domain label")
+        raise AddressError(f"{label!r} is not a valid domain label")
     if label.startswith("-") or label.endswith("-"):
-        raise AddressError(f"{domain!r}: {label!r} starts or ends with a hyphen")
+        raise AddressError(f"{label!r} starts or ends with a hyphen")
 
 
 def _check_u_label(label: str, domain: str) -> None:
     """A conservative subset of RFC 5891 5.4 / RFC 5892 for one non-ASCII label."""
     if unicodedata.normalize("NFC", label) != label:
-        raise AddressError(f"{domain!r}: the label {label!r} is not in Unicode NFC")
+        raise AddressError(f"the label {label!r} is not in Unicode NFC")
     if label[2:4] == "--":
-        raise AddressError(f"{domain!r}: the label {label!r} has '--' in positions 3 and 4")
+        raise AddressError(f"the label {label!r} has '--' in positions 3 and 4")
     if unicodedata.category(label[0]).startswith("M"):
-        raise AddressError(f"{domain!r}: the label {label!r} starts with a combining mark")
+        raise AddressError(f"the label {label!r} starts with a combining mark")
     for ch in label:
         if ch in _LDH:
             continue
@@ -54,7 +54,7 @@ def _check_u_label(label: str, domain: str) -> None:
         # PVALID code points are (roughly) lower-case letters, marks and decimal digits.
         if cat not in ("Ll", "Lo", "Lm", "Mn", "Mc", "Nd") or ch.lower() != ch:
             raise AddressError(
-                f"{domain!r}: U+{ord(ch):04X} is not allowed in an internationalised domain"
+                f"U+{ord(ch):04X} is not allowed in an internationalised domain"
                 " name (IDNA 2008)"
             )
 
@@ -76,12 +76,12 @@ def domain_to_ascii(domain: str) -> str:
                 try:
                     u_label = label[4:].encode("ascii").decode("punycode")
                 except (UnicodeError, ValueError):
-                    raise AddressError(f"{domain!r}: {label!r} is not a valid A-label") from None
+                    raise AddressError(f"{label!r} is not a valid A-label") from None
                 if not u_label or u_label.isascii():
-                    raise AddressError(f"{domain!r}: {label!r} is not a valid A-label")
+                    raise AddressError(f"{label!r} is not a valid A-label")
                 _check_u_label(u_label, domain)
                 if "xn--" + u_label.encode("punycode").decode("ascii") != label:
-                    raise AddressError(f"{domain!r}: {label!r} is not a canonical A-label")
+                    raise AddressError(f"{label!r} is not a canonical A-label")
             out.append(label)
             continue
         _check_u_label(label, domain)
@@ -110,12 +110,12 @@ def domain_to_unicode(domain: str) -> str:
 def _local_part(local: str, address: str) -> str:
     local = unicodedata.normalize("NFC", local)
     if not local or len(local.encode("utf-8")) > 64:
-        raise AddressError(f"{address!r}: the local part must be 1 to 64 octets")
+        raise AddressError("the local part must be 1 to 64 octets")
     if local.startswith(".") or local.endswith(".") or ".." in local:
-        raise AddressError(f"{address!r}: misplaced '.' in the local part")
+        raise AddressError("misplaced '.' in the local part")
     for ch in local:
         if ch in _SPECIALS or ch.isspace() or unicodedata.category(ch).startswith("C"):
-            raise AddressError(f"{address!r}: {ch!r} is not allowed in the local part")
+            raise AddressError(f"{ch!r} is not allowed in the local part")
     return local
 
 
@@ -129,12 +129,15 @@ def certificate_form(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at or not local:
         raise AddressError(f"{address!r} is not a mailbox address")
-    ascii_domain = domain_to_ascii(domain)
-    if "." not in ascii_domain:
-        raise AddressError(f"{address!r}: the domain has no dot")
-    form = f"{_local_part(local, address).lower()}@{ascii_domain}"
-    if len(form.encode("utf-8")) > 254:
-        raise AddressError(f"{address!r} is longer than 254 octets")
+    try:
+        ascii_domain = domain_to_ascii(domain)
+        if "." not in ascii_domain:
+            raise AddressError("the domain has no dot")
+        form = f"{_local_part(local, address).lower()}@{ascii_domain}"
+        if len(form.encode("utf-8")) > 254:
+            raise AddressError("longer than 254 octets")
+    except AddressError as exc:
+        raise AddressError(f"{address!r} is not a mailbox address: {exc}") from None
     return form
 
 

@@ -4,13 +4,18 @@ mismatch with the unsigned outer From, and how addresses compare."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from pki import DATE, PKI, Identity, message
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pki import DATE, NOW, PKI, Identity, message
 
 import smimekit
 from smimekit.validation.verdict import Verdict
@@ -135,3 +140,65 @@ def test_mixed_case_certificate_address_matches_lower_case_from(pki: PKI, trust:
                        issuer=(pki.root_key, pki.root))
     signed = smimekit.sign(message(sender="carol.smith@example.org"), carol.key, carol.cert)
     assert _verdict(signed, trust).valid
+
+
+# -- internationalised addresses (RFC 9598) -------------------------------------------------
+
+
+def _person_with_san(pki: PKI, name: str, san: list[x509.GeneralName]) -> Identity:
+    """An end entity whose subjectAltName is exactly ``san``, issued by the test root."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(pki.root.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
+                                     False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(pki.root_key, hashes.SHA256())
+    )
+    return Identity(key, cert, name)
+
+
+def _utf8_mailbox(address: str) -> x509.OtherName:
+    data = address.encode()
+    return x509.OtherName(x509.ObjectIdentifier("1.3.6.1.5.5.7.8.9"),
+                          bytes([0x0C, len(data)]) + data)
+
+
+@pytest.mark.parametrize("sender", ["anna@bücher.example.org", "Anna <ANNA@Bücher.Example.org>",
+                                    "anna@xn--bcher-kva.example.org"])
+def test_a_label_certificate_matches_a_u_label_from(pki: PKI, trust: list, sender: str) -> None:
+    anna = _person_with_san(pki, "anna", [x509.RFC822Name("anna@xn--bcher-kva.example.org")])
+    signed = smimekit.sign(message(sender=sender), anna.key, anna.cert)
+    v = _verdict(signed, trust)
+    assert v.valid, v.summary()
+
+
+@pytest.mark.parametrize("stored", ["jürgen@xn--bcher-kva.example.org",  # RFC 9598: A-labels
+                                    "jürgen@bücher.example.org"])         # RFC 8398: U-labels
+def test_smtputf8mailbox_matches_a_utf8_from(pki: PKI, trust: list, stored: str) -> None:
+    juergen = _person_with_san(pki, "juergen", [_utf8_mailbox(stored)])
+    signed = smimekit.sign(message(sender="Jürgen <JÜRGEN@bücher.example.org>"), juergen.key,
+                           juergen.cert)
+    v = _verdict(signed, trust)
+    assert v.valid, v.summary()
+    assert v.signers[0].email == (stored,)
+
+
+@pytest.mark.parametrize("sender", ["x@☃.example.org", "x@xn--zz.example.org",
+                                    "jürgen@xn--bcher-kva.example.org"])
+def test_other_or_invalid_internationalised_from_fails_without_a_traceback(
+        pki: PKI, trust: list, sender: str) -> None:
+    other = _person_with_san(pki, "other", [_utf8_mailbox("jürgen@example.org")])
+    signed = smimekit.sign(message(sender=sender), other.key, other.cert)
+    v = _verdict(signed, trust)
+    assert not v.valid and v.signers[0].from_match is False
+    assert "is not an address of the signer's certificate" in " ".join(v.all_reasons())

@@ -31,6 +31,7 @@ from smimekit.ca.profiles import (
     ValidationLevel,
 )
 from smimekit.errors import CAError
+from smimekit.mailbox import AddressError, certificate_form
 from smimekit.store import IssuedRecord, Store
 
 __all__ = [
@@ -119,12 +120,11 @@ def _split_name(name: str | None) -> tuple[str | None, str | None]:
 
 
 def _checked_email(email: str) -> str:
-    email = email.strip()
-    local, at, domain = email.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in email) \
-            or len(email) > 254:
-        raise CAError(f"{email!r} is not a mailbox address")
-    return email.lower() if domain.isascii() and local.isascii() else email
+    """``email`` in the form the certificate carries (A-label domain, lower case)."""
+    try:
+        return certificate_form(email)
+    except AddressError as exc:
+        raise CAError(str(exc)) from None
 
 
 class CertificateAuthority:
