@@ -220,9 +220,12 @@ def test_upper_case_a_label_is_the_same_domain(cax: CertificateAuthority) -> Non
 
 
 def test_u_label_and_a_label_forms_are_one_holder(cax: CertificateAuthority) -> None:
-    cax.issue_generated("ann@bücher.example.org", purpose="sign", **FAST)
+    cax.issue_generated("ann@bücher.example.org", **FAST)
     with pytest.raises(CAError, match="already holds a live sign certificate"):
         cax.issue_generated("ANN@xn--bcher-kva.example.org", purpose="sign", **FAST)
+    assert len(cax.key_history("Ann@Bücher.example.org")) == 1
+    revoked = cax.revoke(email="ann@BÜCHER.example.org", reason="superseded")
+    assert len(revoked) == 2
 
 
 def test_generated_dual_key_pairs(cax: CertificateAuthority) -> None:

@@ -31,7 +31,7 @@ from smimekit.ca.profiles import (
     ValidationLevel,
 )
 from smimekit.errors import CAError
-from smimekit.mailbox import AddressError, certificate_form
+from smimekit.mailbox import AddressError, certificate_form, comparable
 from smimekit.store import IssuedRecord, Store
 
 __all__ = [
@@ -376,7 +376,8 @@ class CertificateAuthority:
                 raise CAError(f"this CA issued no certificate with serial {serial}")
             targets = [record]
         elif email is not None:
-            targets = [r for r in self.store.issued_for(email) if r.revoked_at is None
+            targets = [r for r in self.store.issued_for(comparable(email))
+                       if r.revoked_at is None
                        and r.renewed_by is None and r.not_after > at]
             if not targets:
                 raise CAError(f"{email} holds no live certificate of this CA")
@@ -441,7 +442,7 @@ class CertificateAuthority:
             CAError: the vault is locked, or a record is damaged or tampered.
         """
         result = []
-        for stored in self.store.private_keys_for(email, "encrypt"):
+        for stored in self.store.private_keys_for(comparable(email), "encrypt"):
             if stored.certificate_fingerprint is None:
                 continue
             cert_row = self.store.get_certificate(stored.certificate_fingerprint)
