@@ -8,6 +8,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 
 from cryptography import x509
 
+from smimekit.dn import display_name
 from smimekit.mailbox import comparable
 from smimekit.smime.canonical import Header
 from smimekit.smime.wrap import Unwrapped
@@ -183,7 +184,7 @@ def assess(
                 issuer_source=issuer_source,
             )
             lookup_reasons = tracked.take_problems() if tracked is not None else []
-            statuses = tuple(RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1])
+            statuses = tuple(RevocationStatus(display_name(c.subject)) for c in path.chain[:-1])
             if revocation is not None and path.chain:
                 # Only chains that reached an anchor: never fetch for an unknown signer's
                 # certificate (the URLs in it are the sender's to choose).
