@@ -14,10 +14,12 @@ from smimekit import api
 from smimekit.cli.common import (
     CliError,
     Globals,
+    content_type_option,
     io_options,
     load_cert_files,
     load_decryption_keys,
     load_key_and_cert,
+    message_input,
     passphrase_from,
     passphrase_options,
     read_input,
@@ -323,6 +325,7 @@ def _read_file(path: str, option: str) -> bytes:
 
 @click.command()
 @_sign_options
+@content_type_option
 @io_options
 def sign(
     key_path: str,
@@ -339,7 +342,7 @@ def sign(
 ) -> None:
     """Sign a message (multipart/signed, or opaque with --opaque)."""
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
-    data = read_input(input_path)
+    data = message_input(input_path)
     out = api.sign(
         data, key, cert, chain=chain, opaque=opaque, digest=Digest(digest), pss=pss, use_ski=use_ski
     )
@@ -380,6 +383,7 @@ def verify(
 @click.command()
 @_encrypt_options
 @_revocation_options
+@content_type_option
 @io_options
 def encrypt(
     to_paths: tuple[str, ...],
@@ -396,7 +400,7 @@ def encrypt(
     recipients = load_cert_files(to_paths)
     check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
     check["revocation"] = revocation
-    data = read_input(input_path)
+    data = message_input(input_path)
     write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check))
 
 
@@ -450,6 +454,7 @@ def decrypt(
 @_encrypt_options
 @click.option("--no-self", is_flag=True, help="Do not add the sender as a recipient.")
 @_revocation_options
+@content_type_option
 @io_options
 def sign_encrypt(
     key_path: str,
@@ -477,7 +482,7 @@ def sign_encrypt(
     recipients = load_cert_files(to_paths)
     check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
     check["revocation"] = revocation
-    data = read_input(input_path)
+    data = message_input(input_path)
     out = api.sign_encrypt(
         data,
         key,
