@@ -202,3 +202,62 @@ def test_other_or_invalid_internationalised_from_fails_without_a_traceback(
     v = _verdict(signed, trust)
     assert not v.valid and v.signers[0].from_match is False
     assert "is not an address of the signer's certificate" in " ".join(v.all_reasons())
+
+
+# -- RFC 9788 header protection -------------------------------------------------------------
+
+
+def _hp_payload(hp: str, sender: str = "alice@example.org") -> bytes:
+    """An RFC 9788 Cryptographic Payload: the protected header fields on the content."""
+    return (f'Content-Type: text/plain; charset=utf-8; hp="{hp}"\r\nFrom: {sender}\r\n'
+            f"To: bob@example.org\r\nSubject: the real subject\r\nDate: {DATE}\r\n"
+            "Message-ID: <hp@example.org>\r\n\r\nProtected.\r\n").encode()
+
+
+def _hp_signed(who: Identity, payload: bytes, outer: bytes) -> bytes:
+    from smimekit.cms.signed import SignerSpec, sign_data
+    from smimekit.smime.canonical import Entity
+    from smimekit.smime.message import build_multipart_signed
+
+    der = sign_data(payload, [SignerSpec(who.key, who.cert)])
+    headers = Entity.parse(outer + b"\r\n").headers if outer else ()
+    return build_multipart_signed(headers, payload, der, "sha-256")
+
+
+def test_rfc9788_signed_header_protection_binds_the_protected_from(
+        alice: Identity, trust: list) -> None:
+    signed = _hp_signed(alice, _hp_payload("clear"),
+                        f"From: alice@example.org\r\nSubject: the real subject\r\nDate: {DATE}"
+                        "\r\n".encode())
+    result = smimekit.verify(signed, trust=trust)
+    assert result.verdict.valid and result.verdict.unsigned_from is None
+    released = result.as_message()
+    assert released.get_all("From") == ["alice@example.org"]
+    assert released.get_all("Subject") == ["the real subject"]
+
+
+def test_rfc9788_encrypted_header_protection_without_outer_from(
+        alice: Identity, bob: Identity, trust: list) -> None:
+    """hp="cipher": the outer Subject is obscured and the outer block has no From at all;
+    the signer is bound to the From inside the encryption, which is what is shown."""
+    inner = _hp_signed(alice, _hp_payload("cipher"), b"")
+    sealed = smimekit.encrypt(b"To: bob@example.org\r\nSubject: [...]\r\n" + inner, [bob.cert],
+                              check_recipients=False)
+    result = smimekit.decrypt_verify(sealed, bob.key, bob.cert, trust=trust)
+    v = result.verdict
+    assert v.valid, v.summary()
+    assert [layer.kind for layer in v.layers] == ["encrypted", "signed"]
+    assert v.from_address == "alice@example.org" and v.unsigned_from is None
+    released = result.as_message()
+    assert released.get_all("Subject") == ["the real subject"]
+    assert released.get_all("From") == ["alice@example.org"]
+
+
+def test_rfc9788_protected_from_of_someone_else_fails(alice: Identity, bob: Identity,
+                                                      trust: list) -> None:
+    inner = _hp_signed(alice, _hp_payload("cipher", BOSS), b"")
+    sealed = smimekit.encrypt(b"From: alice@example.org\r\nSubject: [...]\r\n" + inner,
+                              [bob.cert], check_recipients=False)
+    v = smimekit.decrypt_verify(sealed, bob.key, bob.cert, trust=trust,
+                                raise_for_failure=False).verdict
+    assert not v.valid and v.from_address == BOSS and v.unsigned_from == "alice@example.org"
