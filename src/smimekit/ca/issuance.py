@@ -30,6 +30,7 @@ from smimekit.ca.profiles import (
     SubjectInfo,
     ValidationLevel,
 )
+from smimekit.dn import display_name
 from smimekit.errors import CAError
 from smimekit.mailbox import AddressError, certificate_form, comparable
 from smimekit.store import IssuedRecord, Store
@@ -410,8 +411,8 @@ class CertificateAuthority:
                             this_update=at, next_update=at + CRL_VALIDITY)
             self.store.add_crl(self.issuer_fingerprint, number, at, at + CRL_VALIDITY,
                                crl.public_bytes(serialization.Encoding.DER))
-            self.store.audit(self.actor, "ca.crl", self.ca.authority.cert.subject
-                             .rfc4514_string(), {"number": number})
+            self.store.audit(self.actor, "ca.crl", display_name(self.ca.authority.cert.subject),
+                             {"number": number})
         return crl
 
     def current_crl(self, *, now: dt.datetime | None = None) -> bytes:
