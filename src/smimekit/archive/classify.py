@@ -40,6 +40,7 @@ from smimekit.archive.mailstore import (
     detect_format,
 )
 from smimekit.cms.keyinfo import issuer_and_serial_der, subject_key_id
+from smimekit.dn import display_name
 from smimekit.errors import ArchiveError
 from smimekit.store.db import Store, certificate_emails
 
@@ -96,7 +97,7 @@ class RecipientStatus:
         """The address or subject when the certificate is known, else the identifier."""
         if self.certificate is None:
             return self.recipient.describe()
-        return self.email or self.certificate.subject.rfc4514_string()
+        return self.email or display_name(self.certificate.subject)
 
 
 @dataclass(frozen=True)
@@ -530,10 +531,10 @@ class _Tally:
         number = self._next
         entry: dict[str, Any] = {"t": "r", "id": number, "key": key, "label": status.label,
                  "identifier": rid.describe(), "readability": status.readability.value,
-                 "subject": cert.subject.rfc4514_string() if cert is not None else None,
+                 "subject": display_name(cert.subject) if cert is not None else None,
                  "email": status.email,
                  "serial": format(serial, "x") if serial is not None else None,
-                 "issuer": cert.issuer.rfc4514_string() if cert is not None else rid.issuer}
+                 "issuer": display_name(cert.issuer) if cert is not None else rid.issuer}
         self.learn(entry)
         if journal is not None:
             journal.append(entry)

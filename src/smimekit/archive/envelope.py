@@ -25,6 +25,7 @@ from smimekit.cms.enveloped import (
 )
 from smimekit.cms.keyinfo import issuer_and_serial_der, subject_key_id
 from smimekit.cms.signed import embedded_content
+from smimekit.dn import attribute_label
 from smimekit.errors import (
     MalformedError,
     SmimeError,
@@ -339,21 +340,14 @@ def _rid(kind: str, alg: str, rid: Any, bits: int | None) -> RecipientId:
     return RecipientId(kind, alg, None, bytes(ski), rsa_bits=bits)
 
 
-_SHORT_NAMES = {
-    "common_name": "CN", "organization_name": "O", "organizational_unit_name": "OU",
-    "country_name": "C", "locality_name": "L", "state_or_province_name": "ST",
-    "email_address": "emailAddress", "domain_component": "DC", "serial_number": "serialNumber",
-}
-
-
 def _rfc4514(name: Any) -> str:
-    """An asn1crypto Name written like ``x509.Name.rfc4514_string()`` (last RDN first)."""
+    """An asn1crypto Name written like :func:`smimekit.dn.display_name` (last RDN first)."""
     rdns = []
     for rdn in name.chosen:
         parts = []
         for attr in rdn:
             kind = attr["type"]
-            label = _SHORT_NAMES.get(str(kind.native), kind.dotted)
+            label = attribute_label(kind.dotted)
             value = str(attr["value"].native).replace("\\", "\\\\").replace(",", "\\,")
             parts.append(f"{label}={value}")
         rdns.append("+".join(parts))

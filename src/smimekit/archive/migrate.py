@@ -44,6 +44,7 @@ from smimekit.cms.enveloped import (
 )
 from smimekit.cms.keyinfo import issuer_and_serial_der
 from smimekit.cms.recipients import RecipientOptions
+from smimekit.dn import display_name
 from smimekit.errors import (
     ArchiveError,
     DecryptionError,
@@ -170,7 +171,7 @@ class _Reencryptor:
             if cert not in self._unfit:
                 self._unfit[cert] = recipient_problems(cert, trust=None)
             if self._unfit[cert]:
-                return _Skip("failed", f"new recipient {cert.subject.rfc4514_string()} is"
+                return _Skip("failed", f"new recipient {display_name(cert.subject)} is"
                                        f" unfit: {'; '.join(self._unfit[cert])}")
         if (targets and env.cipher == Cipher.AES256_GCM.value and env.authenticated
                 and all(any(r.names(c) for r in env.recipients) for c in targets)

@@ -16,10 +16,12 @@ from smimekit.cli import local
 from smimekit.cli.common import (
     CliError,
     Globals,
+    content_type_option,
     io_options,
     load_cert_files,
     load_decryption_keys,
     load_key_and_cert,
+    message_input,
     open_store,
     passphrase_from,
     passphrase_options,
@@ -372,6 +374,7 @@ def _read_file(path: str, option: str) -> bytes:
 
 @click.command()
 @_sign_options
+@content_type_option
 @io_options
 def sign(
     key_path: str,
@@ -390,7 +393,7 @@ def sign(
     """Sign a message (multipart/signed, or opaque with --opaque)."""
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
     own = _sender_encryption_cert(cert, encryption_cert_path)
-    data = read_input(input_path)
+    data = message_input(input_path)
     out = api.sign(
         data,
         key,
@@ -439,6 +442,7 @@ def verify(
 @click.command()
 @_encrypt_options
 @_revocation_options
+@content_type_option
 @io_options
 def encrypt(
     to_paths: tuple[str, ...],
@@ -456,7 +460,7 @@ def encrypt(
     recipients = load_cert_files(to_paths)
     check = _recipient_check(trust_paths, cert_paths, no_recipient_check, recipient_aia)
     check["revocation"] = revocation
-    data = read_input(input_path)
+    data = message_input(input_path)
     write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check))
 
 
@@ -519,6 +523,7 @@ def decrypt(
 @_encrypt_options
 @click.option("--no-self", is_flag=True, help="Do not add the sender as a recipient.")
 @_revocation_options
+@content_type_option
 @io_options
 def sign_encrypt(
     key_path: str,
@@ -553,7 +558,7 @@ def sign_encrypt(
     recipients = load_cert_files(to_paths)
     check = _recipient_check(trust_paths, cert_paths, no_recipient_check, recipient_aia)
     check["revocation"] = revocation
-    data = read_input(input_path)
+    data = message_input(input_path)
     out = api.sign_encrypt(
         data,
         key,

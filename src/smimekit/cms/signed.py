@@ -32,6 +32,7 @@ from smimekit.cms.keyinfo import (
     matches_ski,
     subject_key_id,
 )
+from smimekit.dn import display_name
 from smimekit.errors import (
     ASN1Error,
     LegacyAlgorithmError,
@@ -420,7 +421,7 @@ def _verify_signer(
     if digest_name not in digest_cache:
         digest_cache[digest_name] = _hash(digest_name, content)
     digest = digest_cache[digest_name]
-    who = f"signer {index} ({cert.subject.rfc4514_string()})"
+    who = f"signer {index} ({display_name(cert.subject)})"
 
     signing_time = None
     ess = False

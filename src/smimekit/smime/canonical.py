@@ -95,6 +95,12 @@ def _field(lines: list[bytes]) -> Header:
     return Header(match.group(1).decode("ascii"), raw)
 
 
+def has_header_block(data: bytes) -> bool:
+    """True when ``data`` starts with a header field, or with the empty line that ends an
+    empty header block: what :meth:`Entity.parse` reads as headers."""
+    return data.startswith((CRLF, b"\n")) or _HEADER_NAME.match(data[:1000]) is not None
+
+
 @dataclass(frozen=True)
 class Entity:
     """A MIME entity (or a whole message): its raw CRLF bytes and its parsed headers.

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from smimekit.dn import display_name
 from smimekit.errors import FetchError
 from smimekit.fsutil import atomic_write
 from smimekit.validation.certinfo import cert_info, signed_by
@@ -86,7 +87,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def _who(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "(empty subject)"
+    return display_name(cert.subject) or "(empty subject)"
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
