@@ -129,7 +129,7 @@ def test_summary_lists_revocation_in_chain_order_signer_first() -> None:
 def test_archive_scan_names_an_unknown_recipient_issuer_readably(pki: PKI) -> None:
     """An encrypted message to a certificate the scanner does not know: the recipient is
     named by issuer and serial, and the issuer reads as names, not OIDs."""
-    from smimekit.escrow import archive
+    from smimekit import archive
 
     issuer_key = ec.generate_private_key(ec.SECP256R1())
     key = ec.generate_private_key(ec.SECP256R1())
