@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from cryptography import x509
@@ -25,8 +25,10 @@ from smimekit.keys.load import (
 )
 from smimekit.keys.pkcs12 import KeyPair, load_pkcs12_identities
 from smimekit.smime.content import InputKind, check_content_type, classify_input, wrap_as_entity
-from smimekit.store import Store
 from smimekit.validation.trust import TrustStore
+
+if TYPE_CHECKING:
+    from smimekit.store import Store
 
 MAX_INPUT = 2 * 1024**3  # refuse to slurp more than 2 GiB from one input
 
@@ -57,6 +59,8 @@ def cli_globals() -> Globals:
 
 def open_store() -> Store:
     """The store named by --database-url, or the SQLite file in --data-dir."""
+    from smimekit.store import Store  # SQLAlchemy: only the commands that open a store pay
+
     globals_ = cli_globals()
     return Store.open(globals_.database_url, globals_.data_dir)
 
