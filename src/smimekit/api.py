@@ -7,11 +7,9 @@ ESS signing-certificate-v2, strict validation. Lower-level assembly is in :mod:`
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.message
-import email.policy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -45,7 +43,11 @@ from smimekit.validation.recipients import (
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
 
-MessageInput = bytes | bytearray | memoryview | email.message.Message
+if TYPE_CHECKING:
+    import email.message
+
+# email.message is imported where a Message is handled: bytes in, bytes out never needs it.
+MessageInput = Union[bytes, bytearray, memoryview, "email.message.Message"]
 
 SOFT_REVOCATION = RevocationOptions()
 """The default: revoked fails, no answer passes with a warning (RFC 5280 soft-fail)."""
@@ -83,6 +85,10 @@ class Verified:
 
 
 def _parse(data: bytes) -> email.message.EmailMessage:
+    import email
+    import email.message
+    import email.policy
+
     msg = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(msg, email.message.EmailMessage)
     return msg
@@ -91,6 +97,8 @@ def _parse(data: bytes) -> email.message.EmailMessage:
 def _as_bytes(message: MessageInput) -> bytes:
     if isinstance(message, bytes | bytearray | memoryview):
         return bytes(message)
+    import email.message
+
     if isinstance(message, email.message.Message):
         return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
     raise TypeError("message must be bytes or an email.message.Message")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 from collections.abc import Sequence
@@ -23,11 +22,11 @@ from smimekit.keys.load import (
     load_private_key,
     read_source,
 )
-from smimekit.keys.pkcs12 import KeyPair, load_pkcs12_identities
 from smimekit.smime.content import InputKind, check_content_type, classify_input, wrap_as_entity
 from smimekit.validation.trust import TrustStore
 
 if TYPE_CHECKING:
+    from smimekit.keys.pkcs12 import KeyPair
     from smimekit.store import Store
 
 MAX_INPUT = 2 * 1024**3  # refuse to slurp more than 2 GiB from one input
@@ -201,6 +200,8 @@ def _ask(label: str) -> bytes:
             f"{label} needs a passphrase: use --passphrase-file, --passphrase-env or"
             " SMIMEKIT_PASSPHRASE (no terminal to ask on)"
         )
+    import getpass
+
     return getpass.getpass(f"Passphrase for {label}: ").encode()
 
 
@@ -251,6 +252,8 @@ def load_decryption_keys(
             belongs to none of the keys.
         PassphraseError: as for :func:`load_key_and_cert`.
     """
+    from smimekit.keys.pkcs12 import load_pkcs12_identities  # its ASN.1 classes: on use
+
     found: list[KeyPair] = []
     spare: list[x509.Certificate] = []
     typed: bytes | None = None
