@@ -24,17 +24,27 @@ class LazyCommand:
     name: str
     """The command's name on the command line."""
     target: str
-    """``module:attribute``: a click command, or a function without arguments returning one."""
+    """``module:attribute`` of the click command."""
     help: str
     """The first paragraph of the command's help, shown (shortened) by the group's --help."""
+    extend: tuple[str, ...] = ()
+    """``module:attribute`` of lists of commands to add to the group (``target``) on loading."""
 
     def load(self) -> click.Command:
-        module_name, _, attribute = self.target.partition(":")
-        value = getattr(importlib.import_module(module_name), attribute)
-        command = value if isinstance(value, click.Command) else value()
+        command = _resolve(self.target)
         if not isinstance(command, click.Command):  # a wrong table entry: a bug, not user error
             raise TypeError(f"{self.target} is not a click command")
+        for more in self.extend:
+            if not isinstance(command, click.Group):
+                raise TypeError(f"{self.target} is not a click group")
+            for subcommand in _resolve(more):
+                command.add_command(subcommand)
         return command
+
+
+def _resolve(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 class LazyGroup(click.Group):

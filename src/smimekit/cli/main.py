@@ -37,23 +37,14 @@ COMMANDS = [
     LazyCommand("trust", "smimekit.cli.trust:trust",
                 "Manage the trust anchors kept in the data directory."),
     LazyCommand("log", "smimekit.cli.log:log", "Check and read the audit log."),
-    LazyCommand("ca", "smimekit.cli.main:_ca_group",
-                "Our own certificate authority: issue, renew, revoke, publish."),
+    LazyCommand("ca", "smimekit.cli.ca:ca",
+                "Our own certificate authority: issue, renew, revoke, publish.",
+                extend=("smimekit.cli.ca_lifecycle:COMMANDS",)),
     LazyCommand("escrow", "smimekit.cli.escrow:escrow",
                 "Key escrow: the vault key as M-of-N shares of key recovery officers."),
     LazyCommand("archive", "smimekit.cli.archive:archive",
                 "Scan, export and re-encrypt mail archives (mbox, Maildir, folders of .eml)."),
 ]
-
-
-def _ca_group() -> click.Group:
-    """``smimekit ca`` with the bulk lifecycle commands (enroll, renew, expiring) added."""
-    from smimekit.cli.ca import ca
-    from smimekit.cli.ca_lifecycle import COMMANDS as CA_LIFECYCLE
-
-    for command in CA_LIFECYCLE:
-        ca.add_command(command)
-    return ca
 
 
 @click.group(

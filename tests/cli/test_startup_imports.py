@@ -1,0 +1,177 @@
+"""Start-up time: a message command imports neither the store, the CA, escrow nor the linter.
+
+Each check runs ``python -X importtime -m smimekit.cli.main ...`` in a fresh interpreter and
+reads the modules it imported. The command groups are loaded lazily (``cli/lazy.py``), so the
+help texts the top-level group shows without importing them are checked against the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from cryptography.hazmat.primitives import serialization
+from pki import PKI, Identity, message
+
+from smimekit.cli.lazy import LazyGroup
+from smimekit.cli.main import COMMANDS, cli, main
+
+# Modules that only the store, CA, escrow and archive commands need.
+FORBIDDEN = (
+    "sqlalchemy",
+    "pkilint",
+    "psycopg",
+    "rich.progress",
+    "smimekit.store",
+    "smimekit.ca",
+    "smimekit.escrow",
+    "smimekit.archive",
+    "smimekit.cli.ca",
+    "smimekit.cli.ca_lifecycle",
+    "smimekit.cli.escrow",
+    "smimekit.cli.archive",
+    "smimekit.cli.log",
+)
+MESSAGE_MODULES = ("smimekit.cli.messages", "smimekit.api")
+
+
+# ``python -m smimekit.cli.main ARGS`` that writes sys.modules, as the run ends, to a file. (Not
+# ``-X importtime``: it does not list modules loaded through importlib.import_module.)
+_RUN = """
+import atexit, json, os, runpy, sys
+out = os.environ["STARTUP_MODULES_FILE"]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+runpy.run_module("smimekit.cli.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def imported(tmp_path: Path, *args: str | Path) -> tuple[set[str], str]:
+    """The modules a fresh ``smimekit ARGS`` imported, and what it wrote on stderr."""
+    out = tmp_path / "modules.json"
+    env = {k: v for k, v in os.environ.items() if k != "SMIMEKIT_PASSPHRASE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN, *map(str, args)],
+        capture_output=True, env={**env, "STARTUP_MODULES_FILE": str(out)}, timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    return set(json.loads(out.read_text())), proc.stderr.decode()
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
+
+
+def test_verify_help_imports_no_store_ca_escrow_or_linter(tmp_path: Path) -> None:
+    modules, _ = imported(tmp_path, "verify", "--help")
+    assert {"smimekit.cli.messages", "smimekit.api"} <= modules  # it sees the real imports
+    assert heavy(modules) == []
+
+
+def test_top_level_help_lists_every_command_and_imports_none(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    modules, _ = imported(tmp_path, "--help")
+    assert heavy(modules) == []
+    assert not modules & {*MESSAGE_MODULES, "smimekit.cli.trust"}
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out.split("Commands:")[1]
+    listed = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    assert listed == sorted(spec.name for spec in COMMANDS)
+    assert "Verify a signed message; write its content to OUT" in listing
+
+
+@pytest.fixture()
+def files(tmp_path: Path, pki: PKI, alice: Identity) -> Path:
+    (tmp_path / "root.pem").write_bytes(pki.root.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "alice.pem").write_bytes(alice.pem_cert())
+    (tmp_path / "alice.key").write_bytes(alice.pem_key())
+    (tmp_path / "msg.eml").write_bytes(message())
+    return tmp_path
+
+
+def test_message_commands_on_a_message_import_no_store_ca_escrow_or_linter(
+        files: Path) -> None:
+    key = ["--key", files / "alice.key", "--cert", files / "alice.pem"]
+    runs = {
+        "sign": ["sign", *key, files / "msg.eml", "-o", files / "signed.eml"],
+        "verify": ["verify", "--trust", files / "root.pem", files / "signed.eml",
+                   "-o", files / "verified.eml"],
+        "encrypt": ["encrypt", "--to", files / "alice.pem", "--trust", files / "root.pem",
+                    files / "msg.eml", "-o", files / "enc.eml"],
+        "decrypt": ["decrypt", *key, files / "enc.eml", "-o", files / "dec.eml"],
+    }
+    for name, args in runs.items():  # in order: each command reads the one before's output
+        modules, _ = imported(files, "--data-dir", files / "data", *args)
+        assert heavy(modules) == [], name
+        assert "smimekit.api" in modules, name
+    assert (files / "verified.eml").read_bytes().endswith(b"Hello, world.\r\n")
+    assert (files / "dec.eml").read_bytes().endswith(b"Hello, world.\r\n")
+
+
+def test_each_lazy_command_help_matches_the_command() -> None:
+    assert isinstance(cli, LazyGroup)
+    for spec in COMMANDS:
+        command = spec.load()
+        assert command.name == spec.name
+        stand_in = click.Command(spec.name, help=spec.help)
+        for limit in (30, 45, 60, 80, 200):
+            assert stand_in.get_short_help_str(limit) == command.get_short_help_str(limit), (
+                f"update the help of {spec.name!r} in cli/main.py COMMANDS"
+            )
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verfiy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Usage: smimekit [OPTIONS] COMMAND")
+    assert "No such command 'verfiy'" in err
+
+
+def test_ca_group_still_has_its_lifecycle_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ca", "--help"]) == 0
+    listing = capsys.readouterr().out.split("Commands:")[1]
+    for name in ("enroll", "renew", "expiring", "issue", "revoke", "serve"):
+        assert f"\n  {name} " in listing
+
+
+_EVERY_HELP = """
+import contextlib, io, json, sys
+import click
+from smimekit.cli.main import cli, main
+
+def paths(group, ctx, path=()):
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from paths(command, ctx, (*path, name))
+
+results = []
+for path in [(), *paths(cli, click.Context(cli))]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*path, "--help"])
+    results.append([list(path), code, out.getvalue()[:40], err.getvalue()])
+json.dump(results, sys.stdout)
+"""
+
+
+def test_every_command_help_prints_no_warning() -> None:
+    # Warnings are errors (PYTHONWARNINGS=error) while every command's --help runs, each
+    # command's modules being imported by the first --help that needs them: a warning at
+    # import or help time would make that command fail with an internal error.
+    proc = subprocess.run(
+        [sys.executable, "-c", _EVERY_HELP], capture_output=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
+    results = json.loads(proc.stdout)
+    assert len(results) > 30  # the groups' subcommands are reached too
+    for path, code, out, err in results:
+        assert (code, err) == (0, ""), path
+        assert out.startswith("Usage: smimekit"), path
