@@ -16,8 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.cms.enveloped import encrypt_enveloped_stream
-from smimekit.cms.recipients import RecipientOptions
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
 from smimekit.smime.message import (
@@ -194,6 +192,9 @@ def encrypt(
             on_warning,
         )
     outer, entity = prepare_chunks(_as_bytes(message))
+    from smimekit.cms.enveloped import encrypt_enveloped_stream  # not needed to verify
+    from smimekit.cms.recipients import RecipientOptions
+
     stream = encrypt_enveloped_stream(
         entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
     )
