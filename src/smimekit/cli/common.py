@@ -252,8 +252,6 @@ def load_decryption_keys(
             belongs to none of the keys.
         PassphraseError: as for :func:`load_key_and_cert`.
     """
-    from smimekit.keys.pkcs12 import load_pkcs12_identities  # its ASN.1 classes: on use
-
     found: list[KeyPair] = []
     spare: list[x509.Certificate] = []
     typed: bytes | None = None
@@ -263,6 +261,9 @@ def load_decryption_keys(
         for attempt in range(2):
             try:
                 if _looks_pkcs12(data):
+                    # its ASN.1 classes cost start-up time: only a PKCS#12 file pays for them
+                    from smimekit.keys.pkcs12 import load_pkcs12_identities
+
                     identities, others = load_pkcs12_identities(
                         data, secret, label=f"key {key_path}"
                     )
