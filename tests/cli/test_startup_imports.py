@@ -149,3 +149,12 @@ def test_ca_group_still_has_its_lifecycle_commands(capsys: pytest.CaptureFixture
     listing = capsys.readouterr().out.split("Commands:")[1]
     for name in ("enroll", "renew", "expiring", "issue", "revoke", "serve"):
         assert f"\n  {name} " in listing
+
+
+def test_rich_is_imported_only_where_a_table_or_progress_bar_is_shown(files: Path) -> None:
+    data = ["--data-dir", files / "data"]
+    for args in (["trust", "add", files / "root.pem"], ["ca", "--help"]):
+        modules, _ = imported(files, *data, *args)
+        assert not any(m == "rich" or m.startswith("rich.") for m in modules), args
+    modules, _ = imported(files, *data, "trust", "list")  # a table
+    assert "rich.table" in modules
