@@ -125,6 +125,33 @@ def test_message_commands_on_a_message_import_no_store_ca_escrow_or_linter(
     assert (files / "dec.eml").read_bytes().endswith(b"Hello, world.\r\n")
 
 
+def test_verify_through_the_trust_store_and_intermediates_cache_imports_no_store(
+        tmp_path: Path, pki: PKI) -> None:
+    # The data directory's trust store and intermediates cache are PEM files: verify reads
+    # both without SQLAlchemy.
+    carol = pki.person("carol")  # issued by the intermediate CA
+    (tmp_path / "root.pem").write_bytes(pki.root.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "inter.pem").write_bytes(pki.inter.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "carol.pem").write_bytes(carol.pem_cert())
+    (tmp_path / "carol.key").write_bytes(carol.pem_key())
+    (tmp_path / "msg.eml").write_bytes(message("carol@example.org"))
+    data = ["--data-dir", tmp_path / "data"]
+    key = ["--key", tmp_path / "carol.key", "--cert", tmp_path / "carol.pem"]
+    for args in (
+        ["trust", "add", tmp_path / "root.pem"],
+        ["sign", *key, "--chain", tmp_path / "inter.pem", tmp_path / "msg.eml",
+         "-o", tmp_path / "with-chain.eml"],
+        ["sign", *key, tmp_path / "msg.eml", "-o", tmp_path / "without.eml"],
+        ["verify", tmp_path / "with-chain.eml", "-o", tmp_path / "out1.eml"],  # learns inter
+    ):
+        imported(tmp_path, *data, *args)
+    assert list((tmp_path / "data" / "intermediates").glob("*.pem"))
+    modules, err = imported(tmp_path, *data, "verify", tmp_path / "without.eml",
+                            "-o", tmp_path / "out2.eml")
+    assert err.startswith("smimekit: VALID"), err
+    assert heavy(modules) == []
+
+
 def test_each_lazy_command_help_matches_the_command() -> None:
     assert isinstance(cli, LazyGroup)
     for spec in COMMANDS:
