@@ -153,7 +153,11 @@ def test_verify_through_the_trust_store_and_intermediates_cache_imports_no_store
 
 
 def test_each_lazy_command_help_matches_the_command() -> None:
+    from smimekit.cli import messages
+
     assert isinstance(cli, LazyGroup)
+    # a message command added to messages.COMMANDS must be in main's table too
+    assert {c.name for c in messages.COMMANDS} <= {spec.name for spec in COMMANDS}
     for spec in COMMANDS:
         command = spec.load()
         assert command.name == spec.name

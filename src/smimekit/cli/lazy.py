@@ -43,7 +43,7 @@ class LazyCommand:
 
 
 def _resolve(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
+    module_name, _sep, attribute = target.partition(":")
     return getattr(importlib.import_module(module_name), attribute)
 
 
@@ -75,6 +75,6 @@ class LazyGroup(click.Group):
             if not command.hidden:
                 rows.append((name, command))
         if rows:
-            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            limit = formatter.width - 6 - max(len(name) for name, _cmd in rows)
             with formatter.section(_("Commands")):
                 formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
