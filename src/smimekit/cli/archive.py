@@ -10,7 +10,6 @@ recovered with M officers' shares as ``smimekit escrow recover`` does, and audit
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,14 +18,6 @@ from typing import Any
 import click
 from cryptography import x509
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from smimekit import archive as lib
@@ -41,6 +32,7 @@ from smimekit.cli.common import (
     passphrase_options,
 )
 from smimekit.cli.escrow import SHARE_HELP, recover_with_shares
+from smimekit.cli.progress import progress_bar
 from smimekit.store import DB_FILENAME, Store
 
 __all__ = ["archive"]
@@ -147,16 +139,10 @@ def _file_errors() -> Iterator[None]:
 
 @contextmanager
 def _progress_bar(show: bool | None, label: str) -> Iterator[lib.ProgressCallback]:
-    visible = sys.stderr.isatty() if show is None else show
-    console = Console(stderr=True, force_terminal=True if show else None)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn(), console=console,
-                   disable=not visible)
-    with bar:
-        task = bar.add_task(label, total=None)
+    with progress_bar(show, label, in_bytes=True) as bar:
 
         def update(p: lib.Progress) -> None:
-            bar.update(task, completed=p.done, total=p.total,
+            bar.update(completed=p.done, total=p.total,
                        description=f"{p.phase} ({p.messages} messages)")
 
         yield update

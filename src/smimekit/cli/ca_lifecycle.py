@@ -48,6 +48,7 @@ from smimekit.ca.lifecycle import (
 from smimekit.ca.profiles import PROFILES
 from smimekit.cli.ca import ca_options, new_passphrase, open_ca, parse_duration, write_bundle
 from smimekit.cli.common import CliError
+from smimekit.cli.progress import progress_bar
 
 __all__ = ["COMMANDS", "enroll", "expiring_command", "renew"]
 
@@ -115,31 +116,15 @@ def _run_batch(verb: str, results: Iterator[RowResult], log: ResultsLog, *, tota
                label: str, progress: bool | None) -> None:
     """Drive a batch generator with a progress bar; one summary line at the end (an error,
     exit status 1, when any row failed)."""
-    # rich only where a progress bar or table is shown: every `ca` command loads this module.
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
     counts: Counter[RowStatus] = Counter()
-    show = sys.stderr.isatty() if progress is None else progress
-    console = Console(stderr=True, force_terminal=True if progress else None)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), console=console, disable=not show)
-    with _stop_between_rows() as stop_requested, bar:
-        task = bar.add_task(label, total=total)
+    with _stop_between_rows() as stop_requested, progress_bar(progress, label,
+                                                              total=total) as bar:
         try:
             for result in results:
                 counts[result.status] += 1
-                if result.status is RowStatus.ERROR and show:
-                    bar.console.print(Text(f"error: {result.email or '(no address)'}: "
-                                           f"{result.message}", style="red"))
-                bar.advance(task)
+                if result.status is RowStatus.ERROR:
+                    bar.error(f"error: {result.email or '(no address)'}: {result.message}")
+                bar.advance()
                 if stop_requested():
                     raise _Stopped(f"stopped by Ctrl-C: {_summary(verb, counts, log)}; run"
                                    " the same command again to continue")
