@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +45,7 @@ from smimekit.cli.common import (
     cli_globals,
     open_store,
     passphrase_from,
+    write_output,
 )
 from smimekit.errors import CAError
 from smimekit.fsutil import atomic_write, private_dir
@@ -325,7 +325,7 @@ def chain(output: str | None, root_only: bool) -> None:
     if output in (None, "-"):
         click.echo(data.decode(), nl=False)
     else:
-        atomic_write(Path(output), data, mode=0o644)
+        write_output(output, data, mode=0o644)
 
 
 @ca.command("revoke")
@@ -362,11 +362,7 @@ def crl(output: str | None, pem: bool, passphrase_file: str | None,
     if output:
         data = built.public_bytes(serialization.Encoding.PEM if pem
                                   else serialization.Encoding.DER)
-        if output == "-":
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-        else:
-            atomic_write(Path(output), data, mode=0o644)
+        write_output(output, data, mode=0o644)
 
 
 @ca.command("root-crl")
@@ -381,7 +377,7 @@ def root_crl(output: str | None, passphrase_file: str | None, passphrase_env: st
         cax.store.audit(cax.actor, "ca.root-crl", cax.ca.config.organization, {})
     click.echo(f"root CRL re-signed, next update {built.next_update_utc:%Y-%m-%d}")
     if output:
-        atomic_write(Path(output), built.public_bytes(serialization.Encoding.DER), mode=0o644)
+        write_output(output, built.public_bytes(serialization.Encoding.DER), mode=0o644)
 
 
 @ca.command("serve")

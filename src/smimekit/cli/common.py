@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.errors import KeyLoadError, PassphraseError
-from smimekit.fsutil import atomic_write
+from smimekit.fsutil import write_output_file
 from smimekit.keys.load import (
     key_matches,
     load_certificates,
@@ -101,14 +101,21 @@ def read_input(path: str | None) -> bytes:
     return data
 
 
-def write_output(path: str | None, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename) or to stdout."""
+def write_output(path: str | None, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to stdout (no path or '-') or to ``path``: a file is replaced
+    atomically (temp file, fsync, rename), through a symbolic link too; a FIFO or a
+    character device is written through; anything else is refused
+    (:func:`smimekit.fsutil.write_output_file`). ``mode``: 0600 unless the data is public.
+
+    Raises:
+        CliError: the path is refused or cannot be written.
+    """
     if path is None or path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     try:
-        atomic_write(path, data)  # 0600: plaintext mail and keys are nobody else's
+        write_output_file(path, data, mode=mode)  # 0600: plaintext mail and keys
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 

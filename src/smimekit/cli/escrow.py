@@ -30,6 +30,7 @@ from smimekit.cli.common import (
     cli_actor,
     open_store,
     passphrase_from,
+    write_output,
 )
 from smimekit.errors import EscrowError, PassphraseError, SmimeError
 from smimekit.escrow import recovery
@@ -465,10 +466,7 @@ def _write_p12(path: Path, email: str, pairs: list[Any], passphrase_file: str | 
                         friendly_name=f"{email} (recovered)", extra=newest_first[1:],
                         iterations=ITERATIONS if passphrase_file
                         else RANDOM_PASSPHRASE_ITERATIONS)
-    try:
-        atomic_write(path, data)
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_output(str(path), data)
     return passphrase
 
 
