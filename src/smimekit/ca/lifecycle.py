@@ -46,6 +46,7 @@ from smimekit.ca.notices import (
 )
 from smimekit.ca.profiles import DEFAULT_VALIDITY, Purpose
 from smimekit.errors import CAError, SmimeError
+from smimekit.fsutil import private_dir
 from smimekit.store import IssuedRecord, Store
 
 __all__ = [
@@ -240,7 +241,7 @@ class ResultsLog:
         Raises:
             OSError: the file cannot be written.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.fchmod(fd, 0o600)
