@@ -492,6 +492,18 @@ def test_expiring_notify_without_a_server_fails_per_recipient(
                       f" 127.0.0.1:{port}: connection refused")
 
 
+def test_expiring_notify_sends_from_the_first_admin_without_from(
+        ca: CA, capsys: pytest.CaptureFixture[str], sink: tuple[int, SinkState]) -> None:
+    port, state = sink
+    _expiring_pair(ca, capsys)
+    assert ca.run("expiring", "--within", "30d", "--notify", "--smtp-host", "127.0.0.1",
+                  "--smtp-port", str(port), "--admin", "pki@example.com") == 0
+    assert [(m.sender, m.recipients) for m in state.messages] == [
+        ("pki@example.com", ["user00@example.com"]), ("pki@example.com", ["user01@example.com"]),
+        ("pki@example.com", ["pki@example.com"])]
+    assert state.messages[0].message["From"] == "pki@example.com"
+
+
 def test_expiring_notify_needs_a_sender(ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
     assert ca.run("expiring", "--notify") == 2
     assert "--notify needs --from ADDR" in capsys.readouterr().err

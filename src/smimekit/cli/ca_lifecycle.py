@@ -265,15 +265,17 @@ def _as_json(items: Sequence[Expiring]) -> str:
 @click.option("--smtp-host", default="localhost", show_default=True)
 @click.option("--smtp-port", type=click.IntRange(1, 65535), default=25, show_default=True)
 @click.option("--smtp-plain", is_flag=True, help="No STARTTLS, even when the server offers it.")
-@click.option("--from", "sender", metavar="ADDR", help="Sender of the notices (with --notify).")
+@click.option("--from", "sender", metavar="ADDR",
+              help="Sender of the notices [the first --admin address].")
 @click.option("--admin", "admins", multiple=True, metavar="ADDR",
               help="Send a summary here (repeatable).")
 def expiring_command(within: str, as_json: bool, send: bool, smtp_host: str, smtp_port: int,
                      smtp_plain: bool, sender: str | None, admins: tuple[str, ...]) -> None:
     """List the live certificates that expire soon; with --notify, tell their holders."""
     window = parse_duration(within)
+    sender = sender or (admins[0] if admins else None)  # the PKI team answers replies
     if send and not sender:
-        raise click.UsageError("--notify needs --from ADDR")
+        raise click.UsageError("--notify needs --from ADDR or an --admin ADDR to send from")
     if not send and admins:
         raise click.UsageError("--admin goes with --notify")
     with open_ca(None, None, None, locked=True) as cax:
