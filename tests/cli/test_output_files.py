@@ -179,3 +179,24 @@ def _release(fifo: Path, reader: threading.Thread) -> None:
     if reader.is_alive() and stat.S_ISFIFO(fifo.lstat().st_mode):
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         reader.join(10)
+
+
+def test_output_folders_are_created_0700(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SMIMEKIT_PASSPHRASE", PASS)
+    backend = Backend("sqlite", None, tmp_path / "data")
+    old = os.umask(0o022)
+    try:
+        assert main([*backend.cli_args(), "ca", "init", "--org", "Example Ltd", "--base-url",
+                     "http://pki.example.com", "--key-type", "p256"]) == 0
+        out = tmp_path / "people" / "alice"
+        assert main([*backend.cli_args(), "ca", "issue", "--email", "alice@example.com",
+                     "--key-type", "p256", "--out", str(out)]) == 0
+        history = tmp_path / "restore" / "alice"
+        assert main([*backend.cli_args(), "ca", "history", "--email", "alice@example.com",
+                     "--out", str(history)]) == 0
+    finally:
+        os.umask(old)
+    for folder in (out, out.parent, history, history.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert (out / "alice@example.com.encrypt.p12").is_file()
