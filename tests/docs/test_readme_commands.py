@@ -1,18 +1,16 @@
-"""Every ``smimekit`` command the README shows runs as written, in order, through the real
-command line (issue 8, section 4).
+"""Every ``smimekit`` command that README.md and docs/*.md show runs as written, in order,
+through the real command line (issue 8, section 4); one walk per document, in its own folder.
 
-The README's ``sh`` / ``bash`` / ``console`` blocks are read as a user reads them: ``\\``
-continues a line, ``#`` starts a comment, ``;`` separates commands, ``[...]`` is optional
-(left out here), ``a | b | c`` after a command group lists alternatives (each is run). What a
-reader must supply is data below, keyed by the command exactly as the README writes it:
+The ``sh`` / ``bash`` / ``console`` blocks are read as a user reads them: ``\\`` continues a
+line, ``#`` starts a comment, ``;`` separates commands, ``[...]`` is optional (left out here),
+``a | b | c`` after a command group lists alternatives (each is run). What a reader supplies
+is data in a :class:`Walkthrough`, keyed by the command exactly as the document writes it:
+the arguments behind ``...`` (``fill``), synopses that are not commands (``skip``, with the
+reason), example values naming the reader's own objects (``placeholders``), commands that
+serve until interrupted (``servers``), and the input files a command assumes (``before``).
 
-- ``FILL``: a command that elides arguments with ``...`` and the complete command run instead;
-- ``PLACEHOLDERS``: example values that only make sense for the reader's own files;
-- ``SERVERS``: commands that serve until interrupted (started, asked once, stopped);
-- ``BEFORE``: the input files a command assumes, made just before it runs.
-
-A README command that is new, changed or unparseable and is not covered fails the test, as
-does any command that exits non-zero; so a change that breaks a documented command is caught.
+A command that is new or changed and cannot run as written, or any command that exits
+non-zero, fails the test; so does a data entry whose command left the document.
 """
 
 from __future__ import annotations
@@ -122,43 +120,45 @@ def expand(text: str) -> list[str]:
     return [f"{prefix} {alt.strip()}" for alt in alternatives]
 
 
-# -- what the README leaves to the reader, as data ------------------------------------------
+# -- what a reader supplies, as data ---------------------------------------------------------
 
-OFFICERS = ('--officer "Bob Jones=passphrase:b.pass" --officer "Carol White=passphrase:c.pass"'
-            ' --officer "Dave Brown=passphrase:d.pass" --officer "Erin Green=passphrase:e.pass"')
-SHARES = "--share a.share,key=alice.p12 --share b.share,passphrase-file=b.pass"
 
-# README text (after expansion) -> the command run: "..." stands for more of the same
-FILL: dict[str, str] = {
-    'smimekit escrow init --officers 5 --threshold 3 --out ceremony/ --officer'
-    ' "Alice Smith=cert:alice.pem" ...':
-        'smimekit escrow init --officers 5 --threshold 3 --out ceremony/ --officer'
-        f' "Alice Smith=cert:alice.pem" {OFFICERS}',
-    'smimekit escrow recover --user leaver@example.com --reason "HR-2291" --share'
-    ' a.share,key=alice.p12 --share b.share,passphrase-file=b.pass ... --out leaver.p12':
-        'smimekit escrow recover --user leaver@example.com --reason "HR-2291" --share'
-        ' a.share,key=alice.p12 --share b.share,passphrase-file=b.pass --share'
-        ' c.share,passphrase-file=c.pass --out leaver.p12',
-    "smimekit escrow rotate ...":
-        f"smimekit escrow rotate {SHARES} --share c.share,passphrase-file=c.pass"
-        ' --threshold 2 --out rotated/ --officer "Alice Smith=cert:alice.pem"'
-        ' --officer "Frank Black=passphrase:f.pass"',
-    "smimekit escrow rekey ...":
-        "smimekit escrow rekey --share ra.share,key=alice.p12"
-        " --share rf.share,passphrase-file=f.pass --out rekeyed/"
-        ' --officer "Frank Black=passphrase:f.pass"',
-}
+class Run:
+    """The state of one walk through a document: its folder (also HOME), the test PKI, the
+    environment of every command, and :meth:`cli` for what a hook must do first."""
 
-# example values that name the reader's own objects -> how the test finds its own
-PLACEHOLDERS: dict[str, Callable[[Path], str]] = {
-    "3f2a9c01": lambda work: fingerprint(
-        x509.load_pem_x509_certificate((work / "root.pem").read_bytes()))[:8],
-}
+    def __init__(self, work: Path, pki: PKI) -> None:
+        self.work, self.pki = work, pki
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SMIMEKIT_")}
+        self.env.update(HOME=str(work), SMIMEKIT_DATA_DIR=str(work / "data"),
+                        SMIMEKIT_PASSPHRASE=PASS, SMIMEKIT_ACTOR="docs-test")
 
-# serve until interrupted: port 8080 may be taken on a shared machine, so a free one
-SERVERS: dict[str, str] = {
-    "smimekit ca serve --port 8080": "/crl/issuing.crl",
-}
+    def cli(self, *args: str) -> None:
+        result = subprocess.run([sys.executable, "-m", "smimekit.cli.main", *args],
+                                cwd=self.work, env=self.env, capture_output=True,
+                                stdin=subprocess.DEVNULL, timeout=300, check=False)
+        assert result.returncode == 0, (args, result.stderr.decode())
+
+
+Hook = Callable[[Run], None]
+
+
+@dataclass(frozen=True)
+class Walkthrough:
+    """A document's commands and what its reader supplies, each keyed by the command as
+    the document writes it (after ``[...]`` is left out)."""
+
+    path: Path
+    # a command that elides arguments with "..." -> the complete command(s) run instead
+    fill: dict[str, list[str]]
+    # not a command but a synopsis of options -> why it is not run, and where it is tested
+    skip: dict[str, str]
+    # example values that name the reader's own objects -> how this run finds its own
+    placeholders: dict[str, Callable[[Run], str]]
+    # serves until interrupted -> the path asked once before it is stopped (on a free port)
+    servers: dict[str, str]
+    # a command's first words -> what must exist before the first such command
+    before: dict[str, Hook]
 
 
 def _p12(key: object, cert: x509.Certificate, passphrase: str | None) -> bytes:
@@ -168,9 +168,10 @@ def _p12(key: object, cert: x509.Certificate, passphrase: str | None) -> bytes:
         else serialization.NoEncryption())
 
 
-def _messages_inputs(work: Path, pki: PKI) -> None:
+def _messages_inputs(run: Run) -> None:
     """The reader's own files for the message commands: a key pair and certificate of
     theirs, their correspondents' certificates, the root they trust, a message."""
+    work, pki = run.work, run.pki
     root = pki.root_key, pki.root
     alice = pki.person("alice", "rsa2048", issuer=root)  # signs, and receives as an officer
     bob = pki.person("bob", "rsa2048", key_usage="encrypt", issuer=root)
@@ -189,100 +190,196 @@ def _messages_inputs(work: Path, pki: PKI) -> None:
     (work / "enc.key").write_bytes(dana.pem_key())
 
 
-def _ca_inputs(work: Path, pki: PKI) -> None:
+def _ca_inputs(run: Run) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Bob")]))
            .sign(key, hashes.SHA256()))
-    (work / "bob.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
-    (work / "users.csv").write_text("email,name,department\n"
-                                    "leaver@example.com,Lee Leaver,Sales\n"
-                                    "dora@example.com,Dora Stay,IT\n")
+    (run.work / "bob.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    (run.work / "users.csv").write_text("email,name,department\n"
+                                        "leaver@example.com,Lee Leaver,Sales\n"
+                                        "dora@example.com,Dora Stay,IT\n")
 
 
-def _usb(work: Path, pki: PKI) -> None:
-    (work / "usb").mkdir(mode=0o700)  # the mounted stick the README writes the root key to
+def _folder(relative: str) -> Hook:
+    def make(run: Run) -> None:
+        (run.work / relative).mkdir(mode=0o700, parents=True)
+    make.__doc__ = f"{relative}: a folder the document assumes (a mounted medium)"
+    return make
 
 
-def _escrow_inputs(work: Path, pki: PKI) -> None:
-    for name in "bcdef":
-        (work / f"{name}.pass").write_text(f"share passphrase of officer {name}\n")
+def _passphrases(*names: str) -> Hook:
+    def make(run: Run) -> None:
+        for name in names:
+            (run.work / name).write_text(f"share passphrase {name} of an officer\n")
+    return make
 
 
-def _share_files(work: Path, pki: PKI) -> None:
-    """The officers' share files under the short names the README gives them."""
-    for short, officer in (("a", "Alice_Smith"), ("b", "Bob_Jones"), ("c", "Carol_White")):
-        (found,) = (work / "ceremony").glob(f"*-{officer}.share")
-        shutil.copy(found, work / f"{short}.share")
+def _copy_shares(folder: str, names: dict[str, str]) -> Hook:
+    """Officers' share files under the short names the document gives them."""
+    def make(run: Run) -> None:
+        for short, officer in names.items():
+            (found,) = (run.work / folder).glob(f"*-{officer}.share")
+            shutil.copy(found, run.work / short)
+    return make
 
 
-def _rotated_shares(work: Path, pki: PKI) -> None:
-    for short, officer in (("ra", "Alice_Smith"), ("rf", "Frank_Black")):
-        (found,) = (work / "rotated").glob(f"*-{officer}.share")
-        shutil.copy(found, work / f"{short}.share")
+def _sealed_to(run: Run, email: str) -> bytes:
+    cert = x509.load_pem_x509_certificate(
+        (run.work / "issued" / f"{email}.encrypt.pem").read_bytes())
+    return smimekit.encrypt(message(sender=email), [cert])
 
 
-def _maildir(work: Path, pki: PKI) -> None:
-    box = mailbox.Maildir(work / "Maildir", create=True)
-    box.add(_sealed_to_dora(work))
+def _history_of(run: Run, email: str, target: str) -> None:
+    """``email``'s key (from ``ca enroll``) as a PKCS#12 under SMIMEKIT_PASSPHRASE."""
+    with (run.work / "issued" / "results.csv").open() as fh:
+        rows = {r["email"]: r for r in csv.DictReader(fh)}
+    key, cert, _ = load_pkcs12(
+        (run.work / "issued" / f"{email}.encrypt.p12").read_bytes(),
+        rows[email]["p12_passphrase"].encode())
+    assert cert is not None
+    (run.work / target).write_bytes(_p12(key, cert, PASS))
+
+
+def _readme_maildir(run: Run) -> None:
+    box = mailbox.Maildir(run.work / "Maildir", create=True)
+    box.add(_sealed_to(run, "dora@example.com"))
     box.add(message())
 
 
-def _sealed_to_dora(work: Path) -> bytes:
-    cert = x509.load_pem_x509_certificate(
-        (work / "issued" / "dora@example.com.encrypt.pem").read_bytes())
-    return smimekit.encrypt(message(sender="dora@example.com"), [cert])
-
-
-def _mbox_and_history(work: Path, pki: PKI) -> None:
-    """An mbox of Dora's encrypted mail and her key history under SMIMEKIT_PASSPHRASE."""
-    with (work / "issued" / "results.csv").open() as fh:
-        rows = {r["email"]: r for r in csv.DictReader(fh)}
-    secret = next(v for k, v in rows["dora@example.com"].items() if "passphrase" in k)
-    key, cert, _ = load_pkcs12((work / "issued" / "dora@example.com.encrypt.p12").read_bytes(),
-                               secret.encode())
-    (work / "history.p12").write_bytes(_p12(key, cert, PASS))
-    box = mailbox.mbox(work / "mail.mbox", create=True)
-    box.add(_sealed_to_dora(work))
+def _readme_mbox_and_history(run: Run) -> None:
+    """An mbox of Dora's encrypted mail and her key history."""
+    _history_of(run, "dora@example.com", "history.p12")
+    box = mailbox.mbox(run.work / "mail.mbox", create=True)
+    box.add(_sealed_to(run, "dora@example.com"))
     box.flush()
 
 
-BEFORE: dict[str, Callable[[Path, PKI], None]] = {
-    "smimekit sign": _messages_inputs,
-    "smimekit ca init": _ca_inputs,
-    "smimekit ca export-root": _usb,
-    "smimekit escrow init": _escrow_inputs,
-    "smimekit escrow recover": _share_files,
-    "smimekit escrow rekey": _rotated_shares,
-    "smimekit archive scan": _maildir,
-    "smimekit archive reencrypt": _mbox_and_history,
-}
+README_OFFICERS = ('--officer "Bob Jones=passphrase:b.pass" --officer "Carol White=passphrase:'
+                   'c.pass" --officer "Dave Brown=passphrase:d.pass" --officer "Erin Green='
+                   'passphrase:e.pass"')
+README_SHARES = ("--share a.share,key=alice.p12 --share b.share,passphrase-file=b.pass"
+                 " --share c.share,passphrase-file=c.pass")
+
+README_WALK = Walkthrough(
+    path=README,
+    fill={
+        'smimekit escrow init --officers 5 --threshold 3 --out ceremony/ --officer'
+        ' "Alice Smith=cert:alice.pem" ...': [
+            'smimekit escrow init --officers 5 --threshold 3 --out ceremony/ --officer'
+            f' "Alice Smith=cert:alice.pem" {README_OFFICERS}'],
+        'smimekit escrow recover --user leaver@example.com --reason "HR-2291" --share'
+        ' a.share,key=alice.p12 --share b.share,passphrase-file=b.pass ... --out leaver.p12': [
+            'smimekit escrow recover --user leaver@example.com --reason "HR-2291"'
+            f" {README_SHARES} --out leaver.p12"],
+        "smimekit escrow rotate ...": [
+            f"smimekit escrow rotate {README_SHARES} --threshold 2 --out rotated/"
+            ' --officer "Alice Smith=cert:alice.pem" --officer "Frank Black=passphrase:f.pass"'],
+        "smimekit escrow rekey ...": [
+            "smimekit escrow rekey --share ra.share,key=alice.p12"
+            " --share rf.share,passphrase-file=f.pass --out rekeyed/"
+            ' --officer "Frank Black=passphrase:f.pass"'],
+    },
+    skip={},
+    placeholders={
+        "3f2a9c01": lambda run: fingerprint(
+            x509.load_pem_x509_certificate((run.work / "root.pem").read_bytes()))[:8],
+    },
+    servers={"smimekit ca serve --port 8080": "/crl/issuing.crl"},
+    before={
+        "smimekit sign": _messages_inputs,
+        "smimekit ca init": _ca_inputs,
+        "smimekit ca export-root": _folder("usb"),
+        "smimekit escrow init": _passphrases(*(f"{n}.pass" for n in "bcdef")),
+        "smimekit escrow recover": _copy_shares("ceremony", {
+            "a.share": "Alice_Smith", "b.share": "Bob_Jones", "c.share": "Carol_White"}),
+        "smimekit escrow rekey": _copy_shares("rotated", {
+            "ra.share": "Alice_Smith", "rf.share": "Frank_Black"}),
+        "smimekit archive scan": _readme_maildir,
+        "smimekit archive reencrypt": _readme_mbox_and_history,
+    },
+)
+
+def _media(run: Run) -> str:
+    return f"{run.work}/media/"
+
+
+def _serial_of_bobs_certificate(run: Run) -> str:
+    cert = x509.load_pem_x509_certificate(
+        (run.work / "bob" / "bob@example.com.sign.pem").read_bytes())
+    return format(cert.serial_number, "X")
+
+
+def _root_key_back(run: Run) -> None:
+    """'yearly, with the root key brought back': the document's comment on root-crl."""
+    run.cli("ca", "import-root", f"{run.work}/media/usb/root.p12")
+
+
+CA_WALK = Walkthrough(
+    path=README.parent / "docs" / "ca.md",
+    fill={},
+    skip={},
+    placeholders={
+        "/media/": _media,  # a mounted medium: a folder of this run
+        "3F9A0C...": _serial_of_bobs_certificate,
+    },
+    servers={"smimekit ca serve --host 127.0.0.1 --port 8080": "/crl/issuing.crl"},
+    before={
+        "smimekit ca init": _ca_inputs,
+        "smimekit ca export-root": _folder("media/usb"),
+        "smimekit ca root-crl": _root_key_back,
+    },
+)
+
+def _archives(run: Run) -> None:
+    """A CA that issued Dora's keys, her key history, and her mail as mbox and Maildir."""
+    _ca_inputs(run)
+    run.cli("ca", "init", "--org", "Example Ltd", "--base-url", "http://pki.example.com")
+    run.cli("ca", "enroll", "--csv", "users.csv", "--out", "issued/")
+    _history_of(run, "dora@example.com", "history.p12")
+    (run.work / "Mail").mkdir()
+    inbox = mailbox.mbox(run.work / "Mail" / "inbox.mbox", create=True)
+    maildir = mailbox.Maildir(run.work / "Maildir", create=True)
+    for box in (inbox, maildir):
+        box.add(_sealed_to(run, "dora@example.com"))
+        box.add(message())
+        box.flush()
+
+
+ARCHIVE_WALK = Walkthrough(
+    path=README.parent / "docs" / "archive.md",
+    fill={},
+    skip={
+        "smimekit archive decrypt|reencrypt ... --user ADDR --share SPEC --share SPEC ..."
+        " --reason TEXT": "a synopsis of the escrow options (metavariables, not values); run"
+                          " in tests/archive/test_archive_escrow.py",
+    },
+    placeholders={},
+    servers={},
+    before={"smimekit archive scan": _archives},
+)
+
+WALKTHROUGHS = [README_WALK, CA_WALK, ARCHIVE_WALK]
 
 
 # -- running ----------------------------------------------------------------------------------
 
 
-def _environment(work: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMIMEKIT_")}
-    env.update(HOME=str(work), SMIMEKIT_DATA_DIR=str(work / "data"),
-               SMIMEKIT_PASSPHRASE=PASS, SMIMEKIT_ACTOR="readme-test")
-    return env
-
-
-def _argv(command: str, work: Path) -> list[str]:
-    for placeholder, value in PLACEHOLDERS.items():
-        command = command.replace(placeholder, value(work))
+def _argv(command: str, walk: Walkthrough, run: Run) -> list[str]:
+    for placeholder, value in walk.placeholders.items():
+        if placeholder in command:
+            command = command.replace(placeholder, value(run))
     # the shell expands ~ with the HOME of the run, which is the work folder
-    words = [str(work) + w[1:] if w == "~" or w.startswith("~/") else w
+    words = [str(run.work) + w[1:] if w == "~" or w.startswith("~/") else w
              for w in shlex.split(command)]
     assert words[0] == "smimekit"
     return [sys.executable, "-m", "smimekit.cli.main", *words[1:]]
 
 
-def _serve(argv: list[str], path: str, work: Path, env: dict[str, str]) -> str | None:
+def _serve(argv: list[str], path: str, run: Run) -> str | None:
     port = free_port()
     argv = [str(port) if a == "8080" else a for a in argv]
-    server = subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.PIPE,
+    server = subprocess.Popen(argv, cwd=run.work, env=run.env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -292,7 +389,8 @@ def _serve(argv: list[str], path: str, work: Path, env: dict[str, str]) -> str |
                     return None if r.status == 200 and r.read() else f"status {r.status}"
             except OSError as exc:
                 if server.poll() is not None:
-                    return f"exited {server.returncode}: {server.stderr.read().decode()}"  # type: ignore[union-attr]
+                    assert server.stderr is not None
+                    return f"exited {server.returncode}: {server.stderr.read().decode()}"
                 if time.monotonic() > deadline:
                     return f"no answer on {path}: {exc}"
                 time.sleep(0.2)
@@ -305,35 +403,54 @@ def _serve(argv: list[str], path: str, work: Path, env: dict[str, str]) -> str |
             server.wait()
 
 
-def test_readme_commands_run_as_written(tmp_path: Path, pki: PKI) -> None:
-    commands = readme_commands(README.read_text())
-    assert len(commands) > 20, "the README's command blocks were not found"
-    work = tmp_path
-    env = _environment(work)
+def walk_through(walk: Walkthrough, work: Path, pki: PKI) -> list[str]:
+    """Run every command of ``walk.path`` in order; the problems, one entry per command."""
+    name = walk.path.relative_to(README.parent)
+    commands = readme_commands(walk.path.read_text())
+    assert commands, f"the command blocks of {name} were not found"
+    run = Run(work, pki)
+    done: set[str] = set()
     failures: list[str] = []
     for command in commands:
         for written in expand(command.text):
-            run = FILL.get(written, written)
-            if re.search(r"(^|\s)\.\.\.(\s|$)", run):
-                failures.append(f"README.md:{command.line}: {written!r} elides arguments:"
-                                " add the complete command to FILL")
+            where = f"{name}:{command.line}"
+            if written in walk.skip:
                 continue
-            for prefix, make in BEFORE.items():
-                if run.startswith(prefix + " ") and not getattr(make, "done", False):
-                    make(work, pki)
-                    make.done = True  # type: ignore[attr-defined]
-            argv = _argv(run, work)
-            started = time.monotonic()
-            if written in SERVERS:
-                problem = _serve(argv, SERVERS[written], work, env)
-            else:
-                result = subprocess.run(argv, cwd=work, env=env, capture_output=True,
-                                        stdin=subprocess.DEVNULL, timeout=300, check=False)
-                problem = (None if result.returncode == 0 else
-                           f"exit {result.returncode}: {result.stderr.decode().strip()}")
-            if problem:
-                failures.append(f"README.md:{command.line}: {run}\n    {problem}")
-            print(f"{time.monotonic() - started:6.2f}s  {run}")
+            runs = walk.fill.get(written, [written])
+            for text in runs:
+                if re.search(r"(^|\s)\.\.\.(\s|$)", text):
+                    failures.append(f"{where}: {written!r} elides arguments: add the complete"
+                                    " command to the walkthrough's fill")
+                    continue
+                for prefix, make in walk.before.items():
+                    if text.startswith(prefix + " ") or text == prefix:
+                        if prefix not in done:
+                            done.add(prefix)
+                            make(run)
+                argv = _argv(text, walk, run)
+                started = time.monotonic()
+                if written in walk.servers:
+                    problem = _serve(argv, walk.servers[written], run)
+                else:
+                    result = subprocess.run(argv, cwd=work, env=run.env, capture_output=True,
+                                            stdin=subprocess.DEVNULL, timeout=300,
+                                            check=False)
+                    problem = (None if result.returncode == 0 else
+                               f"exit {result.returncode}: {result.stderr.decode().strip()}")
+                if problem:
+                    failures.append(f"{where}: {text}\n    {problem}")
+                print(f"{time.monotonic() - started:6.2f}s  {text}")
+    unused = [key for key in [*walk.fill, *walk.skip, *walk.servers]
+              if not any(key in expand(c.text) for c in commands)]
+    failures += [f"{name}: {key!r} is no longer in the document: update the walkthrough"
+                 for key in unused]
+    return failures
+
+
+@pytest.mark.parametrize("walk", WALKTHROUGHS, ids=lambda w: w.path.name)
+def test_documented_commands_run_as_written(walk: Walkthrough, tmp_path: Path,
+                                            pki: PKI) -> None:
+    failures = walk_through(walk, tmp_path, pki)
     assert not failures, "\n".join(failures)
 
 
