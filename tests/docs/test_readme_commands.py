@@ -359,7 +359,86 @@ ARCHIVE_WALK = Walkthrough(
     before={"smimekit archive scan": _archives},
 )
 
-WALKTHROUGHS = [README_WALK, CA_WALK, ARCHIVE_WALK]
+def _escrow_inputs(run: Run) -> None:
+    """A CA that issued keys to the leaver and to Alice; the officers' certificates, keys
+    and passphrase files; the user's own key to deposit."""
+    work, pki = run.work, run.pki
+    _ca_inputs(run)
+    (work / "users.csv").write_text("email,name\nleaver@example.com,Lee Leaver\n"
+                                    "alice@example.com,Alice Liddell\n")
+    run.cli("ca", "init", "--org", "Example Ltd", "--base-url", "http://pki.example.com")
+    run.cli("ca", "enroll", "--csv", "users.csv", "--out", "issued/")
+    root = pki.root_key, pki.root
+    for name in ("alice", "bob", "carol", "gina"):
+        officer = pki.person(f"officer-{name}", "rsa2048", key_usage="encrypt", issuer=root)
+        (work / f"{name}-enc.pem").write_bytes(officer.pem_cert())
+        (work / f"{name}.key").write_bytes(officer.pem_key())
+        if name == "alice":
+            (work / "alice-p12.txt").write_text("alice's p12 passphrase\n")
+            (work / "alice.p12").write_bytes(_p12(officer.key, officer.cert,
+                                                  "alice's p12 passphrase"))
+    for name in ("dave", "erin", "frank", "dave-new", "erin-new", "frank-new"):
+        (work / f"{name}.txt").write_text(f"the share passphrase of {name}\n")
+    own = pki.person("own", "rsa2048", email="user@example.com", key_usage="encrypt",
+                     issuer=root)
+    (work / "own-enc.pem").write_bytes(own.pem_cert())
+    (work / "own-enc.key").write_bytes(own.pem_key())
+    (work / "media").mkdir()
+
+
+def _share_path(officer: str, folder: str = "media/ceremony") -> Callable[[Run], str]:
+    def find(run: Run) -> str:
+        (found,) = (run.work / folder).glob(f"escrow-*-{officer}.share")
+        return str(found)
+    return find
+
+
+def _leavers_mail(run: Run) -> None:
+    _copy_shares("media/ceremony", {"alice.share": "Alice_Smith", "bob.share": "Bob_Jones",
+                                    "dave.share": "Dave_Brown"})(run)
+    (run.work / "inbox").mkdir()
+    for n in (1, 2):
+        (run.work / "inbox" / f"{n}.eml").write_bytes(_sealed_to(run, "leaver@example.com"))
+
+
+ESCROW_SHARES = ('--share "alice.share,key=alice.p12,passphrase-file=alice-p12.txt"'
+                 ' --share "bob.share,key=bob.key" --share "dave.share,passphrase-file=dave.txt"')
+
+ESCROW_WALK = Walkthrough(
+    path=README.parent / "docs" / "escrow.md",
+    fill={
+        'smimekit escrow recover --user alice@example.com --reason "IT-4711 stolen laptop"'
+        " --share ... --share ... --share ... --out alice-history.p12": [
+            'smimekit escrow recover --user alice@example.com --reason "IT-4711 stolen laptop"'
+            f" {ESCROW_SHARES} --out alice-history.p12"],
+        "smimekit escrow rotate --share ... --share ... --share ... --threshold 2 --out"
+        ' /media/new/ --officer "Alice Smith=cert:alice-enc.pem" --officer "Frank Black='
+        'passphrase:frank.txt" --officer "Gina Grey=cert:gina-enc.pem"': [
+            f"smimekit escrow rotate {ESCROW_SHARES} --threshold 2 --out"
+            ' /media/new/ --officer "Alice Smith=cert:alice-enc.pem" --officer "Frank Black='
+            'passphrase:frank.txt" --officer "Gina Grey=cert:gina-enc.pem"'],
+        'smimekit escrow rekey --share ... --share ... --out /media/rekeyed/ --officer'
+        ' "Frank Black=passphrase:frank-new.txt"': [
+            'smimekit escrow rekey --share "alice-new.share,key=alice.p12,passphrase-file='
+            'alice-p12.txt" --share "frank-new.share,passphrase-file=frank.txt" --out'
+            ' /media/rekeyed/ --officer "Frank Black=passphrase:frank-new.txt"'],
+    },
+    skip={},
+    placeholders={
+        "/media/": _media,
+        "/secure/": lambda run: f"{run.work}/secure/",
+        "escrow-...-Alice_Smith.share": _share_path("Alice_Smith"),
+    },
+    servers={},
+    before={
+        "smimekit escrow init": _escrow_inputs,
+        "smimekit escrow recover": _leavers_mail,
+        "smimekit escrow rekey": _copy_shares("media/new", {
+            "alice-new.share": "Alice_Smith", "frank-new.share": "Frank_Black"}),
+    },
+)
+
+WALKTHROUGHS = [README_WALK, CA_WALK, ARCHIVE_WALK, ESCROW_WALK]
 
 
 # -- running ----------------------------------------------------------------------------------
