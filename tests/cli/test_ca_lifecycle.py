@@ -507,3 +507,25 @@ def test_expiring_notify_sends_from_the_first_admin_without_from(
 def test_expiring_notify_needs_a_sender(ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
     assert ca.run("expiring", "--notify") == 2
     assert "--notify needs --from ADDR" in capsys.readouterr().err
+
+
+def test_enroll_results_to_a_device_or_fifo_is_written_through_unchanged(
+        ca: CA, null_device: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mode = os.stat(null_device).st_mode
+    assert ca.run("enroll", "--csv", _users(ca.dir / "users.csv", 1), "--out", ca.dir / "o1",
+                  "--key-type", "p256", "--results", null_device,
+                  "--passphrase-file", ca.passfile) == 0
+    assert os.stat(null_device).st_mode == mode  # never chmod-ed (as root: /dev/null 0600)
+    fifo = ca.dir / "results.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert ca.run("enroll", "--csv", _users(ca.dir / "more.csv", 0,
+                                             extra="fifo@example.com,,\n"),
+                  "--out", ca.dir / "o2", "--key-type", "p256", "--results", fifo,
+                  "--passphrase-file", ca.passfile) == 0
+    reader.join(10)
+    rows = list(csv.reader(got[0].decode().splitlines()))
+    assert rows[0][:2] == ["email", "status"] and rows[1][:2] == ["fifo@example.com", "ok"]
+    assert len(rows) == 2
