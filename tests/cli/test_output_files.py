@@ -200,3 +200,30 @@ def test_output_folders_are_created_0700(tmp_path: Path, monkeypatch: pytest.Mon
     for folder in (out, out.parent, history, history.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert (out / "alice@example.com.encrypt.p12").is_file()
+
+
+def test_ca_issue_into_an_unwritable_folder_issues_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMIMEKIT_PASSPHRASE", PASS)
+    backend = Backend("sqlite", None, tmp_path / "data")
+    assert main([*backend.cli_args(), "ca", "init", "--org", "Example Ltd", "--base-url",
+                 "http://pki.example.com", "--key-type", "p256"]) == 0
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o555)
+    issue = [sys.executable, "-m", "smimekit.cli.main", *backend.cli_args(), "ca", "issue",
+             "--email", "alice@example.com", "--key-type", "p256"]
+    try:
+        for out, message in ((locked / "alice", f"cannot create the folder {locked}/alice:"
+                                                " Permission denied"),
+                             (locked, f"cannot write into {locked}: permission denied")):
+            result = subprocess.run([*_unprivileged(), *issue, "--out", str(out)],
+                                    capture_output=True, timeout=60, check=False)
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.decode() == f"smimekit: error: {message}\n"
+            assert list(locked.iterdir()) == []
+    finally:
+        os.chmod(locked, 0o755)
+    # nothing was issued: the address takes a certificate without --replace
+    assert main([*backend.cli_args(), "ca", "issue", "--email", "alice@example.com",
+                 "--key-type", "p256", "--out", str(tmp_path / "alice")]) == 0

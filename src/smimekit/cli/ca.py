@@ -44,6 +44,7 @@ from smimekit.cli.common import (
     cli_actor,
     cli_globals,
     open_store,
+    output_dir,
     passphrase_from,
     write_output,
 )
@@ -284,6 +285,7 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
           pin_file: str | None) -> None:
     """Issue certificates for one person, from a CSR or with generated keys."""
     period = parse_duration(validity)
+    output_dir(out_dir)  # before anything is issued: keys made here go nowhere else
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
         if csr_path:
             if purpose is None or purpose == "dual":
@@ -468,6 +470,7 @@ def history(email: str, out_dir: str, legacy_p12: bool, p12_passphrase_file: str
             passphrase_file: str | None, passphrase_env: str | None,
             pin_file: str | None) -> None:
     """Export a person's encryption key history as one PKCS#12 (lost device, new client)."""
+    output_dir(out_dir)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
         keys = cax.key_history(email)
         if not keys:

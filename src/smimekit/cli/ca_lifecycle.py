@@ -51,7 +51,7 @@ from smimekit.ca.lifecycle import (
 )
 from smimekit.ca.profiles import PROFILES
 from smimekit.cli.ca import ca_options, new_passphrase, open_ca, parse_duration, write_bundle
-from smimekit.cli.common import CliError
+from smimekit.cli.common import CliError, output_dir
 
 __all__ = ["COMMANDS", "enroll", "expiring_command", "renew"]
 
@@ -184,7 +184,7 @@ def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose
     """
     period = parse_duration(validity)
     rows = read_enrolment_csv(csv_path)
-    out = Path(out_dir)
+    out = output_dir(out_dir)
     results = ResultsLog(Path(results_path) if results_path else out / "results.csv")
     sign_key, encrypt_key = _key_kinds(key_type)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
@@ -227,7 +227,7 @@ def renew(due: str, results_path: str | None, dry_run: bool, key_type: str | Non
             people = len({r.email for r in records})
             click.echo(f"would renew {len(records)} certificates of {people} people", err=True)
             return
-        out = Path(out_dir)
+        out = output_dir(out_dir)
         results = ResultsLog(Path(results_path) if results_path else out / "renewals.csv")
         deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
         _run_batch("renewed", renew_due(

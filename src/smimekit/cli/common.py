@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.errors import KeyLoadError, PassphraseError
-from smimekit.fsutil import write_output_file
+from smimekit.fsutil import private_dir, write_output_file
 from smimekit.keys.load import (
     key_matches,
     load_certificates,
@@ -118,6 +118,23 @@ def write_output(path: str | None, data: bytes, *, mode: int = 0o600) -> None:
         write_output_file(path, data, mode=mode)  # 0600: plaintext mail and keys
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def output_dir(path: str | Path) -> Path:
+    """The folder a command writes its files into, made (0700, with missing parents) and
+    checked for writing before anything is issued or changed.
+
+    Raises:
+        CliError: it cannot be created or written into.
+    """
+    folder = Path(path)
+    try:
+        private_dir(folder)
+    except OSError as exc:
+        raise CliError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write into {folder}: permission denied")
+    return folder
 
 
 def passphrase_from(passphrase_file: str | None, passphrase_env: str | None) -> bytes | None:
