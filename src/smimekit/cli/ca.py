@@ -285,13 +285,14 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
           pin_file: str | None) -> None:
     """Issue certificates for one person, from a CSR or with generated keys."""
     period = parse_duration(validity)
-    output_dir(out_dir)  # before anything is issued: keys made here go nowhere else
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        if csr_path and (purpose is None or purpose == "dual"):
+            raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
+        if csr_path and key_type is not None:
+            raise click.UsageError("--key-type is for generated keys, not with --csr")
+        output_dir(out_dir)  # before anything is issued: keys made here go nowhere else
         if csr_path:
-            if purpose is None or purpose == "dual":
-                raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
-            if key_type is not None:
-                raise click.UsageError("--key-type is for generated keys, not with --csr")
+            assert purpose is not None
             issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
                                      purpose=purpose, name=name, profile=profile,
                                      validity=period, replace=replace)
@@ -470,8 +471,8 @@ def history(email: str, out_dir: str, legacy_p12: bool, p12_passphrase_file: str
             passphrase_file: str | None, passphrase_env: str | None,
             pin_file: str | None) -> None:
     """Export a person's encryption key history as one PKCS#12 (lost device, new client)."""
-    output_dir(out_dir)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        output_dir(out_dir)
         keys = cax.key_history(email)
         if not keys:
             raise CAError(f"no encryption keys kept for {email}")

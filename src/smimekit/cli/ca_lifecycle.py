@@ -184,10 +184,11 @@ def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose
     """
     period = parse_duration(validity)
     rows = read_enrolment_csv(csv_path)
-    out = output_dir(out_dir)
+    out = Path(out_dir)
     results = ResultsLog(Path(results_path) if results_path else out / "results.csv")
     sign_key, encrypt_key = _key_kinds(key_type)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        output_dir(out)  # before anyone is enrolled
         deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
         _run_batch("enrolled", enroll_rows(
             cax, rows, purpose=purpose, profile=profile, sign_key=sign_key,
