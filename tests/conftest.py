@@ -37,3 +37,18 @@ def bob(pki: PKI) -> Identity:
 @pytest.fixture(scope="session")
 def trust(pki: PKI) -> list:
     return [pki.root]
+
+
+@pytest.fixture
+def null_device(tmp_path: Path) -> Path:
+    """A character device to write to that is never the system's /dev/null itself: as root
+    a twin node (1, 3) in tmp_path, so code that wrongly replaces device nodes destroys only
+    the twin; otherwise a link to /dev/null, which no user can replace."""
+    path = tmp_path / "null-device"
+    if os.geteuid() == 0:
+        import stat
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.chmod(path, 0o666)
+    else:
+        path.symlink_to("/dev/null")
+    return path

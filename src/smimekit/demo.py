@@ -25,6 +25,7 @@ import smimekit
 from smimekit.ca.home import CAConfig, CAHome
 from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
 from smimekit.ca.profiles import Purpose
+from smimekit.fsutil import private_dir
 from smimekit.store import Store
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 
@@ -206,7 +207,7 @@ def main() -> int:
     keep = len(sys.argv) > 1 and sys.argv[1] == "--keep"
     if keep:
         workdir = Path("demo-out")
-        workdir.mkdir(exist_ok=True)
+        private_dir(workdir)  # it holds private keys
         return 0 if run(workdir) else 1
     with tempfile.TemporaryDirectory(prefix="smimekit-demo-") as tmp:
         return 0 if run(Path(tmp)) else 1

@@ -121,3 +121,21 @@ def test_a_key_source_supplies_keys_per_message(tmp_path: Path, corpus: list[Sam
     report = archive.decrypt_archive(path, tmp_path / "out", [], key_source=escrow)
     assert report.counts["decrypted"] == 1
     assert asked and asked[0][0].names(people.ann_old.cert)
+
+
+def test_manifests_are_0600_and_the_new_folders_0700(tmp_path: Path, corpus: list[Sample],
+                                                      people: People) -> None:
+    import os
+    import stat
+    path = build("mbox", tmp_path, [s.data for s in corpus])
+    out = tmp_path / "cases" / "2291" / "export"
+    old = os.umask(0o022)
+    try:
+        archive.decrypt_archive(path, out, people.keys(), allow_legacy=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((out / archive.MANIFEST).stat().st_mode) == 0o600
+    assert stat.S_IMODE((out / archive.MANIFEST_CSV).stat().st_mode) == 0o600
+    for folder in (out, out.parent, out.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(tmp_path.stat().st_mode) != 0o777  # existing folders left alone

@@ -522,6 +522,40 @@ def test_expiring_notify_without_a_server_fails_per_recipient(
                       f" 127.0.0.1:{port}: connection refused")
 
 
+def test_expiring_notify_sends_from_the_first_admin_without_from(
+        ca: CA, capsys: pytest.CaptureFixture[str], sink: tuple[int, SinkState]) -> None:
+    port, state = sink
+    _expiring_pair(ca, capsys)
+    assert ca.run("expiring", "--within", "30d", "--notify", "--smtp-host", "127.0.0.1",
+                  "--smtp-port", str(port), "--admin", "pki@example.com") == 0
+    assert [(m.sender, m.recipients) for m in state.messages] == [
+        ("pki@example.com", ["user00@example.com"]), ("pki@example.com", ["user01@example.com"]),
+        ("pki@example.com", ["pki@example.com"])]
+    assert state.messages[0].message["From"] == "pki@example.com"
+
+
 def test_expiring_notify_needs_a_sender(ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
     assert ca.run("expiring", "--notify") == 2
     assert "--notify needs --from ADDR" in capsys.readouterr().err
+
+
+def test_enroll_results_to_a_device_or_fifo_is_written_through_unchanged(
+        ca: CA, null_device: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mode = os.stat(null_device).st_mode
+    assert ca.run("enroll", "--csv", _users(ca.dir / "users.csv", 1), "--out", ca.dir / "o1",
+                  "--key-type", "p256", "--results", null_device,
+                  "--passphrase-file", ca.passfile) == 0
+    assert os.stat(null_device).st_mode == mode  # never chmod-ed (as root: /dev/null 0600)
+    fifo = ca.dir / "results.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert ca.run("enroll", "--csv", _users(ca.dir / "more.csv", 0,
+                                             extra="fifo@example.com,,\n"),
+                  "--out", ca.dir / "o2", "--key-type", "p256", "--results", fifo,
+                  "--passphrase-file", ca.passfile) == 0
+    reader.join(10)
+    rows = list(csv.reader(got[0].decode().splitlines()))
+    assert rows[0][:2] == ["email", "status"] and rows[1][:2] == ["fifo@example.com", "ok"]
+    assert len(rows) == 2

@@ -333,6 +333,22 @@ def test_deposit_encryption_key_and_refuse_a_signing_key(
     assert "recovered 1 key of dep@example.com" in capsys.readouterr().out
 
 
+def test_deposit_without_email_uses_the_one_address_of_the_certificate(
+        kit: tuple[Env, Path], pki: PKI, capsys: pytest.CaptureFixture[str]) -> None:
+    env, d, _ = _setup(kit)
+    tmp = d.parent
+    who = pki.person("dep-own", "rsa2048", email="own@example.com", key_usage="encrypt")
+    (tmp / "enc.pem").write_bytes(who.pem_cert())
+    (tmp / "enc.key").write_bytes(who.pem_key())
+    assert _run(env, "escrow", "deposit", "--key", tmp / "enc.key", "--cert",
+                tmp / "enc.pem") == 0
+    assert "for own@example.com" in capsys.readouterr().out
+    assert _run(env, "escrow", "recover", "--user", "own@example.com", "--reason",
+                "deposit check", *_shares(env, d, "Alice", "Bob", "Carol"),
+                "--out", tmp / "own.p12") == 0
+    assert "recovered 1 key of own@example.com" in capsys.readouterr().out
+
+
 def test_init_refusals(kit: tuple[Env, Path], capsys: pytest.CaptureFixture[str]) -> None:
     env, d = kit
     assert _run(env, "escrow", "init", "--officers", "4", "--threshold", "3",

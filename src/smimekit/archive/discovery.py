@@ -103,7 +103,7 @@ def decrypt_archive(
     src = Path(path).resolve()
     fmt = detect_format(src)
     out = Path(out_dir)
-    journal = _Journal(out / MANIFEST)
+    journal = _Journal(out / MANIFEST, mode=0o600)  # as private as the plaintext
     if out.exists() and any(out.iterdir()) and not journal.path.exists():
         raise ArchiveError(f"{out} is not empty and holds no earlier export: choose a new folder")
     private_dir(out)

@@ -38,7 +38,7 @@ from smimekit.ca.crl import build_crl
 from smimekit.ca.ocsp import build_responder_certificate
 from smimekit.ca.profiles import PROFILES
 from smimekit.errors import CAError, KeyLoadError, PassphraseError
-from smimekit.fsutil import atomic_write, private_dir
+from smimekit.fsutil import atomic_write, private_dir, write_output_file
 from smimekit.keys.protect import protect_key, unprotect_key
 from smimekit.keys.signer import LocalSigner, Signer
 from smimekit.keys.vault import KeyVault
@@ -318,14 +318,19 @@ class CAHome:
         if not self.has_root_key():
             raise CAError("the root key is not here (already offline)")
         data = self._read("root.p12")
+        # a regular file (through a link too) that reads back, never a device or a FIFO
+        if target.exists() and not target.is_file():
+            raise CAError(f"cannot export the root key to {target}: not a regular file;"
+                          " the root key is kept here")
         try:
-            atomic_write(target, data)
+            write_output_file(target, data)
             if target.read_bytes() != data:
                 raise CAError(f"the copy at {target} does not read back; root key kept")
             if remove:
                 (self.path / "root.p12").unlink()
         except OSError as exc:
-            raise CAError(f"cannot export the root key: {exc.strerror or exc}") from None
+            raise CAError(f"cannot export the root key to {target}: {exc.strerror or exc};"
+                          " the root key is kept here") from None
 
     def import_root(self, source: Path, passphrase: bytes) -> None:
         """Bring an exported root key back (it must match root.pem and open)."""

@@ -24,6 +24,7 @@ import enum
 import io
 import os
 import smtplib
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from smimekit.ca.notices import (
 )
 from smimekit.ca.profiles import DEFAULT_VALIDITY, Purpose
 from smimekit.errors import CAError, SmimeError
+from smimekit.fsutil import private_dir
 from smimekit.mailbox import comparable
 from smimekit.store import IssuedRecord, Store
 
@@ -214,10 +216,14 @@ class ResultsLog:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._header_sent = False
 
     def previous(self) -> dict[str, RowResult]:
-        """The last row of each address (keyed case-folded) from earlier runs ({} if none)."""
+        """The last row of each address (keyed case-folded) from earlier runs ({} if none,
+        or when the path is a FIFO or a device: nothing to resume from there)."""
         try:
+            if not stat.S_ISREG(self.path.stat().st_mode):
+                return {}
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return {}
@@ -241,20 +247,26 @@ class ResultsLog:
         Raises:
             OSError: the file cannot be written.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-            size = os.fstat(fd).st_size
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
             buffer = io.StringIO()
-            if size and not _ends_with_newline(self.path, size):
-                buffer.write("\r\n")  # the previous run died in the middle of a row
             writer = csv.writer(buffer)
-            if size == 0:
+            if regular:
+                os.fchmod(fd, 0o600)
+                size = os.fstat(fd).st_size
+                if size and not _ends_with_newline(self.path, size):
+                    buffer.write("\r\n")  # the previous run died in the middle of a row
+                if size == 0:
+                    writer.writerow(RESULT_COLUMNS)
+            elif not self._header_sent:  # a FIFO or a device: written to, never chmod-ed
                 writer.writerow(RESULT_COLUMNS)
+            self._header_sent = True
             writer.writerow(result.cells())
             os.write(fd, buffer.getvalue().encode())
-            os.fsync(fd)
+            if regular:
+                os.fsync(fd)
         finally:
             os.close(fd)
 

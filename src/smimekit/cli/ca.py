@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +44,9 @@ from smimekit.cli.common import (
     cli_actor,
     cli_globals,
     open_store,
+    output_dir,
     passphrase_from,
+    write_output,
 )
 from smimekit.dn import display_name
 from smimekit.errors import CAError
@@ -286,11 +287,13 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
     """Issue certificates for one person, from a CSR or with generated keys."""
     period = parse_duration(validity)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        if csr_path and (purpose is None or purpose == "dual"):
+            raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
+        if csr_path and key_type is not None:
+            raise click.UsageError("--key-type is for generated keys, not with --csr")
+        output_dir(out_dir)  # before anything is issued: keys made here go nowhere else
         if csr_path:
-            if purpose is None or purpose == "dual":
-                raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
-            if key_type is not None:
-                raise click.UsageError("--key-type is for generated keys, not with --csr")
+            assert purpose is not None
             issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
                                      purpose=purpose, name=name, profile=profile,
                                      validity=period, replace=replace)
@@ -326,7 +329,7 @@ def chain(output: str | None, root_only: bool) -> None:
     if output in (None, "-"):
         click.echo(data.decode(), nl=False)
     else:
-        atomic_write(Path(output), data, mode=0o644)
+        write_output(output, data, mode=0o644)
 
 
 @ca.command("revoke")
@@ -363,11 +366,7 @@ def crl(output: str | None, pem: bool, passphrase_file: str | None,
     if output:
         data = built.public_bytes(serialization.Encoding.PEM if pem
                                   else serialization.Encoding.DER)
-        if output == "-":
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-        else:
-            atomic_write(Path(output), data, mode=0o644)
+        write_output(output, data, mode=0o644)
 
 
 @ca.command("root-crl")
@@ -382,7 +381,7 @@ def root_crl(output: str | None, passphrase_file: str | None, passphrase_env: st
         cax.store.audit(cax.actor, "ca.root-crl", cax.ca.config.organization, {})
     click.echo(f"root CRL re-signed, next update {built.next_update_utc:%Y-%m-%d}")
     if output:
-        atomic_write(Path(output), built.public_bytes(serialization.Encoding.DER), mode=0o644)
+        write_output(output, built.public_bytes(serialization.Encoding.DER), mode=0o644)
 
 
 @ca.command("serve")
@@ -474,6 +473,7 @@ def history(email: str, out_dir: str, legacy_p12: bool, p12_passphrase_file: str
             pin_file: str | None) -> None:
     """Export a person's encryption key history as one PKCS#12 (lost device, new client)."""
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        output_dir(out_dir)
         keys = cax.key_history(email)
         if not keys:
             raise CAError(f"no encryption keys kept for {email}")

@@ -47,7 +47,7 @@ from smimekit.ca.lifecycle import (
 )
 from smimekit.ca.profiles import PROFILES
 from smimekit.cli.ca import ca_options, new_passphrase, open_ca, parse_duration, write_bundle
-from smimekit.cli.common import CliError
+from smimekit.cli.common import CliError, output_dir
 from smimekit.cli.progress import progress_bar
 
 __all__ = ["COMMANDS", "enroll", "expiring_command", "renew"]
@@ -180,6 +180,7 @@ def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose
     results = ResultsLog(Path(results_path) if results_path else out / "results.csv")
     sign_key, encrypt_key = _key_kinds(key_type)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+        output_dir(out)  # before anyone is enrolled
         deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
         _run_batch("enrolled", enroll_rows(
             cax, rows, purpose=purpose, profile=profile, sign_key=sign_key,
@@ -219,7 +220,7 @@ def renew(due: str, results_path: str | None, dry_run: bool, key_type: str | Non
             people = len({r.email for r in records})
             click.echo(f"would renew {len(records)} certificates of {people} people", err=True)
             return
-        out = Path(out_dir)
+        out = output_dir(out_dir)
         results = ResultsLog(Path(results_path) if results_path else out / "renewals.csv")
         deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
         _run_batch("renewed", renew_due(
@@ -260,15 +261,17 @@ def _as_json(items: Sequence[Expiring]) -> str:
 @click.option("--smtp-host", default="localhost", show_default=True)
 @click.option("--smtp-port", type=click.IntRange(1, 65535), default=25, show_default=True)
 @click.option("--smtp-plain", is_flag=True, help="No STARTTLS, even when the server offers it.")
-@click.option("--from", "sender", metavar="ADDR", help="Sender of the notices (with --notify).")
+@click.option("--from", "sender", metavar="ADDR",
+              help="Sender of the notices [the first --admin address].")
 @click.option("--admin", "admins", multiple=True, metavar="ADDR",
               help="Send a summary here (repeatable).")
 def expiring_command(within: str, as_json: bool, send: bool, smtp_host: str, smtp_port: int,
                      smtp_plain: bool, sender: str | None, admins: tuple[str, ...]) -> None:
     """List the live certificates that expire soon; with --notify, tell their holders."""
     window = parse_duration(within)
+    sender = sender or (admins[0] if admins else None)  # the PKI team answers replies
     if send and not sender:
-        raise click.UsageError("--notify needs --from ADDR")
+        raise click.UsageError("--notify needs --from ADDR or an --admin ADDR to send from")
     if not send and admins:
         raise click.UsageError("--admin goes with --notify")
     with open_ca(None, None, None, locked=True) as cax:

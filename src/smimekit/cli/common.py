@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.errors import KeyLoadError, MIMEError, PassphraseError
-from smimekit.fsutil import atomic_write
+from smimekit.fsutil import private_dir, write_output_file
 from smimekit.keys.load import (
     key_matches,
     load_certificates,
@@ -163,16 +163,40 @@ def message_input(path: str | None) -> bytes:
     return data
 
 
-def write_output(path: str | None, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename) or to stdout."""
+def write_output(path: str | None, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to stdout (no path or '-') or to ``path``: a file is replaced
+    atomically (temp file, fsync, rename), through a symbolic link too; a FIFO or a
+    character device is written through; anything else is refused
+    (:func:`smimekit.fsutil.write_output_file`). ``mode``: 0600 unless the data is public.
+
+    Raises:
+        CliError: the path is refused or cannot be written.
+    """
     if path is None or path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     try:
-        atomic_write(path, data)  # 0600: plaintext mail and keys are nobody else's
+        write_output_file(path, data, mode=mode)  # 0600: plaintext mail and keys
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def output_dir(path: str | Path) -> Path:
+    """The folder a command writes its files into, made (0700, with missing parents) and
+    checked for writing before anything is issued or changed.
+
+    Raises:
+        CliError: it cannot be created or written into.
+    """
+    folder = Path(path)
+    try:
+        private_dir(folder)
+    except OSError as exc:
+        raise CliError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write into {folder}: permission denied")
+    return folder
 
 
 def passphrase_from(passphrase_file: str | None, passphrase_env: str | None) -> bytes | None:

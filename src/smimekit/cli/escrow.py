@@ -30,10 +30,17 @@ from smimekit.cli.common import (
     cli_actor,
     open_store,
     passphrase_from,
+    write_output,
 )
 from smimekit.errors import EscrowError, PassphraseError, SmimeError
 from smimekit.escrow import recovery
-from smimekit.escrow.ceremony import deposit_key, init_escrow, rekey_escrow, rotate_escrow
+from smimekit.escrow.ceremony import (
+    deposit_key,
+    deposit_owner,
+    init_escrow,
+    rekey_escrow,
+    rotate_escrow,
+)
 from smimekit.escrow.shares import OfficerSpec, UnlockedShare, read_share_header, unlock_share
 from smimekit.escrow.vault import EscrowResult, check_share, load_state
 from smimekit.fsutil import atomic_write, private_dir
@@ -310,15 +317,18 @@ def rekey(share_specs: tuple[str, ...], out_dir: str, officer_specs: tuple[str, 
 @escrow.command("deposit")
 @click.option("--key", "key_path", required=True, help="The encryption private key.")
 @click.option("--cert", "cert_path", required=True, help="Its certificate.")
-@click.option("--email", required=True, help="Whose key history it joins.")
+@click.option("--email", help="Whose key history it joins [the one address the certificate"
+                                " names].")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False),
               help="The key's passphrase (first line).")
-def deposit(key_path: str, cert_path: str, email: str, passphrase_file: str | None) -> None:
+def deposit(key_path: str, cert_path: str, email: str | None,
+            passphrase_file: str | None) -> None:
     """Escrow an encryption key made elsewhere. Signing keys are refused (non-repudiation)."""
     data_dir = ca_data_dir()
     certs = load_certificates(cert_path)
     if not certs:
         raise CliError(f"{cert_path} holds no certificate")
+    email = email or deposit_owner(certs[0])
     secret = _read_secret(passphrase_file, "the passphrase file") if passphrase_file else None
     try:
         key = load_private_key(key_path, secret)
@@ -465,10 +475,7 @@ def _write_p12(path: Path, email: str, pairs: list[Any], passphrase_file: str | 
                         friendly_name=f"{email} (recovered)", extra=newest_first[1:],
                         iterations=ITERATIONS if passphrase_file
                         else RANDOM_PASSPHRASE_ITERATIONS)
-    try:
-        atomic_write(path, data)
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_output(str(path), data)
     return passphrase
 
 

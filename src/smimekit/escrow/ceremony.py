@@ -419,6 +419,20 @@ def check_deposit(key: PrivateKeyTypes, cert: x509.Certificate, email: str) -> N
         raise EscrowError(f"the certificate does not name {email}")
 
 
+def deposit_owner(cert: x509.Certificate) -> str:
+    """Whose key history a deposited key joins when no address is given: the one address
+    the certificate names.
+
+    Raises:
+        EscrowError: the certificate names no address, or several.
+    """
+    emails = sorted(certificate_emails(cert))
+    if len(emails) != 1:
+        named = f"names {', '.join(emails)}" if emails else "names no mail address"
+        raise EscrowError(f"the certificate {named}: say whose key it is with --email")
+    return emails[0]
+
+
 def deposit_key(
     data_dir: Path | str,
     store: Store,
