@@ -404,3 +404,31 @@ def test_log_against_a_database_that_does_not_exist_creates_nothing(
     with psycopg.connect(host=PG_HOST, port=PG_PORT, dbname=PG_DB, user=user) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                             (name,)).fetchone() is None
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-dir", "existing-dir"])
+def test_init_failing_half_way_leaves_nothing_behind(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        existing: bool) -> None:
+    """A failure after the store and the CA directory were made (the first CRL's write)
+    removes both again, so the next 'ca init' starts clean."""
+    from smimekit.ca.issuance import CertificateAuthority
+    from smimekit.errors import StoreError
+
+    data = tmp_path / "data"
+    if existing:
+        (data / "trust").mkdir(parents=True)
+        (data / "trust" / "x.pem").write_bytes(b"anchor")
+    before = snapshot(tmp_path)
+
+    def fail(self: object, *args: object, **kwargs: object) -> None:
+        assert (data / "ca" / "ca.json").is_file() and (data / "smimekit.db").is_file()
+        raise StoreError("the disk is full (simulated)")
+
+    monkeypatch.setattr(CertificateAuthority, "publish_crl", fail)
+    assert main(["--data-dir", str(data), *INIT]) == 1
+    one_error(capsys, "simulated")
+    assert snapshot(tmp_path) == before
+    monkeypatch.undo()
+    monkeypatch.setenv("SMIMEKIT_PASSPHRASE", PASS)
+    assert main(["--data-dir", str(data), *INIT]) == 0
