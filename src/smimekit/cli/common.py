@@ -49,6 +49,31 @@ class Globals:
     database_url: str | None
 
 
+LOCAL_DATA_DIR = "smimekit-data"
+
+
+def resolve_data_dir(explicit: str | None) -> Path:
+    """The data directory of a run.
+
+    ``--data-dir`` or ``SMIMEKIT_DATA_DIR`` (``explicit``) when given; else ``./smimekit-data``
+    if it exists in the current directory; else the per-user default,
+    ``$XDG_DATA_HOME/smimekit`` (an absolute XDG_DATA_HOME only, as the XDG specification
+    says) or ``~/.local/share/smimekit``.
+    """
+    if explicit:
+        return Path(explicit)
+    local = Path(LOCAL_DATA_DIR)
+    if local.exists():
+        return local
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "smimekit"
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home):  # no home directory to be found: the old default
+        return local
+    return Path(home) / ".local" / "share" / "smimekit"
+
+
 def cli_globals() -> Globals:
     """The global options of this run (--data-dir, --config, --database-url)."""
     globals_ = click.get_current_context().find_object(Globals)

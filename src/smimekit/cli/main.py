@@ -15,7 +15,7 @@ from smimekit import __version__
 from smimekit.cli.archive import archive
 from smimekit.cli.ca import ca
 from smimekit.cli.ca_lifecycle import COMMANDS as CA_LIFECYCLE
-from smimekit.cli.common import Globals
+from smimekit.cli.common import Globals, resolve_data_dir
 from smimekit.cli.escrow import escrow
 from smimekit.cli.log import log
 from smimekit.cli.messages import COMMANDS
@@ -29,9 +29,8 @@ from smimekit.errors import SmimeError
     "--data-dir",
     type=click.Path(file_okay=False),
     envvar="SMIMEKIT_DATA_DIR",
-    default="./smimekit-data",
-    show_default=True,
-    help="Where smimekit keeps its database and key material.",
+    help="Where smimekit keeps its database and key material [default: ./smimekit-data if it"
+    " exists, else $XDG_DATA_HOME/smimekit or ~/.local/share/smimekit].",
 )
 @click.option(
     "--config",
@@ -45,9 +44,10 @@ from smimekit.errors import SmimeError
     help="Use this database (e.g. PostgreSQL) instead of SQLite in the data dir.",
 )
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str | None) -> None:
+def cli(ctx: click.Context, data_dir: str | None, config: str | None,
+        database_url: str | None) -> None:
     """Sovereign S/MIME: sign, verify, encrypt and decrypt mail."""
-    ctx.obj = Globals(Path(data_dir), Path(config) if config else None, database_url)
+    ctx.obj = Globals(resolve_data_dir(data_dir), Path(config) if config else None, database_url)
 
 
 for _command in CA_LIFECYCLE:
