@@ -95,3 +95,29 @@ def test_each_pkcs12_form_is_what_the_docs_say(form: str, pki: PKI, alice: Ident
                            iterations=rounds)
     assert _written(p12) == _documented()[form]
 
+
+
+def test_the_cli_writes_the_documented_forms(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a user gets: the CA's key files, `ca issue` with and without a passphrase file,
+    and `--legacy-p12`, each read back from disk."""
+    from smimekit.cli.main import main
+
+    monkeypatch.setenv("SMIMEKIT_PASSPHRASE", "correct horse battery staple")
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main([*data, "ca", "init", "--org", "Example Ltd", "--base-url",
+                 "http://pki.example.com", "--key-type", "p256"]) == 0
+    (tmp_path / "p12.pass").write_text("chosen by a person\n")
+    for out, extra in (("mine", ["--p12-passphrase-file", str(tmp_path / "p12.pass")]),
+                       ("random", []), ("legacy", ["--legacy-p12"])):
+        assert main([*data, "ca", "issue", "--email", f"{out}@example.com", "--purpose",
+                     "sign", "--key-type", "p256", "--out", str(tmp_path / out),
+                     *extra]) == 0
+    docs = _documented()
+    for name in ("root", "issuing", "ocsp", "vault"):
+        p12 = (tmp_path / "data" / "ca" / f"{name}.p12").read_bytes()
+        assert _written(p12) == docs["keys at rest"], name
+    for out, form in (("mine", "your passphrase"), ("random", "generated passphrase"),
+                      ("legacy", "legacy")):
+        p12 = (tmp_path / out / f"{out}@example.com.sign.p12").read_bytes()
+        assert _written(p12) == docs[form], form
