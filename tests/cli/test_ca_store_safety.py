@@ -121,9 +121,8 @@ def test_init_refusal_leaves_the_data_dir_as_it_was(
         (data / "trust").mkdir(parents=True)
         (data / "trust" / "x.pem").write_bytes(b"anchor")
     before = snapshot(tmp_path)
-    globals_ = [a for a in extra if a.startswith("--database-url") or a.startswith("mysql")
-                or a.startswith("::")] if extra[0] == "--database-url" else []
-    args = [a for a in extra if a not in globals_]
+    # --database-url is a global option: it goes before the command
+    globals_, args = (extra, []) if extra[0] == "--database-url" else ([], extra)
     assert main(["--data-dir", str(data), *globals_, *INIT, *args]) == 1
     one_error(capsys, message)
     assert snapshot(tmp_path) == before
@@ -370,6 +369,15 @@ def test_read_commands_refuse_a_missing_data_dir(tmp_path: Path,
     assert main(["--data-dir", str(data), *args]) == 1
     one_error(capsys, str(data))
     assert not data.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_log_on_a_sqlite_url_that_names_no_file_creates_none(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert main(["--data-dir", str(tmp_path / "none"), "--database-url", url,
+                 "log", "verify"]) == 1
+    one_error(capsys, "no store at")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args", [["log", "verify"], ["log", "show"]])
