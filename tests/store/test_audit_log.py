@@ -95,6 +95,11 @@ def test_cli_log_verify_exit_codes(backend: Backend, capsys: pytest.CaptureFixtu
 
 
 def test_cli_log_show(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    # no store yet: a read command says so and creates none (issue 8: it used to create one)
+    assert main([*backend.cli_args(), "log", "show"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not backend.data_dir.exists()
+    Store.open(backend.url, backend.data_dir).close()
     assert main([*backend.cli_args(), "log", "show"]) == 0
     assert "empty" in capsys.readouterr().out
     _store_with_rows(backend).close()

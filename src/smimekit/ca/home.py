@@ -3,7 +3,7 @@
 ::
 
     <data-dir>/ca/            0700
-      ca.json                 names, URLs, key type, token reference (no secrets)
+      ca.json                 names, URLs, key type, token reference, the store (no secrets)
       root.pem issuing.pem    the CA certificates
       ocsp.pem vault.pem      the delegated OCSP signer and the key vault certificates
       root.crl                the root's CRL (signed at init, 12 months; 'ca crl --root')
@@ -19,14 +19,18 @@ place, so a crash leaves either no CA or a complete one.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import ipaddress
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -36,18 +40,79 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from smimekit.ca.authority import Authority, CAKeyType
 from smimekit.ca.crl import build_crl
 from smimekit.ca.ocsp import build_responder_certificate
-from smimekit.ca.profiles import PROFILES
-from smimekit.errors import CAError, KeyLoadError, PassphraseError
+from smimekit.ca.profiles import PROFILES, ValidationLevel
+from smimekit.errors import CAError, KeyLoadError, PassphraseError, StoreError
 from smimekit.fsutil import atomic_write, private_dir, write_output_file
 from smimekit.keys.protect import protect_key, unprotect_key
 from smimekit.keys.signer import LocalSigner, Signer
 from smimekit.keys.vault import KeyVault
 from smimekit.store import Revocation
+from smimekit.store.location import StoreLocation
 
-__all__ = ["CAConfig", "CAHome", "Pkcs11Ref", "UnlockedCA"]
+__all__ = ["CAConfig", "CAHome", "Pkcs11Ref", "UnlockedCA", "check_base_url"]
 
 CONFIG_VERSION = 1
 OCSP_SIGNER_VALIDITY = dt.timedelta(days=90)
+
+
+# BR 7.1.4.2.2 d: scheme (3 letters), country (2), optional +state/province, '-', reference
+_ORGANIZATION_IDENTIFIER = re.compile(r"[A-Z]{3}[A-Z]{2}(\+[A-Z0-9]{1,3})?-[\x21-\x7e]+")
+
+
+def check_base_url(base_url: str) -> str:
+    """``base_url`` checked for a CA's CRL, OCSP and caIssuers URLs; returns it without a
+    trailing slash.
+
+    Raises:
+        CAError: not ``http://`` (BR 7.1.2.3 b, c), no host, user information, a query or
+            fragment, a bad port, non-ASCII (give an IDN host as its xn-- A-label), or a
+            host that is not a public DNS name: an IP address or an internal name
+            (``localhost``, ``.local``, ``.internal``, ``.test``, an unknown top-level
+            domain), which pkilint reports as an ERROR in every certificate issued.
+    """
+    if not base_url.isascii() or any(c.isspace() or ord(c) < 32 for c in base_url):
+        raise CAError(f"base URL {base_url!r}: use ASCII without spaces (an IDN host as its"
+                      " xn-- form)")
+    parts = urlsplit(base_url)
+    if parts.scheme != "http":
+        raise CAError(f"base URL {base_url!r}: CRL and AIA URLs must be http://"
+                      " (S/MIME BR 7.1.2.3 b, c)")
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise CAError(f"base URL {base_url!r}: bad port") from None
+    host = parts.hostname or ""
+    if parts.username is not None or parts.query or parts.fragment or "#" in base_url:
+        raise CAError(f"base URL {base_url!r}: no user, query or fragment, only"
+                      " http://host[:port][/path]")
+    if not host:
+        raise CAError(f"base URL {base_url!r}: no host name")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise CAError(f"base URL {base_url!r}: use a public DNS name, not an IP address"
+                      " (pkilint refuses it in every certificate issued)")
+    labels = host.split(".")
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels) or len(host) > 253:
+        raise CAError(f"base URL {base_url!r}: {host!r} is not a valid DNS name")
+    # the list pkilint itself consults (its dependency): a host under no public suffix is
+    # "internal" and every certificate naming it would be refused
+    if _public_suffixes().privatesuffix(host.lower()) is None:
+        raise CAError(f"base URL {base_url!r}: {host!r} is not a public DNS name (an"
+                      " internal or unknown domain; pkilint would refuse every certificate)")
+    return base_url.rstrip("/")
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+@functools.cache
+def _public_suffixes() -> Any:
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList(accept_unknown=False)
 
 
 @dataclass(frozen=True)
@@ -73,6 +138,49 @@ class CAConfig:
     default_profile: str = "mailbox-strict"
     pkcs11: Pkcs11Ref | None = None
     created_at: str = field(default="")
+    store: StoreLocation | None = None
+    """The store the CA keeps its records in (None: a CA made before it was recorded)."""
+
+    def check(self) -> None:
+        """Everything ``ca init`` was told, checked before anything is created.
+
+        Raises:
+            CAError: a value the CA certificates, or the certificates it would issue, cannot
+                carry: a base URL that is not a public http:// URL (pkilint refuses internal
+                names and addresses in CRL and AIA URLs), a name too long or empty, a country
+                that is not two letters, an organizationIdentifier not in the BR form, an
+                unknown profile or key type, or a profile that needs an organizationIdentifier
+                without one.
+        """
+        check_base_url(self.base_url)
+        org = self.organization
+        if not org.strip() or org != org.strip() or any(ord(c) < 32 or ord(c) == 127
+                                                          for c in org):
+            raise CAError("the organization name must be non-empty printable text without"
+                          " leading or trailing spaces")
+        for label in ("S/MIME Root CA", "S/MIME Issuing CA"):
+            if len(f"{org} {label}") > 64:  # X.520 ub-common-name
+                raise CAError(f"the organization name is too long: the CA's common name"
+                              f" '{org} {label}' would exceed 64 characters (at most"
+                              f" {64 - len(label) - 1} for the name)")
+        if self.country is not None and not re.fullmatch(r"[A-Z]{2}", self.country):
+            raise CAError(f"country {self.country!r}: expected a two-letter ISO 3166 code in"
+                          " capitals, e.g. GB")
+        org_id = self.organization_identifier
+        if org_id is not None and not _ORGANIZATION_IDENTIFIER.fullmatch(org_id):
+            raise CAError(f"organization identifier {org_id!r}: expected the BR 7.1.4.2.2 d"
+                          " form, e.g. NTRGB-12345678 or VATDE-123456789")
+        profile = PROFILES.get(self.default_profile)
+        if profile is None:
+            raise CAError(f"unknown profile {self.default_profile!r}; one of: "
+                          + ", ".join(sorted(PROFILES)))
+        if profile.level is not ValidationLevel.MAILBOX and org_id is None:
+            raise CAError(f"profile {profile.name} needs --organization-identifier")
+        try:
+            CAKeyType(self.key_type)
+        except ValueError:
+            raise CAError(f"unknown CA key type {self.key_type!r}; one of: "
+                          + ", ".join(k.value for k in CAKeyType)) from None
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -86,8 +194,10 @@ class CAConfig:
             if data.pop("version", None) != CONFIG_VERSION:
                 raise CAError("ca.json has an unknown version")
             token = data.pop("pkcs11", None)
-            return cls(**data, pkcs11=Pkcs11Ref(**token) if token else None)
-        except (ValueError, TypeError) as exc:
+            store = data.pop("store", None)
+            return cls(**data, pkcs11=Pkcs11Ref(**token) if token else None,
+                       store=StoreLocation.from_json(store) if store is not None else None)
+        except (ValueError, TypeError, StoreError) as exc:
             raise CAError(f"ca.json is damaged: {exc}") from None
 
 
@@ -159,25 +269,19 @@ class CAHome:
         the issuing key is generated in software like the root's.
 
         Raises:
-            CAError: a CA exists here already, bad configuration.
+            CAError: a CA exists here already, bad configuration (:meth:`CAConfig.check`).
             PassphraseError: empty passphrase.
         """
         if self.exists():
             raise CAError(f"a CA exists already in {self.path}; refusing to replace it")
         if not passphrase:
             raise PassphraseError("the CA keys need a non-empty passphrase")
-        if config.default_profile not in PROFILES:
-            raise CAError(f"unknown profile {config.default_profile!r}; one of: "
-                          + ", ".join(sorted(PROFILES)))
+        config.check()
         if (config.pkcs11 is None) != (issuing_signer is None):
             raise CAError("a token-held issuing key needs its PKCS#11 reference, and back")
-        try:
-            key_type = CAKeyType(config.key_type)
-        except ValueError:
-            raise CAError(f"unknown CA key type {config.key_type!r}; one of: "
-                          + ", ".join(k.value for k in CAKeyType)) from None
+        key_type = CAKeyType(config.key_type)
         now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-        config = CAConfig(**{**asdict(config), "pkcs11": config.pkcs11,
+        config = CAConfig(**{**asdict(config), "pkcs11": config.pkcs11, "store": config.store,
                              "created_at": now.isoformat()})
         root_key = key_type.generate()
         issuing_key = None if issuing_signer is not None else key_type.generate()

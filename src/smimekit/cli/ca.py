@@ -8,11 +8,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import os
 import re
 import secrets
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,8 @@ from smimekit.cli.common import (
 from smimekit.dn import display_name
 from smimekit.errors import CAError
 from smimekit.fsutil import atomic_write, private_dir
+from smimekit.store import DB_FILENAME
+from smimekit.store.location import StoreLocation
 
 __all__ = ["ca", "ca_options", "open_ca", "parse_duration", "write_bundle"]
 
@@ -69,6 +76,87 @@ def ca_options(func: Any) -> Any:
 def _ca_passphrase(passphrase_file: str | None, passphrase_env: str | None) -> bytes:
     secret = passphrase_from(passphrase_file, passphrase_env)
     return secret if secret is not None else _ask("the CA keys")
+
+
+MIN_CA_PASSPHRASE = 12
+_PROMPT_ATTEMPTS = 3
+
+
+def _new_ca_passphrase(passphrase_file: str | None, passphrase_env: str | None) -> bytes:
+    """The passphrase for a new CA: from the given source, or typed twice on a terminal.
+
+    Raises:
+        CliError: too short, not UTF-8, or typed differently three times.
+        PassphraseError: no source and no terminal.
+    """
+    secret = passphrase_from(passphrase_file, passphrase_env)
+    if secret is None:
+        secret = _ask_twice()
+    if len(secret) < MIN_CA_PASSPHRASE:
+        raise CliError(f"the CA passphrase must be at least {MIN_CA_PASSPHRASE} characters")
+    try:
+        secret.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError("the CA passphrase must be UTF-8 text") from None
+    return secret
+
+
+def _ask_twice() -> bytes:
+    if not sys.stdin.isatty():
+        _ask("the new CA keys")  # raises: no terminal to ask on
+    for _ in range(_PROMPT_ATTEMPTS):
+        first = getpass.getpass(f"New CA passphrase (at least {MIN_CA_PASSPHRASE}"
+                                " characters): ").encode()
+        if len(first) < MIN_CA_PASSPHRASE:
+            click.echo(f"smimekit: too short (at least {MIN_CA_PASSPHRASE} characters);"
+                       " try again", err=True)
+            continue
+        if getpass.getpass("Repeat the CA passphrase: ").encode() == first:
+            return first
+        click.echo("smimekit: the two passphrases differ; try again", err=True)
+    raise CliError(f"no CA passphrase after {_PROMPT_ATTEMPTS} attempts (they were too short"
+                   " or differed); nothing was created")
+
+
+def _check_writable(data_dir: Path) -> None:
+    """The data directory can be created, or written if it exists (probed, not guessed:
+    permissions say nothing for root or a read-only mount)."""
+    probe = data_dir
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CliError(f"cannot create the CA in {data_dir}: {probe} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".smimekit-probe.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise CliError(f"cannot create the CA in {data_dir}: {probe} is not writable"
+                       f" ({exc.strerror or exc})") from None
+
+
+@dataclass
+class _Created:
+    """What did not exist before ``ca init``, to remove again if it fails half way."""
+
+    data_dir: Path
+    paths: list[Path]
+
+    @classmethod
+    def before(cls, data_dir: Path) -> _Created:
+        top = data_dir
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        candidates = [top] if not data_dir.exists() else [
+            data_dir / "ca", *(data_dir / f"{DB_FILENAME}{s}" for s in ("", "-wal", "-shm"))]
+        return cls(data_dir, [p for p in candidates if not p.exists()])
+
+    def undo(self) -> None:
+        for path in self.paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _pin(pin_file: str | None) -> str | None:
@@ -211,42 +299,55 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
          organization_identifier: str | None, default_profile: str | None,
          pkcs11_module: str | None, token_label: str, key_label: str,
          passphrase_file: str | None, passphrase_env: str | None, pin_file: str | None) -> None:
-    """Create the root, the issuing CA, the OCSP signer and the key vault."""
+    """Create the root, the issuing CA, the OCSP signer and the key vault.
+
+    Every input is checked before anything is created: a refusal leaves no directory,
+    database or key behind.
+    """
     globals_ = cli_globals()
-    home = CAHome(globals_.data_dir)
+    data_dir = globals_.data_dir
+    home = CAHome(data_dir)
     if home.exists():
         raise CliError(f"a CA exists already in {home.path}")
-    passphrase = _ca_passphrase(passphrase_file, passphrase_env)
-    if len(passphrase) < 12:
-        raise CliError("the CA passphrase must be at least 12 characters")
     profile = default_profile or ("sponsored-strict" if organization_identifier
                                   else "mailbox-strict")
-    ref = None
-    signer = None
-    if pkcs11_module:
-        pin = _pin(pin_file)
-        if not pin:
-            raise CliError("a PKCS#11 token needs its PIN: --pin-file or SMIMEKIT_PKCS11_PIN")
-        from smimekit.keys.pkcs11 import generate_ca_key
-
-        ref = Pkcs11Ref(str(Path(pkcs11_module).resolve()), token_label, key_label)
-        signer = generate_ca_key(ref.module, token_label, key_label, pin, key_type)
+    ref = (Pkcs11Ref(str(Path(pkcs11_module).resolve()), token_label, key_label)
+           if pkcs11_module else None)
     config = CAConfig(organization=organization, base_url=base_url, key_type=key_type,
                       country=country, organization_identifier=organization_identifier,
-                      default_profile=profile, pkcs11=ref)
-    store = open_store()
+                      default_profile=profile, pkcs11=ref,
+                      store=StoreLocation.of(globals_.database_url, data_dir))
+    config.check()
+    _check_writable(data_dir)
+    pin = _pin(pin_file) if ref else None
+    if ref and not pin:
+        raise CliError("a PKCS#11 token needs its PIN: --pin-file or SMIMEKIT_PKCS11_PIN")
+    passphrase = _new_ca_passphrase(passphrase_file, passphrase_env)
+
+    created = _Created.before(data_dir)
     try:
-        unlocked = home.create(config, passphrase, issuing_signer=signer)
-        cax = CertificateAuthority(unlocked, store, actor=cli_actor())
-        with store.transaction():
-            store.add_certificate(unlocked.authority.root, "ca-root")
-            store.add_certificate(unlocked.authority.cert, "ca-issuing")
-            store.audit(cax.actor, "ca.init", organization, {
-                "root": cax.issuer_fingerprint, "key_type": key_type,
-                "pkcs11": bool(ref), "profile": profile})
-            cax.publish_crl()
-    finally:
-        store.close()
+        store = open_store(create=True)
+        try:
+            signer = None
+            if ref is not None:
+                assert pin is not None
+                from smimekit.keys.pkcs11 import generate_ca_key
+
+                signer = generate_ca_key(ref.module, token_label, key_label, pin, key_type)
+            unlocked = home.create(config, passphrase, issuing_signer=signer)
+            cax = CertificateAuthority(unlocked, store, actor=cli_actor())
+            with store.transaction():
+                store.add_certificate(unlocked.authority.root, "ca-root")
+                store.add_certificate(unlocked.authority.cert, "ca-issuing")
+                store.audit(cax.actor, "ca.init", organization, {
+                    "root": cax.issuer_fingerprint, "key_type": key_type,
+                    "pkcs11": bool(ref), "profile": profile})
+                cax.publish_crl()
+        finally:
+            store.close()
+    except BaseException:
+        created.undo()
+        raise
     click.echo(f"created the CA for {organization} in {home.path}")
     click.echo(f"  root:    {display_name(unlocked.authority.root.subject)}")
     click.echo(f"  issuing: {display_name(unlocked.authority.cert.subject)}"
@@ -322,7 +423,7 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
 @click.option("--root-only", is_flag=True, help="Only the root (the trust anchor).")
 def chain(output: str | None, root_only: bool) -> None:
     """The CA certificates as PEM: issuing CA then root."""
-    home = CAHome(cli_globals().data_dir)
+    home = CAHome(ca_data_dir())
     certs = [home.certificate("root")] if root_only else [home.certificate("issuing"),
                                                            home.certificate("root")]
     data = pem_chain(certs)
@@ -438,10 +539,10 @@ def serve(host: str, port: int, passphrase_file: str | None, passphrase_env: str
 @click.option("--remove", is_flag=True, help="Remove it from this machine afterwards.")
 def export_root(output: str, remove: bool) -> None:
     """Take the root key offline: copy it out (encrypted) and optionally remove it here."""
-    home = CAHome(cli_globals().data_dir)
-    home.export_root(Path(output), remove=remove)
-    store = open_store()
+    home = CAHome(ca_data_dir())
+    store = open_store()  # first: the CA's own store, or nothing is exported
     try:
+        home.export_root(Path(output), remove=remove)
         store.audit(cli_actor(), "ca.export-root", home.config().organization,
                     {"removed": remove})
     finally:

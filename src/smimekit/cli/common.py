@@ -28,6 +28,7 @@ from smimekit.validation.trust import TrustStore
 if TYPE_CHECKING:
     from smimekit.keys.pkcs12 import KeyPair
     from smimekit.store import Store
+    from smimekit.store.location import StoreLocation
 
 MAX_INPUT = 2 * 1024**3  # refuse to slurp more than 2 GiB from one input
 
@@ -48,6 +49,31 @@ class Globals:
     database_url: str | None
 
 
+LOCAL_DATA_DIR = "smimekit-data"
+
+
+def resolve_data_dir(explicit: str | None) -> Path:
+    """The data directory of a run.
+
+    ``--data-dir`` or ``SMIMEKIT_DATA_DIR`` (``explicit``) when given; else ``./smimekit-data``
+    if it exists in the current directory; else the per-user default,
+    ``$XDG_DATA_HOME/smimekit`` (an absolute XDG_DATA_HOME only, as the XDG specification
+    says) or ``~/.local/share/smimekit``.
+    """
+    if explicit:
+        return Path(explicit)
+    local = Path(LOCAL_DATA_DIR)
+    if local.exists():
+        return local
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "smimekit"
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home):  # no home directory to be found: the old default
+        return local
+    return Path(home) / ".local" / "share" / "smimekit"
+
+
 def cli_globals() -> Globals:
     """The global options of this run (--data-dir, --config, --database-url)."""
     globals_ = click.get_current_context().find_object(Globals)
@@ -56,12 +82,56 @@ def cli_globals() -> Globals:
     return globals_
 
 
-def open_store() -> Store:
-    """The store named by --database-url, or the SQLite file in --data-dir."""
+def existing_data_dir() -> Path:
+    """The data directory of this run, which must exist (read commands never create it).
+
+    Raises:
+        CliError: it does not exist, or is not a directory.
+    """
+    data_dir = cli_globals().data_dir
+    if not data_dir.is_dir():
+        what = "is not a directory" if data_dir.exists() else "does not exist"
+        raise CliError(f"the data directory {data_dir} {what} (choose one with --data-dir or"
+                       " SMIMEKIT_DATA_DIR)")
+    return data_dir
+
+
+def open_store(*, create: bool = False) -> Store:
+    """The store named by --database-url, or the SQLite file in --data-dir.
+
+    Only ``create`` (``ca init``) makes a store that does not exist; every other command
+    fails instead of working on an empty one. When the data directory holds a CA, the store
+    must be the one its ``ca.json`` records.
+
+    Raises:
+        CliError: no data directory (SQLite), or not the CA's store.
+        StoreError: the store cannot be opened, or (without ``create``) does not exist.
+    """
+    from smimekit.ca.home import CAHome
     from smimekit.store import Store  # SQLAlchemy: only the commands that open a store pay
+    from smimekit.store.location import StoreLocation
 
     globals_ = cli_globals()
-    return Store.open(globals_.database_url, globals_.data_dir)
+    url, data_dir = globals_.database_url, globals_.data_dir
+    if url is None and not create:
+        existing_data_dir()
+    home = CAHome(data_dir)
+    if not create and home.exists():
+        recorded = home.config().store
+        given = StoreLocation.of(url, data_dir)
+        if recorded is not None and recorded != given:
+            raise CliError(f"the CA in {data_dir} keeps its records in"
+                           f" {recorded.describe(data_dir)}, not in {given.describe(data_dir)}:"
+                           f" {_store_hint(recorded, data_dir)}")
+    return Store.open(url, data_dir, create=create)
+
+
+def _store_hint(recorded: StoreLocation, data_dir: Path) -> str:
+    if recorded.backend == "postgresql":
+        return "give its --database-url (or SMIMEKIT_DATABASE_URL) as at 'ca init'"
+    if recorded == type(recorded).of(None, data_dir):
+        return "run without --database-url and SMIMEKIT_DATABASE_URL"
+    return f"give --database-url sqlite:///{data_dir / recorded.location}"
 
 
 def ca_data_dir() -> Path:
@@ -73,6 +143,10 @@ def ca_data_dir() -> Path:
     from smimekit.ca.home import CAHome
 
     data_dir = cli_globals().data_dir
+    if not data_dir.is_dir():
+        raise CliError(f"no CA in {data_dir}: the directory does not exist (choose the data"
+                       " directory with --data-dir or SMIMEKIT_DATA_DIR, or run 'smimekit ca"
+                       " init')")
     if not CAHome(data_dir).exists():
         raise CliError(f"no CA in {data_dir}: run 'smimekit ca init' first")
     return data_dir

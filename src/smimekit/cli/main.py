@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from smimekit import __version__
-from smimekit.cli.common import Globals
+from smimekit.cli.common import Globals, resolve_data_dir
 from smimekit.cli.lazy import LazyCommand, LazyGroup
 from smimekit.errors import SmimeError
 
@@ -57,9 +57,8 @@ COMMANDS = [
     "--data-dir",
     type=click.Path(file_okay=False),
     envvar="SMIMEKIT_DATA_DIR",
-    default="./smimekit-data",
-    show_default=True,
-    help="Where smimekit keeps its database and key material.",
+    help="Where smimekit keeps its database and key material [default: ./smimekit-data if it"
+    " exists, else $XDG_DATA_HOME/smimekit or ~/.local/share/smimekit].",
 )
 @click.option(
     "--config",
@@ -73,9 +72,10 @@ COMMANDS = [
     help="Use this database (e.g. PostgreSQL) instead of SQLite in the data dir.",
 )
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str | None) -> None:
+def cli(ctx: click.Context, data_dir: str | None, config: str | None,
+        database_url: str | None) -> None:
     """Sovereign S/MIME: sign, verify, encrypt and decrypt mail."""
-    ctx.obj = Globals(Path(data_dir), Path(config) if config else None, database_url)
+    ctx.obj = Globals(resolve_data_dir(data_dir), Path(config) if config else None, database_url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from cryptography import x509
 
-from smimekit.cli.common import Globals, load_cert_files
+from smimekit.cli.common import Globals, existing_data_dir, load_cert_files
 from smimekit.dn import display_name
 from smimekit.validation.trust import TrustStore, fingerprint, system_bundle
 from smimekit.validation.verdict import cert_emails
@@ -47,6 +47,7 @@ def add(ctx: click.Context, files: tuple[str, ...], system: bool, allow_end_enti
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """List the anchors."""
+    existing_data_dir()
     anchors = _store(ctx).anchors()
     if not anchors:
         click.echo("no trust anchors (add some with: smimekit trust add ROOT.pem)")
@@ -85,6 +86,7 @@ def _describe(cert: x509.Certificate) -> list[str]:
 @click.pass_context
 def show(ctx: click.Context, fingerprint_prefix: str) -> None:
     """Show one anchor (by a fingerprint prefix of at least 8 hex digits)."""
+    existing_data_dir()
     for line in _describe(_store(ctx).find(fingerprint_prefix)):
         click.echo(line)
 
@@ -94,5 +96,6 @@ def show(ctx: click.Context, fingerprint_prefix: str) -> None:
 @click.pass_context
 def remove(ctx: click.Context, fingerprint_prefix: str) -> None:
     """Remove one anchor."""
+    existing_data_dir()
     cert = _store(ctx).remove(fingerprint_prefix)
     click.echo(f"removed: {fingerprint(cert)[:16]}  {display_name(cert.subject)}")

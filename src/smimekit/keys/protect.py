@@ -3,37 +3,74 @@
 Nothing smimekit keeps on disk or in the store holds a private key in the clear. PKCS#12 rather
 than encrypted PKCS#8 because ``cryptography`` writes PKCS#8 with only 2,048 PBKDF2 iterations
 and lets the iteration count be chosen for PKCS#12 alone; ``openssl pkcs12`` reads the result.
+
+cryptography writes the MAC with 2,048 iterations whatever the key bag uses. A passphrase
+guess can be checked against the MAC alone, so the MAC would set the price of a guess:
+:func:`protect_key` recomputes it with the key bag's count (:data:`KDF_ROUNDS`). Files written
+before that (MAC at 2,048) still open: readers take the count from the file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+
+from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from smimekit.errors import KeyLoadError, PassphraseError
+from smimekit.keys.pkcs12 import pkcs12_kdf
 
 __all__ = ["KDF_ROUNDS", "protect_key", "unprotect_key"]
 
 KDF_ROUNDS = 200_000
-"""PBKDF2 iterations for keys at rest: ~0.1 s to open a key here, costly to guess at."""
+"""PBKDF2 iterations for keys at rest, and the MAC's: ~0.1 s to open a key here, costly to
+guess at."""
 
 
 def protect_key(key: PrivateKeyTypes, passphrase: bytes, *, rounds: int = KDF_ROUNDS) -> bytes:
     """``key`` as a passphrase-protected PKCS#12 (DER) holding the key alone.
 
+    The key bag: PBES2, PBKDF2-HMAC-SHA256 with ``rounds`` iterations, AES-256-CBC. The MAC:
+    HMAC-SHA256 with ``rounds`` iterations of the RFC 7292 appendix B KDF, 16-byte salt.
+
     Raises:
-        PassphraseError: the passphrase is empty.
+        PassphraseError: the passphrase is empty or not UTF-8 (PKCS#12 passwords are text).
     """
     if not passphrase:
         raise PassphraseError("refusing to store a private key under an empty passphrase")
+    try:
+        text = passphrase.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PassphraseError("the passphrase must be UTF-8 text (PKCS#12)") from None
     encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
                   .kdf_rounds(rounds)
                   .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
                   .hmac_hash(hashes.SHA256())
                   .build(passphrase))
-    return pkcs12.serialize_key_and_certificates(
+    der = pkcs12.serialize_key_and_certificates(
         None, key, None, None, encryption)  # type: ignore[arg-type]
+    return _with_mac(der, text, rounds)
+
+
+def _with_mac(der: bytes, passphrase: str, iterations: int) -> bytes:
+    """``der`` (a PFX) with its HMAC-SHA256 MAC recomputed at ``iterations`` (RFC 7292 5.1)."""
+    pfx = asn1_pkcs12.Pfx.load(der)
+    auth_safe = pfx["auth_safe"]["content"].native
+    salt = os.urandom(16)
+    # RFC 7292 B.1: the password as a BMPString with a two-byte terminator
+    mac_key = pkcs12_kdf(hashlib.sha256, passphrase.encode("utf-16-be") + b"\x00\x00", salt,
+                         iterations, 3, 32)
+    return asn1_pkcs12.Pfx({
+        "version": "v3",
+        "auth_safe": {"content_type": "data", "content": auth_safe},
+        "mac_data": {"mac": {"digest_algorithm": {"algorithm": "sha256"},
+                             "digest": hmac.new(mac_key, auth_safe, "sha256").digest()},
+                     "mac_salt": salt, "iterations": iterations},
+    }).dump()
 
 
 def unprotect_key(data: bytes, passphrase: bytes, what: str = "the key") -> PrivateKeyTypes:

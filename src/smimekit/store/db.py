@@ -29,6 +29,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
 )
@@ -243,17 +244,29 @@ class Store:
         )
 
     @classmethod
-    def open(cls, url: str | None, data_dir: Path | str, *, busy_timeout: float = 5.0) -> Store:
+    def open(cls, url: str | None, data_dir: Path | str, *, busy_timeout: float = 5.0,
+             create: bool = True) -> Store:
         """Open (and on first use create) the store.
 
         ``url`` None means the SQLite file ``<data_dir>/smimekit.db`` (directory 0700, file
         0600); otherwise a SQLAlchemy URL, ``sqlite:///PATH`` or
         ``postgresql+psycopg://user@host/db``. ``busy_timeout`` is how long to wait for
         another writer's lock (SQLite) or for the server to answer (PostgreSQL), in seconds.
+        ``create`` False opens only a store that exists: no directory, file, table or schema
+        row is created (nor a version 1 store upgraded) and its absence is an error.
 
         Raises StoreError: bad URL, unreachable server, unwritable or locked file, a schema
-        version this code does not know.
+        version this code does not know; with ``create`` False, no store there.
         """
+        if url is None and not create:
+            path = Path(data_dir) / DB_FILENAME
+            if not path.is_file():
+                raise StoreError(f"no store at {path}")
+            url = f"sqlite:///{path}"
+        elif url is not None and not create and url.startswith("sqlite:"):
+            database = _sqlite_path(url)
+            if database is not None and not Path(database).is_file():
+                raise StoreError(f"no store at {database}")
         if url is None:
             directory = Path(data_dir)
             path = directory / DB_FILENAME
@@ -296,7 +309,10 @@ class Store:
             raise StoreError(f"bad database URL {description}: {_first_line(exc)}") from None
         store = cls(engine, description)
         try:
-            store._create_schema()
+            if create:
+                store._create_schema()
+            else:
+                store._check_schema()
         except BaseException:
             engine.dispose()
             raise
@@ -382,6 +398,24 @@ class Store:
                     f"the database {self.description} has schema version {row.value}; this"
                     f" smimekit knows version {schema.SCHEMA_VERSION}"
                 )
+
+    def _check_schema(self) -> None:
+        """The store exists and has a version this code reads; writes nothing."""
+        with self.transaction() as conn:
+            if not inspect(conn).has_table(schema.schema_meta.name):
+                raise StoreError(f"no smimekit store in {self.description}")
+            row = conn.execute(
+                select(schema.schema_meta.c.value).where(
+                    schema.schema_meta.c.key == "schema_version"
+                )
+            ).first()
+        if row is None or (row.value != str(schema.SCHEMA_VERSION)
+                           and row.value not in _UPGRADABLE):
+            raise StoreError(
+                f"the database {self.description} has schema version"
+                f" {row.value if row else 'none'}; this smimekit knows version"
+                f" {schema.SCHEMA_VERSION}"
+            )
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
@@ -755,6 +789,15 @@ def _stored_certificate(row: Any) -> StoredCertificate:
         fingerprint=row.fingerprint,
         source=row.source,
     )
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file a ``sqlite:`` URL names (None: in memory, or not parseable here)."""
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None
+    return database if database and database != ":memory:" else None
 
 
 def _sqlite_transactions(engine: Engine) -> None:
