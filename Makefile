@@ -13,6 +13,7 @@ APT_PEERS := openssl gpgsm libnss3-tools softhsm2
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
+UPGRADE ?= --upgrade
 
 .PHONY: demo test test-latest install lock peers lint typecheck bench clean
 
@@ -31,9 +32,10 @@ install: $(VENV)/.installed
 
 # Re-resolve the lock from pyproject.toml's ranges (newest versions that fit), for every
 # platform and Python >= 3.11, with hashes. Review the diff and commit it with pyproject.toml.
+# 'make lock UPGRADE=' keeps every existing pin and only adds what pyproject.toml gained.
 lock: install
 	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra test --extra lock \
-	  --universal --python-version 3.11 --generate-hashes --no-header --quiet --upgrade -o $(LOCK)
+	  --universal --python-version 3.11 --generate-hashes --no-header --quiet $(UPGRADE) -o $(LOCK)
 
 peers:
 	@missing=""; for c in $(PEER_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
