@@ -2,7 +2,7 @@
 
 RFC 5652 puts no bound on the number of RecipientInfos, SignerInfos, certificates or CRLs,
 nor on the number of segments of a BER constructed string, and parsing each one costs
-Python objects: a message with 200,000 RecipientInfos took 37 s and 1.35 GB to refuse, one
+Python objects: a message with 200,000 RecipientInfos took 37 s and 1.35 GB to decrypt, one
 with a million one-byte segments 19 s. Every limit below is far above what a real message
 carries (docs/messages.md, "Parser budgets", gives the reasoning); a message over one is
 refused with :class:`~smimekit.errors.LimitExceededError` *before* asn1crypto parses it.
