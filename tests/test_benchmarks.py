@@ -53,3 +53,20 @@ def test_archive_benchmark_quick_mode_prints_its_table() -> None:
                                                                             "| decrypt |"))]
     assert len(rows) == 2, result.stdout
     assert "| crypto |" in result.stdout and "decrypt: decrypted 36" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares with openssl")
+def test_budget_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_budgets.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = result.stdout.splitlines()[1:]
+    assert len(rows) == 6, result.stdout  # three inputs x (smimekit, openssl)
+    refused = [r for r in rows if "smimekit decrypt" in r and "exit 1" in r]
+    assert len(refused) == 2, result.stdout
+    assert any("MAX_RECIPIENT_INFOS" in r for r in refused)
+    assert any("MAX_BER_SEGMENTS" in r for r in refused)
+    assert all("decrypted" in r for r in rows if "openssl" in r), result.stdout
