@@ -28,7 +28,7 @@ from smimekit.cli.main import main
 from smimekit.cms import limits
 from smimekit.cms.enveloped import decrypt_enveloped
 from smimekit.cms.signed import verify_signed_data
-from smimekit.errors import ASN1Error, LimitExceededError, MalformedError
+from smimekit.errors import ASN1Error, LimitExceededError, MalformedError, NoSignatureError
 
 
 @pytest.fixture
@@ -142,12 +142,30 @@ def test_originator_certificates_over_the_limit_are_refused(kit: Pki) -> None:
 
 
 def test_ber_segments_of_the_ciphertext_over_the_limit_are_refused(
-        kit: Pki, decoded: list[int]) -> None:
+        kit: Pki, decoded: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     real = der_of(encrypted(kit, "rsa", cipher=smimekit.Cipher.AES256_CBC))
-    der = hostile.segmented_ciphertext(real, limits.MAX_BER_SEGMENTS + 1)
+    der = hostile.segmented_ciphertext(real, limits.MAX_BER_SEGMENTS * 4)
+    # The check walks the indefinite-length layers around the ciphertext without first
+    # walking the ciphertext's segments: with no more walking allowed than there are
+    # segments, it still stops at the segment count.
+    monkeypatch.setattr(limits, "MAX_BER_ELEMENTS", limits.MAX_BER_SEGMENTS)
     err = _refused(_decrypt(kit, der), "MAX_BER_SEGMENTS")
     assert "segments" in str(err)
     assert decoded[0] < 50
+
+
+def test_walking_indefinite_lengths_has_a_budget_too(
+        kit: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """digestAlgorithms is not counted, only passed: BER that makes the check walk far."""
+    monkeypatch.setattr(limits, "MAX_BER_ELEMENTS", 1000)
+    data_oid = bytes.fromhex("06092a864886f70d010701")
+    der = (b"\x30\x80" + hostile.SIGNED_DATA_OID + b"\xa0\x80\x30\x80\x02\x01\x01"
+           + b"\x31\x80" + b"\x05\x00" * 1001 + b"\x00\x00"
+           + b"\x30\x80" + data_oid + b"\x00\x00" + b"\x31\x00" + b"\x00\x00" * 3)
+    _refused(lambda: verify_signed_data(der), "MAX_BER_ELEMENTS")
+    within = der.replace(b"\x05\x00" * 1001, b"\x05\x00" * 900)
+    with pytest.raises(NoSignatureError):  # within the budget: parsed as before
+        verify_signed_data(within)
 
 
 def test_ber_segments_of_the_ciphertext_within_the_limit_decrypt(

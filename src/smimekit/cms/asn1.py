@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from asn1crypto import algos, cms, core
 from asn1crypto import tsp as _tsp  # noqa: F401  registers signing-certificate(-v2) parsing
 
-from smimekit.cms import limits
+from smimekit.cms import der, limits
 from smimekit.errors import ASN1Error
 
 
@@ -128,6 +128,15 @@ def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return first[:160]
+
+
+def string_octets(value: core.Asn1Value) -> bytes | None:
+    """The octets of a constructed (BER, segmented) string, merged from its segments' headers
+    (:func:`smimekit.cms.der.join_segments`); None for a primitive string or segments that
+    are not well-formed, which the caller leaves to asn1crypto."""
+    if getattr(value, "method", 0) != 1:
+        return None
+    return der.join_segments(value.contents)
 
 
 def der_set(attrs: core.Asn1Value) -> bytes:

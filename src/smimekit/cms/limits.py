@@ -15,9 +15,12 @@ understand is left alone: asn1crypto and :mod:`smimekit.cms.strict` judge it aft
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from smimekit.errors import LimitExceededError
 
 __all__ = [
+    "MAX_BER_ELEMENTS",
     "MAX_BER_NESTING",
     "MAX_BER_SEGMENTS",
     "MAX_CERTIFICATES",
@@ -49,6 +52,12 @@ segments included: 262,144. OpenSSL streams 4 KiB segments and CER prescribes 1,
 the archive tools read mail up to 256 MiB (about 200 MB of DER once base64 is removed), which
 in 1,000-octet segments is 201,000. Counting up to the limit costs about 0.2 s."""
 
+MAX_BER_ELEMENTS = 1 << 20
+"""Elements read inside indefinite-length elements while checking one message: the check
+walks each at most twice (counting, then passing it), so a message within the other limits
+needs at most about 550,000. It bounds the check itself against BER crafted to make it walk.
+"""
+
 MAX_BER_NESTING = 32
 """Depth of constructed strings within constructed strings (CER allows one level). Deeper
 indefinite-length nesting elsewhere is not counted here but left to the parser, which
@@ -72,6 +81,7 @@ class _Reader:
     def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
         self.end = len(data)
+        self.walked = 0
 
     def header(self, off: int, end: int) -> tuple[int, int, int | None]:
         """(tag byte, content start, content length or None for indefinite) at ``off``."""
@@ -108,13 +118,22 @@ class _Reader:
         _tag, start, length = self.header(off, end)
         if length is not None:
             return start + length
+        data = self.data
         depth, pos = 1, start
         while depth:
+            self.walked += 1
+            if self.walked > MAX_BER_ELEMENTS:
+                raise LimitExceededError("MAX_BER_ELEMENTS", MAX_BER_ELEMENTS, self.walked,
+                                         "elements inside indefinite-length elements")
             if pos + 2 > end:
                 raise _Stop
-            if self.data[pos] == 0 and self.data[pos + 1] == 0:
+            tag, first = data[pos], data[pos + 1]
+            if tag == 0 and first == 0:
                 depth -= 1
                 pos += 2
+                continue
+            if first < 0x80 and not tag & 0x20 and tag & 0x1F != 0x1F:
+                pos += 2 + first  # a short primitive (a BER segment): the common case
                 continue
             _tag, cstart, clen = self.header(pos, end)
             if clen is None:
@@ -125,6 +144,25 @@ class _Reader:
             else:
                 pos = cstart + clen
         return pos
+
+    def lazy(self, off: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(tag, offset, bound) of each child of the constructed element at ``off``, finding
+        where a child ends only when the next one is asked for (a caller that stops at a
+        child never walks it)."""
+        tag, pos, length = self.header(off, end)
+        if not tag & 0x20:
+            raise _Stop
+        stop = end if length is None else pos + length
+        while True:
+            if length is None:
+                if pos + 2 > stop:
+                    raise _Stop
+                if self.data[pos] == 0 and self.data[pos + 1] == 0:
+                    return
+            elif pos >= stop:
+                return
+            yield self.data[pos], pos, stop
+            pos = self.skip(pos, stop)
 
     def children(self, off: int, end: int) -> list[tuple[int, int, int]]:
         """(tag, offset, end) of each child of the constructed element at ``off``."""
@@ -201,23 +239,23 @@ def check_content_info(der: bytes | memoryview) -> None:
     """
     reader = _Reader(der)
     try:
-        _, cstart, clen = reader.header(0, reader.end)
-        end = reader.end if clen is None else cstart + clen
-        kids = reader.children(0, end)
-        if len(kids) < 2 or kids[0][0] != 0x06 or kids[1][0] != 0xA0:
+        # ContentInfo -> contentType, [0] EXPLICIT -> the content, entered without walking.
+        fields = reader.lazy(0, reader.end)
+        oid = next(fields, None)
+        if oid is None or oid[0] != 0x06:
             return
-        _, ostart, olen = reader.header(kids[0][1], kids[0][2])
-        if olen is None:
+        _, ostart, olen = reader.header(oid[1], oid[2])
+        kind = bytes(der[ostart : ostart + (olen or 0)])
+        explicit = next(fields, None)
+        if explicit is None or explicit[0] != 0xA0:
             return
-        kind = bytes(der[ostart : ostart + olen])
-        wrapper = reader.children(kids[1][1], kids[1][2])
-        if not wrapper or wrapper[0][0] != 0x30:
+        body = next(reader.lazy(explicit[1], explicit[2]), None)
+        if body is None or body[0] != 0x30:
             return
-        _, body, body_end = wrapper[0]
         if kind == _SIGNED:
-            _signed_data(reader, body, body_end)
+            _signed_data(reader, body[1], body[2])
         elif kind in (_ENVELOPED, _AUTH_ENVELOPED):
-            _enveloped_data(reader, body, body_end)
+            _enveloped_data(reader, body[1], body[2])
     except _Stop:
         return
 
@@ -238,28 +276,34 @@ def check_recipient_infos(der: bytes | memoryview) -> None:
 def _signed_data(reader: _Reader, off: int, end: int) -> None:
     # RFC 5652 5.1: version, digestAlgorithms, encapContentInfo, [0] certificates,
     # [1] crls, signerInfos.
-    fields = reader.children(off, end)
-    for tag, start, stop in fields[2:]:
+    for index, (tag, start, stop) in enumerate(reader.lazy(off, end)):
+        if index < 2:
+            continue
         if tag == 0x30:
-            encap = reader.children(start, stop)
-            if len(encap) == 2 and encap[1][0] == 0xA0:
-                explicit = reader.children(encap[1][1], encap[1][2])
-                if explicit:
-                    reader.segments(explicit[0][1], explicit[0][2])
+            encap = reader.lazy(start, stop)
+            next(encap, None)  # eContentType
+            explicit = next(encap, None)
+            if explicit is not None and explicit[0] == 0xA0:
+                content = next(reader.lazy(explicit[1], explicit[2]), None)
+                if content is not None:
+                    reader.segments(content[1], content[2])
         elif tag == 0xA0:
             _certificates(reader, start, stop)
         elif tag == 0xA1:
             _crls(reader, start, stop)
         elif tag == 0x31:
             reader.each(start, stop, MAX_SIGNER_INFOS, "SignerInfos", "MAX_SIGNER_INFOS")
+            return
 
 
 def _enveloped_data(reader: _Reader, off: int, end: int) -> None:
     # RFC 5652 6.1 / RFC 5083 2.1: version, [0] originatorInfo, recipientInfos,
     # (auth)encryptedContentInfo, ...
-    for tag, start, stop in reader.children(off, end)[1:]:
+    for index, (tag, start, stop) in enumerate(reader.lazy(off, end)):
+        if index == 0:
+            continue
         if tag == 0xA0:
-            for inner, istart, istop in reader.children(start, stop):
+            for inner, istart, istop in reader.lazy(start, stop):
                 if inner == 0xA0:
                     _certificates(reader, istart, istop)
                 elif inner == 0xA1:
@@ -267,9 +311,11 @@ def _enveloped_data(reader: _Reader, off: int, end: int) -> None:
         elif tag == 0x31:
             _recipients(reader, start, stop)
         elif tag == 0x30:
-            eci = reader.children(start, stop)
-            if len(eci) >= 3 and eci[2][0] in (0x80, 0xA0):
-                reader.segments(eci[2][1], eci[2][2])
+            # contentType, contentEncryptionAlgorithm, [0] encryptedContent
+            for position, (field, fstart, fstop) in enumerate(reader.lazy(start, stop)):
+                if position == 2 and field in (0x80, 0xA0):
+                    reader.segments(fstart, fstop)
+                    return
             return
 
 
