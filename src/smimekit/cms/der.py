@@ -234,7 +234,7 @@ def join_segments(contents: Chunk, max_depth: int = 32) -> bytes | None:
     headers only. The caller falls back to asn1crypto on None, which then names the fault.
     """
     data = memoryview(contents)
-    pieces: list[memoryview] = []
+    out = bytearray()  # not a list of views: that would hold an object per segment
     # (the container's end, or for an indefinite one the end it must close before;
     #  whether it is indefinite, closed by end-of-contents)
     frames: list[tuple[int, bool]] = [(len(data), False)]
@@ -250,7 +250,7 @@ def join_segments(contents: Chunk, max_depth: int = 32) -> bytes | None:
                 continue
         elif pos == limit:
             if len(frames) == 1:
-                return b"".join(pieces)
+                return bytes(out)
             frames.pop()
             continue
         if pos + 2 > limit:
@@ -273,7 +273,7 @@ def join_segments(contents: Chunk, max_depth: int = 32) -> bytes | None:
         if length >= 0 and start + length > limit:
             return None
         if tag == 0x04:
-            pieces.append(data[start : start + length])
+            out += data[start : start + length]
             pos = start + length
             continue
         if len(frames) > max_depth:
