@@ -1,24 +1,39 @@
 # smimekit: two commands from a fresh clone.
-#   make demo   creates .venv, installs, runs the end-to-end demonstration
-#   make test   also installs the system peers (openssl, gpgsm, NSS tools) and runs the suite
+#   make demo   creates .venv from the lock file, runs the end-to-end demonstration
+#   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM) and runs
+#               the whole suite
+# Others: make lock (re-resolve requirements/lock.txt), make test-latest (the suite against the
+# newest releases, in .venv-latest; not part of CI), make bench, make lint, make typecheck.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements/lock.txt
+LATEST := .venv-latest
 APT_PEERS := openssl gpgsm libnss3-tools softhsm2
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?= -n 2 --dist loadfile -q
 
-.PHONY: demo test install peers lint typecheck unit bench clean
+.PHONY: demo test test-latest install lock peers lint typecheck bench clean
 
-$(BIN)/python:
+# The venv holds exactly the locked set: it is made anew whenever the lock or pyproject.toml
+# changes (pip cannot remove what an older lock installed), every file is checked against its
+# hash, and smimekit itself is installed editable with the locked setuptools (no build isolation,
+# so nothing unpinned is fetched to build it).
+$(VENV)/.installed: $(LOCK) pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+# Re-resolve the lock from pyproject.toml's ranges (newest versions that fit), for every
+# platform and Python >= 3.11, with hashes. Review the diff and commit it with pyproject.toml.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra test --extra lock \
+	  --universal --python-version 3.11 --generate-hashes --no-header --quiet --upgrade -o $(LOCK)
 
 peers:
 	@missing=""; for c in $(PEER_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
@@ -38,10 +53,21 @@ typecheck: install
 	$(BIN)/mypy src
 
 test: install peers lint typecheck
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite against the newest releases that pyproject.toml allows, so that the next break
+# (like cryptography 51's DSA warnings) is seen before users see it. Not part of CI.
+test-latest: peers
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check --upgrade \
+	  --upgrade-strategy eager -e '.[test]'
+	$(LATEST)/bin/python -m pip list --format=freeze
+	SMIMEKIT_TEST_LATEST=1 $(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/bench_messages.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out
+	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out

@@ -52,9 +52,9 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 
 import smimekit  # noqa: E402
+from smimekit import archive  # noqa: E402
 from smimekit.cms import enveloped, recipients  # noqa: E402
 from smimekit.cms.algorithms import Cipher  # noqa: E402
-from smimekit.escrow import archive  # noqa: E402
 
 MB = 1024 * 1024
 KB = 1024

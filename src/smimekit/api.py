@@ -10,11 +10,11 @@ import datetime as dt
 import email
 import email.message
 import email.policy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms.algorithms import Cipher, Digest
@@ -36,7 +36,12 @@ from smimekit.validation.intermediates import (
     IssuerSource,
     issuer_source,
 )
-from smimekit.validation.recipients import describe, recipient_problems
+from smimekit.validation.recipients import (
+    can_receive_mail,
+    check_recipient,
+    describe,
+    recipient_problems,
+)
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
 
@@ -102,11 +107,17 @@ def sign(
     pss: bool = False,
     use_ski: bool = False,
     signing_time: dt.datetime | None = None,
+    encryption_cert: x509.Certificate | None = None,
 ) -> bytes:
     """Sign a message: multipart/signed (default) or opaque application/pkcs7-mime.
 
     8-bit content is converted to quoted-printable or base64 first, so the signature
     survives any relay. ``chain`` certificates are included for the recipient.
+
+    ``encryption_cert`` is the sender's certificate for receiving mail when it is not the
+    signing one (dual keys): it is announced in the SMIMEEncryptionKeyPreference signed
+    attribute (RFC 8551 2.5.3) and carried in the message, so recipients can answer
+    encrypted, as Outlook does.
 
     Raises:
         SigningError: the key does not match the certificate, or the options do not fit it.
@@ -115,9 +126,13 @@ def sign(
     outer, entity = prepare_chunks(_as_bytes(message))
     der = sign_data(
         entity,
-        [SignerSpec(key, cert, digest, pss=pss, use_ski=use_ski)],
+        [
+            SignerSpec(
+                key, cert, digest, pss=pss, use_ski=use_ski, encryption_cert=encryption_cert
+            )
+        ],
         detached=not opaque,
-        certificates=chain,
+        certificates=[*chain, encryption_cert] if encryption_cert is not None else chain,
         signing_time=signing_time,
     )
     if opaque:
@@ -138,6 +153,9 @@ def encrypt(
     check_recipients: bool = True,
     at: dt.datetime | None = None,
     revocation: RevocationOptions | None = SOFT_REVOCATION,
+    aia: bool = False,
+    intermediate_cache: IntermediateCache | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> bytes:
     """Encrypt a message to every recipient certificate (application/pkcs7-mime).
 
@@ -147,13 +165,26 @@ def encrypt(
 
     Each recipient certificate is checked first (unless ``check_recipients`` is False): it
     must be within its validity, allow key encipherment / key agreement and emailProtection,
-    and, when ``trust`` anchors are given, chain to one of them.
+    and, when ``trust`` anchors are given, chain to one of them. Its chain is completed as
+    :func:`verify` completes a signer's: from ``intermediates``, then ``intermediate_cache``
+    (which learns the intermediates of every chain that validates) and, with ``aia``, the
+    caIssuers URLs of the certificates (never under the ``OFFLINE`` revocation policy).
+    ``on_warning`` hears what does not refuse a recipient but should be known, e.g. an
+    unknown revocation status under the soft policy (the text verify reports).
 
     Raises:
         EncryptionError: no recipient, an unfit certificate, or a key that cannot receive mail.
     """
     if check_recipients:
-        _check_recipients(recipients, trust, intermediates, at, revocation)
+        _check_recipients(
+            recipients,
+            trust,
+            intermediates,
+            at,
+            revocation,
+            _issuer_source(aia, intermediate_cache, revocation) if trust is not None else None,
+            on_warning,
+        )
     outer, entity = prepare_chunks(_as_bytes(message))
     stream = encrypt_enveloped_stream(
         entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
@@ -169,26 +200,30 @@ def _check_recipients(
     intermediates: Sequence[x509.Certificate],
     at: dt.datetime | None,
     revocation: RevocationOptions | None,
+    source: IssuerSource | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> None:
     problems = []
+    warnings: list[str] = []
     for cert in recipients:
-        found = recipient_problems(
-            cert, trust=trust, intermediates=intermediates, at=at, revocation=revocation
+        found = check_recipient(
+            cert,
+            trust=trust,
+            intermediates=intermediates,
+            at=at,
+            revocation=revocation,
+            issuer_source=source,
         )
-        if found:
-            problems.append(f"{describe(cert)}: {'; '.join(found)}")
+        if found.problems:
+            problems.append(f"{describe(cert)}: {'; '.join(found.problems)}")
+        warnings += found.warnings
     if problems:
         raise EncryptionError(
             "refusing to encrypt to an unfit recipient certificate: " + " | ".join(problems)
         )
-
-
-def _can_receive(cert: x509.Certificate) -> bool:
-    key = cert.public_key()
-    return isinstance(
-        key,
-        rsa.RSAPublicKey | ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey,
-    )
+    if on_warning is not None:
+        for warning in dict.fromkeys(warnings):
+            on_warning(warning)
 
 
 def sign_encrypt(
@@ -210,12 +245,43 @@ def sign_encrypt(
     intermediates: Sequence[x509.Certificate] = (),
     check_recipients: bool = True,
     revocation: RevocationOptions | None = SOFT_REVOCATION,
+    encryption_cert: x509.Certificate | None = None,
+    aia: bool = False,
+    intermediate_cache: IntermediateCache | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    self_copy_required: bool = False,
 ) -> bytes:
     """Sign, then encrypt the signed message (RFC 8551 section 3.7).
 
-    With ``include_self`` the sender's own certificate is added as a recipient (when its key
-    can receive mail), so the sender can read their sent mail.
+    With ``include_self`` the sender is added as a recipient, so the sender can read their
+    sent mail: through ``encryption_cert`` when given (a dual-key sender's encryption
+    certificate, also announced in the signature as for :func:`sign`), else through the
+    signing certificate when it can receive mail. A signing-only certificate without an
+    ``encryption_cert`` leaves the sender out, or with ``self_copy_required`` (what the CLI
+    does) is refused rather than leaving a sent copy nobody can read. Recipients are checked
+    as for :func:`encrypt`.
+
+    Raises:
+        EncryptionError: an unfit recipient, an unfit ``encryption_cert``, or (with
+            ``include_self`` and ``self_copy_required``) no certificate of the sender that
+            can receive mail.
+        SigningError: as for :func:`sign`.
     """
+    targets = list(recipients)
+    if check_recipients:
+        _check_recipients(
+            targets,
+            trust,
+            intermediates,
+            None,
+            revocation,
+            _issuer_source(aia, intermediate_cache, revocation) if trust is not None else None,
+            on_warning,
+        )
+    if include_self:
+        own = _sent_copy_certificate(cert, encryption_cert, self_copy_required)
+        if own is not None and own not in targets:
+            targets.append(own)
     signed = sign(
         message,
         key,
@@ -226,20 +292,37 @@ def sign_encrypt(
         pss=pss,
         use_ski=use_ski,
         signing_time=signing_time,
+        encryption_cert=encryption_cert,
     )
-    targets = list(recipients)
-    if check_recipients:
-        _check_recipients(targets, trust, intermediates, None, revocation)
-    # The sender's copy: only when the signing certificate can also receive mail (a
-    # signing-only certificate of a dual-key user cannot).
-    if (
-        include_self
-        and cert not in targets
-        and _can_receive(cert)
-        and not recipient_problems(cert, trust=None)
-    ):
-        targets.append(cert)
     return encrypt(signed, targets, cipher=cipher, oaep=oaep, check_recipients=False)
+
+
+def _sent_copy_certificate(
+    cert: x509.Certificate, encryption_cert: x509.Certificate | None, required: bool
+) -> x509.Certificate | None:
+    """The sender's certificate the sent copy is encrypted to (see :func:`sign_encrypt`)."""
+    if encryption_cert is not None:
+        if not can_receive_mail(encryption_cert):
+            unfit = recipient_problems(encryption_cert, trust=None) or [
+                "its key cannot receive mail"
+            ]
+            raise EncryptionError(
+                f"the sender's encryption certificate {describe(encryption_cert)} cannot"
+                f" take the sent copy: {'; '.join(unfit)}"
+            )
+        return encryption_cert
+    unfit = recipient_problems(cert, trust=None)
+    if can_receive_mail(cert):
+        return cert
+    if not required:
+        return None
+    # A dual-key sender's signing certificate (digitalSignature only) cannot receive mail.
+    raise EncryptionError(
+        f"the signing certificate {describe(cert)} cannot receive mail"
+        f" ({'; '.join(unfit) or 'its key cannot decrypt'}), so the sent copy would be"
+        " unreadable: give the sender's encryption certificate (--self-cert) or leave the"
+        " sender out (--no-self)"
+    )
 
 
 def _keypairs(

@@ -39,10 +39,7 @@ revocation status in the verdict, and the revocation policy decides whether that
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from smimekit.validation.verdict import Verdict
+from typing import Any, Protocol
 
 __all__ = [
     "ASN1Error",
@@ -118,7 +115,7 @@ class LegacyAlgorithmError(UnsupportedError):
 
 
 class ArchiveError(SmimeError):
-    """A mail archive cannot be read or changed as asked (:mod:`smimekit.escrow.archive`).
+    """A mail archive cannot be read or changed as asked (:mod:`smimekit.archive`).
 
     The archive is missing or locked, it changed during the run, an export folder holds
     something else, or a new mbox did not verify (the old one is then left as it was).
@@ -207,6 +204,19 @@ class FetchError(RevocationError):
         self.url = url
 
 
+class VerdictReport(Protocol):
+    """What an error needs of a verification report (:class:`~smimekit.validation.verdict.Verdict`
+    is one). A protocol, so that this module, the bottom of every layer, imports nothing of
+    smimekit: ``validation.verdict`` raises these errors, and must not be imported back."""
+
+    @property
+    def valid(self) -> bool: ...
+
+    def summary(self) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
 class VerificationError(SmimeError):
     """A signature, or the trust decision about it, failed.
 
@@ -214,7 +224,8 @@ class VerificationError(SmimeError):
     came out of a complete verification run, so a caller can report every reason.
     """
 
-    def __init__(self, message: str, verdict: Verdict | None = None, **data: Any) -> None:
+    def __init__(self, message: str, verdict: VerdictReport | None = None,
+                 **data: Any) -> None:
         super().__init__(message)
         self.verdict = verdict
         self.data = data

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from pki import PKI, Identity, message
 
 import smimekit
+from smimekit import archive
 from smimekit.cms.algorithms import Cipher
 from smimekit.errors import SmimeError
-from smimekit.escrow import archive
 from smimekit.smime.canonical import Entity, to_crlf
 from smimekit.store import Store
 

@@ -24,9 +24,9 @@ from escrow_kit import FAST, NOW, Env, env, officers, quick_scrypt  # noqa: F401
 
 import smimekit
 from archive.corpus import write_maildir
+from smimekit import archive
 from smimekit.ca.profiles import Purpose
 from smimekit.cli.main import main
-from smimekit.escrow import archive
 from smimekit.store import Store
 
 USER = "mover@example.com"

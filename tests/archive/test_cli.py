@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from archive.corpus import People, Sample, build, fill_store
+from smimekit import archive
 from smimekit.cli.main import main
-from smimekit.escrow import archive
 from smimekit.store import Store
 
 

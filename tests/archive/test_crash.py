@@ -22,8 +22,9 @@ from pki import message
 
 import smimekit
 from archive.corpus import KeyPair, People, build, digests
+from smimekit import archive
+from smimekit.archive import migrate
 from smimekit.cms.algorithms import Cipher
-from smimekit.escrow import archive, migrate
 
 CRASHED = 99
 POINTS = [("maildir", "file:written", 3), ("maildir", "file:replaced", 3),

@@ -11,8 +11,8 @@ import pytest
 
 import smimekit
 from archive.corpus import People, Sample, build, sample_name
-from smimekit.escrow import archive
-from smimekit.escrow.archive import ArchiveError, RecipientId
+from smimekit import archive
+from smimekit.archive import ArchiveError, RecipientId
 
 OPENED = {"gcm-rsa", "cbc-p256", "gcm-old", "both", "sign-then-encrypt", "encrypt-then-sign",
           "partial", "weak-rsa"}

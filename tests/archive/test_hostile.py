@@ -14,10 +14,10 @@ from malformed import hostile
 from malformed.cases import der_of, pkcs7_mime
 
 from archive.corpus import People, Sample, build, sample_name
+from smimekit import archive
+from smimekit.archive import Kind
 from smimekit.cli.main import main
 from smimekit.cms import limits
-from smimekit.escrow import archive
-from smimekit.escrow.archive import Kind
 
 
 def test_a_truncated_mbox_reports_the_cut_message_as_malformed(

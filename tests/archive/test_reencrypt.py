@@ -12,9 +12,9 @@ from pki import PKI, message
 
 import smimekit
 from archive.corpus import People, Sample, build, digests, fill_store, sample_name
+from smimekit import archive
+from smimekit.archive import ArchiveError, Kind
 from smimekit.cms.algorithms import Cipher
-from smimekit.escrow import archive
-from smimekit.escrow.archive import ArchiveError, Kind
 from smimekit.store import Store
 
 MIGRATED = {"gcm-rsa", "cbc-p256", "gcm-old", "both", "sign-then-encrypt", "des3"}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from archive.corpus import People, Sample, build, sample_name
-from smimekit.escrow import archive
-from smimekit.escrow.archive import Kind, Readability
+from smimekit import archive
+from smimekit.archive import Kind, Readability
 from smimekit.store import Store
 
 KINDS = ["mbox", "maildir", "eml"]

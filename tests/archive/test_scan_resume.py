@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from archive.corpus import People, Sample, build, fill_store
+from smimekit import archive
 from smimekit.cli.main import main
-from smimekit.escrow import archive
 from smimekit.store import Store
 
 COUNT = 40
@@ -146,7 +146,7 @@ def test_a_damaged_line_before_the_last_is_refused(tmp_path: Path, corpus: list[
 # messages take a few ms: a kill would always come after the end).
 SLOW_RUNNER = (
     "import runpy, time\n"
-    "from smimekit.escrow.classify import Classifier\n"
+    "from smimekit.archive.classify import Classifier\n"
     "classify = Classifier.classify\n"
     "def slow(*args, **kwargs):\n"
     "    time.sleep(0.005)\n"

@@ -16,12 +16,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from smimekit.ca.authority import lint
 from smimekit.ca.home import CAConfig, CAHome
 from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
 from smimekit.ca.profiles import Purpose
 from smimekit.errors import CAError, PassphraseError, StoreError
 from smimekit.keys.protect import unprotect_key
 from smimekit.store import Store, schema
+from smimekit.validation.verdict import cert_emails
 
 PASS = b"correct horse battery staple"
 BASE = "http://pki.example.com"
@@ -153,6 +155,77 @@ def test_unreadable_csr(cax: CertificateAuthority, bad: bytes) -> None:
 def test_bad_address_refused(cax: CertificateAuthority, email: str) -> None:
     with pytest.raises(CAError, match="mailbox address"):
         cax.issue_generated(email, **FAST)
+
+
+def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName:
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
+def _no_lint_findings_above_info(cert: x509.Certificate) -> None:
+    findings = lint(cert)
+    assert [str(f) for f in findings if f.severity not in ("INFO",)] == []
+
+
+def test_idn_domain_is_certified_as_a_labels(cax: CertificateAuthority) -> None:
+    """RFC 9598 3 / RFC 5280 7.5: an internationalised domain goes into rfc822Name as
+    A-labels (IDNA 2008: ß stays ß, it is not mapped to ss as IDNA 2003 would)."""
+    (item,) = cax.issue_generated("Alice@Bücher.Example.org", purpose="sign", **FAST).items
+    assert _san(item.cert).get_values_for_type(x509.RFC822Name) == [
+        "alice@xn--bcher-kva.example.org"]
+    assert item.cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)[0].value == (
+        "alice@xn--bcher-kva.example.org")
+    assert item.record.email == "alice@xn--bcher-kva.example.org"
+    _no_lint_findings_above_info(item.cert)
+    (strasse,) = cax.issue_generated("x@straße.example.org", purpose="sign", **FAST).items
+    assert _san(strasse.cert).get_values_for_type(x509.RFC822Name) == [
+        "x@xn--strae-oqa.example.org"]
+
+
+def test_utf8_local_part_is_certified_as_smtputf8mailbox(cax: CertificateAuthority) -> None:
+    (item,) = cax.issue_generated("Jürgen@bücher.example.org", purpose="sign", **FAST).items
+    san = _san(item.cert)
+    assert san.get_values_for_type(x509.RFC822Name) == []
+    (other,) = san.get_values_for_type(x509.OtherName)
+    assert other.type_id.dotted_string == "1.3.6.1.5.5.7.8.9"
+    utf8 = "jürgen@xn--bcher-kva.example.org".encode()
+    assert other.value == bytes([0x0C, len(utf8)]) + utf8  # a DER UTF8String
+    # emailAddress is an IA5String: left out; the CN carries the address in UTF-8
+    assert item.cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS) == []
+    assert item.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "jürgen@xn--bcher-kva.example.org")
+    assert cert_emails(item.cert) == ["jürgen@xn--bcher-kva.example.org"]
+    _no_lint_findings_above_info(item.cert)
+
+
+@pytest.mark.parametrize("email", [
+    "y@☃.example.org",             # a symbol: not IDNA 2008
+    "x@xn--zz.example.org",        # not a valid A-label
+    "x@-bad.example.org",          # hyphen at the start of a label
+    "x@bu\u0308cher.exa mple.org",   # space in the domain
+    "x@\u0308a.example.org",        # a leading combining mark
+    "x@ab--c\u00fc.example.org",   # '--' in positions 3 and 4
+    "j\u00fc rgen@example.org",     # space in a UTF-8 local part
+    "a@b@\u00fc.example.org",       # '@' in the local part
+])
+def test_invalid_internationalised_address_is_refused_not_a_traceback(
+        cax: CertificateAuthority, email: str) -> None:
+    with pytest.raises(CAError, match="is not a mailbox address"):
+        cax.issue_generated(email, **FAST)
+    assert cax.store.issued_records() == []
+
+
+def test_upper_case_a_label_is_the_same_domain(cax: CertificateAuthority) -> None:
+    (item,) = cax.issue_generated("x@XN--bcher-KVA.example.org", purpose="sign", **FAST).items
+    assert item.record.email == "x@xn--bcher-kva.example.org"
+
+
+def test_u_label_and_a_label_forms_are_one_holder(cax: CertificateAuthority) -> None:
+    cax.issue_generated("ann@bücher.example.org", **FAST)
+    with pytest.raises(CAError, match="already holds a live sign certificate"):
+        cax.issue_generated("ANN@xn--bcher-kva.example.org", purpose="sign", **FAST)
+    assert len(cax.key_history("Ann@Bücher.example.org")) == 1
+    revoked = cax.revoke(email="ann@BÜCHER.example.org", reason="superseded")
+    assert len(revoked) == 2
 
 
 def test_generated_dual_key_pairs(cax: CertificateAuthority) -> None:

@@ -326,3 +326,26 @@ def test_locked_or_missing_database(env: Path, capsys: pytest.CaptureFixture[str
     assert not out.exists()
     with Store.open(None, env / "data") as store:
         assert store.issued_for("x@example.com") == []
+
+
+def test_issue_internationalised_addresses_and_refuse_invalid_idna(
+        backend: Backend, env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """RFC 9598 through ``ca issue``: an IDN domain and a UTF-8 local part are issued; an
+    address that is not valid IDNA 2008 is one line on stderr and exit 1, nothing issued."""
+    init(backend)
+    assert run(backend, "ca", "issue", "--email", "Zoë@bücher.example.org", "--key-type",
+               "p256", "--purpose", "sign", "--out", str(env / "zoe")) == 0
+    capsys.readouterr()
+    (pem,) = [p for p in (env / "zoe").iterdir() if p.suffix == ".pem"]
+    cert = x509.load_pem_x509_certificate(pem.read_bytes())
+    (other,) = cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.OtherName)
+    assert other.type_id.dotted_string == "1.3.6.1.5.5.7.8.9"
+    assert "zoë@xn--bcher-kva.example.org".encode() in other.value
+    for bad in ("y@☃.example.org", "x@xn--zz.example.org", "x@-a.example.org"):
+        assert run(backend, "ca", "issue", "--email", bad, "--key-type", "p256",
+                   "--out", str(env / "bad")) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a mailbox address" in err, err
+        assert "Traceback" not in err
+    assert not (env / "bad").exists()

@@ -87,6 +87,36 @@ def _live(store: Store, who: str) -> list[tuple[str, str]]:
 # -- enroll --------------------------------------------------------------------------------
 
 
+def test_enroll_internationalised_rows_bad_one_reported_batch_goes_on(
+        ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
+    """RFC 9598: an IDN domain and a UTF-8 local part are enrolled; an address that is not
+    valid IDNA is an error row, not a traceback; a row naming the same mailbox with A-labels
+    is a duplicate; a second run skips the enrolled ones."""
+    users = ca.dir / "users.csv"
+    users.write_text("email,name\nalice@bücher.example.org,Alice\ny@☃.example.org,Snow\n"
+                     "jürgen@example.org,Jürgen\nALICE@xn--bcher-kva.example.org,Again\n",
+                     encoding="utf-8")
+    out = ca.dir / "out"
+    args = ("enroll", "--csv", users, "--out", out, "--key-type", "p256", "--purpose", "sign",
+            "--passphrase-file", ca.passfile)
+    assert ca.run(*args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("smimekit: error: enrolled 2, skipped 0, failed 2;"), err
+    rows = _results(out / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "error", "ok", "error"]
+    assert "is not a mailbox address" in rows[1]["message"]
+    assert "IDNA 2008" in rows[1]["message"]
+    assert rows[3]["message"] == "duplicate of line 2"
+    _cax, store = ca.open()
+    try:
+        assert len(_live(store, "alice@xn--bcher-kva.example.org")) == 1
+        assert len(_live(store, "jürgen@example.org")) == 1
+    finally:
+        store.close()
+    assert ca.run(*args) == 1
+    assert "enrolled 0, skipped 2, failed 2" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_enroll_writes_bundles_and_results_and_reports_bad_rows(
         ca: CA, capsys: pytest.CaptureFixture[str]) -> None:

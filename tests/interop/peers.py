@@ -716,11 +716,12 @@ class NssDb:
             return (t / "out").read_bytes()
 
     def sign(self, content: bytes, nickname: str, *, detached: bool = True,
-             digest: str = "SHA256", key_preference: bool = True) -> bytes:
+             digest: str = "SHA256", key_preference: bool | str = True) -> bytes:
         """``cmsutil -S`` with signing time and SMIMECapabilities: DER (BER) SignedData.
 
         By default cmsutil also adds the encryption-key-preference attributes (RFC 8551
-        2.5.3 and Microsoft's 1.3.6.1.4.1.311.16.4), as Thunderbird does;
+        2.5.3 and Microsoft's 1.3.6.1.4.1.311.16.4) naming the signing certificate, as
+        Thunderbird does; a nickname (``-Y NICK``) names that certificate instead;
         ``key_preference=False`` passes ``-Y NONE`` to leave both out.
         """
         with _Scratch() as t:
@@ -730,8 +731,10 @@ class NssDb:
                 "-i", t / "in", "-o", t / "out"]
             if detached:
                 cmd.append("-T")
-            if not key_preference:
+            if key_preference is False:
                 cmd += ["-Y", "NONE"]
+            elif isinstance(key_preference, str):
+                cmd += ["-Y", key_preference]
             run(cmd)
             return (t / "out").read_bytes()
 

@@ -302,6 +302,53 @@ def test_untrusted_inner_signature_under_a_trusted_outer_one_fails(
         smimekit.verify(outer, trust=trust)
 
 
+def _signed_header_block(who: Identity, signed_from: str, outer: bytes) -> bytes:
+    """A whole message (header block included) signed as it is, as ``openssl cms -sign -in
+    message.eml`` does, under the unsigned ``outer`` header lines."""
+    entity = (f"From: {signed_from}\r\nSubject: notice\r\nDate: {DATE}\r\n"
+              "Content-Type: text/plain\r\n\r\n").encode() + FIRED + b"\r\n"
+    der = sign_data(entity, [SignerSpec(who.key, who.cert)])
+    return build_multipart_signed(Entity.parse(outer + b"\r\n").headers, entity, der, "sha-256")
+
+
+def test_signed_from_of_the_boss_under_the_attackers_outer_from_fails(
+        attacker: Identity, trust: list) -> None:
+    """The attacker signs a header block saying From: boss and puts their own address outside:
+    a client showing the signed headers shows the boss."""
+    signed = _signed_header_block(attacker, BOSS, f"From: {ATTACKER}\r\n".encode())
+    v = _verdict(signed, trust)
+    assert not v.valid and v.signers[0].from_match is False
+    assert v.from_address == BOSS and v.unsigned_from == ATTACKER
+    assert re.search(rf"sender {re.escape(BOSS)} is not an address", _reasons(v)), _reasons(v)
+
+
+def test_signed_from_of_the_boss_without_any_outer_from_fails(attacker: Identity,
+                                                              trust: list) -> None:
+    signed = _signed_header_block(attacker, BOSS, b"To: bob@example.org\r\n")
+    v = _verdict(signed, trust)
+    assert not v.valid and v.from_address == BOSS and v.unsigned_from is None
+    assert v.signers[0].from_match is False
+
+
+def test_outer_from_in_display_name_disguise_is_a_mismatch(alice: Identity, trust: list
+                                                           ) -> None:
+    """Alice's genuine signed header block; outside, a From whose display name is alice's
+    address but whose address is the boss's."""
+    outer = f'From: "alice@example.org" <{BOSS}>\r\n'.encode()
+    v = _verdict(_signed_header_block(alice, "alice@example.org", outer), trust)
+    assert not v.valid and v.unsigned_from == BOSS
+    assert v.from_address == "alice@example.org"
+    assert BOSS in v.summary()
+
+
+def test_unsigned_outer_sender_of_someone_else_fails_with_a_signed_from(
+        alice: Identity, trust: list) -> None:
+    outer = f"From: alice@example.org\r\nSender: {BOSS}\r\n".encode()
+    v = _verdict(_signed_header_block(alice, "alice@example.org", outer), trust)
+    assert not v.valid and v.unsigned_from is None and v.signers[0].from_match is False
+    assert re.search(rf"sender {re.escape(BOSS)} is not an address", _reasons(v)), _reasons(v)
+
+
 # --- 3. forged "verified" headers -----------------------------------------------------------
 
 FORGED = (

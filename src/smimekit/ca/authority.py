@@ -35,6 +35,7 @@ from smimekit.ca.profiles import (
 )
 from smimekit.errors import CAError
 from smimekit.keys.signer import LocalSigner, Signer, sign_builder
+from smimekit.mailbox import SMTP_UTF8_MAILBOX, is_smtp_utf8
 
 __all__ = ["Authority", "CAKeyType", "Finding", "lint"]
 
@@ -164,6 +165,17 @@ _CA_KEY_USAGE = x509.KeyUsage(
     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
     encipher_only=False, decipher_only=False,
 )
+
+
+def mailbox_name(email: str) -> x509.GeneralName:
+    """The subjectAltName entry for ``email`` (certificate form): an rfc822Name, or an
+    SmtpUTF8Mailbox otherName when the local part is not ASCII (RFC 9598 3)."""
+    if not is_smtp_utf8(email):
+        return x509.RFC822Name(email)
+    from asn1crypto import core
+
+    return x509.OtherName(x509.ObjectIdentifier(SMTP_UTF8_MAILBOX),
+                          core.UTF8String(email).dump())
 
 
 @dataclass(frozen=True)
@@ -345,7 +357,7 @@ class Authority:
             .not_valid_after(end)
             .add_extension(usage, critical=True)
             .add_extension(_EMAIL_PROTECTION, critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(subject.email)]),
+            .add_extension(x509.SubjectAlternativeName([mailbox_name(subject.email)]),
                            critical=False)
             .add_extension(_policies(profile.policy_oid), critical=False)
             .add_extension(self._crl_distribution_points, critical=False)

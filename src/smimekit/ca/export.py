@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from smimekit.cms.asn1 import PARSE_ERRORS, load
+from smimekit.dn import display_name
 from smimekit.errors import ASN1Error, CAError
 from smimekit.keys.kinds import is_dsa_private_key
 from smimekit.keys.pkcs12 import pkcs12_kdf as _pkcs12_kdf
@@ -184,7 +185,7 @@ def _check_pair(key: object, cert: object, what: str) -> None:
                       "(RSA, EC, Ed25519, Ed448 and DSA keys can)")
     if key.public_key() != cert.public_key():
         raise CAError(f"{what}: the private key does not match the certificate "
-                      f"{cert.subject.rfc4514_string()!r}")
+                      f"{display_name(cert.subject)!r}")
 
 
 def _history_name(friendly_name: str, cert: x509.Certificate, taken: set[str]) -> str:
@@ -332,7 +333,7 @@ def _count_key_bags(p12: bytes) -> int:
 
 def _cert_name(cert: x509.Certificate) -> str:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = cns[0].value if cns else cert.subject.rfc4514_string()
+    value = cns[0].value if cns else display_name(cert.subject)
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 

@@ -30,7 +30,9 @@ from smimekit.ca.profiles import (
     SubjectInfo,
     ValidationLevel,
 )
+from smimekit.dn import display_name
 from smimekit.errors import CAError
+from smimekit.mailbox import AddressError, certificate_form, comparable
 from smimekit.store import IssuedRecord, Store
 
 __all__ = [
@@ -119,12 +121,11 @@ def _split_name(name: str | None) -> tuple[str | None, str | None]:
 
 
 def _checked_email(email: str) -> str:
-    email = email.strip()
-    local, at, domain = email.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in email) \
-            or len(email) > 254:
-        raise CAError(f"{email!r} is not a mailbox address")
-    return email.lower() if domain.isascii() and local.isascii() else email
+    """``email`` in the form the certificate carries (A-label domain, lower case)."""
+    try:
+        return certificate_form(email)
+    except AddressError as exc:
+        raise CAError(str(exc)) from None
 
 
 class CertificateAuthority:
@@ -376,7 +377,8 @@ class CertificateAuthority:
                 raise CAError(f"this CA issued no certificate with serial {serial}")
             targets = [record]
         elif email is not None:
-            targets = [r for r in self.store.issued_for(email) if r.revoked_at is None
+            targets = [r for r in self.store.issued_for(comparable(email))
+                       if r.revoked_at is None
                        and r.renewed_by is None and r.not_after > at]
             if not targets:
                 raise CAError(f"{email} holds no live certificate of this CA")
@@ -409,8 +411,8 @@ class CertificateAuthority:
                             this_update=at, next_update=at + CRL_VALIDITY)
             self.store.add_crl(self.issuer_fingerprint, number, at, at + CRL_VALIDITY,
                                crl.public_bytes(serialization.Encoding.DER))
-            self.store.audit(self.actor, "ca.crl", self.ca.authority.cert.subject
-                             .rfc4514_string(), {"number": number})
+            self.store.audit(self.actor, "ca.crl", display_name(self.ca.authority.cert.subject),
+                             {"number": number})
         return crl
 
     def current_crl(self, *, now: dt.datetime | None = None) -> bytes:
@@ -441,7 +443,7 @@ class CertificateAuthority:
             CAError: the vault is locked, or a record is damaged or tampered.
         """
         result = []
-        for stored in self.store.private_keys_for(email, "encrypt"):
+        for stored in self.store.private_keys_for(comparable(email), "encrypt"):
             if stored.certificate_fingerprint is None:
                 continue
             cert_row = self.store.get_certificate(stored.certificate_fingerprint)

@@ -46,6 +46,7 @@ from smimekit.ca.notices import (
 )
 from smimekit.ca.profiles import DEFAULT_VALIDITY, Purpose
 from smimekit.errors import CAError, SmimeError
+from smimekit.mailbox import comparable
 from smimekit.store import IssuedRecord, Store
 
 __all__ = [
@@ -152,7 +153,7 @@ def _row(cells: list[str], columns: dict[str, int], line: int, seen: dict[str, i
     email, name, department = cell("email"), cell("name"), cell("department")
     if email is None:
         return Row(line, "", name, department, "no email address in this row")
-    folded = email.casefold()
+    folded = comparable(email)  # Bücher.example and xn--bcher-kva.example are one address
     if folded in seen:
         return Row(line, email, name, department, f"duplicate of line {seen[folded]}")
     seen[folded] = line
@@ -356,7 +357,7 @@ def enroll_rows(
         if row.error is not None:
             result = RowResult(row.email, RowStatus.ERROR, row.error, line=row.line)
         else:
-            held, used = _covering(cax.store, holdings.get(row.email.strip().lower(), ()),
+            held, used = _covering(cax.store, holdings.get(comparable(row.email), ()),
                                    needs)
             if held == needs:
                 result = _held(row, used)
@@ -391,7 +392,7 @@ def _enrol_one(
     try:
         with cax.store.transaction():
             # again inside the transaction: another run may have enrolled them meanwhile
-            live = [r for r in cax.store.issued_for(row.email)
+            live = [r for r in cax.store.issued_for(comparable(row.email))
                     if _live(r, cax.issuer_fingerprint, at)]
             held, used = _covering(cax.store, live, needs)
             if held == needs:

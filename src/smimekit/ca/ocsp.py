@@ -38,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from smimekit.ca.crl import REASONS, reason_flag
 from smimekit.cms import der
 from smimekit.cms.asn1 import PARSE_ERRORS
+from smimekit.dn import display_name
 from smimekit.errors import CAError
 from smimekit.keys.signer import Signer, hash_for, sign_builder
 
@@ -358,7 +359,7 @@ class OCSPResponder:
             self._ids[oid] = (_digest(algorithm, name), _digest(algorithm, bits))
 
     def __repr__(self) -> str:  # never the key
-        return f"OCSPResponder({self.issuer_cert.subject.rfc4514_string()})"
+        return f"OCSPResponder({display_name(self.issuer_cert.subject)})"
 
     def respond(self, request_der: bytes) -> bytes:
         """The DER OCSPResponse to ``request_der``; never raises."""

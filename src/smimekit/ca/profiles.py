@@ -133,7 +133,9 @@ class SubjectInfo:
     """What the CA validated about the subscriber; which fields are used depends on the level."""
 
     email: str
-    """The mailbox address: always the rfc822Name in subjectAltName."""
+    """The mailbox address in certificate form (``smimekit.mailbox.certificate_form``): the
+    rfc822Name in subjectAltName, or the SmtpUTF8Mailbox when the local part is not ASCII
+    (RFC 9598)."""
     organization: str | None = None
     """organizationName (organization and sponsor levels: required)."""
     organization_identifier: str | None = None
@@ -212,7 +214,10 @@ class Profile:
                 info.pseudonym or f"{info.given_name} {info.surname}"
             )
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
-        attrs.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, info.email))
+        if info.email.isascii():
+            # emailAddress is an IA5String: an SmtpUTF8Mailbox lives in subjectAltName only
+            # (BR 7.1.4.2.2 h makes emailAddress optional).
+            attrs.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, info.email))
         return x509.Name(attrs)
 
 

@@ -1,6 +1,6 @@
 """``smimekit archive scan | decrypt | reencrypt``: mail archives (mbox, Maildir, .eml folders).
 
-Thin commands over :mod:`smimekit.escrow.archive`. All three are resumable (``scan`` with
+Thin commands over :mod:`smimekit.archive`. All three are resumable (``scan`` with
 ``--state FILE``): run the same command again after a crash, a kill or Ctrl-C. A progress bar goes
 to stderr when stderr is a terminal (or with ``--progress``). Keys come from ``--key`` files
 and/or from escrow (``--user ADDR --share SPEC ... --reason TEXT``: the user's key history,
@@ -29,6 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from smimekit import archive as lib
 from smimekit.cli.common import (
     CliError,
     Globals,
@@ -40,7 +41,6 @@ from smimekit.cli.common import (
     passphrase_options,
 )
 from smimekit.cli.escrow import SHARE_HELP, recover_with_shares
-from smimekit.escrow import archive as lib
 from smimekit.store import DB_FILENAME, Store
 
 __all__ = ["archive"]

@@ -47,6 +47,7 @@ from smimekit.cli.common import (
     open_store,
     passphrase_from,
 )
+from smimekit.dn import display_name
 from smimekit.errors import CAError
 from smimekit.fsutil import atomic_write, private_dir
 
@@ -246,8 +247,8 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
     finally:
         store.close()
     click.echo(f"created the CA for {organization} in {home.path}")
-    click.echo(f"  root:    {unlocked.authority.root.subject.rfc4514_string()}")
-    click.echo(f"  issuing: {unlocked.authority.cert.subject.rfc4514_string()}"
+    click.echo(f"  root:    {display_name(unlocked.authority.root.subject)}")
+    click.echo(f"  issuing: {display_name(unlocked.authority.cert.subject)}"
                + (" (key in PKCS#11 token)" if ref else ""))
     click.echo("  next: 'smimekit ca chain -o ca.pem' for clients; 'smimekit ca export-root"
                " --remove' to take the root key offline")

@@ -14,7 +14,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from smimekit.errors import KeyLoadError, PassphraseError
+from smimekit.errors import KeyLoadError, MIMEError, PassphraseError
 from smimekit.fsutil import atomic_write
 from smimekit.keys.load import (
     key_matches,
@@ -24,6 +24,7 @@ from smimekit.keys.load import (
     read_source,
 )
 from smimekit.keys.pkcs12 import KeyPair, load_pkcs12_identities
+from smimekit.smime.content import InputKind, check_content_type, classify_input, wrap_as_entity
 from smimekit.store import Store
 from smimekit.validation.trust import TrustStore
 
@@ -98,6 +99,64 @@ def read_input(path: str | None) -> bytes:
         raise CliError("input is larger than 2 GiB")
     if not data:
         raise CliError("the input message is empty")
+    return data
+
+
+_CONTENT_TYPE_KEY = "smimekit.content_type"
+
+
+def _remember_content_type(ctx: click.Context, _param: click.Parameter,
+                           value: str | None) -> str | None:
+    if value is not None:
+        try:
+            value = check_content_type(value)
+        except MIMEError as exc:
+            raise click.BadParameter(str(exc)) from None
+        ctx.meta[_CONTENT_TYPE_KEY] = value
+    return value
+
+
+def content_type_option(func: Any) -> Any:
+    """``--content-type TYPE`` for the commands that protect a message (sign, encrypt)."""
+    return click.option(
+        "--content-type",
+        metavar="TYPE",
+        expose_value=False,
+        callback=_remember_content_type,
+        help="Protect the input as an attachment of this MIME type (base64, the bytes kept"
+        " exactly), e.g. application/octet-stream. Needed for input that is neither a MIME"
+        " message nor text.",
+    )(func)
+
+
+def message_input(path: str | None) -> bytes:
+    """The input of sign / encrypt as a MIME message (see docs/messages.md).
+
+    A message (a header block first) is used as it is; with ``--content-type`` any input is
+    wrapped as an entity of that type; headerless text becomes text/plain, with a warning;
+    headerless binary content is refused.
+
+    Raises:
+        CliError: the input cannot be read, or is binary without ``--content-type``.
+    """
+    data = read_input(path)
+    ctx = click.get_current_context(silent=True)
+    content_type = ctx.meta.get(_CONTENT_TYPE_KEY) if ctx is not None else None
+    if content_type is not None:
+        name = Path(path).name if path not in (None, "-") else None
+        return wrap_as_entity(data, content_type, name)
+    kind = classify_input(data)
+    if kind is InputKind.BINARY:
+        raise CliError(
+            "the input is not a MIME message (no header block) and not text: give"
+            " --content-type TYPE (e.g. application/octet-stream) to send it as an attachment"
+        )
+    if kind is InputKind.TEXT:
+        click.echo(
+            "smimekit: warning: the input has no MIME header block: protected as text/plain"
+            " (give --content-type TYPE to choose another type)",
+            err=True,
+        )
     return data
 
 

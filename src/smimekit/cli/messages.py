@@ -9,15 +9,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from cryptography import x509
 
 from smimekit import api
+from smimekit.cli import local
 from smimekit.cli.common import (
     CliError,
     Globals,
+    content_type_option,
     io_options,
     load_cert_files,
     load_decryption_keys,
     load_key_and_cert,
+    message_input,
+    open_store,
     passphrase_from,
     passphrase_options,
     read_input,
@@ -28,6 +33,7 @@ from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.keys.pkcs12 import KeyPair
 from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.intermediates import IntermediateCache
+from smimekit.validation.recipients import can_receive_mail
 from smimekit.validation.revinfo import load_crl, load_ocsp_response
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 
@@ -95,6 +101,16 @@ _sign_options = _options(
     click.option("--digest", type=click.Choice(DIGESTS), default="sha256", show_default=True),
     click.option("--pss", is_flag=True, help="RSASSA-PSS instead of PKCS#1 v1.5 (RSA keys)."),
     click.option("--use-ski", is_flag=True, help="Identify the signer by subject key identifier."),
+    click.option(
+        "--encryption-cert",
+        "--self-cert",
+        "encryption_cert_path",
+        metavar="CERT",
+        help="The sender's encryption certificate, when --cert only signs (dual keys):"
+        " announced in the signature (RFC 8551 SMIMEEncryptionKeyPreference) and included,"
+        " so recipients can answer encrypted; sign-encrypt also encrypts the sent copy to"
+        " it. Default: the newest one the data directory's CA issued to the sender.",
+    ),
     then=passphrase_options,
 )
 
@@ -115,6 +131,15 @@ _encrypt_options = _options(
         "--no-recipient-check",
         is_flag=True,
         help="Encrypt even to expired, unfit, revoked or untrusted certificates.",
+    ),
+    click.option(
+        "--aia/--no-aia",
+        "recipient_aia",
+        default=True,
+        show_default=True,
+        help="Fetch intermediate CAs of a recipient's chain from the certificates' AIA"
+        " caIssuers URLs (http, at most 4, 5 s each). Never with --revocation offline."
+        " DATA-DIR/intermediates and the data directory's own CA are used either way.",
     ),
 )
 
@@ -168,6 +193,32 @@ _legacy = click.option(
     is_flag=True,
     help="Read 3DES/RC2/SHA-1/short-key material (archives). Never used for writing.",
 )
+
+
+def _warn(text: str) -> None:
+    click.echo(f"smimekit: warning: {text}", err=True)
+
+
+def _local_ca_chain() -> list[x509.Certificate]:
+    """The data directory's own CA certificates: candidates for every path (as --certs)."""
+    globals_ = click.get_current_context().find_object(Globals)
+    return local.local_ca_chain(globals_.data_dir) if globals_ is not None else []
+
+
+def _sender_encryption_cert(
+    cert: x509.Certificate, encryption_cert_path: str | None
+) -> x509.Certificate | None:
+    """--encryption-cert, else (for a signing-only certificate) what our CA issued."""
+    if encryption_cert_path is not None:
+        return load_cert_files((encryption_cert_path,))[0]
+    globals_ = click.get_current_context().find_object(Globals)
+    if globals_ is None or can_receive_mail(cert) or not local.has_ca(globals_.data_dir):
+        return None
+    store = open_store()
+    try:
+        return local.issued_encryption_cert(cert, store)
+    finally:
+        store.close()
 
 
 def _intermediate_cache() -> IntermediateCache | None:
@@ -323,6 +374,7 @@ def _read_file(path: str, option: str) -> bytes:
 
 @click.command()
 @_sign_options
+@content_type_option
 @io_options
 def sign(
     key_path: str,
@@ -332,6 +384,7 @@ def sign(
     digest: str,
     pss: bool,
     use_ski: bool,
+    encryption_cert_path: str | None,
     passphrase_file: str | None,
     passphrase_env: str | None,
     input_path: str | None,
@@ -339,9 +392,18 @@ def sign(
 ) -> None:
     """Sign a message (multipart/signed, or opaque with --opaque)."""
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
-    data = read_input(input_path)
+    own = _sender_encryption_cert(cert, encryption_cert_path)
+    data = message_input(input_path)
     out = api.sign(
-        data, key, cert, chain=chain, opaque=opaque, digest=Digest(digest), pss=pss, use_ski=use_ski
+        data,
+        key,
+        cert,
+        chain=chain,
+        opaque=opaque,
+        digest=Digest(digest),
+        pss=pss,
+        use_ski=use_ski,
+        encryption_cert=own,
     )
     write_output(output, out)
 
@@ -380,6 +442,7 @@ def verify(
 @click.command()
 @_encrypt_options
 @_revocation_options
+@content_type_option
 @io_options
 def encrypt(
     to_paths: tuple[str, ...],
@@ -388,22 +451,25 @@ def encrypt(
     trust_paths: tuple[str, ...],
     cert_paths: tuple[str, ...],
     no_recipient_check: bool,
+    recipient_aia: bool,
     revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
 ) -> None:
     """Encrypt a message to one or more recipients (each certificate is checked first)."""
     recipients = load_cert_files(to_paths)
-    check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
+    check = _recipient_check(trust_paths, cert_paths, no_recipient_check, recipient_aia)
     check["revocation"] = revocation
-    data = read_input(input_path)
+    data = message_input(input_path)
     write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check))
 
 
 def _recipient_check(
-    trust_paths: tuple[str, ...], cert_paths: tuple[str, ...], disabled: bool
+    trust_paths: tuple[str, ...], cert_paths: tuple[str, ...], disabled: bool, aia: bool
 ) -> dict[str, Any]:
-    """Keyword arguments for the recipient check of api.encrypt / api.sign_encrypt."""
+    """Keyword arguments for the recipient check of api.encrypt / api.sign_encrypt: chains
+    completed as verify completes them (--certs, the data directory's CA and intermediates
+    cache, AIA), warnings on stderr."""
     if disabled:
         return {"check_recipients": False}
     anchors = trust_anchors(trust_paths)
@@ -413,7 +479,14 @@ def _recipient_check(
             " recipients checked for dates and key usage only",
             err=True,
         )
-    return {"trust": anchors or None, "intermediates": load_cert_files(cert_paths)}
+    given = load_cert_files(cert_paths)
+    return {
+        "trust": anchors or None,
+        "intermediates": given + [c for c in _local_ca_chain() if c not in given],
+        "intermediate_cache": _intermediate_cache(),
+        "aia": aia,
+        "on_warning": _warn,
+    }
 
 
 @click.command()
@@ -450,6 +523,7 @@ def decrypt(
 @_encrypt_options
 @click.option("--no-self", is_flag=True, help="Do not add the sender as a recipient.")
 @_revocation_options
+@content_type_option
 @io_options
 def sign_encrypt(
     key_path: str,
@@ -459,6 +533,7 @@ def sign_encrypt(
     digest: str,
     pss: bool,
     use_ski: bool,
+    encryption_cert_path: str | None,
     passphrase_file: str | None,
     passphrase_env: str | None,
     to_paths: tuple[str, ...],
@@ -467,17 +542,23 @@ def sign_encrypt(
     trust_paths: tuple[str, ...],
     cert_paths: tuple[str, ...],
     no_recipient_check: bool,
+    recipient_aia: bool,
     no_self: bool,
     revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
 ) -> None:
-    """Sign, then encrypt (the sender can read the sent copy unless --no-self)."""
+    """Sign, then encrypt (the sender can read the sent copy unless --no-self).
+
+    A signing-only certificate (dual keys) needs the sender's encryption certificate for
+    the sent copy: --self-cert, or the one the data directory's CA issued to the sender.
+    """
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
+    own = _sender_encryption_cert(cert, encryption_cert_path)
     recipients = load_cert_files(to_paths)
-    check = _recipient_check(trust_paths, cert_paths, no_recipient_check)
+    check = _recipient_check(trust_paths, cert_paths, no_recipient_check, recipient_aia)
     check["revocation"] = revocation
-    data = read_input(input_path)
+    data = message_input(input_path)
     out = api.sign_encrypt(
         data,
         key,
@@ -491,6 +572,8 @@ def sign_encrypt(
         cipher=Cipher(cipher),
         oaep=oaep,
         include_self=not no_self,
+        self_copy_required=True,
+        encryption_cert=own,
         **check,
     )
     write_output(output, out)
@@ -551,6 +634,7 @@ def _open(
     """verify and decrypt-verify: unwrap every layer, judge, report (one line on stderr)."""
     trust = trust_anchors(trust_paths)
     extra = load_cert_files(cert_paths)
+    extra += [c for c in _local_ca_chain() if c not in extra]
     data = read_input(input_path)
     result = api.decrypt_verify(
         data,

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smimekit.cli.common import Globals, load_cert_files
+from smimekit.dn import display_name
 from smimekit.validation.trust import TrustStore, fingerprint, system_bundle
 from smimekit.validation.verdict import cert_emails
 
@@ -41,7 +42,7 @@ def add(ctx: click.Context, files: tuple[str, ...], system: bool, allow_end_enti
     added = _store(ctx).add(certs, allow_end_entity=allow_end_entity)
     for cert, new in added:
         state = "added" if new else "already trusted"
-        click.echo(f"{state}: {fingerprint(cert)[:16]}  {cert.subject.rfc4514_string()}")
+        click.echo(f"{state}: {fingerprint(cert)[:16]}  {display_name(cert.subject)}")
 
 
 @trust.command("list")
@@ -56,7 +57,7 @@ def list_(ctx: click.Context) -> None:
     for cert in anchors:
         table.add_row(
             fingerprint(cert)[:16],
-            cert.subject.rfc4514_string(),
+            display_name(cert.subject),
             cert.not_valid_after_utc.date().isoformat(),
         )
     Console(soft_wrap=True).print(table)
@@ -66,8 +67,8 @@ def _describe(cert: x509.Certificate) -> list[str]:
     key = cert.public_key()
     size = getattr(key, "key_size", None)
     return [
-        f"subject:     {cert.subject.rfc4514_string()}",
-        f"issuer:      {cert.issuer.rfc4514_string()}",
+        f"subject:     {display_name(cert.subject)}",
+        f"issuer:      {display_name(cert.issuer)}",
         f"serial:      {format(cert.serial_number, 'x')}",
         f"valid:       {cert.not_valid_before_utc.isoformat()} .. "
         f"{cert.not_valid_after_utc.isoformat()}",
@@ -93,4 +94,4 @@ def show(ctx: click.Context, fingerprint_prefix: str) -> None:
 def remove(ctx: click.Context, fingerprint_prefix: str) -> None:
     """Remove one anchor."""
     cert = _store(ctx).remove(fingerprint_prefix)
-    click.echo(f"removed: {fingerprint(cert)[:16]}  {cert.subject.rfc4514_string()}")
+    click.echo(f"removed: {fingerprint(cert)[:16]}  {display_name(cert.subject)}")

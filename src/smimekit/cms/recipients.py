@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from smimekit.cms.algorithms import hash_algorithm
 from smimekit.cms.asn1 import ECCCMSSharedInfo
 from smimekit.cms.keyinfo import issuer_and_serial, matches_issuer_serial, matches_ski
+from smimekit.dn import display_name
 from smimekit.errors import EncryptionError, LegacyAlgorithmError, UnsupportedError
 
 WRAP_OIDS = {
@@ -82,12 +83,12 @@ def build(cert: x509.Certificate, cek: bytes, options: RecipientOptions) -> cms.
             return _build_ktri(cert, key, cek, options)
         except ValueError:
             raise EncryptionError(
-                f"cannot encrypt to {cert.subject.rfc4514_string()}: its RSA key is unusable"
+                f"cannot encrypt to {display_name(cert.subject)}: its RSA key is unusable"
             ) from None
     if isinstance(key, ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey):
         return _build_kari(cert, key, cek, options)
     raise EncryptionError(
-        f"cannot encrypt to {cert.subject.rfc4514_string()}: {type(key).__name__} keys cannot"
+        f"cannot encrypt to {display_name(cert.subject)}: {type(key).__name__} keys cannot"
         " receive encrypted mail"
     )
 

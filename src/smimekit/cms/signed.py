@@ -32,6 +32,7 @@ from smimekit.cms.keyinfo import (
     matches_ski,
     subject_key_id,
 )
+from smimekit.dn import display_name
 from smimekit.errors import (
     ASN1Error,
     LegacyAlgorithmError,
@@ -56,6 +57,20 @@ class SignerSpec:
     digest: Digest = Digest.SHA256
     pss: bool = False
     use_ski: bool = False
+    encryption_cert: x509.Certificate | None = None
+    """The signer's certificate for receiving mail, when it is another one (dual keys):
+    announced in the SMIMEEncryptionKeyPreference attribute (RFC 8551 2.5.3)."""
+
+
+@dataclass(frozen=True)
+class KeyPreference:
+    """The certificate a signer asks to be encrypted to (RFC 8551 2.5.3 SMIMEEncryption-
+    KeyPreference, or Microsoft's 1.3.6.1.4.1.311.16.4, which Outlook and NSS also send)."""
+
+    identifier: str
+    """How the attribute names it: ``issuer <DN> serial <hex>`` or ``ski <hex>``."""
+    certificate: x509.Certificate | None
+    """The certificate named, when the message (or the given extras) carries it."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,9 @@ class SignerResult:
     """The self-asserted signing-time attribute, if present (always timezone-aware)."""
     has_signing_certificate_v2: bool
     """Whether the ESS signing-certificate(-v2) attribute was present (and matched)."""
+    encryption_preference: KeyPreference | None = None
+    """The encryption certificate the signer announced, if any (never checked here: an
+    unreadable announcement is ignored, as it decides nothing about the signature)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,7 @@ _OID = {
     "signing_time": "1.2.840.113549.1.9.5",
     "smime_capabilities": "1.2.840.113549.1.9.15",
     "signing_certificate_v2": "1.2.840.113549.1.9.16.2.47",
+    "encrypt_key_pref": "1.2.840.113549.1.9.16.2.11",
     "sha256": "2.16.840.1.101.3.4.2.1",
     "sha384": "2.16.840.1.101.3.4.2.2",
     "sha512": "2.16.840.1.101.3.4.2.3",
@@ -145,7 +164,7 @@ def sign_data(
             digest = "sha512"  # RFC 8419 section 3.1: Ed25519 pairs with SHA-512
         if digest not in digests:
             digests[digest] = _hash(digest, *parts)
-        attrs = _signed_attributes(spec.certificate, digests[digest], when)
+        attrs = _signed_attributes(spec.certificate, digests[digest], when, spec.encryption_cert)
         # RFC 5652 5.4: the signature covers the attributes as a SET OF; in the SignerInfo
         # they carry the IMPLICIT [0] tag instead.
         sig_alg, signature = _sign(spec, digest, attrs)
@@ -208,8 +227,15 @@ def _attribute(name: str, value: bytes) -> bytes:
     return dertools.seq(dertools.oid(_OID[name]), dertools.set_of(value))
 
 
-def _signed_attributes(cert: x509.Certificate, digest: bytes, when: dt.datetime) -> bytes:
-    """The five signed attributes of RFC 8551 2.5 as a DER SET OF (tag 0x31)."""
+def _signed_attributes(
+    cert: x509.Certificate,
+    digest: bytes,
+    when: dt.datetime,
+    encryption_cert: x509.Certificate | None = None,
+) -> bytes:
+    """The five signed attributes of RFC 8551 2.5 as a DER SET OF (tag 0x31), and the
+    SMIMEEncryptionKeyPreference (2.5.3) when the signer receives mail on another
+    certificate."""
     # ESSCertIDv2 (RFC 5035): hashAlgorithm left at its DEFAULT, SHA-256, so DER omits it;
     # issuerSerial names the issuer as a GeneralName directoryName ([4] EXPLICIT Name).
     ess_id = dertools.seq(
@@ -219,13 +245,21 @@ def _signed_attributes(cert: x509.Certificate, digest: bytes, when: dt.datetime)
             dertools.integer(cert.serial_number),
         ),
     )
-    return dertools.set_of(
+    attrs = [
         _attribute("content_type", dertools.oid(_OID["data"])),
         _attribute("signing_time", _time(when)),
         _attribute("message_digest", dertools.octets(digest)),
         _attribute("smime_capabilities", _CAPABILITIES),
         _attribute("signing_certificate_v2", dertools.seq(dertools.seq(ess_id))),
-    )
+    ]
+    if encryption_cert is not None:
+        # SMIMEEncryptionKeyPreference ::= CHOICE { issuerAndSerialNumber [0] ... }, in a
+        # module of IMPLICIT TAGS: the IssuerAndSerialNumber's SEQUENCE tag becomes [0].
+        ias = dertools.seq(
+            encryption_cert.issuer.public_bytes(), dertools.integer(encryption_cert.serial_number)
+        )
+        attrs.append(_attribute("encrypt_key_pref", b"\xa0" + ias[1:]))
+    return dertools.set_of(*attrs)
 
 
 def _sign(spec: SignerSpec, digest: str, data: bytes) -> tuple[algos.SignedDigestAlgorithm, bytes]:
@@ -391,7 +425,7 @@ def _verify_signer(
     if digest_name not in digest_cache:
         digest_cache[digest_name] = _hash(digest_name, content)
     digest = digest_cache[digest_name]
-    who = f"signer {index} ({cert.subject.rfc4514_string()})"
+    who = f"signer {index} ({display_name(cert.subject)})"
 
     signing_time = None
     ess = False
@@ -430,6 +464,7 @@ def _verify_signer(
         protection = _single(values, "cms_algorithm_protection", who, required=False)
         if protection is not None:
             _check_algorithm_protection(protection, si, who)
+        preference = _key_preference(attrs, pool)
         prehashed = False
     else:
         if content_type != "data":
@@ -438,6 +473,7 @@ def _verify_signer(
             )
         signed_bytes = digest
         prehashed = True
+        preference = None
     unsigned = si["unsigned_attrs"]
     if not isinstance(unsigned, core.Void):
         for attr in unsigned:
@@ -454,7 +490,71 @@ def _verify_signer(
         signature_algorithm=scheme,
         signing_time=signing_time,
         has_signing_certificate_v2=ess,
+        encryption_preference=preference,
     )
+
+
+_MS_KEY_PREFERENCE = "1.3.6.1.4.1.311.16.4"  # Microsoft's: a plain IssuerAndSerialNumber
+
+
+def _key_preference(attrs: cms.CMSAttributes, pool: list[x509.Certificate]) -> KeyPreference | None:
+    """The announced encryption certificate: RFC 8551's attribute first, then Microsoft's.
+    Read from the raw bytes; anything unreadable is ignored (it is only a hint)."""
+    found: dict[str, bytes] = {}
+    try:
+        for attr in attrs:
+            dotted = attr["type"].dotted
+            if dotted in (_OID["encrypt_key_pref"], _MS_KEY_PREFERENCE) and dotted not in found:
+                values = dertools.elements(attr["values"].contents)
+                if values:
+                    found[dotted] = values[0][1]
+    except PARSE_ERRORS:
+        return None
+    for dotted in (_OID["encrypt_key_pref"], _MS_KEY_PREFERENCE):
+        value = found.get(dotted)
+        if value is None:
+            continue
+        tag = value[0]
+        if (dotted == _MS_KEY_PREFERENCE and tag == 0x30) or tag == 0xA0:
+            preference = _by_issuer_serial(b"\x30" + value[1:], pool)
+        elif tag in (0xA1, 0x82):
+            preference = _by_ski(value, pool)
+        else:
+            preference = None
+        if preference is not None:
+            return preference
+    return None
+
+
+def _by_issuer_serial(ias: bytes, pool: list[x509.Certificate]) -> KeyPreference | None:
+    try:
+        parsed = cms.IssuerAndSerialNumber.load(ias)
+        described = (
+            f"issuer {parsed['issuer'].human_friendly}"
+            f" serial {format(parsed['serial_number'].native, 'x')}"
+        )
+    except PARSE_ERRORS:
+        return None
+    cert = next((c for c in pool if matches_issuer_serial(parsed, c)), None)
+    return KeyPreference(described, cert)
+
+
+def _by_ski(value: bytes, pool: list[x509.Certificate]) -> KeyPreference | None:
+    try:
+        if value[0] == 0xA1:
+            # RecipientKeyIdentifier: its first element is the subjectKeyIdentifier.
+            inner = dertools.children(value)
+            if not inner or inner[0][0] != 0x04:
+                return None
+            ski = core.OctetString.load(inner[0][1]).native
+        else:
+            ski = core.OctetString.load(b"\x04" + value[1:]).native
+    except PARSE_ERRORS:
+        return None
+    if not isinstance(ski, bytes) or not ski:
+        return None
+    cert = next((c for c in pool if matches_ski(ski, c)), None)
+    return KeyPreference(f"ski {ski.hex()}", cert)
 
 
 # The attributes we check; any other attribute is left unparsed, since one we do not

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.ca.home import CAHome
+from smimekit.dn import display_name
 from smimekit.errors import EscrowError, StoreError
 from smimekit.escrow.shares import UnlockedShare
 from smimekit.escrow.vault import (
@@ -199,7 +200,7 @@ class EscrowStatus:
                 "threshold": active.threshold, "state_digest": active.digest(),
                 "created_at": active.created_at,
                 "officers": [{"index": o.index, "name": o.name, "protection": o.protection,
-                              "certificate": o.certificate.subject.rfc4514_string()
+                              "certificate": display_name(o.certificate.subject)
                               if o.certificate else None} for o in active.officers],
                 "rekey_to": self.state.rekey.vault_fingerprint if self.state.rekey else None,
             })

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from smimekit.cms.algorithms import Cipher
 from smimekit.cms.enveloped import decrypt_enveloped, encrypt_enveloped
+from smimekit.dn import display_name
 from smimekit.errors import EscrowError, SmimeError
 from smimekit.escrow.shamir import MAX_SHARES, Share
 
@@ -173,7 +174,7 @@ class ShareHeader:
     def lines(self) -> list[str]:
         """The human-readable armor headers."""
         if self.officer_certificate is not None:
-            shown = f"certificate {self.officer_certificate.subject.rfc4514_string()}"
+            shown = f"certificate {display_name(self.officer_certificate.subject)}"
         else:
             shown = "passphrase (scrypt, AES-256-GCM)"
         return [f"Officer: {self.officer}",
@@ -331,7 +332,7 @@ def unlock_share(
                               " officer's private key")
         if key.public_key() != cert.public_key():
             raise EscrowError(f"{what}: that key is not the key of the officer's certificate"
-                              f" ({cert.subject.rfc4514_string()})")
+                              f" ({display_name(cert.subject)})")
         try:
             inner = json.loads(decrypt_enveloped(payload, [(key, cert)]).content)
             value = _unb64(inner["share"], "the share")

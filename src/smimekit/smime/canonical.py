@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import email
 import email.policy
+import email.utils
 import functools
 import re
 from collections.abc import Callable, Iterable
@@ -92,6 +93,12 @@ def _field(lines: list[bytes]) -> Header:
         snippet = raw[:40].decode("ascii", "replace")
         raise MIMEError(f"malformed header line: {snippet!r}")
     return Header(match.group(1).decode("ascii"), raw)
+
+
+def has_header_block(data: bytes) -> bool:
+    """True when ``data`` starts with a header field, or with the empty line that ends an
+    empty header block: what :meth:`Entity.parse` reads as headers."""
+    return data.startswith((CRLF, b"\n")) or _HEADER_NAME.match(data[:1000]) is not None
 
 
 @dataclass(frozen=True)

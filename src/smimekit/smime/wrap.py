@@ -64,6 +64,11 @@ class Unwrapped:
     """An encrypted part sat next to unencrypted siblings; only that part is in ``entity``."""
     inner_headers: tuple[Header, ...] = ()
     """Headers of a wrapped message/rfc822 inside the protection, if any."""
+    signed_headers: tuple[Header, ...] = ()
+    """The non-content headers (From, To, Subject...) of the innermost entity that a verified
+    signature covers, when it carries a From or Sender: a whole message signed as it is
+    (``openssl cms -sign -in message.eml``), RFC 9788 header protection, or a signed
+    message/rfc822 (RFC 8551 3.1). Empty when no signed entity carries them."""
 
     @property
     def signed(self) -> bool:
@@ -77,9 +82,11 @@ class Unwrapped:
         """The outer headers of the received message around the innermost entity."""
         if not self.layers:
             return self.root.raw
-        # Header protection (RFC 8551 3.1): a wrapped message's own headers are the signed
-        # ones; an outer copy of the same field is unprotected and must not precede them.
+        # Header protection (RFC 8551 3.1, RFC 9788): a wrapped message's own headers, or
+        # those the protected entity carries, are the signed ones; an outer copy of the same
+        # field is unprotected and must not precede them.
         protected = {h.lname for h in self.inner_headers}
+        protected |= {h.lname for h in Entity.parse(self.entity).outer_headers}
         outer = b"".join(h.raw + CRLF for h in self.root.outer_headers if h.lname not in protected)
         return b"".join([outer, b"MIME-Version: 1.0", CRLF, self.entity])
 
@@ -112,8 +119,12 @@ def unwrap(
     current = root
     layers: list[Layer] = []
     inner_headers: tuple[Header, ...] = ()
+    signed_headers: tuple[Header, ...] = ()
+    covered = False  # a verified signature covers ``current``
     partial_encrypted = False
     for _ in range(MAX_LAYERS):
+        if covered and _names_sender(current):
+            signed_headers = current.outer_headers
         seen_encryption = any(layer.kind == "encrypted" for layer in layers)
         if is_multipart_signed(current):
             if encryption_only and seen_encryption:
@@ -134,6 +145,7 @@ def unwrap(
                 continue
             layers.append(Layer("signed", "multipart/signed", _signers(result), signed=result))
             current = Entity.parse(detached.content)
+            covered = True
         elif is_pkcs7_mime(current):
             der = pkcs7_der(current)
             kind = content_type_of(der)
@@ -157,6 +169,7 @@ def unwrap(
                     Layer("signed", "application/pkcs7-mime", _signers(result), signed=result)
                 )
                 current = Entity.parse(to_crlf(result.content))
+                covered = True
             elif kind in ENCRYPTED_TYPES:
                 current = _decrypt(der, keys, allow_legacy, layers)
             else:
@@ -170,6 +183,8 @@ def unwrap(
             break
     else:
         raise MIMEError(f"more than {MAX_LAYERS} nested S/MIME layers")
+    if covered and _names_sender(current):
+        signed_headers = current.outer_headers
 
     partially_signed = False
     if (
@@ -191,7 +206,12 @@ def unwrap(
         partially_signed=partially_signed,
         partially_encrypted=partial_encrypted,
         inner_headers=inner_headers,
+        signed_headers=signed_headers,
     )
+
+
+def _names_sender(entity: Entity) -> bool:
+    return any(h.lname in ("from", "sender") for h in entity.headers)
 
 
 def _signers(result: SignedDataResult) -> str:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
 
 from cryptography import x509
 
+from smimekit.cms.signed import KeyPreference
+from smimekit.dn import display_name
+from smimekit.mailbox import comparable
+from smimekit.smime.canonical import Header
 from smimekit.smime.wrap import Unwrapped
 from smimekit.validation.intermediates import IssuerSource
 from smimekit.validation.path import Purpose, validate
@@ -22,23 +27,35 @@ from smimekit.validation.verdict import (
 )
 
 
+def _addresses(headers: Iterable[Header], names: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for value in (h.value() for h in headers if h.lname in names):
+        out.extend(addr for _display, addr in getaddresses([value]) if addr)
+    return out
+
+
 def sender_addresses(unwrapped: Unwrapped) -> list[str]:
     """From and Sender addresses of the received message (RFC 8550 section 3).
 
     Every From and Sender field counts (a second From is how a reader gets shown another
-    sender), and so do those of a message wrapped inside the protection (RFC 8551 3.1).
+    sender), and so do those the signature covers: a message signed with its own header
+    block, or wrapped inside the protection (RFC 8551 3.1, RFC 9788). Signed ones first.
     """
-    out: list[str] = []
+    out = _addresses(unwrapped.signed_headers, ("from", "sender"))
     for headers in (unwrapped.root.headers, unwrapped.inner_headers):
-        for name in ("from", "sender"):
-            for value in (h.value() for h in headers if h.lname == name):
-                out.extend(addr for _display, addr in getaddresses([value]) if addr)
+        out += _addresses(headers, ("from", "sender"))
     return list(dict.fromkeys(out))
 
 
-def _norm(address: str) -> str:
-    local, _, domain = address.strip().rpartition("@")
-    return f"{local}@{domain.lower()}" if local else address.strip().lower()
+def unsigned_from(unwrapped: Unwrapped) -> str | None:
+    """The outer From when it names other addresses than the signed From, else None."""
+    signed = _addresses(unwrapped.signed_headers, ("from",))
+    outer = _addresses(unwrapped.root.headers, ("from",))
+    if not signed or not outer:
+        return None
+    if {comparable(a) for a in outer} == {comparable(a) for a in signed}:
+        return None
+    return ", ".join(dict.fromkeys(outer))
 
 
 CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -92,6 +109,17 @@ def _time_warnings(signing_time: dt.datetime | None, date_header: dt.datetime | 
     return []
 
 
+def _key_preference(preference: KeyPreference | None) -> dict[str, Any]:
+    """SignerVerdict fields for the encryption certificate a signer announced."""
+    if preference is None:
+        return {}
+    cert = preference.certificate
+    return {
+        "encryption_key_preference": preference.identifier,
+        "encryption_cert": CertSummary.of(cert) if cert is not None else None,
+    }
+
+
 SIGNING_TIME = "signing-time"
 """Pass as ``at`` to validate each signer at its own (self-asserted) signing time: archives."""
 
@@ -121,6 +149,9 @@ def assess(
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     senders = sender_addresses(unwrapped)
+    signed_from = _addresses(unwrapped.signed_headers, ("from",))
+    mismatch = unsigned_from(unwrapped)
+    explained = {comparable(a) for a in _addresses(unwrapped.root.headers, ("from",))}
     date_header = _date(unwrapped.root.get("date"))
     reasons: list[str] = []
     warnings: list[str] = []
@@ -166,7 +197,7 @@ def assess(
                 issuer_source=issuer_source,
             )
             lookup_reasons = tracked.take_problems() if tracked is not None else []
-            statuses = tuple(RevocationStatus(c.subject.rfc4514_string()) for c in path.chain[:-1])
+            statuses = tuple(RevocationStatus(display_name(c.subject)) for c in path.chain[:-1])
             if revocation is not None and path.chain:
                 # Only chains that reached an anchor: never fetch for an unknown signer's
                 # certificate (the URLs in it are the sender's to choose).
@@ -190,11 +221,20 @@ def assess(
             elif tracked is not None and path.trusted and not revocation_reasons:
                 tracked.learn(path)
             if senders:
-                bound = {_norm(e) for e in emails}
-                from_match = all(_norm(s) in bound for s in senders)
-                if not from_match:
+                bound = {comparable(e) for e in emails}
+                unbound = [s for s in senders if comparable(s) not in bound]
+                if mismatch is not None:
+                    # The signed From is the authoritative one; an outer From that says
+                    # otherwise was changed after signing (or by a list): never valid.
                     signer_reasons.append(
-                        f"sender {', '.join(senders)} is not an address of the signer's"
+                        f"the unsigned outer From {mismatch} is not the signed From"
+                        f" {', '.join(signed_from)}"
+                    )
+                    unbound = [s for s in unbound if comparable(s) not in explained]
+                from_match = not unbound and mismatch is None
+                if unbound:
+                    signer_reasons.append(
+                        f"sender {', '.join(unbound)} is not an address of the signer's"
                         f" certificate ({', '.join(emails) or 'none'})"
                     )
             else:
@@ -224,6 +264,7 @@ def assess(
                     revocation=statuses,
                     reasons=tuple(signer_reasons),
                     validation_time=signer_time,
+                    **_key_preference(signer.encryption_preference),
                 )
             )
     if unwrapped.partially_signed:
@@ -243,7 +284,8 @@ def assess(
             LayerSummary(layer.kind, layer.form, layer.detail) for layer in unwrapped.layers
         ),
         validation_time=when,
-        from_address=senders[0] if senders else None,
+        from_address=(signed_from or senders or [""])[0] or None,
+        unsigned_from=mismatch,
         partially_signed=unwrapped.partially_signed,
         partially_encrypted=unwrapped.partially_encrypted,
         warnings=tuple(dict.fromkeys(warnings)),

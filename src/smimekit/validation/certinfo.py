@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from smimekit.dn import display_name
 from smimekit.keys.kinds import is_dsa_public_key
 from smimekit.validation.names import NameKey, name_key
 from smimekit.validation.policies import policy_mappings
@@ -107,7 +108,7 @@ class CertInfo:
             return False
 
     def name(self) -> str:
-        return self.cert.subject.rfc4514_string() or "(empty subject)"
+        return display_name(self.cert.subject) or "(empty subject)"
 
 
 @functools.lru_cache(maxsize=4096)

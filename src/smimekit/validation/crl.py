@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
+from smimekit.dn import display_name
 from smimekit.errors import RevocationError
 from smimekit.validation.names import NameKey, name_key
 from smimekit.validation.revinfo import (
@@ -215,7 +216,7 @@ def _scope(
     if not points:
         if any(issuer in p.crl_issuers for p in every):
             return f"{what} is from the CRL issuer the certificate names, but not indirect"
-        return f"{what} is issued by {crl.issuer.rfc4514_string()}, not the certificate's issuer"
+        return f"{what} is issued by {display_name(crl.issuer)}, not the certificate's issuer"
     if idp is None:
         return _covered(None, points)
     if idp.only_contains_attribute_certs:

@@ -20,7 +20,9 @@ What may be followed and kept:
   whose signature checked out) and CA certificates the path builder reached because their
   key verified the certificate below. A fetched certificate is handed back only when its key
   verifies the certificate it was fetched for, so the URLs inside anything else are never
-  followed.
+  followed. A recipient's certificate (:func:`smimekit.validation.recipients.check_recipient`)
+  is the exception: the sender chose it, so its URLs are followed before anything about it
+  is proven; the fetch tells its CA no more than the encrypted mail will.
 - The cache learns only from chains that reached a trust anchor without problems
   (:meth:`IssuerSource.learn` takes the :class:`~smimekit.validation.path.PathResult`), so
   whatever an unvalidated message carries is never written to disk. Nothing read back from
@@ -44,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from smimekit.dn import display_name
 from smimekit.errors import FetchError
 from smimekit.fsutil import atomic_write
 from smimekit.validation.certinfo import cert_info, signed_by
@@ -84,7 +87,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def _who(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "(empty subject)"
+    return display_name(cert.subject) or "(empty subject)"
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

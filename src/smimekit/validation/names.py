@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from smimekit.dn import display_name
+
 #: RFC 8398 / RFC 9598 SmtpUTF8Mailbox otherName.
 SMTP_UTF8_MAILBOX = "1.3.6.1.5.5.7.8.9"
 
@@ -196,7 +198,7 @@ def certificate_names(
     """Every name of ``cert`` that name constraints apply to."""
     out: list[_Name] = []
     if cert.subject.rdns:
-        out.append(_Name("dn", name_key(cert.subject), cert.subject.rfc4514_string()))
+        out.append(_Name("dn", name_key(cert.subject), display_name(cert.subject)))
     for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
         out.append(_email(str(attr.value)))
     for general in san or ():
@@ -236,7 +238,7 @@ def _general_name(general: x509.GeneralName) -> _Name:
     if isinstance(general, x509.DNSName):
         return _Name("dns", general.value.lower(), general.value, _valid_dns_name(general.value))
     if isinstance(general, x509.DirectoryName):
-        return _Name("dn", name_key(general.value), general.value.rfc4514_string())
+        return _Name("dn", name_key(general.value), display_name(general.value))
     if isinstance(general, x509.UniformResourceIdentifier):
         host = _uri_host(general.value)
         return _Name("uri", host, general.value, host is not None)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from smimekit.dn import display_name
 from smimekit.errors import MalformedError, RevocationError
 from smimekit.keys.kinds import is_dsa_public_key
 
@@ -266,7 +267,7 @@ def unknown_critical(extensions: x509.Extensions) -> list[str]:
 
 
 def subject_name(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "(empty subject)"
+    return display_name(cert.subject) or "(empty subject)"
 
 
 def freshness(

@@ -58,6 +58,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
+from smimekit.dn import display_name
 from smimekit.errors import FetchError, MalformedError, RevocationError
 from smimekit.validation.crl import ALL_REASONS, crl_issuers, crl_signed_by, evaluate_crl
 from smimekit.validation.fetchers import DEFAULT_TIMEOUT, Fetcher, UrllibFetcher
@@ -307,7 +308,7 @@ class _Session:
         if pair in self._busy or len(self._busy) >= MAX_NESTING:
             # Only reachable through a CRL signer: refusing it is the safe way out.
             return RevocationStatus(
-                subject=cert.subject.rfc4514_string() or "(empty subject)",
+                subject=display_name(cert.subject) or "(empty subject)",
                 status="unknown",
                 detail="its status would rest on a CRL signed by a key it certifies",
             )
@@ -337,7 +338,7 @@ class _Session:
                 continue
             ku = cert_ext(other, x509.KeyUsage)
             if isinstance(ku, x509.KeyUsage) and not ku.crl_sign:
-                who = other.subject.rfc4514_string()
+                who = display_name(other.subject)
                 problems.append(f"CRL signer {who}: key usage lacks cRLSign")
                 continue
             if other not in self._signer_problems:
@@ -352,7 +353,7 @@ class _Session:
             if problem is None:
                 out.append(other)
             else:
-                problems.append(f"CRL signer {other.subject.rfc4514_string()}: {problem}")
+                problems.append(f"CRL signer {display_name(other.subject)}: {problem}")
         return out
 
     def _signer_problem(self, signer: x509.Certificate) -> str | None:
@@ -371,7 +372,7 @@ class _Session:
             return f"its path to the trust anchor does not validate ({why})"
         for cert, issuer in itertools.pairwise(path.chain):
             status = self.status(cert, issuer)
-            who = cert.subject.rfc4514_string() or "(empty subject)"
+            who = display_name(cert.subject) or "(empty subject)"
             if status.status == "revoked":
                 return f"{who} on its path is revoked"
             if status.status != "good":
@@ -472,7 +473,7 @@ class _Checker:
         return "; ".join(dict.fromkeys(p for p in self.problems if p))
 
     def _subject(self) -> str:
-        return self.cert.subject.rfc4514_string() or "(empty subject)"
+        return display_name(self.cert.subject) or "(empty subject)"
 
     def _take(self, answer: Answer, source: str, url: str | None) -> RevocationStatus | None:
         """The status to return if ``answer`` settles it, else None (and remember why)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from smimekit.dn import display_name
 from smimekit.errors import KeyLoadError, TrustStoreError
 from smimekit.fsutil import atomic_write
 
@@ -73,7 +74,7 @@ class TrustStore:
         for cert in certs:
             if not allow_end_entity and not _is_ca(cert):
                 raise TrustStoreError(
-                    f"{cert.subject.rfc4514_string()} is not a CA certificate; trusting an end"
+                    f"{display_name(cert.subject)} is not a CA certificate; trusting an end"
                     " entity directly needs --allow-end-entity"
                 )
         self._ensure()

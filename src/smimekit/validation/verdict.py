@@ -15,6 +15,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from smimekit.dn import display_name
 from smimekit.errors import NoSignatureError, UntrustedError, VerificationError
 
 
@@ -40,8 +41,8 @@ class CertSummary:
     @classmethod
     def _build(cls, cert: x509.Certificate) -> CertSummary:
         return cls(
-            subject=cert.subject.rfc4514_string(),
-            issuer=cert.issuer.rfc4514_string(),
+            subject=display_name(cert.subject),
+            issuer=display_name(cert.issuer),
             serial=format(cert.serial_number, "x"),
             sha256=cert.fingerprint(hashes.SHA256()).hex(),
             not_before=cert.not_valid_before_utc,
@@ -142,13 +143,22 @@ class SignerVerdict:
     key_usage_ok: bool
     """Key usage and extended key usage permit signing mail."""
     from_match: bool | None
-    """Every From and Sender address (outer, and of a wrapped inner message) is one of the
-    certificate's addresses; False when the message has no From at all."""
+    """Every From and Sender address (signed, outer, and of a wrapped inner message) is one
+    of the certificate's addresses, and the outer From is the signed one; False when the
+    message has no From at all. Compared ignoring case in the whole address."""
     revocation: tuple[RevocationStatus, ...] = ()
+    """One per certificate of ``chain`` but the anchor, in chain order (the signer's first)."""
     reasons: tuple[str, ...] = ()
     """Why this signer fails, in words; empty when it passes."""
     validation_time: dt.datetime | None = None
     """When this signer's chain was checked (the signing time in signing-time mode)."""
+    encryption_cert: CertSummary | None = None
+    """The certificate the signer asked answers to be encrypted to (RFC 8551
+    SMIMEEncryptionKeyPreference, or Microsoft's), when the message carries it. Named by a
+    signed attribute but not validated here: encrypting to it checks it as any recipient."""
+    encryption_key_preference: str | None = None
+    """How that attribute names the certificate (``issuer ... serial ...`` or ``ski ...``),
+    also when the message does not carry it; None without the attribute."""
 
     @property
     def valid(self) -> bool:
@@ -178,6 +188,11 @@ class Verdict:
     """Outermost first: e.g. encrypted, signed."""
     validation_time: dt.datetime
     from_address: str | None
+    """The sender the signer is bound to: the signed From when the signature covers one
+    (it is authoritative), else the outer From (or Sender)."""
+    unsigned_from: str | None = None
+    """The outer, unsigned From when it names other addresses than the signed From; such a
+    mismatch fails the sender binding. None when they agree or either is missing."""
     partially_signed: bool = False
     """A signature covers only a part, not the root: never a signed message."""
     partially_encrypted: bool = False
@@ -233,10 +248,13 @@ class Verdict:
             email = ",".join(s.email) or "no email"
             when = s.signing_time.isoformat() if s.signing_time else "no signing time"
             chain = " <- ".join(c.subject for c in s.chain) if s.chain else "no chain"
-            rev = ",".join(sorted({r.status for r in s.revocation})) or "not-checked"
+            rev = _revocation_text(s.revocation)
             bits.append(f"signer {who} <{email}> signed {when}; chain: {chain}; revocation: {rev}")
+            enc = s.encryption_cert
+            if enc is not None and s.signer is not None and enc.sha256 != s.signer.sha256:
+                bits[-1] += f"; encrypt answers to: {enc.subject} (serial {enc.serial})"
         text = f"{head}: " + " | ".join(bits)
-        reasons = self.all_reasons()
+        reasons = list(dict.fromkeys(self.all_reasons()))  # one line per reason, not signer
         if reasons:
             text += " -- " + "; ".join(reasons)
         return text
@@ -252,6 +270,15 @@ class Verdict:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=_json_default, sort_keys=True)
+
+
+def _revocation_text(statuses: tuple[RevocationStatus, ...]) -> str:
+    """Each certificate's status in chain order, the signer's first: ``good (ocsp), good
+    (crl)``; a single ``not-checked`` when nothing was checked."""
+    if all(r.status == "not-checked" for r in statuses):
+        return "not-checked"
+    return ", ".join(r.status + (f" ({r.source})" if r.source != "none" else "")
+                     for r in statuses)
 
 
 def _json_default(value: object) -> object:

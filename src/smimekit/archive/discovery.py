@@ -2,7 +2,7 @@
 
 One file per message and ``manifest.jsonl`` (fsynced line by line; a re-run resumes from
 it), ``manifest.csv`` rewritten at the end. The public names are re-exported by
-:mod:`smimekit.escrow.archive`.
+:mod:`smimekit.archive`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from smimekit.api import decrypt as api_decrypt
-from smimekit.errors import (
-    ArchiveError,
-    DecryptionError,
-    LegacyAlgorithmError,
-    MalformedError,
-    NoRecipientError,
-    UnsupportedError,
-)
-from smimekit.escrow.classify import Classifier, KeySource, Readability, _keys_for
-from smimekit.escrow.envelope import Kind, _reason
-from smimekit.escrow.mailstore import (
+from smimekit.archive.classify import Classifier, KeySource, Readability, _keys_for
+from smimekit.archive.envelope import Kind, _reason
+from smimekit.archive.mailstore import (
     MAX_MESSAGE,
     KeyPair,
     ProgressCallback,
@@ -36,6 +28,14 @@ from smimekit.escrow.mailstore import (
     _Journal,
     _pending,
     detect_format,
+)
+from smimekit.errors import (
+    ArchiveError,
+    DecryptionError,
+    LegacyAlgorithmError,
+    MalformedError,
+    NoRecipientError,
+    UnsupportedError,
 )
 from smimekit.fsutil import atomic_write, fsync_dir, private_dir
 

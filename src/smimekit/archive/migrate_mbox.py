@@ -1,7 +1,7 @@
-"""The mbox scheme of :func:`~smimekit.escrow.migrate.reencrypt_archive`: a whole new file
+"""The mbox scheme of :func:`~smimekit.archive.migrate.reencrypt_archive`: a whole new file
 beside the old one, checkpointed in the journal, verified, and swapped in with one rename.
 
-Only :mod:`smimekit.escrow.migrate` uses it (it imports it when it meets an mbox, as this
+Only :mod:`smimekit.archive.migrate` uses it (it imports it when it meets an mbox, as this
 module builds on it).
 """
 
@@ -18,9 +18,8 @@ from typing import Any, BinaryIO
 
 from cryptography import x509
 
-from smimekit.errors import ArchiveError
-from smimekit.escrow import migrate
-from smimekit.escrow.mailstore import (
+from smimekit.archive import migrate
+from smimekit.archive.mailstore import (
     _BLOCK,
     Progress,
     ProgressCallback,
@@ -29,7 +28,7 @@ from smimekit.escrow.mailstore import (
     _mbox_items,
     _mbox_quote,
 )
-from smimekit.escrow.migrate import (
+from smimekit.archive.migrate import (
     NEW_SUFFIX,
     ORIG_SUFFIX,
     ReencryptReport,
@@ -38,6 +37,7 @@ from smimekit.escrow.migrate import (
     _Reencryptor,
     _Skip,
 )
+from smimekit.errors import ArchiveError
 from smimekit.fsutil import fsync_dir
 from smimekit.smime.canonical import CRLF
 

@@ -3,7 +3,7 @@
 :class:`Classifier` resolves each recipient slot against the keys at hand and the store
 (our CA's certificates and the key history): readable *now*, only through *escrow*, or not
 at all; it also sets the flags (legacy ciphers, small RSA keys, encrypted-then-signed ...).
-The public names are re-exported by :mod:`smimekit.escrow.archive`.
+The public names are re-exported by :mod:`smimekit.archive`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from smimekit.cms.keyinfo import issuer_and_serial_der, subject_key_id
-from smimekit.errors import ArchiveError
-from smimekit.escrow.envelope import _INPUT_ERRORS, Envelope, Kind, RecipientId, _inspect, _reason
-from smimekit.escrow.mailstore import (
+from smimekit.archive.envelope import _INPUT_ERRORS, Envelope, Kind, RecipientId, _inspect, _reason
+from smimekit.archive.mailstore import (
     MAX_MESSAGE,
     ArchiveFormat,
     KeyPair,
@@ -41,6 +39,9 @@ from smimekit.escrow.mailstore import (
     archive_size,
     detect_format,
 )
+from smimekit.cms.keyinfo import issuer_and_serial_der, subject_key_id
+from smimekit.dn import display_name
+from smimekit.errors import ArchiveError
 from smimekit.store.db import Store, certificate_emails
 
 __all__ = [
@@ -96,7 +97,7 @@ class RecipientStatus:
         """The address or subject when the certificate is known, else the identifier."""
         if self.certificate is None:
             return self.recipient.describe()
-        return self.email or self.certificate.subject.rfc4514_string()
+        return self.email or display_name(self.certificate.subject)
 
 
 @dataclass(frozen=True)
@@ -530,10 +531,10 @@ class _Tally:
         number = self._next
         entry: dict[str, Any] = {"t": "r", "id": number, "key": key, "label": status.label,
                  "identifier": rid.describe(), "readability": status.readability.value,
-                 "subject": cert.subject.rfc4514_string() if cert is not None else None,
+                 "subject": display_name(cert.subject) if cert is not None else None,
                  "email": status.email,
                  "serial": format(serial, "x") if serial is not None else None,
-                 "issuer": cert.issuer.rfc4514_string() if cert is not None else rid.issuer}
+                 "issuer": display_name(cert.issuer) if cert is not None else rid.issuer}
         self.learn(entry)
         if journal is not None:
             journal.append(entry)

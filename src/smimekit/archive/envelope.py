@@ -3,7 +3,7 @@
 :func:`_inspect` finds the CMS envelope of a message (also inside a ``multipart/signed``, an
 opaque signature, or a multipart next to other parts) and reads its RecipientInfos and
 content cipher from the start of the DER: only the first kilobytes of the body are decoded.
-The public names are re-exported by :mod:`smimekit.escrow.archive`.
+The public names are re-exported by :mod:`smimekit.archive`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from asn1crypto import algos, cms
 from cryptography import x509
 
+from smimekit.archive.mailstore import MAX_HEADER
 from smimekit.cms import asn1
 from smimekit.cms.algorithms import CONTENT_CIPHERS
 from smimekit.cms.enveloped import (
@@ -24,11 +25,11 @@ from smimekit.cms.enveloped import (
 )
 from smimekit.cms.keyinfo import issuer_and_serial_der, subject_key_id
 from smimekit.cms.signed import embedded_content
+from smimekit.dn import attribute_label
 from smimekit.errors import (
     MalformedError,
     SmimeError,
 )
-from smimekit.escrow.mailstore import MAX_HEADER
 from smimekit.smime.canonical import CRLF, Entity, split_multipart, to_crlf
 from smimekit.smime.message import (
     is_multipart_signed,
@@ -339,21 +340,14 @@ def _rid(kind: str, alg: str, rid: Any, bits: int | None) -> RecipientId:
     return RecipientId(kind, alg, None, bytes(ski), rsa_bits=bits)
 
 
-_SHORT_NAMES = {
-    "common_name": "CN", "organization_name": "O", "organizational_unit_name": "OU",
-    "country_name": "C", "locality_name": "L", "state_or_province_name": "ST",
-    "email_address": "emailAddress", "domain_component": "DC", "serial_number": "serialNumber",
-}
-
-
 def _rfc4514(name: Any) -> str:
-    """An asn1crypto Name written like ``x509.Name.rfc4514_string()`` (last RDN first)."""
+    """An asn1crypto Name written like :func:`smimekit.dn.display_name` (last RDN first)."""
     rdns = []
     for rdn in name.chosen:
         parts = []
         for attr in rdn:
             kind = attr["type"]
-            label = _SHORT_NAMES.get(str(kind.native), kind.dotted)
+            label = attribute_label(kind.dotted)
             value = str(attr["value"].native).replace("\\", "\\\\").replace(",", "\\,")
             parts.append(f"{label}={value}")
         rdns.append("+".join(parts))

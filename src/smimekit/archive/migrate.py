@@ -3,8 +3,8 @@
 Crash-safe: each new message is written beside the old one, fsynced, verified by decrypting
 it, and only then renamed over it (Maildir, .eml); an mbox is rewritten as a whole,
 checkpointed in the journal next to it, verified, and swapped in one rename
-(:mod:`smimekit.escrow.migrate_mbox`). A re-run finishes the job. docs/archive.md has the
-steps. The public names are re-exported by :mod:`smimekit.escrow.archive`.
+(:mod:`smimekit.archive.migrate_mbox`). A re-run finishes the job. docs/archive.md has the
+steps. The public names are re-exported by :mod:`smimekit.archive`.
 """
 
 from __future__ import annotations
@@ -22,23 +22,10 @@ from typing import NamedTuple, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from smimekit.cms.algorithms import Cipher
-from smimekit.cms.enveloped import (
-    decrypt_enveloped,
-    encrypt_enveloped_stream,
-)
-from smimekit.cms.keyinfo import issuer_and_serial_der
-from smimekit.cms.recipients import RecipientOptions
-from smimekit.errors import (
-    ArchiveError,
-    DecryptionError,
-    LegacyAlgorithmError,
-    SmimeError,
-)
-from smimekit.escrow.classify import Classifier, KeySource, Readability, _keys_for
-from smimekit.escrow.discovery import _no_key
-from smimekit.escrow.envelope import Envelope, Kind, RecipientId, _reason
-from smimekit.escrow.mailstore import (
+from smimekit.archive.classify import Classifier, KeySource, Readability, _keys_for
+from smimekit.archive.discovery import _no_key
+from smimekit.archive.envelope import Envelope, Kind, RecipientId, _reason
+from smimekit.archive.mailstore import (
     MAX_MESSAGE,
     ArchiveFormat,
     KeyPair,
@@ -49,6 +36,20 @@ from smimekit.escrow.mailstore import (
     _maildir_unique,
     _pending,
     detect_format,
+)
+from smimekit.cms.algorithms import Cipher
+from smimekit.cms.enveloped import (
+    decrypt_enveloped,
+    encrypt_enveloped_stream,
+)
+from smimekit.cms.keyinfo import issuer_and_serial_der
+from smimekit.cms.recipients import RecipientOptions
+from smimekit.dn import display_name
+from smimekit.errors import (
+    ArchiveError,
+    DecryptionError,
+    LegacyAlgorithmError,
+    SmimeError,
 )
 from smimekit.fsutil import fsync_dir
 from smimekit.keys.load import key_matches
@@ -170,7 +171,7 @@ class _Reencryptor:
             if cert not in self._unfit:
                 self._unfit[cert] = recipient_problems(cert, trust=None)
             if self._unfit[cert]:
-                return _Skip("failed", f"new recipient {cert.subject.rfc4514_string()} is"
+                return _Skip("failed", f"new recipient {display_name(cert.subject)} is"
                                        f" unfit: {'; '.join(self._unfit[cert])}")
         if (targets and env.cipher == Cipher.AES256_GCM.value and env.authenticated
                 and all(any(r.names(c) for r in env.recipients) for c in targets)
@@ -308,7 +309,7 @@ def reencrypt_archive(
     report = ReencryptReport(p, fmt.value)
     fault = _fault or (lambda point: None)
     if fmt is ArchiveFormat.MBOX:
-        from smimekit.escrow.migrate_mbox import _MboxJob  # it imports this module
+        from smimekit.archive.migrate_mbox import _MboxJob  # it imports this module
 
         _MboxJob(p, worker, report, dry_run, keep_original, progress, max_size, fault).run()
     else:

@@ -5,7 +5,7 @@ that stays the same from run to run (an mbox is read in blocks and never held wh
 the types every archive operation shares (:data:`KeyPair`, :class:`Progress`) and the
 fsynced JSON-lines journal that ``decrypt_archive``, ``reencrypt_archive`` and ``scan``
 resume from.
-The public names are re-exported by :mod:`smimekit.escrow.archive`.
+The public names are re-exported by :mod:`smimekit.archive`.
 """
 
 from __future__ import annotations

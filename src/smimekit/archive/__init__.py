@@ -16,17 +16,16 @@
 Keys come as ``(private key, certificate or None)`` pairs; a :class:`KeySource` (escrow)
 can add keys for the recipients of each message.
 
-This module is the public face; the work is done in :mod:`~smimekit.escrow.mailstore`
-(reading archives), :mod:`~smimekit.escrow.envelope` (the encryption layer, without keys),
-:mod:`~smimekit.escrow.classify` (who can read what; ``scan``),
-:mod:`~smimekit.escrow.discovery` (``decrypt_archive``) and :mod:`~smimekit.escrow.migrate`
+This module is the public face; the work is done in :mod:`~smimekit.archive.mailstore`
+(reading archives), :mod:`~smimekit.archive.envelope` (the encryption layer, without keys),
+:mod:`~smimekit.archive.classify` (who can read what; ``scan``),
+:mod:`~smimekit.archive.discovery` (``decrypt_archive``) and :mod:`~smimekit.archive.migrate`
 (``reencrypt_archive``).
 """
 
 from __future__ import annotations
 
-from smimekit.errors import ArchiveError
-from smimekit.escrow.classify import (
+from smimekit.archive.classify import (
     Classifier,
     KeySource,
     MessageInfo,
@@ -36,13 +35,13 @@ from smimekit.escrow.classify import (
     ScanReport,
     scan,
 )
-from smimekit.escrow.discovery import MANIFEST as MANIFEST
-from smimekit.escrow.discovery import MANIFEST_CSV as MANIFEST_CSV
-from smimekit.escrow.discovery import DecryptReport, decrypt_archive
-from smimekit.escrow.envelope import Envelope, Kind, RecipientId
-from smimekit.escrow.mailstore import MAX_HEADER as MAX_HEADER
-from smimekit.escrow.mailstore import MAX_MESSAGE as MAX_MESSAGE
-from smimekit.escrow.mailstore import (
+from smimekit.archive.discovery import MANIFEST as MANIFEST
+from smimekit.archive.discovery import MANIFEST_CSV as MANIFEST_CSV
+from smimekit.archive.discovery import DecryptReport, decrypt_archive
+from smimekit.archive.envelope import Envelope, Kind, RecipientId
+from smimekit.archive.mailstore import MAX_HEADER as MAX_HEADER
+from smimekit.archive.mailstore import MAX_MESSAGE as MAX_MESSAGE
+from smimekit.archive.mailstore import (
     ArchiveFormat,
     KeyPair,
     Progress,
@@ -50,17 +49,18 @@ from smimekit.escrow.mailstore import (
     detect_format,
     iter_messages,
 )
-from smimekit.escrow.mailstore import ProgressCallback as ProgressCallback
-from smimekit.escrow.mailstore import archive_size as archive_size
-from smimekit.escrow.migrate import JOURNAL_SUFFIX as JOURNAL_SUFFIX
-from smimekit.escrow.migrate import NEW_SUFFIX as NEW_SUFFIX
-from smimekit.escrow.migrate import ORIG_SUFFIX as ORIG_SUFFIX
-from smimekit.escrow.migrate import (
+from smimekit.archive.mailstore import ProgressCallback as ProgressCallback
+from smimekit.archive.mailstore import archive_size as archive_size
+from smimekit.archive.migrate import JOURNAL_SUFFIX as JOURNAL_SUFFIX
+from smimekit.archive.migrate import NEW_SUFFIX as NEW_SUFFIX
+from smimekit.archive.migrate import ORIG_SUFFIX as ORIG_SUFFIX
+from smimekit.archive.migrate import (
     RecipientsFor,
     ReencryptReport,
     current_certificates,
     reencrypt_archive,
 )
+from smimekit.errors import ArchiveError
 
 __all__ = [
     "ArchiveError",
