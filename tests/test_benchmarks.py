@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,23 @@ def test_archive_benchmark_quick_mode_prints_its_table() -> None:
                                                                             "| decrypt |"))]
     assert len(rows) == 2, result.stdout
     assert "| crypto |" in result.stdout and "decrypt: decrypted 36" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares with openssl")
+def test_startup_benchmark_prints_each_command_beside_openssl(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--repeats", "1",
+         "--json", str(tmp_path / "startup.json")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for op in ("verify", "sign", "encrypt", "decrypt"):
+        assert f"smimekit {op} " in result.stdout and f"openssl cms {op} " in result.stdout
+    assert "python -c pass" in result.stdout and "goal 0.12s CPU" in result.stdout
+    figures = json.loads((tmp_path / "startup.json").read_text())["figures"]
+    assert all(f["cpu_best"] >= 0 and f["wall_best"] > 0 for f in figures)
+    assert len(figures) == 5 + 2 * 4  # floors, --help twice, then smimekit and openssl
 
 
 @pytest.mark.slow

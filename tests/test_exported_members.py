@@ -22,3 +22,12 @@ def test_the_recipes_are_exported() -> None:
 def test_every_error_derives_from_the_root() -> None:
     for name in smimekit.errors.__all__:
         assert issubclass(getattr(smimekit.errors, name), smimekit.errors.SmimeError)
+
+
+def test_every_exported_name_resolves() -> None:
+    # smimekit and smimekit.cms import their public names on first use (start-up time).
+    for module in (smimekit, smimekit.cms):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    assert smimekit.Cipher is smimekit.cms.Cipher
+    assert smimekit.Verdict.__module__ == "smimekit.validation.verdict"

@@ -13,28 +13,56 @@ Low-level CMS assembly lives in :mod:`smimekit.cms`; errors in :mod:`smimekit.er
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from smimekit import errors
-from smimekit.api import (
-    Decrypted,
-    Verified,
-    decrypt,
-    decrypt_verify,
-    encrypt,
-    sign,
-    sign_encrypt,
-    verify,
-)
-from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.errors import SmimeError
-from smimekit.keys.load import (
-    load_certificate,
-    load_certificates,
-    load_pkcs12,
-    load_private_key,
-)
-from smimekit.validation.intermediates import IntermediateCache
-from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
-from smimekit.validation.verdict import Verdict
+
+if TYPE_CHECKING:
+    from smimekit.api import (
+        Decrypted,
+        Verified,
+        decrypt,
+        decrypt_verify,
+        encrypt,
+        sign,
+        sign_encrypt,
+        verify,
+    )
+    from smimekit.cms.algorithms import Cipher, Digest
+    from smimekit.keys.load import (
+        load_certificate,
+        load_certificates,
+        load_pkcs12,
+        load_private_key,
+    )
+    from smimekit.validation.intermediates import IntermediateCache
+    from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
+    from smimekit.validation.verdict import Verdict
+
+# Imported on first use (PEP 562): ``import smimekit.errors`` or the CLI's start-up must not
+# pay for the whole CMS and validation stack.
+_LAZY = {
+    "Cipher": "smimekit.cms.algorithms",
+    "Decrypted": "smimekit.api",
+    "Digest": "smimekit.cms.algorithms",
+    "IntermediateCache": "smimekit.validation.intermediates",
+    "RevocationOptions": "smimekit.validation.revocation",
+    "RevocationPolicy": "smimekit.validation.revocation",
+    "Verdict": "smimekit.validation.verdict",
+    "Verified": "smimekit.api",
+    "decrypt": "smimekit.api",
+    "decrypt_verify": "smimekit.api",
+    "encrypt": "smimekit.api",
+    "load_certificate": "smimekit.keys.load",
+    "load_certificates": "smimekit.keys.load",
+    "load_pkcs12": "smimekit.keys.load",
+    "load_private_key": "smimekit.keys.load",
+    "sign": "smimekit.api",
+    "sign_encrypt": "smimekit.api",
+    "verify": "smimekit.api",
+}
 
 __version__ = "0.1.0"
 
@@ -60,3 +88,16 @@ __all__ = [
     "sign_encrypt",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -7,19 +7,15 @@ ESS signing-certificate-v2, strict validation. Lower-level assembly is in :mod:`
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.message
-import email.policy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.cms.enveloped import encrypt_enveloped_stream
-from smimekit.cms.recipients import RecipientOptions
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
 from smimekit.smime.message import (
@@ -45,7 +41,11 @@ from smimekit.validation.recipients import (
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 from smimekit.validation.verdict import Verdict
 
-MessageInput = bytes | bytearray | memoryview | email.message.Message
+if TYPE_CHECKING:
+    import email.message
+
+# email.message is imported where a Message is handled: bytes in, bytes out never needs it.
+MessageInput = Union[bytes, bytearray, memoryview, "email.message.Message"]
 
 SOFT_REVOCATION = RevocationOptions()
 """The default: revoked fails, no answer passes with a warning (RFC 5280 soft-fail)."""
@@ -83,6 +83,10 @@ class Verified:
 
 
 def _parse(data: bytes) -> email.message.EmailMessage:
+    import email
+    import email.message
+    import email.policy
+
     msg = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(msg, email.message.EmailMessage)
     return msg
@@ -91,6 +95,8 @@ def _parse(data: bytes) -> email.message.EmailMessage:
 def _as_bytes(message: MessageInput) -> bytes:
     if isinstance(message, bytes | bytearray | memoryview):
         return bytes(message)
+    import email.message
+
     if isinstance(message, email.message.Message):
         return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
     raise TypeError("message must be bytes or an email.message.Message")
@@ -186,6 +192,9 @@ def encrypt(
             on_warning,
         )
     outer, entity = prepare_chunks(_as_bytes(message))
+    from smimekit.cms.enveloped import encrypt_enveloped_stream  # not needed to verify
+    from smimekit.cms.recipients import RecipientOptions
+
     stream = encrypt_enveloped_stream(
         entity, recipients, cipher=cipher, options=RecipientOptions(oaep=oaep, use_ski=use_ski)
     )

@@ -21,10 +21,6 @@ from types import FrameType
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 from smimekit.ca.issuance import (
     DEFAULT_ENCRYPT_KEY,
@@ -119,6 +115,17 @@ def _run_batch(verb: str, results: Iterator[RowResult], log: ResultsLog, *, tota
                label: str, progress: bool | None) -> None:
     """Drive a batch generator with a progress bar; one summary line at the end (an error,
     exit status 1, when any row failed)."""
+    # rich only where a progress bar or table is shown: every `ca` command loads this module.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
     counts: Counter[RowStatus] = Counter()
     show = sys.stderr.isatty() if progress is None else progress
     console = Console(stderr=True, force_terminal=True if progress else None)
@@ -237,6 +244,9 @@ def renew(due: str, results_path: str | None, dry_run: bool, key_type: str | Non
 
 
 def _table(items: Sequence[Expiring]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table("email", "purpose", "serial", "not after (UTC)", "days left",
                   box=None, header_style="bold")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from cryptography import x509
@@ -23,10 +22,12 @@ from smimekit.keys.load import (
     load_private_key,
     read_source,
 )
-from smimekit.keys.pkcs12 import KeyPair, load_pkcs12_identities
 from smimekit.smime.content import InputKind, check_content_type, classify_input, wrap_as_entity
-from smimekit.store import Store
 from smimekit.validation.trust import TrustStore
+
+if TYPE_CHECKING:
+    from smimekit.keys.pkcs12 import KeyPair
+    from smimekit.store import Store
 
 MAX_INPUT = 2 * 1024**3  # refuse to slurp more than 2 GiB from one input
 
@@ -57,6 +58,8 @@ def cli_globals() -> Globals:
 
 def open_store() -> Store:
     """The store named by --database-url, or the SQLite file in --data-dir."""
+    from smimekit.store import Store  # SQLAlchemy: only the commands that open a store pay
+
     globals_ = cli_globals()
     return Store.open(globals_.database_url, globals_.data_dir)
 
@@ -197,6 +200,8 @@ def _ask(label: str) -> bytes:
             f"{label} needs a passphrase: use --passphrase-file, --passphrase-env or"
             " SMIMEKIT_PASSPHRASE (no terminal to ask on)"
         )
+    import getpass
+
     return getpass.getpass(f"Passphrase for {label}: ").encode()
 
 
@@ -256,6 +261,9 @@ def load_decryption_keys(
         for attempt in range(2):
             try:
                 if _looks_pkcs12(data):
+                    # its ASN.1 classes cost start-up time: only a PKCS#12 file pays for them
+                    from smimekit.keys.pkcs12 import load_pkcs12_identities
+
                     identities, others = load_pkcs12_identities(
                         data, secret, label=f"key {key_path}"
                     )

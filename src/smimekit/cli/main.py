@@ -12,18 +12,46 @@ from pathlib import Path
 import click
 
 from smimekit import __version__
-from smimekit.cli.archive import archive
-from smimekit.cli.ca import ca
-from smimekit.cli.ca_lifecycle import COMMANDS as CA_LIFECYCLE
 from smimekit.cli.common import Globals
-from smimekit.cli.escrow import escrow
-from smimekit.cli.log import log
-from smimekit.cli.messages import COMMANDS
-from smimekit.cli.trust import trust
+from smimekit.cli.lazy import LazyCommand, LazyGroup
 from smimekit.errors import SmimeError
 
+# Every command, imported only when it runs (start-up time: a message command must not load
+# the CA, escrow and archive stacks). The help is each command's first docstring paragraph;
+# tests/cli/test_startup_imports.py checks it still matches.
+_M = "smimekit.cli.messages"
+COMMANDS = [
+    LazyCommand("sign", f"{_M}:sign",
+                "Sign a message (multipart/signed, or opaque with --opaque)."),
+    LazyCommand("verify", f"{_M}:verify",
+                "Verify a signed message; write its content to OUT when every check passes."),
+    LazyCommand("encrypt", f"{_M}:encrypt",
+                "Encrypt a message to one or more recipients (each certificate is checked"
+                " first)."),
+    LazyCommand("decrypt", f"{_M}:decrypt",
+                "Decrypt a message (signed layers inside are kept for verify)."),
+    LazyCommand("sign-encrypt", f"{_M}:sign_encrypt",
+                "Sign, then encrypt (the sender can read the sent copy unless --no-self)."),
+    LazyCommand("decrypt-verify", f"{_M}:decrypt_verify",
+                "Decrypt, then verify; the verdict covers every layer."),
+    LazyCommand("trust", "smimekit.cli.trust:trust",
+                "Manage the trust anchors kept in the data directory."),
+    LazyCommand("log", "smimekit.cli.log:log", "Check and read the audit log."),
+    LazyCommand("ca", "smimekit.cli.ca:ca",
+                "Our own certificate authority: issue, renew, revoke, publish.",
+                extend=("smimekit.cli.ca_lifecycle:COMMANDS",)),
+    LazyCommand("escrow", "smimekit.cli.escrow:escrow",
+                "Key escrow: the vault key as M-of-N shares of key recovery officers."),
+    LazyCommand("archive", "smimekit.cli.archive:archive",
+                "Scan, export and re-encrypt mail archives (mbox, Maildir, folders of .eml)."),
+]
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="smimekit")
 @click.option(
     "--data-dir",
@@ -48,12 +76,6 @@ from smimekit.errors import SmimeError
 def cli(ctx: click.Context, data_dir: str, config: str | None, database_url: str | None) -> None:
     """Sovereign S/MIME: sign, verify, encrypt and decrypt mail."""
     ctx.obj = Globals(Path(data_dir), Path(config) if config else None, database_url)
-
-
-for _command in CA_LIFECYCLE:
-    ca.add_command(_command)
-for _command in [*COMMANDS, trust, log, ca, escrow, archive]:
-    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from cryptography import x509
@@ -30,12 +30,14 @@ from smimekit.cli.common import (
     write_output,
 )
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.keys.pkcs12 import KeyPair
 from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.recipients import can_receive_mail
 from smimekit.validation.revinfo import load_crl, load_ocsp_response
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
+
+if TYPE_CHECKING:
+    from smimekit.keys.pkcs12 import KeyPair
 
 CIPHERS = [c.value for c in Cipher]
 DIGESTS = [d.value for d in Digest]

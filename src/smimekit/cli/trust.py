@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 from cryptography import x509
-from rich.console import Console
-from rich.table import Table
 
 from smimekit.cli.common import Globals, load_cert_files
 from smimekit.dn import display_name
@@ -53,6 +51,9 @@ def list_(ctx: click.Context) -> None:
     if not anchors:
         click.echo("no trust anchors (add some with: smimekit trust add ROOT.pem)")
         return
+    from rich.console import Console  # rich only where a table is shown (start-up time)
+    from rich.table import Table
+
     table = Table("fingerprint (SHA-256)", "subject", "valid until")
     for cert in anchors:
         table.add_row(

@@ -8,17 +8,41 @@ assembling CMS structures yourself.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from smimekit.cms import asn1 as _asn1  # noqa: F401  (registers OIDs)
-from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.cms.enveloped import DecryptedContent, decrypt_enveloped, encrypt_enveloped
-from smimekit.cms.recipients import RecipientOptions
-from smimekit.cms.signed import (
-    SignedDataResult,
-    SignerResult,
-    SignerSpec,
-    sign_data,
-    verify_signed_data,
-)
+
+if TYPE_CHECKING:
+    from smimekit.cms.algorithms import Cipher, Digest
+    from smimekit.cms.enveloped import (
+        DecryptedContent,
+        decrypt_enveloped,
+        encrypt_enveloped,
+    )
+    from smimekit.cms.recipients import RecipientOptions
+    from smimekit.cms.signed import (
+        SignedDataResult,
+        SignerResult,
+        SignerSpec,
+        sign_data,
+        verify_signed_data,
+    )
+
+# Imported on first use (PEP 562): verifying needs signed.py, not the enveloped-data stack.
+_LAZY = {
+    "Cipher": "smimekit.cms.algorithms",
+    "DecryptedContent": "smimekit.cms.enveloped",
+    "Digest": "smimekit.cms.algorithms",
+    "RecipientOptions": "smimekit.cms.recipients",
+    "SignedDataResult": "smimekit.cms.signed",
+    "SignerResult": "smimekit.cms.signed",
+    "SignerSpec": "smimekit.cms.signed",
+    "decrypt_enveloped": "smimekit.cms.enveloped",
+    "encrypt_enveloped": "smimekit.cms.enveloped",
+    "sign_data": "smimekit.cms.signed",
+    "verify_signed_data": "smimekit.cms.signed",
+}
 
 __all__ = [
     "Cipher",
@@ -33,3 +57,16 @@ __all__ = [
     "sign_data",
     "verify_signed_data",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

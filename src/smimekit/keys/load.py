@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from smimekit.errors import KeyLoadError, PassphraseError
 
@@ -141,6 +141,16 @@ def load_pkcs12(
     return key, cert, list(extra)
 
 
+def _pkcs7_certificates(data: bytes, *, pem: bool) -> list[x509.Certificate]:
+    # cryptography's pkcs7 module imports the email package (for its signing builder): only
+    # a PKCS#7 bundle pays for that at start-up.
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    if pem:
+        return list(pkcs7.load_pem_pkcs7_certificates(data))
+    return list(pkcs7.load_der_pkcs7_certificates(data))
+
+
 def load_certificates(source: Source, passphrase: Passphrase = None) -> list[x509.Certificate]:
     """Every certificate in a PEM, DER, PKCS#7 certs-only or PKCS#12 file.
 
@@ -150,7 +160,7 @@ def load_certificates(source: Source, passphrase: Passphrase = None) -> list[x50
     data, label = read_source(source, "certificate file")
     try:
         if b"-----BEGIN PKCS7-----" in data or b"-----BEGIN CMS-----" in data:
-            return list(pkcs7.load_pem_pkcs7_certificates(data))
+            return _pkcs7_certificates(data, pem=True)
         if b"-----BEGIN" in data:
             if b"-----BEGIN CERTIFICATE-----" not in data:
                 raise ValueError("no certificate")
@@ -162,7 +172,7 @@ def load_certificates(source: Source, passphrase: Passphrase = None) -> list[x50
     except ValueError:
         pass
     try:
-        return list(pkcs7.load_der_pkcs7_certificates(data))
+        return _pkcs7_certificates(data, pem=False)
     except ValueError:
         pass
     try:

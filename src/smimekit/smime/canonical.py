@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import binascii
 import email
-import email.policy
 import email.utils
 import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email import encoders
 from email.message import Message
 
 from smimekit.errors import MIMEError
@@ -280,6 +278,10 @@ def make_7bit(entity: bytes) -> bytes:
     """
     if not needs_encoding(entity):
         return entity
+    # email.policy (header registry and parser) only when something must be re-encoded.
+    import email.policy
+    from email import encoders
+
     msg = email.message_from_bytes(entity, policy=email.policy.compat32)
     changed = False
     for part in msg.walk():

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from smimekit.cms.enveloped import ENCRYPTED_TYPES, content_type_of, decrypt_enveloped
 from smimekit.cms.signed import SignedDataResult, embedded_content, verify_signed_data
 from smimekit.errors import (
     LegacyAlgorithmError,
@@ -147,6 +146,9 @@ def unwrap(
             current = Entity.parse(detached.content)
             covered = True
         elif is_pkcs7_mime(current):
+            # The enveloped-data stack is imported where opaque CMS is met (start-up time).
+            from smimekit.cms.enveloped import ENCRYPTED_TYPES, content_type_of
+
             der = pkcs7_der(current)
             kind = content_type_of(der)
             if kind == "signed_data":
@@ -222,6 +224,8 @@ def _signers(result: SignedDataResult) -> str:
 def _decrypt(der: bytes, keys: KeyPairs, allow_legacy: bool, layers: list[Layer]) -> Entity:
     if not keys:
         raise NoRecipientError("the message is encrypted: a private key is needed to open it")
+    from smimekit.cms.enveloped import decrypt_enveloped
+
     out = decrypt_enveloped(der, keys, allow_legacy=allow_legacy)
     layers.append(Layer("encrypted", "application/pkcs7-mime", f"{out.cipher}, {out.recipient}"))
     return Entity.parse(to_crlf(out.content))
@@ -240,6 +244,8 @@ def _buried_smime(entity: Entity) -> list[tuple[str, Entity]]:
             found.append(("signed", ent))
             return
         if is_pkcs7_mime(ent):
+            from smimekit.cms.enveloped import content_type_of
+
             try:
                 kind = content_type_of(pkcs7_der(ent))
             except SmimeError:  # a broken buried part must not hide its siblings

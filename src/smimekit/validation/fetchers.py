@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import abc
 import base64
-import http.client
+import functools
 import logging
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from smimekit.errors import FetchError
+
+if TYPE_CHECKING:
+    import http.client
+    import urllib.request
 
 __all__ = ["Fetcher", "MemoryFetcher", "UrllibFetcher"]
 
@@ -77,19 +79,27 @@ def check_url(url: str) -> str:
     return url
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    # urllib follows redirects to ftp: too; revocation URLs may only lead to http(s).
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        check_url(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+@functools.cache
+def _http_only_redirects() -> type[Any]:
+    # Defined on first use: urllib.request and http.client (with ssl, socket, email.parser)
+    # cost start-up time that a run which never fetches should not pay.
+    import urllib.request
+
+    class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+        # urllib follows redirects to ftp: too; revocation URLs may only lead to http(s).
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: IO[bytes],
+            code: int,
+            msg: str,
+            headers: http.client.HTTPMessage,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            check_url(newurl)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return _HttpOnlyRedirects
 
 
 class UrllibFetcher(Fetcher):
@@ -107,17 +117,26 @@ class UrllibFetcher(Fetcher):
         self.max_crl_bytes = max_crl_bytes
         self.max_ocsp_bytes = max_ocsp_bytes
         self.user_agent = user_agent
-        # Only the handlers we need: no file:, ftp: or data: handlers to be tricked into.
-        self._opener = urllib.request.OpenerDirector()
-        for handler in (
-            urllib.request.ProxyHandler(),
-            urllib.request.HTTPHandler(),
-            urllib.request.HTTPSHandler(),
-            urllib.request.HTTPDefaultErrorHandler(),
-            _HttpOnlyRedirects(),
-            urllib.request.HTTPErrorProcessor(),
-        ):
-            self._opener.add_handler(handler)
+        self._opener: urllib.request.OpenerDirector | None = None  # made on the first fetch
+
+    @property
+    def opener(self) -> urllib.request.OpenerDirector:
+        if self._opener is None:
+            import urllib.request
+
+            # Only the handlers we need: no file:, ftp: or data: handlers to be tricked into.
+            opener = urllib.request.OpenerDirector()
+            for handler in (
+                urllib.request.ProxyHandler(),
+                urllib.request.HTTPHandler(),
+                urllib.request.HTTPSHandler(),
+                urllib.request.HTTPDefaultErrorHandler(),
+                _http_only_redirects()(),
+                urllib.request.HTTPErrorProcessor(),
+            ):
+                opener.add_handler(handler)
+            self._opener = opener
+        return self._opener
 
     def fetch_crl(self, url: str) -> bytes:
         return self._exchange(url, None, "application/pkix-crl, */*", self.max_crl_bytes)
@@ -133,6 +152,10 @@ class UrllibFetcher(Fetcher):
         return self._exchange(full, None, "application/ocsp-response", self.max_ocsp_bytes)
 
     def _exchange(self, url: str, post: bytes | None, accept: str, limit: int) -> bytes:
+        import http.client
+        import urllib.error
+        import urllib.request
+
         headers = {"Accept": accept, "User-Agent": self.user_agent}
         if post is not None:
             headers["Content-Type"] = "application/ocsp-request"
@@ -142,7 +165,7 @@ class UrllibFetcher(Fetcher):
         )
         log.debug("revocation fetch", extra={"url": url, "method": request.get_method()})
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with self.opener.open(request, timeout=self.timeout) as response:
                 declared = response.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise FetchError(f"{url}: answer of {declared} bytes exceeds {limit}", url=url)

@@ -43,7 +43,6 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from smimekit.dn import display_name
@@ -108,6 +107,8 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     if body.startswith(b"-----BEGIN"):
         if b"-----BEGIN PKCS7-----" in body or b"-----BEGIN CMS-----" in body:
+            from cryptography.hazmat.primitives.serialization import pkcs7  # imports email
+
             certs = list(pkcs7.load_pem_pkcs7_certificates(body))
         elif b"-----BEGIN CERTIFICATE-----" in body:
             certs = list(x509.load_pem_x509_certificates(body))
@@ -118,6 +119,8 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
             certs = [x509.load_der_x509_certificate(data)]
         except ValueError:
             try:
+                from cryptography.hazmat.primitives.serialization import pkcs7
+
                 certs = list(pkcs7.load_der_pkcs7_certificates(data))
             except ValueError:
                 raise ValueError(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -269,6 +268,8 @@ class Verdict:
         return data
 
     def to_json(self) -> str:
+        import json  # only a --report needs it
+
         return json.dumps(self.to_dict(), indent=2, default=_json_default, sort_keys=True)
 
 
