@@ -211,3 +211,14 @@ def test_the_record_check_reads_only_this_escrows_rows(env: Env) -> None:
     rows = vault.recorded(env.store, state.escrow_id)
     assert [r.action for r in rows] == ["escrow.init"]
     assert rows[0].details["state_digest"] == state.active.digest()
+
+
+def test_escrow_json_removed_after_a_rekey_is_refused(env: Env, tmp_path: Path) -> None:
+    env.escrow()
+    officers = [OfficerSpec(o.name, passphrase=o.passphrase) for o in env.officers
+                if o.passphrase is not None]
+    rekey_escrow(env.data_dir, env.store, env.shares("Alice", "Bob", "Dave"),
+                 tmp_path / "rekeyed", actor="test", officers=officers)
+    (env.home.path / "escrow.json").unlink()
+    with pytest.raises(EscrowError, match="is missing, but the store's audit log records"):
+        load_state(env.home, env.store)

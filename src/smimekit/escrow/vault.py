@@ -371,7 +371,8 @@ def check_recorded(state: EscrowState, store: Store) -> None:
 def _check_not_removed(store: Store, vault_cert: x509.Certificate, path: Path) -> None:
     vault = fingerprint(vault_cert)
     for row in recorded(store):
-        if row.action == "escrow.init" and row.details.get("vault") == vault:
+        # init names the vault key it escrowed, a re-key the one it moved to
+        if vault in (row.details.get("vault"), row.details.get("to_vault")):
             raise EscrowError(
                 f"{path} is missing, but the store's audit log records that this vault key"
                 f" was put under escrow (row {row.row}): the data directory was restored from"
