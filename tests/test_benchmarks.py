@@ -71,3 +71,20 @@ def test_startup_benchmark_prints_each_command_beside_openssl(tmp_path: Path) ->
     figures = json.loads((tmp_path / "startup.json").read_text())["figures"]
     assert all(f["cpu_best"] >= 0 and f["wall_best"] > 0 for f in figures)
     assert len(figures) == 5 + 2 * 4  # floors, --help twice, then smimekit and openssl
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares with openssl")
+def test_budget_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_budgets.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = result.stdout.splitlines()[1:]
+    assert len(rows) == 6, result.stdout  # three inputs x (smimekit, openssl)
+    refused = [r for r in rows if "smimekit decrypt" in r and "exit 1" in r]
+    assert len(refused) == 2, result.stdout
+    assert any("MAX_RECIPIENT_INFOS" in r for r in refused)
+    assert any("MAX_BER_SEGMENTS" in r for r in refused)
+    assert all("decrypted" in r for r in rows if "openssl" in r), result.stdout

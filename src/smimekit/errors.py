@@ -5,6 +5,7 @@
     SmimeError
     ├── MalformedError                 input that is not what it claims to be
     │   ├── ASN1Error                  truncated or wrong DER/BER, bad tags, huge lengths
+    │   │   └── LimitExceededError     more elements than a parser budget allows (cms.limits)
     │   └── MIMEError                  wrong or missing MIME structure, bad transfer encoding
     ├── UnsupportedError               a valid construct we do not implement
     │   └── LegacyAlgorithmError       3DES, RC2, SHA-1 ... refused unless explicitly allowed
@@ -50,6 +51,7 @@ __all__ = [
     "FetchError",
     "KeyLoadError",
     "LegacyAlgorithmError",
+    "LimitExceededError",
     "MIMEError",
     "MalformedError",
     "NoRecipientError",
@@ -78,6 +80,23 @@ class MalformedError(SmimeError):
 
 class ASN1Error(MalformedError):
     """Truncated, mis-tagged or otherwise undecodable ASN.1 (DER or BER)."""
+
+
+class LimitExceededError(ASN1Error):
+    """The input has more of some element than a parser budget allows.
+
+    The budgets (:mod:`smimekit.cms.limits`) sit far above what real messages carry; they
+    stop a hostile message (200,000 RecipientInfos, a million one-byte BER segments) before
+    it is parsed. ``limit`` names the budget (``MAX_RECIPIENT_INFOS`` ...), ``maximum`` is its
+    value and ``count`` how many were counted when counting stopped (one over the maximum).
+    """
+
+    def __init__(self, limit: str, maximum: int, count: int, what: str) -> None:
+        super().__init__(f"too many {what}: more than {maximum:,} (limit {limit}; counting "
+                         f"stopped at {count:,})")
+        self.limit = limit
+        self.maximum = maximum
+        self.count = count
 
 
 class MIMEError(MalformedError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,10 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+from malformed import hostile
+from malformed.cases import der_of, pkcs7_mime
 
 from archive.corpus import People, Sample, build, sample_name
 from smimekit import archive
 from smimekit.archive import Kind
+from smimekit.cli.main import main
+from smimekit.cms import limits
 
 
 def test_a_truncated_mbox_reports_the_cut_message_as_malformed(
@@ -108,3 +113,46 @@ def test_a_maildir_message_over_the_size_cap_is_not_read(tmp_path: Path) -> None
     report = archive.scan(root, max_size=1000)
     assert report.by_kind == {"malformed": 1, "plain": 1}
     assert "larger than 1000" in report.malformed[0][1]
+
+
+def _over_budget(corpus: list[Sample]) -> list[bytes]:
+    """Messages of the corpus made hostile: over two budgets of smimekit.cms.limits."""
+    real = der_of(next(s.data for s in corpus if s.name == "gcm-rsa"))
+    decoy = der_of(next(s.data for s in corpus if s.name == "stranger"))
+    cbc = der_of(next(s.data for s in corpus if s.name == "cbc-p256"))
+    return [
+        pkcs7_mime(hostile.many_recipient_infos(real, decoy, limits.MAX_RECIPIENT_INFOS),
+                   "authEnveloped-data"),
+        pkcs7_mime(hostile.segmented_ciphertext(cbc, limits.MAX_BER_SEGMENTS + 1),
+                   "enveloped-data"),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["mbox", "eml"])
+def test_a_message_over_a_parser_budget_is_counted_once_as_malformed(
+        tmp_path: Path, corpus: list[Sample], people: People, fmt: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    good = next(s.data for s in corpus if s.name == "gcm-rsa")
+    over = _over_budget(corpus)
+    path = build(fmt, tmp_path, [good, *over])
+    report = archive.scan(path)
+    assert report.messages == 3
+    # The scan reads only the recipients at the start of the DER, so the one over
+    # MAX_BER_SEGMENTS is an encrypted message to it; decrypting it is refused below.
+    assert report.by_kind == {"encrypted": 2, "malformed": 1}
+    [(_, reason)] = report.malformed
+    assert "MAX_RECIPIENT_INFOS" in reason
+    # Nothing of the hostile message's 4,097 recipients reaches the recipient table.
+    assert sum(r.messages for r in report.recipients) == 2
+    # The CLI prints the same counts and exits 0: an archive with such mail is still scanned.
+    assert main(["--data-dir", str(tmp_path / "data"), "archive", "scan", str(path),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["messages"] == 3 and len(printed["malformed"]) == 1
+    # decrypt counts each message once too, and names the limit of each hostile one.
+    result = archive.decrypt_archive(path, tmp_path / "out", people.keys())
+    assert sum(result.counts.values()) == 3
+    assert result.counts["decrypted"] == 1
+    reasons = sorted(why for _, _, why in result.problems)
+    assert any("MAX_BER_SEGMENTS" in why for why in reasons), reasons
+    assert any("MAX_RECIPIENT_INFOS" in why for why in reasons), reasons

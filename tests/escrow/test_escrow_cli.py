@@ -363,3 +363,47 @@ def test_init_refusals(kit: tuple[Env, Path], capsys: pytest.CaptureFixture[str]
     assert _run(env, "escrow", "init", "--threshold", "3", *_officer_args(d),
                 "--out", env.shares_dir) == 1
     assert "under escrow already" in capsys.readouterr().err
+
+
+def test_restored_escrow_json_after_rotate_is_refused_as_a_rollback(
+        kit: tuple[Env, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    env, d, _ = _setup(kit)
+    tmp = d.parent
+    state_file = env.home.path / "escrow.json"
+    generation1 = state_file.read_bytes()
+    assert _run(env, "escrow", "rotate", *_shares(env, d, "Alice", "Bob", "Erin"),
+                "--officer", f"Alice Officer=cert:{d / 'alice.pem'}",
+                "--officer", f"Dave Officer=passphrase:{d / 'dave.pass'}",
+                "--threshold", "2", "--out", tmp / "gen2") == 0
+    state_file.write_bytes(generation1)  # an old backup put back
+    capsys.readouterr()
+    for args in (["escrow", "check-share", *_share(env, d, "Carol")],
+                 ["escrow", "recover", "--user", LEAVER, "--reason", "after rollback",
+                  *_shares(env, d, "Alice", "Bob", "Carol"), "--out", tmp / "x.p12"],
+                 ["escrow", "status"]):
+        assert _run(env, *args) == 1
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "escrow.json was rolled back" in err, err
+        assert "recorded generation 2" in err
+    assert not (tmp / "x.p12").exists()
+    rows = _recoveries(env)
+    assert [r["outcome"] for r in rows] == ["refused"] and "rolled back" in rows[0]["error"]
+
+
+def test_recover_of_an_unknown_user_is_audited_as_refused(
+        kit: tuple[Env, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    env, d, _ = _setup(kit)
+    tmp = d.parent
+    capsys.readouterr()
+    assert _run(env, "escrow", "recover", "--user", "Nobody@Example.com",
+                "--reason", "HR-1 who is this", *_shares(env, d, "Alice", "Bob", "Dave"),
+                "--out", tmp / "x.p12") == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no key of nobody@example.com is in escrow" in err
+    assert not (tmp / "x.p12").exists()
+    [row] = _recoveries(env)
+    assert row["outcome"] == "refused" and row["keys"] == 0
+    assert row["subject"] == "nobody@example.com" and row["reason"] == "HR-1 who is this"
+    assert row["officers"] == ["Alice Officer", "Bob Officer", "Dave Officer"]
+    assert "no key of nobody@example.com is in escrow" in row["error"]
+    assert row["actor"] == "cli:auditor-test"

@@ -157,3 +157,17 @@ def test_record_refusal_is_an_audit_row(env: Env) -> None:
                    error="share did not open", officers=["Dave Officer"])
     (row,) = _recoveries(env)
     assert row["subject"] == "x@example.com" and row["outcome"] == "refused"
+
+
+def test_unknown_user_refused_and_audited_as_refused(env: Env) -> None:
+    make_leaver(env.cax)
+    env.escrow()
+    with pytest.raises(EscrowError, match=r"no key of stranger@example\.com is in escrow"):
+        _recover(env, "Alice", "Bob", "Carol", email="Stranger@example.com")
+    [row] = _recoveries(env)
+    assert row["outcome"] == "refused" and row["keys"] == 0
+    assert row["subject"] == "stranger@example.com"
+    assert "no key of stranger@example.com" in row["error"]
+    # too few shares: refused for that reason, saying nothing about who is in escrow
+    with pytest.raises(EscrowError, match="2 valid shares given, 3 needed"):
+        _recover(env, "Alice", "Bob", email="stranger@example.com")

@@ -249,7 +249,11 @@ def status(as_json: bool) -> None:
 def check_share_cmd(share_spec: str) -> None:
     """An officer's drill: open one share and check it counts (nothing is recovered)."""
     unlocked = unlock_share_spec(share_spec)
-    state = load_state(CAHome(ca_data_dir()))
+    store = open_store()
+    try:
+        state = load_state(CAHome(ca_data_dir()), store)
+    finally:
+        store.close()
     if state is None:
         raise EscrowError("the vault key is not under escrow")
     generation = state.active

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from asn1crypto import algos, cms, core
 from asn1crypto import tsp as _tsp  # noqa: F401  registers signing-certificate(-v2) parsing
 
+from smimekit.cms import der, limits
 from smimekit.errors import ASN1Error
 
 
@@ -81,9 +82,22 @@ PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, Attr
 
 
 def load(cls: type[T], data: bytes, what: str) -> T:
-    """Decode the outer layer of ``data`` as ``cls`` (DER or BER)."""
+    """Decode the outer layer of ``data`` as ``cls`` (DER or BER).
+
+    A ContentInfo or a RecipientInfos is first held to the parser budgets of
+    :mod:`smimekit.cms.limits`, counting only TLV headers, so that no hostile element count
+    reaches asn1crypto.
+
+    Raises:
+        ASN1Error: ``data`` is empty or its outer layer cannot be decoded.
+        LimitExceededError: the structure is over a parser budget.
+    """
     if not data:
         raise ASN1Error(f"malformed {what}: empty input")
+    if cls is cms.ContentInfo:
+        limits.check_content_info(data)
+    elif cls is cms.RecipientInfos:
+        limits.check_recipient_infos(data)
     try:
         return cls.load(data, strict=False)
     except PARSE_ERRORS as exc:
@@ -114,6 +128,15 @@ def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return first[:160]
+
+
+def string_octets(value: core.Asn1Value) -> bytes | None:
+    """The octets of a constructed (BER, segmented) string, merged from its segments' headers
+    (:func:`smimekit.cms.der.join_segments`); None for a primitive string or segments that
+    are not well-formed, which the caller leaves to asn1crypto."""
+    if getattr(value, "method", 0) != 1:
+        return None
+    return der.join_segments(value.contents)
 
 
 def der_set(attrs: core.Asn1Value) -> bytes:

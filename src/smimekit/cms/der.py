@@ -224,3 +224,59 @@ def children(value: Chunk) -> list[tuple[int, bytes]] | None:
     if start + length != len(value) or not tag & 0x20:
         return None
     return elements(value[start : start + length])
+
+
+def join_segments(contents: Chunk, max_depth: int = 32) -> bytes | None:
+    """The octets of a BER constructed OCTET STRING, given its contents (the segment TLVs,
+    constructed ones nested inside included); None when they are not well-formed segments.
+
+    asn1crypto builds an object per segment to merge them (about 10 µs each); this reads the
+    headers only. The caller falls back to asn1crypto on None, which then names the fault.
+    """
+    data = memoryview(contents)
+    out = bytearray()  # not a list of views: that would hold an object per segment
+    # (the container's end, or for an indefinite one the end it must close before;
+    #  whether it is indefinite, closed by end-of-contents)
+    frames: list[tuple[int, bool]] = [(len(data), False)]
+    pos = 0
+    while True:
+        limit, indefinite = frames[-1]
+        if indefinite:
+            if pos + 2 > limit:
+                return None
+            if data[pos] == 0 and data[pos + 1] == 0:
+                pos += 2
+                frames.pop()
+                continue
+        elif pos == limit:
+            if len(frames) == 1:
+                return bytes(out)
+            frames.pop()
+            continue
+        if pos + 2 > limit:
+            return None
+        tag, first = data[pos], data[pos + 1]
+        if tag not in (0x04, 0x24):
+            return None
+        if first == 0x80:
+            if tag == 0x04:
+                return None
+            start, length = pos + 2, -1
+        elif first < 0x80:
+            start, length = pos + 2, first
+        else:
+            count = first & 0x7F
+            if count > 8 or pos + 2 + count > limit:
+                return None
+            start = pos + 2 + count
+            length = int.from_bytes(bytes(data[pos + 2 : start]), "big")
+        if length >= 0 and start + length > limit:
+            return None
+        if tag == 0x04:
+            out += data[start : start + length]
+            pos = start + length
+            continue
+        if len(frames) > max_depth:
+            return None
+        frames.append((start + length, False) if length >= 0 else (limit, True))
+        pos = start

@@ -257,6 +257,7 @@ def decrypt_enveloped(
             error for every failing step, so no padding oracle).
         LegacyAlgorithmError: 3DES or RC2 without ``allow_legacy``.
     """
+    encrypted: bytes | memoryview | None
     hollowed = dertools.hollow(der)
     if hollowed is not None:
         # Plain DER: parse the structure without its ciphertext, which stays a view.
@@ -277,7 +278,9 @@ def decrypt_enveloped(
     if authenticated != (spec.mode in ("gcm", "chacha")):
         raise UnsupportedError(f"{spec.name} does not belong in {kind.replace('_', ' ')}")
     if encrypted is None:
-        encrypted = eci["encrypted_content"].native
+        field = eci["encrypted_content"]
+        joined = asn1.string_octets(field)  # BER segments, merged without an object each
+        encrypted = field.native if joined is None else joined
     if encrypted is None:
         raise UnsupportedError("the encrypted content is absent (detached EnvelopedData)")
     params = alg["parameters"]

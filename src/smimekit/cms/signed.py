@@ -372,7 +372,11 @@ def embedded_content(der: bytes) -> bytes | None:
 
 
 def _octets(value: core.Asn1Value) -> bytes:
-    # eContent may be a constructed (BER, chunked) OCTET STRING; asn1crypto merges the chunks.
+    # eContent may be a constructed (BER, chunked) OCTET STRING: merged from the segments'
+    # headers, else by asn1crypto (an object per segment).
+    joined = asn1.string_octets(value)
+    if joined is not None:
+        return joined
     if isinstance(value, core.ParsableOctetString):
         return bytes(value)
     native = value.native

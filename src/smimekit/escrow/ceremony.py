@@ -206,7 +206,7 @@ def init_escrow(
         CAError: no CA, or its vault files are missing.
     """
     home = CAHome(data_dir)
-    state = load_state(home)
+    state = load_state(home, store)
     vault_p12 = home.path / "vault.p12"
     if state is not None:
         if vault_p12.exists():  # an interrupted init: the shares and the state are written
@@ -254,8 +254,8 @@ def _unlink(path: Path) -> None:
                           ) from None
 
 
-def _require(home: CAHome) -> EscrowState:
-    state = load_state(home)
+def _require(home: CAHome, store: Store) -> EscrowState:
+    state = load_state(home, store)
     if state is None:
         raise EscrowError("the vault key is not under escrow: run 'smimekit escrow init'")
     return state
@@ -280,7 +280,7 @@ def rotate_escrow(
             under way.
     """
     home = CAHome(data_dir)
-    state = _require(home)
+    state = _require(home, store)
     if state.rekey is not None:
         raise EscrowError("a re-key is under way: finish it ('escrow rekey') first")
     key = reconstruct(state.active, shares)
@@ -328,7 +328,7 @@ def rekey_escrow(
             passphrase, a damaged record (the batch is rolled back; nothing is lost).
     """
     home = CAHome(data_dir)
-    state = _require(home)
+    state = _require(home, store)
     old = state.active
     vault_a = KeyVault(old.vault_cert, reconstruct(old, shares))
     written: tuple[Path, ...] = ()
@@ -361,7 +361,8 @@ def rekey_escrow(
             store.audit(actor, "escrow.rekey", f"escrow {state.escrow_id}", {
                 "phase": "started", "from_vault": old.vault_fingerprint,
                 "to_vault": gen_b.vault_fingerprint, "generation": gen_b.generation,
-                "shares_used": [s.header.officer for s in shares]})
+                "shares_used": [s.header.officer for s in shares],
+                "state_digest": gen_b.digest()})
             save_state(home, state)
     elif officers:
         raise EscrowError("a re-key is under way and its new shares exist already: run"
@@ -382,7 +383,7 @@ def rekey_escrow(
     with store.transaction():
         store.audit(actor, "escrow.rekey", f"escrow {state.escrow_id}", {
             "phase": "finished", "vault": new.vault_fingerprint,
-            "generation": new.generation, "resealed": resealed})
+            "generation": new.generation, "resealed": resealed, "state_digest": new.digest()})
         save_state(home, final)
     return EscrowResult(final, written, resealed)
 
@@ -451,7 +452,7 @@ def deposit_key(
     """
     check_deposit(key, cert, email)
     home = CAHome(data_dir)
-    load_state(home)  # refuses a vault.pem that does not match escrow.json
+    load_state(home, store)  # refuses a vault.pem or escrow.json not as the store recorded
     vault = KeyVault(home.certificate("vault"))
     cert_fp = fingerprint(cert)
     with store.transaction():

@@ -78,13 +78,15 @@ def recover_keys(
     whose certificate validity overlaps ``[since, until]`` (aware datetimes; None: open).
     ``details`` adds JSON-serialisable facts to the audit row (e.g. what the keys are for).
 
-    An empty list means nothing in escrow for that user and period (the attempt is still
-    audited).
+    An empty list means the user has keys in escrow, but none for that period (the attempt
+    is still audited).
 
     Raises:
         EscrowError: no reason, not under escrow, a re-key under way, too few or wrong shares,
             shares of another escrow or generation, escrow data altered (``escrow.json``, a
-            key record or its certificate): nothing is returned.
+            key record or its certificate), ``escrow.json`` rolled back or not as the store
+            recorded it, no key of that user in escrow at all: nothing is returned, and the
+            attempt is audited as refused.
         StoreError: the database failed, or the audit row cannot be written (then nothing
             is returned either).
     """
@@ -102,7 +104,7 @@ def recover_keys(
                               " log")
         if since is not None and until is not None and since > until:
             raise EscrowError("the period ends before it starts")
-        state = load_state(CAHome(data_dir))
+        state = load_state(CAHome(data_dir), store)
         if state is None:
             raise EscrowError("the vault key is not under escrow: nothing to recover with"
                               " shares")
@@ -110,8 +112,13 @@ def recover_keys(
             raise EscrowError("a re-key is under way: finish it ('escrow rekey') before"
                               " recovering")
         vault = KeyVault(state.active.vault_cert, reconstruct(state.active, shares))
+        records = store.private_keys_for(email, "encrypt")
+        if not records:
+            # Said only once M shares were accepted: fewer learn nothing about who is escrowed.
+            raise EscrowError(f"no key of {email} is in escrow (an unknown user, or one whose"
+                              " keys were never escrowed)")
         found: list[tuple[PrivateKeyTypes, x509.Certificate]] = []
-        for record in store.private_keys_for(email, "encrypt"):
+        for record in records:
             if record.certificate_fingerprint is not None:
                 row = store.get_certificate(record.certificate_fingerprint)
                 if row is not None and not _overlaps(row.certificate, since, until):
@@ -208,7 +215,7 @@ def escrow_status(data_dir: Path | str, store: Store) -> EscrowStatus:
         CAError: no CA.
     """
     home = CAHome(data_dir)
-    state = load_state(home)
+    state = load_state(home, store)
     vault_cert = home.certificate("vault")
     active = state.active.vault_cert if state is not None else vault_cert
     following = state.rekey.vault_cert if state is not None and state.rekey else None

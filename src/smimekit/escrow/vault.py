@@ -26,6 +26,16 @@ officer and commitment all match ``escrow.json``, and the shares together must r
 private key of the vault certificate: so a wrong share, a share of another escrow or of a
 replaced generation, and an edited ``escrow.json`` are each refused by name.
 
+``escrow.json`` lives in the data directory; the store is a separate trust domain. Every
+ceremony that writes ``escrow.json`` appends, in the same store transaction, an audit row
+(``escrow.init``, ``escrow.rotate``, ``escrow.rekey``; subject ``escrow <id>``) recording the
+generation it made and its state digest. :func:`load_state` given the store checks the file
+against that record (:func:`check_recorded`): a file of an older generation (an
+``escrow.json`` restored after ``escrow rotate``, which would make the retired shares count
+again) is refused as a rollback, one that does not match the digest recorded for its
+generation as altered, and a missing file whose vault the store records as escrowed as
+removed. docs/escrow.md ("Threat model") says what this does and does not stop.
+
 This module holds the state (:func:`load_state`, :func:`save_state`), the share checks and the
 reconstruction (:func:`check_share`, :func:`reconstruct`) and the key records
 (:func:`key_records`, :func:`sealed_to`, :func:`open_record`). The ceremonies that change the
@@ -60,11 +70,13 @@ from smimekit.store import Store, StoredKey, schema
 from smimekit.store.db import certificate_emails
 
 __all__ = [
+    "RECORDING_ACTIONS",
     "STATE_FILE",
     "EscrowGeneration",
     "EscrowResult",
     "EscrowState",
     "Officer",
+    "check_recorded",
     "check_share",
     "commitment",
     "fingerprint",
@@ -73,6 +85,7 @@ __all__ = [
     "open_record",
     "pem",
     "reconstruct",
+    "recorded",
     "save_state",
     "sealed_to",
 ]
@@ -208,19 +221,27 @@ class EscrowResult:
     """Key records re-sealed to the new vault key (re-key only)."""
 
 
-def load_state(home: CAHome) -> EscrowState | None:
+def load_state(home: CAHome, store: Store | None = None) -> EscrowState | None:
     """The escrow state of the CA in ``home``, or None when its vault is not under escrow.
 
+    With ``store`` (every escrow operation passes it), the state is also checked against what
+    the store's audit log recorded (:func:`check_recorded`); without it, only the file and
+    ``vault.pem`` are read (for display, e.g. ``ca history``).
+
     Raises:
-        EscrowError: ``escrow.json`` is damaged or edited inconsistently, or ``vault.pem``
-            is not the vault key it describes.
+        EscrowError: ``escrow.json`` is damaged or edited inconsistently, ``vault.pem`` is not
+            the vault key it describes, or (with ``store``) it was rolled back, altered or
+            removed behind the store's back.
         CAError: no CA.
+        StoreError: the audit log cannot be read.
     """
     path = home.path / STATE_FILE
     vault_cert = home.certificate("vault")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
+        if store is not None:
+            _check_not_removed(store, vault_cert, path)
         return None
     except OSError as exc:
         raise EscrowError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -241,7 +262,121 @@ def load_state(home: CAHome) -> EscrowState | None:
     if vault_cert not in known:
         raise EscrowError(f"{home.path / 'vault.pem'} is not the vault certificate that"
                           f" {STATE_FILE} describes: one of them was altered")
+    if store is not None:
+        check_recorded(state, store)
     return state
+
+
+# -- what the store recorded ----------------------------------------------------------------------
+
+RECORDING_ACTIONS = ("escrow.init", "escrow.rotate", "escrow.rekey")
+"""The audit actions that record a new generation of ``escrow.json``."""
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    row: int
+    action: str
+    details: dict[str, Any]
+
+    @property
+    def generation(self) -> int:
+        return int(self.details.get("generation", 0))
+
+    @property
+    def rekey_started(self) -> bool:
+        return self.action == "escrow.rekey" and self.details.get("phase") == "started"
+
+
+def recorded(store: Store, escrow_id: str | None = None) -> list[_Recorded]:
+    """The audit rows that recorded generations (of ``escrow_id``, or of every escrow), in
+    log order: one per ceremony, so a handful.
+
+    Raises:
+        StoreError: the audit log cannot be read.
+    """
+    log = schema.audit_log
+    query = select(log.c.id, log.c.action, log.c.details).where(
+        log.c.action.in_(RECORDING_ACTIONS)).order_by(log.c.id)
+    if escrow_id is not None:
+        query = query.where(log.c.subject == f"escrow {escrow_id}")
+    with store.transaction() as conn:
+        rows = conn.execute(query).all()
+    return [_Recorded(int(r.id), str(r.action), json.loads(r.details)) for r in rows]
+
+
+def _made(rows: Sequence[_Recorded], generation: int) -> _Recorded | None:
+    """The row that made ``generation`` (init, rotate, or the start of a re-key)."""
+    for row in reversed(rows):
+        if row.generation == generation and (row.action != "escrow.rekey" or row.rekey_started):
+            return row
+    return None
+
+
+def _matches(row: _Recorded, generation: EscrowGeneration) -> bool:
+    digest = row.details.get("state_digest")
+    if digest is not None:
+        return bool(digest == generation.digest())
+    # re-key rows written before the digest was recorded name the new vault key
+    return bool(row.details.get("to_vault") == generation.vault_fingerprint)
+
+
+def check_recorded(state: EscrowState, store: Store) -> None:
+    """``state`` (from ``escrow.json``) is the one the store's audit log last recorded.
+
+    The newest row of this escrow fixes the current generation number and whether a re-key
+    is under way; each generation in the file must match the digest recorded when it was made.
+
+    Raises:
+        EscrowError: the store has no record of this escrow; the file is of an older
+            generation than recorded (rolled back: retired shares would count again) or a
+            newer one (the store was rolled back or replaced); the file does not match the
+            recorded state digest (altered); the re-key phase disagrees.
+        StoreError: the audit log cannot be read.
+    """
+    rows = recorded(store, state.escrow_id)
+    newest = state.rekey or state.active
+    if not rows:
+        raise EscrowError(
+            f"the store's audit log has no record of escrow {state.escrow_id}: {STATE_FILE}"
+            " does not belong to this store (another --database-url?) or the log was cut;"
+            " refusing to use it")
+    last = rows[-1]
+    if newest.generation < last.generation:
+        raise EscrowError(
+            f"{STATE_FILE} was rolled back: it is at generation {newest.generation}, but the"
+            f" store's audit log recorded generation {last.generation} (row {last.row});"
+            f" an older {STATE_FILE} would let retired shares count again. Refusing: restore"
+            f" the current {STATE_FILE}")
+    if newest.generation > last.generation:
+        raise EscrowError(
+            f"{STATE_FILE} is at generation {newest.generation}, but the store's audit log"
+            f" recorded only generation {last.generation} (row {last.row}): the store was"
+            " rolled back or replaced; refusing")
+    if (state.rekey is not None) != last.rekey_started:
+        raise EscrowError(
+            f"{STATE_FILE} and the store's audit log (row {last.row}) disagree on whether a"
+            f" re-key is under way: one of them was rolled back; refusing")
+    generations = [state.active] + ([state.rekey] if state.rekey is not None else [])
+    for generation in generations:
+        made = _made(rows, generation.generation)
+        if made is None or not _matches(made, generation):
+            raise EscrowError(
+                f"{STATE_FILE} was altered: its generation {generation.generation} does not"
+                " match the state the store's audit log recorded"
+                + (f" (row {made.row})" if made is not None else "")
+                + " (officers, threshold, commitments or vault key); refusing to use it")
+
+
+def _check_not_removed(store: Store, vault_cert: x509.Certificate, path: Path) -> None:
+    vault = fingerprint(vault_cert)
+    for row in recorded(store):
+        # init names the vault key it escrowed, a re-key the one it moved to
+        if vault in (row.details.get("vault"), row.details.get("to_vault")):
+            raise EscrowError(
+                f"{path} is missing, but the store's audit log records that this vault key"
+                f" was put under escrow (row {row.row}): the data directory was restored from"
+                f" before 'escrow init' or {STATE_FILE} was removed; refusing")
 
 
 def save_state(home: CAHome, state: EscrowState) -> None:

@@ -1,0 +1,133 @@
+"""Messages over the parser budgets (smimekit.cms.limits), built from real ones.
+
+Each builder takes the DER of a real message and repeats one of its elements ``n`` times,
+so that everything but the count is what a parser would otherwise accept. They are shared
+by the tests (tests/malformed/test_budgets.py, tests/archive) and by
+benchmarks/bench_budgets.py, which also runs ``openssl cms`` on the same files.
+"""
+
+from __future__ import annotations
+
+from smimekit.cms import der as d
+
+SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
+
+
+def _open(ci: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """(the contentType TLV, the fields of the content) of a DER ContentInfo."""
+    kids = d.children(ci)
+    assert kids is not None and len(kids) == 2
+    inner = d.children(kids[1][1])
+    assert inner is not None
+    fields = d.children(inner[0][1])
+    assert fields is not None
+    return kids[0][1], fields
+
+
+def _close(oid: bytes, fields: list[bytes]) -> bytes:
+    return d.seq(oid, d.tlv(0xA0, d.seq(*fields)))
+
+
+def _repeat(tag: int, element: bytes, n: int, extra: list[bytes] | None = None) -> bytes:
+    # A DER SET OF is sorted; equal copies are trivially in order.
+    return d.tlv(tag, *sorted([element] * n + (extra or [])))
+
+
+def many_recipient_infos(ci: bytes, decoy: bytes, n: int) -> bytes:
+    """``ci`` (an EnvelopedData or AuthEnvelopedData) with ``n`` copies of the first
+    RecipientInfo of ``decoy`` (another message) beside its own recipients."""
+    oid, fields = _open(ci)
+    _, decoy_fields = _open(decoy)
+    infos = d.children(fields[1][1])
+    decoys = d.children(decoy_fields[1][1])
+    assert infos is not None and decoys is not None
+    new = _repeat(0x31, decoys[0][1], n, [i for _, i in infos])
+    return _close(oid, [fields[0][1], new, *(f for _, f in fields[2:])])
+
+
+def many_recipient_encrypted_keys(ci: bytes, n: int) -> bytes:
+    """``ci`` (encrypted to one EC key) with ``n`` copies of the RecipientEncryptedKey of
+    its one key agreement RecipientInfo (KARI)."""
+    oid, fields = _open(ci)
+    infos = d.children(fields[1][1])
+    assert infos is not None and infos[0][0] == 0xA1
+    kari = d.children(infos[0][1])
+    assert kari is not None
+    reks = d.children(kari[-1][1])
+    assert reks is not None
+    new_kari = d.tlv(0xA1, *(f for _, f in kari[:-1]), d.seq(*[reks[0][1]] * n))
+    return _close(oid, [fields[0][1], d.tlv(0x31, new_kari), *(f for _, f in fields[2:])])
+
+
+def many_signer_infos(ci: bytes, n: int) -> bytes:
+    """A SignedData with its SignerInfo ``n`` times."""
+    oid, fields = _open(ci)
+    infos = d.children(fields[-1][1])
+    assert infos is not None
+    return _close(oid, [*(f for _, f in fields[:-1]), _repeat(0x31, infos[0][1], n)])
+
+
+def many_certificates(ci: bytes, n: int) -> bytes:
+    """A SignedData with its first certificate ``n`` times."""
+    oid, fields = _open(ci)
+    at = next(i for i, (tag, _) in enumerate(fields) if tag == 0xA0)
+    certs = d.children(fields[at][1])
+    assert certs is not None
+    new = d.tlv(0xA0, *[certs[0][1]] * n)
+    return _close(oid, [*(f for _, f in fields[:at]), new, *(f for _, f in fields[at + 1:])])
+
+
+def many_crls(ci: bytes, crl: bytes, n: int) -> bytes:
+    """A SignedData carrying ``crl`` ``n`` times in its [1] crls."""
+    oid, fields = _open(ci)
+    at = len(fields) - 1  # crls sit just before signerInfos
+    new = d.tlv(0xA1, *[crl] * n)
+    return _close(oid, [*(f for _, f in fields[:at]), new, fields[at][1]])
+
+
+def originator_certificates(ci: bytes, cert: bytes, n: int) -> bytes:
+    """An EnvelopedData with an originatorInfo carrying ``cert`` ``n`` times."""
+    oid, fields = _open(ci)
+    originator = d.tlv(0xA0, d.tlv(0xA0, *[cert] * n))
+    version = d.integer(2)  # RFC 5652 6.1: originatorInfo with certificates -> v2 at least
+    return _close(oid, [version, originator, *(f for _, f in fields[1:])])
+
+
+def _segments(content: bytes, n: int) -> bytes:
+    """``content`` as BER segments: one octet each, then empty ones up to ``n`` in all."""
+    assert n >= len(content)
+    return (b"".join(b"\x04\x01" + bytes([b]) for b in content)
+            + b"\x04\x00" * (n - len(content)))
+
+
+def segmented_ciphertext(ci: bytes, n: int) -> bytes:
+    """An EnvelopedData whose encryptedContent is a constructed, indefinite-length
+    string of ``n`` segments (the ciphertext one octet per segment, then empty ones)."""
+    oid, fields = _open(ci)
+    at = next(i for i, (tag, _) in enumerate(fields) if i > 0 and tag == 0x30)
+    eci = d.children(fields[at][1])
+    assert eci is not None and eci[2][0] == 0x80
+    _tag, start, length = d._header(eci[2][1], 0)
+    ciphertext = eci[2][1][start:start + length]
+    new_eci = d.seq(eci[0][1], eci[1][1], b"\xa0\x80" + _segments(ciphertext, n) + b"\x00\x00")
+    return _close(oid, [*(f for _, f in fields[:at]), new_eci,
+                        *(f for _, f in fields[at + 1:])])
+
+
+def segmented_econtent(content: bytes, n: int) -> bytes:
+    """A SignedData with no signer whose eContent is ``content`` in ``n`` BER segments."""
+    data_oid = bytes.fromhex("06092a864886f70d010701")
+    return (b"\x30\x80" + SIGNED_DATA_OID + b"\xa0\x80\x30\x80\x02\x01\x01\x31\x00\x30\x80"
+            + data_oid + b"\xa0\x80\x24\x80" + _segments(content, n) + b"\x00\x00" * 3
+            + b"\x31\x00" + b"\x00\x00" * 3)
+
+
+def nested_segments(depth: int) -> bytes:
+    """A SignedData whose eContent nests constructed strings ``depth`` deep (definite)."""
+    data_oid = bytes.fromhex("06092a864886f70d010701")
+    inner = d.octets(b"A")
+    for _ in range(depth):
+        inner = d.tlv(0x24, inner)
+    encap = d.seq(data_oid, d.tlv(0xA0, inner))
+    return d.seq(SIGNED_DATA_OID, d.tlv(0xA0, d.seq(d.integer(1), d.tlv(0x31), encap,
+                                                     d.tlv(0x31))))
