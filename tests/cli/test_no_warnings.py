@@ -109,3 +109,47 @@ def test_representative_operations_print_no_warning(tmp_path: Path) -> None:
         b"No warnings, please.\n")
     # decrypt keeps the signed layer inside: the opened message is the signed one
     assert (tmp_path / "opened.eml").read_bytes() == (tmp_path / "signed.eml").read_bytes()
+
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+PKITS = CORPUS / "pyca-cryptography-vectors" / "PKITS_data"
+
+
+def _corpus(*parts: str) -> Path:
+    path = CORPUS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not in ../shared/corpus")
+    return path
+
+
+def test_input_cryptography_warns_about_gets_our_words_only(tmp_path: Path) -> None:
+    """Somebody else's files that cryptography 51 warns about (a DSA signature, a BER
+    PKCS#12 from NSS, a certificate with a negative serial): the user sees smimekit's verdict
+    or error line, never a Python warning and never an internal error."""
+    (tmp_path / "m.eml").write_bytes(MESSAGE)
+    (tmp_path / "nss.pass").write_text("nss\n")
+    data = ["--data-dir", str(tmp_path / "data")]
+    runs = {
+        # legacy DSA: read with --allow-legacy, judged in our words (PKITS 4.1.4)
+        "dsa": [*data, "verify", "--allow-legacy", "--revocation", "offline", "--trust",
+                str(_corpus("pyca-cryptography-vectors", "PKITS_data", "certs",
+                            "TrustAnchorRootCertificate.crt")),
+                str(_corpus("pyca-cryptography-vectors", "PKITS_data", "smime",
+                            "SignedValidDSASignaturesTest4.eml")), "-o", "out.eml"],
+        # OpenSSL's badrsa.pem: negative serial, even modulus
+        "serial": [*data, "encrypt", "--revocation", "offline", "--to",
+                   str(_corpus("openssl-test-data", "test", "smime-certs", "badrsa.pem")),
+                   "m.eml", "-o", "sealed.eml"],
+        # Thunderbird's Alice.p12 is BER: the key loads, then m.eml is not encrypted
+        "ber": [*data, "decrypt", "--key",
+                str(_corpus("thunderbird-comm-central", "mailnews", "test", "data", "smime",
+                            "Alice.p12")), "--passphrase-file", "nss.pass", "m.eml"],
+    }
+    for name, args in runs.items():
+        result = _run(args, tmp_path)
+        stderr = result.stderr.decode(errors="replace")
+        assert "Warning" not in stderr and "Traceback" not in stderr, f"{name}: {stderr}"
+        assert "internal error" not in stderr, f"{name}: {stderr}"
+        assert result.returncode == 1, f"{name}: {stderr}"
+        assert stderr.splitlines()[-1].startswith("smimekit: error:"), f"{name}: {stderr}"
+    assert not (tmp_path / "sealed.eml").exists()

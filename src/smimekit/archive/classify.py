@@ -42,6 +42,7 @@ from smimekit.archive.mailstore import (
 from smimekit.cms.keyinfo import issuer_and_serial_der, subject_key_id
 from smimekit.dn import display_name
 from smimekit.errors import ArchiveError
+from smimekit.keys.kinds import certificate_public_key
 from smimekit.store.db import Store, certificate_emails
 
 __all__ = [
@@ -228,7 +229,8 @@ class Classifier:
             if known.cert not in certs:
                 certs.append(known.cert)
             status = known.status
-            if self._certless_spki and _spki(known.cert.public_key()) in self._certless_spki:
+            if (self._certless_spki
+                    and _spki(certificate_public_key(known.cert)) in self._certless_spki):
                 status = Readability.NOW
             if status is not None and _RANK[status] > _RANK[best]:
                 best = status
@@ -255,7 +257,7 @@ class Classifier:
         for status in statuses:
             bits = status.recipient.rsa_bits
             if status.certificate is not None:
-                public = status.certificate.public_key()
+                public = certificate_public_key(status.certificate)
                 bits = public.key_size if isinstance(public, rsa.RSAPublicKey) else None
             if bits is not None and bits < 2048:
                 flags.add("rsa-under-2048")

@@ -52,6 +52,7 @@ from smimekit.errors import (
     SmimeError,
 )
 from smimekit.fsutil import fsync_dir
+from smimekit.keys.kinds import certificate_public_key
 from smimekit.keys.load import key_matches
 from smimekit.smime.canonical import CRLF, Entity, Header, to_crlf
 from smimekit.smime.message import (
@@ -255,8 +256,8 @@ class _Reencryptor:
 
 
 def _ids_of(certs: Sequence[x509.Certificate]) -> list[RecipientId]:
-    return [RecipientId("ktri" if isinstance(c.public_key(), rsa.RSAPublicKey) else "kari",
-                        "-", issuer_and_serial_der(c)) for c in certs]
+    return [RecipientId("ktri" if isinstance(certificate_public_key(c), rsa.RSAPublicKey)
+                        else "kari", "-", issuer_and_serial_der(c)) for c in certs]
 
 
 def reencrypt_archive(

@@ -120,8 +120,12 @@ def _split_name(name: str | None) -> tuple[str | None, str | None]:
     return given, surname
 
 
-def _checked_email(email: str) -> str:
-    """``email`` in the form the certificate carries (A-label domain, lower case)."""
+def checked_email(email: str) -> str:
+    """``email`` in the form the certificate carries (A-label domain, lower case).
+
+    Raises:
+        CAError: not a mailbox address we can certify.
+    """
     try:
         return certificate_form(email)
     except AddressError as exc:
@@ -239,7 +243,7 @@ class CertificateAuthority:
             CAError: unreadable request, bad signature, unfit key, profile or linter refusal,
                 a live certificate for the purpose exists.
         """
-        email = _checked_email(email)
+        email = checked_email(email)
         purposes = _purposes(purpose)
         if len(purposes) != 1:
             raise CAError("a CSR carries one key: use --purpose sign, encrypt or both")
@@ -279,7 +283,7 @@ class CertificateAuthority:
         therefore lost with its key: prefer ``dual``. Unless ``replace``, a live certificate
         for a requested purpose is refused.
         """
-        email = _checked_email(email)
+        email = checked_email(email)
         if not replace:
             self._refuse_duplicates(email, _purposes(purpose), now)
         chosen = self.profile(profile)

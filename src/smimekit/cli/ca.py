@@ -40,6 +40,7 @@ from smimekit.ca.issuance import (
     CertificateAuthority,
     Issuance,
     SubscriberKeyType,
+    checked_email,
 )
 from smimekit.ca.profiles import PROFILES, Purpose
 from smimekit.cli.common import (
@@ -392,7 +393,12 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
             raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
         if csr_path and key_type is not None:
             raise click.UsageError("--key-type is for generated keys, not with --csr")
-        output_dir(out_dir)  # before anything is issued: keys made here go nowhere else
+        # every input checked, and the folder made, before anything is issued: keys made
+        # here go nowhere else, and a refusal leaves nothing behind
+        checked_email(email)
+        p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
+                    else new_passphrase())
+        output_dir(out_dir)
         if csr_path:
             assert purpose is not None
             issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
@@ -404,8 +410,6 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
                 email, purpose=purpose or "dual", name=name, profile=profile,
                 validity=period, sign_key=chosen or DEFAULT_SIGN_KEY,
                 encrypt_key=chosen or DEFAULT_ENCRYPT_KEY, replace=replace)
-        p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
-                    else new_passphrase())
         written = write_bundle(cax, issuance, Path(out_dir), passphrase=p12_pass,
                                legacy=legacy_p12, mobileconfig=mobileconfig,
                                generated=p12_passphrase_file is None)

@@ -15,6 +15,7 @@ from smimekit import __version__
 from smimekit.cli.common import Globals, resolve_data_dir
 from smimekit.cli.lazy import LazyCommand, LazyGroup
 from smimekit.errors import SmimeError
+from smimekit.keys.kinds import accept_input_everywhere
 
 # Every command, imported only when it runs (start-up time: a message command must not load
 # the CA, escrow and archive stacks). The help is each command's first docstring paragraph;
@@ -80,6 +81,9 @@ def cli(ctx: click.Context, data_dir: str | None, config: str | None,
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; never lets a traceback reach the user (set SMIMEKIT_DEBUG=1 to see one)."""
+    # cryptography's warnings about input we accept on purpose (keys/kinds.py lists them)
+    # are not the user's to act on; every other warning is left as it is.
+    accept_input_everywhere()
     try:
         cli.main(args=argv, prog_name="smimekit", standalone_mode=False)
     except click.exceptions.Abort:

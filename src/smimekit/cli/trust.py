@@ -7,6 +7,7 @@ from cryptography import x509
 
 from smimekit.cli.common import Globals, existing_data_dir, load_cert_files
 from smimekit.dn import display_name
+from smimekit.keys.kinds import certificate_public_key
 from smimekit.validation.trust import TrustStore, fingerprint, system_bundle
 from smimekit.validation.verdict import cert_emails
 
@@ -66,7 +67,7 @@ def list_(ctx: click.Context) -> None:
 
 
 def _describe(cert: x509.Certificate) -> list[str]:
-    key = cert.public_key()
+    key = certificate_public_key(cert)
     size = getattr(key, "key_size", None)
     return [
         f"subject:     {display_name(cert.subject)}",

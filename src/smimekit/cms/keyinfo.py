@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from smimekit.cms import der as dertools
+from smimekit.keys.kinds import certificate_public_key
 
 DER = serialization.Encoding.DER
 
@@ -46,7 +47,8 @@ def subject_key_id(cert: x509.Certificate) -> bytes:
         ext = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         return ext.value.digest
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type,unused-ignore]
+        public = certificate_public_key(cert)
+        return x509.SubjectKeyIdentifier.from_public_key(public).digest  # type: ignore[arg-type,unused-ignore]
 
 
 def public_key_fingerprint(key: PublicKeyTypes) -> bytes:
@@ -55,7 +57,8 @@ def public_key_fingerprint(key: PublicKeyTypes) -> bytes:
 
 
 def key_matches_cert(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
-    return public_key_fingerprint(key.public_key()) == public_key_fingerprint(cert.public_key())
+    return (public_key_fingerprint(key.public_key())
+            == public_key_fingerprint(certificate_public_key(cert)))
 
 
 def matches_issuer_serial(ias: Any, cert: x509.Certificate) -> bool:

@@ -29,6 +29,7 @@ from smimekit.cms.asn1 import ECCCMSSharedInfo
 from smimekit.cms.keyinfo import issuer_and_serial, matches_issuer_serial, matches_ski
 from smimekit.dn import display_name
 from smimekit.errors import EncryptionError, LegacyAlgorithmError, UnsupportedError
+from smimekit.keys.kinds import certificate_public_key
 
 WRAP_OIDS = {
     "aes128_wrap": ("2.16.840.1.101.3.4.1.5", 16),
@@ -77,7 +78,7 @@ def build(cert: x509.Certificate, cek: bytes, options: RecipientOptions) -> cms.
     Raises:
         EncryptionError: the certificate's key cannot receive encrypted mail.
     """
-    key = cert.public_key()
+    key = certificate_public_key(cert)
     if isinstance(key, rsa.RSAPublicKey):
         try:
             return _build_ktri(cert, key, cek, options)

@@ -42,7 +42,7 @@ from smimekit.errors import (
     SigningError,
     UnsupportedError,
 )
-from smimekit.keys.kinds import is_dsa_public_key
+from smimekit.keys.kinds import certificate_public_key, is_dsa_public_key
 
 # Capabilities we announce (RFC 8551 section 2.5.2), strongest first.
 ANNOUNCED_CIPHERS = ("aes256_gcm", "aes128_gcm", "aes256_cbc", "aes128_cbc")
@@ -685,7 +685,7 @@ def _verify_signature(
     dotted = alg["algorithm"].dotted
     signature = si["signature"].native
     try:
-        key = cert.public_key()
+        key = certificate_public_key(cert)
     except (UnsupportedAlgorithm, ValueError):
         raise UnsupportedError(
             f"{who}: the certificate's public key type is not supported"

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from smimekit.errors import KeyLoadError, PassphraseError
+from smimekit.keys.kinds import accept_input
 
 Source = bytes | str | os.PathLike[str]
 Passphrase = bytes | str | None
@@ -51,6 +52,7 @@ def _secret(passphrase: Passphrase) -> bytes | None:
     return passphrase.encode() if isinstance(passphrase, str) else passphrase
 
 
+@accept_input
 def load_private_key(source: Source, passphrase: Passphrase = None) -> PrivateKeyTypes:
     """Load a private key from PEM, DER, (encrypted) PKCS#8 or PKCS#12.
 
@@ -115,6 +117,7 @@ def _load(
         raise KeyLoadError(f"{label}: unsupported key ({type(exc).__name__})") from None
 
 
+@accept_input
 def load_pkcs12(
     source: Source, passphrase: Passphrase = None, *, label: str | None = None
 ) -> tuple[PrivateKeyTypes | None, x509.Certificate | None, list[x509.Certificate]]:
@@ -151,6 +154,7 @@ def _pkcs7_certificates(data: bytes, *, pem: bool) -> list[x509.Certificate]:
     return list(pkcs7.load_der_pkcs7_certificates(data))
 
 
+@accept_input
 def load_certificates(source: Source, passphrase: Passphrase = None) -> list[x509.Certificate]:
     """Every certificate in a PEM, DER, PKCS#7 certs-only or PKCS#12 file.
 

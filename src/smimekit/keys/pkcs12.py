@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from smimekit.cms.algorithms import CONTENT_CIPHERS, ContentCipher, cbc_decrypt
 from smimekit.cms.asn1 import PARSE_ERRORS, load
 from smimekit.errors import ASN1Error, DecryptionError, KeyLoadError, PassphraseError
+from smimekit.keys.kinds import accepted_input
 from smimekit.keys.load import Passphrase, Source, _secret, key_matches, read_source
 
 KeyPair = tuple[PrivateKeyTypes, x509.Certificate | None]
@@ -437,7 +438,8 @@ class _Reader:
 
     def foreign_certificates(self, data: bytes) -> list[x509.Certificate]:
         try:
-            loaded = pkcs12.load_pkcs12(data, self.secret)
+            with accepted_input():
+                loaded = pkcs12.load_pkcs12(data, self.secret)
         except (ValueError, TypeError, UnsupportedAlgorithm):
             raise self.fail("cannot read its RC2-40 encrypted certificates") from None
         found = [loaded.cert] if loaded.cert is not None else []

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509.oid import ExtensionOID
 
 from smimekit.dn import display_name
-from smimekit.keys.kinds import is_dsa_public_key
+from smimekit.keys.kinds import certificate_public_key, is_dsa_public_key
 from smimekit.validation.names import NameKey, name_key
 from smimekit.validation.policies import policy_mappings
 
@@ -103,7 +103,7 @@ class CertInfo:
     @functools.cached_property
     def is_rsa(self) -> bool:
         try:
-            return isinstance(self.cert.public_key(), rsa.RSAPublicKey)
+            return isinstance(certificate_public_key(self.cert), rsa.RSAPublicKey)
         except (ValueError, UnsupportedAlgorithm):
             return False
 
@@ -118,7 +118,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
     key_error = weak_key = None
     spki: bytes | None = None
     try:
-        key = cert.public_key()
+        key = certificate_public_key(cert)
         spki = key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -231,7 +231,7 @@ def signed_by(child: CertInfo, issuer: CertInfo) -> bool:
     checked separately, so that a SHA-1 path is reported as such rather than as no path)."""
     cert = child.cert
     try:
-        key = issuer.cert.public_key()
+        key = certificate_public_key(issuer.cert)
         params = cert.signature_algorithm_parameters
         alg = cert.signature_hash_algorithm
     except (ValueError, UnsupportedAlgorithm):

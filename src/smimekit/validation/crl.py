@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 
 from smimekit.dn import display_name
 from smimekit.errors import RevocationError
+from smimekit.keys.kinds import certificate_public_key
 from smimekit.validation.names import NameKey, name_key
 from smimekit.validation.revinfo import (
     MEMO_ENTRIES,
@@ -77,13 +78,14 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, signer: x509.Certificate
     except UnsupportedAlgorithm:
         alg = None
     try:
-        valid = crl.is_signature_valid(signer.public_key())  # type: ignore[arg-type]
+        valid = crl.is_signature_valid(certificate_public_key(signer))  # type: ignore[arg-type]
     except (UnsupportedAlgorithm, ValueError, TypeError):
         valid = False
     if not valid and isinstance(alg, hashes.SHA1):
         # cryptography no longer verifies SHA-1 CRL signatures; the caller's check_hash let
         # this one through because legacy is allowed.
-        valid = signature_ok(signer.public_key(), crl.signature, crl.tbs_certlist_bytes, alg, None)
+        valid = signature_ok(certificate_public_key(signer), crl.signature,
+                             crl.tbs_certlist_bytes, alg, None)
     return valid
 
 

@@ -14,6 +14,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from smimekit.errors import RevocationError
+from smimekit.keys.kinds import certificate_public_key
 from smimekit.validation.names import name_key
 from smimekit.validation.revinfo import (
     Answer,
@@ -101,7 +102,7 @@ def _cert_id(
 def _key_sha1(cert: x509.Certificate) -> bytes:
     # ResponderID byKey: SHA-1 of the subjectPublicKey BIT STRING (RFC 6960 4.2.1), which is
     # exactly the RFC 5280 method-1 key identifier.
-    return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+    return x509.SubjectKeyIdentifier.from_public_key(certificate_public_key(cert)).digest
 
 
 def _single_for(
@@ -185,13 +186,14 @@ def _verify_ocsp_signature(
     problems = []
     for candidate in candidates:
         if not signature_ok(
-            candidate.public_key(), response.signature, response.tbs_response_bytes, alg, pss
+            certificate_public_key(candidate), response.signature, response.tbs_response_bytes,
+            alg, pss,
         ):
             problems.append(f"signature does not verify with the key of {subject_name(candidate)}")
             continue
         if candidate == issuer or (
             name_key(candidate.subject) == name_key(issuer.subject)
-            and candidate.public_key() == issuer.public_key()
+            and certificate_public_key(candidate) == certificate_public_key(issuer)
         ):
             return None
         problem = _delegation_problem(candidate, issuer, response.produced_at_utc, ctx)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, x448, x25519
 
+from smimekit.keys.kinds import certificate_public_key
 from smimekit.validation.intermediates import IssuerSource
 from smimekit.validation.path import Purpose, validate
 from smimekit.validation.revocation import RevocationOptions, check_chain
@@ -119,7 +120,7 @@ def recipient_problems(
 def can_receive_mail(cert: x509.Certificate, at: dt.datetime | None = None) -> bool:
     """``cert`` itself may receive mail: a key type that can (RSA, EC, X25519, X448), and
     its dates and key usage allow it (no chain checked)."""
-    key = cert.public_key()
+    key = certificate_public_key(cert)
     receives = isinstance(
         key,
         rsa.RSAPublicKey | ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey,

@@ -60,6 +60,7 @@ from cryptography.x509 import ocsp
 
 from smimekit.dn import display_name
 from smimekit.errors import FetchError, MalformedError, RevocationError
+from smimekit.keys.kinds import certificate_public_key
 from smimekit.validation.crl import ALL_REASONS, crl_issuers, crl_signed_by, evaluate_crl
 from smimekit.validation.fetchers import DEFAULT_TIMEOUT, Fetcher, UrllibFetcher
 from smimekit.validation.names import name_key
@@ -332,7 +333,8 @@ class _Session:
         out = []
         wanted = name_key(crl.issuer)
         for other in self.pool:
-            if name_key(other.subject) != wanted or other.public_key() == issuer.public_key():
+            if (name_key(other.subject) != wanted
+                    or certificate_public_key(other) == certificate_public_key(issuer)):
                 continue
             if not crl_signed_by(crl, other):
                 continue
