@@ -8,10 +8,10 @@ assembling CMS structures yourself.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from smimekit.cms import asn1 as _asn1  # noqa: F401  (registers OIDs)
+from smimekit.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from smimekit.cms.algorithms import Cipher, Digest
@@ -59,14 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(globals(), __name__, _LAZY, __all__)
