@@ -3,19 +3,21 @@
 #   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM) and runs
 #               the whole suite
 # Others: make lock (re-resolve requirements/lock.txt), make test-latest (the suite against the
-# newest releases, in .venv-latest; not part of CI), make bench, make lint, make typecheck.
+# newest releases, in .venv-latest; not part of CI), make test-lowest (the lowest versions
+# pyproject.toml allows: are its lower bounds honest?), make bench, make lint, make typecheck.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest
+LOWEST := .venv-lowest
 APT_PEERS := openssl gpgsm libnss3-tools softhsm2
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade
 
-.PHONY: demo test test-latest install lock peers lint typecheck bench clean
+.PHONY: demo test test-latest test-lowest install lock peers lint typecheck bench clean
 
 # The venv holds exactly the locked set: it is made anew whenever the lock or pyproject.toml
 # changes (pip cannot remove what an older lock installed), every file is checked against its
@@ -68,8 +70,21 @@ test-latest: peers
 	$(LATEST)/bin/python -m pip list --format=freeze
 	SMIMEKIT_TEST_LATEST=1 $(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The suite against the lowest versions that pyproject.toml's ranges allow for our direct
+# dependencies (their own dependencies resolved normally), so the lower bounds stay honest.
+# Not part of CI.
+test-lowest: install peers
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(BIN)/uv pip compile pyproject.toml --extra test --resolution lowest-direct \
+	  --python-version 3.11 --no-header --quiet -o $(LOWEST)/requirements.txt
+	$(LOWEST)/bin/python -m pip install -q --disable-pip-version-check -r $(LOWEST)/requirements.txt
+	$(LOWEST)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(LOWEST)/bin/python -m pip list --format=freeze
+	SMIMEKIT_TEST_LATEST=1 $(LOWEST)/bin/python -m pytest $(PYTEST_ARGS)
+
 bench: install
 	$(BIN)/python benchmarks/bench_messages.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out
+	rm -rf $(VENV) $(LATEST) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out
