@@ -82,11 +82,21 @@ def test_mac_under_another_key_is_reported(backend: Backend) -> None:
 
 
 def test_anchor_marks_rows_only_up_to_the_named_row(backend: Backend) -> None:
-    with _store(backend, None, 4) as store:
-        assert store.anchor_audit_rows(KEY, 3) == [1, 2, 3]
+    with _store(backend, KEY, 1) as store:  # row 1 written with the key, like ca.init
+        store.use_audit_key(None)
+        for n in (2, 3, 4):
+            store.audit("node2", "user.add", f"user{n}@example.org")
+        assert store.anchor_audit_rows(KEY, 3) == [2, 3]
         report = store.check_audit_anchors(KEY)
         assert report.problems == [] and report.unanchored == [4]
         assert store.anchor_audit_rows(KEY, 3) == []
+
+
+def test_anchor_refuses_a_log_the_key_vouches_for_nowhere(backend: Backend) -> None:
+    with _store(backend, None, 3) as store:
+        with pytest.raises(StoreError, match="no row of this audit log is anchored"):
+            store.anchor_audit_rows(KEY, 3)
+        assert store.audit_macs() == {}
 
 
 def test_anchor_refuses_a_broken_chain(backend: Backend) -> None:

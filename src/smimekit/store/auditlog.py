@@ -171,10 +171,12 @@ class AuditRecords(StoreBase):
 
         The chain from row 1 to ``through`` must be intact and every MAC already there must
         be this key's: rows are only anchored on a history the key already vouches for, up
-        to a row the operator named (rows appended after it are not). Returns the ids
-        anchored, in order.
+        to a row the operator named (rows appended after it are not), and some row must
+        already carry a good MAC under ``key`` (``ca.init``, or the row ``log init-key``
+        wrote). Returns the ids anchored, in order.
 
-        Raises StoreError: no such row, a broken chain or a bad MAC up to ``through``.
+        Raises StoreError: no such row, a broken chain or a bad MAC up to ``through``, no
+        row anchored under ``key``.
         """
         log = schema.audit_log
         columns = (log.c.id, log.c.at, log.c.actor, log.c.action, log.c.subject,
@@ -196,7 +198,21 @@ class AuditRecords(StoreBase):
             if problems:
                 first = min(problems, key=lambda p: p.row_id)
                 raise StoreError(f"refusing to anchor: audit log broken at {first}")
+            # The key must already vouch for part of this log (ca.init, or the row that
+            # 'log init-key' wrote): a log whose MACs were all removed is not re-blessed.
+            all_macs = {r.audit_id: (r.key_id, r.mac) for r in conn.execute(
+                select(mac.c.audit_id, mac.c.key_id, mac.c.mac).where(mac.c.audit_id > through))}
+            later = conn.execute(
+                select(log.c.id, log.c.hash).where(log.c.id > through)).all()
             hashes = {r.id: r.hash for r in rows}
+            hashes_later = {r.id: r.hash for r in later}
+            hashes_later.update(hashes)
+            vouched = [i for i, (k, m) in (macs | all_macs).items()
+                       if k == key.key_id and key.check(hashes_later.get(i, ""), m)]
+            if not vouched:
+                raise StoreError("refusing to anchor: no row of this audit log is anchored"
+                                 " under this audit key (its MACs were removed, or it is"
+                                 " another log)")
             for id_ in report.unanchored:
                 conn.execute(_INSERT_MAC, {"audit_id": id_, "key_id": key.key_id,
                                            "mac": key.mac(hashes[id_])})
