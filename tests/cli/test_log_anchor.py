@@ -269,3 +269,31 @@ def test_init_key_for_a_ca_made_before_audit_keys(
     home.audit_key_path.unlink()
     assert run(backend, "log", "init-key") == 1
     assert "restore" in error(capsys)
+
+
+def test_audit_key_is_read_once_per_process_on_the_issuance_path(
+        backend: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ca(backend, capsys)
+    reads: list[Path] = []
+    original = CAHome.audit_key
+
+    def counting(self: CAHome) -> object:
+        reads.append(self.audit_key_path)
+        return original(self)
+
+    monkeypatch.setattr(CAHome, "audit_key", counting)
+    users = tmp_path / "users.csv"
+    users.write_text("email,name\na@example.org,A\nb@example.org,B\nc@example.org,C\n")
+    passfile = tmp_path / "ca.pass"
+    passfile.write_text(PASS + "\n")  # the CA passphrase
+    with Store.open(backend.url, backend.data_dir, create=False) as store:
+        before = store.audit_count()
+    assert run(backend, "ca", "enroll", "--csv", str(users), "--out", str(tmp_path / "out"),
+               "--key-type", "p256", "--purpose", "sign",
+               "--passphrase-file", str(passfile)) == 0
+    with Store.open(backend.url, backend.data_dir, create=False) as store:
+        assert store.audit_count() - before >= 3
+    assert len(reads) == 1  # one file read for the whole batch, not one per row
+    capsys.readouterr()
+    assert run(backend, "log", "verify") == 0
