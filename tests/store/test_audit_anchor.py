@@ -134,3 +134,19 @@ def test_audit_key_text_round_trip_and_repr_hides_the_key() -> None:
     assert key.to_text().strip() not in repr(key)
     with pytest.raises(ValueError):
         AuditKey.from_text("00" * 31)
+
+
+def test_anchor_refuses_a_forged_row_that_a_later_anchored_row_contradicts(
+        backend: Backend) -> None:
+    with _store(backend, KEY, 1) as store:
+        store.use_audit_key(None)
+        store.audit("node2", "user.add", "a@example.org")  # 2, 3: written without the key
+        store.audit("node2", "escrow.recover", "ceo@example.org")
+        store.use_audit_key(KEY)
+        store.audit("operator", "ca.crl", "Example Ltd")  # 4: anchored
+        # row 3 rewritten and the chain re-hashed from there; row 4's MAC no longer fits
+        _sql(store, "UPDATE audit_log SET subject = 'nobody@example.org' WHERE id = 3")
+        rehash_from(store, 3)
+        with pytest.raises(StoreError, match="refusing to anchor: audit log broken at row 4"):
+            store.anchor_audit_rows(KEY, 3)
+        assert sorted(store.audit_macs()) == [1, 4]

@@ -185,8 +185,9 @@ def _write(store: Store, action: str, subject: str, details: dict[str, object]) 
 def anchor(through: int) -> None:
     """MAC the unanchored rows up to ID with the audit key, once you have reviewed them.
 
-    Refused unless the chain up to ID is intact, every MAC already there is right and the log
-    has its ca.init row: rows are never anchored onto a history the key does not vouch for.
+    Refused unless the whole chain is intact, every MAC there is right, some row is anchored
+    already and the log has its ca.init row: rows are never anchored onto a history the key
+    does not vouch for.
     """
     from smimekit.ca.home import CAHome
 

@@ -167,53 +167,45 @@ class AuditRecords(StoreBase):
         return check_anchors(((r.id, r.hash) for r in rows), macs, key)
 
     def anchor_audit_rows(self, key: AuditKey, through: int) -> list[int]:
-        """MAC the unanchored rows up to ``through``, after checking everything up to it.
+        """MAC the unanchored rows up to ``through``, after checking the whole log.
 
-        The chain from row 1 to ``through`` must be intact and every MAC already there must
-        be this key's: rows are only anchored on a history the key already vouches for, up
-        to a row the operator named (rows appended after it are not), and some row must
-        already carry a good MAC under ``key`` (``ca.init``, or the row ``log init-key``
-        wrote). Returns the ids anchored, in order.
+        Refused unless the whole chain is intact, every MAC there is right and of this key,
+        and some row already carries one (``ca.init``, or the row ``log init-key`` wrote):
+        rows are only anchored in a history the key already vouches for, and only up to a
+        row the operator named (rows appended after it stay unanchored). Returns the ids
+        anchored, in order.
 
-        Raises StoreError: no such row, a broken chain or a bad MAC up to ``through``, no
-        row anchored under ``key``.
+        Raises StoreError: no such row, a broken chain or a bad MAC anywhere, no row
+        anchored under ``key``.
         """
         log = schema.audit_log
+        mac = schema.audit_mac
         columns = (log.c.id, log.c.at, log.c.actor, log.c.action, log.c.subject,
                    log.c.details, log.c.prev_hash, log.c.hash)
         with self.transaction() as conn:
             if self.dialect == "postgresql":
                 conn.execute(_LOCK_AUDIT_LOG)
-            rows = conn.execute(
-                select(*columns).where(log.c.id <= through).order_by(log.c.id)).all()
-            if not rows or rows[-1].id != through:
+            rows = conn.execute(select(*columns).order_by(log.c.id)).all()
+            hashes = {r.id: r.hash for r in rows}
+            if through not in hashes:
                 raise StoreError(f"the audit log has no row {through}")
-            problems = verify_rows(tuple(r) for r in rows)
             self._ensure_mac_table(conn)
-            mac = schema.audit_mac
             macs = {r.audit_id: (r.key_id, r.mac) for r in conn.execute(
-                select(mac.c.audit_id, mac.c.key_id, mac.c.mac).where(mac.c.audit_id <= through))}
+                select(mac.c.audit_id, mac.c.key_id, mac.c.mac))}
             report = check_anchors(((r.id, r.hash) for r in rows), macs, key)
-            problems += report.problems
+            problems = verify_rows(tuple(r) for r in rows) + report.problems
             if problems:
                 first = min(problems, key=lambda p: p.row_id)
                 raise StoreError(f"refusing to anchor: audit log broken at {first}")
-            # The key must already vouch for part of this log (ca.init, or the row that
-            # 'log init-key' wrote): a log whose MACs were all removed is not re-blessed.
-            all_macs = {r.audit_id: (r.key_id, r.mac) for r in conn.execute(
-                select(mac.c.audit_id, mac.c.key_id, mac.c.mac).where(mac.c.audit_id > through))}
-            later = conn.execute(
-                select(log.c.id, log.c.hash).where(log.c.id > through)).all()
-            hashes = {r.id: r.hash for r in rows}
-            hashes_later = {r.id: r.hash for r in later}
-            hashes_later.update(hashes)
-            vouched = [i for i, (k, m) in (macs | all_macs).items()
-                       if k == key.key_id and key.check(hashes_later.get(i, ""), m)]
-            if not vouched:
+            # With the chain intact, a good MAC on a row vouches for every row before it as
+            # it was when that row was written; with none, the MACs were removed (or it is
+            # another log) and nothing is re-blessed.
+            if len(report.unanchored) == len(rows):
                 raise StoreError("refusing to anchor: no row of this audit log is anchored"
                                  " under this audit key (its MACs were removed, or it is"
                                  " another log)")
-            for id_ in report.unanchored:
+            anchored = [id_ for id_ in report.unanchored if id_ <= through]
+            for id_ in anchored:
                 conn.execute(_INSERT_MAC, {"audit_id": id_, "key_id": key.key_id,
                                            "mac": key.mac(hashes[id_])})
-        return report.unanchored
+        return anchored
