@@ -112,6 +112,9 @@ def env(backend: Backend, tmp_path: Path, officers: list[Officer]) -> Iterator[E
     home.create(CAConfig(organization="Example Ltd", base_url=BASE, key_type="p256",
                          country="GB"), CA_PASS)
     store = Store.open(backend.url, backend.data_dir)
+    # as 'ca init' leaves it: every row anchored under the CA's audit key, ca.init first
+    store.use_audit_key(home.audit_key())
+    store.audit("test", "ca.init", "Example Ltd", {})
     try:
         yield Env(backend, home, store,
                   CertificateAuthority(home.unlock(CA_PASS), store, actor="test"),

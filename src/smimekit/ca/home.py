@@ -47,7 +47,10 @@ from smimekit.keys.protect import protect_key, unprotect_key
 from smimekit.keys.signer import LocalSigner, Signer
 from smimekit.keys.vault import KeyVault
 from smimekit.store import Revocation
+from smimekit.store.audit import AuditKey
 from smimekit.store.location import StoreLocation
+
+AUDIT_KEY_FILE = "audit.key"
 
 __all__ = ["CAConfig", "CAHome", "Pkcs11Ref", "UnlockedCA", "check_base_url"]
 
@@ -308,6 +311,7 @@ class CAHome:
             "root.p12": protect_key(root_key, passphrase),
             "ocsp.p12": protect_key(ocsp_key, passphrase),
             "vault.p12": protect_key(vault.key, passphrase),
+            AUDIT_KEY_FILE: AuditKey.generate().to_text().encode("ascii"),
         }
         if issuing_key is not None:
             files["issuing.p12"] = protect_key(issuing_key, passphrase)
@@ -354,6 +358,64 @@ class CAHome:
         except (PassphraseError, KeyLoadError) as exc:
             raise type(exc)(str(exc).replace("passphrase for", "CA passphrase for")) from None
         return _issuer_key(key, f"{name}.p12")
+
+    # -- the audit key -------------------------------------------------------------------
+
+    @property
+    def audit_key_path(self) -> Path:
+        """``<data-dir>/ca/audit.key``: the HMAC key that anchors the store's audit rows."""
+        return self.path / AUDIT_KEY_FILE
+
+    def has_audit_key(self) -> bool:
+        """True when the audit key file is there (``ca init`` writes it)."""
+        return self.audit_key_path.is_file()
+
+    def audit_key(self) -> AuditKey:
+        """Read the audit key (64 hex digits, mode 0600).
+
+        Raises:
+            CAError: the file is missing (a CA made before audit keys: ``smimekit log
+                init-key``), unreadable or not a key.
+        """
+        path = self.audit_key_path
+        try:
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            raise CAError(
+                f"no audit key at {path}: restore it from your backup, or for a CA made"
+                " before audit keys run 'smimekit log init-key'") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CAError(f"cannot read the audit key {path}: {exc}") from None
+        try:
+            return AuditKey.from_text(text)
+        except ValueError:
+            raise CAError(f"{path} is not an audit key (64 hex digits)") from None
+
+    def create_audit_key(self) -> AuditKey:
+        """Write a new audit key (mode 0600); never replaces one.
+
+        Raises:
+            CAError: no CA here, a key exists already, or it cannot be written.
+        """
+        self._require()
+        key = AuditKey.generate()
+        path = self.audit_key_path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise CAError(f"an audit key exists already at {path}; refusing to replace it")\
+                from None
+        except OSError as exc:
+            raise CAError(f"cannot create {path}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(key.to_text())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise CAError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return key
 
     def has_root_key(self) -> bool:
         """False once the root key was exported and removed (offline root)."""

@@ -336,6 +336,7 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
 
                 signer = generate_ca_key(ref.module, token_label, key_label, pin, key_type)
             unlocked = home.create(config, passphrase, issuing_signer=signer)
+            store.use_audit_key(home.audit_key())  # ca.init is the first anchored row
             cax = CertificateAuthority(unlocked, store, actor=cli_actor())
             with store.transaction():
                 store.add_certificate(unlocked.authority.root, "ca-root")

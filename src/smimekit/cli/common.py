@@ -101,11 +101,13 @@ def open_store(*, create: bool = False) -> Store:
 
     Only ``create`` (``ca init``) makes a store that does not exist; every other command
     fails instead of working on an empty one. When the data directory holds a CA, the store
-    must be the one its ``ca.json`` records.
+    must be the one its ``ca.json`` records, and the audit rows this run writes are anchored
+    with the CA's audit key when ``<data-dir>/ca/audit.key`` is there (docs/store.md).
 
     Raises:
         CliError: no data directory (SQLite), or not the CA's store.
         StoreError: the store cannot be opened, or (without ``create``) does not exist.
+        CAError: the audit key file is there but cannot be read.
     """
     from smimekit.ca.home import CAHome
     from smimekit.store import Store  # SQLAlchemy: only the commands that open a store pay
@@ -123,7 +125,15 @@ def open_store(*, create: bool = False) -> Store:
             raise CliError(f"the CA in {data_dir} keeps its records in"
                            f" {recorded.describe(data_dir)}, not in {given.describe(data_dir)}:"
                            f" {_store_hint(recorded, data_dir)}")
-    return Store.open(url, data_dir, create=create)
+    store = Store.open(url, data_dir, create=create)
+    if not create and home.has_audit_key():
+        # Read once per process: every audit row this run appends is anchored with it.
+        try:
+            store.use_audit_key(home.audit_key())
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 def _store_hint(recorded: StoreLocation, data_dir: Path) -> str:

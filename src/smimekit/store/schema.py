@@ -152,3 +152,15 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
 )
+
+
+audit_mac = Table(
+    "audit_mac",
+    metadata,
+    # No foreign key: a MAC left behind by a removed row is evidence, not an error to block.
+    Column("audit_id", Integer, primary_key=True, autoincrement=False),
+    Column("key_id", String(16), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+"""The audit rows' MACs under the audit key (store/audit.py). A table of its own, added to
+existing stores without a version change: its absence reads as "no row anchored"."""
