@@ -34,6 +34,7 @@ from smimekit.dn import display_name
 from smimekit.errors import CAError
 from smimekit.mailbox import AddressError, certificate_form, comparable
 from smimekit.store import IssuedRecord, Store
+from smimekit.store.certificates import LiveCertificateExists
 
 __all__ = [
     "CRL_VALIDITY",
@@ -179,14 +180,28 @@ class CertificateAuthority:
     def _record(self, email: str, name: str | None, department: str | None,
                 built: Sequence[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]],
                 profile: Profile, origin: str, action: str,
-                details: dict[str, object]) -> Issuance:
+                details: dict[str, object], replace: bool = False) -> Issuance:
+        # Only database work in here: keys were generated and certificates signed and linted
+        # before, outside the write transaction.
         items: list[IssuedItem] = []
         with self.store.transaction():
             self.store.upsert_user(email, name, department)
             for cert, purpose, key in built:
-                record = self.store.record_issuance(
-                    cert, email=email, purpose=purpose.value, profile=profile.name,
-                    key_origin=origin, issuer_fingerprint=self.issuer_fingerprint)
+                retired = (self.store.retire_live(email, purpose.value) if replace else [])
+                try:
+                    record = self.store.record_issuance(
+                        cert, email=email, purpose=purpose.value, profile=profile.name,
+                        key_origin=origin, issuer_fingerprint=self.issuer_fingerprint)
+                except LiveCertificateExists:
+                    # another process issued between our check and this transaction
+                    raise CAError(
+                        f"{email} already holds a live {purpose.value} certificate (issued"
+                        " meanwhile): renew or revoke it, or issue with replace=True"
+                        " (--replace)") from None
+                for old in retired:
+                    self.store.mark_renewed(old, record.fingerprint)
+                if retired:
+                    details = {**details, "replaced": retired}
                 if key is not None and purpose is Purpose.ENCRYPT:
                     self.store.add_private_key(self.ca.vault.seal(key), owner=email,
                                                purpose="encrypt",
@@ -256,7 +271,7 @@ class CertificateAuthority:
         info = self.subject(email, name, chosen)
         cert = self._sign(chosen, info, csr.public_key(), purposes[0], validity, lint, now)
         return self._record(email, name, department, [(cert, purposes[0], None)], chosen,
-                            "csr", "ca.issue", {"origin": "csr"})
+                            "csr", "ca.issue", {"origin": "csr"}, replace)
 
     def issue_generated(
         self,
@@ -294,7 +309,7 @@ class CertificateAuthority:
             cert = self._sign(chosen, info, key.public_key(), purpose_, validity, lint, now)
             built.append((cert, purpose_, key))
         return self._record(email, name, department, built, chosen, "generated", action,
-                            {"origin": "generated"})
+                            {"origin": "generated"}, replace)
 
     # -- renewal -------------------------------------------------------------------------
 
@@ -336,11 +351,17 @@ class CertificateAuthority:
         cert = self._sign(profile, info, public, purpose, validity, lint, now)
         at = now or dt.datetime.now(dt.UTC)
         with self.store.transaction():
-            new = self.store.record_issuance(
-                cert, email=record.email, purpose=record.purpose, profile=profile.name,
-                key_origin=record.key_origin if key is None else "generated",
-                issuer_fingerprint=self.issuer_fingerprint)
-            self.store.mark_renewed(record.fingerprint, new.fingerprint)
+            self.store.mark_renewed(record.fingerprint)  # frees its live slot for the new one
+            try:
+                new = self.store.record_issuance(
+                    cert, email=record.email, purpose=record.purpose, profile=profile.name,
+                    key_origin=record.key_origin if key is None else "generated",
+                    issuer_fingerprint=self.issuer_fingerprint)
+            except LiveCertificateExists:
+                raise CAError(f"{record.email} holds another live {record.purpose}"
+                              f" certificate besides {record.serial}: renew that one") from None
+            if not self.store.mark_renewed(record.fingerprint, new.fingerprint):
+                raise CAError(f"certificate {record.serial} was renewed already")
             if key is not None and purpose is Purpose.ENCRYPT:
                 self.store.retire_key(record.fingerprint, at)
                 self.store.add_private_key(self.ca.vault.seal(key), owner=record.email,
@@ -390,6 +411,9 @@ class CertificateAuthority:
             raise CAError("name a serial or an address to revoke")
         done: list[IssuedRecord] = []
         with self.store.transaction():
+            # First: a CRL publication that starts after this commits lists these serials,
+            # and none runs in between (it waits for this lock).
+            self.store.lock_crl_issuer(self.issuer_fingerprint)
             for record in targets:
                 if self.store.add_revocation(record.serial, self.issuer_fingerprint, at,
                                              reason):
@@ -405,9 +429,15 @@ class CertificateAuthority:
     # -- CRLs ------------------------------------------------------------------------------
 
     def publish_crl(self, *, now: dt.datetime | None = None) -> x509.CertificateRevocationList:
-        """Build, sign and record the next CRL (number one higher than the last)."""
+        """Build, sign and record the next CRL (number one higher than the last).
+
+        Serialised per issuer: the lock comes first in the transaction that reads the last
+        number and the revocations and records the CRL, so no two CRLs share a number (the
+        unique index would refuse it anyway) and every revocation committed before is listed.
+        """
         at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         with self.store.transaction():
+            self.store.lock_crl_issuer(self.issuer_fingerprint)
             latest = self.store.latest_crl(self.issuer_fingerprint, with_der=False)
             number = (latest.number + 1) if latest else 1
             crl = build_crl(self.ca.authority.cert, self.ca.authority.signer,
