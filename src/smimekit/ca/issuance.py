@@ -195,9 +195,9 @@ class CertificateAuthority:
                 except LiveCertificateExists:
                     # another process issued between our check and this transaction
                     raise CAError(
-                        f"{email} already holds a live {purpose.value} certificate (issued"
-                        " meanwhile): renew or revoke it, or issue with replace=True"
-                        " (--replace)") from None
+                        f"{email} already holds a live certificate for {purpose.value}"
+                        " (issued meanwhile): renew or revoke it, or issue with"
+                        " replace=True (--replace)") from None
                 for old in retired:
                     self.store.mark_renewed(old, record.fingerprint)
                 if retired:
@@ -351,7 +351,9 @@ class CertificateAuthority:
         cert = self._sign(profile, info, public, purpose, validity, lint, now)
         at = now or dt.datetime.now(dt.UTC)
         with self.store.transaction():
-            self.store.mark_renewed(record.fingerprint)  # frees its live slot for the new one
+            # first, and only if nobody renewed it meanwhile: frees its live slot
+            if not self.store.mark_renewed(record.fingerprint, fingerprint(cert)):
+                raise CAError(f"certificate {record.serial} was renewed already")
             try:
                 new = self.store.record_issuance(
                     cert, email=record.email, purpose=record.purpose, profile=profile.name,
@@ -360,8 +362,6 @@ class CertificateAuthority:
             except LiveCertificateExists:
                 raise CAError(f"{record.email} holds another live {record.purpose}"
                               f" certificate besides {record.serial}: renew that one") from None
-            if not self.store.mark_renewed(record.fingerprint, new.fingerprint):
-                raise CAError(f"certificate {record.serial} was renewed already")
             if key is not None and purpose is Purpose.ENCRYPT:
                 self.store.retire_key(record.fingerprint, at)
                 self.store.add_private_key(self.ca.vault.seal(key), owner=record.email,

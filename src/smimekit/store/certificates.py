@@ -359,20 +359,18 @@ class CertificateRecords(StoreBase):
             rows = conn.execute(query).all()
         return [_issued(row) for row in rows]
 
-    def mark_renewed(self, fingerprint: str, successor: str | None = None) -> bool:
-        """Record that ``successor`` replaced the certificate ``fingerprint`` and free its live
-        slots (``successor`` None: only free them, before the successor is recorded).
+    def mark_renewed(self, fingerprint: str, successor: str) -> bool:
+        """Record that ``successor`` (a fingerprint; it may be recorded after this, in the same
+        transaction) replaced the certificate ``fingerprint``, and free its live slots.
 
-        Returns False when another transaction renewed it first (nothing written)."""
+        Returns False when it was renewed already (nothing written): checked by the update
+        itself, so two concurrent renewals cannot both succeed."""
         i = schema.issued
         with self.transaction() as conn:
-            query = i.update().where(i.c.fingerprint == fingerprint)
-            if successor is None:
-                query = query.values(sign_slot=None, encrypt_slot=None)
-            else:
-                query = query.where(i.c.renewed_by.is_(None)).values(
-                    renewed_by=successor, sign_slot=None, encrypt_slot=None)
-            return bool(conn.execute(query).rowcount)
+            result = conn.execute(
+                i.update().where((i.c.fingerprint == fingerprint) & i.c.renewed_by.is_(None))
+                .values(renewed_by=successor, sign_slot=None, encrypt_slot=None))
+            return bool(result.rowcount)
 
     def mark_notified(self, fingerprint: str, at: dt.datetime) -> None:
         """Record when the holder was told the certificate expires."""
