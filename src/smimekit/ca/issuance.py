@@ -41,6 +41,7 @@ __all__ = [
     "CertificateAuthority",
     "Issuance",
     "IssuedItem",
+    "PreparedIssuance",
     "SubscriberKeyType",
     "fingerprint",
 ]
@@ -103,6 +104,22 @@ class Issuance:
     def item(self, purpose: Purpose) -> IssuedItem | None:
         """The item for ``purpose``, if there is one."""
         return next((i for i in self.items if i.purpose is purpose), None)
+
+
+@dataclass(frozen=True)
+class PreparedIssuance:
+    """Keys generated and certificates signed for one person, not yet recorded (nothing is
+    issued until :meth:`CertificateAuthority.record_generated`)."""
+
+    email: str
+    name: str | None
+    profile: Profile
+    built: tuple[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None], ...]
+
+    @property
+    def purposes(self) -> frozenset[Purpose]:
+        """The purposes of the certificates in it."""
+        return frozenset(purpose for _, purpose, _ in self.built)
 
 
 def _purposes(purpose: str) -> tuple[Purpose, ...]:
@@ -301,6 +318,33 @@ class CertificateAuthority:
         email = checked_email(email)
         if not replace:
             self._refuse_duplicates(email, _purposes(purpose), now)
+        prepared = self.prepare_generated(
+            email, purpose=purpose, name=name, profile=profile, sign_key=sign_key,
+            encrypt_key=encrypt_key, validity=validity, lint=lint, now=now)
+        return self.record_generated(prepared, department=department, action=action,
+                                     replace=replace, now=now)
+
+    def prepare_generated(
+        self,
+        email: str,
+        *,
+        purpose: str = "dual",
+        name: str | None = None,
+        profile: str | None = None,
+        sign_key: SubscriberKeyType = DEFAULT_SIGN_KEY,
+        encrypt_key: SubscriberKeyType = DEFAULT_ENCRYPT_KEY,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+        lint: bool = True,
+        now: dt.datetime | None = None,
+    ) -> PreparedIssuance:
+        """The slow half of :meth:`issue_generated`: generate the keys, sign and lint the
+        certificates, without touching the store (so outside any write transaction). Nothing
+        is issued until :meth:`record_generated`.
+
+        Raises:
+            CAError: bad address, unknown purpose or profile, profile or linter refusal.
+        """
+        email = checked_email(email)
         chosen = self.profile(profile)
         info = self.subject(email, name, chosen)
         built: list[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]] = []
@@ -308,8 +352,21 @@ class CertificateAuthority:
             key = (sign_key if purpose_ is Purpose.SIGN else encrypt_key).generate()
             cert = self._sign(chosen, info, key.public_key(), purpose_, validity, lint, now)
             built.append((cert, purpose_, key))
-        return self._record(email, name, department, built, chosen, "generated", action,
-                            {"origin": "generated"}, replace)
+        return PreparedIssuance(email, name, chosen, tuple(built))
+
+    def record_generated(self, prepared: PreparedIssuance, *, department: str | None = None,
+                         action: str = "ca.issue", replace: bool = False,
+                         now: dt.datetime | None = None) -> Issuance:
+        """Record what :meth:`prepare_generated` made, in one short write transaction.
+
+        Raises:
+            CAError: the address holds a live certificate for a purpose (unless ``replace``).
+        """
+        if not replace:
+            self._refuse_duplicates(prepared.email, tuple(prepared.purposes), now)
+        return self._record(prepared.email, prepared.name, department, prepared.built,
+                            prepared.profile, "generated", action, {"origin": "generated"},
+                            replace)
 
     # -- renewal -------------------------------------------------------------------------
 
