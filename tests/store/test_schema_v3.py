@@ -261,3 +261,22 @@ def test_v2_store_with_duplicate_crl_numbers_is_refused_with_a_clear_message(
     assert main([*backend.cli_args(), "ca", "crl"]) == 0
     with Store.open(backend.url, backend.data_dir, create=False) as store:
         assert store.schema_version() == schema.SCHEMA_VERSION
+
+
+def test_v1_store_is_upgraded_to_v3_by_create_true_keeping_its_data(backend: Backend) -> None:
+    with Store.open(backend.url, backend.data_dir) as store:
+        store.add_user("kept@example.com", "Kept")
+        store.add_crl("aa" * 32, 1, NOW, NOW, b"crl")
+        _downgrade_to_v2(store)
+        with store.transaction() as conn:  # version 1: before the CA, no issued table
+            conn.execute(text("DROP TABLE issued"))
+            conn.execute(text("UPDATE schema_meta SET value = '1'"))
+    with Store.open(backend.url, backend.data_dir, create=False) as store:
+        assert store.schema_version() == 1  # create=False: read as it is
+    with Store.open(backend.url, backend.data_dir) as store:
+        assert store.schema_version() == schema.SCHEMA_VERSION
+        user = store.get_user("kept@example.com")
+        assert user is not None and user.name == "Kept"
+        assert store.issued_for("kept@example.com") == []
+        with pytest.raises(StoreError, match="refused by the schema"):
+            store.add_crl("aa" * 32, 1, NOW, NOW, b"again")
