@@ -11,6 +11,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from smimekit.errors import StoreError
@@ -235,7 +237,13 @@ class CertificateRecords(StoreBase):
         with self.transaction() as conn:
             row = conn.execute(_USER_BY_EMAIL, {"email": email}).first()
             if row is None:
-                return self.add_user(email, name, department)
+                # Another process may add the same person meanwhile (PostgreSQL runs
+                # writers side by side): insert unless present, then read whichever row won.
+                make = pg_insert if self.dialect == "postgresql" else sqlite_insert
+                conn.execute(make(schema.users).values(
+                    email=email, name=name, department=department, created_at=_now(),
+                ).on_conflict_do_nothing(index_elements=["email"]))
+                row = conn.execute(_USER_BY_EMAIL, {"email": email}).one()
             changes = {k: v for k, v in (("name", name), ("department", department))
                        if v is not None and getattr(row, k) != v}
             if changes:
