@@ -100,4 +100,6 @@ def test_concurrent_revoke_crl_and_issue_keep_the_store_consistent(
             lines = err.strip().splitlines()
             assert len(lines) == 1 and "already holds a live" in lines[0], err
             assert "--replace" in lines[0] and out == ""
+    # only the one that succeeded wrote files; the refused ones left no folder behind
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("out")]) == 1
 
