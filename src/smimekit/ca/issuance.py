@@ -34,12 +34,14 @@ from smimekit.dn import display_name
 from smimekit.errors import CAError
 from smimekit.mailbox import AddressError, certificate_form, comparable
 from smimekit.store import IssuedRecord, Store
+from smimekit.store.certificates import LiveCertificateExists
 
 __all__ = [
     "CRL_VALIDITY",
     "CertificateAuthority",
     "Issuance",
     "IssuedItem",
+    "PreparedIssuance",
     "SubscriberKeyType",
     "fingerprint",
 ]
@@ -102,6 +104,22 @@ class Issuance:
     def item(self, purpose: Purpose) -> IssuedItem | None:
         """The item for ``purpose``, if there is one."""
         return next((i for i in self.items if i.purpose is purpose), None)
+
+
+@dataclass(frozen=True)
+class PreparedIssuance:
+    """Keys generated and certificates signed for one person, not yet recorded (nothing is
+    issued until :meth:`CertificateAuthority.record_generated`)."""
+
+    email: str
+    name: str | None
+    profile: Profile
+    built: tuple[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None], ...]
+
+    @property
+    def purposes(self) -> frozenset[Purpose]:
+        """The purposes of the certificates in it."""
+        return frozenset(purpose for _, purpose, _ in self.built)
 
 
 def _purposes(purpose: str) -> tuple[Purpose, ...]:
@@ -179,14 +197,28 @@ class CertificateAuthority:
     def _record(self, email: str, name: str | None, department: str | None,
                 built: Sequence[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]],
                 profile: Profile, origin: str, action: str,
-                details: dict[str, object]) -> Issuance:
+                details: dict[str, object], replace: bool = False) -> Issuance:
+        # Only database work in here: keys were generated and certificates signed and linted
+        # before, outside the write transaction.
         items: list[IssuedItem] = []
         with self.store.transaction():
             self.store.upsert_user(email, name, department)
             for cert, purpose, key in built:
-                record = self.store.record_issuance(
-                    cert, email=email, purpose=purpose.value, profile=profile.name,
-                    key_origin=origin, issuer_fingerprint=self.issuer_fingerprint)
+                retired = (self.store.retire_live(email, purpose.value) if replace else [])
+                try:
+                    record = self.store.record_issuance(
+                        cert, email=email, purpose=purpose.value, profile=profile.name,
+                        key_origin=origin, issuer_fingerprint=self.issuer_fingerprint)
+                except LiveCertificateExists:
+                    # another process issued between our check and this transaction
+                    raise CAError(
+                        f"{email} already holds a live certificate for {purpose.value}"
+                        " (issued meanwhile): renew or revoke it, or issue with"
+                        " replace=True (--replace)") from None
+                for old in retired:
+                    self.store.mark_renewed(old, record.fingerprint)
+                if retired:
+                    details = {**details, "replaced": retired}
                 if key is not None and purpose is Purpose.ENCRYPT:
                     self.store.add_private_key(self.ca.vault.seal(key), owner=email,
                                                purpose="encrypt",
@@ -256,7 +288,7 @@ class CertificateAuthority:
         info = self.subject(email, name, chosen)
         cert = self._sign(chosen, info, csr.public_key(), purposes[0], validity, lint, now)
         return self._record(email, name, department, [(cert, purposes[0], None)], chosen,
-                            "csr", "ca.issue", {"origin": "csr"})
+                            "csr", "ca.issue", {"origin": "csr"}, replace)
 
     def issue_generated(
         self,
@@ -286,6 +318,33 @@ class CertificateAuthority:
         email = checked_email(email)
         if not replace:
             self._refuse_duplicates(email, _purposes(purpose), now)
+        prepared = self.prepare_generated(
+            email, purpose=purpose, name=name, profile=profile, sign_key=sign_key,
+            encrypt_key=encrypt_key, validity=validity, lint=lint, now=now)
+        return self.record_generated(prepared, department=department, action=action,
+                                     replace=replace, now=now)
+
+    def prepare_generated(
+        self,
+        email: str,
+        *,
+        purpose: str = "dual",
+        name: str | None = None,
+        profile: str | None = None,
+        sign_key: SubscriberKeyType = DEFAULT_SIGN_KEY,
+        encrypt_key: SubscriberKeyType = DEFAULT_ENCRYPT_KEY,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+        lint: bool = True,
+        now: dt.datetime | None = None,
+    ) -> PreparedIssuance:
+        """The slow half of :meth:`issue_generated`: generate the keys, sign and lint the
+        certificates, without touching the store (so outside any write transaction). Nothing
+        is issued until :meth:`record_generated`.
+
+        Raises:
+            CAError: bad address, unknown purpose or profile, profile or linter refusal.
+        """
+        email = checked_email(email)
         chosen = self.profile(profile)
         info = self.subject(email, name, chosen)
         built: list[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]] = []
@@ -293,8 +352,21 @@ class CertificateAuthority:
             key = (sign_key if purpose_ is Purpose.SIGN else encrypt_key).generate()
             cert = self._sign(chosen, info, key.public_key(), purpose_, validity, lint, now)
             built.append((cert, purpose_, key))
-        return self._record(email, name, department, built, chosen, "generated", action,
-                            {"origin": "generated"})
+        return PreparedIssuance(email, name, chosen, tuple(built))
+
+    def record_generated(self, prepared: PreparedIssuance, *, department: str | None = None,
+                         action: str = "ca.issue", replace: bool = False,
+                         now: dt.datetime | None = None) -> Issuance:
+        """Record what :meth:`prepare_generated` made, in one short write transaction.
+
+        Raises:
+            CAError: the address holds a live certificate for a purpose (unless ``replace``).
+        """
+        if not replace:
+            self._refuse_duplicates(prepared.email, tuple(prepared.purposes), now)
+        return self._record(prepared.email, prepared.name, department, prepared.built,
+                            prepared.profile, "generated", action, {"origin": "generated"},
+                            replace)
 
     # -- renewal -------------------------------------------------------------------------
 
@@ -336,11 +408,17 @@ class CertificateAuthority:
         cert = self._sign(profile, info, public, purpose, validity, lint, now)
         at = now or dt.datetime.now(dt.UTC)
         with self.store.transaction():
-            new = self.store.record_issuance(
-                cert, email=record.email, purpose=record.purpose, profile=profile.name,
-                key_origin=record.key_origin if key is None else "generated",
-                issuer_fingerprint=self.issuer_fingerprint)
-            self.store.mark_renewed(record.fingerprint, new.fingerprint)
+            # first, and only if nobody renewed it meanwhile: frees its live slot
+            if not self.store.mark_renewed(record.fingerprint, fingerprint(cert)):
+                raise CAError(f"certificate {record.serial} was renewed already")
+            try:
+                new = self.store.record_issuance(
+                    cert, email=record.email, purpose=record.purpose, profile=profile.name,
+                    key_origin=record.key_origin if key is None else "generated",
+                    issuer_fingerprint=self.issuer_fingerprint)
+            except LiveCertificateExists:
+                raise CAError(f"{record.email} holds another live {record.purpose}"
+                              f" certificate besides {record.serial}: renew that one") from None
             if key is not None and purpose is Purpose.ENCRYPT:
                 self.store.retire_key(record.fingerprint, at)
                 self.store.add_private_key(self.ca.vault.seal(key), owner=record.email,
@@ -390,6 +468,9 @@ class CertificateAuthority:
             raise CAError("name a serial or an address to revoke")
         done: list[IssuedRecord] = []
         with self.store.transaction():
+            # First: a CRL publication that starts after this commits lists these serials,
+            # and none runs in between (it waits for this lock).
+            self.store.lock_crl_issuer(self.issuer_fingerprint)
             for record in targets:
                 if self.store.add_revocation(record.serial, self.issuer_fingerprint, at,
                                              reason):
@@ -405,9 +486,15 @@ class CertificateAuthority:
     # -- CRLs ------------------------------------------------------------------------------
 
     def publish_crl(self, *, now: dt.datetime | None = None) -> x509.CertificateRevocationList:
-        """Build, sign and record the next CRL (number one higher than the last)."""
+        """Build, sign and record the next CRL (number one higher than the last).
+
+        Serialised per issuer: the lock comes first in the transaction that reads the last
+        number and the revocations and records the CRL, so no two CRLs share a number (the
+        unique index would refuse it anyway) and every revocation committed before is listed.
+        """
         at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         with self.store.transaction():
+            self.store.lock_crl_issuer(self.issuer_fingerprint)
             latest = self.store.latest_crl(self.issuer_fingerprint, with_der=False)
             number = (latest.number + 1) if latest else 1
             crl = build_crl(self.ca.authority.cert, self.ca.authority.signer,

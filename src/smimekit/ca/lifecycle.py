@@ -34,6 +34,7 @@ from smimekit.ca.issuance import (
     DEFAULT_SIGN_KEY,
     CertificateAuthority,
     Issuance,
+    PreparedIssuance,
     SubscriberKeyType,
 )
 from smimekit.ca.notices import (
@@ -325,6 +326,22 @@ def _ask_for(purpose: str, missing: set[Purpose]) -> str:
     return next(iter(missing)).value
 
 
+def _wanted(purpose: str, missing: set[Purpose] | frozenset[Purpose]) -> frozenset[Purpose]:
+    asked = _ask_for(purpose, set(missing))
+    return frozenset((Purpose.SIGN, Purpose.ENCRYPT)) if asked == "dual" \
+        else frozenset({Purpose(asked)})
+
+
+def _prepare(
+    cax: CertificateAuthority, row: Row, purpose: str, missing: set[Purpose] | frozenset[Purpose],
+    *, sign_key: SubscriberKeyType, encrypt_key: SubscriberKeyType, profile: str | None,
+    validity: dt.timedelta, lint: bool, now: dt.datetime | None,
+) -> PreparedIssuance:
+    return cax.prepare_generated(
+        row.email, purpose=_ask_for(purpose, set(missing)), name=row.name, profile=profile,
+        sign_key=sign_key, encrypt_key=encrypt_key, validity=validity, lint=lint, now=now)
+
+
 def enroll_rows(
     cax: CertificateAuthority,
     rows: Iterable[Row],
@@ -402,6 +419,16 @@ def _enrol_one(
     written = False
     delivery: Delivery | None = None
     try:
+        # The slow work first, outside the write transaction (which on SQLite blocks every
+        # other writer): keys, signatures, lint. A read, not a lock: re-checked below.
+        before = [r for r in cax.store.issued_for(comparable(row.email))
+                  if _live(r, cax.issuer_fingerprint, at)]
+        held_before, _ = _covering(cax.store, before, needs)
+        prepared = None
+        if held_before != needs:
+            prepared = _prepare(cax, row, purpose, needs - held_before, sign_key=sign_key,
+                                encrypt_key=encrypt_key, profile=profile,
+                                validity=validity, lint=lint, now=now)
         with cax.store.transaction():
             # again inside the transaction: another run may have enrolled them meanwhile
             live = [r for r in cax.store.issued_for(comparable(row.email))
@@ -410,11 +437,13 @@ def _enrol_one(
             if held == needs:
                 result = _held(row, used)
             else:
-                issuance = cax.issue_generated(
-                    row.email, purpose=_ask_for(purpose, set(needs - held)), name=row.name,
-                    department=row.department, profile=profile, sign_key=sign_key,
-                    encrypt_key=encrypt_key, validity=validity, lint=lint, now=now,
-                    action="ca.enroll")
+                if prepared is None or prepared.purposes != _wanted(purpose, needs - held):
+                    # rare: someone enrolled part of it meanwhile; make what is missing now
+                    prepared = _prepare(cax, row, purpose, needs - held, sign_key=sign_key,
+                                        encrypt_key=encrypt_key, profile=profile,
+                                        validity=validity, lint=lint, now=now)
+                issuance = cax.record_generated(prepared, department=row.department,
+                                                action="ca.enroll", now=now)
                 delivery = deliver(issuance) if deliver is not None else Delivery()
                 note = ("issued again: the earlier 'ok' row of this address is void (its run"
                         " was interrupted before it committed)") if _void(cax, earlier) else ""

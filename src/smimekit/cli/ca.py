@@ -399,18 +399,28 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
         checked_email(email)
         p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
                     else new_passphrase())
+        made = [p for p in (Path(out_dir), *Path(out_dir).parents) if not p.exists()]
         output_dir(out_dir)
-        if csr_path:
-            assert purpose is not None
-            issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
-                                     purpose=purpose, name=name, profile=profile,
-                                     validity=period, replace=replace)
-        else:
-            chosen = SubscriberKeyType(key_type) if key_type else None
-            issuance = cax.issue_generated(
-                email, purpose=purpose or "dual", name=name, profile=profile,
-                validity=period, sign_key=chosen or DEFAULT_SIGN_KEY,
-                encrypt_key=chosen or DEFAULT_ENCRYPT_KEY, replace=replace)
+        try:
+            if csr_path:
+                assert purpose is not None
+                issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
+                                         purpose=purpose, name=name, profile=profile,
+                                         validity=period, replace=replace)
+            else:
+                chosen = SubscriberKeyType(key_type) if key_type else None
+                issuance = cax.issue_generated(
+                    email, purpose=purpose or "dual", name=name, profile=profile,
+                    validity=period, sign_key=chosen or DEFAULT_SIGN_KEY,
+                    encrypt_key=chosen or DEFAULT_ENCRYPT_KEY, replace=replace)
+        except BaseException:
+            # refused (a live certificate, a locked store): leave no folder behind
+            for folder in made:  # deepest first; only the empty folders made above
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
         written = write_bundle(cax, issuance, Path(out_dir), passphrase=p12_pass,
                                legacy=legacy_p12, mobileconfig=mobileconfig,
                                generated=p12_passphrase_file is None)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -41,7 +42,12 @@ from smimekit.errors import StoreError
 from smimekit.store import schema
 
 DB_FILENAME = "smimekit.db"
-_UPGRADABLE = frozenset({"1"})  # versions whose upgrade only adds tables
+UPGRADABLE = frozenset({"1", "2"})
+"""Older schema versions this code reads as they are and upgrades in place (on the first write
+transaction, or ``create=True``); their tables are a subset of today's, and every query
+names its columns, so reads need no upgrade."""
+# Two processes creating or upgrading the same PostgreSQL store at once: one at a time.
+_LOCK_SCHEMA = text("SELECT pg_advisory_xact_lock(7236818250186469937)")
 
 
 def _now() -> dt.datetime:
@@ -73,6 +79,12 @@ class StoreBase:
         self._current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
             f"smimekit-store-{id(self)}", default=None
         )
+        self._reading: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"smimekit-store-reading-{id(self)}", default=False
+        )
+        self._pending_upgrade: str | None = None
+        """The older schema version found by a ``create=False`` open: the first write
+        transaction upgrades it."""
 
     @classmethod
     def open(cls, url: str | None, data_dir: Path | str, *, busy_timeout: float = 5.0,
@@ -168,9 +180,51 @@ class StoreBase:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One transaction: committed when the block ends, rolled back on any exception.
+        """One write transaction: committed when the block ends, rolled back on any exception.
 
-        Nested calls join the outer transaction. Raises StoreError on database failures.
+        On SQLite it takes the write lock when it begins (``BEGIN IMMEDIATE``): one writer at a
+        time, so a read-then-write inside it cannot interleave with another writer. The first
+        write transaction on a store of an older schema version upgrades it first, in the same
+        transaction (:func:`smimekit.store.upgrade.upgrade_schema`).
+
+        Nested calls join the outer transaction. Raises StoreError on database failures, and
+        RuntimeError when called inside a :meth:`read` block (a read transaction cannot
+        become a write one without risking SQLITE_BUSY).
+        """
+        current = self._current.get()
+        if current is not None:
+            if self._reading.get():
+                raise RuntimeError("a write transaction inside a read() block")
+            try:
+                yield current
+            except SQLAlchemyError as exc:
+                raise self._translate(exc) from None
+            return
+        upgrading = self._pending_upgrade is not None
+        try:
+            with self._engine.begin() as conn:
+                token = self._current.set(conn)
+                try:
+                    if upgrading:
+                        from smimekit.store.upgrade import upgrade_schema
+
+                        upgrade_schema(conn, self.description)
+                    yield conn
+                finally:
+                    self._current.reset(token)
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from None
+        if upgrading:
+            self._pending_upgrade = None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction for queries; inside a :meth:`transaction` it joins it.
+
+        On SQLite it begins DEFERRED (plain ``BEGIN``): under WAL it reads a snapshot and
+        neither takes nor waits for the write lock, so OCSP lookups proceed while a writer
+        (an enrolment) holds it. Nothing may be written in it. Raises StoreError on database
+        failures.
         """
         current = self._current.get()
         if current is not None:
@@ -180,12 +234,16 @@ class StoreBase:
                 raise self._translate(exc) from None
             return
         try:
-            with self._engine.begin() as conn:
-                token = self._current.set(conn)
-                try:
-                    yield conn
-                finally:
-                    self._current.reset(token)
+            with self._engine.connect() as conn:
+                conn.execution_options(smimekit_read=True)
+                with conn.begin():
+                    token = self._current.set(conn)
+                    reading = self._reading.set(True)
+                    try:
+                        yield conn
+                    finally:
+                        self._reading.reset(reading)
+                        self._current.reset(token)
         except SQLAlchemyError as exc:
             raise self._translate(exc) from None
 
@@ -204,35 +262,30 @@ class StoreBase:
         return StoreError(f"database error on {self.description}: {detail}")
 
     def _create_schema(self) -> None:
+        from smimekit.store.upgrade import upgrade_schema
+
         with self.transaction() as conn:
-            schema.metadata.create_all(conn, checkfirst=True)
+            if self.dialect == "postgresql":
+                conn.execute(_LOCK_SCHEMA)
             row = conn.execute(
                 select(schema.schema_meta.c.value).where(
                     schema.schema_meta.c.key == "schema_version"
                 )
-            ).first()
+            ).first() if inspect(conn).has_table(schema.schema_meta.name) else None
             if row is None:
+                schema.metadata.create_all(conn, checkfirst=True)
                 conn.execute(
                     insert(schema.schema_meta).values(
                         key="schema_version", value=str(schema.SCHEMA_VERSION)
                     )
                 )
-            elif row.value in _UPGRADABLE:
-                # create_all above added the tables the newer version has
-                conn.execute(
-                    schema.schema_meta.update()
-                    .where(schema.schema_meta.c.key == "schema_version")
-                    .values(value=str(schema.SCHEMA_VERSION))
-                )
-            elif row.value != str(schema.SCHEMA_VERSION):
-                raise StoreError(
-                    f"the database {self.description} has schema version {row.value}; this"
-                    f" smimekit knows version {schema.SCHEMA_VERSION}"
-                )
+            else:
+                # adds what a newer version has (or refuses a version it does not know)
+                upgrade_schema(conn, self.description)
 
     def _check_schema(self) -> None:
         """The store exists and has a version this code reads; writes nothing."""
-        with self.transaction() as conn:
+        with self.read() as conn:
             if not inspect(conn).has_table(schema.schema_meta.name):
                 raise StoreError(f"no smimekit store in {self.description}")
             row = conn.execute(
@@ -241,16 +294,19 @@ class StoreBase:
                 )
             ).first()
         if row is None or (row.value != str(schema.SCHEMA_VERSION)
-                           and row.value not in _UPGRADABLE):
+                           and row.value not in UPGRADABLE):
             raise StoreError(
                 f"the database {self.description} has schema version"
                 f" {row.value if row else 'none'}; this smimekit knows version"
                 f" {schema.SCHEMA_VERSION}"
             )
+        if row.value != str(schema.SCHEMA_VERSION):
+            # readable as it is; upgraded by the first write transaction, never by a read
+            self._pending_upgrade = row.value
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
-        with self.transaction() as conn:
+        with self.read() as conn:
             value = conn.execute(
                 select(schema.schema_meta.c.value).where(
                     schema.schema_meta.c.key == "schema_version"
@@ -272,8 +328,10 @@ def _sqlite_transactions(engine: Engine) -> None:
     """Transactions and journal of a SQLite store.
 
     pysqlite's own transaction handling starts transactions late and never for DDL; take it
-    over so each transaction is one ``BEGIN IMMEDIATE ... COMMIT``. IMMEDIATE takes the write
-    lock up front: the audit chain's "read the last hash, append" cannot interleave.
+    over so each write transaction is one ``BEGIN IMMEDIATE ... COMMIT``. IMMEDIATE takes the
+    write lock up front: the audit chain's "read the last hash, append" and the CRL's "read the
+    last number and the revocations, insert" cannot interleave. Read transactions
+    (:meth:`StoreBase.read`) begin DEFERRED and, under WAL, never wait for a writer.
 
     The journal is a write-ahead log (``journal_mode=WAL``, kept in the file, with
     ``-wal`` and ``-shm`` files beside it) with ``synchronous=NORMAL``: a commit appends to
@@ -306,4 +364,9 @@ def _sqlite_transactions(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Store.read(): DEFERRED, a WAL snapshot without the write lock; every other
+        # transaction takes the write lock up front.
+        if conn.get_execution_options().get("smimekit_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -10,8 +10,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
+from smimekit.errors import StoreError
 from smimekit.store import schema
 from smimekit.store.base import StoreBase, _now, _utc
 
@@ -24,6 +28,16 @@ _KEY_USAGES = (
     "key_cert_sign",
     "crl_sign",
 )
+
+
+class LiveCertificateExists(StoreError):
+    """The address already holds a live certificate for the purpose (the unique live slot
+    refused a second one)."""
+
+    def __init__(self, email: str, purpose: str) -> None:
+        super().__init__(f"{email} already holds a live certificate for {purpose}")
+        self.email = email
+        self.purpose = purpose
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,9 @@ def certificate_emails(cert: x509.Certificate) -> list[str]:
 
 def _issued_select() -> Any:
     i, r = schema.issued, schema.revocations
-    return select(i, r.c.revoked_at, r.c.reason).select_from(
+    # Named columns, not the slot markers: a version 2 store reads without an upgrade.
+    columns = [c for c in i.c if c.name not in ("sign_slot", "encrypt_slot")]
+    return select(*columns, r.c.revoked_at, r.c.reason).select_from(
         i.outerjoin(r, (r.c.serial == i.c.serial)
                     & (r.c.issuer_fingerprint == i.c.issuer_fingerprint)))
 
@@ -151,7 +167,7 @@ class CertificateRecords(StoreBase):
 
     def get_user(self, email: str) -> User | None:
         """The user with this address (case-insensitive), or None."""
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = conn.execute(_USER_BY_EMAIL, {"email": email.strip().lower()}).first()
         if row is None:
             return None
@@ -190,7 +206,7 @@ class CertificateRecords(StoreBase):
 
     def get_certificate(self, fingerprint: str) -> StoredCertificate | None:
         """The certificate with this SHA-256 fingerprint (hex), or None."""
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = conn.execute(
                 select(schema.certificates).where(
                     schema.certificates.c.fingerprint == fingerprint.lower()
@@ -201,7 +217,7 @@ class CertificateRecords(StoreBase):
     def certificates_for(self, email: str) -> list[StoredCertificate]:
         """Every stored certificate that names this address."""
         needle = f'%"{email.strip().lower()}"%'
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 select(schema.certificates)
                 .where(schema.certificates.c.emails.like(needle))
@@ -221,7 +237,13 @@ class CertificateRecords(StoreBase):
         with self.transaction() as conn:
             row = conn.execute(_USER_BY_EMAIL, {"email": email}).first()
             if row is None:
-                return self.add_user(email, name, department)
+                # Another process may add the same person meanwhile (PostgreSQL runs
+                # writers side by side): insert unless present, then read whichever row won.
+                make = pg_insert if self.dialect == "postgresql" else sqlite_insert
+                conn.execute(make(schema.users).values(
+                    email=email, name=name, department=department, created_at=_now(),
+                ).on_conflict_do_nothing(index_elements=["email"]))
+                row = conn.execute(_USER_BY_EMAIL, {"email": email}).one()
             changes = {k: v for k, v in (("name", name), ("department", department))
                        if v is not None and getattr(row, k) != v}
             if changes:
@@ -240,26 +262,66 @@ class CertificateRecords(StoreBase):
         key_origin: str,
         issuer_fingerprint: str,
     ) -> IssuedRecord:
-        """Store a certificate our CA issued, with its issuance record (one transaction)."""
+        """Store a certificate our CA issued, with its issuance record (one transaction).
+
+        The record takes the address's live slot of each purpose it serves: the unique
+        indexes refuse a second live certificate for an address and purpose, whatever was
+        read before. Slots held by certificates expired by now are freed first.
+
+        Raises:
+            LiveCertificateExists: the address holds a live certificate for the purpose.
+            StoreError: the certificate is stored already, or the database failed.
+        """
+        email = email.strip().lower()
+        serves = ("sign", "encrypt") if purpose == "both" else (purpose,)
+        i = schema.issued
         with self.transaction() as conn:
+            for p in serves:
+                slot = i.c[f"{p}_slot"]
+                conn.execute(i.update().where((slot == email) & (i.c.not_after <= _now()))
+                             .values({slot: None}))
             stored = self.add_certificate(cert, "issued")
             values: dict[str, Any] = {
                 "fingerprint": stored.fingerprint,
                 "serial": stored.serial,
                 "issuer_fingerprint": issuer_fingerprint,
-                "email": email.strip().lower(),
+                "email": email,
                 "purpose": purpose,
                 "profile": profile,
                 "key_origin": key_origin,
                 "issued_at": _now(),
                 "not_after": stored.not_after,
             }
-            record_id = conn.execute(_INSERT_ISSUED, values).scalar_one()
+            slots = {f"{p}_slot": email for p in serves}
+            try:
+                record_id = conn.execute(_INSERT_ISSUED, {**values, **slots}).scalar_one()
+            except IntegrityError as exc:
+                if "slot" in str(exc.orig):
+                    raise LiveCertificateExists(email, purpose) from None
+                raise
         # What was just written, without reading it back: a new record is neither renewed,
         # notified nor revoked (revocations are only recorded for issued certificates, and
         # the serial is new: unique per issuer in ``issued``).
         return IssuedRecord(id=record_id, **values, renewed_by=None, notified_at=None,
                             revoked_at=None, reason=None)
+
+    def retire_live(self, email: str, purpose: str, successor: str | None = None
+                    ) -> list[str]:
+        """Free the live slots that a new certificate for ``purpose`` needs, in the current
+        transaction: every certificate holding one (``both`` one holds two) stops being the
+        address's live certificate and, when ``successor`` is given, records it as its
+        replacement. Returns the fingerprints retired."""
+        email = email.strip().lower()
+        serves = ("sign", "encrypt") if purpose == "both" else (purpose,)
+        i = schema.issued
+        holders = or_(*(i.c[f"{p}_slot"] == email for p in serves))
+        with self.transaction() as conn:
+            found = [row.fingerprint for row in conn.execute(
+                select(i.c.fingerprint).where(holders)).all()]
+            if found:
+                conn.execute(i.update().where(i.c.fingerprint.in_(found))
+                             .values(sign_slot=None, encrypt_slot=None))
+        return found
 
     def _issued_query(self) -> Any:
         return _issued_select()
@@ -276,13 +338,13 @@ class CertificateRecords(StoreBase):
                                                 "issuer_fingerprint": issuer_fingerprint}
         else:
             raise ValueError("give a fingerprint, or a serial and its issuer")
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = conn.execute(query, params).first()
         return _issued(row) if row is not None else None
 
     def issued_for(self, email: str) -> list[IssuedRecord]:
         """Everything our CA issued to this address, oldest first."""
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = conn.execute(_ISSUED_FOR_EMAIL, {"email": email.strip().lower()}).all()
         return [_issued(r) for r in rows]
 
@@ -301,16 +363,22 @@ class CertificateRecords(StoreBase):
         query = query.order_by(i.c.id)
         if limit is not None:
             query = query.limit(limit)
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = conn.execute(query).all()
         return [_issued(row) for row in rows]
 
-    def mark_renewed(self, fingerprint: str, successor: str) -> None:
-        """Record that ``successor`` replaced the certificate ``fingerprint``."""
+    def mark_renewed(self, fingerprint: str, successor: str) -> bool:
+        """Record that ``successor`` (a fingerprint; it may be recorded after this, in the same
+        transaction) replaced the certificate ``fingerprint``, and free its live slots.
+
+        Returns False when it was renewed already (nothing written): checked by the update
+        itself, so two concurrent renewals cannot both succeed."""
+        i = schema.issued
         with self.transaction() as conn:
-            conn.execute(schema.issued.update()
-                         .where(schema.issued.c.fingerprint == fingerprint)
-                         .values(renewed_by=successor))
+            result = conn.execute(
+                i.update().where((i.c.fingerprint == fingerprint) & i.c.renewed_by.is_(None))
+                .values(renewed_by=successor, sign_slot=None, encrypt_slot=None))
+            return bool(result.rowcount)
 
     def mark_notified(self, fingerprint: str, at: dt.datetime) -> None:
         """Record when the holder was told the certificate expires."""

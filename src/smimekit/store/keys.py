@@ -40,7 +40,7 @@ class KeyRecords(StoreBase):
     def private_keys_for(self, owner: str, purpose: str = "encrypt") -> list[StoredKey]:
         """The owner's key history for ``purpose``, oldest first."""
         k = schema.private_keys
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(k).where((k.c.owner == owner.strip().lower())
                                                 & (k.c.purpose == purpose))
                                 .order_by(k.c.id)).all()

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from smimekit.store import schema
 from smimekit.store.base import StoreBase, _now, _utc
+
+_LOCK_ISSUER = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def _issuer_key(issuer_fingerprint: str) -> int:
+    """The advisory-lock key of an issuer's CRL sequence (a signed 64-bit integer)."""
+    digest = hashlib.sha256(b"smimekit-crl:" + issuer_fingerprint.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,22 @@ class PublishedCrl:
 class RevocationRecords(StoreBase):
     """Queries of the revocations and crl_publications tables."""
 
+    def lock_crl_issuer(self, issuer_fingerprint: str) -> None:
+        """Serialise CRL publication and revocation for one issuer, until the current write
+        transaction ends. Take it FIRST in the transaction, before reading the last CRL number
+        or the revocations.
+
+        PostgreSQL: ``pg_advisory_xact_lock`` on a key derived from the issuer. SQLite: the
+        write transaction holds the database's one write lock already (BEGIN IMMEDIATE)."""
+        with self.transaction() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(_LOCK_ISSUER, {"key": _issuer_key(issuer_fingerprint)})
+
     def add_revocation(
         self, serial: str, issuer_fingerprint: str, revoked_at: dt.datetime, reason: str | None
     ) -> bool:
-        """Revoke; False (and nothing written) when it is revoked already."""
+        """Revoke; False (and nothing written) when it is revoked already. The certificate
+        stops being its address's live one (its slots are freed)."""
         r = schema.revocations
         with self.transaction() as conn:
             exists = conn.execute(select(r.c.id).where(
@@ -47,12 +68,16 @@ class RevocationRecords(StoreBase):
             conn.execute(insert(r).values(serial=serial.lower(),
                                           issuer_fingerprint=issuer_fingerprint,
                                           revoked_at=revoked_at, reason=reason))
+            i = schema.issued
+            conn.execute(i.update().where((i.c.serial == serial.lower())
+                                          & (i.c.issuer_fingerprint == issuer_fingerprint))
+                         .values(sign_slot=None, encrypt_slot=None))
         return True
 
     def revocations(self, issuer_fingerprint: str) -> list[Revocation]:
         """Every revocation by this issuer, in serial order of insertion."""
         r = schema.revocations
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(r.c.serial, r.c.revoked_at, r.c.reason)
                                 .where(r.c.issuer_fingerprint == issuer_fingerprint)
                                 .order_by(r.c.id)).all()
@@ -75,7 +100,7 @@ class RevocationRecords(StoreBase):
         DER (megabytes for a large CRL) in the database."""
         c = schema.crl_publications
         columns = [c.c.crl_number, c.c.next_update] + ([c.c.der] if with_der else [])
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = conn.execute(select(*columns)
                                .where(c.c.issuer_fingerprint == issuer_fingerprint)
                                .order_by(c.c.id.desc()).limit(1)).first()

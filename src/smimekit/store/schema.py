@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -21,11 +22,13 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped by every change to the tables below; a store refuses a version it does not know.
 
-Version 2 added ``issued`` (our CA's issuance records). Version 1 stores are upgraded in place:
-the change only adds tables."""
+Version 2 added ``issued`` (our CA's issuance records). Version 3 added the live markers of
+``issued`` (``sign_slot``, ``encrypt_slot``, each unique) and the unique index on
+(issuer, CRL number) of ``crl_publications``. Versions 1 and 2 are upgraded in place by the
+first write transaction (:mod:`smimekit.store.upgrade`)."""
 
 metadata = MetaData()
 
@@ -98,6 +101,14 @@ issued = Table(
     # Set when a renewal replaced this certificate (the successor's fingerprint).
     Column("renewed_by", String(64)),
     Column("notified_at", DateTime(timezone=True)),
+    # The one-live-certificate rule as a constraint: while a certificate is live (neither
+    # revoked, renewed nor replaced, and not expired when the next one is issued) its
+    # address is in the slot of each purpose it serves (``both``: the two), else NULL. Each
+    # slot column is unique and NULLs never collide, in SQLite as in PostgreSQL: a second
+    # live certificate for the same address and purpose fails inside the issuing
+    # transaction, whatever another process read before.
+    Column("sign_slot", String(320)),
+    Column("encrypt_slot", String(320)),
     CheckConstraint("purpose IN ('sign', 'encrypt', 'both')", name="ck_issued_purpose"),
     CheckConstraint("key_origin IN ('csr', 'generated')", name="ck_issued_key_origin"),
     UniqueConstraint("serial", "issuer_fingerprint", name="uq_issued_serial_issuer"),
@@ -125,6 +136,14 @@ crl_publications = Table(
     Column("der", LargeBinary, nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=False),
 )
+
+# Indexes added by version 3 (indexes, not table constraints, so that an upgrade can add them
+# to existing tables on SQLite too).
+SIGN_SLOT_INDEX = Index("uq_issued_sign_slot", issued.c.sign_slot, unique=True)
+ENCRYPT_SLOT_INDEX = Index("uq_issued_encrypt_slot", issued.c.encrypt_slot, unique=True)
+CRL_NUMBER_INDEX = Index("uq_crl_publications_issuer_number",
+                         crl_publications.c.issuer_fingerprint, crl_publications.c.crl_number,
+                         unique=True)
 
 # Placeholder for the escrow issue: the columns it will at least need.
 escrow_records = Table(
