@@ -104,7 +104,7 @@ class AuditRecords(StoreBase):
         query = select(log).order_by(log.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = conn.execute(query).all()
         return [
             AuditEntry(
@@ -115,7 +115,7 @@ class AuditRecords(StoreBase):
 
     def audit_count(self) -> int:
         """How many rows the audit log holds."""
-        with self.transaction() as conn:
+        with self.read() as conn:
             return int(
                 conn.execute(select(func.count()).select_from(schema.audit_log)).scalar_one()
             )
@@ -136,14 +136,14 @@ class AuditRecords(StoreBase):
             log.c.prev_hash,
             log.c.hash,
         )
-        with self.transaction() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(*columns).order_by(log.c.id)).all()
         return verify_rows(tuple(r) for r in rows)
 
     def audit_macs(self) -> dict[int, tuple[str, str]]:
         """Every stored MAC: row id -> (key id, MAC); {} when the store has no audit_mac table."""
         mac = schema.audit_mac
-        with self.transaction() as conn:
+        with self.read() as conn:
             if not self._has_mac_table(conn):
                 return {}
             rows = conn.execute(select(mac.c.audit_id, mac.c.key_id, mac.c.mac)).all()
@@ -151,7 +151,7 @@ class AuditRecords(StoreBase):
 
     def audit_head(self) -> tuple[int, str] | None:
         """The last row's id and hash (None: the log is empty)."""
-        with self.transaction() as conn:
+        with self.read() as conn:
             row = conn.execute(_LAST_AUDIT_ROW).first()
         return (row.id, row.hash) if row is not None else None
 
@@ -161,8 +161,8 @@ class AuditRecords(StoreBase):
         Raises StoreError on database failures.
         """
         log = schema.audit_log
-        macs = self.audit_macs()
-        with self.transaction() as conn:
+        with self.read() as conn:  # one snapshot for the MACs and the rows
+            macs = self.audit_macs()
             rows = conn.execute(select(log.c.id, log.c.hash).order_by(log.c.id)).all()
         return check_anchors(((r.id, r.hash) for r in rows), macs, key)
 
