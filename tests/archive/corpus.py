@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import os
 import re
 import shutil
@@ -84,13 +83,15 @@ def fill_store(store: Store, people: People, *, ann_current: Identity | None = N
     """Ann: ann_old (renewed, key kept) then ``ann_current`` (default: ann); Ben: live."""
     current = ann_current or people.ann
     chain = [people.ann_old, people.ann] + ([current] if current is not people.ann else [])
-    for person in chain:
+    # As 'ca renew' does it: the old certificate is marked renewed (its live slot freed)
+    # before its successor is recorded; one live certificate per address and purpose.
+    for old, person in zip([None, *chain], chain, strict=False):
+        if old is not None:
+            store.mark_renewed(fingerprint(old.cert), fingerprint(person.cert))
         store.record_issuance(person.cert, email=person.email, purpose="encrypt",
                               profile="test", key_origin="generated", issuer_fingerprint="ca")
         store.add_private_key(b"sealed", owner=person.email, purpose="encrypt",
                               certificate_fingerprint=fingerprint(person.cert))
-    for old, new in itertools.pairwise(chain):
-        store.mark_renewed(fingerprint(old.cert), fingerprint(new.cert))
     store.record_issuance(people.ben.cert, email=people.ben.email, purpose="both",
                           profile="test", key_origin="csr", issuer_fingerprint="ca")
 
