@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -284,3 +285,50 @@ def test_default_server_object_holds_no_issuing_key(env: Path) -> None:
     assert not any(hasattr(o, "signer") or hasattr(o, "root_signer") for o in objects)
     # the walk does reach the responder that holds the OCSP key
     assert any(type(o).__name__ == "OCSPResponder" for o in objects)
+
+
+def test_default_serve_of_a_token_ca_never_logs_into_the_token(tmp_path: Path) -> None:
+    module = next((m for m in ("/usr/lib/softhsm/libsofthsm2.so",
+                               "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+                   if Path(m).exists()), None)
+    if module is None or shutil.which("softhsm2-util") is None:
+        pytest.skip("softhsm2 is not installed (make peers installs it)")
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
+    hsm = {**os.environ, "SOFTHSM2_CONF": str(conf), "SMIMEKIT_PKCS11_PIN": "4711-4711",
+           "SMIMEKIT_PASSPHRASE": PASS}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "smimekit",
+                    "--pin", "4711-4711", "--so-pin", "0815-0815"], check=True,
+                   capture_output=True, env=hsm)
+    cli = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(tmp_path / "data")]
+    for args in (["ca", "init", "--org", "Example Ltd", "--base-url", BASE, "--key-type",
+                  "p384", "--pkcs11-module", module],
+                 ["ca", "issue", "--email", "good@example.com", "--purpose", "sign",
+                  "--key-type", "p256", "--out", str(tmp_path / "good")]):
+        made = subprocess.run([*cli, *args], capture_output=True, text=True, env=hsm,
+                              timeout=120)
+        assert made.returncode == 0, made.stderr
+    # no PIN and no token at all for the server: it must not need them
+    os.rename(tmp_path / "tokens", tmp_path / "tokens-away")
+    port = free_port()
+    server = subprocess.Popen(
+        [*cli, "ca", "serve", "--port", str(port)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={k: v for k, v in hsm.items()
+                                     if k not in ("SMIMEKIT_PKCS11_PIN", "SOFTHSM2_CONF")})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"{url}/certs/root.der", timeout=1).read()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()  # type: ignore[union-attr]
+                time.sleep(0.1)
+        response = ask_ocsp(url, tmp_path, "good")
+        assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert_signed_by_ocsp_signer(response, tmp_path)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert b"Traceback" not in server.stderr.read()  # type: ignore[union-attr]
