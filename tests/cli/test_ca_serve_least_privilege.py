@@ -230,8 +230,30 @@ def test_serve_with_an_expired_ocsp_signer_fails_clearly(env: Path) -> None:
     result = _cli(env)
     assert result.returncode == 1, result.stderr
     assert "OCSP signer certificate expired" in result.stderr
-    assert "--sign-crls" in result.stderr and "Traceback" not in result.stderr
+    assert "'smimekit ca crl'" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    # the cron job that holds the issuing key renews it; serving works again
+    assert main(["--data-dir", str(env / "data"), "ca", "crl"]) == 0
+    renewed = x509.load_pem_x509_certificate((env / "data" / "ca" / "ocsp.pem").read_bytes())
+    assert renewed.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=80)
+    with keys_moved_away(env), serving(env) as url:
+        response = ask_ocsp(url, env, "good")
+        assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert_signed_by_ocsp_signer(response, env)
+
+
+def test_ca_crl_renews_an_ocsp_signer_that_expires_soon(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = CAHome(env / "data")
+    home.replace_ocsp_signer(home.unlock(PASS.encode()), PASS.encode(),
+                             now=dt.datetime.now(dt.UTC) - dt.timedelta(days=80))
+    old = home.certificate("ocsp")
+    assert main(["--data-dir", str(env / "data"), "ca", "crl"]) == 0
+    assert "renewed the OCSP signer" in capsys.readouterr().err
+    new = home.certificate("ocsp")
+    assert new != old and new.not_valid_after_utc > old.not_valid_after_utc
+    assert main(["--data-dir", str(env / "data"), "ca", "crl"]) == 0  # not due again
+    assert home.certificate("ocsp") == new
 
 
 def _reachable(root: Any) -> Iterator[Any]:

@@ -489,7 +489,7 @@ class CAHome:
 
         Raises:
             CAError: no CA, a missing or damaged file, the OCSP signer certificate expired
-                (renewing it needs the issuing key: ``ca serve --sign-crls``), or its key is
+                (renewing it needs the issuing key: ``ca crl``), or its key is
                 not the certificate's.
             PassphraseError: wrong passphrase.
         """
@@ -501,7 +501,8 @@ class CAHome:
         if ocsp_cert.not_valid_after_utc <= now:
             raise CAError(f"the OCSP signer certificate expired on"
                           f" {ocsp_cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: renew it with"
-                          " 'smimekit ca serve --sign-crls' (it holds the issuing key)")
+                          " 'smimekit ca crl' or 'smimekit ca serve --sign-crls' where the"
+                          " issuing key is")
         if not (self.path / "ocsp.p12").is_file():
             raise CAError(f"the OCSP signer key {self.path / 'ocsp.p12'} is missing")
         key = self._key("ocsp", passphrase)

@@ -33,7 +33,7 @@ from smimekit.ca.export import (
     pem_chain,
     pkcs12_bytes,
 )
-from smimekit.ca.home import CAConfig, CAHome, Pkcs11Ref
+from smimekit.ca.home import CAConfig, CAHome, Pkcs11Ref, UnlockedCA
 from smimekit.ca.issuance import (
     DEFAULT_ENCRYPT_KEY,
     DEFAULT_SIGN_KEY,
@@ -473,9 +473,17 @@ def revoke(serial: str | None, email: str | None, reason: str, passphrase_file: 
 @ca_options
 def crl(output: str | None, pem: bool, passphrase_file: str | None,
         passphrase_env: str | None, pin_file: str | None) -> None:
-    """Publish a fresh CRL now (run it from cron as well: CRLs expire after 7 days)."""
+    """Publish a fresh CRL now (run it from cron as well: CRLs expire after 7 days).
+
+    Also renews the delegated OCSP signer when it expires within 30 days (that needs the
+    issuing key, which a plain 'ca serve' does not hold)."""
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
         built = cax.publish_crl()
+        renewed = _renew_ocsp_signer_if_due(cax, passphrase_file, passphrase_env)
+    if renewed is not None:
+        until = renewed.ocsp_cert.not_valid_after_utc
+        click.echo(f"renewed the OCSP signer until {until:%Y-%m-%d}: copy ocsp.pem and"
+                   " ocsp.p12 to the serving nodes and restart them", err=True)
     number = built.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     click.echo(f"published CRL number {number} with {len(built)} entries, next update"
                f" {built.next_update_utc:%Y-%m-%d %H:%M} UTC", err=output in (None, "-"))
@@ -538,7 +546,7 @@ def serve(host: str, port: int, sign_crls: bool, crl_check_interval: int,
     if signer.cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < OCSP_SIGNER_RENEW_BEFORE:
         click.echo(f"smimekit: warning: the OCSP signer certificate expires on"
                    f" {signer.cert.not_valid_after_utc:%Y-%m-%d}; renew it with 'smimekit ca"
-                   " serve --sign-crls' (it holds the issuing key), then restart", err=True)
+                   " crl' where the issuing key is, then copy it here and restart", err=True)
     store = open_store()
     try:
         try:
@@ -565,13 +573,7 @@ def _serve_signing(host: str, port: int, crl_check_interval: int,
 
     home = CAHome(cli_globals().data_dir)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
-        unlocked = cax.ca
-        if unlocked.ocsp_cert.not_valid_after_utc - dt.datetime.now(dt.UTC) \
-                < OCSP_SIGNER_RENEW_BEFORE:
-            unlocked = home.replace_ocsp_signer(
-                unlocked, _ca_passphrase(passphrase_file, passphrase_env))
-            cax.store.audit(cax.actor, "ca.ocsp-signer", unlocked.config.organization, {
-                "not_after": unlocked.ocsp_cert.not_valid_after_utc.isoformat()})
+        unlocked = _renew_ocsp_signer_if_due(cax, passphrase_file, passphrase_env) or cax.ca
         assert unlocked.ocsp_key is not None
         responder = OCSPResponder(unlocked.authority.cert, unlocked.ocsp_cert,
                                   unlocked.ocsp_key,
@@ -603,6 +605,21 @@ def _serve_signing(host: str, port: int, crl_check_interval: int,
         finally:
             stopping.set()
             worker.join(timeout=10)
+
+
+def _renew_ocsp_signer_if_due(cax: CertificateAuthority, passphrase_file: str | None,
+                              passphrase_env: str | None) -> UnlockedCA | None:
+    """A new OCSP signer (needs the issuing key) when the current one expires within 30
+    days; None when it does not."""
+    unlocked = cax.ca
+    if unlocked.ocsp_cert.not_valid_after_utc - dt.datetime.now(dt.UTC) \
+            >= OCSP_SIGNER_RENEW_BEFORE:
+        return None
+    home = CAHome(cli_globals().data_dir)
+    renewed = home.replace_ocsp_signer(unlocked, _ca_passphrase(passphrase_file, passphrase_env))
+    cax.store.audit(cax.actor, "ca.ocsp-signer", renewed.config.organization, {
+        "not_after": renewed.ocsp_cert.not_valid_after_utc.isoformat()})
+    return renewed
 
 
 def _run_server(server: Any, what: str) -> None:
