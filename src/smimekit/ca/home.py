@@ -52,7 +52,7 @@ from smimekit.store.location import StoreLocation
 
 AUDIT_KEY_FILE = "audit.key"
 
-__all__ = ["CAConfig", "CAHome", "Pkcs11Ref", "UnlockedCA", "check_base_url"]
+__all__ = ["CAConfig", "CAHome", "OcspSigner", "Pkcs11Ref", "UnlockedCA", "check_base_url"]
 
 CONFIG_VERSION = 1
 OCSP_SIGNER_VALIDITY = dt.timedelta(days=90)
@@ -213,6 +213,18 @@ class UnlockedCA:
     ocsp_cert: x509.Certificate
     ocsp_key: CertificateIssuerPrivateKeyTypes | None
     vault: KeyVault
+
+
+@dataclass(frozen=True)
+class OcspSigner:
+    """What the default ``ca serve`` holds: the CA certificates and the delegated OCSP
+    signer's key, never the issuing, root or vault key (:meth:`CAHome.open_ocsp_signer`)."""
+
+    config: CAConfig
+    root: x509.Certificate
+    issuing: x509.Certificate
+    cert: x509.Certificate
+    key: CertificateIssuerPrivateKeyTypes
 
 
 ROOT_CRL_VALIDITY = dt.timedelta(days=365)
@@ -469,6 +481,34 @@ class CAHome:
         authority = Authority(root=root_cert, cert=issuing_cert, signer=signer,
                               base_url=config.base_url, root_signer=root_signer)
         return UnlockedCA(config, authority, ocsp_cert, ocsp_key, vault)
+
+    def open_ocsp_signer(self, passphrase: bytes, *,
+                         now: dt.datetime | None = None) -> OcspSigner:
+        """The certificates and the OCSP signer's key only (``ocsp.p12``): neither
+        ``issuing.p12`` nor the token, ``root.p12`` or ``vault.p12`` is read.
+
+        Raises:
+            CAError: no CA, a missing or damaged file, the OCSP signer certificate expired
+                (renewing it needs the issuing key: ``ca crl``), or its key is
+                not the certificate's.
+            PassphraseError: wrong passphrase.
+        """
+        config = self.config()
+        root_cert = self.certificate("root")
+        issuing_cert = self.certificate("issuing")
+        ocsp_cert = self.certificate("ocsp")
+        now = now or dt.datetime.now(dt.UTC)
+        if ocsp_cert.not_valid_after_utc <= now:
+            raise CAError(f"the OCSP signer certificate expired on"
+                          f" {ocsp_cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: renew it with"
+                          " 'smimekit ca crl' or 'smimekit ca serve --sign-crls' where the"
+                          " issuing key is")
+        if not (self.path / "ocsp.p12").is_file():
+            raise CAError(f"the OCSP signer key {self.path / 'ocsp.p12'} is missing")
+        key = self._key("ocsp", passphrase)
+        if key.public_key() != ocsp_cert.public_key():
+            raise CAError("the OCSP signer key does not match ocsp.pem")
+        return OcspSigner(config, root_cert, issuing_cert, ocsp_cert, key)
 
     # -- offline root ----------------------------------------------------------------------
 

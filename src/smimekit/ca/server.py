@@ -41,14 +41,20 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
-from smimekit.ca.ocsp import OCSPResponder
+from smimekit.ca.home import OcspSigner
+from smimekit.ca.ocsp import IssuedRecords, OCSPResponder, store_lookup
+from smimekit.errors import CAError
 
-__all__ = ["MAX_BODY", "CAServer"]
+if TYPE_CHECKING:
+    from smimekit.store.revocation import PublishedCrl
+
+__all__ = ["MAX_BODY", "CAServer", "PublishedCrls", "ocsp_only_server"]
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +351,63 @@ class _Server(http.server.ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback to stderr; one line is enough.
         log.error("connection failed", extra={"client": str(client_address[0])})
+
+
+class PublishedCrls(Protocol):
+    def latest_crl(self, issuer_fingerprint: str, *,
+                   with_der: bool = True) -> PublishedCrl | None: ...
+
+
+class StoredCrl:
+    """The newest CRL the store holds for one issuer, as published by whichever process
+    holds the issuing key (``ca crl``, ``ca serve --sign-crls``); never signs one. Each call
+    asks only for the newest number and loads the DER again when it changed."""
+
+    def __init__(self, store: PublishedCrls, issuer_fingerprint: str) -> None:
+        self._store = store
+        self._issuer = issuer_fingerprint
+        self._lock = threading.Lock()
+        self._cache: tuple[int, bytes] | None = None
+
+    def __call__(self) -> bytes:
+        """Raises:
+            CAError: no CRL has been published yet (the server answers 503).
+        """
+        latest = self._store.latest_crl(self._issuer, with_der=False)
+        if latest is None:
+            raise CAError("no CRL published yet: run 'smimekit ca crl'")
+        with self._lock:
+            if self._cache is not None and self._cache[0] == latest.number:
+                return self._cache[1]
+        full = self._store.latest_crl(self._issuer)
+        if full is None or full.der is None:
+            raise CAError("no CRL published yet: run 'smimekit ca crl'")
+        with self._lock:
+            self._cache = (full.number, full.der)
+        return full.der
+
+
+def ocsp_only_server(host: str, port: int, signer: OcspSigner, store: Any,
+                     issuer_fingerprint: str, *,
+                     root_crl: Callable[[], bytes] | None = None) -> CAServer:
+    """The least-privilege server of ``ca serve``: OCSP answers signed by the delegated OCSP
+    signer, the newest CRL from the store (:class:`StoredCrl`), the CA certificates. It holds
+    no issuing key, so it cannot sign a CRL or a certificate.
+
+    ``store`` offers ``issued_record`` and ``latest_crl`` (a :class:`smimekit.store.Store`).
+
+    Raises:
+        CAError: the OCSP signer certificate does not fit the issuing CA.
+        OSError: the address cannot be bound.
+    """
+    lookup_store: IssuedRecords = store
+    crl_store: PublishedCrls = store
+    responder = OCSPResponder(signer.issuing, signer.cert, signer.key,
+                              store_lookup(lookup_store, issuer_fingerprint))
+    der = serialization.Encoding.DER
+    return CAServer(host, port, crl=StoredCrl(crl_store, issuer_fingerprint), ocsp=responder,
+                    root_crl=root_crl, certs={"issuing.der": signer.issuing.public_bytes(der),
+                                              "root.der": signer.root.public_bytes(der)})
 
 
 class CAServer:

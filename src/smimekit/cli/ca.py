@@ -33,7 +33,7 @@ from smimekit.ca.export import (
     pem_chain,
     pkcs12_bytes,
 )
-from smimekit.ca.home import CAConfig, CAHome, Pkcs11Ref
+from smimekit.ca.home import CAConfig, CAHome, Pkcs11Ref, UnlockedCA
 from smimekit.ca.issuance import (
     DEFAULT_ENCRYPT_KEY,
     DEFAULT_SIGN_KEY,
@@ -473,9 +473,17 @@ def revoke(serial: str | None, email: str | None, reason: str, passphrase_file: 
 @ca_options
 def crl(output: str | None, pem: bool, passphrase_file: str | None,
         passphrase_env: str | None, pin_file: str | None) -> None:
-    """Publish a fresh CRL now (run it from cron as well: CRLs expire after 7 days)."""
+    """Publish a fresh CRL now (run it from cron as well: CRLs expire after 7 days).
+
+    Also renews the delegated OCSP signer when it expires within 30 days (that needs the
+    issuing key, which a plain 'ca serve' does not hold)."""
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
         built = cax.publish_crl()
+        renewed = _renew_ocsp_signer_if_due(cax, passphrase_file, passphrase_env)
+    if renewed is not None:
+        until = renewed.ocsp_cert.not_valid_after_utc
+        click.echo(f"renewed the OCSP signer until {until:%Y-%m-%d}: copy ocsp.pem and"
+                   " ocsp.p12 to the serving nodes and restart them", err=True)
     number = built.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     click.echo(f"published CRL number {number} with {len(built)} entries, next update"
                f" {built.next_update_utc:%Y-%m-%d %H:%M} UTC", err=output in (None, "-"))
@@ -500,31 +508,72 @@ def root_crl(output: str | None, passphrase_file: str | None, passphrase_env: st
         write_output(output, built.public_bytes(serialization.Encoding.DER), mode=0o644)
 
 
+OCSP_SIGNER_RENEW_BEFORE = dt.timedelta(days=30)
+
+
 @ca.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--sign-crls", is_flag=True,
+              help="Also hold the issuing key: re-sign the CRL before it goes stale and"
+              " renew the OCSP signer (default: the OCSP signer key only; CRLs come from"
+              " the store as 'ca crl' published them).")
+@click.option("--crl-check-interval", default=3600, show_default=True,
+              type=click.IntRange(1, 86400), metavar="SECONDS",
+              help="With --sign-crls: how often to check whether the CRL needs re-signing.")
 @ca_options
-def serve(host: str, port: int, passphrase_file: str | None, passphrase_env: str | None,
+def serve(host: str, port: int, sign_crls: bool, crl_check_interval: int,
+          passphrase_file: str | None, passphrase_env: str | None,
           pin_file: str | None) -> None:
     """Serve the CRLs, OCSP and the CA certificates over HTTP until interrupted.
 
     Paths: /crl/issuing.crl, /crl/root.crl, /ocsp (POST and GET), /certs/issuing.der,
     /certs/root.der. Put a reverse proxy at the CA's base URL in front of it.
+
+    By default only the OCSP signer's key is unlocked: the issuing key (file or token), the
+    root key and the vault key are never read, and the newest CRL is served from the store.
+    Publish CRLs with 'smimekit ca crl' from cron, or run one 'ca serve --sign-crls'.
     """
+    if sign_crls:
+        _serve_signing(host, port, crl_check_interval, passphrase_file, passphrase_env,
+                       pin_file)
+        return
+    from smimekit.ca.issuance import fingerprint
+    from smimekit.ca.server import ocsp_only_server
+
+    home = CAHome(cli_globals().data_dir)
+    signer = home.open_ocsp_signer(_ca_passphrase(passphrase_file, passphrase_env))
+    if signer.cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < OCSP_SIGNER_RENEW_BEFORE:
+        click.echo(f"smimekit: warning: the OCSP signer certificate expires on"
+                   f" {signer.cert.not_valid_after_utc:%Y-%m-%d}; renew it with 'smimekit ca"
+                   " crl' where the issuing key is, then copy it here and restart", err=True)
+    store = open_store()
+    try:
+        try:
+            server = ocsp_only_server(host, port, signer, store, fingerprint(signer.issuing),
+                                      root_crl=home.root_crl)
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        _run_server(server, "serving CRL, OCSP and CA certificates (OCSP signer key only)")
+    finally:
+        store.close()
+
+
+def _serve_signing(host: str, port: int, crl_check_interval: int,
+                   passphrase_file: str | None, passphrase_env: str | None,
+                   pin_file: str | None) -> None:
+    """``ca serve --sign-crls``: the CA unlocked (issuing key), CRLs re-signed when less
+    than half their validity is left, checked every ``crl_check_interval`` seconds and on
+    each CRL request; the OCSP signer renewed at start when it expires within 30 days."""
     import logging
+    import threading
 
     from smimekit.ca.ocsp import OCSPResponder, store_lookup
     from smimekit.ca.server import CAServer
 
     home = CAHome(cli_globals().data_dir)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
-        unlocked = cax.ca
-        if unlocked.ocsp_cert.not_valid_after_utc - dt.datetime.now(dt.UTC) \
-                < dt.timedelta(days=30):
-            unlocked = home.replace_ocsp_signer(
-                unlocked, _ca_passphrase(passphrase_file, passphrase_env))
-            cax.store.audit(cax.actor, "ca.ocsp-signer", unlocked.config.organization, {
-                "not_after": unlocked.ocsp_cert.not_valid_after_utc.isoformat()})
+        unlocked = _renew_ocsp_signer_if_due(cax, passphrase_file, passphrase_env) or cax.ca
         assert unlocked.ocsp_key is not None
         responder = OCSPResponder(unlocked.authority.cert, unlocked.ocsp_cert,
                                   unlocked.ocsp_key,
@@ -537,15 +586,53 @@ def serve(host: str, port: int, passphrase_file: str | None, passphrase_env: str
                                   "root.der": unlocked.authority.root.public_bytes(der)})
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        click.echo(f"serving CRL, OCSP and CA certificates on {server.url}"
-                   " (Ctrl-C to stop)", err=True)
+        stopping = threading.Event()
+        log = logging.getLogger("smimekit.ca.crl")
+
+        def republish() -> None:
+            while True:
+                try:
+                    cax.current_crl()  # re-signs when less than half the period is left
+                except Exception as exc:  # the next round tries again; serving goes on
+                    log.error("CRL re-signing failed", extra={"error": type(exc).__name__})
+                if stopping.wait(crl_check_interval):
+                    return
+
+        worker = threading.Thread(target=republish, name="crl-signer", daemon=True)
+        worker.start()
         try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+            _run_server(server, "serving CRL, OCSP and CA certificates, signing CRLs")
         finally:
-            server.stop()
+            stopping.set()
+            worker.join(timeout=10)
+
+
+def _renew_ocsp_signer_if_due(cax: CertificateAuthority, passphrase_file: str | None,
+                              passphrase_env: str | None) -> UnlockedCA | None:
+    """A new OCSP signer (needs the issuing key) when the current one expires within 30
+    days; None when it does not."""
+    unlocked = cax.ca
+    if unlocked.ocsp_cert.not_valid_after_utc - dt.datetime.now(dt.UTC) \
+            >= OCSP_SIGNER_RENEW_BEFORE:
+        return None
+    home = CAHome(cli_globals().data_dir)
+    renewed = home.replace_ocsp_signer(unlocked, _ca_passphrase(passphrase_file, passphrase_env))
+    cax.store.audit(cax.actor, "ca.ocsp-signer", renewed.config.organization, {
+        "not_after": renewed.ocsp_cert.not_valid_after_utc.isoformat()})
+    return renewed
+
+
+def _run_server(server: Any, what: str) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    click.echo(f"{what} on {server.url} (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 @ca.command("export-root")
