@@ -19,28 +19,49 @@ class _Unsupported(Exception):
     """Not plain definite-length DER: the caller falls back to asn1crypto."""
 
 
-def _header(data: Chunk, off: int) -> tuple[int, int, int]:
-    """(tag byte, content start, content length) of the TLV at ``off``."""
-    end = len(data)
+def read_header(data: Chunk, off: int, end: int) -> tuple[int, int, int | None] | None:
+    """(first tag byte, content start, content length; None for an indefinite length) of the
+    BER element at ``off`` that must end by ``end``; None when the header is malformed, runs
+    past ``end``, or gives a primitive element an indefinite length.
+
+    The one TLV header reader of the raw-byte paths: the DER splice below, the segment join
+    and the parser budgets (:mod:`smimekit.cms.limits`). High tag numbers are stepped over.
+    """
     if off + 2 > end:
-        raise _Unsupported
+        return None
     tag = data[off]
-    if tag & 0x1F == 0x1F:
-        raise _Unsupported  # high tag numbers never occur on our path
-    first = data[off + 1]
-    pos = off + 2
+    pos = off + 1
+    if tag & 0x1F == 0x1F:  # high tag number: its continuation octets
+        while pos < end and data[pos] & 0x80:
+            pos += 1
+        pos += 1
+        if pos >= end:
+            return None
+    first = data[pos]
+    pos += 1
     if first < 0x80:
         length = first
     elif first == 0x80:
-        raise _Unsupported  # indefinite length (BER)
+        return (tag, pos, None) if tag & 0x20 else None  # indefinite: constructed only
     else:
         count = first & 0x7F
         if count > 8 or pos + count > end:
-            raise _Unsupported
+            return None
         length = int.from_bytes(bytes(data[pos : pos + count]), "big")
         pos += count
     if pos + length > end:
+        return None
+    return tag, pos, length
+
+
+def _header(data: Chunk, off: int) -> tuple[int, int, int]:
+    """(tag byte, content start, content length) of the definite-length DER TLV at ``off``."""
+    found = read_header(data, off, len(data))
+    if found is None:
         raise _Unsupported
+    tag, pos, length = found
+    if tag & 0x1F == 0x1F or length is None:
+        raise _Unsupported  # a high tag number (never on our path), or BER
     return tag, pos, length
 
 
@@ -253,30 +274,17 @@ def join_segments(contents: Chunk, max_depth: int = 32) -> bytes | None:
                 return bytes(out)
             frames.pop()
             continue
-        if pos + 2 > limit:
+        found = read_header(data, pos, limit)
+        if found is None or found[0] not in (0x04, 0x24):
             return None
-        tag, first = data[pos], data[pos + 1]
-        if tag not in (0x04, 0x24):
-            return None
-        if first == 0x80:
-            if tag == 0x04:
-                return None
-            start, length = pos + 2, -1
-        elif first < 0x80:
-            start, length = pos + 2, first
-        else:
-            count = first & 0x7F
-            if count > 8 or pos + 2 + count > limit:
-                return None
-            start = pos + 2 + count
-            length = int.from_bytes(bytes(data[pos + 2 : start]), "big")
-        if length >= 0 and start + length > limit:
-            return None
+        tag, start, length = found
         if tag == 0x04:
+            if length is None:  # not given by read_header: a primitive is never indefinite
+                return None
             out += data[start : start + length]
             pos = start + length
             continue
         if len(frames) > max_depth:
             return None
-        frames.append((start + length, False) if length >= 0 else (limit, True))
+        frames.append((start + length, False) if length is not None else (limit, True))
         pos = start

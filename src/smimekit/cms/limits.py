@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from smimekit.cms.der import read_header
 from smimekit.errors import LimitExceededError
 
 __all__ = [
@@ -86,33 +87,10 @@ class _Reader:
 
     def header(self, off: int, end: int) -> tuple[int, int, int | None]:
         """(tag byte, content start, content length or None for indefinite) at ``off``."""
-        data = self.data
-        if off + 2 > end:
+        found = read_header(self.data, off, end)
+        if found is None:
             raise _Stop
-        tag = data[off]
-        pos = off + 1
-        if tag & 0x1F == 0x1F:  # high tag number: skip its continuation octets
-            while pos < end and data[pos] & 0x80:
-                pos += 1
-            pos += 1
-        if pos >= end:
-            raise _Stop
-        first = data[pos]
-        pos += 1
-        if first < 0x80:
-            return tag, pos, first
-        if first == 0x80:
-            if not tag & 0x20:
-                raise _Stop  # indefinite length on a primitive: not BER
-            return tag, pos, None
-        count = first & 0x7F
-        if count > 8 or pos + count > end:
-            raise _Stop
-        length = int.from_bytes(bytes(data[pos : pos + count]), "big")
-        pos += count
-        if pos + length > end:
-            raise _Stop
-        return tag, pos, length
+        return found
 
     def skip(self, off: int, end: int) -> int:
         """Offset after the element at ``off``; indefinite lengths walked without recursion."""
