@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("SMIMEKIT_DATA_DIR", tempfile.mkdtemp(prefix="smimekit-test-data-"))
 
 from backends import Backend, backend  # noqa: F401  (the fixture, for every test)
+from loopback import FileServer
 from pki import PKI, Identity
 
 
@@ -52,3 +54,21 @@ def null_device(tmp_path: Path) -> Path:
     else:
         path.symlink_to("/dev/null")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real fetcher honours *_proxy variables; loopback servers must be reached directly
+    # (a test that goes through a proxy on purpose sets its own, as test_ca_scenario does).
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    """Certificates (caIssuers answers) over real HTTP on loopback (tests/loopback.py)."""
+    s = FileServer(content_type="application/pkix-cert")
+    try:
+        yield s
+    finally:
+        s.stop()

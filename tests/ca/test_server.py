@@ -57,11 +57,6 @@ WEEK = dt.timedelta(days=7)
 REVOKED_AT = NOW - 2 * HOUR
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
 
 def der(value: x509.Certificate | x509.CertificateRevocationList) -> bytes:
     return value.public_bytes(serialization.Encoding.DER)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +24,6 @@ MESSAGE = (b"From: bob@example.org\r\nTo: alice@example.org\r\nSubject: hi\r\n"
            + b"\r\n\r\nHello.\r\n")
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def server() -> Iterator[FileServer]:
-    s = FileServer(content_type="application/pkix-cert")
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def _name(cn: str) -> x509.Name:

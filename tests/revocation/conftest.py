@@ -14,13 +14,6 @@ from loopback import FileServer
 from revpki import RevPKI, der
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The real fetcher honours *_proxy variables; loopback servers must be reached directly.
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="module")
 def rpki() -> RevPKI:
     """Root -> CA -> people, pointing at hosts that do not exist (for MemoryFetcher)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,19 +41,6 @@ def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def server() -> Iterator[FileServer]:
-    s = FileServer(content_type="application/pkix-cert")
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 # -- certificates naming their issuer --------------------------------------------------------
