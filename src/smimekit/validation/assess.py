@@ -14,8 +14,8 @@ from smimekit.dn import display_name
 from smimekit.mailbox import comparable
 from smimekit.smime.canonical import Header
 from smimekit.smime.wrap import Unwrapped
-from smimekit.validation.intermediates import IssuerSource
-from smimekit.validation.path import Purpose, validate
+from smimekit.validation.intermediates import IssuerSource, validate_with_lookups
+from smimekit.validation.path import Purpose
 from smimekit.validation.revocation import RevocationOptions, check_chain
 from smimekit.validation.verdict import (
     CertSummary,
@@ -182,12 +182,9 @@ def assess(
                         "validated at the signing time the signer asserted"
                         f" ({signer_time.isoformat()}), not at a trusted time"
                     )
-            tracked = issuer_source if isinstance(issuer_source, IssuerSource) else None
-            if tracked is not None:
-                tracked.take_problems()  # only this signer's lookups count below
             # Only signers whose signature verified get here: the certificate's key signed
             # this message, so an issuer_source may follow the URLs in it.
-            path = validate(
+            path, lookup_reasons = validate_with_lookups(
                 cert,
                 intermediates=pool,
                 anchors=trust,
@@ -196,7 +193,6 @@ def assess(
                 allow_legacy=allow_legacy,
                 issuer_source=issuer_source,
             )
-            lookup_reasons = tracked.take_problems() if tracked is not None else []
             statuses = tuple(RevocationStatus(display_name(c.subject)) for c in path.chain[:-1])
             if revocation is not None and path.chain:
                 # Only chains that reached an anchor: never fetch for an unknown signer's
@@ -218,8 +214,9 @@ def assess(
             signer_reasons = list(path.reasons) + list(path.usage_reasons) + revocation_reasons
             if not path.chain:
                 signer_reasons += lookup_reasons  # why the cache and AIA did not help
-            elif tracked is not None and path.trusted and not revocation_reasons:
-                tracked.learn(path)
+            elif (isinstance(issuer_source, IssuerSource) and path.trusted
+                  and not revocation_reasons):
+                issuer_source.learn(path)
             if senders:
                 bound = {comparable(e) for e in emails}
                 unbound = [s for s in senders if comparable(s) not in bound]

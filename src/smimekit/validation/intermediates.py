@@ -38,7 +38,7 @@ import datetime as dt
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -50,7 +50,7 @@ from smimekit.errors import FetchError
 from smimekit.fsutil import atomic_write
 from smimekit.validation.certinfo import cert_info, signed_by
 from smimekit.validation.fetchers import Fetcher, UrllibFetcher
-from smimekit.validation.path import PathResult
+from smimekit.validation.path import PathResult, Purpose, validate
 
 __all__ = [
     "AIA_TIMEOUT",
@@ -407,3 +407,24 @@ def issuer_source(
     if aia:
         network = fetcher or UrllibFetcher(timeout=timeout, max_crl_bytes=MAX_CERT_BYTES)
     return IssuerSource(cache, network, max_fetches=max_fetches, no_fetch_reason=no_fetch_reason)
+
+
+def validate_with_lookups(
+    cert: x509.Certificate,
+    *,
+    intermediates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    at: dt.datetime,
+    purpose: Purpose,
+    allow_legacy: bool,
+    issuer_source: Callable[[x509.Certificate], Iterable[x509.Certificate]] | None,
+) -> tuple[PathResult, list[str]]:
+    """:func:`~smimekit.validation.path.validate`, and why an :class:`IssuerSource` could not
+    find this certificate's issuers (its lookups for earlier certificates are dropped first,
+    so only this one's count)."""
+    tracked = issuer_source if isinstance(issuer_source, IssuerSource) else None
+    if tracked is not None:
+        tracked.take_problems()
+    result = validate(cert, intermediates=intermediates, anchors=anchors, at=at,
+                      purpose=purpose, allow_legacy=allow_legacy, issuer_source=issuer_source)
+    return result, tracked.take_problems() if tracked is not None else []

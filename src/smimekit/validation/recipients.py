@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, x448, x25519
 
 from smimekit.keys.kinds import certificate_public_key
-from smimekit.validation.intermediates import IssuerSource
+from smimekit.validation.intermediates import IssuerSource, validate_with_lookups
 from smimekit.validation.path import Purpose, validate
 from smimekit.validation.revocation import RevocationOptions, check_chain
 from smimekit.validation.verdict import CertSummary
@@ -64,10 +64,7 @@ def check_recipient(
             cert, anchors=[cert], at=when, purpose=Purpose.ENCRYPT, allow_legacy=allow_legacy
         )
         return RecipientCheck(tuple(result.reasons) + tuple(result.usage_reasons))
-    tracked = issuer_source if isinstance(issuer_source, IssuerSource) else None
-    if tracked is not None:
-        tracked.take_problems()  # only this recipient's lookups count below
-    result = validate(
+    result, lookups = validate_with_lookups(
         cert,
         intermediates=intermediates,
         anchors=trust,
@@ -77,7 +74,6 @@ def check_recipient(
         issuer_source=issuer_source,
     )
     problems = list(result.reasons) + list(result.usage_reasons)
-    lookups = tracked.take_problems() if tracked is not None else []
     warnings: list[str] = []
     if not result.chain:
         problems += lookups  # why the cache and AIA did not help
@@ -85,10 +81,10 @@ def check_recipient(
         report = check_chain(result.chain, at=when, options=revocation, extra_certs=intermediates)
         problems += report.reasons
         warnings += report.warnings
-        if tracked is not None and result.trusted and report.ok:
-            tracked.learn(result)
-    elif tracked is not None and result.trusted:
-        tracked.learn(result)
+        if isinstance(issuer_source, IssuerSource) and result.trusted and report.ok:
+            issuer_source.learn(result)
+    elif isinstance(issuer_source, IssuerSource) and result.trusted:
+        issuer_source.learn(result)
     return RecipientCheck(tuple(problems), tuple(warnings), result.chain)
 
 
