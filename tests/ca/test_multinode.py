@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
+from loopback import TcpRelay, free_port
 from sqlalchemy import select
 
 from smimekit.ca.home import CAHome
@@ -132,12 +133,6 @@ class Node:
         return self.log.read_text(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -160,7 +155,7 @@ def start_node(deployment: Deployment) -> Iterator[Callable[[str, Path], Node]]:
 
     def start(name: str, data_dir: Path) -> Node:
         for _attempt in range(3):  # the free port may be taken before the node binds it
-            port = _free_port()
+            port = free_port()
             log = deployment.tmp / f"{name}.stderr"
             with log.open("wb") as sink:
                 proc = subprocess.Popen(
@@ -476,8 +471,70 @@ def test_serving_node_refuses_to_start_without_each_file(
         (node_dir / "ca" / missing).unlink()
         done = subprocess.run(
             [*deployment.cli(node_dir), "ca", "serve", "--host", "127.0.0.1", "--port",
-             str(_free_port())], capture_output=True, text=True, timeout=CLI_DEADLINE,
+             str(free_port())], capture_output=True, text=True, timeout=CLI_DEADLINE,
             env={**os.environ, "SMIMEKIT_PASSPHRASE": PASS}, check=False)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 1 and len(lines) == 1, (missing, done.stderr)
         assert missing in lines[0] or "no CA in" in lines[0], (missing, lines)
+
+
+@pytest.mark.parametrize("deployment", ["postgresql"], indirect=True)
+def test_node_answers_try_later_while_the_database_is_away_and_recovers(
+        deployment: Deployment, start_node: Callable[[str, Path], Node],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's server goes away under a running node (a relay between them is cut):
+    OCSP answers tryLater, the CRL 503, the node stays up; a node started meanwhile exits 1
+    with one line; once the server is back the running node answers again, unrestarted."""
+    assert deployment.url is not None
+    relay = TcpRelay((PG_HOST, PG_PORT))
+    try:
+        deployment.url = deployment.url.replace(f":{PG_PORT}/", f":{relay.port}/")
+        monkeypatch.setenv("SMIMEKIT_PASSPHRASE", PASS)
+        cli_globals = ["--data-dir", str(deployment.ca_dir), *deployment.store_args()]
+        assert main([*cli_globals, "ca", "init", "--org", "Example Ltd", "--base-url",
+                     "http://pki.example.com", "--key-type", "p256", "--country", "GB"]) == 0
+        (deployment.tmp / "p12.pass").write_text("p12 passphrase for the test\n")
+        assert main([*cli_globals, *issue_args(deployment.tmp, "b0@example.com", "b0")]) == 0
+        home = CAHome(deployment.ca_dir)
+        issuer, signer = home.certificate("issuing"), home.certificate("ocsp")
+        with Store.open(deployment.url, deployment.ca_dir, create=False) as store:
+            (record,) = store.issued_records()
+            latest = store.latest_crl(fingerprint(issuer))
+        assert latest is not None
+        serial = int(record.serial, 16)
+        node = start_node("node0", serving_copy(deployment.ca_dir, deployment.tmp / "node0"))
+        assert ask_ocsp(node, issuer, signer, serial).status == ocsp.OCSPCertStatus.GOOD
+        assert fetch(node, "GET", "/crl/issuing.crl") == (200, latest.der)
+
+        relay.cut()
+        for _ in range(3):
+            status, body = fetch(node, "POST", "/ocsp", ocsp_request(issuer, serial),
+                                 {"Content-Type": "application/ocsp-request"})
+            assert status == 200
+            assert ocsp.load_der_ocsp_response(body).response_status \
+                == ocsp.OCSPResponseStatus.TRY_LATER
+            assert fetch(node, "GET", "/crl/issuing.crl")[0] == 503
+        assert node.proc.poll() is None, node.stderr()
+        late = subprocess.run(
+            [*deployment.cli(node.data_dir), "ca", "serve", "--host", "127.0.0.1", "--port",
+             str(free_port())], capture_output=True, text=True, timeout=CLI_DEADLINE,
+            env={**os.environ, "SMIMEKIT_PASSPHRASE": PASS}, check=False)
+        lines = late.stderr.strip().splitlines()
+        assert late.returncode == 1 and len(lines) == 1, late.stderr
+        assert "cannot use the database" in lines[0], lines
+
+        relay.restore()
+        answers = []
+        for _ in range(20):  # bounded: the pool replaces its dropped connections
+            answers.append(fetch(node, "POST", "/ocsp", ocsp_request(issuer, serial),
+                                 {"Content-Type": "application/ocsp-request"}))
+            response = ocsp.load_der_ocsp_response(answers[-1][1])
+            if response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL:
+                break
+            time.sleep(0.2)
+        assert ask_ocsp(node, issuer, signer, serial).status == ocsp.OCSPCertStatus.GOOD
+        assert len(answers) <= 2, f"{len(answers)} requests until the node answered again"
+        assert fetch(node, "GET", "/crl/issuing.crl") == (200, latest.der)
+        assert "Traceback" not in node.stderr()
+    finally:
+        relay.stop()
