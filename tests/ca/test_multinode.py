@@ -44,7 +44,7 @@ from loopback import TcpRelay, free_port
 from sqlalchemy import select
 
 from smimekit.ca.home import CAHome
-from smimekit.ca.issuance import fingerprint
+from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType, fingerprint
 from smimekit.cli.main import main
 from smimekit.store import Store, schema
 
@@ -538,3 +538,49 @@ def test_node_answers_try_later_while_the_database_is_away_and_recovers(
         assert "Traceback" not in node.stderr()
     finally:
         relay.stop()
+
+
+def test_crl_publications_over_many_connections_never_share_a_number(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CLI processes above race on, tightly: threads with a store (an engine, so
+    connections) each, as on separate nodes, publish CRLs and revoke at once. Numbers stay
+    unique and gapless in publication order, and the newest CRL lists every revocation."""
+    threads, rounds = 4, 6
+    monkeypatch.setenv("SMIMEKIT_PASSPHRASE", PASS)
+    assert main(["--data-dir", str(deployment.ca_dir), *deployment.store_args(), "ca", "init",
+                 "--org", "Example Ltd", "--base-url", "http://pki.example.com",
+                 "--key-type", "p256", "--country", "GB"]) == 0
+    unlocked = CAHome(deployment.ca_dir).unlock(PASS.encode())
+    with Store.open(deployment.url, deployment.ca_dir, create=False) as store:
+        cax = CertificateAuthority(unlocked, store)
+        serials = [[cax.issue_generated(f"r{t}.{n}@example.com", purpose="sign",
+                                        sign_key=SubscriberKeyType.P256, lint=False)
+                    .items[0].record.serial for n in range(2)] for t in range(threads)]
+    start = threading.Barrier(threads)
+
+    def node(t: int) -> None:
+        with Store.open(deployment.url, deployment.ca_dir, create=False) as own:
+            mine = CertificateAuthority(unlocked, own)
+            start.wait(timeout=60)
+            for n in range(rounds):
+                mine.publish_crl()
+                if n < len(serials[t]):
+                    mine.revoke(serial=serials[t][n])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for job in [pool.submit(node, t) for t in range(threads)]:
+            job.result(timeout=CLI_DEADLINE)
+
+    with Store.open(deployment.url, deployment.ca_dir, create=False) as store:
+        issuer_fp = fingerprint(unlocked.authority.cert)
+        c = schema.crl_publications
+        with store.read() as conn:
+            numbers = [int(n) for n in conn.execute(
+                select(c.c.crl_number).where(c.c.issuer_fingerprint == issuer_fp)
+                .order_by(c.c.id)).scalars()]
+        # ca init's, then one per publish_crl and one per revoke
+        assert numbers == list(range(1, 2 + threads * (rounds + 2)))
+        latest = store.latest_crl(issuer_fp)
+    assert latest is not None and latest.der is not None
+    listed = {format(e.serial_number, "x") for e in x509.load_der_x509_crl(latest.der)}
+    assert listed == {s for pair in serials for s in pair}
