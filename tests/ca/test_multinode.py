@@ -4,8 +4,11 @@ One store (a PostgreSQL database of its own, or one SQLite file), a CA made with
 several ``smimekit ca serve`` nodes as subprocesses on loopback, and several workers running
 ``ca revoke``, ``ca crl`` and ``ca issue`` (four of them for the same address and purpose) as
 CLI processes at once, while OCSP clients ask the nodes. Afterwards every node, the store and
-``openssl ocsp`` must agree. On PostgreSQL each node has a data directory of its own holding
-only :data:`SERVING_FILES`; on SQLite the processes share one data directory (one host).
+``openssl ocsp`` must agree. On PostgreSQL each of three nodes has a data directory of its
+own holding only :data:`SERVING_FILES`. On SQLite (one host) the CLI processes share the CA's
+data directory, and of two nodes one runs on it and one on such a copy; the file is named by
+an absolute ``--database-url sqlite:///...`` from ``ca init`` on, as a copy of ``ca.json``
+must name the same file.
 
 The nodes are reached over HTTP only (the server behind ``ca serve`` may change). Bounded:
 every CLI process has a deadline, node start-up and shutdown have bounds, the OCSP clients
@@ -75,8 +78,8 @@ OCSP_ROUNDS = 400
 @dataclass
 class Deployment:
     backend: str
-    url: str | None
-    """None: the SQLite file in the CA's data directory."""
+    url: str
+    """PostgreSQL: a database of its own; SQLite: a file outside the CA's data directory."""
     tmp: Path
     ca_dir: Path = field(init=False)
 
@@ -84,7 +87,7 @@ class Deployment:
         self.ca_dir = self.tmp / "ca-host"
 
     def store_args(self) -> list[str]:
-        return ["--database-url", self.url] if self.url else []
+        return ["--database-url", self.url]
 
     def cli(self, data_dir: Path | None = None) -> list[str]:
         return [sys.executable, "-m", "smimekit.cli.main", "--data-dir",
@@ -93,10 +96,14 @@ class Deployment:
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    """A store for one test: a PostgreSQL database of its own (dropped afterwards) or the
-    default SQLite file."""
+    """A store for one test: a PostgreSQL database of its own (dropped afterwards) or a
+    SQLite file."""
     if request.param == "sqlite":
-        yield Deployment("sqlite", None, tmp_path)
+        # named by an absolute URL, outside the CA's data directory, so that a node with a
+        # data directory of its own on the same host can name the same file
+        (tmp_path / "store").mkdir(mode=0o700)
+        yield Deployment("sqlite", f"sqlite:///{tmp_path / 'store' / 'smimekit.db'}",
+                         tmp_path)
         return
     user = _pg_user()
     if user is None:
@@ -296,17 +303,19 @@ def test_nodes_and_concurrent_cli_agree_on_every_serial(
         serial_of = {r.email: r.serial for r in store.issued_records()}
 
     # the nodes: on PostgreSQL three, each with a stripped copy of the CA directory; on
-    # SQLite two, on the CA's own data directory (one host, one file)
+    # SQLite (one host, one file) one on the CA's own data directory, one on a copy
     if deployment.backend == "postgresql":
         nodes = [start_node(f"node{n}", serving_copy(deployment.ca_dir, tmp / f"node{n}"))
                  for n in range(3)]
-        for node in nodes:
+    else:
+        nodes = [start_node("node0", deployment.ca_dir),
+                 start_node("node1", serving_copy(deployment.ca_dir, tmp / "node1"))]
+    for node in nodes:
+        if node.data_dir != deployment.ca_dir:
             held = {p.name for p in (node.data_dir / "ca").iterdir()}
             assert held == SERVING_FILES
             assert not held & set(NOT_ON_SERVING_NODES)
             assert not (node.data_dir / "smimekit.db").exists()
-    else:
-        nodes = [start_node(f"node{n}", deployment.ca_dir) for n in range(2)]
 
     # the workers: revokers, CRL publishers, and issuers racing for one address and purpose
     per_revoker = TARGETS // REVOKE_WORKERS
@@ -485,7 +494,6 @@ def test_node_answers_try_later_while_the_database_is_away_and_recovers(
     """The store's server goes away under a running node (a relay between them is cut):
     OCSP answers tryLater, the CRL 503, the node stays up; a node started meanwhile exits 1
     with one line; once the server is back the running node answers again, unrestarted."""
-    assert deployment.url is not None
     relay = TcpRelay((PG_HOST, PG_PORT))
     try:
         deployment.url = deployment.url.replace(f":{PG_PORT}/", f":{relay.port}/")
