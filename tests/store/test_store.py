@@ -49,6 +49,22 @@ def test_sqlite_file_and_directory_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((data / DB_FILENAME).stat().st_mode) == 0o600
 
 
+def test_sqlite_file_named_by_url_is_created_private(tmp_path: Path) -> None:
+    # a store kept outside the data directory (docs/store.md, "Multi-node deployment"): the
+    # new file and its WAL files are the owner's only, whatever the umask; the directory is
+    # the operator's and is left as it is
+    path = tmp_path / "store" / DB_FILENAME
+    path.parent.mkdir()
+    with Store.open(f"sqlite:///{path}", tmp_path / "data") as store:
+        store.add_user("alice@example.org", "Alice", None)
+        for made in (path, path.with_name(DB_FILENAME + "-wal"),
+                     path.with_name(DB_FILENAME + "-shm")):
+            assert stat.S_IMODE(made.stat().st_mode) == 0o600, made
+    path.chmod(0o640)  # an existing file keeps the mode its owner gave it
+    Store.open(f"sqlite:///{path}", tmp_path / "data").close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
 def test_users_round_trip_case_insensitively(backend: Backend) -> None:
     with _open(backend) as store:
         store.add_user("Alice@Example.ORG", "Alice", "Legal")

@@ -110,6 +110,20 @@ class StoreBase:
             database = _sqlite_path(url)
             if database is not None and not Path(database).is_file():
                 raise StoreError(f"no store at {database}")
+        elif url is not None and url.startswith("sqlite:"):
+            database = _sqlite_path(url)
+            if database is not None and not database.startswith("file:"):
+                # SQLite would create it (and its -wal and -shm files, which take the
+                # database file's mode) with the umask: make it the owner's only, as the
+                # default store is. A missing directory is left to SQLite's own error.
+                try:
+                    os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except (FileExistsError, FileNotFoundError):
+                    pass
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot create the database {database}: {exc.strerror or exc}"
+                    ) from None
         if url is None:
             directory = Path(data_dir)
             path = directory / DB_FILENAME
