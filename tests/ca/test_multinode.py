@@ -508,6 +508,7 @@ def test_node_answers_try_later_while_the_database_is_away_and_recovers(
         with Store.open(deployment.url, deployment.ca_dir, create=False) as store:
             (record,) = store.issued_records()
             latest = store.latest_crl(fingerprint(issuer))
+            audit_rows = store.audit_count()
         assert latest is not None
         serial = int(record.serial, 16)
         node = start_node("node0", serving_copy(deployment.ca_dir, deployment.tmp / "node0"))
@@ -544,6 +545,8 @@ def test_node_answers_try_later_while_the_database_is_away_and_recovers(
         assert len(answers) <= 2, f"{len(answers)} requests until the node answered again"
         assert fetch(node, "GET", "/crl/issuing.crl") == (200, latest.der)
         assert "Traceback" not in node.stderr()
+        with Store.open(deployment.url, deployment.ca_dir, create=False) as store:
+            assert store.audit_count() == audit_rows  # a serving node writes nothing
     finally:
         relay.stop()
 
