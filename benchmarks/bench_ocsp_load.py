@@ -692,13 +692,14 @@ def render(runs: list[Run], args: argparse.Namespace) -> str:
     out = [f"OCSP under load: wrk, keep-alive POSTs of {args.certs} nonce-less requests "
            f"(SHA-1 CertID, 1 in {args.revoke_every} revoked), {args.seconds:g} s per figure:",
            "| backend | server | phase | connections | answers/s | p50 ms | p99 ms | tryLater "
-           "| other errors | socket errors | x openssl | load 1/5 min |",
+           "| other errors | socket errors | x openssl (quiet) | load 1/5 min |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         peer = {f.connections: f for f in r.figures if f.server == "openssl"}
         for f in r.figures:
             ratio = ""
-            if f.server == "smimekit" and f.connections in peer and peer[f.connections].rate:
+            if f.server == "smimekit" and f.phase == "quiet" and f.connections in peer \
+                    and peer[f.connections].rate:
                 ratio = f"{f.rate / peer[f.connections].rate:.2f}"
             out.append(row(r.backend, f, ratio))
     out.append("")
@@ -793,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         if not backends:
             return 1
     print(machine_info())
+    if args.server_pythonpath:
+        print(f"ca serve runs the code in {args.server_pythonpath} (--server-pythonpath)")
     print(f"load average (1/5 min) at start: {load()}")
     print()
     runs = []
