@@ -593,3 +593,40 @@ def test_every_node_answers_revoked_right_after_a_revocation(backend: Backend) -
     finally:
         node_store.close()
         ca_store.close()
+
+
+def test_the_cache_holds_under_concurrent_requests(world: World) -> None:
+    """Threads asking at once (as ca serve's do), some with nonces, with the status flipping
+    meanwhile: every answer is successful and states what the lookup said for it."""
+    import threading
+
+    statuses = Statuses(world)
+    responder = world.responder(statuses, cache_size=2)
+    certs = (world.good.cert, world.revoked.cert, world.stranger.cert)
+    wrong: list[str] = []
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            cert = certs[(n + i) % 3]
+            nonce = bytes([n + 1]) * 8 if i % 5 == 0 else None
+            answer = ask(responder, cert, world.ca.cert, nonce=nonce)
+            if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL \
+                    or answer.serial_number != cert.serial_number:
+                wrong.append(f"{n}/{i}")
+
+    flipper_done = threading.Event()
+
+    def flipper() -> None:
+        for _ in range(50):
+            statuses.revoked ^= {world.good.cert.serial_number}
+        flipper_done.set()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    threads.append(threading.Thread(target=flipper))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert flipper_done.is_set() and not wrong
+    assert responder.signed + responder.reused == 6 * 40
+    assert len(responder._answers) <= 2 and len(responder._requests) <= 2
