@@ -11,8 +11,8 @@ BIN    := $(VENV)/bin
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
-APT_PEERS := openssl gpgsm libnss3-tools softhsm2
-PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util
+APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk
+PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade
@@ -83,8 +83,10 @@ test-lowest: install peers
 	$(LOWEST)/bin/python -m pip list --format=freeze
 	SMIMEKIT_TEST_LATEST=1 $(LOWEST)/bin/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+# wrk (a peer since the OCSP load benchmark: its --quick run is a test) comes with peers.
+bench: install peers
 	$(BIN)/python benchmarks/bench_messages.py
+	$(BIN)/python benchmarks/bench_ocsp_load.py
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out

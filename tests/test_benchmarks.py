@@ -88,3 +88,25 @@ def test_budget_benchmark_quick_mode_prints_its_table() -> None:
     assert any("MAX_RECIPIENT_INFOS" in r for r in refused)
     assert any("MAX_BER_SEGMENTS" in r for r in refused)
     assert all("decrypted" in r for r in rows if "openssl" in r), result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="the benchmark drives load with wrk")
+def test_ocsp_load_benchmark_quick_mode_prints_its_table(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_ocsp_load.py"), "--quick",
+         "--backend", "sqlite", "--json", str(tmp_path / "ocsp.json")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| sqlite |")]
+    phases = {row.split("|")[3].strip() for row in rows}
+    assert {"quiet", "enrolment round 1", "during ca crl"} <= phases, result.stdout
+    assert {row.split("|")[4].strip() for row in rows} >= {"1", "8", "64"}, result.stdout
+    assert "goal (sqlite): >= 2,000 answers/s" in result.stdout
+    assert "enrolment (sqlite, default keys): 30 of 30 people" in result.stdout
+    assert "ca crl (sqlite" in result.stdout and "respond() in process" in result.stdout
+    if shutil.which("openssl"):
+        assert any("| openssl |" in row for row in rows), result.stdout
+    figures = json.loads((tmp_path / "ocsp.json").read_text())[0]["figures"]
+    assert all(f["ok"] > 0 for f in figures), figures  # every run was answered

@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "revocation"))
 
+from backends import Backend
 from revpki import Party, issue
 
 from smimekit.ca.ocsp import (
@@ -32,7 +33,7 @@ from smimekit.ca.ocsp import (
 )
 from smimekit.errors import CAError
 from smimekit.keys.signer import LocalSigner
-from smimekit.store.db import IssuedRecord
+from smimekit.store.db import IssuedStatus
 from smimekit.validation.ocsp import evaluate_ocsp
 from smimekit.validation.revinfo import Context
 
@@ -359,12 +360,8 @@ def test_certificate_status_is_checked() -> None:
 
 
 def test_store_lookup_maps_issuance_records(world: World) -> None:
-    def record(serial: int, revoked_at: dt.datetime | None, reason: str | None) -> IssuedRecord:
-        return IssuedRecord(
-            id=1, fingerprint="f", serial=format(serial, "x"), issuer_fingerprint="ca",
-            email="a@example.org", purpose="sign", profile="p", key_origin="csr",
-            issued_at=NOW, not_after=NOW, renewed_by=None, notified_at=None,
-            revoked_at=revoked_at, reason=reason)
+    def record(serial: int, revoked_at: dt.datetime | None, reason: str | None) -> IssuedStatus:
+        return IssuedStatus(revoked_at=revoked_at, reason=reason)
 
     records = {
         "a": record(0xA, None, None),
@@ -375,7 +372,7 @@ def test_store_lookup_maps_issuance_records(world: World) -> None:
     asked: list[tuple[str, str]] = []
 
     class Store:
-        def issued_record(self, *, serial: str, issuer_fingerprint: str) -> IssuedRecord | None:
+        def issued_status(self, *, serial: str, issuer_fingerprint: str) -> IssuedStatus | None:
             asked.append((serial, issuer_fingerprint))
             return records.get(serial) if issuer_fingerprint == "ca" else None
 
@@ -399,3 +396,237 @@ def test_response_passes_pkilint(world: World, tmp_path: Path,
                                                        nonce=b"n" * 16)))
     assert lint_ocsp_response.main(["lint", "-s", "NOTICE", str(path)]) == 0, (
         capsys.readouterr().out)
+
+
+# -- pre-produced answers (RFC 5019): the cache of signed answers ---------------------------
+
+
+class Clock:
+    def __init__(self, at: dt.datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+class Statuses:
+    """A lookup whose answers the test changes, counting its calls."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.calls = 0
+        self.revoked: set[int] = set()
+
+    def __call__(self, serial: int) -> CertStatus:
+        self.calls += 1
+        if serial in self.revoked:
+            return CertStatus.revoked(REVOKED_AT, x509.ReasonFlags.key_compromise)
+        return self.world.lookup(serial)
+
+
+def test_a_nonce_less_answer_is_reused_while_young_and_unchanged(world: World) -> None:
+    statuses = Statuses(world)
+    responder = world.responder(statuses)
+    first = responder.respond(request(world.good.cert, world.ca.cert))
+    again = responder.respond(request(world.good.cert, world.ca.cert))
+    assert again == first
+    assert (responder.signed, responder.reused) == (1, 1)
+    assert statuses.calls == 2  # the status is read on every request all the same
+    answer = ocsp.load_der_ocsp_response(again)
+    assert answer.certificate_status == Status.GOOD
+    assert answer.this_update_utc == NOW and answer.produced_at_utc <= dt.datetime.now(dt.UTC)
+    assert answer.next_update_utc == NOW + responder.validity
+
+
+def test_a_revocation_is_answered_at_once_with_the_cache_on(world: World) -> None:
+    statuses = Statuses(world)
+    responder = world.responder(statuses)
+    assert ask(responder, world.good.cert, world.ca.cert).certificate_status == Status.GOOD
+    assert ask(responder, world.good.cert, world.ca.cert).certificate_status == Status.GOOD
+    assert responder.reused == 1
+    statuses.revoked.add(world.good.cert.serial_number)
+    revoked = ask(responder, world.good.cert, world.ca.cert)
+    assert revoked.certificate_status == Status.REVOKED
+    assert revoked.revocation_reason == x509.ReasonFlags.key_compromise
+    assert responder.signed == 2
+    # and the revoked answer is the one kept from then on
+    assert ask(responder, world.good.cert, world.ca.cert).certificate_status == Status.REVOKED
+    assert responder.reused == 2
+
+
+def test_an_answer_older_than_reuse_for_is_signed_again(world: World) -> None:
+    clock = Clock(NOW)
+    responder = OCSPResponder(world.ca.cert, world.responder_cert, world.responder_key,
+                              world.lookup, clock=clock, reuse_for=dt.timedelta(minutes=5))
+    first = ask(responder, world.good.cert, world.ca.cert)
+    clock.at = NOW + dt.timedelta(minutes=4, seconds=59)
+    assert ask(responder, world.good.cert, world.ca.cert).this_update_utc == NOW
+    clock.at = NOW + dt.timedelta(minutes=5)
+    later = ask(responder, world.good.cert, world.ca.cert)
+    assert later.this_update_utc == clock.at != first.this_update_utc
+    assert later.next_update_utc == clock.at + responder.validity
+    assert (responder.signed, responder.reused) == (2, 1)
+    clock.at = NOW  # a clock set back never hands out an answer from its future
+    assert ask(responder, world.good.cert, world.ca.cert).this_update_utc == NOW
+    assert responder.signed == 3
+
+
+def test_requests_with_a_nonce_are_always_signed_afresh(world: World) -> None:
+    responder = world.responder()
+    ask(responder, world.good.cert, world.ca.cert)
+    for nonce in (b"a" * 16, b"b" * 16, b"a" * 16):
+        answer = ask(responder, world.good.cert, world.ca.cert, nonce=nonce)
+        assert answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+    assert (responder.signed, responder.reused) == (4, 0)
+    # a nonce answer is not kept for nonce-less requests either
+    plain = ask(responder, world.good.cert, world.ca.cert)
+    with pytest.raises(x509.ExtensionNotFound):
+        plain.extensions.get_extension_for_class(x509.OCSPNonce)
+    assert responder.reused == 1
+
+
+def test_each_cert_id_hash_has_its_own_answer(world: World) -> None:
+    responder = world.responder()
+    for algorithm in (hashes.SHA1(), hashes.SHA256(), hashes.SHA1()):
+        answer = ask(responder, world.good.cert, world.ca.cert, algorithm=algorithm)
+        assert answer.hash_algorithm.name == algorithm.name
+    assert (responder.signed, responder.reused) == (2, 1)
+
+
+def test_the_cache_is_bounded_least_recently_used_first(world: World) -> None:
+    responder = world.responder(cache_size=2)
+    good, revoked, stranger = world.good.cert, world.revoked.cert, world.stranger.cert
+    for cert in (good, revoked, good, stranger):  # stranger pushes out revoked, not good
+        ask(responder, cert, world.ca.cert)
+    assert (responder.signed, responder.reused) == (3, 1)
+    ask(responder, good, world.ca.cert)
+    assert responder.reused == 2
+    ask(responder, revoked, world.ca.cert)
+    assert responder.signed == 4
+    assert len(responder._answers) == 2 and len(responder._requests) == 2
+
+
+def test_cache_off_signs_every_answer(world: World) -> None:
+    for kw in ({"cache_size": 0}, {"reuse_for": dt.timedelta(0)}):
+        responder = world.responder(**kw)
+        assert ask(responder, world.good.cert, world.ca.cert).this_update_utc == NOW
+        ask(responder, world.good.cert, world.ca.cert)
+        assert (responder.signed, responder.reused) == (2, 0)
+
+
+def test_reuse_is_bounded_by_half_the_validity(world: World) -> None:
+    with pytest.raises(CAError, match="half"):
+        world.responder(validity=dt.timedelta(hours=8), reuse_for=dt.timedelta(hours=5))
+    with pytest.raises(CAError, match="half"):
+        world.responder(reuse_for=dt.timedelta(seconds=-1))
+    with pytest.raises(CAError, match="negative"):
+        world.responder(cache_size=-1)
+    assert world.responder(validity=dt.timedelta(hours=8),
+                           reuse_for=dt.timedelta(hours=4)).reuse_for == dt.timedelta(hours=4)
+
+
+def test_a_failing_lookup_is_try_later_even_with_an_answer_kept(world: World) -> None:
+    statuses = Statuses(world)
+    responder = world.responder(statuses)
+    ask(responder, world.good.cert, world.ca.cert)
+    world_lookup = statuses.world
+
+    class Broken:
+        def lookup(self, serial: int) -> CertStatus:
+            raise RuntimeError("database unreachable")
+
+    statuses.world = Broken()  # type: ignore[assignment]
+    response = ask(responder, world.good.cert, world.ca.cert)
+    assert response.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+    statuses.world = world_lookup
+    assert ask(responder, world.good.cert, world.ca.cert).certificate_status == Status.GOOD
+
+
+def test_bad_requests_are_not_remembered(world: World) -> None:
+    responder = world.responder()
+    for _ in range(2):
+        assert ocsp.load_der_ocsp_response(responder.respond(b"\x30\x00")).response_status \
+            == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        foreign = ask(responder, world.foreign.cert, world.other_ca.cert)
+        assert foreign.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+    assert not responder._requests and not responder._answers
+
+
+def test_every_node_answers_revoked_right_after_a_revocation(backend: Backend) -> None:
+    """Two stores on one database, as two serving nodes and the CA: the node with the cache
+    on answers good, the CA revokes, and the node's next answer is revoked."""
+    from smimekit.ca.home import CAConfig, CAHome
+    from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
+    from smimekit.store import Store
+
+    passphrase = b"correct horse battery staple"
+    home = CAHome(backend.data_dir)
+    home.create(CAConfig(organization="Example Ltd", base_url="http://pki.example.com",
+                         key_type="p256"), passphrase)
+    ca_store = Store.open(backend.url, backend.data_dir)
+    node_store = Store.open(backend.url, backend.data_dir)
+    try:
+        cax = CertificateAuthority(home.unlock(passphrase), ca_store, actor="test")
+        cert = cax.issue_generated("ann@example.com", purpose="sign",
+                                   sign_key=SubscriberKeyType.P256, lint=False).items[0].cert
+        signer = home.open_ocsp_signer(passphrase)
+        node = OCSPResponder(signer.issuing, signer.cert, signer.key,
+                             store_lookup(node_store, cax.issuer_fingerprint))
+        issuing = cax.ca.authority.cert
+        for _ in range(3):
+            assert ask(node, cert, issuing).certificate_status == Status.GOOD
+        assert node.reused == 2
+        cax.revoke(serial=format(cert.serial_number, "x"), reason="keyCompromise")
+        answer = ask(node, cert, issuing)
+        assert answer.certificate_status == Status.REVOKED
+        assert answer.revocation_reason == x509.ReasonFlags.key_compromise
+        # the store's side: issued_status, as the lookup reads it
+        serial, fp = format(cert.serial_number, "x"), cax.issuer_fingerprint
+        status = node_store.issued_status(serial=serial.upper(), issuer_fingerprint=fp)
+        assert status is not None and status.reason == "key-compromise"
+        assert status.revoked_at is not None and status.revoked_at.tzinfo is not None
+        assert abs(status.revoked_at - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
+        assert node_store.issued_status(serial="1234", issuer_fingerprint=fp) is None
+        assert node_store.issued_status(serial=serial, issuer_fingerprint="0" * 64) is None
+        with node_store.read():  # inside a read block it joins that transaction
+            assert node_store.issued_status(serial=serial, issuer_fingerprint=fp) == status
+    finally:
+        node_store.close()
+        ca_store.close()
+
+
+def test_the_cache_holds_under_concurrent_requests(world: World) -> None:
+    """Threads asking at once (as ca serve's do), some with nonces, with the status flipping
+    meanwhile: every answer is successful and states what the lookup said for it."""
+    import threading
+
+    statuses = Statuses(world)
+    responder = world.responder(statuses, cache_size=2)
+    certs = (world.good.cert, world.revoked.cert, world.stranger.cert)
+    wrong: list[str] = []
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            cert = certs[(n + i) % 3]
+            nonce = bytes([n + 1]) * 8 if i % 5 == 0 else None
+            answer = ask(responder, cert, world.ca.cert, nonce=nonce)
+            if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL \
+                    or answer.serial_number != cert.serial_number:
+                wrong.append(f"{n}/{i}")
+
+    flipper_done = threading.Event()
+
+    def flipper() -> None:
+        for _ in range(50):
+            statuses.revoked ^= {world.good.cert.serial_number}
+        flipper_done.set()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    threads.append(threading.Thread(target=flipper))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert flipper_done.is_set() and not wrong
+    assert responder.signed + responder.reused == 6 * 40
+    assert len(responder._answers) <= 2 and len(responder._requests) <= 2

@@ -177,3 +177,22 @@ def test_bad_database_url_in_the_cli_is_one_line_without_traceback(
 def test_raw_sql_sees_the_same_tables(backend: Backend) -> None:
     with _open(backend) as store, store.transaction() as conn:
         assert conn.execute(text("SELECT count(*) FROM users")).scalar_one() == 0
+
+
+def test_issued_status_fails_as_a_store_error_and_recovers(backend: Backend) -> None:
+    """The OCSP lookup's own read path (a pooled driver connection outside SQLAlchemy's
+    statements): a database error is a StoreError (the responder answers tryLater), and the
+    connection pool stays usable afterwards."""
+    with _open(backend) as store:
+        assert store.issued_status(serial="ab", issuer_fingerprint="f" * 64) is None
+
+        def rename(old: str, new: str) -> None:
+            with store.transaction() as conn:
+                conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+        rename("revocations", "revocations_gone")
+        for _ in range(2):
+            with pytest.raises(StoreError, match="cannot read the store"):
+                store.issued_status(serial="ab", issuer_fingerprint="f" * 64)
+        rename("revocations_gone", "revocations")
+        assert store.issued_status(serial="ab", issuer_fingerprint="f" * 64) is None

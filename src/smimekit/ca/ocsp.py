@@ -13,6 +13,18 @@ one SingleResponse. A request with several CertIDs is therefore answered for the
 that names our CA; a client asking about several certificates at once finds no status for the
 others (RFC 5019 clients send one CertID per request). Signed requests are accepted without
 checking the signature (RFC 6960 4.1.2 leaves it optional).
+
+Pre-produced answers (RFC 5019 2.1.1, 6.2): an answer to a request without a nonce is kept,
+signed, per CertID, and handed out again while the certificate's status, read from the store
+on *every* request, is what it was when the answer was signed, and while the answer is
+younger than ``reuse_for`` (5 minutes by default, at most half the validity: S/MIME BR
+4.9.10). thisUpdate and producedAt stay the time it was signed, nextUpdate ``validity`` after
+that: all true of the reused answer. A revocation is thus answered ``revoked`` by every
+responder on the next request, since the status read no longer matches the kept answer.
+Requests with a nonce are always signed afresh. At most ``cache_size`` answers are kept
+(least recently used dropped first); the bytes of nonce-less requests are remembered with
+their CertID as well, so a repeated request is not parsed again. Signing one P-384 answer
+costs about as much as everything else a request needs, together.
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -43,12 +57,13 @@ from smimekit.errors import CAError
 from smimekit.keys.signer import Signer, hash_for, sign_builder
 
 if TYPE_CHECKING:
-    from smimekit.store.db import IssuedRecord
+    from smimekit.store.db import IssuedStatus
 
 __all__ = [
     "MAX_NONCE_BYTES",
     "MAX_VALIDITY",
     "MIN_VALIDITY",
+    "REUSE_FOR",
     "CertStatus",
     "IssuedRecords",
     "OCSPResponder",
@@ -64,6 +79,12 @@ MAX_VALIDITY = dt.timedelta(days=10)
 """S/MIME BR 4.9.10: the longest."""
 MAX_NONCE_BYTES = 32
 """RFC 8954 2.1: longer nonces are refused with malformedRequest."""
+REUSE_FOR = dt.timedelta(minutes=5)
+"""How long a signed answer to a nonce-less request is handed out again while the status it
+states is unchanged (RFC 5019 pre-produced responses)."""
+CACHE_SIZE = 20_000
+"""Signed answers kept (about 1 KB each), and as many request byte strings."""
+_MAX_REMEMBERED_REQUEST = 1024  # bytes; longer requests are parsed every time
 
 # CertID hash algorithms we can answer in (cryptography's OCSP builder takes these five).
 _HASHES: dict[str, hashes.HashAlgorithm] = {
@@ -118,7 +139,7 @@ class CertStatus:
 class IssuedRecords(Protocol):
     """The part of :class:`~smimekit.store.db.Store` :func:`store_lookup` needs."""
 
-    def issued_record(self, *, serial: str, issuer_fingerprint: str) -> IssuedRecord | None: ...
+    def issued_status(self, *, serial: str, issuer_fingerprint: str) -> IssuedStatus | None: ...
 
 
 def store_lookup(store: IssuedRecords, issuer_fingerprint: str) -> Callable[[int], CertStatus]:
@@ -131,7 +152,7 @@ def store_lookup(store: IssuedRecords, issuer_fingerprint: str) -> Callable[[int
     def lookup(serial: int) -> CertStatus:
         if serial <= 0:
             return CertStatus.unknown()
-        record = store.issued_record(serial=format(serial, "x"),
+        record = store.issued_status(serial=format(serial, "x"),
                                      issuer_fingerprint=issuer_fingerprint)
         if record is None:
             return CertStatus.unknown()
@@ -232,6 +253,15 @@ class _CertID:
 
 
 @dataclass(frozen=True)
+class _Answer:
+    """A signed answer kept for reuse: the status it states, its thisUpdate, its bytes."""
+
+    status: CertStatus
+    this_update: dt.datetime
+    der: bytes
+
+
+@dataclass(frozen=True)
 class _Request:
     cert_ids: tuple[_CertID, ...]
     nonce: bytes | None
@@ -324,15 +354,26 @@ class OCSPResponder:
         *,
         validity: dt.timedelta = dt.timedelta(hours=12),
         clock: Callable[[], dt.datetime] = _utcnow,
+        reuse_for: dt.timedelta = REUSE_FOR,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
-        """Raises:
+        """``reuse_for`` and ``cache_size``: see the module's "pre-produced answers";
+        ``cache_size=0`` (or ``reuse_for`` zero) signs every answer afresh.
+
+        Raises:
             CAError: the responder certificate is not issued by ``issuer_cert`` or lacks
-                id-kp-OCSPSigning, the key is not the certificate's, or ``validity`` is
-                outside the BR's 8 hours to 10 days.
+                id-kp-OCSPSigning, the key is not the certificate's, ``validity`` is
+                outside the BR's 8 hours to 10 days, or ``reuse_for`` is negative or more
+                than half of it, or ``cache_size`` negative.
         """
         if not MIN_VALIDITY <= validity <= MAX_VALIDITY:
             raise CAError("OCSP responses must be valid for 8 hours to 10 days (S/MIME BR"
                           " 4.9.10)")
+        if not dt.timedelta(0) <= reuse_for <= validity / 2:
+            raise CAError("signed OCSP answers may be reused for at most half their validity"
+                          " (S/MIME BR 4.9.10)")
+        if cache_size < 0:
+            raise CAError("the OCSP answer cache size cannot be negative")
         try:
             responder_cert.verify_directly_issued_by(issuer_cert)
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
@@ -357,6 +398,15 @@ class OCSPResponder:
         self._ids: dict[str, tuple[bytes, bytes]] = {}
         for oid, algorithm in _HASHES.items():
             self._ids[oid] = (_digest(algorithm, name), _digest(algorithm, bits))
+        self.reuse_for = reuse_for
+        self.cache_size = cache_size if reuse_for > dt.timedelta(0) else 0
+        self._lock = threading.Lock()
+        self._answers: OrderedDict[_CertID, _Answer] = OrderedDict()
+        self._requests: OrderedDict[bytes, _CertID] = OrderedDict()
+        self.reused = 0
+        """Answers handed out again (a counter for tests and figures)."""
+        self.signed = 0
+        """Answers signed."""
 
     def __repr__(self) -> str:  # never the key
         return f"OCSPResponder({display_name(self.issuer_cert.subject)})"
@@ -369,22 +419,71 @@ class OCSPResponder:
             log.error("OCSP response failed", extra={"error": type(exc).__name__})
             return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
 
+    def _remembered(self, request_der: bytes) -> _CertID | None:
+        """The CertID of a nonce-less request seen before, without parsing it again."""
+        if not self.cache_size:
+            return None
+        with self._lock:
+            cert_id = self._requests.get(request_der)
+            if cert_id is not None:
+                self._requests.move_to_end(request_der)
+            return cert_id
+
+    def _remember(self, request_der: bytes, cert_id: _CertID) -> None:
+        if not self.cache_size or len(request_der) > _MAX_REMEMBERED_REQUEST:
+            return
+        with self._lock:
+            self._requests[request_der] = cert_id
+            if len(self._requests) > self.cache_size:
+                self._requests.popitem(last=False)
+
+    def _kept(self, cert_id: _CertID, status: CertStatus, now: dt.datetime) -> bytes | None:
+        """A signed answer for ``cert_id`` stating ``status``, young enough to hand out."""
+        if not self.cache_size:
+            return None
+        with self._lock:
+            answer = self._answers.get(cert_id)
+            if answer is None:
+                return None
+            if answer.status != status or not (
+                    answer.this_update <= now < answer.this_update + self.reuse_for):
+                del self._answers[cert_id]  # stale: the caller signs a new one
+                return None
+            self._answers.move_to_end(cert_id)
+            self.reused += 1
+            return answer.der
+
+    def _keep(self, cert_id: _CertID, answer: _Answer) -> None:
+        if not self.cache_size:
+            return
+        with self._lock:
+            self._answers[cert_id] = answer
+            self._answers.move_to_end(cert_id)
+            if len(self._answers) > self.cache_size:
+                self._answers.popitem(last=False)
+
     def _respond(self, request_der: bytes) -> bytes:
-        try:
-            request = _read_request(request_der)
-        except _Malformed as exc:
-            log.info("OCSP request refused", extra={"status": "malformedRequest",
-                                                    "why": str(exc)})
-            return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-        cert_id = next((c for c in request.cert_ids
-                        if self._ids.get(c.hash_oid) == (c.name_hash, c.key_hash)), None)
+        cert_id = self._remembered(request_der)
+        nonce = None
         if cert_id is None:
-            log.info("OCSP request refused", extra={"status": "unauthorized",
-                                                    "why": "not about our CA"})
-            return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-        if len(request.cert_ids) > 1:
-            log.info("OCSP request with several CertIDs: only the first of our CA answered",
-                     extra={"count": len(request.cert_ids)})
+            try:
+                request = _read_request(request_der)
+            except _Malformed as exc:
+                log.info("OCSP request refused", extra={"status": "malformedRequest",
+                                                        "why": str(exc)})
+                return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+            cert_id = next((c for c in request.cert_ids
+                            if self._ids.get(c.hash_oid) == (c.name_hash, c.key_hash)), None)
+            if cert_id is None:
+                log.info("OCSP request refused", extra={"status": "unauthorized",
+                                                        "why": "not about our CA"})
+                return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+            if len(request.cert_ids) > 1:
+                log.info("OCSP request with several CertIDs: only the first of our CA"
+                         " answered", extra={"count": len(request.cert_ids)})
+            nonce = request.nonce
+            if nonce is None:
+                self._remember(request_der, cert_id)
         now = self._clock().replace(microsecond=0)
         if not (self.responder_cert.not_valid_before_utc <= now
                 <= self.responder_cert.not_valid_after_utc):
@@ -396,6 +495,10 @@ class OCSPResponder:
         except Exception as exc:  # e.g. the store is down: the client may ask again
             log.warning("OCSP lookup failed", extra={"error": type(exc).__name__})
             return _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
+        if nonce is None:
+            kept = self._kept(cert_id, status, now)
+            if kept is not None:
+                return kept
         revoked = status.status == "revoked"
         cert_status = {
             "good": ocsp.OCSPCertStatus.GOOD,
@@ -418,12 +521,17 @@ class OCSPResponder:
             revocation_reason=reason if revoked else None,
         ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.responder_cert).certificates(
             [self.responder_cert])
-        if request.nonce is not None:
-            builder = builder.add_extension(x509.OCSPNonce(request.nonce), critical=False)
+        if nonce is not None:
+            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
         response = builder.sign(self._key, self._hash)
         log.debug("OCSP response", extra={"serial": f"{cert_id.serial:x}",
                                           "status": status.status})
-        return response.public_bytes(serialization.Encoding.DER)
+        der_bytes = response.public_bytes(serialization.Encoding.DER)
+        with self._lock:
+            self.signed += 1
+        if nonce is None:
+            self._keep(cert_id, _Answer(status, now, der_bytes))
+        return der_bytes
 
 
 def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:

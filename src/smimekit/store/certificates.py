@@ -5,19 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from smimekit.errors import StoreError
 from smimekit.store import schema
-from smimekit.store.base import StoreBase, _now, _utc
+from smimekit.store.base import StoreBase, _first_line, _now, _utc
 
 _KEY_USAGES = (
     "digital_signature",
@@ -38,6 +39,15 @@ class LiveCertificateExists(StoreError):
         super().__init__(f"{email} already holds a live certificate for {purpose}")
         self.email = email
         self.purpose = purpose
+
+
+class IssuedStatus(NamedTuple):
+    """What :meth:`CertificateRecords.issued_status` finds for a serial our CA issued."""
+
+    revoked_at: dt.datetime | None
+    """When revoked (UTC), or None."""
+    reason: str | None
+    """The recorded revocation reason (RFC 5280 name), or None."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,13 @@ _ISSUED_BY_FINGERPRINT = _issued_select().where(
 _ISSUED_BY_SERIAL = _issued_select().where(
     (schema.issued.c.serial == bindparam("serial"))
     & (schema.issued.c.issuer_fingerprint == bindparam("issuer_fingerprint")))
+_STATUS_BY_SERIAL = select(schema.issued.c.id, schema.revocations.c.revoked_at,
+                           schema.revocations.c.reason).select_from(
+    schema.issued.outerjoin(schema.revocations, (
+        schema.revocations.c.serial == schema.issued.c.serial)
+        & (schema.revocations.c.issuer_fingerprint == schema.issued.c.issuer_fingerprint))
+).where((schema.issued.c.serial == bindparam("serial"))
+        & (schema.issued.c.issuer_fingerprint == bindparam("issuer_fingerprint")))
 _ISSUED_FOR_EMAIL = _issued_select().where(
     schema.issued.c.email == bindparam("email")).order_by(schema.issued.c.id)
 def _key_usage(cert: x509.Certificate) -> list[str] | None:
@@ -342,6 +359,72 @@ class CertificateRecords(StoreBase):
             row = conn.execute(query, params).first()
         return _issued(row) if row is not None else None
 
+    def issued_status(self, *, serial: str, issuer_fingerprint: str) -> IssuedStatus | None:
+        """Whether our CA issued this serial (hex) and, if so, its revocation: what an OCSP
+        answer needs, on every request, at the least cost.
+
+        One SELECT on a pooled driver connection, outside SQLAlchemy's statement machinery:
+        through :meth:`issued_record` the same read cost 130-240 us, of which the database
+        took 15. A single statement needs no explicit transaction to be consistent (SQLite
+        in autocommit and PostgreSQL each run it in a snapshot of its own), so none is
+        opened. Inside a :meth:`transaction` or :meth:`read` block it joins that one.
+
+        Raises:
+            StoreError: the database cannot be read.
+        """
+        params = {"serial": serial.lower(), "issuer_fingerprint": issuer_fingerprint}
+        if self._current.get() is not None:
+            with self.read() as conn:
+                row = conn.execute(_STATUS_BY_SERIAL, params).first()
+            return _issued_status(row[1], row[2]) if row is not None else None
+        sql, bind, parse_time = self._status_sql()
+        try:
+            fairy = self._engine.raw_connection()
+        except SQLAlchemyError as exc:
+            raise self._translate(exc) from None
+        try:
+            driver: Any = fairy.driver_connection
+            # psycopg would open a transaction for the SELECT and roll it back when the
+            # connection goes back to the pool: two more round trips
+            autocommit = getattr(driver, "autocommit", None)
+            if autocommit is False:
+                driver.autocommit = True
+            try:
+                cursor = fairy.cursor()
+                cursor.execute(sql, bind(params))
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                if autocommit is False:
+                    driver.autocommit = False
+        except Exception as exc:  # the driver's own errors (sqlite3, psycopg)
+            fairy.invalidate()
+            raise StoreError(f"cannot read the store: {_first_line(exc)}") from None
+        finally:
+            fairy.close()
+        if row is None:
+            return None
+        revoked_at = parse_time(row[1]) if parse_time is not None and row[1] is not None \
+            else row[1]
+        return _issued_status(revoked_at, row[2])
+
+    def _status_sql(self) -> tuple[str, Callable[[dict[str, str]], Any], Any]:
+        """The status query compiled once for this database's driver, how to pass it its
+        values, and how to read its timestamp (SQLite hands back text)."""
+        cached = getattr(self, "_status_sql_cached", None)
+        if cached is None:
+            dialect = self._engine.dialect
+            compiled = _STATUS_BY_SERIAL.compile(dialect=dialect)
+            order = compiled.positiontup  # sqlite3: ? marks; psycopg: %(name)s marks
+
+            def bind(params: dict[str, str]) -> Any:
+                return params if order is None else tuple(params[k] for k in order)
+            parse_time = schema.revocations.c.revoked_at.type.dialect_impl(
+                dialect).result_processor(dialect, None)
+            cached = (str(compiled), bind, parse_time)
+            self._status_sql_cached = cached
+        return cached
+
     def issued_for(self, email: str) -> list[IssuedRecord]:
         """Everything our CA issued to this address, oldest first."""
         with self.read() as conn:
@@ -386,6 +469,10 @@ class CertificateRecords(StoreBase):
             conn.execute(schema.issued.update()
                          .where(schema.issued.c.fingerprint == fingerprint)
                          .values(notified_at=at))
+
+
+def _issued_status(revoked_at: dt.datetime | None, reason: str | None) -> IssuedStatus:
+    return IssuedStatus(_utc(revoked_at) if revoked_at is not None else None, reason)
 
 
 def _issued(row: Any) -> IssuedRecord:

@@ -14,6 +14,7 @@ from smimekit.store.base import DB_FILENAME
 from smimekit.store.certificates import (
     CertificateRecords,
     IssuedRecord,
+    IssuedStatus,
     StoredCertificate,
     User,
     certificate_emails,
@@ -24,6 +25,7 @@ from smimekit.store.revocation import PublishedCrl, Revocation, RevocationRecord
 __all__ = [
     "DB_FILENAME",
     "IssuedRecord",
+    "IssuedStatus",
     "PublishedCrl",
     "Revocation",
     "Store",
