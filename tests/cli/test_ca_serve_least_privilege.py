@@ -27,7 +27,7 @@ from loopback import free_port
 
 from smimekit.ca.home import CAHome
 from smimekit.ca.issuance import CRL_VALIDITY, CertificateAuthority, fingerprint
-from smimekit.ca.server import ocsp_only_server
+from smimekit.service.ca_endpoints import ocsp_only_server
 from smimekit.cli.main import main
 from smimekit.keys.signer import LocalSigner
 from smimekit.store import Store
