@@ -115,12 +115,17 @@ def _server_options(limits: ServerLimits, *, forked: bool) -> dict[str, Any]:
 
 
 def _listen(host: str, port: int, backlog: int) -> tuple[Any, int]:
-    """A listening socket made by granian (its options), and the port it got."""
+    """A socket made by granian (its options) and listening, and the port it got.
+
+    Listening at once, not when the first worker starts: a client that connects as soon as
+    :attr:`EmbeddedServer.port` is known waits in the backlog instead of being refused.
+    """
     from granian._granian import ListenerSpec
 
     holder = ListenerSpec(host, port, backlog).build()
     probe = socket.socket(fileno=os.dup(holder.get_fd()))
     try:
+        probe.listen(backlog)
         bound = probe.getsockname()[1]
     finally:
         probe.close()
