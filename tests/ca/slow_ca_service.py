@@ -29,8 +29,9 @@ def main() -> None:
     root = issue("Slow Root", None, ca=True)
     ca = issue("Slow Issuing CA", root, ca=True)
     key = ec.generate_private_key(ec.SECP256R1())
+    an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     responder_cert = build_responder_certificate(ca.cert, LocalSigner(ca.key), key.public_key(),
-                                                 now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+                                                 now=an_hour_ago)
     party = issue("slow-good", ca)
 
     def lookup(serial: int) -> CertStatus:

@@ -39,8 +39,8 @@ from revpki import Party, issue
 
 from smimekit.ca.crl import build_crl
 from smimekit.ca.ocsp import CertStatus, OCSPResponder, build_responder_certificate
-from smimekit.service.ca_endpoints import MAX_BODY, CAServer
 from smimekit.keys.signer import LocalSigner
+from smimekit.service.ca_endpoints import MAX_BODY, CAServer
 from smimekit.store.db import Revocation
 from smimekit.validation.fetchers import UrllibFetcher
 from smimekit.validation.ocsp import evaluate_ocsp, ocsp_question

@@ -190,7 +190,7 @@ def test_equal_duplicate_content_lengths_frame_one_body(hostile: Hostile) -> Non
 def test_chunked_with_content_length_is_refused_and_closed(hostile: Hostile) -> None:
     chunked = b"0\r\n\r\n" + ROOT_GET
     head = ("POST /ocsp HTTP/1.1\r\nHost: ca.test\r\nContent-Type: application/ocsp-request\r\n"
-            f"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
     result = exchange(hostile.server, head.encode() + chunked)
     assert len(result.replies) == 1 and result.replies[0].status in (400, 411)
     assert result.closed and no_smuggled_answer(result)

@@ -74,7 +74,9 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> Non
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
-            assert process.poll() is None, f"{what} exited: {process.stderr and process.stderr.read()!r}"
+            if process.poll() is not None:
+                err = process.stderr.read() if process.stderr else b""
+                raise AssertionError(f"{what} exited: {err!r}")
             time.sleep(0.05)
     raise AssertionError(f"{what} does not listen on {port}")
 

@@ -181,7 +181,7 @@ class EmbeddedServer:
         ``poll_interval`` is accepted for the old server's callers and not needed."""
         from granian.server.embed import Server
 
-        class _Bound(Server):  # type: ignore[misc]
+        class _Bound(Server):
             # the socket bound at construction: its port is known before serving
             def _init_shared_socket(inner) -> None:
                 inner._ssp, inner._shd = None, self._holder
@@ -272,7 +272,7 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
         ready.set()
         return app
 
-    class _Bound(MPServer):  # type: ignore[misc]
+    class _Bound(MPServer):
         def _init_shared_socket(self) -> None:
             self._ssp, self._shd = None, holder
             self._sfd = holder.get_fd()
