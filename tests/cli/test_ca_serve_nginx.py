@@ -76,7 +76,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> Non
         except OSError:
             if process.poll() is not None:
                 err = process.stderr.read() if process.stderr else b""
-                raise AssertionError(f"{what} exited: {err!r}")
+                raise AssertionError(f"{what} exited: {err!r}") from None
             time.sleep(0.05)
     raise AssertionError(f"{what} does not listen on {port}")
 
