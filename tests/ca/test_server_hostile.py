@@ -282,9 +282,10 @@ def test_access_log_lines_carry_no_control_bytes(
         hostile: Hostile, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="smimekit.service.access")
     mark = str(time.monotonic_ns())
-    exchange(hostile.server, f"GET /%1b[31mred-{mark}?q=%1b]2;title%07 HTTP/1.1\r\n"
-                             "Host: ca.test\r\n\r\n".encode())
-    exchange(hostile.server, f"GET /caf%C3%A9\\{mark} HTTP/1.1\r\nHost: ca.test\r\n\r\n".encode())
+    close = "Host: ca.test\r\nConnection: close\r\n\r\n"
+    target = f"/%1b[31mred-{mark}?q=%1b]2;title%07"
+    exchange(hostile.server, f"GET {target} HTTP/1.1\r\n{close}".encode())
+    exchange(hostile.server, f"GET /caf%C3%A9\\{mark} HTTP/1.1\r\n{close}".encode())
     raw_escape = exchange(hostile.server, b"GET /\x1b[31m HTTP/1.1\r\nHost: ca.test\r\n\r\n")
     assert [r.status for r in raw_escape.replies] == [400]  # refused by the parser
     deadline = time.monotonic() + 5

@@ -266,7 +266,7 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
         try:
             app = loader()
         except Exception as exc:  # one line, not a traceback from multiprocessing
-            log.error("worker could not start", extra={"error": type(exc).__name__})
+            log.error("worker could not start: %s", exc, extra={"error": type(exc).__name__})
             logging.shutdown()
             os._exit(1)
         ready.set()
