@@ -81,6 +81,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> Non
     raise AssertionError(f"{what} does not listen on {port}")
 
 
+def url_line(process: subprocess.Popen[bytes], port: int) -> str:
+    """The line ``ca serve`` prints on stderr once it answers (granian may warn first)."""
+    assert process.stderr is not None
+    seen = []
+    for _ in range(20):
+        line = process.stderr.readline().decode()
+        seen.append(line)
+        if f"on http://127.0.0.1:{port} (Ctrl-C to stop)" in line:
+            return line
+        if not line:
+            break
+    raise AssertionError("".join(seen))
+
+
 @pytest.fixture(scope="module")
 def fronted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fronted]:
     base = tmp_path_factory.mktemp("nginx-ca")
@@ -112,8 +126,7 @@ def fronted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fronted]:
     nginx: subprocess.Popen[bytes] | None = None
     try:
         assert serve.stderr is not None
-        line = serve.stderr.readline().decode()  # printed once the workers answer
-        assert f"on http://127.0.0.1:{ca_port} (Ctrl-C to stop)" in line, line
+        url_line(serve, ca_port)  # printed once the workers answer
         checked = subprocess.run([str(NGINX), "-t", "-p", str(prefix), "-c", str(conf), "-g",
                                   f"pid {prefix}/nginx.pid;"], capture_output=True, text=True,
                                  timeout=30)
