@@ -212,6 +212,7 @@ def test_chunked_ocsp_post_is_411_and_closed(hostile: Hostile) -> None:
     ("obs-fold", b"GET /certs/root.der HTTP/1.1\r\nHost: ca.test\r\nX-A: a\r\n folded\r\n\r\n"),
     ("no Host", b"GET /certs/root.der HTTP/1.1\r\n\r\n"),
     ("empty Host", b"GET /certs/root.der HTTP/1.1\r\nHost:\r\n\r\n"),
+    ("two Host lines", b"GET /certs/root.der HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),
     ("absurd version", b"GET /certs/root.der HTTP/7.3\r\nHost: ca.test\r\n\r\n"),
     ("not HTTP", b"GET /certs/root.der FTP/1.1\r\nHost: ca.test\r\n\r\n"),
     ("method with a control byte", b"G\x01T /certs/root.der HTTP/1.1\r\nHost: ca.test\r\n\r\n"),
@@ -234,6 +235,17 @@ def test_http_09_gets_no_answer_of_its_kind(hostile: Hostile) -> None:
     result = exchange(hostile.server, b"GET /\r\n")
     # HTTP/0.9 would be the bare body; the server answers in HTTP/1.1, 400, and closes
     assert [r.status for r in result.replies] == [400] and result.closed
+
+
+def test_http2_prior_knowledge_is_closed_unanswered(hostile: Hostile) -> None:
+    result = exchange(hostile.server, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + ROOT_GET)
+    assert result.replies == [] and result.closed  # HTTP/1.1 only: h2 is the proxy's
+
+
+def test_absolute_form_target_is_served_once(hostile: Hostile) -> None:
+    result = exchange(hostile.server, b"GET http://ca.test/certs/root.der HTTP/1.1\r\n"
+                                      b"Host: ca.test\r\nConnection: close\r\n\r\n")
+    assert [r.status for r in result.replies] == [200] and result.closed
 
 
 def test_http_10_without_host_is_served(hostile: Hostile) -> None:

@@ -8,8 +8,8 @@ for nothing the CA uses.
 
 Every request, whatever it is for, gets here first:
 
-* HTTP/1.1 without ``Host`` (or with an empty one) is answered 400 (RFC 9112 3.2; granian
-  accepts it);
+* HTTP/1.1 without ``Host`` (or with an empty one), and any request with two ``Host``
+  lines, is answered 400 (RFC 9112 3.2; granian accepts them);
 * a method that is not a standard HTTP method is answered 501, like the old server did;
 * the mounts are tried longest prefix first; no mount is 404;
 * an exception in a sub-application is one log line naming its type and a 500, never a
@@ -184,10 +184,11 @@ class ServiceApp:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         head = scope["method"] == "HEAD"
-        # granian puts an empty Host into the scope when the request had none
-        if scope.get("http_version") == "1.1" and not any(
-                name.lower() == b"host" and value.strip()
-                for name, value in scope.get("headers", ())):
+        # RFC 9112 3.2: 400 for HTTP/1.1 without Host, and for more than one Host line.
+        # granian puts an empty Host into the scope when the request had none.
+        hosts = [value for name, value in scope.get("headers", ()) if name.lower() == b"host"]
+        if len(hosts) > 1 or (scope.get("http_version") == "1.1"
+                              and not (hosts and hosts[0].strip())):
             await send_response(send, error_response(400, close=True), head=head)
             return
         if scope["method"] not in METHODS:
