@@ -1,7 +1,8 @@
 """A child process for tests/ca/test_server_hostile.py: the CA endpoints served by the
 production runner (forked workers) with an OCSP lookup that takes 2 seconds, so a signal
 can arrive while a request is in flight. Prints ``<port> <OCSP request hex>`` once the
-workers answer; exits as the runner does."""
+workers answer; exits as the runner does. With ``--slow-start`` each worker takes 3 seconds
+to load the application (a slow store), so a signal can arrive before it answers."""
 
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def main() -> None:
     request = ocsp.OCSPRequestBuilder().add_certificate(party.cert, ca.cert, hashes.SHA256())
     request_der = request.build().public_bytes(serialization.Encoding.DER)
 
+    slow_start = "--slow-start" in sys.argv[1:]
+
     def load() -> ServiceApp:
+        if slow_start:
+            time.sleep(3)
         return ca_app(CAEndpoints(lambda: b"", responder, {}, None))
 
     def ready(url: str) -> None:

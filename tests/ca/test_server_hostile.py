@@ -522,3 +522,30 @@ def test_signal_during_a_request_lets_it_finish_then_exits_0(sig: signal.Signals
             process.wait(10)
     stderr = process.stderr.read() if process.stderr else ""
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_signal_while_workers_load_stops_them_at_once() -> None:
+    """A worker inherits the parent's signal handlers; a SIGTERM that comes while it loads
+    the application must still end it, not wait for the kill timeout (20 s here)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parents[1] / "revocation"), *sys.path])}
+    process = subprocess.Popen([sys.executable, str(SLOW_SERVER), "--slow-start"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # both workers forked, neither loaded yet
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+            if len(children.split()) == 2:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10  # generous; a lost signal takes 20 s
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    stderr = process.stderr.read() if process.stderr else b""
+    assert b"Traceback" not in stderr and b"Killing worker" not in stderr, stderr

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -263,6 +264,12 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
     ready = multiprocessing.get_context("fork").Event()
 
     def load() -> ASGIApp:
+        # A worker inherits the parent's Python signal handlers, which only flag the
+        # parent's (copied) server object: a SIGTERM while the loader runs would be lost
+        # and the worker serve on until killed. Until granian installs the worker's own
+        # handlers, a signal ends the worker at once (nothing is in flight yet).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             app = loader()
         except Exception as exc:  # one line, not a traceback from multiprocessing
