@@ -31,7 +31,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -264,12 +263,6 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
     ready = multiprocessing.get_context("fork").Event()
 
     def load() -> ASGIApp:
-        # A worker inherits the parent's Python signal handlers, which only flag the
-        # parent's (copied) server object: a SIGTERM while the loader runs would be lost
-        # and the worker serve on until killed. Until granian installs the worker's own
-        # handlers, a signal ends the worker at once (nothing is in flight yet).
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             app = loader()
         except Exception as exc:  # one line, not a traceback from multiprocessing
@@ -279,7 +272,18 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
         ready.set()
         return app
 
+    parent = os.getpid()
+
     class _Bound(MPServer):
+        def signal_handler_interrupt(self, *args: Any) -> None:
+            # A forked worker runs the parent's handler until granian installs the worker's
+            # own (after the loader): it would only flag this copied object, the signal
+            # would be lost and the worker serve on until killed. Nothing is in flight
+            # yet: end the worker at once.
+            if os.getpid() != parent:
+                os._exit(0)
+            super().signal_handler_interrupt(*args)  # type: ignore[no-untyped-call]
+
         def _init_shared_socket(self) -> None:
             self._ssp, self._shd = None, holder
             self._sfd = holder.get_fd()
