@@ -348,8 +348,9 @@ def measure_crl(run: Run, unlocked: UnlockedCA, store: Store, cax: CertificateAu
 
 
 def _ocsp_server(data_dir: str, url: str | None, conn: Any) -> None:
-    """Child process: the CA's HTTP server with the store lookup, as `smimekit ca serve`."""
-    from smimekit.ca.server import CAServer
+    """Child process: the CA's HTTP server (granian, one worker in process) with the store
+    lookup, as one worker of `smimekit ca serve`."""
+    from smimekit.service.ca_endpoints import CAServer
 
     unlocked = CAHome(data_dir).unlock(PASSPHRASE)
     store = Store.open(url, data_dir)

@@ -24,6 +24,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,8 @@ from revpki import Party, issue
 
 from smimekit.ca.crl import build_crl
 from smimekit.ca.ocsp import CertStatus, OCSPResponder, build_responder_certificate
-from smimekit.ca.server import MAX_BODY, CAServer
 from smimekit.keys.signer import LocalSigner
+from smimekit.service.ca_endpoints import MAX_BODY, CAServer
 from smimekit.store.db import Revocation
 from smimekit.validation.fetchers import UrllibFetcher
 from smimekit.validation.ocsp import evaluate_ocsp, ocsp_question
@@ -138,17 +139,19 @@ def served() -> Iterator[Served]:
 
 
 def fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
-          method: str | None = None) -> tuple[int, dict[str, str], bytes]:
+          method: str | None = None) -> tuple[int, Message, bytes]:
+    """The answer's headers as http.client gives them: names match in any case (RFC 9110
+    5.1; the server sends them in lower case)."""
     request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.status, dict(reply.headers), reply.read()
+            return reply.status, reply.headers, reply.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 def raw(server: CAServer, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
     """http.client, for requests urllib will not make (no Content-Length, odd methods)."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
@@ -160,7 +163,7 @@ def raw(server: CAServer, method: str, path: str, body: bytes | None = None,
             connection.putheader(name, value)
         connection.endheaders(body)
         reply = connection.getresponse()
-        return reply.status, dict(reply.getheaders()), reply.read()
+        return reply.status, reply.headers, reply.read()
     finally:
         connection.close()
 
@@ -172,7 +175,7 @@ def ocsp_request(party: Party, issuer: Party, *, nonce: bool = False) -> bytes:
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def max_age(headers: dict[str, str]) -> int:
+def max_age(headers: Message) -> int:
     directives = dict(d.strip().partition("=")[::2] for d in headers["Cache-Control"].split(","))
     return int(directives["max-age"])
 
@@ -289,7 +292,7 @@ def test_post_limits(served: Served) -> None:
 
 def test_one_access_log_line_per_request_and_no_traceback(
         served: Served, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="smimekit.ca.server")
+    caplog.set_level(logging.INFO, logger="smimekit.service")
     # a marker in every path: a late line from an earlier test's request on the shared
     # server must not count
     mark = f"?t={uuid.uuid4().hex}"
@@ -301,7 +304,7 @@ def test_one_access_log_line_per_request_and_no_traceback(
           {"Content-Type": "application/ocsp-request"})
     deadline = time.monotonic() + 10
     while True:  # the line is written once the answer is sent: wait for the last one
-        access = [r for r in caplog.records if r.name == "smimekit.ca.server"
+        access = [r for r in caplog.records if r.name == "smimekit.service.access"
                   and hasattr(r, "status") and str(getattr(r, "path", "")).endswith(mark)]
         if len(access) >= 4 or time.monotonic() > deadline:
             break
@@ -319,7 +322,7 @@ def test_broken_crl_source_is_503_with_one_log_line(caplog: pytest.LogCaptureFix
     def broken() -> bytes:
         raise RuntimeError("store unreachable")
 
-    caplog.set_level(logging.INFO, logger="smimekit.ca.server")
+    caplog.set_level(logging.INFO, logger="smimekit.service")
     with CAServer("127.0.0.1", 0, crl=broken, ocsp=state.responder, certs={}) as server:
         status, _, body = fetch(server.url + "/crl/issuing.crl")
     assert status == 503 and b"Traceback" not in body

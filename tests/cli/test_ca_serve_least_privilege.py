@@ -27,9 +27,9 @@ from loopback import free_port
 
 from smimekit.ca.home import CAHome
 from smimekit.ca.issuance import CRL_VALIDITY, CertificateAuthority, fingerprint
-from smimekit.ca.server import ocsp_only_server
 from smimekit.cli.main import main
 from smimekit.keys.signer import LocalSigner
+from smimekit.service.ca_endpoints import ocsp_only_server
 from smimekit.store import Store
 
 PASS = "correct horse battery staple"

@@ -478,6 +478,12 @@ class OCSPResponder:
                 log.info("OCSP request refused", extra={"status": "unauthorized",
                                                         "why": "not about our CA"})
                 return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+            if cert_id.serial < 0:
+                # RFC 5280 4.1.2.2: serials are positive; no certificate has this one, and a
+                # response cannot name it (cryptography's builder refuses a negative serial)
+                log.info("OCSP request refused", extra={"status": "malformedRequest",
+                                                        "why": "negative serial number"})
+                return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
             if len(request.cert_ids) > 1:
                 log.info("OCSP request with several CertIDs: only the first of our CA"
                          " answered", extra={"count": len(request.cert_ids)})

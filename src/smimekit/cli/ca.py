@@ -1,8 +1,8 @@
 """``smimekit ca ...``: our own certificate authority.
 
-``init``, ``issue``, ``chain``, ``revoke``, ``crl``, ``serve``, ``export-root``,
-``import-root`` and ``history`` live here; the bulk lifecycle commands (``enroll``, ``renew``,
-``expiring``) in :mod:`smimekit.cli.ca_lifecycle`.
+``init``, ``issue``, ``chain``, ``revoke``, ``crl``, ``export-root``, ``import-root`` and
+``history`` live here; the bulk lifecycle commands (``enroll``, ``renew``, ``expiring``) in
+:mod:`smimekit.cli.ca_lifecycle`, ``serve`` in :mod:`smimekit.cli.ca_serve`.
 """
 
 from __future__ import annotations
@@ -172,11 +172,13 @@ def _pin(pin_file: str | None) -> str | None:
 @contextmanager
 def open_ca(
     passphrase_file: str | None, passphrase_env: str | None, pin_file: str | None, *,
-    locked: bool = False, root: bool = False,
+    locked: bool = False, root: bool = False, passphrase: bytes | None = None,
 ) -> Iterator[CertificateAuthority]:
-    """The CA of the data directory with its store; ``locked``: certificates only."""
+    """The CA of the data directory with its store; ``locked``: certificates only;
+    ``passphrase``: the one read already (else from the options or asked)."""
     home = CAHome(ca_data_dir())
-    passphrase = None if locked else _ca_passphrase(passphrase_file, passphrase_env)
+    if not locked and passphrase is None:
+        passphrase = _ca_passphrase(passphrase_file, passphrase_env)
     if not locked:
         from smimekit.escrow.vault import load_state
 
@@ -511,128 +513,22 @@ def root_crl(output: str | None, passphrase_file: str | None, passphrase_env: st
 OCSP_SIGNER_RENEW_BEFORE = dt.timedelta(days=30)
 
 
-@ca.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--sign-crls", is_flag=True,
-              help="Also hold the issuing key: re-sign the CRL before it goes stale and"
-              " renew the OCSP signer (default: the OCSP signer key only; CRLs come from"
-              " the store as 'ca crl' published them).")
-@click.option("--crl-check-interval", default=3600, show_default=True,
-              type=click.IntRange(1, 86400), metavar="SECONDS",
-              help="With --sign-crls: how often to check whether the CRL needs re-signing.")
-@ca_options
-def serve(host: str, port: int, sign_crls: bool, crl_check_interval: int,
-          passphrase_file: str | None, passphrase_env: str | None,
-          pin_file: str | None) -> None:
-    """Serve the CRLs, OCSP and the CA certificates over HTTP until interrupted.
-
-    Paths: /crl/issuing.crl, /crl/root.crl, /ocsp (POST and GET), /certs/issuing.der,
-    /certs/root.der. Put a reverse proxy at the CA's base URL in front of it.
-
-    By default only the OCSP signer's key is unlocked: the issuing key (file or token), the
-    root key and the vault key are never read, and the newest CRL is served from the store.
-    Publish CRLs with 'smimekit ca crl' from cron, or run one 'ca serve --sign-crls'.
-    """
-    if sign_crls:
-        _serve_signing(host, port, crl_check_interval, passphrase_file, passphrase_env,
-                       pin_file)
-        return
-    from smimekit.ca.issuance import fingerprint
-    from smimekit.ca.server import ocsp_only_server
-
-    home = CAHome(cli_globals().data_dir)
-    signer = home.open_ocsp_signer(_ca_passphrase(passphrase_file, passphrase_env))
-    if signer.cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < OCSP_SIGNER_RENEW_BEFORE:
-        click.echo(f"smimekit: warning: the OCSP signer certificate expires on"
-                   f" {signer.cert.not_valid_after_utc:%Y-%m-%d}; renew it with 'smimekit ca"
-                   " crl' where the issuing key is, then copy it here and restart", err=True)
-    store = open_store()
-    try:
-        try:
-            server = ocsp_only_server(host, port, signer, store, fingerprint(signer.issuing),
-                                      root_crl=home.root_crl)
-        except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        _run_server(server, "serving CRL, OCSP and CA certificates (OCSP signer key only)")
-    finally:
-        store.close()
-
-
-def _serve_signing(host: str, port: int, crl_check_interval: int,
-                   passphrase_file: str | None, passphrase_env: str | None,
-                   pin_file: str | None) -> None:
-    """``ca serve --sign-crls``: the CA unlocked (issuing key), CRLs re-signed when less
-    than half their validity is left, checked every ``crl_check_interval`` seconds and on
-    each CRL request; the OCSP signer renewed at start when it expires within 30 days."""
-    import logging
-    import threading
-
-    from smimekit.ca.ocsp import OCSPResponder, store_lookup
-    from smimekit.ca.server import CAServer
-
-    home = CAHome(cli_globals().data_dir)
-    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
-        unlocked = _renew_ocsp_signer_if_due(cax, passphrase_file, passphrase_env) or cax.ca
-        assert unlocked.ocsp_key is not None
-        responder = OCSPResponder(unlocked.authority.cert, unlocked.ocsp_cert,
-                                  unlocked.ocsp_key,
-                                  store_lookup(cax.store, cax.issuer_fingerprint))
-        der = serialization.Encoding.DER
-        try:
-            server = CAServer(host, port, crl=cax.current_crl, ocsp=responder,
-                              root_crl=home.root_crl, certs={
-                                  "issuing.der": unlocked.authority.cert.public_bytes(der),
-                                  "root.der": unlocked.authority.root.public_bytes(der)})
-        except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        stopping = threading.Event()
-        log = logging.getLogger("smimekit.ca.crl")
-
-        def republish() -> None:
-            while True:
-                try:
-                    cax.current_crl()  # re-signs when less than half the period is left
-                except Exception as exc:  # the next round tries again; serving goes on
-                    log.error("CRL re-signing failed", extra={"error": type(exc).__name__})
-                if stopping.wait(crl_check_interval):
-                    return
-
-        worker = threading.Thread(target=republish, name="crl-signer", daemon=True)
-        worker.start()
-        try:
-            _run_server(server, "serving CRL, OCSP and CA certificates, signing CRLs")
-        finally:
-            stopping.set()
-            worker.join(timeout=10)
-
-
 def _renew_ocsp_signer_if_due(cax: CertificateAuthority, passphrase_file: str | None,
-                              passphrase_env: str | None) -> UnlockedCA | None:
+                              passphrase_env: str | None, *,
+                              passphrase: bytes | None = None) -> UnlockedCA | None:
     """A new OCSP signer (needs the issuing key) when the current one expires within 30
-    days; None when it does not."""
+    days; None when it does not. ``passphrase``: the one read already."""
     unlocked = cax.ca
     if unlocked.ocsp_cert.not_valid_after_utc - dt.datetime.now(dt.UTC) \
             >= OCSP_SIGNER_RENEW_BEFORE:
         return None
     home = CAHome(cli_globals().data_dir)
-    renewed = home.replace_ocsp_signer(unlocked, _ca_passphrase(passphrase_file, passphrase_env))
+    if passphrase is None:
+        passphrase = _ca_passphrase(passphrase_file, passphrase_env)
+    renewed = home.replace_ocsp_signer(unlocked, passphrase)
     cax.store.audit(cax.actor, "ca.ocsp-signer", renewed.config.organization, {
         "not_after": renewed.ocsp_cert.not_valid_after_utc.isoformat()})
     return renewed
-
-
-def _run_server(server: Any, what: str) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    click.echo(f"{what} on {server.url} (Ctrl-C to stop)", err=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
 
 
 @ca.command("export-root")

@@ -40,7 +40,7 @@ COMMANDS = [
     LazyCommand("log", "smimekit.cli.log:log", "Check and read the audit log."),
     LazyCommand("ca", "smimekit.cli.ca:ca",
                 "Our own certificate authority: issue, renew, revoke, publish.",
-                extend=("smimekit.cli.ca_lifecycle:COMMANDS",)),
+                extend=("smimekit.cli.ca_lifecycle:COMMANDS", "smimekit.cli.ca_serve:COMMANDS")),
     LazyCommand("escrow", "smimekit.cli.escrow:escrow",
                 "Key escrow: the vault key as M-of-N shares of key recovery officers."),
     LazyCommand("archive", "smimekit.cli.archive:archive",
