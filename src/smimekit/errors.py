@@ -11,6 +11,8 @@
     │   └── LegacyAlgorithmError       3DES, RC2, SHA-1 ... refused unless explicitly allowed
     ├── ArchiveError                   a mail archive cannot be read or changed as asked
     ├── CAError                        our CA refuses or cannot issue a certificate as asked
+    ├── ConfigError                    the TOML configuration file is missing, invalid or unknown
+    ├── DirectoryError                 a certificate source (LDAP, DNS, harvest) cannot answer
     ├── EscrowError                    key escrow refuses: bad or too few shares, tampered
     │                                  escrow data, a signing key offered for escrow
     ├── KeyLoadError                   a key or certificate file cannot be read
@@ -45,7 +47,9 @@ __all__ = [
     "ASN1Error",
     "ArchiveError",
     "CAError",
+    "ConfigError",
     "DecryptionError",
+    "DirectoryError",
     "EncryptionError",
     "EscrowError",
     "FetchError",
@@ -133,6 +137,22 @@ class CAError(SmimeError):
     def __init__(self, message: str, findings: Sequence[Any] = ()) -> None:
         super().__init__(message)
         self.findings = list(findings)
+
+
+class ConfigError(SmimeError):
+    """The configuration file (``--config`` / ``SMIMEKIT_CONFIG``) cannot be used: missing,
+    not TOML, an unknown key or a value of the wrong type; the message names the key."""
+
+
+class DirectoryError(SmimeError):
+    """A certificate source cannot answer (:mod:`smimekit.directory`): the directory is
+    unreachable, the bind is refused, a DNS answer is bogus or unsigned, an entry holds
+    garbage. ``source`` names the source (``ldap``, ``smimea``, ...); the message never carries
+    a password."""
+
+    def __init__(self, message: str, source: str = "") -> None:
+        super().__init__(message)
+        self.source = source
 
 
 class EscrowError(SmimeError):

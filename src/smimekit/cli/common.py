@@ -26,6 +26,7 @@ from smimekit.smime.content import InputKind, check_content_type, classify_input
 from smimekit.validation.trust import TrustStore
 
 if TYPE_CHECKING:
+    from smimekit.config import Config
     from smimekit.keys.pkcs12 import KeyPair
     from smimekit.store import Store
     from smimekit.store.location import StoreLocation
@@ -47,6 +48,7 @@ class Globals:
     data_dir: Path
     config: Path | None
     database_url: str | None
+    loaded_config: Config | None = None
 
 
 LOCAL_DATA_DIR = "smimekit-data"
@@ -80,6 +82,21 @@ def cli_globals() -> Globals:
     if globals_ is None:
         raise CliError("no data directory: run through the smimekit command")
     return globals_
+
+
+def cli_config() -> Config:
+    """The configuration file of this run (``--config`` / ``SMIMEKIT_CONFIG``), loaded once
+    per run; an empty configuration when none is named.
+
+    Raises:
+        ConfigError: the file named cannot be read or holds an unknown or wrong key.
+    """
+    from smimekit.config import load_config
+
+    globals_ = cli_globals()
+    if globals_.loaded_config is None:
+        globals_.loaded_config = load_config(globals_.config)
+    return globals_.loaded_config
 
 
 def existing_data_dir() -> Path:

@@ -1,0 +1,81 @@
+"""The TOML configuration file: every key declared, unknown or mistyped keys named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smimekit.config import EMPTY, load_config
+from smimekit.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "smimekit.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_no_file_is_the_empty_configuration() -> None:
+    assert load_config(None) is EMPTY
+    assert EMPTY.directory is None and EMPTY.sync is None
+
+
+def test_directory_and_sync_sections_with_relative_paths(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, """
+[directory]
+order = ["ldap", "store"]
+cache_seconds = 60
+[directory.ldap]
+url = "ldap://127.0.0.1:3890"
+base_dn = "ou=people,dc=example,dc=org"
+password_file = "secret/ldap.password"
+timeout = 3
+[directory.dns]
+resolvers = ["127.0.0.1", "::1"]
+[sync]
+max_removals = 10
+[sync.ldap]
+url = "ldap://127.0.0.1:3891"
+base_dn = "dc=example,dc=org"
+[sync.ldap.attributes]
+id = "employeeNumber"
+email = "mail"
+name = "displayName"
+"""))
+    directory = config.directory
+    assert directory is not None and directory.ldap is not None and directory.dns is not None
+    assert directory.order == ("ldap", "store") and directory.cache_seconds == 60
+    assert directory.ldap.password_file == tmp_path / "secret" / "ldap.password"
+    assert directory.ldap.timeout == 3.0 and directory.ldap.publish is False
+    assert directory.dns.resolvers == ("127.0.0.1", "::1") and directory.dns.port == 53
+    assert config.sync is not None and config.sync.max_removals == 10.0
+    assert config.sync.ldap is not None
+    assert config.sync.ldap.attributes["id"] == "employeeNumber"
+    assert config.path == tmp_path / "smimekit.toml"
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("[directory]\nordr = []\n", "directory.ordr"),
+    ("[directry]\n", "directry"),
+    ("[directory.ldap]\nurl = 'ldap://x'\n", "directory.ldap.base_dn"),
+    ("[directory]\ncache_seconds = 'soon'\n", "directory.cache_seconds"),
+    ("[directory.ldap]\nurl = 'ldap://x'\nbase_dn = 'dc=x'\nstarttls = 1\n",
+     "directory.ldap.starttls"),
+    ("[directory]\norder = 'ldap'\n", "directory.order"),
+    ("directory = 3\n", "directory"),
+])
+def test_unknown_missing_or_mistyped_keys_are_named(tmp_path: Path, text: str,
+                                                    named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(_write(tmp_path, text))
+
+
+def test_not_toml_or_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[directory\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "bin.toml")
