@@ -707,12 +707,16 @@ def render(runs: list[Run], args: argparse.Namespace) -> str:
         ours = [f for f in r.figures if f.server == "smimekit"]
         quiet = [f for f in ours if f.phase == "quiet"]
         enrol = [f for f in ours if f.phase.startswith("enrolment")]
-        best = max(quiet, key=lambda f: f.rate, default=None)
-        met = best is not None and best.rate >= GOAL_RATE and best.p99_ms < GOAL_P99_MS
+        meeting = [f for f in quiet if f.rate >= GOAL_RATE and f.p99_ms < GOAL_P99_MS]
+        best = max(meeting or quiet, key=lambda f: f.rate, default=None)
+        met_at = ", ".join(str(f.connections) for f in meeting)
+        missed_at = ", ".join(str(f.connections) for f in quiet if f not in meeting)
         try_later = sum(f.try_later for f in enrol)
         errors = sum(f.try_later + f.unsuccessful + f.http_errors for f in ours)
         out.append(f"goal ({r.backend}): >= {GOAL_RATE:,.0f} answers/s with p99 < "
-                   f"{GOAL_P99_MS:g} ms: {'met' if met else 'missed'}"
+                   f"{GOAL_P99_MS:g} ms: "
+                   + (f"met at {met_at} connections" if meeting else "missed")
+                   + (f", missed at {missed_at}" if meeting and missed_at else "")
                    + (f" (best {fmt_rate(best.rate)}/s at {best.connections} connections, "
                       f"p99 {best.p99_ms:.1f} ms)" if best else "")
                    + f"; tryLater during enrolment: {try_later}; unsuccessful or HTTP errors "
