@@ -273,18 +273,63 @@ class PublishedCrls(Protocol):
 class StoredCrl:
     """The newest CRL the store holds for one issuer, as published by whichever process
     holds the issuing key (``ca crl``, ``ca serve --sign-crls``); never signs one. Each call
-    asks only for the newest number and loads the DER again when it changed."""
+    asks only for the newest number and loads the DER again when it changed.
 
-    def __init__(self, store: PublishedCrls, issuer_fingerprint: str) -> None:
+    When the store cannot be read (the database is away), the CRL this process last had is
+    served for as long as it is valid (before its nextUpdate), with one warning per outage:
+    a client that hard-fails on a missing CRL keeps working through a database outage, and
+    gets nothing it could not have had from an HTTP cache. Past nextUpdate the error stands
+    (the server answers 503). Call :meth:`warm` once at start so that every worker holds one.
+    """
+
+    def __init__(self, store: PublishedCrls, issuer_fingerprint: str, *,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self._store = store
         self._issuer = issuer_fingerprint
+        self._clock = clock
         self._lock = threading.Lock()
-        self._cache: tuple[int, bytes] | None = None
+        self._cache: tuple[int, bytes, dt.datetime | None] | None = None
+        self._outage = False
+
+    def warm(self) -> None:
+        """Load the newest CRL now, if the store has one and can be read."""
+        try:
+            self()
+        except Exception as exc:  # nothing published yet, or the store is away: later
+            log.info("no CRL held at start", extra={"error": type(exc).__name__})
 
     def __call__(self) -> bytes:
         """Raises:
             CAError: no CRL has been published yet (the server answers 503).
+            StoreError: the store cannot be read and no valid CRL is held.
         """
+        try:
+            der = self._newest()
+        except CAError:
+            raise
+        except Exception as exc:
+            held = self._held()
+            if held is None:
+                raise
+            if not self._outage:
+                self._outage = True
+                log.warning("store unreadable: serving the CRL held until its nextUpdate",
+                            extra={"error": type(exc).__name__})
+            return held
+        self._outage = False
+        return der
+
+    def _held(self) -> bytes | None:
+        with self._lock:
+            cache = self._cache
+        if cache is None:
+            return None
+        _number, der, next_update = cache
+        if next_update is None or self._clock() >= next_update:
+            return None
+        return der
+
+    def _newest(self) -> bytes:
         latest = self._store.latest_crl(self._issuer, with_der=False)
         if latest is None:
             raise CAError("no CRL published yet: run 'smimekit ca crl'")
@@ -295,10 +340,8 @@ class StoredCrl:
         if full is None or full.der is None:
             raise CAError("no CRL published yet: run 'smimekit ca crl'")
         with self._lock:
-            self._cache = (full.number, full.der)
+            self._cache = (full.number, full.der, full.next_update)
         return full.der
-
-
 
 
 def ca_app(endpoints: CAEndpoints) -> ServiceApp:
@@ -322,7 +365,9 @@ def ocsp_only_endpoints(signer: OcspSigner, store: Any, issuer_fingerprint: str,
     responder = OCSPResponder(signer.issuing, signer.cert, signer.key,
                               store_lookup(lookup_store, issuer_fingerprint))
     der = serialization.Encoding.DER
-    return CAEndpoints(StoredCrl(crl_store, issuer_fingerprint), responder,
+    crl = StoredCrl(crl_store, issuer_fingerprint)
+    crl.warm()
+    return CAEndpoints(crl, responder,
                        {"issuing.der": signer.issuing.public_bytes(der),
                         "root.der": signer.root.public_bytes(der)}, root_crl)
 
