@@ -1,10 +1,13 @@
-"""Loopback helpers for tests: a file server over real HTTP, and a free port."""
+"""Loopback helpers for tests: a file server over real HTTP, a free port, a relay that can be
+cut, and waiting for a server process to listen."""
 
 from __future__ import annotations
 
 import http.server
 import socket
+import subprocess
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -148,3 +151,30 @@ class TcpRelay:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None:
+                err = process.stderr.read() if process.stderr else b""
+                raise AssertionError(f"{what} exited: {err!r}") from None
+            time.sleep(0.05)
+    raise AssertionError(f"{what} does not listen on {port}")
+
+
+def url_line(process: subprocess.Popen[bytes], port: int) -> str:
+    """The line ``ca serve`` prints on stderr once it answers (granian may warn first)."""
+    assert process.stderr is not None
+    seen = []
+    for _ in range(20):
+        line = process.stderr.readline().decode()
+        seen.append(line)
+        if f"on http://127.0.0.1:{port} (Ctrl-C to stop)" in line:
+            return line
+        if not line:
+            break
+    raise AssertionError("".join(seen))

@@ -494,8 +494,9 @@ def test_node_answers_try_later_while_the_database_is_away_and_recovers(
         deployment: Deployment, start_node: Callable[[str, Path], Node],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The store's server goes away under a running node (a relay between them is cut):
-    OCSP answers tryLater, the CRL it holds is served until its nextUpdate, the node stays up; a node started meanwhile exits 1
-    with one line; once the server is back the running node answers again, unrestarted."""
+    OCSP answers tryLater, the CRL it holds is served until its nextUpdate, the node stays
+    up; a node started meanwhile exits 1 with one line; once the server is back the running
+    node answers again, unrestarted."""
     relay = TcpRelay((PG_HOST, PG_PORT))
     try:
         deployment.url = deployment.url.replace(f":{PG_PORT}/", f":{relay.port}/")

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from backends import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
-from loopback import free_port
+from loopback import free_port, url_line, wait_for_port
 
 from smimekit.ca.issuance import fingerprint
 from smimekit.cli.main import main
@@ -66,33 +65,6 @@ def render(conf: Path, prefix: Path, listen: int, upstream: int) -> str:
     if os.geteuid() == 0:
         text = "user root;\n" + text
     return text
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if process.poll() is not None:
-                err = process.stderr.read() if process.stderr else b""
-                raise AssertionError(f"{what} exited: {err!r}") from None
-            time.sleep(0.05)
-    raise AssertionError(f"{what} does not listen on {port}")
-
-
-def url_line(process: subprocess.Popen[bytes], port: int) -> str:
-    """The line ``ca serve`` prints on stderr once it answers (granian may warn first)."""
-    assert process.stderr is not None
-    seen = []
-    for _ in range(20):
-        line = process.stderr.readline().decode()
-        seen.append(line)
-        if f"on http://127.0.0.1:{port} (Ctrl-C to stop)" in line:
-            return line
-        if not line:
-            break
-    raise AssertionError("".join(seen))
 
 
 @pytest.fixture(scope="module")

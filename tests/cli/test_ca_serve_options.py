@@ -16,27 +16,13 @@ from pathlib import Path
 
 import pytest
 from backends import Backend
-from loopback import free_port
+from loopback import free_port, url_line
 
 from smimekit.cli.main import main
 
 PASS = "correct horse battery staple"
 
 pytestmark = pytest.mark.slow
-
-
-def url_line(process: subprocess.Popen[bytes], port: int) -> str:
-    """The line ``ca serve`` prints on stderr once it answers (granian may warn first)."""
-    assert process.stderr is not None
-    seen = []
-    for _ in range(20):
-        line = process.stderr.readline().decode()
-        seen.append(line)
-        if f"on http://127.0.0.1:{port} (Ctrl-C to stop)" in line:
-            return line
-        if not line:
-            break
-    raise AssertionError("".join(seen))
 
 
 @pytest.fixture(scope="module")
