@@ -27,7 +27,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,7 +240,8 @@ def start_dns_lab(folder: Path, records: Mapping[str, str]) -> DnsLab:
     return lab
 
 
-def _wait(lab: DnsLab, port: int, what: str, log: Path, ready: object) -> None:
+def _wait(lab: DnsLab, port: int, what: str, log: Path,
+          ready: Callable[[dns.message.Message], bool]) -> None:
     """Until a query for ``test. SOA`` on ``port`` is answered as ``ready`` says (bounded)."""
     process = lab.processes[-1]
     deadline = time.monotonic() + START_TIMEOUT
@@ -252,7 +253,7 @@ def _wait(lab: DnsLab, port: int, what: str, log: Path, ready: object) -> None:
             raise RuntimeError(f"{what} exited ({process.returncode}): {err}{text}")
         try:
             response = lab.query(PARENT, "SOA", port=port, timeout=0.25)
-            if ready(response):  # type: ignore[operator]
+            if ready(response):
                 return
             last = f"{dns.rcode.to_text(response.rcode())} flags {response.flags!r}"
         except (dns.exception.DNSException, OSError) as exc:

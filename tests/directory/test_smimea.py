@@ -187,6 +187,15 @@ def test_lookup_on_the_resolver_ad_bit_alone_finds_it_too(world: World) -> None:
     assert candidate.certificate == world.certs["alice@good.test"]
 
 
+def test_a_capitalised_local_part_is_asked_again_in_lower_case(world: World) -> None:
+    found = world.source().find("Alice@good.test")
+    (candidate,) = found.candidates
+    assert candidate.certificate == world.certs["alice@good.test"]
+    assert candidate.where.startswith(owner_name("alice@good.test").to_text())
+    assert found.notes == (f"no SMIMEA record at {owner_name('Alice@good.test')}"
+                           " (DNSSEC-validated denial)",)
+
+
 def test_dig_shows_the_record_validated(world: World) -> None:
     out = world.lab.dig(owner_name("alice@good.test").to_text(), "SMIMEA")
     flags = re.search(r";; flags: ([a-z ]+);", out)

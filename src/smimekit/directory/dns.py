@@ -310,14 +310,24 @@ class SmimeaSource:
         return Found([], tuple(notes))
 
     def _smimea(self, owner: dns.name.Name) -> dns.rrset.RRset | None:
-        response, resolver = self._ask(owner, dns.rdatatype.SMIMEA)
+        response, _ = self._ask(owner, dns.rdatatype.SMIMEA)
         what = f"{owner} SMIMEA"
-        rrsets = [r for r in response.answer if r.rdtype == dns.rdatatype.SMIMEA]
-        if response.rcode() == dns.rcode.NXDOMAIN or not rrsets:
+        if response.rcode() == dns.rcode.NXDOMAIN:
+            return None
+        # The records at the owner name, or at the end of its CNAME chain; nothing else in
+        # the answer section is ours to take.
+        name = owner
+        for _ in range(_MAX_CHAIN):
+            cname = _rrset(response, name, dns.rdatatype.CNAME)
+            if cname is None:
+                break
+            name = cname[0].target
+        rrset = _rrset(response, name, dns.rdatatype.SMIMEA)
+        if rrset is None:
             return None
         if self.anchors is not None:
-            _Chain(self, resolver).check_answer(response, what)
-        return rrsets[0]
+            _Chain(self).check_answer(response, what)
+        return rrset
 
     def _ask(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
              ) -> tuple[dns.message.Message, str]:
@@ -405,7 +415,7 @@ class _Chain:
     section 5): every RRset's RRSIG verified with its signer's DNSKEY set, which is trusted
     through a DS set the parent signed, up to a DS or DNSKEY in the anchor file."""
 
-    def __init__(self, source: SmimeaSource, resolver: str) -> None:
+    def __init__(self, source: SmimeaSource) -> None:
         assert source.anchors is not None
         self.source = source
         self.anchors = source.anchors
@@ -490,6 +500,11 @@ class _Chain:
             del self.keys[zone]
         self.keys[zone] = dnskey
         return dnskey
+
+
+def _rrset(response: dns.message.Message, name: dns.name.Name,
+           rdtype: dns.rdatatype.RdataType) -> dns.rrset.RRset | None:
+    return next((r for r in response.answer if r.name == name and r.rdtype == rdtype), None)
 
 
 def _ds_matches(zone: dns.name.Name, key: Any, ds: Any) -> bool:
