@@ -26,6 +26,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -260,3 +261,42 @@ def _wait(lab: DnsLab, port: int, what: str, log: Path,
             last = str(exc)
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not become ready on 127.0.0.1:{port}: {last}")
+
+
+class LyingForwarder:
+    """A UDP "resolver" on loopback that passes every query to ``upstream_port`` (NSD) and
+    sets the AD bit on whatever comes back, validated or not: what anyone on the path between
+    a client and its resolver can do to the one unauthenticated bit. Stop with :meth:`stop`."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.forwarded = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wire, client = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                query = dns.message.from_wire(wire)
+                answer = dns.query.udp(query, "127.0.0.1", 2.0, self.upstream_port)
+            except (dns.exception.DNSException, OSError):
+                continue
+            answer.flags |= dns.flags.AD | dns.flags.RA
+            self.forwarded += 1
+            self.sock.sendto(answer.to_wire(), client)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()

@@ -18,7 +18,7 @@ import pytest
 from backends import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from dnsinfra import DnsLab, free_port
+from dnsinfra import DnsLab, LyingForwarder, free_port
 
 from smimekit.ca.home import CAConfig, CAHome
 from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
@@ -247,6 +247,34 @@ def test_our_own_check_refuses_a_wrong_trust_anchor(world: World, tmp_path: Path
     with pytest.raises(DirectoryError, match=r"our own DNSSEC check failed: no DNSKEY of test\."
                                              r" matches its DS or trust anchor"):
         source.find("alice@good.test")
+
+
+@pytest.fixture
+def liar(world: World) -> Iterator[LyingForwarder]:
+    forwarder = LyingForwarder(world.lab.auth_port)
+    yield forwarder
+    forwarder.stop()
+
+
+def test_our_own_check_refuses_altered_data_behind_a_forged_ad_bit(
+        world: World, liar: LyingForwarder) -> None:
+    # The tampered record of bogus.test, its stale RRSIG, and AD set by someone on the path.
+    source = SmimeaSource(("127.0.0.1",), liar.port, 3.0, _read_anchors(world.lab.anchor_file))
+    with pytest.raises(DirectoryError, match=r"our own DNSSEC check failed: .*bogus\.test\."
+                                             r" SMIMEA: RRSIG by bogus\.test\. key \d+"):
+        source.find("carol@bogus.test")
+    # ... while the good zone passes the same check through the same liar
+    (candidate,) = source.find("alice@good.test").candidates
+    assert candidate.certificate == world.certs["alice@good.test"]
+    assert liar.forwarded >= 5  # SMIMEA, DNSKEY and DS of each zone up to test.
+
+
+def test_the_ad_bit_alone_is_what_a_forger_defeats(world: World, liar: LyingForwarder) -> None:
+    # Why a resolver off this host needs a trust anchor (from_config refuses it otherwise):
+    # without our own check, the altered certificate would be taken.
+    source = SmimeaSource(("127.0.0.1",), liar.port, 3.0, None)
+    (candidate,) = source.find("carol@bogus.test").candidates
+    assert candidate.certificate != world.certs["carol@bogus.test"]
 
 
 def test_an_anchor_for_another_zone_covers_nothing(world: World, tmp_path: Path) -> None:
