@@ -69,6 +69,7 @@ def _openssl_label(local: bytes) -> str:
     return out.split()[0][:56]  # 28 octets
 
 
+@pytest.mark.interop  # openssl dgst
 def test_owner_name_is_rfc7929_style_sha256_of_local_part() -> None:
     # RFC 7929 section 3's example (the same hashing as RFC 8162), other label and domain.
     assert owner_name("hugh@example.com").to_text() == (
@@ -76,6 +77,7 @@ def test_owner_name_is_rfc7929_style_sha256_of_local_part() -> None:
     assert _openssl_label(b"hugh") == "c93f1e400f26708f98cb19d936620da35eec8f72e57f9eec01c1afd6"
 
 
+@pytest.mark.interop  # openssl dgst
 @pytest.mark.parametrize("local", ["alice", "Alice.Smith", "j\u00f6ran", "a+tag"])
 def test_owner_name_hashes_the_utf8_local_part_as_given(local: str) -> None:
     owner = owner_name(f"{local}@Example.ORG")
@@ -104,6 +106,7 @@ def _parse(fragment: str) -> dict[dns.name.Name, list[object]]:
     return records
 
 
+@pytest.mark.slow
 def test_fragment_holds_every_live_encryption_certificate_of_the_domain(
         backend: Backend) -> None:
     ca, store = make_ca(backend.data_dir, backend.url)
@@ -174,6 +177,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, dns_lab_factory: object) -> 
     yield World(lab, data_dir, {**certs, "issuer": issuer})
 
 
+@pytest.mark.interop
 def test_lookup_finds_the_certificate_the_ca_issued(world: World) -> None:
     found = world.source().find("alice@good.test")
     (candidate,) = found.candidates
@@ -182,11 +186,13 @@ def test_lookup_finds_the_certificate_the_ca_issued(world: World) -> None:
     assert candidate.where == f"{owner_name('alice@good.test')} SMIMEA 3 0 0"
 
 
+@pytest.mark.interop
 def test_lookup_on_the_resolver_ad_bit_alone_finds_it_too(world: World) -> None:
     (candidate,) = world.source(anchors=False).find("alice@good.test").candidates
     assert candidate.certificate == world.certs["alice@good.test"]
 
 
+@pytest.mark.interop
 def test_a_capitalised_local_part_is_asked_again_in_lower_case(world: World) -> None:
     found = world.source().find("Alice@good.test")
     (candidate,) = found.candidates
@@ -196,6 +202,7 @@ def test_a_capitalised_local_part_is_asked_again_in_lower_case(world: World) -> 
                            " (DNSSEC-validated denial)",)
 
 
+@pytest.mark.interop
 def test_dig_shows_the_record_validated(world: World) -> None:
     out = world.lab.dig(owner_name("alice@good.test").to_text(), "SMIMEA")
     flags = re.search(r";; flags: ([a-z ]+);", out)
@@ -206,6 +213,7 @@ def test_dig_shows_the_record_validated(world: World) -> None:
     assert {tuple(fields[3:5]) for fields in answer} == {("SMIMEA", "3"), ("RRSIG", "SMIMEA")}
 
 
+@pytest.mark.interop
 def test_revoked_and_unknown_addresses_are_none_here(world: World) -> None:
     for address in ("frank@good.test", "nobody@good.test"):
         found = world.source().find(address)
@@ -213,6 +221,7 @@ def test_revoked_and_unknown_addresses_are_none_here(world: World) -> None:
         assert any("DNSSEC-validated denial" in note for note in found.notes)
 
 
+@pytest.mark.interop
 def test_bogus_signature_is_refused(world: World) -> None:
     with pytest.raises(DirectoryError, match=r"DNSSEC validation failed \(bogus signatures\)"
                        r".*SERVFAIL.*EDE 6 \(dnssec bogus\)") as caught:
@@ -220,23 +229,27 @@ def test_bogus_signature_is_refused(world: World) -> None:
     assert owner_name("carol@bogus.test").to_text() in str(caught.value)
 
 
+@pytest.mark.interop
 def test_expired_signatures_are_refused(world: World) -> None:
     with pytest.raises(DirectoryError, match=r"SERVFAIL.*EDE 7 \(signature expired\)"):
         world.source().find("erin@expired.test")
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("anchors", [True, False])
 def test_unsigned_zone_is_refused(world: World, anchors: bool) -> None:
     with pytest.raises(DirectoryError, match=r"not DNSSEC-validated \(no AD bit\).*unsigned"):
         world.source(anchors=anchors).find("dave@unsigned.test")
 
 
+@pytest.mark.interop
 def test_a_server_that_does_not_validate_is_refused(world: World) -> None:
     # NSD itself serves the signed records with their RRSIGs, but vouches for nothing.
     with pytest.raises(DirectoryError, match="no AD bit"):
         world.source(port=world.lab.auth_port).find("alice@good.test")
 
 
+@pytest.mark.interop
 def test_our_own_check_refuses_a_wrong_trust_anchor(world: World, tmp_path: Path) -> None:
     # unbound (with the right anchor) vouches for the answer; our check, with another
     # anchor for test., must still refuse it: the AD bit alone does not decide.
@@ -256,6 +269,7 @@ def liar(world: World) -> Iterator[LyingForwarder]:
     forwarder.stop()
 
 
+@pytest.mark.interop
 def test_our_own_check_refuses_altered_data_behind_a_forged_ad_bit(
         world: World, liar: LyingForwarder) -> None:
     # The tampered record of bogus.test, its stale RRSIG, and AD set by someone on the path.
@@ -269,6 +283,7 @@ def test_our_own_check_refuses_altered_data_behind_a_forged_ad_bit(
     assert liar.forwarded >= 5  # SMIMEA, DNSKEY and DS of each zone up to test.
 
 
+@pytest.mark.interop
 def test_the_ad_bit_alone_is_what_a_forger_defeats(world: World, liar: LyingForwarder) -> None:
     # Why a resolver off this host needs a trust anchor (from_config refuses it otherwise):
     # without our own check, the altered certificate would be taken.
@@ -277,6 +292,7 @@ def test_the_ad_bit_alone_is_what_a_forger_defeats(world: World, liar: LyingForw
     assert candidate.certificate != world.certs["carol@bogus.test"]
 
 
+@pytest.mark.interop
 def test_an_anchor_for_another_zone_covers_nothing(world: World, tmp_path: Path) -> None:
     other = tmp_path / "other.ds"
     other.write_text("example. IN DS 12345 13 2 " + "00" * 32 + "\n")
@@ -285,6 +301,7 @@ def test_an_anchor_for_another_zone_covers_nothing(world: World, tmp_path: Path)
         source.find("alice@good.test")
 
 
+@pytest.mark.interop
 def test_records_without_a_certificate_give_no_candidate(world: World) -> None:
     for address, note in (("hashonly@good.test", "SMIMEA 3 1 1 .* a hash or public key"),
                           ("garbage@good.test", "not a DER certificate")):
@@ -293,12 +310,14 @@ def test_records_without_a_certificate_give_no_candidate(world: World) -> None:
         assert any(re.search(note, n) for n in found.notes), found.notes
 
 
+@pytest.mark.interop
 def test_trust_anchor_record_travels_as_chain(world: World) -> None:
     (candidate,) = world.source().find("chained@good.test").candidates
     assert candidate.certificate == world.certs["alice@good.test"]
     assert candidate.chain == (world.certs["issuer"],)
 
 
+@pytest.mark.interop
 def test_resolver_unreachable_is_a_clear_error(world: World) -> None:
     port = free_port()
     with pytest.raises(DirectoryError, match=rf"no DNS resolver answered for .*SMIMEA:"
@@ -306,6 +325,7 @@ def test_resolver_unreachable_is_a_clear_error(world: World) -> None:
         world.source(port=port, timeout=0.5).find("alice@good.test")
 
 
+@pytest.mark.interop
 def test_second_resolver_answers_when_the_first_is_down(world: World) -> None:
     source = SmimeaSource(("127.0.0.2", "127.0.0.1"), world.lab.resolver_port, 0.5,
                           _read_anchors(world.lab.anchor_file))
@@ -313,6 +333,7 @@ def test_second_resolver_answers_when_the_first_is_down(world: World) -> None:
     assert candidate.certificate == world.certs["alice@good.test"]
 
 
+@pytest.mark.interop
 def test_cli_writes_the_fragment_for_one_domain(world: World, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "good.zone"
@@ -325,6 +346,7 @@ def test_cli_writes_the_fragment_for_one_domain(world: World, tmp_path: Path,
     assert set(records) == {owner_name("alice@good.test")}
 
 
+@pytest.mark.interop
 def test_cli_refuses_a_domain_that_is_not_one(world: World,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--data-dir", str(world.data_dir), "directory", "smimea", "--domain",

@@ -250,6 +250,9 @@ class SmimeaSource:
     """Trust anchors (DS/DNSKEY by name): when set, every positive answer is also checked
     here, from an anchor down; None: the resolver's AD bit (loopback only)."""
     name: str = field(default="smimea", init=False)
+    _first: int = field(default=0, init=False, repr=False)
+    """The resolver that answered last: asked first next time (a dead first resolver costs
+    its timeout once, not on every query of every lookup)."""
 
     @classmethod
     def from_config(cls, config: Config, *, store: Store | None, data_dir: Path
@@ -334,7 +337,9 @@ class SmimeaSource:
         """The first resolver's validated answer (AD set, NOERROR or NXDOMAIN)."""
         what = f"{qname} {dns.rdatatype.to_text(rdtype)}"
         failures: list[str] = []
-        for resolver in self.resolvers:
+        count = len(self.resolvers)
+        for index in [(self._first + i) % count for i in range(count)]:
+            resolver = self.resolvers[index]
             query = dns.message.make_query(qname, rdtype, want_dnssec=True,
                                            payload=_EDNS_PAYLOAD)
             query.flags |= dns.flags.AD  # RFC 6840 5.7: tell us whether it validated
@@ -355,6 +360,7 @@ class SmimeaSource:
             except dns.exception.DNSException as exc:
                 failures.append(f"{where} sent no usable DNS answer ({exc})")
                 continue
+            self._first = index
             return self._checked(response, where, what), resolver
         raise DirectoryError(f"no DNS resolver answered for {what}: " + "; ".join(failures),
                              source="smimea")
