@@ -281,6 +281,10 @@ def test_our_own_check_refuses_altered_data_behind_a_forged_ad_bit(
     (candidate,) = source.find("alice@good.test").candidates
     assert candidate.certificate == world.certs["alice@good.test"]
     assert liar.forwarded >= 5  # SMIMEA, DNSKEY and DS of each zone up to test.
+    # the DNSKEY sets are trusted now: the next lookup asks for its record only
+    before = liar.forwarded
+    assert source.find("alice@good.test").candidates[0].certificate == candidate.certificate
+    assert liar.forwarded == before + 1
 
 
 @pytest.mark.interop

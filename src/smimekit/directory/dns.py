@@ -250,6 +250,9 @@ class SmimeaSource:
     """Trust anchors (DS/DNSKEY by name): when set, every positive answer is also checked
     here, from an anchor down; None: the resolver's AD bit (loopback only)."""
     name: str = field(default="smimea", init=False)
+    _trusted: dict[dns.name.Name, tuple[dns.rrset.RRset, float]] = field(
+        default_factory=dict, init=False, repr=False)
+    """DNSKEY sets our own check trusted, and until when (POSIX time): see :class:`_Chain`."""
     _first: int = field(default=0, init=False, repr=False)
     """The resolver that answered last: asked first next time (a dead first resolver costs
     its timeout once, not on every query of every lookup)."""
@@ -419,13 +422,17 @@ class SmimeaSource:
 class _Chain:
     """Our own DNSSEC check of an answer, from a configured trust anchor down (RFC 4035
     section 5): every RRset's RRSIG verified with its signer's DNSKEY set, which is trusted
-    through a DS set the parent signed, up to a DS or DNSKEY in the anchor file."""
+    through a DS set the parent signed, up to a DS or DNSKEY in the anchor file.
+
+    A zone's DNSKEY set, once trusted, is kept in the source (``_trusted``) until the first
+    of its TTL, the expiry of a signature it rests on, or that of its parent's keys: later
+    lookups then cost one query and one signature."""
 
     def __init__(self, source: SmimeaSource) -> None:
         assert source.anchors is not None
         self.source = source
         self.anchors = source.anchors
-        self.keys: dict[dns.name.Name, dns.rrset.RRset] = {}
+        self.entry: dict[dns.name.Name, tuple[dns.rrset.RRset, float]] = {}
         self.now = time.time()
 
     def check_answer(self, response: dns.message.Message, what: str) -> None:
@@ -442,7 +449,8 @@ class _Chain:
                               source="smimea")
 
     def _verify(self, rrset: dns.rrset.RRset, sigs: Sequence[dns.rrset.RRset], what: str,
-                depth: int) -> None:
+                depth: int) -> float:
+        """Check ``rrset`` against one of its RRSIGs; until when that holds (POSIX time)."""
         covering = [s for s in sigs if s.name == rrset.name and s.covers == rrset.rdtype]
         if not covering:
             raise self._bogus(what, f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
@@ -454,29 +462,34 @@ class _Chain:
                 if not rrset.name.is_subdomain(signer):
                     failures.append(f"signer {signer} is not above {rrset.name}")
                     continue
-                keys = self._zone_keys(signer, what, depth + 1)
+                keys, keys_until = self._zone_keys(signer, what, depth + 1)
                 try:
                     dns.dnssec.validate(rrset, (sigset.name, dns.rdataset.from_rdata_list(
                         sigset.ttl, [rrsig])), {signer: keys}, now=self.now)
-                    return
                 except (dns.exception.ValidationFailure, dns.exception.DeniedByPolicy,
                         dns.exception.UnsupportedAlgorithm) as exc:
                     failures.append(f"RRSIG by {signer} key {rrsig.key_tag}: {exc}")
+                    continue
+                return min(keys_until, float(rrsig.expiration), self.now + rrset.ttl)
         raise self._bogus(what, f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}: "
                           + "; ".join(failures))
 
-    def _zone_keys(self, zone: dns.name.Name, what: str, depth: int) -> dns.rrset.RRset:
-        """``zone``'s DNSKEY set, trusted through an anchor or a DS set its parent signed."""
-        if zone in self.keys:
-            return self.keys[zone]
+    def _zone_keys(self, zone: dns.name.Name, what: str, depth: int
+                   ) -> tuple[dns.rrset.RRset, float]:
+        """``zone``'s DNSKEY set, trusted through an anchor or a DS set its parent signed,
+        and until when."""
+        if zone in self.entry:  # the secure entry point(s), for the DNSKEY set's own RRSIG
+            return self.entry[zone]
+        cached = self.source._trusted.get(zone)
+        if cached is not None and cached[1] > self.now:
+            return cached
         if depth > _MAX_CHAIN:
             raise self._bogus(what, f"more than {_MAX_CHAIN} zone cuts to a trust anchor")
         response, _ = self.source._ask(zone, dns.rdatatype.DNSKEY)
-        dnskeys = [r for r in response.answer
-                   if r.rdtype == dns.rdatatype.DNSKEY and r.name == zone]
-        if not dnskeys:
+        dnskey = _rrset(response, zone, dns.rdatatype.DNSKEY)
+        if dnskey is None:
             raise self._bogus(what, f"{zone} has no DNSKEY set")
-        dnskey = dnskeys[0]
+        until = float("inf")
         if zone in self.anchors:
             ds_set: list[Any] = [a for a in self.anchors[zone] if a.rdtype == dns.rdatatype.DS]
             anchored_keys = [a for a in self.anchors[zone] if a.rdtype == dns.rdatatype.DNSKEY]
@@ -485,27 +498,25 @@ class _Chain:
                 raise self._bogus(what, "no trust anchor in directory.dns.trust_anchor_file"
                                         " covers this name")
             ds_response, _ = self.source._ask(zone, dns.rdatatype.DS)
-            ds_rrsets = [r for r in ds_response.answer
-                         if r.rdtype == dns.rdatatype.DS and r.name == zone]
-            if not ds_rrsets:
+            ds_rrset = _rrset(ds_response, zone, dns.rdatatype.DS)
+            if ds_rrset is None:
                 raise self._bogus(what, f"{zone} has no DS in its parent: the chain from the"
                                         " trust anchor is broken there")
             ds_sigs = [r for r in ds_response.answer if r.rdtype == dns.rdatatype.RRSIG]
-            self._verify(ds_rrsets[0], ds_sigs, what, depth)
-            ds_set, anchored_keys = list(ds_rrsets[0]), []
+            until = self._verify(ds_rrset, ds_sigs, what, depth)
+            ds_set, anchored_keys = list(ds_rrset), []
         trusted = [k for k in dnskey if k in anchored_keys or any(
             _ds_matches(zone, k, ds) for ds in ds_set)]
         if not trusted:
             raise self._bogus(what, f"no DNSKEY of {zone} matches its DS or trust anchor")
         sigs = [r for r in response.answer if r.rdtype == dns.rdatatype.RRSIG]
-        entry = dns.rrset.from_rdata_list(zone, dnskey.ttl, trusted)
-        self.keys[zone] = entry  # the secure entry point(s), for the DNSKEY set's own RRSIG
+        self.entry[zone] = (dns.rrset.from_rdata_list(zone, dnskey.ttl, trusted), until)
         try:
-            self._verify(dnskey, sigs, what, depth)
+            until = min(until, self._verify(dnskey, sigs, what, depth))
         finally:
-            del self.keys[zone]
-        self.keys[zone] = dnskey
-        return dnskey
+            del self.entry[zone]
+        self.source._trusted[zone] = (dnskey, until)
+        return dnskey, until
 
 
 def _rrset(response: dns.message.Message, name: dns.name.Name,
