@@ -86,6 +86,11 @@ def main() -> None:
             plain = SmimeaSource(("127.0.0.1",), lab.resolver_port, 5.0, None)
             checked = SmimeaSource(("127.0.0.1",), lab.resolver_port, 5.0,
                                    _read_anchors(lab.anchor_file))
+            for source in (plain, checked):  # figures of lookups that work, or none
+                if len(source.find(addresses[0]).candidates) != 1:
+                    raise SystemExit(f"no certificate for {addresses[0]}: nothing to measure")
+            if plain.find("nobody0@good.test").candidates:
+                raise SystemExit("a certificate for an address without a record")
             print(f"zones signed, NSD and unbound started in {setup:.2f} s;"
                   f" {count} addresses x {rounds} rounds")
             print(f"{'lookup':<34} {'n':>6} {'median ms':>10} {'best ms':>9} {'lookups/s':>11}")
