@@ -4,6 +4,7 @@ expired and unsigned zones (tests/dnsinfra.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import subprocess
@@ -17,7 +18,9 @@ import dns.zonefile
 import pytest
 from backends import Backend
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from dnsinfra import DnsLab, LyingForwarder, free_port
 
 from smimekit.ca.home import CAConfig, CAHome
@@ -151,6 +154,19 @@ def _spki_sha256(cert: x509.Certificate) -> str:
     return hashlib.sha256(spki).hexdigest()
 
 
+def _big_certificate(email: str) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email)])
+    now = dt.datetime.now(dt.UTC)
+    names = [x509.RFC822Name(email)] + [x509.DNSName(f"host{i:03d}.good.test")
+                                        for i in range(120)]
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(key, hashes.SHA256()))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, dns_lab_factory: object) -> Iterator[World]:
     data_dir = tmp_path_factory.mktemp("ca") / "data"
@@ -165,10 +181,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, dns_lab_factory: object) -> 
     finally:
         store.close()
     alice, issuer = certs["alice@good.test"], ca.ca.authority.cert
+    certs["big@good.test"] = big = _big_certificate("big@good.test")
     records["good.test."] += "\n".join([
         # what a sender cannot encrypt to: a hash of the key, garbage for a certificate
         f"{owner_name('hashonly@good.test')} 300 IN SMIMEA 3 1 1 {_spki_sha256(alice)}",
         f"{owner_name('garbage@good.test')} 300 IN SMIMEA 3 0 0 3003020100",
+        # more than fits the 1232-octet UDP answer: the lookup goes on over TCP
+        f"{owner_name('big@good.test')} 300 IN SMIMEA 3 0 0 {_der(big).hex()}",
         # a trust-anchor record next to the end-entity one
         f"{owner_name('chained@good.test')} 300 IN SMIMEA 3 0 0 {_der(alice).hex()}",
         f"{owner_name('chained@good.test')} 300 IN SMIMEA 2 0 0 {_der(issuer).hex()}",
@@ -200,6 +219,14 @@ def test_a_capitalised_local_part_is_asked_again_in_lower_case(world: World) -> 
     assert candidate.where.startswith(owner_name("alice@good.test").to_text())
     assert found.notes == (f"no SMIMEA record at {owner_name('Alice@good.test')}"
                            " (DNSSEC-validated denial)",)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("anchors", [True, False])
+def test_a_record_too_big_for_udp_comes_over_tcp(world: World, anchors: bool) -> None:
+    assert len(_der(world.certs["big@good.test"])) > 2000
+    (candidate,) = world.source(anchors=anchors).find("big@good.test").candidates
+    assert candidate.certificate == world.certs["big@good.test"]
 
 
 @pytest.mark.interop
