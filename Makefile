@@ -11,8 +11,8 @@ BIN    := $(VENV)/bin
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
-APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx
-PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx
+APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils
+PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen ldns-signzone unbound dig
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade

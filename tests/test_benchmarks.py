@@ -110,3 +110,18 @@ def test_ocsp_load_benchmark_quick_mode_prints_its_table(tmp_path: Path) -> None
         assert any("| openssl |" in row for row in rows), result.stdout
     figures = json.loads((tmp_path / "ocsp.json").read_text())[0]["figures"]
     assert all(f["ok"] > 0 for f in figures), figures  # every run was answered
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(any(shutil.which(c) is None and not Path("/usr/sbin", c).exists()
+                        for c in ("nsd", "unbound", "ldns-signzone", "dig")),
+                    reason="NSD, unbound, ldnsutils and dig are needed (make peers)")
+def test_smimea_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_smimea.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for what in ("find, AD bit only", "find, own DNSSEC check", "find, a miss",
+                 "dig +dnssec"):
+        assert any(line.startswith(what) for line in result.stdout.splitlines()), result.stdout

@@ -1,0 +1,34 @@
+"""Fixtures for the directory tests: the DNSSEC world of tests/dnsinfra.py (NSD + unbound on
+loopback), started on demand and stopped when the module that asked for it is done."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from dnsinfra import DnsLab, missing_commands, start_dns_lab
+
+DnsLabFactory = Callable[[Mapping[str, str]], DnsLab]
+
+
+@pytest.fixture(scope="module")
+def dns_lab_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsLabFactory]:
+    """``start(records)``: sign the test zones with ``records`` (zone -> zone-file text) and
+    start NSD and unbound; every lab started is stopped at the end of the module."""
+    missing = missing_commands()
+    if missing:
+        pytest.skip(f"DNS peers not installed ({', '.join(missing)}; make peers installs"
+                    " them)")
+    labs: list[DnsLab] = []
+
+    def start(records: Mapping[str, str]) -> DnsLab:
+        lab = start_dns_lab(Path(tmp_path_factory.mktemp("dns")), records)
+        labs.append(lab)
+        return lab
+
+    try:
+        yield start
+    finally:
+        for lab in labs:
+            lab.stop()
