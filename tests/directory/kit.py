@@ -4,6 +4,7 @@ that tests register through the resolver's constructor."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,18 @@ class CA:
         return item.cert, item.key
 
 
-def make_ca(data_dir: Path) -> Iterator[CA]:
+def make_ca_template(data_dir: Path) -> Path:
+    """A CA created once (key generation and protection are the slow part), to copy."""
     home = CAHome(data_dir)
     home.create(CAConfig(organization="Example Ltd", base_url=BASE, key_type="p256",
                          country="GB"), PASS)
+    return data_dir
+
+
+def make_ca(data_dir: Path, template: Path) -> Iterator[CA]:
+    """A CA of its own for one test: a copy of ``template`` (same keys, empty store)."""
+    shutil.copytree(template, data_dir)
+    home = CAHome(data_dir)
     store = Store.open(None, data_dir)
     try:
         yield CA(data_dir, CertificateAuthority(home.unlock(PASS), store, actor="test"), home)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from kit import CA, Clock, ListSource, make_ca
+from kit import CA, Clock, ListSource
 from pki import PKI
 
 from smimekit.directory.cache import LookupCache
@@ -22,11 +21,6 @@ from smimekit.errors import DirectoryError
 from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 
 BOB = "bob@example.org"
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> Iterator[CA]:
-    yield from make_ca(tmp_path / "data")
 
 
 def resolver(ca: CA, *extra: ListSource, clock: Clock | None = None,
@@ -244,3 +238,47 @@ def test_an_unwritable_cache_is_not_an_error(ca: CA, tmp_path: Path) -> None:
                       store=False).lookup(BOB)
     assert result.ok
     assert os.path.isfile(tmp_path / "file")
+
+
+# -- built from the configuration, and the library function ------------------------------
+
+
+def test_sources_are_built_by_name_from_the_configuration(
+        ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smimekit.config import Config, DirectoryConfig
+    from smimekit.directory import resolver as module
+    from smimekit.errors import ConfigError
+
+    monkeypatch.setitem(module.SOURCES, "missing", "smimekit.directory.not_there:Nothing")
+    config = Config(directory=DirectoryConfig(order=("missing", "store"), cache_seconds=60))
+    built = Resolver.from_config(config, store=ca.store, data_dir=ca.data_dir)
+    assert [s.name for s in built.sources] == ["store"]
+    assert "not available" in built.unavailable["missing"]
+    assert built.cache is not None and built.cache.cache_seconds == 60
+    answers = built.lookup(BOB).answers  # reported in the configured order
+    assert [(a.source, a.status) for a in answers] == [("missing", "unavailable"),
+                                                       ("store", "none")]
+    # no store: the store source is simply not set up; --source restricts
+    assert Resolver.from_config(config, store=None, data_dir=ca.data_dir).sources == []
+    assert Resolver.from_config(config, store=ca.store, data_dir=ca.data_dir,
+                                only=["missing"]).sources == []
+    with pytest.raises(ConfigError, match="unknown source 'x500'"):
+        Resolver.from_config(Config(directory=DirectoryConfig(order=("x500",))),
+                             store=None, data_dir=ca.data_dir)
+
+
+def test_the_library_lookup_trusts_and_ranks_our_ca(ca: CA) -> None:
+    import smimekit
+    from smimekit.config import Config, DirectoryConfig
+
+    cert, _ = ca.issue(BOB)
+    result = smimekit.lookup(
+        BOB, config=Config(directory=DirectoryConfig(order=("store",))), data_dir=ca.data_dir,
+        store=ca.store, revocation=RevocationOptions(policy=RevocationPolicy.OFFLINE))
+    assert isinstance(result, smimekit.LookupResult)
+    assert result.best.certificate == cert and result.best.ours
+    ca.authority.revoke(email=BOB, reason="superseded")
+    again = smimekit.lookup(
+        BOB, config=Config(directory=DirectoryConfig(order=("store",))), data_dir=ca.data_dir,
+        store=ca.store, revocation=RevocationOptions(policy=RevocationPolicy.OFFLINE))
+    assert not again.ok and "revoked" in again.explain()

@@ -145,9 +145,14 @@ def lookup(
 
     only = None
     if source_list is not None:
+        from smimekit.directory.resolver import SOURCES
+
         only = [s.strip() for s in source_list.split(",") if s.strip()]
-        if not only:
-            raise click.BadParameter("name at least one source", param_hint="--source")
+        unknown = [s for s in only if s not in SOURCES]
+        if not only or unknown:
+            raise click.BadParameter(
+                f"unknown source {unknown[0]!r}" if unknown else "name at least one source",
+                param_hint=f"--source (known: {', '.join(SOURCES)})")
     results: list[LookupResult | tuple[str, str]] = []
     with resolver(trust_paths=trust_paths, cert_paths=cert_paths, revocation=revocation,
                   aia=aia, only=only, use_cache=not no_cache) as found:
@@ -163,11 +168,22 @@ def lookup(
         write_output(output, (json.dumps(document, indent=2) + "\n").encode())
     else:
         write_output(output, "".join(_text(r) for r in results).encode())
-    bad = [r for r in results if isinstance(r, tuple) or not r.ok]
-    for r in bad:
-        click.echo(f"smimekit: {r[1] if isinstance(r, tuple) else r.explain()}", err=True)
+    bad = [r[1] if isinstance(r, tuple) else r.explain()
+           for r in results if isinstance(r, tuple) or not r.ok]
     if bad:
-        raise SystemExit(1)
+        raise _NotFound(bad)
+
+
+class _NotFound(CliError):
+    """Exit status 1: one line on stderr per address without a usable certificate."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+    def show(self, file: object = None) -> None:
+        for line in self.lines:
+            click.echo(f"smimekit: {line}", err=True)
 
 
 def _text(result: LookupResult | tuple[str, str]) -> str:
