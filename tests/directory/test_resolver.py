@@ -253,7 +253,7 @@ def test_sources_are_built_by_name_from_the_configuration(
     config = Config(directory=DirectoryConfig(order=("missing", "store"), cache_seconds=60))
     built = Resolver.from_config(config, store=ca.store, data_dir=ca.data_dir)
     assert [s.name for s in built.sources] == ["store"]
-    assert "not available" in built.unavailable["missing"]
+    assert "not installed: No module named" in built.unavailable["missing"]
     assert built.cache is not None and built.cache.cache_seconds == 60
     answers = built.lookup(BOB).answers  # reported in the configured order
     assert [(a.source, a.status) for a in answers] == [("missing", "unavailable"),

@@ -307,7 +307,7 @@ class Resolver:
             try:
                 factory = getattr(importlib.import_module(module_name), class_name)
             except ImportError as exc:
-                unavailable[name] = f"not available in this installation ({exc})"
+                unavailable[name] = f"not installed: {exc}"
                 continue
             source = factory.from_config(config, store=store, data_dir=data_dir)
             if source is not None:
