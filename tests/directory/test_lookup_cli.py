@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from kit import CA
-from pki import Identity, PKI
+from pki import PKI, Identity
 
 from smimekit.cli.main import main
 

@@ -191,9 +191,7 @@ def _text(result: LookupResult | tuple[str, str]) -> str:
 
     if isinstance(result, tuple):
         return f"{result[0]}: {result[1]}\n"
-    if not result.ok:
-        return f"{result.address}: none usable\n"
-    lines = [f"{result.address}:"]
+    lines = [f"{result.address}:" if result.ok else f"{result.address}: none usable"]
     for rank, usable in enumerate(result.usable, 1):
         cert = usable.certificate
         marks = [m for m, on in (("preferred", usable.candidate.preferred),
