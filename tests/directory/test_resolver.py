@@ -262,6 +262,9 @@ def test_sources_are_built_by_name_from_the_configuration(
     assert Resolver.from_config(config, store=None, data_dir=ca.data_dir).sources == []
     assert Resolver.from_config(config, store=ca.store, data_dir=ca.data_dir,
                                 only=["missing"]).sources == []
+    asked = Resolver.from_config(config, store=None, data_dir=ca.data_dir, only=["store"])
+    assert asked.lookup(BOB).explain() == (
+        f"no usable certificate for {BOB}: store: unavailable: not set up in the configuration")
     with pytest.raises(ConfigError, match="unknown source 'x500'"):
         Resolver.from_config(Config(directory=DirectoryConfig(order=("x500",))),
                              store=None, data_dir=ca.data_dir)

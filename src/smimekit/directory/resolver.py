@@ -99,7 +99,8 @@ class SourceAnswer:
 
     source: str
     status: str
-    """``found`` (candidates), ``none``, ``error`` or ``unavailable`` (not installed)."""
+    """``found`` (candidates), ``none``, ``error`` or ``unavailable`` (not installed, or
+    named by ``--source`` but not set up)."""
     candidates: int = 0
     error: str = ""
     """The source's error (``error``), or why it is unavailable."""
@@ -282,7 +283,8 @@ class Resolver:
         """The sources of ``config``'s ``[directory] order`` (restricted to ``only``), built by
         name from :data:`SOURCES`; a source whose module cannot be imported is left out and
         named in :attr:`unavailable`; one whose ``from_config`` gives None is not set up
-        and left out. ``options`` are the other fields (trust, revocation, ...).
+        and left out (named in :attr:`unavailable` only when ``only`` asks for it).
+        ``options`` are the other fields (trust, revocation, ...).
 
         Raises:
             ConfigError: an unknown source name, or a source set up wrongly.
@@ -312,6 +314,8 @@ class Resolver:
             source = factory.from_config(config, store=store, data_dir=data_dir)
             if source is not None:
                 sources.append(source)
+            elif only is not None:  # asked for by name: say why it was not asked
+                unavailable[name] = "not set up in the configuration"
         cache = (LookupCache.in_data_dir(data_dir, directory.cache_seconds)
                  if use_cache and directory.cache_seconds > 0 else None)
         return cls(sources, cache=cache, unavailable=unavailable, order=names, **options)
