@@ -39,7 +39,7 @@ from smimekit.directory.cache import LookupCache
 from smimekit.directory.sources import Candidate, Found, Source
 from smimekit.errors import ConfigError, DirectoryError
 from smimekit.mailbox import AddressError, certificate_form, comparable, domain_to_ascii
-from smimekit.validation.recipients import can_receive_mail, check_recipient
+from smimekit.validation.recipients import check_recipient
 from smimekit.validation.revocation import RevocationOptions
 from smimekit.validation.verdict import CertSummary, cert_emails
 
@@ -409,9 +409,21 @@ class Resolver:
         check = check_recipient(cert, trust=self.trust, intermediates=intermediates, at=now,
                                 revocation=self.revocation, issuer_source=self.issuer_source)
         reasons += check.problems
-        if not check.problems and not can_receive_mail(cert, now):
+        if not check.problems and not _receives(cert):
             reasons.append("its key cannot receive mail")
         return reasons, check.chain, check.warnings
+
+
+def _receives(cert: x509.Certificate) -> bool:
+    # The key type alone: check_recipient has judged dates and usage (can_receive_mail
+    # would run its self-check a second time).
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa, x448, x25519
+
+    from smimekit.keys.kinds import certificate_public_key
+
+    key = certificate_public_key(cert)
+    return isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+                      | x25519.X25519PublicKey | x448.X448PublicKey)
 
 
 def _answer(name: str, found: Found, *, cached: bool = False) -> SourceAnswer:
