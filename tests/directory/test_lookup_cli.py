@@ -159,3 +159,35 @@ def test_sign_encrypt_to_an_address(
                 "--trust", str(root), "--revocation", "offline", str(sealed),
                 "-o", str(tmp_path / "plain.eml")) == 0, capsys.readouterr().err
     assert b"Meet at noon." in (tmp_path / "plain.eml").read_bytes()
+
+
+def test_lookup_caches_a_directorys_answer_in_the_data_directory(
+        ca: CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kit import DirectorySource, ListSource
+
+    from smimekit.directory import resolver
+    from smimekit.directory.sources import Candidate
+
+    cert, _ = ca.issue(BOB)
+    directory = ListSource("ldap", [Candidate(cert, "ldap", where="uid=bob,ou=people")])
+    monkeypatch.setattr(DirectorySource, "shared", directory)
+    monkeypatch.setitem(resolver.SOURCES, "ldap", "kit:DirectorySource")
+    (tmp_path / "smimekit.toml").write_text('[directory]\norder = ["ldap"]\n')
+    offline = ("--revocation", "offline")
+
+    def json_lookup(*args: str) -> dict:
+        capsys.readouterr()
+        assert _run(ca, "lookup", "--json", *offline, *args, BOB) == 0, \
+            capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)["results"][0]
+
+    assert json_lookup("--no-cache")["sources"][0]["cached"] is False
+    assert not (ca.data_dir / "directory-cache").exists() and len(directory.asked) == 1
+    first = json_lookup()
+    assert first["certificates"][0]["where"] == "uid=bob,ou=people"
+    folder = ca.data_dir / "directory-cache"
+    assert oct(folder.stat().st_mode & 0o777) == "0o700" and len(list(folder.iterdir())) == 1
+    assert json_lookup()["sources"][0]["cached"] is True and len(directory.asked) == 2
+    assert json_lookup("--refresh")["sources"][0]["cached"] is False
+    assert len(directory.asked) == 3
