@@ -180,7 +180,8 @@ class LookupResult:
     def explain(self) -> str:
         """One line: each source asked and its answer, and why its candidates were refused."""
         if not self.answers:
-            return f"no usable certificate for {self.address}: no source is configured"
+            return (f"no usable certificate for {self.address}: no certificate source is set"
+                    " up (a store in the data directory, or [directory] in the configuration)")
         parts = []
         for answer in self.answers:
             text = f"{answer.source}: {answer.describe()}"
