@@ -191,3 +191,17 @@ def test_lookup_caches_a_directorys_answer_in_the_data_directory(
     assert json_lookup()["sources"][0]["cached"] is True and len(directory.asked) == 2
     assert json_lookup("--refresh")["sources"][0]["cached"] is False
     assert len(directory.asked) == 3
+
+
+def test_without_any_source_encrypt_to_an_address_says_so(
+        tmp_path: Path, message: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "empty-data"
+    data.mkdir()
+    (tmp_path / "smimekit.toml").write_text('[directory]\norder = ["store"]\n')
+    assert main(["--data-dir", str(data), "--config", str(tmp_path / "smimekit.toml"),
+                 "encrypt", "--to", BOB, str(message), "-o", str(tmp_path / "out.eml")]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"smimekit: error: no usable certificate for {BOB}: no certificate source"
+                   " is set up (a store in the data directory, or [directory] in the"
+                   " configuration)\n")
+    assert not (tmp_path / "out.eml").exists()
