@@ -125,3 +125,12 @@ def test_smimea_benchmark_quick_mode_prints_its_table() -> None:
     for what in ("find, AD bit only", "find, own DNSSEC check", "find, a miss",
                  "dig +dnssec"):
         assert any(line.startswith(what) for line in result.stdout.splitlines()), result.stdout
+@pytest.mark.slow
+def test_lookup_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_lookup.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for what in ("store", "cache hit", "cache read alone", "validation floor"):
+        assert f"| {what}" in result.stdout, result.stdout

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         verify,
     )
     from smimekit.cms.algorithms import Cipher, Digest
+    from smimekit.directory.resolver import LookupResult, lookup
     from smimekit.keys.load import (
         load_certificate,
         load_certificates,
@@ -48,6 +49,7 @@ _LAZY = {
     "Decrypted": "smimekit.api",
     "Digest": "smimekit.cms.algorithms",
     "IntermediateCache": "smimekit.validation.intermediates",
+    "LookupResult": "smimekit.directory.resolver",
     "RevocationOptions": "smimekit.validation.revocation",
     "RevocationPolicy": "smimekit.validation.revocation",
     "Verdict": "smimekit.validation.verdict",
@@ -59,6 +61,7 @@ _LAZY = {
     "load_certificates": "smimekit.keys.load",
     "load_pkcs12": "smimekit.keys.load",
     "load_private_key": "smimekit.keys.load",
+    "lookup": "smimekit.directory.resolver",
     "sign": "smimekit.api",
     "sign_encrypt": "smimekit.api",
     "verify": "smimekit.api",
@@ -71,6 +74,7 @@ __all__ = [
     "Decrypted",
     "Digest",
     "IntermediateCache",
+    "LookupResult",
     "RevocationOptions",
     "RevocationPolicy",
     "SmimeError",
@@ -84,6 +88,7 @@ __all__ = [
     "load_certificates",
     "load_pkcs12",
     "load_private_key",
+    "lookup",
     "sign",
     "sign_encrypt",
     "verify",

@@ -1,5 +1,6 @@
-"""Fixtures for the directory tests: the DNSSEC world of tests/dnsinfra.py (NSD + unbound on
-loopback), started on demand and stopped when the module that asked for it is done."""
+"""Fixtures of the directory tests: a real CA per test, copied from one made per session; the
+DNSSEC world of tests/dnsinfra.py (NSD + unbound on loopback), started on demand and stopped
+when the module that asked for it is done."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ from pathlib import Path
 
 import pytest
 from dnsinfra import DnsLab, missing_commands, start_dns_lab
+from kit import CA, make_ca, make_ca_template
 
 DnsLabFactory = Callable[[Mapping[str, str]], DnsLab]
+
+
+@pytest.fixture(scope="session")
+def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_ca_template(tmp_path_factory.mktemp("directory-ca") / "data")
+
+
+@pytest.fixture
+def ca(tmp_path: Path, ca_template: Path) -> Iterator[CA]:
+    yield from make_ca(tmp_path / "data", ca_template)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,8 @@ COMMANDS = [
                 "Sign, then encrypt (the sender can read the sent copy unless --no-self)."),
     LazyCommand("decrypt-verify", f"{_M}:decrypt_verify",
                 "Decrypt, then verify; the verdict covers every layer."),
+    LazyCommand("lookup", "smimekit.cli.lookup:lookup",
+                "The usable encryption certificates of addresses, validated and ranked."),
     LazyCommand("trust", "smimekit.cli.trust:trust",
                 "Manage the trust anchors kept in the data directory."),
     LazyCommand("log", "smimekit.cli.log:log", "Check and read the audit log."),

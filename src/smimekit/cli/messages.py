@@ -122,8 +122,9 @@ _encrypt_options = _options(
         "to_paths",
         multiple=True,
         required=True,
-        metavar="CERT",
-        help="Recipient certificate (repeatable).",
+        metavar="CERT|ADDR",
+        help="Recipient certificate file, or an address (has '@', names no file) whose"
+        " certificate the directory sources find (smimekit lookup; repeatable).",
     ),
     click.option("--cipher", type=click.Choice(CIPHERS), default="aes256-gcm", show_default=True),
     click.option("--oaep", is_flag=True, help="RSAES-OAEP key transport for RSA recipients."),
@@ -459,22 +460,59 @@ def encrypt(
     output: str | None,
 ) -> None:
     """Encrypt a message to one or more recipients (each certificate is checked first)."""
-    recipients = load_cert_files(to_paths)
-    check = _recipient_check(trust_paths, cert_paths, no_recipient_check, recipient_aia)
-    check["revocation"] = revocation
+    recipients, check = _recipients(
+        to_paths, trust_paths, cert_paths, no_recipient_check, recipient_aia, revocation)
     data = message_input(input_path)
     write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check))
 
 
+def _recipients(
+    to_paths: tuple[str, ...],
+    trust_paths: tuple[str, ...],
+    cert_paths: tuple[str, ...],
+    disabled: bool,
+    aia: bool,
+    revocation: RevocationOptions,
+) -> tuple[list[x509.Certificate], dict[str, Any]]:
+    """The --to certificates (files as given; addresses through the resolver, which always
+    validates what it chooses) and the keyword arguments of the recipient check. Without an
+    address this is exactly load_cert_files + _recipient_check."""
+    from smimekit.cli.lookup import is_address  # light: the resolver is imported on use
+
+    addresses = [t for t in to_paths if is_address(t)]
+    if not addresses:
+        check = _recipient_check(trust_paths, cert_paths, disabled, aia)
+        check["revocation"] = revocation
+        return load_cert_files(to_paths), check
+    from smimekit.cli.lookup import resolve_recipients
+
+    files = {t: load_cert_files((t,)) for t in to_paths if t not in addresses}
+    found, chains, anchors, checked = resolve_recipients(
+        addresses, trust_paths=trust_paths, cert_paths=cert_paths, revocation=revocation,
+        aia=aia)
+    by_address = dict(zip(addresses, found, strict=True))
+    recipients: list[x509.Certificate] = []
+    for to in to_paths:
+        recipients += [by_address[to]] if to in by_address else files[to]
+    check = _recipient_check(trust_paths, cert_paths, disabled, aia, anchors=anchors)
+    check["revocation"] = checked
+    if "intermediates" in check:
+        check["intermediates"] += [c for c in chains if c not in check["intermediates"]]
+    return recipients, check
+
+
 def _recipient_check(
-    trust_paths: tuple[str, ...], cert_paths: tuple[str, ...], disabled: bool, aia: bool
+    trust_paths: tuple[str, ...], cert_paths: tuple[str, ...], disabled: bool, aia: bool,
+    anchors: list[x509.Certificate] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for the recipient check of api.encrypt / api.sign_encrypt: chains
     completed as verify completes them (--certs, the data directory's CA and intermediates
-    cache, AIA), warnings on stderr."""
+    cache, AIA), warnings on stderr. ``anchors``: those a lookup used (the trust store,
+    --trust and our CA's root), when some recipients were addresses."""
     if disabled:
         return {"check_recipients": False}
-    anchors = trust_anchors(trust_paths)
+    if anchors is None:
+        anchors = trust_anchors(trust_paths)
     if not anchors:
         click.echo(
             "smimekit: warning: no trust anchors (--trust or `smimekit trust add`):"
@@ -557,9 +595,8 @@ def sign_encrypt(
     """
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
     own = _sender_encryption_cert(cert, encryption_cert_path)
-    recipients = load_cert_files(to_paths)
-    check = _recipient_check(trust_paths, cert_paths, no_recipient_check, recipient_aia)
-    check["revocation"] = revocation
+    recipients, check = _recipients(
+        to_paths, trust_paths, cert_paths, no_recipient_check, recipient_aia, revocation)
     data = message_input(input_path)
     out = api.sign_encrypt(
         data,
