@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from pki import NOW, PKI, Identity, ca_cert, new_key
 
 import smimekit
+from smimekit.config import EMPTY
 from smimekit.directory.harvest import (
     ENCRYPTED,
     FROM_MISMATCH,
@@ -31,7 +32,6 @@ from smimekit.directory.harvest import (
     HarvestReport,
     harvest,
 )
-from smimekit.config import EMPTY
 from smimekit.directory.sources import Source
 from smimekit.store import Store
 

@@ -180,9 +180,9 @@ def thunderbird_files(
         cfg += [f"defaultPref({_js(name)}, {_js(value)});" for name, value in prefs.items()]
         files["smimekit.cfg"] = ("\n".join(cfg) + "\n").encode()
         files["defaults/pref/autoconfig.js"] = (
-            '// smimekit: load smimekit.cfg from the installation folder\n'
-            'pref("general.config.filename", "smimekit.cfg");\n'
-            'pref("general.config.obscure_value", 0);\n').encode()
+            b'// smimekit: load smimekit.cfg from the installation folder\n'
+            b'pref("general.config.filename", "smimekit.cfg");\n'
+            b'pref("general.config.obscure_value", 0);\n')
     files["distribution/policies.json"] = (
         json.dumps({"policies": policies}, indent=2, sort_keys=True) + "\n").encode()
     return ThunderbirdFiles(files, policies, prefs)
