@@ -313,3 +313,42 @@ def test_directory_harvest_without_trust_or_path_fails_with_one_line(
     assert len(err) == 1 and "no trust anchors" in err[0]
     assert main([*backend.cli_args(), "directory", "harvest", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def _many_certificates(opaque: bytes, count: int) -> bytes:
+    """The opaque signed message with ``count`` copies of its first certificate."""
+    import base64
+
+    from asn1crypto import cms
+
+    head, _, body = opaque.partition(b"\r\n\r\n")
+    info = cms.ContentInfo.load(base64.b64decode(body))
+    signed = info["content"]
+    signed["certificates"] = [signed["certificates"][0]] * count
+    return head + b"\r\n\r\n" + base64.encodebytes(info.dump(force=True)).replace(
+        b"\n", b"\r\n")
+
+
+def test_hostile_structures_are_counted_and_the_run_goes_on(
+        store: Store, trust: list[x509.Certificate], pki: PKI, people: dict[str, Identity],
+        tmp_path: Path) -> None:
+    carol = people["carol"]
+    nested = _msg(carol.email, msgid="n")
+    for _ in range(10):  # more S/MIME layers than unwrap peels (MAX_LAYERS)
+        nested = smimekit.sign(nested, carol.key, carol.cert, chain=[pki.inter], opaque=True)
+    (tmp_path / "nested.eml").write_bytes(nested)
+    # more certificates than the parser budget (MAX_CERTIFICATES), counted before parsing
+    (tmp_path / "certs.eml").write_bytes(_many_certificates(
+        _sign(carol, [pki.inter], msgid="k", opaque=True), 1100))
+    deep = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                    for i in range(3000))
+    (tmp_path / "deep.eml").write_bytes(b"From: carol@example.org\r\n" + deep + b"x\r\n")
+    (tmp_path / "header.eml").write_bytes(b"X-Long: " + b"a" * 3_000_000 + b"\r\n\r\nbody")
+    (tmp_path / "good.eml").write_bytes(_sign(carol, [pki.inter], msgid="g"))
+    report = harvest([tmp_path], store=store, trust=trust, revocation=None)
+    assert report.messages == 5
+    assert report.skipped[MALFORMED] == 2  # nested, certs
+    assert any("too many certificates" in n for n in report.notes)
+    assert any("nested S/MIME layers" in n for n in report.notes)
+    assert report.valid == 1 and report.new == 1  # the good one after them all
+    assert [r.certificate for r in store.harvested_for("carol@example.org")] == [carol.cert]
