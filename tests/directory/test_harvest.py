@@ -206,6 +206,13 @@ def test_only_validly_signed_mail_bound_to_its_from_gives_certificates(
     # garbage and encrypted read as not signed, truncated not at all
     assert report.messages == report.signed + 3
     assert all("Pay Mallory" not in note for note in report.notes)
+    why = {note.split(" ")[1].rstrip(":"): note for note in report.notes}
+    assert "content was altered" in why["eml:forged.eml"]
+    assert "expired on" in why["eml:expired.eml"]
+    assert "expired on" in why["maildir:1700000001.2.host"]
+    assert "no chain to a trust anchor" in why["eml:stranger.eml"]
+    assert "mallory@example.org is not an address" in why["eml:mismatch.eml"]
+    assert "truncated" in why["eml:truncated.eml"]
 
 
 def test_dual_key_senders_encryption_certificate_is_kept_as_preferred(
