@@ -110,3 +110,16 @@ def test_ocsp_load_benchmark_quick_mode_prints_its_table(tmp_path: Path) -> None
         assert any("| openssl |" in row for row in rows), result.stdout
     figures = json.loads((tmp_path / "ocsp.json").read_text())[0]["figures"]
     assert all(f["ok"] > 0 for f in figures), figures  # every run was answered
+
+
+@pytest.mark.slow
+def test_harvest_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_harvest.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| verify only |")
+            or line.startswith("| harvest, ")]
+    assert len(rows) == 3, result.stdout
+    assert "21 certificates kept" in result.stdout and "0 new, 0 updated" in rows[2]

@@ -100,6 +100,23 @@ def _row(row: object) -> HarvestedCertificate:
         message_ref=r["message_ref"])
 
 
+def _changes(known: HarvestedCertificate, seen_at: dt.datetime, preferred: bool, role: str,
+             chain: Sequence[x509.Certificate], chain_der: bytes, message_ref: str
+             ) -> dict[str, object]:
+    changes: dict[str, object] = {}
+    if seen_at > known.last_seen:
+        changes.update(last_seen=seen_at, message_ref=message_ref)
+        if chain:
+            changes["chain_der"] = chain_der
+    if seen_at < known.first_seen:
+        changes["first_seen"] = seen_at
+    if preferred and not known.preferred:
+        changes["preferred"] = True
+    if role == "signer" and known.role != "signer":
+        changes["role"] = "signer"  # it signed mail itself: it is the sender's
+    return changes
+
+
 class HarvestedRecords(StoreBase):
     """Queries of the harvested_certificates table."""
 
@@ -134,6 +151,15 @@ class HarvestedRecords(StoreBase):
             "role": role, "preferred": preferred, "not_after": cert.not_valid_after_utc,
             "first_seen": seen_at, "last_seen": seen_at, "message_ref": message_ref,
         }
+        key = {"address": address, "fingerprint": values["fingerprint"]}
+        if self._pending_upgrade is None and self._current.get() is None:
+            # the common case, a certificate seen before in an older or the same message:
+            # answered by a read, without taking the write lock
+            with self.read() as conn:
+                row = conn.execute(_ONE, key).first()
+            if row is not None and not _changes(_row(row), seen_at, preferred, role, chain,
+                                                values["chain_der"], message_ref):
+                return Recorded.UNCHANGED
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         with self.transaction() as conn:
             inserted = conn.execute(
@@ -142,19 +168,9 @@ class HarvestedRecords(StoreBase):
                 .returning(_H.c.id)).first()
             if inserted is not None:
                 return Recorded.NEW
-            known = _row(conn.execute(_ONE, {"address": address,
-                                             "fingerprint": values["fingerprint"]}).one())
-            changes: dict[str, object] = {}
-            if seen_at > known.last_seen:
-                changes.update(last_seen=seen_at, message_ref=message_ref)
-                if chain:
-                    changes["chain_der"] = values["chain_der"]
-            if seen_at < known.first_seen:
-                changes["first_seen"] = seen_at
-            if preferred and not known.preferred:
-                changes["preferred"] = True
-            if role == "signer" and known.role != "signer":
-                changes["role"] = "signer"  # it signed mail itself: it is the sender's
+            known = _row(conn.execute(_ONE, key).one())
+            changes = _changes(known, seen_at, preferred, role, chain, values["chain_der"],
+                               message_ref)
             if not changes:
                 return Recorded.UNCHANGED
             conn.execute(_H.update().where(_H.c.id == known.id).values(**changes))
