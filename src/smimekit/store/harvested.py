@@ -145,20 +145,21 @@ class HarvestedRecords(StoreBase):
             raise ValueError(f"role must be one of {ROLES}")
         seen_at = _utc(seen_at)
         der = cert.public_bytes(serialization.Encoding.DER)
-        values = {
-            "address": address, "der": der, "fingerprint": hashlib.sha256(der).hexdigest(),
-            "chain_der": b"".join(c.public_bytes(serialization.Encoding.DER) for c in chain),
+        fingerprint = hashlib.sha256(der).hexdigest()
+        chain_der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in chain)
+        values: dict[str, object] = {
+            "address": address, "der": der, "fingerprint": fingerprint, "chain_der": chain_der,
             "role": role, "preferred": preferred, "not_after": cert.not_valid_after_utc,
             "first_seen": seen_at, "last_seen": seen_at, "message_ref": message_ref,
         }
-        key = {"address": address, "fingerprint": values["fingerprint"]}
+        key = {"address": address, "fingerprint": fingerprint}
         if self._pending_upgrade is None and self._current.get() is None:
             # the common case, a certificate seen before in an older or the same message:
             # answered by a read, without taking the write lock
             with self.read() as conn:
                 row = conn.execute(_ONE, key).first()
             if row is not None and not _changes(_row(row), seen_at, preferred, role, chain,
-                                                values["chain_der"], message_ref):
+                                                chain_der, message_ref):
                 return Recorded.UNCHANGED
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         with self.transaction() as conn:
@@ -169,8 +170,7 @@ class HarvestedRecords(StoreBase):
             if inserted is not None:
                 return Recorded.NEW
             known = _row(conn.execute(_ONE, key).one())
-            changes = _changes(known, seen_at, preferred, role, chain, values["chain_der"],
-                               message_ref)
+            changes = _changes(known, seen_at, preferred, role, chain, chain_der, message_ref)
             if not changes:
                 return Recorded.UNCHANGED
             conn.execute(_H.update().where(_H.c.id == known.id).values(**changes))
