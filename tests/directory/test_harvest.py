@@ -359,3 +359,40 @@ def test_hostile_structures_are_counted_and_the_run_goes_on(
     assert any("nested S/MIME layers" in n for n in report.notes)
     assert report.valid == 1 and report.new == 1  # the good one after them all
     assert [r.certificate for r in store.harvested_for("carol@example.org")] == [carol.cert]
+
+
+def test_harvest_in_a_cas_data_directory_uses_the_cas_store_and_chain(
+        backend: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A dual-key person of our own CA (the CLI's dual default): the issuing CA comes from
+    the data directory, the rows go to the store the CA records, and the encryption
+    certificate the signature names is kept as preferred."""
+    from smimekit.ca.home import CAConfig, CAHome
+    from smimekit.ca.issuance import CertificateAuthority, Purpose, SubscriberKeyType
+    from smimekit.cli.main import main
+
+    passphrase = b"correct horse battery staple"
+    home = CAHome(backend.data_dir)
+    home.create(CAConfig(organization="Example Ltd", base_url="http://pki.example.com",
+                         key_type="p256", country="GB"), passphrase)
+    with Store.open(backend.url, backend.data_dir) as ca_store:
+        cax = CertificateAuthority(home.unlock(passphrase), ca_store, actor="test")
+        issued = cax.issue_generated("hana@example.com", sign_key=SubscriberKeyType.P256,
+                                     encrypt_key=SubscriberKeyType.P256, lint=False)
+    sign, enc = issued.item(Purpose.SIGN), issued.item(Purpose.ENCRYPT)
+    assert sign is not None and enc is not None and sign.key is not None
+    mail = tmp_path / "mail"
+    mail.mkdir()
+    # the message carries neither the issuing CA nor the root: the data directory has them
+    (mail / "hana.eml").write_bytes(smimekit.sign(
+        _msg("hana@example.com", msgid="h1"), sign.key, sign.cert, encryption_cert=enc.cert))
+    root = _pem(tmp_path / "root.pem", home.certificate("root"))
+    args = [*backend.cli_args(), "directory", "harvest", str(mail), "--trust", str(root),
+            "--revocation", "offline", "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["valid"] == 1 and summary["certificates"]["new"] == 2
+    with Store.open(backend.url, backend.data_dir, create=False) as store:
+        rows = {r.role: r for r in store.harvested_for("hana@example.com")}
+        assert rows["encryption"].certificate == enc.cert and rows["encryption"].preferred
+        assert rows["signer"].certificate == sign.cert
+        assert len(store.issued_for("hana@example.com")) == 2  # the CA's own records
