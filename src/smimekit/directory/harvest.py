@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_HARVEST_MESSAGE", "HarvestReport", "HarvestedSource", "harvest"]
 
-log = logging.getLogger(__name__)
 
 MAX_HARVEST_MESSAGE = 32 * 1024 * 1024
 """A larger message is skipped unread (``too-large``). Signed mail with attachments stays
