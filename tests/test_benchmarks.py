@@ -134,3 +134,14 @@ def test_lookup_benchmark_quick_mode_prints_its_table() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     for what in ("store", "cache hit", "cache read alone", "validation floor"):
         assert f"| {what}" in result.stdout, result.stdout
+@pytest.mark.slow
+def test_harvest_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_harvest.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| verify only |")
+            or line.startswith("| harvest, ")]
+    assert len(rows) == 3, result.stdout
+    assert "21 certificates kept" in result.stdout and "0 new, 0 updated" in rows[2]

@@ -16,8 +16,9 @@ the file and computes its MAC, for two reasons:
 GnuPG's gpgsm 2.2.40 derives a wrong 3DES key for about 1 salt in 128 (see
 :func:`gpgsm_kdf_safe`); legacy files are re-encrypted with fresh salts until gpgsm reads them.
 
-:func:`mobileconfig_bytes` wraps a PKCS#12 file and CA certificates in an Apple configuration
-profile; :func:`pem_chain` writes certificates as PEM.
+:func:`mobileconfig_bytes` wraps a PKCS#12 file (or a signing and an encryption one) and CA
+certificates in an Apple configuration profile, with the Mail account that uses them for
+S/MIME when a :class:`MailAccount` is given; :func:`pem_chain` writes certificates as PEM.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import plistlib
 import re
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from asn1crypto import cms as asn1_cms
@@ -51,6 +53,7 @@ __all__ = [
     "ITERATIONS",
     "LEGACY_ITERATIONS",
     "RANDOM_PASSPHRASE_ITERATIONS",
+    "MailAccount",
     "gpgsm_kdf_safe",
     "mobileconfig_bytes",
     "pem_chain",
@@ -347,6 +350,112 @@ def _is_self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
+_ACCOUNT_TYPES = {"imap": "EmailTypeIMAP", "pop": "EmailTypePOP"}
+_AUTH = {"none": "EmailAuthNone", "password": "EmailAuthPassword", "crammd5": "EmailAuthCRAMMD5",
+         "ntlm": "EmailAuthNTLM", "httpmd5": "EmailAuthHTTPMD5"}
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+
+
+@dataclass(frozen=True)
+class MailAccount:
+    """The Mail account a profile sets up to use its S/MIME identities (Apple's
+    ``com.apple.mail.managed`` payload; the keys Apple marks required are always written).
+
+    No password is ever written: the device asks for it when the profile is installed.
+    """
+
+    email: str
+    incoming_host: str
+    outgoing_host: str
+    account_type: str = "imap"
+    """``imap`` or ``pop``."""
+    incoming_port: int | None = None
+    """None: the protocol's default."""
+    outgoing_port: int | None = None
+    """None: the device tries 25, 587 and 465."""
+    incoming_ssl: bool = True
+    outgoing_ssl: bool = True
+    username: str | None = None
+    """The login for both servers; None: the device asks."""
+    authentication: str = "password"
+    """``none``, ``password``, ``crammd5``, ``ntlm`` or ``httpmd5``, for both servers."""
+    name: str | None = None
+    """The sender's name shown in sent mail."""
+    description: str | None = None
+    """The account's label in Mail and Settings (default: the address)."""
+    sign_by_default: bool = True
+    encrypt_by_default: bool = False
+
+    def payload(self, identifier: str, signing_uuid: str, encryption_uuid: str | None
+                ) -> dict[str, Any]:
+        if self.account_type not in _ACCOUNT_TYPES:
+            raise CAError(f"mail account type {self.account_type!r}: imap or pop")
+        if self.authentication not in _AUTH:
+            raise CAError(f"mail authentication {self.authentication!r}: one of"
+                          f" {', '.join(_AUTH)}")
+        if "@" not in self.email.strip("@"):
+            raise CAError(f"{self.email!r} is not a mail address")
+        for what, host in (("incoming", self.incoming_host), ("outgoing", self.outgoing_host)):
+            if not _HOST.match(host):
+                raise CAError(f"{what} mail server {host!r}: expected a host name")
+        for what, port in (("incoming", self.incoming_port), ("outgoing", self.outgoing_port)):
+            if port is not None and not 0 < port < 65536:
+                raise CAError(f"{what} mail server port {port}: 1 to 65535")
+        auth = _AUTH[self.authentication]
+        out: dict[str, Any] = {
+            "PayloadType": "com.apple.mail.managed",
+            "PayloadVersion": 1,
+            "PayloadIdentifier": f"{identifier}.mail",
+            "PayloadUUID": str(uuid.uuid4()).upper(),
+            "PayloadDisplayName": f"Mail: {self.email}",
+            "EmailAccountType": _ACCOUNT_TYPES[self.account_type],
+            "EmailAccountDescription": self.description or self.email,
+            "EmailAddress": self.email,
+            "IncomingMailServerHostName": self.incoming_host,
+            "IncomingMailServerUseSSL": self.incoming_ssl,
+            "IncomingMailServerAuthentication": auth,
+            "OutgoingMailServerHostName": self.outgoing_host,
+            "OutgoingMailServerUseSSL": self.outgoing_ssl,
+            "OutgoingMailServerAuthentication": auth,
+            # S/MIME (iOS 10 and later read these; macOS Mail ignores them, see docs/directory.md)
+            "SMIMEEnabled": True,  # iOS before 10
+            "SMIMESigningEnabled": self.sign_by_default,
+            "SMIMESigningCertificateUUID": signing_uuid,
+            "SMIMEEncryptionEnabled": encryption_uuid is not None,
+            "SMIMEEncryptByDefault": self.encrypt_by_default and encryption_uuid is not None,
+            "SMIMEEnableEncryptionPerMessageSwitch": encryption_uuid is not None,
+        }
+        if encryption_uuid is not None:
+            out["SMIMEEncryptionCertificateUUID"] = encryption_uuid
+        if self.name:
+            out["EmailAccountName"] = self.name
+        if self.incoming_port is not None:
+            out["IncomingMailServerPortNumber"] = self.incoming_port
+        if self.outgoing_port is not None:
+            out["OutgoingMailServerPortNumber"] = self.outgoing_port
+        if self.username:
+            out["IncomingMailServerUsername"] = self.username
+            out["OutgoingMailServerUsername"] = self.username
+            out["OutgoingPasswordSameAsIncomingPassword"] = True
+        return out
+
+
+def _check_p12(p12: bytes, passphrase: str | None) -> None:
+    keys = _count_key_bags(p12)
+    if keys > 1:
+        raise CAError(f"the PKCS#12 data holds {keys} keys; a profile installs exactly one "
+                      "identity (export it without a key history)")
+    if passphrase is not None:
+        if not passphrase:
+            raise CAError("an empty profile password: pass None to have the device ask")
+        try:
+            loaded = pkcs12.load_pkcs12(p12, passphrase.encode("utf-8"))
+        except ValueError:
+            raise CAError("the passphrase does not open the PKCS#12 data") from None
+        if loaded.key is None:
+            raise CAError("the PKCS#12 data holds no private key")
+
+
 def mobileconfig_bytes(
     p12: bytes,
     *,
@@ -355,6 +464,8 @@ def mobileconfig_bytes(
     display_name: str,
     organization: str,
     ca_certs: Sequence[x509.Certificate],
+    encryption_p12: bytes | None = None,
+    mail: MailAccount | None = None,
 ) -> bytes:
     """An Apple configuration profile (``.mobileconfig``) installing an S/MIME identity.
 
@@ -371,28 +482,26 @@ def mobileconfig_bytes(
     the profile then has the key. Pass None to have the device ask for it. Older Apple systems
     read only the legacy PKCS#12 form (``pkcs12_bytes(..., legacy=True)``).
 
-    Raises :class:`~smimekit.errors.CAError` if ``p12`` is not PKCS#12 or holds more than
-    one key (or, when ``passphrase`` is given, none), if ``passphrase`` is empty or does not
-    open it, or for an empty or malformed identifier or display name.
+    ``encryption_p12`` adds a second identity, the encryption one of a dual-key person
+    (``p12`` is then the signing one), as a second ``com.apple.security.pkcs12`` payload
+    (same ``passphrase``). ``mail`` adds a ``com.apple.mail.managed`` payload for that
+    account whose ``SMIMESigningCertificateUUID`` and ``SMIMEEncryptionCertificateUUID``
+    are the ``PayloadUUID`` of the identity payloads (the one of ``p12`` for both when there
+    is no ``encryption_p12``): Mail then signs and decrypts with them.
+
+    Raises :class:`~smimekit.errors.CAError` if ``p12`` (or ``encryption_p12``) is not
+    PKCS#12 or holds more than one key (or, when ``passphrase`` is given, none), if
+    ``passphrase`` is empty or does not open it, for an empty or malformed identifier or
+    display name, or a mail account with a bad type, host, port or address.
     """
     if not _IDENTIFIER.match(identifier):
         raise CAError(f"profile identifier {identifier!r}: expected a reverse-DNS name "
                       "such as 'com.example.smime'")
     if not display_name.strip():
         raise CAError("a configuration profile needs a display name")
-    keys = _count_key_bags(p12)
-    if keys > 1:
-        raise CAError(f"the PKCS#12 data holds {keys} keys; a profile installs exactly one "
-                      "identity (export it without a key history)")
-    if passphrase is not None:
-        if not passphrase:
-            raise CAError("an empty profile password: pass None to have the device ask")
-        try:
-            loaded = pkcs12.load_pkcs12(p12, passphrase.encode("utf-8"))
-        except ValueError:
-            raise CAError("the passphrase does not open the PKCS#12 data") from None
-        if loaded.key is None:
-            raise CAError("the PKCS#12 data holds no private key")
+    _check_p12(p12, passphrase)
+    if encryption_p12 is not None:
+        _check_p12(encryption_p12, passphrase)
     for n, ca in enumerate(ca_certs, 1):
         if not isinstance(ca, x509.Certificate):
             raise CAError(f"CA entry {n}: expected a certificate, got {type(ca).__name__}")
@@ -409,6 +518,18 @@ def mobileconfig_bytes(
     if passphrase is not None:
         identity["Password"] = passphrase
     payloads = [identity]
+    encryption_uuid = identity["PayloadUUID"]
+    if encryption_p12 is not None:
+        second = {**identity, "PayloadIdentifier": f"{identifier}.encryption-identity",
+                  "PayloadUUID": str(uuid.uuid4()).upper(),
+                  "PayloadDisplayName": f"{display_name}: S/MIME encryption identity",
+                  "PayloadCertificateFileName": "encryption.p12",
+                  "PayloadContent": encryption_p12}
+        identity["PayloadDisplayName"] = f"{display_name}: S/MIME signing identity"
+        payloads.append(second)
+        encryption_uuid = second["PayloadUUID"]
+    if mail is not None:
+        payloads.append(mail.payload(identifier, identity["PayloadUUID"], encryption_uuid))
     for n, ca in enumerate(ca_certs, 1):
         payloads.append({
             "PayloadType": ("com.apple.security.root" if _is_self_signed(ca)

@@ -48,7 +48,8 @@ COMMANDS = [
     LazyCommand("archive", "smimekit.cli.archive:archive",
                 "Scan, export and re-encrypt mail archives (mbox, Maildir, folders of .eml)."),
     LazyCommand("directory", "smimekit.cli.directory:directory",
-                "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS."),
+                "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS, client"
+                " settings."),
 ]
 
 

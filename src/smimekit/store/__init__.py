@@ -8,6 +8,7 @@ from __future__ import annotations
 from smimekit.store.audit import AuditEntry, AuditProblem
 from smimekit.store.db import (
     DB_FILENAME,
+    HarvestedCertificate,
     IssuedRecord,
     PublishedCrl,
     Revocation,
@@ -21,6 +22,7 @@ __all__ = [
     "DB_FILENAME",
     "AuditEntry",
     "AuditProblem",
+    "HarvestedCertificate",
     "IssuedRecord",
     "PublishedCrl",
     "Revocation",

@@ -3,7 +3,8 @@
 :class:`Store` joins the queries of each concern, written beside it: users, certificates and
 issuance (:mod:`~smimekit.store.certificates`), revocations and CRLs
 (:mod:`~smimekit.store.revocation`), the key history that escrow holds
-(:mod:`~smimekit.store.keys`) and the audit log (:mod:`~smimekit.store.auditlog`), all on the
+(:mod:`~smimekit.store.keys`), the certificates kept from signed mail
+(:mod:`~smimekit.store.harvested`) and the audit log (:mod:`~smimekit.store.auditlog`), all on the
 engine, transactions and schema of :mod:`~smimekit.store.base`.
 """
 
@@ -19,14 +20,17 @@ from smimekit.store.certificates import (
     User,
     certificate_emails,
 )
+from smimekit.store.harvested import HarvestedCertificate, HarvestedRecords, Recorded
 from smimekit.store.keys import KeyRecords, StoredKey
 from smimekit.store.revocation import PublishedCrl, Revocation, RevocationRecords
 
 __all__ = [
     "DB_FILENAME",
+    "HarvestedCertificate",
     "IssuedRecord",
     "IssuedStatus",
     "PublishedCrl",
+    "Recorded",
     "Revocation",
     "Store",
     "StoredCertificate",
@@ -36,8 +40,9 @@ __all__ = [
 ]
 
 
-class Store(CertificateRecords, RevocationRecords, KeyRecords, AuditRecords):
-    """Certificates, keys, users, revocations and the audit log, in one database.
+class Store(CertificateRecords, RevocationRecords, KeyRecords, HarvestedRecords, AuditRecords):
+    """Certificates, keys, users, revocations, harvested certificates and the audit log, in
+    one database.
 
     Open with :meth:`open`; close with :meth:`close` (or use it as a context manager).
     """

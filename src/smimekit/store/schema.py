@@ -8,6 +8,7 @@ through either database unchanged.
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -22,13 +23,14 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped by every change to the tables below; a store refuses a version it does not know.
 
 Version 2 added ``issued`` (our CA's issuance records). Version 3 added the live markers of
 ``issued`` (``sign_slot``, ``encrypt_slot``, each unique) and the unique index on
-(issuer, CRL number) of ``crl_publications``. Versions 1 and 2 are upgraded in place by the
-first write transaction (:mod:`smimekit.store.upgrade`)."""
+(issuer, CRL number) of ``crl_publications``. Version 4 added ``harvested_certificates``
+(certificates kept from signed mail that validated, ``directory harvest``). Versions 1 to 3
+are upgraded in place by the first write transaction (:mod:`smimekit.store.upgrade`)."""
 
 metadata = MetaData()
 
@@ -144,6 +146,30 @@ ENCRYPT_SLOT_INDEX = Index("uq_issued_encrypt_slot", issued.c.encrypt_slot, uniq
 CRL_NUMBER_INDEX = Index("uq_crl_publications_issuer_number",
                          crl_publications.c.issuer_fingerprint, crl_publications.c.crl_number,
                          unique=True)
+
+# Certificates kept from signed mail whose signature validated (version 4; directory/harvest.py).
+# One row per (address, certificate): a newer certificate for the address is another row, and
+# the resolver ranks them. No message content is kept, only where it was seen.
+harvested_certificates = Table(
+    "harvested_certificates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False, index=True),  # mailbox.comparable() form
+    Column("der", LargeBinary, nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # SHA-256 of der, lower-case hex
+    # The intermediates that came with it, DER certificates one after the other (empty: none).
+    Column("chain_der", LargeBinary, nullable=False),
+    Column("role", String(16), nullable=False),  # signer | encryption
+    # Named by the sender's SMIMEEncryptionKeyPreference (RFC 8551 2.5.3) in any message.
+    Column("preferred", Boolean, nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    # The message of last_seen: "<archive path> <location> <Message-ID>", never its content.
+    Column("message_ref", Text, nullable=False),
+    CheckConstraint("role IN ('signer', 'encryption')", name="ck_harvested_role"),
+    UniqueConstraint("address", "fingerprint", name="uq_harvested_address_fingerprint"),
+)
 
 # Placeholder for the escrow issue: the columns it will at least need.
 escrow_records = Table(

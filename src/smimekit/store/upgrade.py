@@ -1,4 +1,4 @@
-"""In-place schema upgrades: versions 1 and 2 to 3, on SQLite and PostgreSQL.
+"""In-place schema upgrades: versions 1, 2 and 3 to 4, on SQLite and PostgreSQL.
 
 Runs inside the first write transaction on an older store (or ``Store.open(create=True)``),
 so an upgrade is whole or not at all: the ALTER TABLE and CREATE INDEX of both databases are
@@ -13,6 +13,10 @@ transactional. What changes from version 2 to 3:
 * ``crl_publications`` gains a unique index on (issuer, CRL number). A store whose CRLs
   already reuse a number (the CRL race of earlier versions) is refused with the duplicates
   named: those CRLs were signed and handed out, so which to keep is the operator's call.
+
+From version 3 to 4 only a table is added, ``harvested_certificates`` (created with the
+others that a store lacks); nothing existing changes. The steps of 2 to 3 run only for a
+store older than 3: on a version 3 store they would hand slots out again.
 """
 
 from __future__ import annotations
@@ -44,13 +48,21 @@ def upgrade_schema(conn: Connection, description: str) -> None:
         conn.execute(_LOCK_SCHEMA)  # two processes upgrading at once: one at a time
     version = _version(conn)
     current = str(schema.SCHEMA_VERSION)
-    if version is not None and version != current and version not in ("1", "2"):
+    if version is not None and version != current and version not in ("1", "2", "3"):
         raise StoreError(
             f"the database {description} has schema version {version}; this smimekit"
             f" knows version {schema.SCHEMA_VERSION}")
     schema.metadata.create_all(conn, checkfirst=True)  # tables a newer version added
     if version == current:
         return
+    if version in ("1", "2"):
+        _to_version_3(conn, description)
+    conn.execute(schema.schema_meta.update()
+                 .where(schema.schema_meta.c.key == "schema_version")
+                 .values(value=current))
+
+
+def _to_version_3(conn: Connection, description: str) -> None:
     columns = {c["name"] for c in inspect(conn).get_columns(schema.issued.name)}
     for name in ("sign_slot", "encrypt_slot"):
         if name not in columns:
@@ -59,9 +71,6 @@ def upgrade_schema(conn: Connection, description: str) -> None:
     _refuse_duplicate_crl_numbers(conn, description)
     for index in (schema.SIGN_SLOT_INDEX, schema.ENCRYPT_SLOT_INDEX, schema.CRL_NUMBER_INDEX):
         index.create(conn, checkfirst=True)
-    conn.execute(schema.schema_meta.update()
-                 .where(schema.schema_meta.c.key == "schema_version")
-                 .values(value=current))
 
 
 def _fill_slots(conn: Connection) -> None:
