@@ -61,7 +61,7 @@ from smimekit.fsutil import atomic_write, private_dir
 from smimekit.store import DB_FILENAME
 from smimekit.store.location import StoreLocation
 
-__all__ = ["ca", "ca_options", "open_ca", "parse_duration", "write_bundle"]
+__all__ = ["ca", "ca_options", "new_passphrase", "open_ca", "parse_duration", "write_bundle"]
 
 
 def ca_options(func: Any) -> Any:
