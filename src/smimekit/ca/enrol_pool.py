@@ -201,6 +201,24 @@ class _Entry:
         return None
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (it unlinks the pool's semaphores when this
+    process is gone) so that it does not warn on stderr about them after a kill -9: that
+    is expected here, and the user's terminal is no place for a Python warning."""
+    from multiprocessing import resource_tracker
+
+    saved = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        w for w in (saved, "ignore::UserWarning:multiprocessing.resource_tracker") if w)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
+
+
 @contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Processes started inside inherit SIGINT ignored (a Python interpreter keeps it so)."""
@@ -408,6 +426,7 @@ def enroll_rows_pooled(
     window = 4 * count
     pending: deque[_Entry] = deque()
     yielded = 0
+    _quiet_resource_tracker()  # before the pool: its queues start the tracker otherwise
     pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(os.getpid(),))
     try:
