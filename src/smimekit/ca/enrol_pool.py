@@ -16,7 +16,7 @@ anywhere but into the PKCS#12 files and, sealed, the store.
 Every guarantee of the one-process path holds: a person is recorded, their files are under
 their final names and their results row is written in one transaction, or none of it; a bad
 row is reported and the batch goes on; results come in input order; re-running resumes. At
-most ``4 * workers`` people are in flight, so memory stays flat whatever the batch size. A
+most ``8 * workers`` people are in flight, so memory stays flat whatever the batch size. A
 worker that dies stops the batch with :class:`~smimekit.errors.CAError` (what was recorded
 stays recorded); closing the generator early (Ctrl-C between people) drops the people in
 flight and their staged files.
@@ -423,7 +423,9 @@ def enroll_rows_pooled(
     """
     needs, at, holdings, earlier = _begin(cax, purpose, profile, now, results)
     count = workers or default_workers()
-    window = 4 * count
+    # in input order: the writer waits for the first row in flight; enough rows behind it
+    # keep the workers busy meanwhile (one RSA-3072 key may take 1 s, the mean is ~0.2 s)
+    window = 8 * count
     pending: deque[_Entry] = deque()
     yielded = 0
     _quiet_resource_tracker()  # before the pool: its queues start the tracker otherwise
