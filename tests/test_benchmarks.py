@@ -145,3 +145,15 @@ def test_harvest_benchmark_quick_mode_prints_its_table() -> None:
             or line.startswith("| harvest, ")]
     assert len(rows) == 3, result.stdout
     assert "21 certificates kept" in result.stdout and "0 new, 0 updated" in rows[2]
+def test_enroll_benchmark_quick_mode_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_enroll.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| sqlite |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "2"], result.stdout
+    for what in ("RSA-3072 key generation", "P-256 key generation", "PKCS#12",
+                 "floor of one person"):
+        assert f"| {what}" in result.stdout, result.stdout
+    assert "goal: 10,000 people in <= 20 min on 2 cores:" in result.stdout

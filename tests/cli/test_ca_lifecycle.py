@@ -165,27 +165,73 @@ def test_enroll_progress_bar_only_when_asked_or_on_a_terminal(
     assert "enrolling" in err and "1/1" in err and "\x1b[" in err
 
 
+def _children(pid: int, marker: bytes = b"spawn_main") -> set[int]:
+    """The processes whose parent is ``pid`` and whose command line holds ``marker`` (the
+    workers; multiprocessing's resource tracker has ``resource_tracker``), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid and marker in cmdline:
+                found.add(int(entry.name))
+    return found
+
+
+def _wait_gone(pids: set[int], seconds: float) -> set[int]:
+    """Those of ``pids`` still running after at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if Path(f"/proc/{p}").exists()
+                 and not (Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[0]
+                          == "Z")}
+        time.sleep(0.05)
+    return alive
+
+
+def _kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.slow
-def test_enroll_killed_midway_resumes_without_loss_or_duplicates(ca: CA) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_enroll_killed_midway_resumes_without_loss_or_duplicates(ca: CA, workers: str) -> None:
     users = _users(ca.dir / "users.csv", 40)
     out = ca.dir / "out"
     results = out / "results.csv"
     # --legacy-p12: fast PKCS#12 (2048 KDF rounds), the batch logic is the same
     args = ca.subprocess_args("enroll", "--csv", users, "--out", out, "--key-type", "p256",
-                              "--legacy-p12", "--passphrase-file", ca.passfile)
+                              "--legacy-p12", "--workers", workers,
+                              "--passphrase-file", ca.passfile)
     env = {k: v for k, v in os.environ.items() if k != "SMIMEKIT_PASSPHRASE"}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     deadline = time.monotonic() + 60
+    workers_seen: set[int] = set()
     try:
         while time.monotonic() < deadline and proc.poll() is None:
+            workers_seen |= _children(proc.pid)
             if results.exists() and results.read_bytes().count(b"\n") >= 6:
                 break
             time.sleep(0.005)
+        workers_seen |= _children(proc.pid)
+        trackers = _children(proc.pid, b"resource_tracker")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
+    assert len(workers_seen) == (0 if workers == "1" else 2)
+    orphans = _wait_gone(workers_seen | trackers, 30)  # they notice and leave by themselves
+    _kill_all(orphans)
+    assert orphans == set()
     before = len(_results(results))
     assert 5 <= before < 40
 
@@ -216,14 +262,21 @@ def test_enroll_killed_midway_resumes_without_loss_or_duplicates(ca: CA) -> None
         assert store.verify_audit_log() == []
     finally:
         store.close()
+    # no stray files: no temporary ones, no PKCS#12 of a person not recorded
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["results.csv"] + [f"user{i:02d}@example.com.{purpose}.{kind}" for i in range(40)
+                           for purpose in ("sign", "encrypt") for kind in ("pem", "p12")])
 
 
 @pytest.mark.slow
-def test_enroll_first_ctrl_c_finishes_the_current_person_and_stops(ca: CA) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_enroll_first_ctrl_c_finishes_the_current_person_and_stops(ca: CA,
+                                                                   workers: str) -> None:
     users = _users(ca.dir / "users.csv", 30)
     out = ca.dir / "out"
     args = ca.subprocess_args("enroll", "--csv", users, "--out", out, "--key-type", "p256",
-                              "--legacy-p12", "--passphrase-file", ca.passfile)
+                              "--legacy-p12", "--workers", workers,
+                              "--passphrase-file", ca.passfile)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -241,6 +294,127 @@ def test_enroll_first_ctrl_c_finishes_the_current_person_and_stops(ca: CA) -> No
         assert len(store.issued_records()) == 2 * len(rows)  # every row done is committed
     finally:
         store.close()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # nothing staged stays
+
+
+def _start_and_wait_for_rows(args: list[str], results: Path, rows: int,
+                             **popen: object) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            **popen)  # type: ignore[call-overload]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and results.read_bytes().count(b"\n") >= rows + 1:
+            break
+        time.sleep(0.005)
+    return proc
+
+
+@pytest.mark.slow
+def test_enroll_ctrl_c_at_the_terminal_stops_workers_quietly_and_a_rerun_finishes(
+        ca: CA) -> None:
+    """A terminal sends SIGINT to the whole process group, workers included: they leave
+    it to the writer, so there is one message and no traceback."""
+    users = _users(ca.dir / "users.csv", 30)
+    out = ca.dir / "out"
+    args = ca.subprocess_args("enroll", "--csv", users, "--out", out, "--key-type", "p256",
+                              "--legacy-p12", "--workers", "2",
+                              "--passphrase-file", ca.passfile)
+    proc = _start_and_wait_for_rows(args, out / "results.csv", 3, start_new_session=True)
+    try:
+        workers = _children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, err
+    text = err.decode()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert text.startswith("smimekit: stopping after the current person"), text
+    assert "run the same command again to continue" in text
+    assert len(workers) == 2 and _wait_gone(workers, 30) == set()
+    rerun = subprocess.run(args, capture_output=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = _results(out / "results.csv")
+    assert sorted(r["email"] for r in rows if r["status"] == "ok") == [
+        f"user{i:02d}@example.com" for i in range(30)]
+
+
+@pytest.mark.slow
+def test_enroll_worker_killed_is_one_clear_error_and_a_rerun_finishes(ca: CA) -> None:
+    users = _users(ca.dir / "users.csv", 30)
+    out = ca.dir / "out"
+    args = ca.subprocess_args("enroll", "--csv", users, "--out", out, "--key-type", "p256",
+                              "--legacy-p12", "--workers", "2",
+                              "--passphrase-file", ca.passfile)
+    proc = _start_and_wait_for_rows(args, out / "results.csv", 3)
+    try:
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        os.kill(min(workers), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = err.decode()
+    if proc.returncode == 0:  # the batch was done before the kill landed: nothing to see
+        pytest.skip("the batch finished first")
+    assert proc.returncode == 1, text
+    assert text.startswith("smimekit: error: a worker process died"), text
+    assert text.count("\n") == 1 and "Traceback" not in text
+    assert _wait_gone(workers, 30) == set()
+    rerun = subprocess.run(args, capture_output=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    _, store = ca.open()
+    try:
+        assert len(store.issued_records(live_only=False)) == 60
+    finally:
+        store.close()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_enroll_with_two_workers_gives_what_one_worker_gives(
+        ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
+    """Default key types (P-256 to sign, RSA-3072 to encrypt), bad rows among good ones:
+    an address refused at once, one the linter refuses (in a worker), a duplicate."""
+    outcome = {}
+    for workers, domain in (("1", "one.example.com"), ("2", "two.example.com")):
+        users = ca.dir / f"users-{workers}.csv"
+        users.write_text("email,name\n" + "".join(
+            f"user{i}@{domain},User {i}\n" for i in range(4)) + "bad address,X\n"
+            f"user4@{domain},User 4\nsomeone@intranet.corp,Lint\nUSER0@{domain},Again\n")
+        out = ca.dir / f"out-{workers}"
+        assert ca.run("enroll", "--csv", users, "--out", out, "--workers", workers,
+                      "--passphrase-file", ca.passfile) == 1
+        assert capsys.readouterr().err == ("smimekit: error: enrolled 5, skipped 0, failed 3;"
+                                           f" results in {out / 'results.csv'}\n")
+        rows = _results(out / "results.csv")
+        _, store = ca.open()
+        try:
+            for row in rows:
+                if row["status"] != "ok":
+                    continue
+                live = _live(store, row["email"])
+                assert [p for p, _ in live] == ["encrypt", "sign"]
+                assert sorted(s for _, s in live) == sorted(row["serials"].split())
+                for path in map(Path, row["files"].split()):
+                    if path.suffix == ".p12":
+                        loaded = pkcs12.load_pkcs12(path.read_bytes(),
+                                                    row["p12_passphrase"].encode())
+                        assert loaded.key is not None and loaded.cert is not None
+                        assert loaded.key.public_key() == loaded.cert.certificate.public_key()
+        finally:
+            store.close()
+        outcome[workers] = (
+            [(r["email"].replace(domain, "D"), r["status"], r["message"]) for r in rows],
+            [[Path(f).name.replace(domain, "D") for f in r["files"].split()] for r in rows],
+            sorted(p.name.replace(domain, "D") for p in out.iterdir()))
+    assert outcome["1"] == outcome["2"]
+    assert [s for _, s, _ in outcome["2"][0]] == ["ok"] * 4 + ["error", "ok", "error", "error"]
+    assert "ERROR cabf.internal_domain_name" in outcome["2"][0][6][2]
 
 
 @pytest.mark.parametrize(("content", "message"), [

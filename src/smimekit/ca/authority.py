@@ -37,7 +37,7 @@ from smimekit.errors import CAError
 from smimekit.keys.signer import LocalSigner, Signer, sign_builder
 from smimekit.mailbox import SMTP_UTF8_MAILBOX, is_smtp_utf8
 
-__all__ = ["Authority", "CAKeyType", "Finding", "lint"]
+__all__ = ["Authority", "CAKeyType", "Finding", "lint", "refuse_lint_errors"]
 
 
 def _as_signer(key: CertificateIssuerPrivateKeyTypes | Signer) -> Signer:
@@ -143,6 +143,23 @@ def lint(cert: x509.Certificate) -> list[Finding]:
             )))
     found.sort(key=lambda pair: pair[0])
     return [finding for _, finding in found]
+
+
+def refuse_lint_errors(cert: x509.Certificate, profile_name: str) -> None:
+    """Lint ``cert`` (:func:`lint`) and refuse it on any ERROR or FATAL finding.
+
+    Separate from :meth:`Authority.issue` so that bulk enrolment can lint in a worker
+    process, before the certificate is recorded (nothing is issued until then).
+
+    Raises:
+        CAError: the linter found errors (``.findings`` holds every finding), or cannot
+            read the certificate.
+    """
+    findings = lint(cert)
+    errors = [f for f in findings if f.is_error]
+    if errors:
+        raise CAError(f"refusing to issue a {profile_name} certificate: "
+                      + "; ".join(str(f) for f in errors), findings)
 
 
 def _ca_name(organization: str, common_name: str, country: str | None) -> x509.Name:
@@ -369,11 +386,6 @@ class Authority:
         cert = sign_builder(builder, self.signer)
         assert isinstance(cert, x509.Certificate)
         if check:
-            findings = lint(cert)
-            errors = [f for f in findings if f.is_error]
-            if errors:
-                raise CAError(
-                    f"refusing to issue a {profile.name} certificate: "
-                    + "; ".join(str(f) for f in errors), findings)
+            refuse_lint_errors(cert, profile.name)
         return cert
 

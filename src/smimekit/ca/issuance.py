@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -345,11 +345,36 @@ class CertificateAuthority:
             CAError: bad address, unknown purpose or profile, profile or linter refusal.
         """
         email = checked_email(email)
+        self.subject(email, name, self.profile(profile))  # refusals before the slow keys
+        keys = {p: (sign_key if p is Purpose.SIGN else encrypt_key).generate()
+                for p in _purposes(purpose)}
+        return self.prepare_with_keys(email, keys, name=name, profile=profile,
+                                      validity=validity, lint=lint, now=now)
+
+    def prepare_with_keys(
+        self,
+        email: str,
+        keys: Mapping[Purpose, PrivateKeyTypes],
+        *,
+        name: str | None = None,
+        profile: str | None = None,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+        lint: bool = True,
+        now: dt.datetime | None = None,
+    ) -> PreparedIssuance:
+        """Sign (and with ``lint``, lint) a certificate for each of ``keys``, keys the CA
+        generated for ``email`` (one per purpose, in order), without touching the store.
+        Bulk enrolment generates the keys in worker processes and lints there too
+        (``lint=False`` here, :func:`~smimekit.ca.authority.refuse_lint_errors` there).
+
+        Raises:
+            CAError: bad address, unknown profile, profile or linter refusal.
+        """
+        email = checked_email(email)
         chosen = self.profile(profile)
         info = self.subject(email, name, chosen)
         built: list[tuple[x509.Certificate, Purpose, PrivateKeyTypes | None]] = []
-        for purpose_ in _purposes(purpose):
-            key = (sign_key if purpose_ is Purpose.SIGN else encrypt_key).generate()
+        for purpose_, key in keys.items():
             cert = self._sign(chosen, info, key.public_key(), purpose_, validity, lint, now)
             built.append((cert, purpose_, key))
         return PreparedIssuance(email, name, chosen, tuple(built))
@@ -526,16 +551,20 @@ class CertificateAuthority:
 
     # -- key history -----------------------------------------------------------------------
 
-    def key_history(self, email: str) -> list[tuple[PrivateKeyTypes, x509.Certificate]]:
+    def key_history(self, email: str, *, skip: Collection[str] = ()
+                    ) -> list[tuple[PrivateKeyTypes, x509.Certificate]]:
         """Every encryption key the CA keeps for ``email`` with its certificate, oldest
-        first. Needs the unlocked vault.
+        first, but for the certificates whose fingerprints are in ``skip`` (their keys are
+        not even opened: opening an RSA key checks it, ~0.1 s for RSA-3072). Needs the
+        unlocked vault.
 
         Raises:
             CAError: the vault is locked, or a record is damaged or tampered.
         """
         result = []
         for stored in self.store.private_keys_for(comparable(email), "encrypt"):
-            if stored.certificate_fingerprint is None:
+            if stored.certificate_fingerprint is None \
+                    or stored.certificate_fingerprint in skip:
                 continue
             cert_row = self.store.get_certificate(stored.certificate_fingerprint)
             if cert_row is None:

@@ -369,18 +369,7 @@ def enroll_rows(
         CAError: unknown purpose or profile (before any row is processed).
         OSError: the results file cannot be written for a skipped or refused row.
     """
-    if purpose not in _NEEDS:
-        raise CAError(f"unknown purpose {purpose!r}: dual, sign, encrypt or both")
-    cax.profile(profile)  # an unknown profile fails the batch, not each row
-    needs = _NEEDS[purpose]
-    at = now or dt.datetime.now(dt.UTC)
-    issuer = cax.issuer_fingerprint
-    holdings: dict[str, list[IssuedRecord]] = {}
-    for record in cax.store.issued_records(live_only=True):
-        if _live(record, issuer, at):
-            holdings.setdefault(record.email, []).append(record)
-    earlier = results.previous() if results is not None else {}
-
+    needs, at, holdings, earlier = _begin(cax, purpose, profile, now, results)
     for row in rows:
         recorded = False
         if row.error is not None:
@@ -399,6 +388,24 @@ def enroll_rows(
         if results is not None and not recorded:
             results.append(result)
         yield result
+
+
+def _begin(cax: CertificateAuthority, purpose: str, profile: str | None,
+           now: dt.datetime | None, results: ResultsLog | None,
+           ) -> tuple[frozenset[Purpose], dt.datetime, dict[str, list[IssuedRecord]],
+                      dict[str, RowResult]]:
+    """What an enrolment run needs before its first row: the purposes, the time, who
+    holds what (live certificates of this CA by address) and the rows of earlier runs."""
+    if purpose not in _NEEDS:
+        raise CAError(f"unknown purpose {purpose!r}: dual, sign, encrypt or both")
+    cax.profile(profile)  # an unknown profile fails the batch, not each row
+    at = now or dt.datetime.now(dt.UTC)
+    holdings: dict[str, list[IssuedRecord]] = {}
+    for record in cax.store.issued_records(live_only=True):
+        if _live(record, cax.issuer_fingerprint, at):
+            holdings.setdefault(record.email, []).append(record)
+    earlier = results.previous() if results is not None else {}
+    return _NEEDS[purpose], at, holdings, earlier
 
 
 def _held(row: Row, used: Sequence[IssuedRecord]) -> RowResult:

@@ -11,7 +11,6 @@ import datetime as dt
 import getpass
 import os
 import re
-import secrets
 import shutil
 import sys
 import tempfile
@@ -25,11 +24,13 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from smimekit.ca import bundle
 from smimekit.ca.authority import CAKeyType
+from smimekit.ca.bundle import new_passphrase
+from smimekit.ca.bundle import safe_name as _safe_name
 from smimekit.ca.export import (
     ITERATIONS,
     RANDOM_PASSPHRASE_ITERATIONS,
-    mobileconfig_bytes,
     pem_chain,
     pkcs12_bytes,
 )
@@ -42,7 +43,7 @@ from smimekit.ca.issuance import (
     SubscriberKeyType,
     checked_email,
 )
-from smimekit.ca.profiles import PROFILES, Purpose
+from smimekit.ca.profiles import PROFILES
 from smimekit.cli.common import (
     CliError,
     _ask,
@@ -60,7 +61,7 @@ from smimekit.fsutil import atomic_write, private_dir
 from smimekit.store import DB_FILENAME
 from smimekit.store.location import StoreLocation
 
-__all__ = ["ca", "ca_options", "open_ca", "parse_duration", "write_bundle"]
+__all__ = ["ca", "ca_options", "new_passphrase", "open_ca", "parse_duration", "write_bundle"]
 
 
 def ca_options(func: Any) -> Any:
@@ -207,23 +208,6 @@ def parse_duration(text: str) -> dt.timedelta:
     return dt.timedelta(days=n * {"d": 1, "w": 7, "y": 365}[unit])
 
 
-def _safe_name(email: str) -> str:
-    return re.sub(r"[^A-Za-z0-9@._+-]", "_", email)
-
-
-def _profile_id(email: str, tag: str) -> str:
-    """A reverse-DNS PayloadIdentifier, e.g. ``com.example.smime.alice.sign``."""
-    local, _, domain = email.rpartition("@")
-    parts = [re.sub(r"[^A-Za-z0-9-]", "-", p) for p in reversed(domain.split("."))]
-    return ".".join([*parts, "smime", re.sub(r"[^A-Za-z0-9-]", "-", local) or "user", tag])
-
-
-def new_passphrase() -> str:
-    """A random PKCS#12 passphrase: 20 characters from an unambiguous alphabet (~100 bits)."""
-    alphabet = "abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRTUVWXY346789"
-    return "".join(secrets.choice(alphabet) for _ in range(20))
-
-
 def write_bundle(
     cax: CertificateAuthority, issuance: Issuance, out: Path, *, passphrase: str,
     legacy: bool, mobileconfig: bool, history: bool = True, generated: bool = True,
@@ -233,46 +217,9 @@ def write_bundle(
     .mobileconfig. ``generated``: the passphrase came from :func:`new_passphrase` (random,
     so the PKCS#12 needs no high iteration count). Returns the paths written."""
     rounds = RANDOM_PASSPHRASE_ITERATIONS if generated else ITERATIONS
-    private_dir(out)
-    chain = [cax.ca.authority.cert, cax.ca.authority.root]
-    base = _safe_name(issuance.email)
-    written: list[Path] = []
-    for item in issuance.items:
-        tag = item.purpose.value
-        cert_path = out / f"{base}.{tag}.pem"
-        atomic_write(cert_path, item.cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-        written.append(cert_path)
-        if item.key is None:
-            continue
-        extra: list[tuple[Any, x509.Certificate]] = []
-        # once the vault key is under escrow (M-of-N shares) the history is not at hand:
-        # older keys then come back through 'smimekit escrow recover'
-        if history and item.purpose is Purpose.ENCRYPT \
-                and cax.ca.vault.key is not None:
-            extra = [(k, c) for k, c in cax.key_history(issuance.email) if c != item.cert]
-        p12 = pkcs12_bytes(item.key, item.cert, chain, passphrase.encode(),
-                           friendly_name=f"{issuance.email} ({tag})", legacy=legacy,
-                           extra=[] if legacy else extra, iterations=rounds)
-        p12_path = out / f"{base}.{tag}.p12"
-        atomic_write(p12_path, p12)
-        written.append(p12_path)
-        # gpgsm takes no key from a legacy file holding several: one file per older key
-        for old_key, old_cert in extra if legacy else []:
-            old_path = out / f"{base}.{tag}.{format(old_cert.serial_number, 'x')[:16]}.p12"
-            atomic_write(old_path, pkcs12_bytes(
-                old_key, old_cert, chain, passphrase.encode(), legacy=True,
-                friendly_name=f"{issuance.email} ({tag}, until"
-                              f" {old_cert.not_valid_after_utc:%Y-%m-%d})"))
-            written.append(old_path)
-        if mobileconfig:
-            profile = mobileconfig_bytes(
-                p12, passphrase=None, identifier=_profile_id(issuance.email, tag),
-                display_name=f"S/MIME {tag} identity for {issuance.email}",
-                organization=cax.ca.config.organization, ca_certs=chain)
-            mc_path = out / f"{base}.{tag}.mobileconfig"
-            atomic_write(mc_path, profile)
-            written.append(mc_path)
-    return written
+    return bundle.write_bundle(cax, issuance, bundle.BundleOptions(
+        out, legacy=legacy, mobileconfig=mobileconfig, history=history, iterations=rounds),
+        passphrase=passphrase)
 
 
 @click.group()

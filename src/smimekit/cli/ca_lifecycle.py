@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from smimekit.ca.bundle import BundleOptions, remove_leftovers
 from smimekit.ca.issuance import (
     DEFAULT_ENCRYPT_KEY,
     DEFAULT_SIGN_KEY,
@@ -162,30 +163,47 @@ def _key_kinds(key_type: str | None) -> tuple[SubscriberKeyType, SubscriberKeyTy
               help="dual: a signing and an encryption certificate per person.")
 @click.option("--key-type", type=_KEY_TYPES,
               help="Generated key type [p256 to sign, rsa3072 to encrypt].")
+@click.option("--workers", type=click.IntRange(1, 256), metavar="N",
+              help="Processes making keys and files [the number of CPUs]; 1: all in this"
+                   " process.")
 @_batch_options
 @ca_options
 def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose: str,
-           key_type: str | None, out_dir: str, validity: str, legacy_p12: bool,
-           mobileconfig: bool, progress: bool | None, passphrase_file: str | None,
-           passphrase_env: str | None, pin_file: str | None) -> None:
+           key_type: str | None, workers: int | None, out_dir: str, validity: str,
+           legacy_p12: bool, mobileconfig: bool, progress: bool | None,
+           passphrase_file: str | None, passphrase_env: str | None,
+           pin_file: str | None) -> None:
     """Issue certificates with generated keys to everyone in a CSV file.
 
     Each person gets their files in OUT (PKCS#12 under a fresh random passphrase) and a row
     in the results file. People who hold live certificates of this CA already are skipped,
-    so running it again resumes an interrupted batch. Exit status 1 when any row failed.
+    so running it again resumes an interrupted batch. Keys, lint and files are made by
+    --workers processes; this one signs and records. Exit status 1 when any row failed.
     """
     period = parse_duration(validity)
     rows = read_enrolment_csv(csv_path)
     out = Path(out_dir)
     results = ResultsLog(Path(results_path) if results_path else out / "results.csv")
     sign_key, encrypt_key = _key_kinds(key_type)
+    from smimekit.ca.enrol_pool import default_workers, enroll_rows_pooled
+
+    count = workers or default_workers()
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
         output_dir(out)  # before anyone is enrolled
-        deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
-        _run_batch("enrolled", enroll_rows(
-            cax, rows, purpose=purpose, profile=profile, sign_key=sign_key,
-            encrypt_key=encrypt_key, validity=period, deliver=deliver, results=results),
-            results, total=len(rows), label="enrolling", progress=progress)
+        remove_leftovers(out)  # temporary files of a run that was killed
+        if count == 1:
+            batch = enroll_rows(
+                cax, rows, purpose=purpose, profile=profile, sign_key=sign_key,
+                encrypt_key=encrypt_key, validity=period, results=results,
+                deliver=_deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig))
+        else:
+            batch = enroll_rows_pooled(
+                cax, rows, workers=count, purpose=purpose, profile=profile,
+                sign_key=sign_key, encrypt_key=encrypt_key, validity=period, results=results,
+                bundle=BundleOptions(out, legacy=legacy_p12, mobileconfig=mobileconfig,
+                                     history=not legacy_p12))
+        _run_batch("enrolled", batch, results, total=len(rows), label="enrolling",
+                   progress=progress)
 
 
 @click.command("renew")
