@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchdb import PG_HOST, PG_PORT, fresh_schema, pg_user
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -68,7 +69,7 @@ from smimekit.store import Store, schema
 HERE = Path(__file__).resolve()
 PASSPHRASE = b"bench passphrase"
 BASE_URL = "http://pki.example.com"
-PG_HOST, PG_PORT, PG_DB = "127.0.0.1", 5432, "test"
+PG_DB = "test"
 TARGET = 0.80
 KEY_TYPES = ("p384", "p256", "rsa3072")
 KEY_LABEL = {"p384": "P-384", "p256": "P-256", "rsa3072": "RSA-3072"}
@@ -131,42 +132,14 @@ def make_csrs(n: int) -> list[bytes]:
 # -- backends ---------------------------------------------------------------------------------
 
 
-def _pg_user() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return None
-    for user in ("postgres", "root"):
-        try:
-            with psycopg.connect(host=PG_HOST, port=PG_PORT, dbname=PG_DB, user=user,
-                                 connect_timeout=2):
-                return user
-        except psycopg.Error:
-            continue
-    return None
-
-
 @contextmanager
 def store_url(backend: str) -> Iterator[str | None]:
     """None for SQLite (the data directory's file); a PostgreSQL URL in a fresh schema."""
     if backend == "sqlite":
         yield None
         return
-    import psycopg
-
-    user = _pg_user()
-    assert user is not None
-    name = f"smimekit_bench_{secrets.token_hex(6)}"
-    conninfo: dict[str, Any] = dict(host=PG_HOST, port=PG_PORT, dbname=PG_DB, user=user,
-                                    autocommit=True)
-    with psycopg.connect(**conninfo) as conn:
-        conn.execute(f'CREATE SCHEMA "{name}"')
-    try:
-        yield (f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{PG_DB}"
-               f"?options=-csearch_path%3D{name}")
-    finally:
-        with psycopg.connect(**conninfo) as conn:
-            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+    with fresh_schema(PG_DB, "smimekit_bench") as url:
+        yield url
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -679,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     args.parts = max(1, min(args.count // args.repeats, 20 if quick else 1000))
 
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    if "postgresql" in backends and _pg_user() is None:
+    if "postgresql" in backends and pg_user(PG_DB) is None:
         print(f"PostgreSQL: no server answers at {PG_HOST}:{PG_PORT} (database {PG_DB}); "
               "skipped", file=sys.stderr)
         backends.remove("postgresql")

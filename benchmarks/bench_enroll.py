@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import statistics
 import subprocess
 import sys
@@ -47,11 +46,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchdb import PG_HOST, PG_PORT, fresh_database, pg_user
+
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 
 PASSPHRASE = "bench passphrase"
-PG_HOST, PG_PORT = "127.0.0.1", 5432
 GOAL_PEOPLE, GOAL_SECONDS = 10_000, 20 * 60
 
 
@@ -132,41 +132,14 @@ def primitives(samples: int) -> dict[str, float]:
 # -- enrolment runs ---------------------------------------------------------------------------
 
 
-def _pg_user() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return None
-    for user in ("postgres", "root"):
-        try:
-            with psycopg.connect(host=PG_HOST, port=PG_PORT, dbname="postgres", user=user,
-                                 connect_timeout=2):
-                return user
-        except psycopg.Error:
-            continue
-    return None
-
-
 @contextmanager
 def database(backend: str) -> Iterator[str | None]:
     """None for SQLite; the URL of a fresh PostgreSQL database, dropped afterwards."""
     if backend == "sqlite":
         yield None
         return
-    import psycopg
-
-    user = _pg_user()
-    assert user is not None
-    name = f"smimekit_bench_enrol_{secrets.token_hex(6)}"
-    admin: dict[str, Any] = dict(host=PG_HOST, port=PG_PORT, dbname="postgres", user=user,
-                                 autocommit=True)
-    with psycopg.connect(**admin) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("smimekit_bench_enrol") as url:
+        yield url
 
 
 @dataclass
@@ -324,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         args.count, args.backend, args.samples = 6, "sqlite", 3
     backends = ["sqlite"] if args.backend == "sqlite" else \
         ["postgresql"] if args.backend == "postgresql" else ["sqlite", "postgresql"]
-    if "postgresql" in backends and _pg_user() is None:
+    if "postgresql" in backends and pg_user() is None:
         print(f"no PostgreSQL at {PG_HOST}:{PG_PORT}: SQLite only", file=sys.stderr)
         backends.remove("postgresql")
     workers = [int(w) for w in args.workers.split(",")]

@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchdb import PG_HOST, PG_PORT, fresh_database, pg_user
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 HERE = Path(__file__).resolve()
-PG_HOST, PG_PORT, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres"
 PASSPHRASE = "bench passphrase, long enough"
 PASS_ENV = "SMIMEKIT_BENCH_PASSPHRASE"
 GOAL_RATE, GOAL_P99_MS = 2000.0, 50.0
@@ -164,41 +164,14 @@ def env_for(pythonpath: str | None = None) -> dict[str, str]:
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
-def _pg_user() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return None
-    for user in ("postgres", "root"):
-        try:
-            with psycopg.connect(host=PG_HOST, port=PG_PORT, dbname=PG_ADMIN_DB, user=user,
-                                 connect_timeout=2):
-                return user
-        except psycopg.Error:
-            continue
-    return None
-
-
 @contextlib.contextmanager
 def database(backend: str) -> Iterator[str | None]:
     """None for SQLite (the data directory's file); a PostgreSQL URL of a fresh database."""
     if backend == "sqlite":
         yield None
         return
-    import psycopg
-
-    user = _pg_user()
-    assert user is not None
-    name = f"smimekit_bench_{secrets.token_hex(6)}"
-    conninfo: dict[str, Any] = dict(host=PG_HOST, port=PG_PORT, dbname=PG_ADMIN_DB, user=user,
-                                    autocommit=True)
-    with psycopg.connect(**conninfo) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with psycopg.connect(**conninfo) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("smimekit_bench") as url:
+        yield url
 
 
 # -- the CA -----------------------------------------------------------------------------------
@@ -791,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    if "postgresql" in backends and _pg_user() is None:
+    if "postgresql" in backends and pg_user() is None:
         print(f"PostgreSQL: no server answers at {PG_HOST}:{PG_PORT}; skipped",
               file=sys.stderr)
         backends.remove("postgresql")
