@@ -45,6 +45,8 @@ COMMANDS = [
                 "Key escrow: the vault key as M-of-N shares of key recovery officers."),
     LazyCommand("archive", "smimekit.cli.archive:archive",
                 "Scan, export and re-encrypt mail archives (mbox, Maildir, folders of .eml)."),
+    LazyCommand("directory", "smimekit.cli.directory:directory",
+                "Certificate distribution: LDAP publishing and export, SMIMEA, harvesting."),
 ]
 
 

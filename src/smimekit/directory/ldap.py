@@ -25,6 +25,7 @@ import base64
 import datetime as dt
 import math
 import ssl
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,17 @@ _Entry = tuple[str, dict[str, list[bytes]]]
 
 
 # -- the connection --------------------------------------------------------------------------
+
+
+def _ldap3() -> Any:
+    """ldap3, imported on first use with its own import-time DeprecationWarnings (pyasn1's
+    renamed names) kept off the user's stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import ldap3
+        import ldap3.core.exceptions
+        import ldap3.utils.dn
+    return ldap3
 
 
 def _password(config: LdapConfig) -> str | None:
@@ -122,14 +134,15 @@ class LdapConnection:
     def open(self) -> Any:
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        import ldap3
-        from ldap3.core.exceptions import LDAPException
+        ldap3 = _ldap3()
+        LDAPException = ldap3.core.exceptions.LDAPException
 
         config = self.config
         tls = None
         if config.url.lower().startswith("ldaps://") or config.starttls:
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED,
                             ca_certs_file=str(config.ca_file) if config.ca_file else None)
+        conn = None
         try:
             server = ldap3.Server(config.url, get_info=ldap3.NONE, tls=tls,
                                   connect_timeout=config.timeout)
@@ -138,26 +151,27 @@ class LdapConnection:
                 auto_bind=ldap3.AUTO_BIND_NONE, auto_referrals=False, check_names=False,
                 # ldap3 packs it into SO_RCVTIMEO as whole seconds
                 receive_timeout=max(1, math.ceil(config.timeout)), raise_exceptions=False)
-            conn.open()
-            if config.starttls and not conn.start_tls():
-                raise self._fail(f"StartTLS refused ({_result(conn)})")
+            with warnings.catch_warnings():
+                # ldap3 checks the server's name with ssl.match_hostname (deprecated)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                conn.open()
+                if config.starttls and not conn.start_tls():
+                    raise self._fail(f"StartTLS refused ({_result(conn)})")
             if not conn.bind():
                 who = f"as {config.bind_dn}" if config.bind_dn else "anonymously"
                 raise self._fail(f"refused the bind {who} ({_result(conn)})")
-        except LDAPException as exc:
-            raise self._fail(_reason(exc)) from None
-        except (OSError, ssl.SSLError) as exc:
+        except DirectoryError:
+            _discard(conn)
+            raise
+        except (LDAPException, OSError, ssl.SSLError) as exc:
+            _discard(conn)
             raise self._fail(_reason(exc)) from None
         self._conn = conn
         return conn
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.unbind()
-            except Exception:  # noqa: S110 - closing a connection that broke already
-                pass
+        _discard(conn)
 
     def __enter__(self) -> LdapConnection:
         return self
@@ -166,7 +180,7 @@ class LdapConnection:
         self.close()
 
     def _call(self, op: str, *args: Any, **kwargs: Any) -> bool:
-        from ldap3.core.exceptions import LDAPException
+        LDAPException = _ldap3().core.exceptions.LDAPException
 
         conn = self.open()
         try:
@@ -181,7 +195,7 @@ class LdapConnection:
     def search(self, filter_: str, attributes: Sequence[str]) -> list[_Entry]:
         """(dn, raw attributes by lower-case name without options) for the entries under the
         base DN that match ``filter_`` (one request; see :meth:`search_all` for many)."""
-        import ldap3
+        ldap3 = _ldap3()
 
         if not self._call("search", self.config.base_dn, filter_, ldap3.SUBTREE,
                           attributes=list(attributes)):
@@ -194,8 +208,8 @@ class LdapConnection:
 
     def search_all(self, filter_: str, attributes: Sequence[str]) -> Iterator[_Entry]:
         """Like :meth:`search`, page by page (RFC 2696), for every entry of a large base."""
-        import ldap3
-        from ldap3.core.exceptions import LDAPException
+        ldap3 = _ldap3()
+        LDAPException = ldap3.core.exceptions.LDAPException
 
         conn = self.open()
         try:
@@ -215,7 +229,7 @@ class LdapConnection:
 
     def modify(self, dn: str, changes: dict[str, list[bytes]]) -> None:
         """Replace the values of each attribute in ``changes`` (an empty list removes it)."""
-        import ldap3
+        ldap3 = _ldap3()
 
         if not self._call("modify", dn, {name: [(ldap3.MODIFY_REPLACE, values)]
                                          for name, values in changes.items()}):
@@ -224,6 +238,23 @@ class LdapConnection:
     def add(self, dn: str, object_classes: Sequence[str], attributes: dict[str, Any]) -> None:
         if not self._call("add", dn, list(object_classes), attributes):
             raise self._fail(f"cannot add {dn} ({_result(self._conn)})")
+
+
+def _discard(conn: Any) -> None:
+    """Unbind and close, whatever state the connection is in (ldap3 leaves the socket of a
+    failed connect open)."""
+    if conn is None:
+        return
+    try:
+        conn.unbind()
+    except Exception:  # noqa: S110 - closing a connection that broke already
+        pass
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def _entry(raw: dict[str, Any]) -> _Entry:
@@ -468,9 +499,7 @@ class PublishReport:
 
 def new_entry_dn(email: str, base_dn: str) -> str:
     """The DN of an entry we create for an address no entry has: ``mail=ADDR,BASE``."""
-    from ldap3.utils.dn import escape_rdn
-
-    return f"mail={escape_rdn(email)},{base_dn}"
+    return f"mail={_ldap3().utils.dn.escape_rdn(email)},{base_dn}"
 
 
 def publish(
@@ -579,8 +608,7 @@ def export_ldif(
     Raises:
         ConfigError: the template names an unknown field.
     """
-    from ldap3.utils.dn import escape_rdn
-
+    escape_rdn = _ldap3().utils.dn.escape_rdn
     when = now or dt.datetime.now(dt.UTC)
     plan = _plan(store, issuer_fingerprint=issuer_fingerprint, chain=chain, emails=None,
                  now=when)

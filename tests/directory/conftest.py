@@ -1,0 +1,43 @@
+"""Fixtures of the directory tests: a real slapd (tests/slapd.py) and a CA with its store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slapd import Slapd, available
+
+from smimekit.ca.home import CAConfig, CAHome
+from smimekit.ca.issuance import CertificateAuthority
+from smimekit.store import Store
+
+CA_PASS = b"correct horse battery staple"
+
+
+@pytest.fixture
+def slapd(tmp_path: Path) -> Iterator[Slapd]:
+    """A slapd of this test on loopback (ldap:// with StartTLS, and ldaps://), people under
+    ``ou=people,dc=example,dc=org``; stopped afterwards."""
+    if not available():
+        pytest.skip("slapd is not installed (apt-get install slapd ldap-utils, or make peers)")
+    server = Slapd(tmp_path / "slapd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cax(tmp_path: Path) -> Iterator[CertificateAuthority]:
+    """A P-256 CA with its SQLite store in this test's folder, unlocked."""
+    data = tmp_path / "data"
+    home = CAHome(data)
+    home.create(CAConfig(organization="Example Ltd", base_url="http://pki.example.com",
+                         key_type="p256", country="GB"), CA_PASS)
+    store = Store.open(None, data)
+    try:
+        yield CertificateAuthority(home.unlock(CA_PASS), store, actor="test")
+    finally:
+        store.close()
