@@ -63,8 +63,8 @@ def publish_command() -> None:
               help="Each entry's DN from {mail}, {local}, {domain}, {cn} and {base_dn}"
                    " (Active Directory: e.g. 'CN={cn},OU=Staff,DC=corp,DC=example').")
 @click.option("--binary-option", is_flag=True,
-              help="Name the attributes userCertificate;binary (OpenLDAP's ldapmodify)"
-                   " instead of the bare names Active Directory takes.")
+              help="Write userCertificate;binary (OpenLDAP's ldapmodify) instead of the"
+                   " bare name Active Directory takes.")
 def export_command(ldif: bool, output: str | None, base_dn: str | None, dn_template: str,
                    binary_option: bool) -> None:
     """Write the live certificates of our CA as an LDIF, for directories we do not write to

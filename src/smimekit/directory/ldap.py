@@ -603,7 +603,7 @@ def export_ldif(
     ``dn_template`` names each entry: ``{mail}``, ``{local}``, ``{domain}``, ``{cn}`` (the
     person's name, else the address) and ``{base_dn}``, each RDN value escaped (RFC 4514).
     ``binary_option`` writes ``userCertificate;binary`` (OpenLDAP's ``ldapmodify``) instead
-    of the bare names Active Directory takes.
+    of the bare name Active Directory takes.
 
     Raises:
         ConfigError: the template names an unknown field.
@@ -612,7 +612,10 @@ def export_ldif(
     when = now or dt.datetime.now(dt.UTC)
     plan = _plan(store, issuer_fingerprint=issuer_fingerprint, chain=chain, emails=None,
                  now=when)
-    suffix = ";binary" if binary_option else ""
+    names = {"usercertificate": "userCertificate;binary" if binary_option
+             else "userCertificate",
+             # bare in every case: OpenLDAP refuses ;binary on it (see SMIME_ATTRIBUTE)
+             "usersmimecertificate": "userSMIMECertificate"}
     lines = ["version: 1", ""]
     for email in sorted(plan.people):
         person = plan.people[email]
@@ -631,11 +634,10 @@ def export_ldif(
         values = plan.values(person)
         lines += _ldif_line("dn", dn.encode())
         lines.append("changetype: modify")
-        for attribute, name in (("usercertificate", "userCertificate"),
-                                ("usersmimecertificate", "userSMIMECertificate")):
-            lines.append(f"replace: {name}{suffix}")
+        for attribute, name in names.items():
+            lines.append(f"replace: {name}")
             for value in values[attribute]:
-                lines += _ldif_line(f"{name}{suffix}", value, force_base64=True)
+                lines += _ldif_line(name, value, force_base64=True)
             lines.append("-")
         lines.append("")
     return "\n".join(lines)
