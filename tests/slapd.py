@@ -160,22 +160,12 @@ olcAccess: {{1}}to * by * read
 """
 
     def start(self) -> Slapd:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        config, db, tls = self.folder / "slapd.d", self.folder / "db", self.folder / "tls"
-        for path in (config, db, tls):
-            path.mkdir(mode=0o700)
-        files = _tls_files(tls)
-        self.ca_file = files[0]
-        (self.folder / "config.ldif").write_text(self._config_ldif(db, files))
-        self.password_file.write_text(ROOT_PASSWORD)  # ldap tools take -y FILE whole
-        self.password_file.chmod(0o600)
-        _run([SLAPADD, "-n0", "-F", str(config), "-l", str(self.folder / "config.ldif")])
-        base = (f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
-                f"dc: example\no: Example Ltd\n\n"
-                f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n")
-        (self.folder / "base.ldif").write_text(base)
-        _run([SLAPADD, "-n1", "-F", str(config), "-l", str(self.folder / "base.ldif")])
-        log = (self.folder / "slapd.log").open("wb")
+        """Set up (the first time) and start; after :meth:`stop`, start again on the same
+        ports with the same data (a restarted directory)."""
+        config = self.folder / "slapd.d"
+        if not config.exists():
+            self._set_up(config)
+        log = (self.folder / "slapd.log").open("ab")
         self.process = subprocess.Popen(
             [SLAPD, "-d", "0", "-F", str(config),
              "-h", f"{self.url}/ {self.ldaps_url}/"],
@@ -189,6 +179,23 @@ olcAccess: {{1}}to * by * read
                 raise RuntimeError(f"slapd did not start:\n{output[-2000:]}")
             time.sleep(0.05)
         return self
+
+    def _set_up(self, config: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        db, tls = self.folder / "db", self.folder / "tls"
+        for path in (config, db, tls):
+            path.mkdir(mode=0o700)
+        files = _tls_files(tls)
+        self.ca_file = files[0]
+        (self.folder / "config.ldif").write_text(self._config_ldif(db, files))
+        self.password_file.write_text(ROOT_PASSWORD)  # ldap tools take -y FILE whole
+        self.password_file.chmod(0o600)
+        _run([SLAPADD, "-n0", "-F", str(config), "-l", str(self.folder / "config.ldif")])
+        base = (f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
+                f"dc: example\no: Example Ltd\n\n"
+                f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n")
+        (self.folder / "base.ldif").write_text(base)
+        _run([SLAPADD, "-n1", "-F", str(config), "-l", str(self.folder / "base.ldif")])
 
     def stop(self) -> None:
         process, self.process = self.process, None

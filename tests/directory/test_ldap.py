@@ -460,3 +460,20 @@ def test_encrypt_to_people_found_by_ldap_and_each_decrypts(
     outsider_key, outsider_cert = keys[staff[1].mail]
     with pytest.raises(smimekit.errors.SmimeError):
         smimekit.decrypt(sealed, outsider_key, outsider_cert)
+
+
+def test_kept_connection_survives_a_directory_restart(
+        slapd: Slapd, cax: CertificateAuthority) -> None:
+    slapd.add_people(people(1))
+    cert = encryption_cert(cax, "user00000@example.org")
+    publish_all(cax, slapd)
+    with LdapSource(reader(slapd)) as source:
+        assert [c.certificate for c in source.find("user00000@example.org").candidates] \
+            == [cert]
+        slapd.stop()
+        slapd.start()  # the kept connection is dead: one retry on a fresh one
+        assert [c.certificate for c in source.find("user00000@example.org").candidates] \
+            == [cert]
+        slapd.stop()  # and a directory that is gone is an error, not a hang
+        with pytest.raises(DirectoryError, match=slapd.url):
+            source.find("user00000@example.org")

@@ -179,17 +179,19 @@ class LdapConnection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, op: str, *args: Any, **kwargs: Any) -> bool:
+    def _call(self, op: str, *args: Any, retry: bool = True, **kwargs: Any) -> bool:
         LDAPException = _ldap3().core.exceptions.LDAPException
 
+        reused = self._conn is not None and not self._conn.closed
         conn = self.open()
         try:
             return bool(getattr(conn, op)(*args, **kwargs))
-        except LDAPException as exc:
+        except (LDAPException, OSError, ssl.SSLError) as exc:
             self.close()
-            raise self._fail(_reason(exc)) from None
-        except (OSError, ssl.SSLError) as exc:
-            self.close()
+            if reused and retry:
+                # a kept connection the server dropped (idle timeout, restart): once more
+                # on a fresh one
+                return self._call(op, *args, retry=False, **kwargs)
             raise self._fail(_reason(exc)) from None
 
     def search(self, filter_: str, attributes: Sequence[str]) -> list[_Entry]:
@@ -236,7 +238,9 @@ class LdapConnection:
             raise self._fail(f"cannot modify {dn} ({_result(self._conn)})")
 
     def add(self, dn: str, object_classes: Sequence[str], attributes: dict[str, Any]) -> None:
-        if not self._call("add", dn, list(object_classes), attributes):
+        # not retried: an add that reached the server before the connection broke would
+        # fail the second time with "already exists"
+        if not self._call("add", dn, list(object_classes), attributes, retry=False):
             raise self._fail(f"cannot add {dn} ({_result(self._conn)})")
 
 
