@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import Backend
 from slapd import Slapd, available
 
 from smimekit.ca.home import CAConfig, CAHome
@@ -29,15 +30,24 @@ def slapd(tmp_path: Path) -> Iterator[Slapd]:
         server.stop()
 
 
-@pytest.fixture
-def cax(tmp_path: Path) -> Iterator[CertificateAuthority]:
-    """A P-256 CA with its SQLite store in this test's folder, unlocked."""
-    data = tmp_path / "data"
+def _cax(data: Path, url: str | None) -> Iterator[CertificateAuthority]:
     home = CAHome(data)
     home.create(CAConfig(organization="Example Ltd", base_url="http://pki.example.com",
                          key_type="p256", country="GB"), CA_PASS)
-    store = Store.open(None, data)
+    store = Store.open(url, data)
     try:
         yield CertificateAuthority(home.unlock(CA_PASS), store, actor="test")
     finally:
         store.close()
+
+
+@pytest.fixture
+def cax(tmp_path: Path) -> Iterator[CertificateAuthority]:
+    """A P-256 CA with its SQLite store in this test's folder, unlocked."""
+    yield from _cax(tmp_path / "data", None)
+
+
+@pytest.fixture
+def any_cax(backend: Backend) -> Iterator[CertificateAuthority]:
+    """The same CA on each store backend (SQLite, PostgreSQL): what publishing reads."""
+    yield from _cax(backend.data_dir, backend.url)
