@@ -37,8 +37,8 @@ def _ldap_config(purpose: str) -> LdapConfig:
 
 @directory.command("publish")
 def publish_command() -> None:
-    """Write every live certificate of our CA to the LDAP directory, and remove revoked,
-    renewed and expired ones.
+    """Write every live encryption certificate of our CA to the LDAP directory, and remove
+    revoked, renewed and expired ones.
 
     Entries are found by mail; an address without an entry gets a minimal inetOrgPerson
     entry. Running it again changes nothing. Needs [directory.ldap] with a bind DN allowed
@@ -67,8 +67,8 @@ def publish_command() -> None:
                    " bare name Active Directory takes.")
 def export_command(ldif: bool, output: str | None, base_dn: str | None, dn_template: str,
                    binary_option: bool) -> None:
-    """Write the live certificates of our CA as an LDIF, for directories we do not write to
-    (Active Directory: 'ldifde -i -f FILE').
+    """Write the live encryption certificates of our CA as an LDIF, for directories we do
+    not write to (Active Directory: 'ldifde -i -f FILE').
 
     One record per person, replacing userCertificate and userSMIMECertificate.
     """
