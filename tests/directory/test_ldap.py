@@ -247,6 +247,20 @@ def test_directory_down_at_issue_is_a_warning_and_publish_repairs(
         assert "nothing changed" in capsys.readouterr().out
 
 
+def test_publish_refused_by_the_directory_is_one_line(
+        slapd: Slapd, cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    slapd.add_people(people(1))
+    assert main(["ca", "issue", "--email", "user00000@example.org", "--key-type", "p256",
+                 "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    anonymous = tmp_path / "anonymous.toml"  # no bind DN: the directory lets it read only
+    anonymous.write_text(f'[directory.ldap]\nurl = "{slapd.url}"\nbase_dn = "{slapd.people}"\n')
+    assert main(["--config", str(anonymous), "directory", "publish"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("smimekit: error: the LDAP directory ") and len(err.splitlines()) == 1
+    assert "cannot modify uid=user00000" in err and "Traceback" not in err
+
+
 def test_publish_without_ldap_config_is_a_clear_error(
         cli_ca: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["directory", "publish"]) == 1
