@@ -1,6 +1,6 @@
 # smimekit: two commands from a fresh clone.
 #   make demo   creates .venv from the lock file, runs the end-to-end demonstration
-#   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM) and runs
+#   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM, slapd) and runs
 #               the whole suite
 # Others: make lock (re-resolve requirements/lock.txt), make test-latest (the suite against the
 # newest releases, in .venv-latest; not part of CI), make test-lowest (the lowest versions
@@ -11,8 +11,10 @@ BIN    := $(VENV)/bin
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
-APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils
-PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen ldns-signzone unbound dig
+APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils \
+  slapd ldap-utils
+PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen \
+  ldns-signzone unbound dig ldapsearch
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade

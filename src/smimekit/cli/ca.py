@@ -55,6 +55,7 @@ from smimekit.cli.common import (
     passphrase_from,
     write_output,
 )
+from smimekit.cli.directory_hook import kept_current
 from smimekit.dn import display_name
 from smimekit.errors import CAError
 from smimekit.fsutil import atomic_write, private_dir
@@ -338,7 +339,7 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
           pin_file: str | None) -> None:
     """Issue certificates for one person, from a CSR or with generated keys."""
     period = parse_duration(validity)
-    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax, kept_current(cax) as changed:
         if csr_path and (purpose is None or purpose == "dual"):
             raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
         if csr_path and key_type is not None:
@@ -370,6 +371,7 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
                 except OSError:
                     break
             raise
+        changed.append(issuance.email)
         written = write_bundle(cax, issuance, Path(out_dir), passphrase=p12_pass,
                                legacy=legacy_p12, mobileconfig=mobileconfig,
                                generated=p12_passphrase_file is None)
@@ -409,8 +411,9 @@ def revoke(serial: str | None, email: str | None, reason: str, passphrase_file: 
     """Revoke by SERIAL (hex) or --email, and publish a new CRL."""
     if (serial is None) == (email is None):
         raise click.UsageError("give a SERIAL or --email, not both")
-    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax, kept_current(cax) as changed:
         done = cax.revoke(serial=serial, email=email, reason=reason)
+        changed += [record.email for record in done]
     for record in done:
         click.echo(f"revoked {record.purpose} certificate {record.serial} of {record.email}"
                    f" ({reason})")

@@ -49,6 +49,7 @@ from smimekit.ca.lifecycle import (
 from smimekit.ca.profiles import PROFILES
 from smimekit.cli.ca import ca_options, new_passphrase, open_ca, parse_duration, write_bundle
 from smimekit.cli.common import CliError, output_dir
+from smimekit.cli.directory_hook import kept_current
 from smimekit.cli.progress import progress_bar
 
 __all__ = ["COMMANDS", "enroll", "expiring_command", "renew"]
@@ -139,6 +140,20 @@ def _run_batch(verb: str, results: Iterator[RowResult], log: ResultsLog, *, tota
     click.echo(summary, err=True)
 
 
+def _recorded(results: Iterator[RowResult], changed: list[str]) -> Iterator[RowResult]:
+    """``results``, adding the address of every row recorded to ``changed`` (the directory
+    is updated for them after the batch: smimekit.cli.directory_hook)."""
+    try:
+        for result in results:
+            if result.status is RowStatus.OK and result.email:
+                changed.append(result.email)
+            yield result
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
 def _summary(verb: str, counts: Counter[RowStatus], results: ResultsLog) -> str:
     return (f"{verb} {counts[RowStatus.OK]}, skipped {counts[RowStatus.SKIPPED]}, failed"
             f" {counts[RowStatus.ERROR]}; results in {results.path}")
@@ -188,7 +203,7 @@ def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose
     from smimekit.ca.enrol_pool import default_workers, enroll_rows_pooled
 
     count = workers or default_workers()
-    with open_ca(passphrase_file, passphrase_env, pin_file) as cax:
+    with open_ca(passphrase_file, passphrase_env, pin_file) as cax, kept_current(cax) as changed:
         output_dir(out)  # before anyone is enrolled
         remove_leftovers(out)  # temporary files of a run that was killed
         if count == 1:
@@ -202,8 +217,8 @@ def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose
                 sign_key=sign_key, encrypt_key=encrypt_key, validity=period, results=results,
                 bundle=BundleOptions(out, legacy=legacy_p12, mobileconfig=mobileconfig,
                                      history=not legacy_p12))
-        _run_batch("enrolled", batch, results, total=len(rows), label="enrolling",
-                   progress=progress)
+        _run_batch("enrolled", _recorded(batch, changed), results, total=len(rows),
+                   label="enrolling", progress=progress)
 
 
 @click.command("renew")
@@ -241,10 +256,11 @@ def renew(due: str, results_path: str | None, dry_run: bool, key_type: str | Non
         out = output_dir(out_dir)
         results = ResultsLog(Path(results_path) if results_path else out / "renewals.csv")
         deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
-        _run_batch("renewed", renew_due(
-            cax, records, validity=period, encrypt_key=encrypt_key, deliver=deliver,
-            results=results), results, total=len({r.email for r in records}),
-            label="renewing", progress=progress)
+        with kept_current(cax) as changed:
+            _run_batch("renewed", _recorded(renew_due(
+                cax, records, validity=period, encrypt_key=encrypt_key, deliver=deliver,
+                results=results), changed), results, total=len({r.email for r in records}),
+                label="renewing", progress=progress)
 
 
 def _table(items: Sequence[Expiring]) -> None:
