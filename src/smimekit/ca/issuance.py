@@ -491,21 +491,43 @@ class CertificateAuthority:
                 raise CAError(f"{email} holds no live certificate of this CA")
         else:
             raise CAError("name a serial or an address to revoke")
+        done = self.revoke_records(targets, reason=reason, now=at)
+        if not done:
+            raise CAError("already revoked")
+        return done
+
+    def revoke_records(
+        self,
+        records: Sequence[IssuedRecord],
+        *,
+        reason: str,
+        now: dt.datetime | None = None,
+        details: Mapping[str, object] | None = None,
+        publish: bool = True,
+    ) -> list[IssuedRecord]:
+        """Revoke ``records`` in one transaction, each with its audit row (``details``
+        added to it), and with ``publish`` a fresh CRL in the same transaction. Those
+        revoked already are left out of the result (and not audited again).
+
+        Raises:
+            CAError: unknown reason.
+        """
+        reason = parse_reason(reason)
+        at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         done: list[IssuedRecord] = []
         with self.store.transaction():
             # First: a CRL publication that starts after this commits lists these serials,
             # and none runs in between (it waits for this lock).
             self.store.lock_crl_issuer(self.issuer_fingerprint)
-            for record in targets:
+            for record in records:
                 if self.store.add_revocation(record.serial, self.issuer_fingerprint, at,
                                              reason):
                     done.append(record)
                     self.store.audit(self.actor, "ca.revoke", record.email, {
-                        "serial": record.serial, "reason": reason,
+                        **(details or {}), "serial": record.serial, "reason": reason,
                         "purpose": record.purpose})
-            if not done:
-                raise CAError("already revoked")
-            self.publish_crl(now=at)
+            if done and publish:
+                self.publish_crl(now=at)
         return [self.store.issued_record(fingerprint=r.fingerprint) or r for r in done]
 
     # -- CRLs ------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""``smimekit ca enroll | renew | expiring``: the CA's subscribers in bulk.
+"""``smimekit ca enroll | renew | expiring | sync``: the CA's subscribers in bulk.
 
-Thin commands over :mod:`smimekit.ca.lifecycle`. Batches are resumable: re-running the same
-command continues where a crash, a kill or Ctrl-C stopped it (the first Ctrl-C finishes the
-current person, a second one stops at once; nothing half-done is kept either way). A progress
-bar goes to stderr when stderr is a terminal (or with ``--progress``); otherwise the only
-output is one summary line.
+Thin commands over :mod:`smimekit.ca.lifecycle` and :mod:`smimekit.ca.sync`. Batches are
+resumable: re-running the same command continues where a crash, a kill or Ctrl-C stopped it
+(the first Ctrl-C finishes the current person, a second one stops at once; nothing half-done
+is kept either way). A progress bar goes to stderr when stderr is a terminal (or with
+``--progress``); otherwise the only output is one summary line.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,7 +52,7 @@ from smimekit.cli.common import CliError, output_dir
 from smimekit.cli.directory_hook import kept_current
 from smimekit.cli.progress import progress_bar
 
-__all__ = ["COMMANDS", "enroll", "expiring_command", "renew"]
+__all__ = ["COMMANDS", "enroll", "expiring_command", "renew", "sync"]
 
 _KEY_TYPES = click.Choice([k.value for k in SubscriberKeyType])
 
@@ -333,5 +333,211 @@ def expiring_command(within: str, as_json: bool, send: bool, smtp_host: str, smt
     click.echo(summary, err=True)
 
 
-COMMANDS: list[click.Command] = [enroll, renew, expiring_command]
+class _Refused(CliError):
+    """ca sync: the plan was refused (an empty source, too many leavers); nothing changed."""
+
+    exit_code = 3
+
+
+class _Busy(CliError):
+    """ca sync: another sync holds the lock."""
+
+    exit_code = 75  # EX_TEMPFAIL: cron may try again later
+
+
+SYNC_LOCK = "ca-sync.lock"
+
+
+@contextmanager
+def _sync_lock(data_dir: Path) -> Iterator[None]:
+    """One ``ca sync`` at a time per data directory (an flock, released by the kernel when
+    the process ends, however it ends)."""
+    import fcntl
+    import os
+
+    path = data_dir / SYNC_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOCTTY, 0o600)
+    except OSError as exc:
+        raise CliError(f"cannot open the lock {path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _Busy(f"another 'ca sync' is running (it holds {path}); nothing was"
+                        " changed: try again when it has finished") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _print_plan(plan: Any) -> None:
+    for identity in plan.joiners:
+        click.echo(f"join    {identity.id}  {identity.key}  {identity.name or ''}".rstrip())
+    for leaver in plan.leavers:
+        click.echo(f"leave   {leaver.id}  {leaver.email}  (revoke {len(leaver.records)}"
+                   " certificates)")
+    for move in plan.moves:
+        click.echo(f"move    {move.identity.id}  {move.old_email} -> {move.identity.key}"
+                   f"  (supersede {len(move.records)} certificates)")
+    for rename in plan.renames:
+        click.echo(f"rename  {rename.identity.id}  {rename.identity.key}  ->"
+                   f" {rename.identity.name or ''}  (supersede {len(rename.records)}"
+                   " certificates)")
+    for identity in plan.recorded:
+        click.echo(f"record  {identity.id}  {identity.key}  (certificates current)")
+
+
+def _plan_notes(plan: Any) -> None:
+    for problem in plan.problems:
+        click.echo(f"smimekit: warning: {problem}", err=True)
+    if plan.outside:
+        click.echo(f"note: {len(plan.outside)} addresses hold live certificates but are not"
+                   " in the source and were not enrolled by ca sync: left alone", err=True)
+
+
+@click.command("sync")
+@click.option("--ldap", "use_ldap", is_flag=True,
+              help="Read the people from the directory of [sync.ldap] in the configuration.")
+@click.option("--csv", "csv_path", metavar="FILE",
+              help="Read the people from an HR export: UTF-8 CSV with id, email and name"
+                   " columns.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--allow-removals", type=click.IntRange(0), metavar="N",
+              help="Allow up to N leavers in this run, above [sync] max_removals.")
+@click.option("--results", "results_path", type=click.Path(dir_okay=False),
+              help="Append one row per person here [OUT/sync-results.csv]; mode 0600, it"
+                   " holds the PKCS#12 passphrases.")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)),
+              help="Certificate profile of joiners [the CA's default].")
+@click.option("--purpose", type=click.Choice(["dual", "sign", "encrypt", "both"]),
+              default="dual", show_default=True, help="What joiners get.")
+@click.option("--key-type", type=_KEY_TYPES,
+              help="Generated key type [p256 to sign, rsa3072 to encrypt].")
+@click.option("--workers", type=click.IntRange(1, 256), metavar="N",
+              help="Processes making joiners' keys and files [the number of CPUs].")
+@_batch_options
+@ca_options
+def sync(use_ldap: bool, csv_path: str | None, dry_run: bool, allow_removals: int | None,
+         results_path: str | None, profile: str | None, purpose: str, key_type: str | None,
+         workers: int | None, out_dir: str, validity: str, legacy_p12: bool,
+         mobileconfig: bool, progress: bool | None, passphrase_file: str | None,
+         passphrase_env: str | None, pin_file: str | None) -> None:
+    """Reconcile the CA with the identity source (--ldap or --csv FILE).
+
+    Joiners are enrolled (files in OUT), leavers' certificates revoked
+    (cessation-of-operation; their encryption keys stay in escrow), and a new address or a
+    new name in a certificate gets a new certificate, the old one revoked as superseded.
+    Running it again does nothing when nothing changed, and finishes a run that was
+    stopped. Exit status: 0 done (or nothing to do), 1 an error (nothing or only part
+    done: run again), 2 bad usage, 3 refused (an empty source, or more leavers than [sync]
+    max_removals: nothing changed), 75 another sync is running.
+    """
+    from smimekit.ca.sync import (
+        SyncRefused,
+        apply_sync,
+        check_removals,
+        plan_sync,
+        read_identity_csv,
+        read_identity_ldap,
+    )
+    from smimekit.cli.common import ca_data_dir, cli_config
+    from smimekit.config import SyncConfig
+
+    if use_ldap == (csv_path is not None):
+        raise click.UsageError("give --ldap or --csv FILE (one of them)")
+    period = parse_duration(validity)
+    settings = cli_config().sync or SyncConfig()
+    if use_ldap and settings.ldap is None:
+        raise CliError("--ldap needs a [sync.ldap] table in the configuration file (--config"
+                       " or SMIMEKIT_CONFIG); see docs/directory.md")
+    if settings.max_removals < 0:
+        raise CliError("[sync] max_removals must be 0 or more (a share below 1, or a count)")
+    data_dir = ca_data_dir()
+    with nullcontext() if dry_run else _sync_lock(data_dir):
+        assert settings.ldap is not None or not use_ldap
+        source = read_identity_ldap(settings.ldap) if use_ldap and settings.ldap \
+            else read_identity_csv(csv_path or "")
+        with open_ca(passphrase_file, passphrase_env, pin_file, locked=dry_run) as cax:
+            plan = plan_sync(cax, source)
+            if dry_run:
+                _print_plan(plan)
+            _plan_notes(plan)
+            try:
+                check_removals(plan, settings.max_removals, allow=allow_removals)
+            except SyncRefused as exc:
+                raise _Refused(str(exc)) from None
+            if dry_run:
+                click.echo(f"would do: {plan.counts()} ({plan.source_count} people in the"
+                           " source)", err=True)
+                return
+            if plan.empty:
+                click.echo(f"nothing to do: the CA matches the source ({plan.source_count}"
+                           " people)", err=True)
+                return
+            out = output_dir(out_dir)
+            remove_leftovers(out)
+            results = ResultsLog(Path(results_path) if results_path
+                                 else out / "sync-results.csv")
+            sign_key, encrypt_key = _key_kinds(key_type)
+            deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
+            count = workers or _workers()
+
+            def enrol(rows: list[Any]) -> Iterator[RowResult]:
+                if count == 1 or len(rows) < 2:
+                    return enroll_rows(cax, rows, purpose=purpose, profile=profile,
+                                       sign_key=sign_key, encrypt_key=encrypt_key,
+                                       validity=period, results=results, deliver=deliver)
+                from smimekit.ca.enrol_pool import enroll_rows_pooled
+
+                return enroll_rows_pooled(
+                    cax, rows, workers=count, purpose=purpose, profile=profile,
+                    sign_key=sign_key, encrypt_key=encrypt_key, validity=period,
+                    results=results, bundle=BundleOptions(out, legacy=legacy_p12,
+                                                          mobileconfig=mobileconfig,
+                                                          history=not legacy_p12))
+
+            total = (len(plan.joiners) + len(plan.leavers) + len(plan.moves)
+                     + len(plan.renames) + len(plan.recorded))
+            counts: Counter[str] = Counter()
+            failed = 0
+            with kept_current(cax) as changed, \
+                    _stop_between_rows() as stop_requested, \
+                    progress_bar(progress, "syncing", total=total) as bar:
+                events = apply_sync(cax, plan, enrol=enrol, deliver=deliver, results=results,
+                                    validity=period)
+                try:
+                    for event in events:
+                        if event.status is RowStatus.ERROR:
+                            failed += 1
+                            bar.error(f"error: {event.action.value} {event.id}"
+                                      f" {event.email}: {event.message}")
+                        else:
+                            counts[event.action.value] += 1
+                            changed += list(event.emails)
+                        bar.advance()
+                        if stop_requested():
+                            raise _Stopped(f"stopped by Ctrl-C: {_sync_summary(counts, failed)};"
+                                           " run the same command again to continue")
+                finally:
+                    events.close()  # type: ignore[attr-defined]
+                summary = _sync_summary(counts, failed) + f"; results in {results.path}"
+                if failed:
+                    raise CliError(summary)
+    click.echo(summary, err=True)
+
+
+def _workers() -> int:
+    from smimekit.ca.enrol_pool import default_workers
+
+    return default_workers()
+
+
+def _sync_summary(counts: Counter[str], failed: int) -> str:
+    return (f"synced: {counts['joined']} joined, {counts['left']} left, {counts['moved']}"
+            f" moved, {counts['renamed']} renamed, {counts['recorded']} recorded, failed"
+            f" {failed}")
+
+
+COMMANDS: list[click.Command] = [enroll, renew, expiring_command, sync]
 """Registered into the ``ca`` group by :mod:`smimekit.cli.ca`."""

@@ -38,7 +38,7 @@ from smimekit.directory.sources import Candidate, Found
 from smimekit.errors import ConfigError, DirectoryError
 
 if TYPE_CHECKING:
-    from smimekit.config import Config, LdapConfig
+    from smimekit.config import Config, LdapConfig, SyncLdapConfig
     from smimekit.store import Store
 
 __all__ = [
@@ -77,37 +77,37 @@ def _ldap3() -> Any:
     return ldap3
 
 
-def _password(config: LdapConfig) -> str | None:
+def _password(config: LdapConfig | SyncLdapConfig, section: str) -> str | None:
     if config.bind_dn is None:
         return None
     if config.password_file is None:
-        raise ConfigError("directory.ldap.bind_dn needs directory.ldap.password_file (an"
-                          " empty password would be an unauthenticated bind)")
+        raise ConfigError(f"{section}.bind_dn needs {section}.password_file (an empty"
+                          " password would be an unauthenticated bind)")
     try:
         text = config.password_file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read directory.ldap.password_file {config.password_file}:"
+        raise ConfigError(f"cannot read {section}.password_file {config.password_file}:"
                           f" {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"directory.ldap.password_file {config.password_file} is not"
+        raise ConfigError(f"{section}.password_file {config.password_file} is not"
                           " UTF-8 text") from None
     lines = text.splitlines()
     if not lines or not lines[0]:
-        raise ConfigError(f"directory.ldap.password_file {config.password_file} is empty")
+        raise ConfigError(f"{section}.password_file {config.password_file} is empty")
     return lines[0]
 
 
-def _check(config: LdapConfig) -> None:
+def _check(config: LdapConfig | SyncLdapConfig, section: str) -> None:
     scheme = config.url.partition("://")[0].lower()
     if scheme not in ("ldap", "ldaps"):
-        raise ConfigError(f"directory.ldap.url must be ldap:// or ldaps://, not {config.url!r}")
+        raise ConfigError(f"{section}.url must be ldap:// or ldaps://, not {config.url!r}")
     if scheme == "ldaps" and config.starttls:
-        raise ConfigError("directory.ldap.starttls is for ldap:// URLs (ldaps:// is TLS"
+        raise ConfigError(f"{section}.starttls is for ldap:// URLs (ldaps:// is TLS"
                           " already)")
     if config.ca_file is not None and not config.ca_file.is_file():
-        raise ConfigError(f"directory.ldap.ca_file {config.ca_file} is not a file")
+        raise ConfigError(f"{section}.ca_file {config.ca_file} is not a file")
     if config.timeout <= 0:
-        raise ConfigError("directory.ldap.timeout must be more than 0 seconds")
+        raise ConfigError(f"{section}.timeout must be more than 0 seconds")
 
 
 class LdapConnection:
@@ -118,10 +118,13 @@ class LdapConnection:
             timed out.
     """
 
-    def __init__(self, config: LdapConfig) -> None:
-        _check(config)
+    def __init__(self, config: LdapConfig | SyncLdapConfig, *,
+                 section: str = "directory.ldap") -> None:
+        """``section``: the configuration table ``config`` came from, for messages
+        (``ca sync`` reads the identity directory of ``[sync.ldap]`` through it)."""
+        _check(config, section)
         self.config = config
-        self._password = _password(config)
+        self._password = _password(config, section)
         self._conn: Any = None
 
     @property

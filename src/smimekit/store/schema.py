@@ -23,14 +23,15 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped by every change to the tables below; a store refuses a version it does not know.
 
 Version 2 added ``issued`` (our CA's issuance records). Version 3 added the live markers of
 ``issued`` (``sign_slot``, ``encrypt_slot``, each unique) and the unique index on
 (issuer, CRL number) of ``crl_publications``. Version 4 added ``harvested_certificates``
-(certificates kept from signed mail that validated, ``directory harvest``). Versions 1 to 3
-are upgraded in place by the first write transaction (:mod:`smimekit.store.upgrade`)."""
+(certificates kept from signed mail that validated, ``directory harvest``). Version 5 added
+``identities`` (the people ``ca sync`` manages, by the identity source's stable id). Versions 1
+to 4 are upgraded in place by the first write transaction (:mod:`smimekit.store.upgrade`)."""
 
 metadata = MetaData()
 
@@ -169,6 +170,19 @@ harvested_certificates = Table(
     Column("message_ref", Text, nullable=False),
     CheckConstraint("role IN ('signer', 'encryption')", name="ck_harvested_role"),
     UniqueConstraint("address", "fingerprint", name="uq_harvested_address_fingerprint"),
+)
+
+# The people ``ca sync`` manages (version 5; ca/sync.py): the identity source's stable id (uid,
+# employee number) and the address and name the CA certified for them, so that a new address
+# or name in the source is recognised as the same person. A leaver's row stays, with left_at.
+identities = Table(
+    "identities",
+    metadata,
+    Column("external_id", String(255), primary_key=True),
+    Column("email", String(320), nullable=False, index=True),  # mailbox.comparable() form
+    Column("name", Text),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("left_at", DateTime(timezone=True)),
 )
 
 # Placeholder for the escrow issue: the columns it will at least need.
