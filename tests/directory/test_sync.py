@@ -200,7 +200,8 @@ def test_empty_search_result_is_refused_and_nothing_changes(
 
 
 def test_mass_removal_is_refused_dry_run_changes_nothing_and_allow_overrides_once(
-        slapd: Slapd, cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        slapd: Slapd, cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     staff = people(20)
     slapd.add_people(staff)
     config = write_config(tmp_path / "smimekit.toml", slapd, max_removals=0.1)
@@ -211,7 +212,9 @@ def test_mass_removal_is_refused_dry_run_changes_nothing_and_allow_overrides_onc
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "5 leavers of 20 is more than the 2 allowed" in err
     assert "--allow-removals 5" in err
-    assert sync(config, tmp_path / "out", "--dry-run", "--allow-removals", "5") == 0
+    with monkeypatch.context() as m:
+        m.delenv("SMIMEKIT_PASSPHRASE")  # a dry run does not unlock the CA
+        assert sync(config, tmp_path / "out", "--dry-run", "--allow-removals", "5") == 0
     out = capsys.readouterr().out
     assert sorted(line.split()[1] for line in out.splitlines()) == [p.uid for p in staff[:5]]
     assert len(live(cli_ca)) == 20

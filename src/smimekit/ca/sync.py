@@ -69,6 +69,7 @@ __all__ = [
     "apply_sync",
     "check_removals",
     "plan_sync",
+    "publish_pending_crl",
     "read_identity_csv",
     "read_identity_ldap",
 ]
@@ -521,8 +522,10 @@ def apply_sync(
         _remember(cax, identity, at)
         yield SyncEvent(SyncAction.RECORDED, identity.id, identity.key, RowStatus.OK,
                         "certificates are current; identity recorded")
-    if revoked_any or _crl_behind(cax):
+    if revoked_any:  # the new names' old certificates (revoked at ``at``, as step 1's CRL)
         cax.publish_crl()
+    else:
+        publish_pending_crl(cax)
 
 
 def _log(results: ResultsLog | None, email: str, message: str) -> None:
@@ -567,12 +570,19 @@ def _rename(cax: CertificateAuthority, rename: Rename, *, deliver: Deliver | Non
                          str(exc))
 
 
-def _crl_behind(cax: CertificateAuthority) -> bool:
-    """A revocation newer than the newest CRL (a run killed before it published one)."""
+def publish_pending_crl(cax: CertificateAuthority) -> bool:
+    """Publish a CRL when a revocation is newer than the newest CRL (a run killed between its
+    revocations and their CRL). Returns whether it published one.
+
+    Raises:
+        StoreError: the store fails.
+    """
     revocations = cax.store.revocations(cax.issuer_fingerprint)
     if not revocations:
         return False
     latest = cax.store.latest_crl(cax.issuer_fingerprint, with_der=False)
-    if latest is None or latest.next_update is None:
-        return True
-    return max(r.revoked_at for r in revocations) > latest.next_update - CRL_VALIDITY
+    if latest is not None and latest.next_update is not None \
+            and max(r.revoked_at for r in revocations) <= latest.next_update - CRL_VALIDITY:
+        return False
+    cax.publish_crl()
+    return True

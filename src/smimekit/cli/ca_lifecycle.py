@@ -438,6 +438,7 @@ def sync(use_ldap: bool, csv_path: str | None, dry_run: bool, allow_removals: in
         apply_sync,
         check_removals,
         plan_sync,
+        publish_pending_crl,
         read_identity_csv,
         read_identity_ldap,
     )
@@ -472,6 +473,7 @@ def sync(use_ldap: bool, csv_path: str | None, dry_run: bool, allow_removals: in
                            " source)", err=True)
                 return
             if plan.empty:
+                publish_pending_crl(cax)  # a CRL a killed run did not publish
                 click.echo(f"nothing to do: the CA matches the source ({plan.source_count}"
                            " people)", err=True)
                 return
