@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,8 +237,6 @@ def test_wrong_bind_password_and_unreachable_directory_are_one_line_and_change_n
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not the password\n")
     bad = write_config(tmp_path / "bad.toml", slapd, password_file=wrong)
-    import socket
-
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         dead = f"ldap://127.0.0.1:{closed.getsockname()[1]}"
@@ -283,7 +286,7 @@ publish = true
                   "e2,Bob Baker,bob@example.org,Ops\n"
                   "e3,Cat Cooper,cat@example.org,Ops\n")
     args = ["--config", str(config), "ca", "sync", "--csv", str(hr), "--out",
-            str(tmp_path / "out"), *FAST]
+            str(tmp_path / "out"), "--key-type", "p256", "--workers", "2"]  # the pooled path
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "synced: 3 joined" in err and "directory: published 3 certificates" in err
@@ -370,3 +373,34 @@ def test_a_stopped_sync_is_finished_by_the_next_without_duplicates(
     held = Counter((r.email, r.purpose) for r in cax.store.issued_records(live_only=True))
     assert set(held.values()) == {1} and len(held) == 24
     assert plan_sync(cax, read_identity_ldap(settings)).empty
+
+
+def test_a_killed_sync_is_finished_by_the_next_without_duplicates(
+        slapd: Slapd, cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    staff = people(80)
+    slapd.add_people(staff)
+    config = write_config(tmp_path / "smimekit.toml", slapd)
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "smimekit.cli.main", "--config", str(config), "ca", "sync",
+         "--ldap", "--out", str(out), *FAST], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        deadline = time.monotonic() + 120  # a liveness bound, not a figure
+        while child.poll() is None and time.monotonic() < deadline:
+            if (cli_ca / "smimekit.db").exists() and len(records(cli_ca)) >= 20:
+                break
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    killed_at = len(records(cli_ca))
+    assert child.returncode == -signal.SIGKILL and 20 <= killed_at < 2 * len(staff)
+    assert sync(config, out) == 0
+    err = capsys.readouterr().err
+    assert "failed 0" in err
+    held = Counter((r.email, r.purpose) for r in records(cli_ca))
+    assert set(held) == {(p.mail, purpose) for p in staff for purpose in ("sign", "encrypt")}
+    assert set(held.values()) == {1}  # nobody issued twice
+    assert sync(config, out) == 0
+    assert "nothing to do" in capsys.readouterr().err
