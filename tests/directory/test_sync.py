@@ -322,7 +322,26 @@ def test_entries_without_a_usable_address_are_kept_and_reported(tmp_path: Path) 
     read = read_identity_csv(hr)
     assert [i.id for i in read.identities] == ["e1"]
     assert read.held == {"e2", "e3", "e4", "e5"}
+    assert read.held_emails == {"nobody@example.org"}
     assert len(read.problems) == 4
+
+
+def test_a_broken_entry_revokes_nobody(
+        cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hr = tmp_path / "hr.csv"
+    hr.write_text("id,email,name\ne1,ann@example.org,Ann Archer\ne2,bob@example.org,Bob Baker\n"
+                  "e3,cat@example.org,Cat Cooper\n")
+    args = ["ca", "sync", "--csv", str(hr), "--out", str(tmp_path / "out"), *FAST,
+            "--allow-removals", "3"]
+    assert main(args) == 0
+    # e2 lost its address, e3 its id: both are reported, neither is a leaver
+    hr.write_text("id,email,name\ne1,ann@example.org,Ann Archer\ne2,,Bob Baker\n"
+                  ",cat@example.org,Cat Cooper\n")
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == 2 and "nothing to do" in err
+    assert set(live(cli_ca)) == {"ann@example.org", "bob@example.org", "cat@example.org"}
 
 
 # -- resuming ------------------------------------------------------------------------------

@@ -113,16 +113,22 @@ class SourceRead:
     held: frozenset[str] = frozenset()
     """Ids of entries left out (no usable address, duplicates): neither enrolled nor revoked
     in this run."""
+    held_emails: frozenset[str] = frozenset()
+    """Addresses (compared form) of entries left out for want of an id: whoever the sync
+    knows at that address is not taken for a leaver either."""
 
 
 def _collect(entries: Iterable[tuple[str, str | None, str | None, str | None]]) -> SourceRead:
     """(where, id, email, name) entries -> identities, with every unusable one reported."""
     problems: list[str] = []
     held: set[str] = set()
+    held_emails: set[str] = set()
     by_id: dict[str, list[tuple[str, Identity]]] = {}
     for where, id_, email, name in entries:
         if not id_:
             problems.append(f"{where}: no id: left out")
+            if email:
+                held_emails.add(comparable(email))
             continue
         if not email:
             problems.append(f"{where}: no address: left out (their certificates are kept)")
@@ -149,7 +155,7 @@ def _collect(entries: Iterable[tuple[str, str | None, str | None, str | None]]) 
                             " left out")
             held.update(ids)
     identities = tuple(found[0][1] for id_, found in by_id.items() if id_ not in held)
-    return SourceRead(identities, tuple(problems), frozenset(held))
+    return SourceRead(identities, tuple(problems), frozenset(held), frozenset(held_emails))
 
 
 _CSV_COLUMNS = {"id": ("id", "uid", "employee_id", "employeenumber"),
@@ -352,7 +358,8 @@ def plan_sync(cax: CertificateAuthority, source: SourceRead, *,
         else:
             recorded.append(identity)
     leavers = [Leaver(k.external_id, k.email, tuple(live.get(k.email, [])))
-               for k in known.values() if k.external_id not in in_source]
+               for k in known.values()
+               if k.external_id not in in_source and k.email not in source.held_emails]
     named = {i.key for i in source.identities} | set(owner)
     outside = tuple(sorted(e for e in live if e not in named))
     return SyncPlan(tuple(joiners), tuple(leavers), tuple(moves), tuple(renames),
