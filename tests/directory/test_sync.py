@@ -22,7 +22,6 @@ import pytest
 from cryptography.x509.oid import NameOID
 from slapd import Person, Slapd, people
 
-from smimekit.ca.home import CAHome
 from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
 from smimekit.ca.lifecycle import enroll_rows
 from smimekit.ca.sync import (
@@ -347,19 +346,9 @@ def test_a_broken_entry_revokes_nobody(
 # -- resuming ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def api_ca(cli_ca: Path) -> Iterator[CertificateAuthority]:
-    home = CAHome(cli_ca)
-    store = Store.open(None, cli_ca)
-    try:
-        yield CertificateAuthority(home.unlock(PASS.encode()), store, actor="test")
-    finally:
-        store.close()
-
-
 def test_a_stopped_sync_is_finished_by_the_next_without_duplicates(
-        slapd: Slapd, api_ca: CertificateAuthority) -> None:
-    cax = api_ca
+        slapd: Slapd, any_cax: CertificateAuthority) -> None:
+    cax = any_cax  # on SQLite and PostgreSQL
     staff = people(12)
     slapd.add_people(staff)
     settings = SyncLdapConfig(url=slapd.url, base_dn=slapd.people, bind_dn=slapd.root_dn,
