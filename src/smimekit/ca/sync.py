@@ -34,9 +34,12 @@ import enum
 import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from smimekit.ca.issuance import CRL_VALIDITY, CertificateAuthority, Issuance, checked_email
 from smimekit.ca.lifecycle import (
@@ -311,8 +314,8 @@ def _live_by_email(cax: CertificateAuthority, at: dt.datetime) -> dict[str, list
 
 def _name_changed(cax: CertificateAuthority, identity: Identity,
                   records: Sequence[IssuedRecord]) -> bool:
-    """Whether a certificate issued now, with the source's name, would have another subject
-    than one of ``records`` (only the sponsored profiles carry the name)."""
+    """Whether a certificate issued now, with the source's name, would name the person
+    otherwise than one of ``records`` (only the sponsored profiles carry the name)."""
     for record in records:
         stored = cax.store.get_certificate(record.fingerprint)
         if stored is None:  # pragma: no cover - the issued table refers to it
@@ -323,9 +326,18 @@ def _name_changed(cax: CertificateAuthority, identity: Identity,
                                                  identity.name, profile))
         except CAError:
             return True  # a name the profile cannot take: renewal will say why
-        if stored.certificate.subject != wanted:
+        if _person_names(stored.certificate.subject) != _person_names(wanted):
             return True
     return False
+
+
+_PERSON_NAME = (NameOID.COMMON_NAME, NameOID.GIVEN_NAME, NameOID.SURNAME, NameOID.PSEUDONYM)
+
+
+def _person_names(name: x509.Name) -> list[tuple[str, object]]:
+    """The attributes of a subject that name the person (a changed organisation name in the
+    CA's configuration is not a person's new name)."""
+    return [(a.oid.dotted_string, a.value) for a in name if a.oid in _PERSON_NAME]
 
 
 def plan_sync(cax: CertificateAuthority, source: SourceRead, *,
@@ -423,14 +435,6 @@ class SyncEvent:
 Enrol = Callable[[list[Row]], Iterator[RowResult]]
 """Enrol rows: :func:`~smimekit.ca.lifecycle.enroll_rows` or the pooled one, set up by the
 CLI with its files and results."""
-
-
-@dataclass
-class _Run:
-    cax: CertificateAuthority
-    at: dt.datetime
-    results: ResultsLog | None
-    published: list[bool] = field(default_factory=list)
 
 
 def _remember(cax: CertificateAuthority, identity: Identity, at: dt.datetime,
