@@ -383,6 +383,7 @@ def test_a_stopped_sync_is_finished_by_the_next_without_duplicates(
     assert plan_sync(cax, read_identity_ldap(settings)).empty
 
 
+@pytest.mark.slow
 def test_a_killed_sync_is_finished_by_the_next_without_duplicates(
         slapd: Slapd, cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     staff = people(80)
