@@ -314,6 +314,22 @@ def test_csv_without_an_id_column_is_one_line(
     assert err.count("\n") == 1 and "needs an 'id' and an 'email' column" in err
 
 
+def test_source_options_and_configuration_are_checked_first(
+        cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hr = tmp_path / "hr.csv"
+    hr.write_text("id,email\ne1,ann@example.org\n")
+    assert main(["ca", "sync"]) == 2
+    assert main(["ca", "sync", "--ldap", "--csv", str(hr)]) == 2
+    capsys.readouterr()
+    assert main(["ca", "sync", "--ldap"]) == 1
+    assert "--ldap needs a [sync.ldap] table" in capsys.readouterr().err
+    config = tmp_path / "smimekit.toml"
+    config.write_text('[sync.ldap]\nurl = "http://ldap.example.org"\nbase_dn = "dc=x"\n')
+    assert main(["--config", str(config), "ca", "sync", "--ldap"]) == 1
+    assert "sync.ldap.url must be ldap:// or ldaps://" in capsys.readouterr().err
+    assert records(cli_ca) == []
+
+
 def test_entries_without_a_usable_address_are_kept_and_reported(tmp_path: Path) -> None:
     hr = tmp_path / "hr.csv"
     hr.write_text("id,email,name\ne1,ann@example.org,Ann\ne2,,Bob\ne3,not an address,Cat\n"
