@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.x509.oid import NameOID
 from slapd import Person, Slapd, people
 
+from smimekit.ca.home import CAHome
 from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
 from smimekit.ca.lifecycle import enroll_rows
 from smimekit.ca.sync import (
@@ -429,3 +431,27 @@ def test_a_killed_sync_is_finished_by_the_next_without_duplicates(
     assert set(held.values()) == {1}  # nobody issued twice
     assert sync(config, out) == 0
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_a_crl_a_killed_run_left_unpublished_is_published_by_the_next(
+        cli_ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hr = tmp_path / "hr.csv"
+    hr.write_text("id,email,name\ne1,ann@example.org,Ann Archer\n")
+    args = ["ca", "sync", "--csv", str(hr), "--out", str(tmp_path / "out"), *FAST]
+    assert main(args) == 0
+    with Store.open(None, cli_ca, create=False) as store:
+        cax = CertificateAuthority(CAHome(cli_ca).unlock(PASS.encode()), store)
+        role = cax.issue_generated("role@example.org", name="Role Box", purpose="encrypt",
+                                   encrypt_key=SubscriberKeyType.P256)
+        # revoked, and the run died before its CRL
+        cax.revoke_records([role.items[0].record], reason="superseded", publish=False)
+        before = store.latest_crl(cax.issuer_fingerprint, with_der=False)
+        assert before is not None
+    assert main(args) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    with Store.open(None, cli_ca, create=False) as store:
+        after = store.latest_crl(cax.issuer_fingerprint)
+        assert after is not None and after.number == before.number + 1
+        crl = x509.load_der_x509_crl(after.der or b"")
+        assert crl.get_revoked_certificate_by_serial_number(
+            role.items[0].cert.serial_number) is not None
