@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from smimekit.ca.issuance import CRL_VALIDITY, CertificateAuthority, Issuance, checked_email
+from smimekit.ca.issuance import CertificateAuthority, Issuance, checked_email
 from smimekit.ca.lifecycle import (
     Deliver,
     Delivery,
@@ -582,8 +582,9 @@ def _rename(cax: CertificateAuthority, rename: Rename, *, deliver: Deliver | Non
 
 
 def publish_pending_crl(cax: CertificateAuthority) -> bool:
-    """Publish a CRL when a revocation is newer than the newest CRL (a run killed between its
-    revocations and their CRL). Returns whether it published one.
+    """Publish a CRL when the newest one lists fewer certificates than the store has revoked
+    (a run killed between its revocations and their CRL; every CRL lists every revocation).
+    Returns whether it published one.
 
     Raises:
         StoreError: the store fails.
@@ -591,9 +592,9 @@ def publish_pending_crl(cax: CertificateAuthority) -> bool:
     revocations = cax.store.revocations(cax.issuer_fingerprint)
     if not revocations:
         return False
-    latest = cax.store.latest_crl(cax.issuer_fingerprint, with_der=False)
-    if latest is not None and latest.next_update is not None \
-            and max(r.revoked_at for r in revocations) <= latest.next_update - CRL_VALIDITY:
+    latest = cax.store.latest_crl(cax.issuer_fingerprint)
+    if latest is not None and latest.der is not None \
+            and len(x509.load_der_x509_crl(latest.der)) >= len(revocations):
         return False
     cax.publish_crl()
     return True
