@@ -282,7 +282,10 @@ README_WALK = Walkthrough(
     },
     skip={"smimekit directory publish": "needs an LDAP directory it may write to:"
                                          " tests/directory/test_ldap.py publishes to a real"
-                                         " slapd through the CLI"},
+                                         " slapd through the CLI",
+          "smimekit ca sync --ldap --out issued/": "needs the organisation's directory"
+                                                  " ([sync.ldap]): tests/directory/"
+                                                  "test_sync.py syncs from a real slapd"},
     placeholders={
         "3f2a9c01": lambda run: fingerprint(
             x509.load_pem_x509_certificate((run.work / "root.pem").read_bytes()))[:8],
@@ -327,6 +330,9 @@ CA_WALK = Walkthrough(
             "a serving node of the reader's deployment (their PostgreSQL, their files); run"
             " with a database and data directories of the test's own in"
             " tests/ca/test_multinode.py",
+        "smimekit --config smimekit.toml ca sync --ldap --out issued/":
+            "needs the organisation's directory ([sync.ldap] in the reader's smimekit.toml):"
+            " tests/directory/test_sync.py syncs from a real slapd through the CLI",
     },
     placeholders={
         "/media/": _media,  # a mounted medium: a folder of this run
