@@ -41,7 +41,6 @@ import platform
 import secrets
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from benchdb import PG_HOST, PG_PORT, fresh_schema, pg_user
+from benchinfo import cpu_model, git_revision
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -488,21 +488,13 @@ def one_run(backend: str, key_type: str, args: argparse.Namespace,
 
 
 def machine_info() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import cryptography
     import sqlalchemy
 
     import smimekit
 
-    rev = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
-                         capture_output=True, text=True, check=False).stdout.strip()
+    rev = git_revision()
     return (f"smimekit {getattr(smimekit, '__version__', '?')} ({rev or '?'}); "
             f"{os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; "
             f"cryptography {cryptography.__version__}; SQLAlchemy {sqlalchemy.__version__}; "

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from benchdb import PG_HOST, PG_PORT, fresh_database, pg_user
+from benchinfo import cpu_model, git_revision
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "src"))
@@ -208,16 +209,8 @@ def enrol(backend: str, workers: int, count: int) -> Run:
 def machine_info() -> str:
     import cryptography
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    rev = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
-                         capture_output=True, text=True, check=False).stdout.strip()
+    cpu = cpu_model()
+    rev = git_revision()
     return (f"smimekit ({rev or '?'}); {cores()} cores, {cpu}; Python"
             f" {platform.python_version()}; cryptography {cryptography.__version__}")
 

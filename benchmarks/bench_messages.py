@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchinfo import cpu_model, git_revision
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -642,21 +643,13 @@ def check_outputs(d: Path, tag: str) -> None:
 
 
 def machine_info() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     ossl = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=False)
     import cryptography
 
     import smimekit
 
-    rev = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
-                         capture_output=True, text=True, check=False).stdout.strip()
+    rev = git_revision()
     return {
         "revision": rev or "?",
         "nproc": str(os.cpu_count()),

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from benchdb import PG_HOST, PG_PORT, fresh_database, pg_user
+from benchinfo import cpu_model, git_revision
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -635,20 +636,14 @@ def one_run(backend: str, args: argparse.Namespace, script: Path) -> Run:
 
 
 def machine_info() -> str:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     import cryptography
 
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     wrk_version = (wrk.stdout + wrk.stderr).split("[")[0].strip() or "wrk ?"
     openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True,
                              check=False).stdout.strip() if shutil.which("openssl") else "-"
-    rev = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"],
-                         capture_output=True, text=True, check=False).stdout.strip()
+    rev = git_revision()
     return (f"smimekit ({rev or '?'}); {os.cpu_count()} cores, {cpu}; Python "
             f"{platform.python_version()}; cryptography {cryptography.__version__}; SQLite "
             f"{sqlite3.sqlite_version}; {wrk_version}; {openssl}")
