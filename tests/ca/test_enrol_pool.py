@@ -6,37 +6,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import Backend
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from smimekit.ca.bundle import BundleOptions, remove_leftovers
 from smimekit.ca.enrol_pool import enroll_rows_pooled
-from smimekit.ca.home import CAConfig, CAHome
 from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
 from smimekit.ca.lifecycle import ResultsLog, Row, RowResult, RowStatus, read_enrolment_csv
-from smimekit.store import Store
 
-PASS = b"correct horse battery staple"
 P256 = SubscriberKeyType.P256
 FAST = {"sign_key": P256, "encrypt_key": P256}
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-@pytest.fixture()
-def cax(backend: Backend) -> Iterator[CertificateAuthority]:
-    config = CAConfig(organization="Example Ltd", base_url="http://pki.example.com",
-                      key_type="p256", organization_identifier="NTRGB-12345678")
-    unlocked = CAHome(backend.data_dir).create(config, PASS)
-    store = Store.open(backend.url, backend.data_dir)
-    try:
-        yield CertificateAuthority(unlocked, store, actor="test")
-    finally:
-        store.close()
 
 
 def _csv(path: Path, text: str) -> list[Row]:

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from backends import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from smimekit.ca.home import CAConfig, CAHome
 from smimekit.ca.issuance import CertificateAuthority, Issuance, SubscriberKeyType
 from smimekit.ca.lifecycle import (
     Delivery,
@@ -34,24 +32,10 @@ from smimekit.ca.lifecycle import (
 from smimekit.ca.profiles import Purpose
 from smimekit.cli.ca import new_passphrase, write_bundle
 from smimekit.errors import CAError
-from smimekit.store import Store
 
-PASS = b"correct horse battery staple"
 P256 = SubscriberKeyType.P256
 FAST = {"sign_key": P256, "encrypt_key": P256}
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-@pytest.fixture()
-def cax(backend: Backend) -> Iterator[CertificateAuthority]:
-    config = CAConfig(organization="Example Ltd", base_url="http://pki.example.com",
-                      key_type="p256", organization_identifier="NTRGB-12345678")
-    unlocked = CAHome(backend.data_dir).create(config, PASS)
-    store = Store.open(backend.url, backend.data_dir)
-    try:
-        yield CertificateAuthority(unlocked, store, actor="test")
-    finally:
-        store.close()
 
 
 def _deliver(cax: CertificateAuthority, out: Path) -> Callable[[Issuance], Delivery]:
