@@ -59,6 +59,18 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def wait_until_serving(server: subprocess.Popen[bytes], url: str) -> None:
+    """Until ``ca serve`` hands out the root certificate (at most 15 s); a server that exits
+    meanwhile fails the test with its stderr."""
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(f"{url}/certs/root.der", timeout=1).read()
+            return
+        except OSError:
+            assert server.poll() is None, server.stderr.read()  # type: ignore[union-attr]
+            time.sleep(0.1)
+
+
 @contextmanager
 def serving(env: Path, *extra: str) -> Iterator[str]:
     port = free_port()
@@ -67,13 +79,7 @@ def serving(env: Path, *extra: str) -> Iterator[str]:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"{url}/certs/root.der", timeout=1).read()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()  # type: ignore[union-attr]
-                time.sleep(0.1)
+        wait_until_serving(server, url)
         yield url
     finally:
         server.terminate()
@@ -340,13 +346,7 @@ def test_default_serve_of_a_token_ca_never_logs_into_the_token(tmp_path: Path) -
                                      if k not in ("SMIMEKIT_PKCS11_PIN", "SOFTHSM2_CONF")})
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"{url}/certs/root.der", timeout=1).read()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()  # type: ignore[union-attr]
-                time.sleep(0.1)
+        wait_until_serving(server, url)
         response = ask_ocsp(url, tmp_path, "good")
         assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
         assert_signed_by_ocsp_signer(response, tmp_path)
