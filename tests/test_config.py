@@ -79,3 +79,52 @@ def test_not_toml_or_missing_file(tmp_path: Path) -> None:
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(tmp_path / "bin.toml")
+
+
+def test_gateway_section_levels_scan_and_dlp_rules(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, """
+[gateway]
+internal_domains = ["example.org"]
+key_passphrase_file = "gateway.pass"
+[gateway.policy]
+encrypt = "if-possible"
+[gateway.domains."*.partner.example"]
+encrypt = "always"
+no_certificate = "pdf"
+[gateway.users."ceo@example.org"]
+webmail = true
+[gateway.scan]
+socket = "unix:/run/clamav/clamd.ctl"
+[[gateway.dlp]]
+name = "cards"
+patterns = ['\\b(?:\\d[ -]?){13,16}\\b']
+action = "require-encryption"
+[[gateway.dlp]]
+name = "secret"
+keywords = ["project x"]
+threshold = 2
+"""))
+    gw = config.gateway
+    assert gw is not None
+    assert gw.internal_domains == ("example.org",)
+    assert gw.key_passphrase_file == tmp_path / "gateway.pass"
+    assert gw.policy.encrypt == "if-possible" and gw.policy.sign is None  # None: inherit
+    assert gw.domains["*.partner.example"].no_certificate == "pdf"
+    assert gw.users["ceo@example.org"].webmail is True
+    assert gw.scan is not None and gw.scan.on_failure == "defer"
+    assert [(r.name, r.action, r.threshold) for r in gw.dlp] == [
+        ("cards", "require-encryption", 1), ("secret", "warn", 2)]
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('[gateway.domains."a.example"]\nencrypt = "sometimes"\n',
+     "gateway.domains.a.example.encrypt must be one of: always, if-possible, never"),
+    ('[gateway.users."u@a.example"]\nwebmial = true\n', "unknown key gateway.users.u@a.example"),
+    ("[gateway]\ndlp = {name = 'x'}\n", "gateway.dlp must be a list of tables"),
+    ("[[gateway.dlp]]\nkeywords = ['x']\n", "gateway.dlp[0].name is required"),
+    ("[[gateway.dlp]]\nname = 'x'\naction = 'shred'\n", "gateway.dlp[0].action must be one of"),
+])
+def test_gateway_mistakes_are_named(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match="^" + named.replace(".", r"\.").replace("[", r"\[")
+                       .replace("]", r"\]").replace("(", r"\(")):
+        load_config(_write(tmp_path, text))

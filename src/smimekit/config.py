@@ -43,6 +43,25 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     id = "uid"
     email = "mail"
     name = "cn"
+
+    [gateway]                         # smimekit gateway serve (docs/gateway.md)
+    listen = "127.0.0.1:10025"        # where Postfix's content filter delivers
+    next_hop = "127.0.0.1:10026"      # Postfix's re-injection smtpd
+    internal_domains = ["example.org"]   # mail from these is outbound, to them inbound
+    [gateway.policy]                  # every level: a key left out inherits from above
+    encrypt = "if-possible"           # always | if-possible | never
+    no_certificate = "clear"          # clear | bounce | pdf
+    [gateway.domains."*.partner.example"]   # per domain (wildcards), then per user
+    encrypt = "always"
+    [gateway.users."ceo@example.org"]
+    webmail = true
+    [gateway.scan]                    # the scanning hook for decrypted content
+    command = ["/usr/local/bin/scan-mail"]
+    [[gateway.dlp]]                   # data-loss rules, each with its action
+    name = "card numbers"
+    patterns = ['\\b(?:\\d[ -]?){13,16}\\b']
+    threshold = 1
+    action = "require-encryption"
 """
 
 from __future__ import annotations
@@ -55,7 +74,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from smimekit.errors import ConfigError
 
@@ -63,8 +82,12 @@ __all__ = [
     "EMPTY",
     "Config",
     "DirectoryConfig",
+    "DlpRule",
     "DnsConfig",
+    "GatewayConfig",
     "LdapConfig",
+    "PolicyConfig",
+    "ScanConfig",
     "SyncConfig",
     "SyncLdapConfig",
     "load_config",
@@ -119,10 +142,102 @@ class SyncConfig:
     ldap: SyncLdapConfig | None = None
 
 
+EncryptMode = Literal["always", "if-possible", "never"]
+NoCertificate = Literal["clear", "bounce", "pdf"]
+HeaderConfidentiality = Literal["baseline", "shy", "none"]
+DlpAction = Literal["warn", "require-encryption", "quarantine", "reject"]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """One level of the gateway policy: global, a domain (wildcards) or a user.
+
+    ``None`` inherits from the level above (built-in defaults <- ``[gateway.policy]`` <-
+    ``[gateway.domains.D]`` <- ``[gateway.users.U]``); gateway/policy.py resolves them.
+    """
+
+    sign: bool | None = None
+    """Outbound: sign with the sender's key held by the gateway."""
+    organisation_signature: bool | None = None
+    """Outbound: sign with the organisation's certificate when the sender has no key."""
+    encrypt: EncryptMode | None = None
+    """Outbound, per recipient."""
+    no_certificate: NoCertificate | None = None
+    """Outbound: what to do for a recipient without a usable certificate when encryption is
+    required (by ``always``, the subject trigger or a DLP rule)."""
+    subject_trigger: str | None = None
+    """Outbound: a Subject containing this (e.g. ``[encrypt]``) requires encryption; the
+    trigger is removed before sending."""
+    hcp: HeaderConfidentiality | None = None
+    """Outbound: RFC 9788 header confidentiality policy of encrypted mail."""
+    decrypt: bool | None = None
+    """Inbound: decrypt for users whose keys the gateway holds."""
+    verify: bool | None = None
+    """Inbound: verify signatures and add the result header."""
+    harvest: bool | None = None
+    """Inbound: keep valid signers' certificates for the directory."""
+    webmail: bool | None = None
+    """Inbound: the user reads mail in a web client: deliver decrypted over the internal hop
+    (else the scanned content is re-encrypted to the user's current certificate)."""
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """The scanning hook decrypted content passes through (a command or a socket)."""
+
+    command: tuple[str, ...] = ()
+    """Run with the message on stdin: exit 0 clean, 1 infected (reject), other: failure."""
+    socket: str | None = None
+    """A clamd-style INSTREAM socket: ``unix:/path`` or ``tcp:host:port``."""
+    timeout: float = 30.0
+    on_failure: Literal["defer", "pass"] = "defer"
+    """Scanner down or silent: ``defer`` (4xx, Postfix retries) or ``pass`` (with a warning
+    in the result header and the audit log)."""
+
+
+@dataclass(frozen=True)
+class DlpRule:
+    """A data-loss rule: keywords and regular expressions counted in the clear content."""
+
+    name: str
+    keywords: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    threshold: int = 1
+    """Matches (keywords and patterns together) needed to fire."""
+    action: DlpAction = "warn"
+    direction: Literal["outbound", "inbound", "both"] = "both"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: str = "127.0.0.1:10025"
+    next_hop: str = "127.0.0.1:10026"
+    internal_domains: tuple[str, ...] = ()
+    """Our domains (wildcards allowed): from one of them is outbound; to one is inbound."""
+    key_passphrase_file: Path | None = None
+    """The passphrase that opens the gateway's key store (keys held for users)."""
+    pkcs11_module: Path | None = None
+    """Keys held in a PKCS#11 token instead of the store."""
+    token_label: str | None = None
+    pin_file: Path | None = None
+    result_header: str = "X-Smimekit-Result"
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000
+    quarantine_dir: Path | None = None
+    timeout: float = 60.0
+    """Seconds for the next hop to accept a message (then 4xx)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    domains: Mapping[str, PolicyConfig] = field(default_factory=dict)
+    users: Mapping[str, PolicyConfig] = field(default_factory=dict)
+    scan: ScanConfig | None = None
+    dlp: tuple[DlpRule, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     directory: DirectoryConfig | None = None
     sync: SyncConfig | None = None
+    gateway: GatewayConfig | None = None
     path: Path | None = None
     """The file this came from (None: no file)."""
 
@@ -192,6 +307,11 @@ def _value(hint: Any, value: Any, key: str, base: Path) -> Any:
         return _value(options[0], value, key, base)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key, base)  # type: ignore[arg-type]
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of: {', '.join(map(str, allowed))}")
+        return value
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false")
@@ -213,6 +333,17 @@ def _value(hint: Any, value: Any, key: str, base: Path) -> Any:
             raise ConfigError(f"{key} must be a file path")
         path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
+    args = typing.get_args(hint)
+    if origin is tuple and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list of tables ([[{key}]])")
+        return tuple(_build(args[0], item, f"{key}[{i}]", base)  # type: ignore[arg-type]
+                     for i, item in enumerate(value))
+    if origin in (Mapping, dict) and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table")
+        return {name: _build(args[1], item, f"{key}.{name}", base)  # type: ignore[arg-type]
+                for name, item in value.items()}
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings")

@@ -15,6 +15,8 @@
     ├── DirectoryError                 a certificate source (LDAP, DNS, harvest) cannot answer
     ├── EscrowError                    key escrow refuses: bad or too few shares, tampered
     │                                  escrow data, a signing key offered for escrow
+    ├── GatewayError                   the SMTP gateway cannot process a message (.permanent:
+    │                                  the policy rejects it, 5xx; else 4xx, Postfix retries)
     ├── KeyLoadError                   a key or certificate file cannot be read
     │   └── PassphraseError            passphrase missing, unreadable or wrong
     ├── SigningError                   the signing operation itself cannot be carried out
@@ -53,6 +55,7 @@ __all__ = [
     "EncryptionError",
     "EscrowError",
     "FetchError",
+    "GatewayError",
     "KeyLoadError",
     "LegacyAlgorithmError",
     "LimitExceededError",
@@ -163,6 +166,20 @@ class EscrowError(SmimeError):
     key offered for escrow (non-repudiation: signing keys are never escrowed). The message
     names the share, officer or record at fault and never carries key material.
     """
+
+
+class GatewayError(SmimeError):
+    """The gateway cannot pass a message on as its policy asks.
+
+    ``permanent`` is True when the policy itself refuses the message (the SMTP client gets
+    a 5xx and the sender a bounce naming ``str(error)``); False for a failure that may pass
+    (key store or database down, next hop refusing, a scanner that does not answer): a 4xx,
+    so the message stays in Postfix's queue and is tried again.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class KeyLoadError(SmimeError):
