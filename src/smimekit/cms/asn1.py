@@ -79,6 +79,14 @@ HKDF_OID_BY_HASH = {name: oid for oid, name in HKDF_OIDS.items()}
 # identifiers name the public keys and the CMS algorithms.
 
 
+# Signature algorithm names for asn1crypto (RFC 9882 ML-DSA; RFC 9814 SLH-DSA only to name it).
+_register(algos.SignedDigestAlgorithmId, {
+    "2.16.840.1.101.3.4.3.17": "ml_dsa_44",
+    "2.16.840.1.101.3.4.3.18": "ml_dsa_65",
+    "2.16.840.1.101.3.4.3.19": "ml_dsa_87",
+})
+
+
 class AlgorithmIdentifier(core.Sequence):
     """Any AlgorithmIdentifier: the OID kept as dotted text, parameters as received."""
 
