@@ -21,8 +21,10 @@ from smimekit.keys.kinds import ML_KEM_OIDS as ML_KEM_OIDS
 
 def _register(cls: Any, entries: dict[str, str]) -> None:
     cls._map.update(entries)
-    # asn1crypto caches the reverse map lazily; rebuild it after adding names.
-    cls._reverse_map = None
+    # asn1crypto builds the reverse map (name -> OID) once per class, when its first value
+    # is created: rebuild it now, since that may have happened before this import (setting
+    # it to None would then leave it None, and naming any algorithm would fail).
+    cls._reverse_map = {name: oid for oid, name in cls._map.items()}
 
 
 # RFC 5753 section 7.1.4 and SEC 1 / RFC 8418: key agreement schemes.
