@@ -21,10 +21,12 @@ from smimekit.keys.kinds import ML_KEM_OIDS as ML_KEM_OIDS
 
 def _register(cls: Any, entries: dict[str, str]) -> None:
     cls._map.update(entries)
-    # asn1crypto builds the reverse map (name -> OID) once per class, when its first value
-    # is created: rebuild it now, since that may have happened before this import (setting
-    # it to None would then leave it None, and naming any algorithm would fail).
-    cls._reverse_map = {name: oid for oid, name in cls._map.items()}
+    # The reverse map (name -> OID) is asn1crypto's own where the class declares one (with
+    # its preferred OID for a name), else built from _map when the class's first value is
+    # created: extend it if it exists (that may have happened before this import), and
+    # otherwise leave it to be built from the extended _map.
+    if cls._reverse_map is not None:
+        cls._reverse_map.update({name: oid for oid, name in entries.items()})
 
 
 # RFC 5753 section 7.1.4 and SEC 1 / RFC 8418: key agreement schemes.
