@@ -182,3 +182,26 @@ def test_ml_dsa_signature_algorithm_with_null_parameters_is_refused() -> None:
     assert bytes.fromhex("300d06096086480165030403120500") in rebuilt
     with pytest.raises(SignatureInvalidError, match="with parameters"):
         verify_signed_data(rebuilt, detached_content=CONTENT, extra_certs=[who.cert])
+
+
+def test_every_bit_flip_in_an_ml_dsa_signer_info_is_refused() -> None:
+    """One bit flipped in each byte of the SignerInfo in turn, outside the signature value
+    (where any change obviously fails): each one is an SmimeError, never a valid result."""
+    from smimekit.errors import SmimeError
+
+    who = ml_dsa_pki().person("sd-sweep", "mldsa44")
+    der = sign_data(CONTENT, [SignerSpec(who.key, who.cert)])
+    si = _signer_info(der)
+    raw, signature = si.dump(), si["signature"].native
+    start = der.index(raw)
+    sig_at = raw.index(signature)
+    accepted = []
+    for offset in [*range(sig_at), *range(sig_at, len(raw), 97)]:
+        tampered = bytearray(der)
+        tampered[start + offset] ^= 1 << (offset % 8)
+        try:
+            verify_signed_data(bytes(tampered), detached_content=CONTENT)
+        except SmimeError:
+            continue
+        accepted.append(offset)
+    assert accepted == []

@@ -163,3 +163,20 @@ def test_ocsp_response_signed_with_ml_dsa_is_accepted() -> None:
         policy=RevocationPolicy.HARD, ocsp_responses=[der], crls=[root_crl]))
     assert report.ok, report.reasons
     assert report.statuses[0].status == "good"
+
+
+def test_rfc9936_example_certificate_is_signed_by_its_ml_dsa_65_root() -> None:
+    example = ("pqc-cms", "lamps-cms-kyber-example")
+    leaf = x509.load_pem_x509_certificate(corpus_path(*example, "ML-KEM-512.pem").read_bytes())
+    root = x509.load_pem_x509_certificate(
+        corpus_path(*example, "mldsa65RootCA.pem").read_bytes())
+    assert signed_by(cert_info(root), cert_info(root))
+    assert signed_by(cert_info(leaf), cert_info(root))
+    result = validate(leaf, anchors=[root], at=_at_example(leaf), purpose=Purpose.ENCRYPT)
+    assert result.reasons == ("CN=ML-KEM-512,ST=Bliss,C=PT: ML-KEM-512 public keys are not"
+                              " supported",)
+    assert result.usage_reasons == ()  # keyEncipherment, as RFC 9935 wants
+
+
+def _at_example(cert: x509.Certificate) -> dt.datetime:
+    return cert.not_valid_before_utc + dt.timedelta(days=1)

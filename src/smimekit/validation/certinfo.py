@@ -24,10 +24,10 @@ from cryptography.x509.oid import ExtensionOID
 from smimekit.dn import display_name
 from smimekit.keys.kinds import (
     ML_DSA_OIDS,
+    ML_KEM_OIDS,
     certificate_public_key,
     is_dsa_public_key,
     is_ml_dsa_public_key,
-    is_ml_kem_key,
     unsupported_pq_algorithm,
 )
 from smimekit.validation.names import NameKey, name_key
@@ -121,11 +121,8 @@ class CertInfo:
 
     @functools.cached_property
     def is_ml_kem(self) -> bool:
-        """An ML-KEM-768/1024 key (RFC 9935): receives mail, never signs."""
-        try:
-            return is_ml_kem_key(certificate_public_key(self.cert))
-        except (ValueError, UnsupportedAlgorithm):
-            return False
+        """An ML-KEM key (RFC 9935, any parameter set): receives mail, never signs."""
+        return self.cert.public_key_algorithm_oid.dotted_string in ML_KEM_OIDS
 
     def name(self) -> str:
         return display_name(self.cert.subject) or "(empty subject)"
