@@ -143,3 +143,16 @@ def test_archive_scan_names_the_ml_kem_recipient(pq_bob: Identity) -> None:
     (rid,) = info.envelope.recipients
     assert (rid.kind, rid.algorithm) == ("kemri", "ml-kem-1024")
     assert rid.serial == pq_bob.cert.serial_number
+
+
+def test_cli_trust_store_takes_an_ml_dsa_root(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    pki = ml_dsa_pki()
+    root = _write(tmp_path, "root.pem", pki.root.public_bytes(serialization.Encoding.PEM))
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main([*data, "trust", "add", root]) == 0, capsys.readouterr().err
+    fingerprint = capsys.readouterr().out.split()[1]
+    assert main([*data, "trust", "show", fingerprint]) == 0
+    assert "key:         ML-DSA-65" in capsys.readouterr().out
