@@ -205,3 +205,24 @@ def test_every_bit_flip_in_an_ml_dsa_signer_info_is_refused() -> None:
             continue
         accepted.append(offset)
     assert accepted == []
+
+
+def test_sender_with_an_ml_kem_certificate_announces_kem_capabilities() -> None:
+    pki = ml_dsa_pki()
+    signer, kem_cert = pki.person("sd-caps", "mldsa65"), pki.person("sd-caps", "mlkem768")
+    plain = sign_data(CONTENT, [SignerSpec(signer.key, signer.cert)])
+    announced = sign_data(CONTENT, [SignerSpec(signer.key, signer.cert,
+                                               encryption_cert=kem_cert.cert)])
+
+    def capabilities(der: bytes) -> list[str]:
+        for attr in _signer_info(der)["signed_attrs"]:
+            if attr["type"].native == "smime_capabilities":
+                return [c["capability_id"].dotted for c in attr["values"][0]]
+        raise AssertionError("no SMIMECapabilities")
+
+    assert "2.16.840.1.101.3.4.4.2" not in capabilities(plain)
+    assert capabilities(announced)[-4:] == ["2.16.840.1.101.3.4.4.3", "2.16.840.1.101.3.4.4.2",
+                                            "1.2.840.113549.1.9.16.3.28",
+                                            "2.16.840.1.101.3.4.1.45"]
+    (result,) = verify_signed_data(announced, detached_content=CONTENT).signers
+    assert result.encryption_preference is not None

@@ -137,6 +137,18 @@ _OID = {
 }
 # SMIMECapabilities (RFC 8551 2.5.2), strongest first; fixed, so encoded once.
 _CAPABILITIES = dertools.seq(*(dertools.seq(dertools.oid(_OID[c])) for c in ANNOUNCED_CIPHERS))
+# A sender whose encryption certificate is ML-KEM also announces what KEMRecipientInfo needs
+# (RFC 9936 SMIME-CAPS: the KEMs, HKDF-SHA256, AES-256 key wrap; all without parameters).
+_KEM_CAPABILITIES = (
+    "2.16.840.1.101.3.4.4.3",  # id-alg-ml-kem-1024
+    "2.16.840.1.101.3.4.4.2",  # id-alg-ml-kem-768
+    "1.2.840.113549.1.9.16.3.28",  # id-alg-hkdf-with-sha256
+    "2.16.840.1.101.3.4.1.45",  # id-aes256-wrap
+)
+_PQ_CAPABILITIES = dertools.seq(
+    *(dertools.seq(dertools.oid(_OID[c])) for c in ANNOUNCED_CIPHERS),
+    *(dertools.seq(dertools.oid(oid)) for oid in _KEM_CAPABILITIES),
+)
 
 
 def sign_data(
@@ -250,6 +262,11 @@ def _attribute(name: str, value: bytes) -> bytes:
     return dertools.seq(dertools.oid(_OID[name]), dertools.set_of(value))
 
 
+def _capabilities(encryption_cert: x509.Certificate | None) -> bytes:
+    oid = encryption_cert.public_key_algorithm_oid.dotted_string if encryption_cert else ""
+    return _PQ_CAPABILITIES if oid in _KEM_CAPABILITIES else _CAPABILITIES
+
+
 def _signed_attributes(
     cert: x509.Certificate,
     digest: bytes,
@@ -272,7 +289,7 @@ def _signed_attributes(
         _attribute("content_type", dertools.oid(_OID["data"])),
         _attribute("signing_time", _time(when)),
         _attribute("message_digest", dertools.octets(digest)),
-        _attribute("smime_capabilities", _CAPABILITIES),
+        _attribute("smime_capabilities", _capabilities(encryption_cert)),
         _attribute("signing_certificate_v2", dertools.seq(dertools.seq(ess_id))),
     ]
     if encryption_cert is not None:
