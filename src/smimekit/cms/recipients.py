@@ -12,6 +12,7 @@ as one generic :class:`~smimekit.errors.DecryptionError` after content decryptio
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,26 @@ def build(cert: x509.Certificate, cek: bytes, options: RecipientOptions) -> cms.
     )
 
 
+@functools.cache
+def _oaep_algorithm(hash_name: str) -> bytes:
+    """The RSAES-OAEP AlgorithmIdentifier (MGF1 with the same hash), DER: built once per
+    hash, since asn1crypto takes about 2 ms to build it (a tenth of a small message's cost)."""
+    return cms.KeyEncryptionAlgorithm(
+        {
+            "algorithm": "rsaes_oaep",
+            "parameters": algos.RSAESOAEPParams(
+                {
+                    "hash_algorithm": {"algorithm": hash_name},
+                    "mask_gen_algorithm": {
+                        "algorithm": "mgf1",
+                        "parameters": {"algorithm": hash_name},
+                    },
+                }
+            ),
+        }
+    ).dump()
+
+
 def _rid_ktri(cert: x509.Certificate, use_ski: bool) -> tuple[cms.RecipientIdentifier, str]:
     if use_ski:
         from smimekit.cms.keyinfo import subject_key_id
@@ -118,20 +139,7 @@ def _build_ktri(
     rid, version = _rid_ktri(cert, options.use_ski)
     if options.oaep:
         h = hash_algorithm(options.oaep_hash)
-        alg = cms.KeyEncryptionAlgorithm(
-            {
-                "algorithm": "rsaes_oaep",
-                "parameters": algos.RSAESOAEPParams(
-                    {
-                        "hash_algorithm": {"algorithm": options.oaep_hash},
-                        "mask_gen_algorithm": {
-                            "algorithm": "mgf1",
-                            "parameters": {"algorithm": options.oaep_hash},
-                        },
-                    }
-                ),
-            }
-        )
+        alg = cms.KeyEncryptionAlgorithm.load(_oaep_algorithm(options.oaep_hash))
         encrypted = key.encrypt(cek, padding.OAEP(padding.MGF1(h), h, None))
     else:
         alg = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()})
