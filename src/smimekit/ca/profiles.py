@@ -4,9 +4,10 @@ A :class:`Profile` is a validation level (mailbox, organization, sponsor) and a 
 (multipurpose, strict). It decides the reserved policy OID (BR 7.1.6.1,
 ``2.23.140.1.5.<level>.<generation>``), the subject attributes (BR 7.1.4.2), the key usage for a
 key type and purpose (BR 7.1.2.3 e) and the longest validity (BR 6.3.2: 825 days for
-multipurpose and strict alike). Post-quantum keys follow ballot SMC013 (BR 1.0.11): ML-DSA-44/65/87
-keys only sign, ML-KEM keys only receive (keyEncipherment alone, RFC 9935). The Legacy generation (``.1``) is not offered: the BR forbid
-issuing it from 15 July 2025 on. Individual-validated (``.4``) is not offered yet.
+multipurpose and strict alike). Post-quantum keys follow ballot SMC013 (BR 1.0.11):
+ML-DSA-44/65/87 keys only sign, ML-KEM keys only receive (keyEncipherment alone, RFC 9935). The
+Legacy generation (``.1``) is not offered: the BR forbid issuing it from 15 July 2025 on.
+Individual-validated (``.4``) is not offered yet.
 
 These are pure functions and frozen data; :mod:`smimekit.ca.authority` assembles certificates.
 """
