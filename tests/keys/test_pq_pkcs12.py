@@ -99,13 +99,13 @@ def test_key_history_pairs_by_local_key_id_current_key_first() -> None:
     p12 = write_pkcs12([("alice", new, new_cert), ("alice (old)", old, old_cert)], [CA_CERT],
                        PASS, iterations=2048)
     pfx = asn1_pkcs12.Pfx.load(p12)
-    key_safe = [i for i in pfx.authenticated_safe if i["content_type"].native == "data"][0]
+    key_safe = next(i for i in pfx.authenticated_safe if i["content_type"].native == "data")
     attrs = [{a["type"].native: a["values"][0].native for a in bag["bag_attributes"]}
              for bag in asn1_pkcs12.SafeContents.load(key_safe["content"].native)]
     assert attrs == [
-        {"friendly_name": "alice", "local_key_id": new_cert.fingerprint(hashes.SHA1())},  # noqa: S303
+        {"friendly_name": "alice", "local_key_id": new_cert.fingerprint(hashes.SHA1())},
         {"friendly_name": "alice (old)",
-         "local_key_id": old_cert.fingerprint(hashes.SHA1())},  # noqa: S303
+         "local_key_id": old_cert.fingerprint(hashes.SHA1())},
     ]
     read = load_pkcs12_identities(p12, PASS)
     assert [(k.public_key(), c) for k, c in read.identities] == [
