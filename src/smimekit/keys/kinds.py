@@ -163,6 +163,13 @@ def is_ml_dsa_public_key(
     return is_ml_dsa_key(key) and not hasattr(key, "private_bytes")
 
 
+def is_ml_dsa_private_key(
+    key: object,
+) -> TypeGuard[mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey]:
+    """True for an ML-DSA-44/65/87 private key."""
+    return is_ml_dsa_key(key) and hasattr(key, "private_bytes")
+
+
 def is_ml_kem_key(key: object) -> bool:
     """True for an ML-KEM-768/1024 public or private key."""
     from cryptography.hazmat.primitives.asymmetric import mlkem

@@ -104,12 +104,16 @@ def _usage_problems(info: CertInfo, purpose: Purpose) -> tuple[str, ...]:
     if eku is not None and not set(eku) & _EMAIL_EKUS:
         out.append(f"{info.name()}: extended key usage lacks emailProtection")
     # RFC 9881 / RFC 9935: an ML-DSA key only signs, an ML-KEM key only receives.
-    if purpose is Purpose.SIGN and info.is_ml_kem:
-        out.append(f"{info.name()}: an ML-KEM key cannot sign mail")
-    elif purpose is not Purpose.SIGN and info.is_ml_dsa:
-        out.append(f"{info.name()}: an ML-DSA key cannot receive encrypted mail")
+    wrong_key = (purpose is Purpose.SIGN and info.is_ml_kem) or (
+        purpose is not Purpose.SIGN and info.is_ml_dsa
+    )
+    if wrong_key:  # its key usage bits are then beside the point
+        what = "an ML-KEM key cannot sign mail" if info.is_ml_kem else (
+            "an ML-DSA key cannot receive encrypted mail"
+        )
+        out.append(f"{info.name()}: {what}")
     ku = info.key_usage
-    if ku is not None:
+    if ku is not None and not wrong_key:
         transport = info.is_rsa or info.is_ml_kem
         if purpose is Purpose.SIGN:
             if not (ku.digital_signature or ku.content_commitment):
