@@ -131,3 +131,42 @@ def test_sign_encrypt_to_a_pq_person_and_decrypt_verify(
     assert report["valid"] is True
     assert report["signers"][0]["valid"] is True
     assert report["signers"][0]["email"] == ["alice@example.com"]
+
+
+def test_renew_keeps_pq_people_post_quantum_and_refuses_the_legacy_form(
+        backend: Backend, pq_ca: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "issued"
+    assert _issue(pq_ca, "frank@example.com", out, tmp_path, *PQ) == 0
+    # the legacy form cannot carry the new keys: every row fails and nothing is renewed
+    assert main([*pq_ca, "ca", "renew", "--due", "1000d", "--legacy-p12",
+                 "--out", str(tmp_path / "legacy")]) == 1
+    assert "legacy PKCS#12 form cannot carry" in (
+        tmp_path / "legacy" / "renewals.csv").read_text()
+    store = Store.open(backend.url, backend.data_dir)
+    try:
+        assert all(r.renewed_by is None for r in store.issued_for("frank@example.com"))
+    finally:
+        store.close()
+    assert main([*pq_ca, "ca", "renew", "--due", "1000d", "--legacy-p12", "--key-type",
+                 "ml-kem-1024", "--out", str(tmp_path / "legacy")]) == 2
+    capsys.readouterr()
+    assert main([*pq_ca, "ca", "renew", "--due", "1000d",
+                 "--out", str(tmp_path / "renewed")]) == 0, capsys.readouterr().err
+    renewed = tmp_path / "renewed"
+    sign = x509.load_pem_x509_certificate(
+        (renewed / "frank@example.com.sign.pem").read_bytes())
+    encrypt = load_pkcs12_identities(
+        next(renewed.glob("frank@example.com.encrypt.p12")),
+        _passphrase(renewed / "renewals.csv", "frank@example.com"))
+    assert isinstance(sign.public_key(), mldsa.MLDSA65PublicKey)
+    # the renewed encryption file carries the new ML-KEM key and the old one
+    assert [type(k).__name__ for k, _ in encrypt.identities] == ["MLKEM768PrivateKey"] * 2
+
+
+def _passphrase(results: Path, email: str) -> bytes:
+    with results.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["email"] == email and row.get("p12_passphrase"):
+                return row["p12_passphrase"].encode()
+    raise AssertionError(f"no passphrase for {email} in {results}")

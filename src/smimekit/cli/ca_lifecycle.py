@@ -243,6 +243,9 @@ def renew(due: str, results_path: str | None, dry_run: bool, key_type: str | Non
     window = parse_duration(due)
     period = parse_duration(validity)
     encrypt_key = SubscriberKeyType(key_type) if key_type else None
+    if legacy_p12 and key_type and key_type.startswith("ml-"):
+        raise click.UsageError("--legacy-p12 cannot carry ML-DSA or ML-KEM keys (the clients"
+                               " that need it know no post-quantum key)")
     with open_ca(passphrase_file, passphrase_env, pin_file, locked=dry_run) as cax:
         records = due_for_renewal(cax.store, window, issuer_fingerprint=cax.issuer_fingerprint)
         if dry_run:
