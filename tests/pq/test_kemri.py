@@ -271,3 +271,26 @@ def test_enveloped_data_with_ori_must_be_version_3(pki: PKI) -> None:
         decrypt_enveloped(info.dump(force=True), [(who.key, who.cert)])
 
 
+
+
+def test_every_single_bit_flip_in_the_kemri_is_refused(pki: PKI) -> None:
+    """One bit flipped in each byte of the KEMRecipientInfo in turn (AES-GCM: the content is
+    authenticated, the recipient slot is not): every change ends in an SmimeError, never in
+    plaintext."""
+    from smimekit.errors import SmimeError
+
+    who = pki.person("kem-sweep", "mlkem768")
+    der = encrypt_enveloped(PLAIN, [who.cert], cipher=Cipher.AES256_GCM)
+    (kemri,) = _kemris(der)
+    raw = kemri.dump()
+    start = der.index(raw)
+    released = []
+    for position in range(start, start + len(raw)):
+        tampered = bytearray(der)
+        tampered[position] ^= 1 << (position % 8)
+        try:
+            out = decrypt_enveloped(bytes(tampered), [(who.key, who.cert)])
+        except SmimeError:
+            continue
+        released.append((position - start, out.content[:16]))
+    assert released == []

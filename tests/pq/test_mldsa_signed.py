@@ -156,3 +156,29 @@ def test_signature_oid_of_another_parameter_set_is_a_mismatch() -> None:
     relabelled = head + bytes.fromhex("300b0609608648016503040311") + tail
     with pytest.raises(SignatureInvalidError, match="does not fit the certificate's key type"):
         verify_signed_data(relabelled, detached_content=CONTENT)
+
+
+@pytest.mark.parametrize("kind", ["rsa2048", "p256", "ed25519"])
+def test_without_signed_attributes_classical_keys_round_trip_too(pki: PKI, kind: str) -> None:
+    who = pki.person(f"sd-noattr-{kind}", kind)
+    der = sign_data(CONTENT, [SignerSpec(who.key, who.cert)], signed_attributes=False)
+    assert _signer_info(der)["signed_attrs"].native is None
+    assert verify_signed_data(der, detached_content=CONTENT).content == CONTENT
+    with pytest.raises(SignatureInvalidError):
+        verify_signed_data(der, detached_content=CONTENT + b"x")
+
+
+def test_ml_dsa_signature_algorithm_with_null_parameters_is_refused() -> None:
+    # RFC 9882 3: parameters MUST be absent; NULL would make the unsigned field malleable.
+    from asn1crypto import core
+
+    who = ml_dsa_pki().person("sd-null", "mldsa65")
+    info = cms.ContentInfo.load(sign_data(CONTENT, [SignerSpec(who.key, who.cert)]))
+    # Re-encoded by asn1crypto, which cannot re-encode an ML-DSA certificate: the signer's
+    # certificate is passed beside the message instead.
+    info["content"]["certificates"] = None
+    info["content"]["signer_infos"][0]["signature_algorithm"]["parameters"] = core.Null()
+    rebuilt = info.dump(force=True)
+    assert bytes.fromhex("300d06096086480165030403120500") in rebuilt
+    with pytest.raises(SignatureInvalidError, match="with parameters"):
+        verify_signed_data(rebuilt, detached_content=CONTENT, extra_certs=[who.cert])

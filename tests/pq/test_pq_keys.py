@@ -14,7 +14,7 @@ from corpus.vectors import corpus_path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 
-from smimekit.errors import KeyLoadError
+from smimekit.errors import KeyLoadError, PassphraseError
 from smimekit.keys.load import load_certificate, load_private_key
 
 R5 = ("pqc-cms", "hackathon-certs-r5", "ossl35")
@@ -91,3 +91,58 @@ def test_generated_keys_round_trip_through_pkcs8_pem() -> None:
                                 serialization.BestAvailableEncryption(b"secret"))
         loaded = load_private_key(pem, b"secret")
         assert loaded.private_bytes_raw() == key.private_bytes_raw()  # type: ignore[union-attr]
+
+
+def _pbes2(inner: bytes, password: bytes, iterations: int = 2048) -> bytes:
+    """An EncryptedPrivateKeyInfo as OpenSSL 3.5 writes it (PBES2: PBKDF2-HMAC-SHA256,
+    AES-256-CBC) around ``inner``, built from primitives: OpenSSL 3.0 cannot read PQ keys."""
+    import os
+
+    from asn1crypto import algos
+    from asn1crypto import keys as asn1_keys
+    from cryptography.hazmat.primitives import hashes, padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    salt, iv = os.urandom(16), os.urandom(16)
+    key = PBKDF2HMAC(hashes.SHA256(), 32, salt, iterations).derive(password)
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    padded = padder.update(inner) + padder.finalize()
+    return asn1_keys.EncryptedPrivateKeyInfo({
+        "encryption_algorithm": {
+            "algorithm": "pbes2",
+            "parameters": {
+                "key_derivation_func": {"algorithm": "pbkdf2", "parameters": {
+                    "salt": algos.Pbkdf2Salt(name="specified", value=salt),
+                    "iteration_count": iterations,
+                    "prf": {"algorithm": "sha256"}}},
+                "encryption_scheme": {"algorithm": "aes256_cbc", "parameters": iv},
+            },
+        },
+        "encrypted_data": encryptor.update(padded) + encryptor.finalize(),
+    }).dump()
+
+
+@pytest.mark.parametrize("pem", [False, True])
+def test_encrypted_both_form_loads(tmp_path, pem: bool) -> None:  # type: ignore[no-untyped-def]
+    inner = corpus_path(*R5, "ml-kem-768-2.16.840.1.101.3.4.4.2_both_priv.der").read_bytes()
+    der = _pbes2(inner, b"secret")
+    data = der
+    if pem:
+        data = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n" + base64.encodebytes(der)
+                + b"-----END ENCRYPTED PRIVATE KEY-----\n")
+    key = load_private_key(data, b"secret")
+    assert isinstance(key, mlkem.MLKEM768PrivateKey)
+    expected = load_private_key(corpus_path(*R5, "ml-kem-768-2.16.840.1.101.3.4.4.2_seed_priv.der"))
+    assert key.private_bytes_raw() == expected.private_bytes_raw()  # type: ignore[union-attr]
+    with pytest.raises(PassphraseError, match="wrong passphrase"):
+        load_private_key(data, b"not the passphrase")
+    with pytest.raises(PassphraseError, match="passphrase is required"):
+        load_private_key(data)
+
+
+def test_encrypted_ml_kem_512_is_named_unsupported() -> None:
+    inner = corpus_path(*R5, "ml-kem-512-2.16.840.1.101.3.4.4.1_seed_priv.der").read_bytes()
+    with pytest.raises(KeyLoadError, match="ML-KEM-512 private keys are not supported"):
+        load_private_key(_pbes2(inner, b"secret"), b"secret")

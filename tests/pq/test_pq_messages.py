@@ -132,3 +132,14 @@ def test_cli_ml_kem_512_key_is_one_clear_line(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert "ML-KEM-512 private keys are not supported" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_archive_scan_names_the_ml_kem_recipient(pq_bob: Identity) -> None:
+    from smimekit import archive
+
+    sealed = smimekit.encrypt(message(), [pq_bob.cert], check_recipients=False)
+    info = archive.Classifier().classify("pq.eml", sealed)  # type: ignore[arg-type]
+    assert info.envelope is not None
+    (rid,) = info.envelope.recipients
+    assert (rid.kind, rid.algorithm) == ("kemri", "ml-kem-1024")
+    assert rid.serial == pq_bob.cert.serial_number

@@ -21,8 +21,12 @@ from smimekit.keys.kinds import ML_KEM_OIDS as ML_KEM_OIDS
 
 def _register(cls: Any, entries: dict[str, str]) -> None:
     cls._map.update(entries)
-    # asn1crypto caches the reverse map lazily; rebuild it after adding names.
-    cls._reverse_map = None
+    # The reverse map (name -> OID) is asn1crypto's own where the class declares one (with
+    # its preferred OID for a name), else built from _map when the class's first value is
+    # created: extend it if it exists (that may have happened before this import), and
+    # otherwise leave it to be built from the extended _map.
+    if cls._reverse_map is not None:
+        cls._reverse_map.update({name: oid for oid, name in entries.items()})
 
 
 # RFC 5753 section 7.1.4 and SEC 1 / RFC 8418: key agreement schemes.

@@ -781,6 +781,8 @@ def _verify_signature(
                 "_", "-"
             ):
                 raise _mismatch(who)
+            if not isinstance(alg["parameters"], core.Void):  # RFC 9882 3: MUST be absent
+                raise SignatureInvalidError(f"{who}: ML-DSA signature algorithm with parameters")
             if h.digest_size * 4 < _ML_DSA_STRENGTH[name]:
                 # RFC 9882 4: the digest's collision strength must match the parameter set.
                 raise SignatureInvalidError(

@@ -182,10 +182,14 @@ def is_ml_kem_key(key: object) -> bool:
 
 
 def key_algorithm_name(key: object) -> str | None:
-    """"ML-DSA-65", "ML-KEM-768"... for a post-quantum key, else None."""
-    if not (is_ml_dsa_key(key) or is_ml_kem_key(key)):
-        return None
-    name = type(key).__name__  # MLDSA65PublicKey -> ML-DSA-65
-    family = "ML-DSA" if name.startswith("MLDSA") else "ML-KEM"
-    digits = "".join(ch for ch in name[5:] if ch.isdigit())
-    return f"{family}-{digits}"
+    """"ML-DSA-65", "ML-KEM-768"... for a post-quantum key (public or private), else None."""
+    from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
+
+    names: tuple[tuple[tuple[type, ...], str], ...] = (
+        ((mldsa.MLDSA44PublicKey, mldsa.MLDSA44PrivateKey), "ML-DSA-44"),
+        ((mldsa.MLDSA65PublicKey, mldsa.MLDSA65PrivateKey), "ML-DSA-65"),
+        ((mldsa.MLDSA87PublicKey, mldsa.MLDSA87PrivateKey), "ML-DSA-87"),
+        ((mlkem.MLKEM768PublicKey, mlkem.MLKEM768PrivateKey), "ML-KEM-768"),
+        ((mlkem.MLKEM1024PublicKey, mlkem.MLKEM1024PrivateKey), "ML-KEM-1024"),
+    )
+    return next((name for classes, name in names if isinstance(key, classes)), None)

@@ -83,23 +83,29 @@ def load_private_key(source: Source, passphrase: Passphrase = None) -> PrivateKe
         block = match.group(0)
         encrypted = match.group(1).startswith(b"ENCRYPTED") or b"Proc-Type: 4,ENCRYPTED" in block
         if match.group(1) == b"PRIVATE KEY":
-            pq_key = _pq_private_key(_pem_body(block), label)
+            pq_key = pq_private_key(_pem_body(block), label)
             if pq_key is not None:
                 return pq_key
+        pkcs8 = _pem_body(block) if match.group(1) == b"ENCRYPTED PRIVATE KEY" else None
         return _load(
-            lambda pw: serialization.load_pem_private_key(block, pw), secret, encrypted, label
+            lambda pw: serialization.load_pem_private_key(block, pw), secret, encrypted, label,
+            pkcs8,
         )
-    pq_key = _pq_private_key(data, label)
+    pq_key = pq_private_key(data, label)
     if pq_key is not None:
         return pq_key
     try:
         return serialization.load_der_private_key(data, None)
     except TypeError:
-        return _load(lambda pw: serialization.load_der_private_key(data, pw), secret, True, label)
+        return _load(
+            lambda pw: serialization.load_der_private_key(data, pw), secret, True, label, data
+        )
     except (ValueError, UnsupportedAlgorithm):
         pass
     try:  # encrypted PKCS#8 in DER
-        return _load(lambda pw: serialization.load_der_private_key(data, pw), secret, True, label)
+        return _load(
+            lambda pw: serialization.load_der_private_key(data, pw), secret, True, label, data
+        )
     except KeyLoadError as first:
         try:
             key, _cert, _extra = load_pkcs12(data, passphrase, label=label)
@@ -130,9 +136,10 @@ def _pem_body(block: bytes) -> bytes:
 _ML_KEM_K = {"ML-KEM-768": 3, "ML-KEM-1024": 4}
 
 
-def _pq_private_key(der: bytes, label: str) -> PrivateKeyTypes | None:
+def pq_private_key(der: bytes, label: str) -> PrivateKeyTypes | None:
     """An ML-DSA/ML-KEM key in PKCS#8 that cryptography does not load itself; None when
     ``der`` is not a post-quantum PKCS#8 key or is one cryptography loads (the seed form).
+    For readers of other containers too (a PKCS#12 key bag).
 
     Raises:
         KeyLoadError: an algorithm cryptography lacks, the expanded-only form, or a "both"
@@ -210,7 +217,10 @@ def _load(
     secret: bytes | None,
     encrypted: bool,
     label: str,
+    pkcs8: bytes | None = None,
 ) -> PrivateKeyTypes:
+    """``loader``'s key; ``pkcs8`` (an EncryptedPrivateKeyInfo) is opened here when the
+    loader cannot read what it holds (an ML-DSA/ML-KEM key in another form than the seed)."""
     if encrypted and secret is None:
         raise PassphraseError(f"{label} is encrypted: a passphrase is required")
     try:
@@ -220,11 +230,54 @@ def _load(
             raise PassphraseError(f"{label} is encrypted: a passphrase is required") from None
         return loader(secret)
     except ValueError as exc:
+        pq_key = _pq_encrypted(pkcs8, secret, label) if encrypted else None
+        if pq_key is not None:
+            return pq_key
         if encrypted or "password" in str(exc).lower() or "decrypt" in str(exc).lower():
             raise PassphraseError(f"{label}: wrong passphrase or damaged key") from None
         raise KeyLoadError(f"{label}: not a valid private key") from None
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd keys
+        pq_key = _pq_encrypted(pkcs8, secret, label) if encrypted else None
+        if pq_key is not None:
+            return pq_key
         raise KeyLoadError(f"{label}: unsupported key ({type(exc).__name__})") from None
+
+
+_MAX_PBKDF2_ITERATIONS = 10_000_000  # as the PKCS#12 reader: a hostile file cannot stall us
+_AES_CBC = {16: "aes128_cbc", 24: "aes192_cbc", 32: "aes256_cbc"}
+
+
+def _pq_encrypted(pkcs8: bytes | None, secret: bytes | None, label: str) -> PrivateKeyTypes | None:
+    """The post-quantum key inside a PBES2 (PBKDF2, AES-CBC) EncryptedPrivateKeyInfo, as
+    OpenSSL 3.5 writes them, or None when it is not one (the caller's error then stands).
+
+    cryptography decrypts such a file itself but then loads only the seed form; its inner
+    PrivateKeyInfo is not available from it, so the decryption is done again here with its
+    primitives (PBKDF2-HMAC, AES-CBC).
+    """
+    if pkcs8 is None or secret is None:
+        return None
+    from asn1crypto import keys as asn1_keys
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    from smimekit.cms.algorithms import CONTENT_CIPHERS, cbc_decrypt, hash_algorithm
+    from smimekit.errors import DecryptionError
+
+    try:
+        info = asn1_keys.EncryptedPrivateKeyInfo.load(pkcs8, strict=True)
+        alg = info["encryption_algorithm"]
+        if alg.kdf != "pbkdf2" or alg.encryption_cipher != "aes" or alg.encryption_mode != "cbc":
+            return None
+        iterations = alg.kdf_iterations
+        if not 1 <= iterations <= _MAX_PBKDF2_ITERATIONS:
+            return None
+        spec = CONTENT_CIPHERS[_AES_CBC[alg.key_length]]
+        key = PBKDF2HMAC(hash_algorithm(alg.kdf_hmac), alg.key_length, alg.kdf_salt,
+                         iterations).derive(secret)
+        inner = cbc_decrypt(spec, key, alg.encryption_iv, info["encrypted_data"].native)
+    except (ValueError, TypeError, KeyError, DecryptionError):
+        return None
+    return pq_private_key(inner, label)
 
 
 @accept_input
