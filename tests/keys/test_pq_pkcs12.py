@@ -191,6 +191,18 @@ def test_person_p12_with_ml_keys_and_a_classical_history() -> None:
         pkcs12.load_pkcs12(p12, PASS)
 
 
+def test_person_p12_with_an_ml_key_uses_the_documented_form() -> None:
+    """docs/ca.md, "PKCS#12 files for mail clients", row "your passphrase": the same for an
+    ML key as for the others (600,000 PBKDF2 iterations for both safes and the MAC)."""
+    from smimekit.ca.export import ITERATIONS
+
+    key = mlkem.MLKEM768PrivateKey.generate()
+    p12 = pkcs12_bytes(key, _cert(key, "alice"), [CA_CERT], PASS, friendly_name="alice")
+    params = ("pbes2", "aes256_cbc", "sha256", ITERATIONS)
+    assert _structure(p12) == {"mac": ("sha256", ITERATIONS, 16),
+                               "safes": [("certificates", params), ("key", params)]}
+
+
 def test_legacy_person_p12_refuses_ml_keys() -> None:
     key = mldsa.MLDSA65PrivateKey.generate()
     with pytest.raises(CAError, match="legacy PKCS#12 form cannot carry an ML-DSA"):
