@@ -146,3 +146,17 @@ def test_replacing_the_ocsp_signer_keeps_it_post_quantum(
     assert fresh.ocsp_cert.signature_algorithm_oid.dotted_string == ML_DSA_65
     opened = pq_home.open_ocsp_signer(PASS, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert opened.key.public_key() == fresh.ocsp_cert.public_key()
+
+
+def test_escrow_deposit_takes_ml_kem_keys_and_refuses_ml_dsa_keys(
+        pq_cax: CertificateAuthority) -> None:
+    from smimekit.errors import EscrowError
+    from smimekit.escrow.ceremony import check_deposit
+
+    issued = pq_cax.issue_generated("gina@example.com", purpose="dual", **PQ_DUAL)
+    sign, encrypt = issued.item(Purpose.SIGN), issued.item(Purpose.ENCRYPT)
+    assert sign is not None and encrypt is not None
+    assert encrypt.key is not None and sign.key is not None
+    check_deposit(encrypt.key, encrypt.cert, "gina@example.com")  # keyEncipherment only
+    with pytest.raises(EscrowError, match="allows signing"):
+        check_deposit(sign.key, sign.cert, "gina@example.com")
