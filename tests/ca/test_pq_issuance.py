@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from backends import Backend
@@ -160,3 +161,19 @@ def test_escrow_deposit_takes_ml_kem_keys_and_refuses_ml_dsa_keys(
     check_deposit(encrypt.key, encrypt.cert, "gina@example.com")  # keyEncipherment only
     with pytest.raises(EscrowError, match="allows signing"):
         check_deposit(sign.key, sign.cert, "gina@example.com")
+
+
+def test_ml_dsa_root_goes_offline_and_comes_back(pq_home: CAHome, tmp_path: Path) -> None:
+    target = tmp_path / "usb" / "root.p12"
+    target.parent.mkdir()
+    pq_home.export_root(target, remove=True)
+    assert not pq_home.has_root_key()
+    with pytest.raises(CAError, match="offline"):
+        pq_home.unlock(PASS, root=True)
+    with pytest.raises(PassphraseError):
+        pq_home.import_root(target, b"wrong passphrase")
+    pq_home.import_root(target, PASS)
+    unlocked = pq_home.unlock(PASS, root=True)
+    crl = pq_home.publish_root_crl(unlocked)
+    assert crl.signature_algorithm_oid.dotted_string == ML_DSA_65
+    assert crl.is_signature_valid(pq_home.certificate("root").public_key())  # type: ignore[arg-type]
