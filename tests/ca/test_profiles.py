@@ -157,6 +157,8 @@ def test_every_ca_key_type_issues_lint_clean_certificates(
     _check_usable(ca, cert, private, Purpose.BOTH)
     if OPENSSL is None:
         pytest.skip("openssl not installed")
+    if ca_key.post_quantum:
+        pytest.skip("OpenSSL 3.0 cannot verify an ML-DSA chain (lint and smimekit checked)")
     result = _openssl_verify(ca, cert, "smimesign", tmp_path)
     assert result.returncode == 0, result.stderr
     _check_openssl_encrypt(ca, cert, private, kind, tmp_path)

@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PublicKeyTypes,
@@ -43,7 +43,8 @@ __all__ = ["Authority", "CAKeyType", "Finding", "lint", "refuse_lint_errors"]
 def _as_signer(key: CertificateIssuerPrivateKeyTypes | Signer) -> Signer:
     # A private key object has public_key() and sign() too, so test for it first.
     if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                  | ed25519.Ed25519PrivateKey):
+                  | ed25519.Ed25519PrivateKey | mldsa.MLDSA44PrivateKey
+                  | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey):
         return LocalSigner(key)
     if isinstance(key, Signer):
         return key
@@ -51,13 +52,25 @@ def _as_signer(key: CertificateIssuerPrivateKeyTypes | Signer) -> Signer:
 
 
 class CAKeyType(enum.Enum):
-    """Key types for the root and the issuing CA (BR 6.1.5 and 7.1.3.2)."""
+    """Key types for the root and the issuing CA (BR 6.1.5 and 7.1.3.2).
+
+    ML-DSA-65 and ML-DSA-87 (BR 1.0.11, ballot SMC013; RFC 9881) make a post-quantum CA:
+    every certificate, CRL and OCSP answer it signs carries a pure ML-DSA signature, which
+    only post-quantum-aware relying parties verify (not OpenSSL 3.0, gpgsm or NSS 3.87).
+    """
 
     RSA3072 = "rsa3072"
     RSA4096 = "rsa4096"
     P256 = "p256"
     P384 = "p384"
     ED25519 = "ed25519"
+    ML_DSA_65 = "ml-dsa-65"
+    ML_DSA_87 = "ml-dsa-87"
+
+    @property
+    def post_quantum(self) -> bool:
+        """True for the ML-DSA types."""
+        return self in (CAKeyType.ML_DSA_65, CAKeyType.ML_DSA_87)
 
     def generate(self) -> CertificateIssuerPrivateKeyTypes:
         """A fresh private key of this type."""
@@ -69,6 +82,10 @@ class CAKeyType(enum.Enum):
             return ec.generate_private_key(ec.SECP256R1())
         if self is CAKeyType.P384:
             return ec.generate_private_key(ec.SECP384R1())
+        if self is CAKeyType.ML_DSA_65:
+            return mldsa.MLDSA65PrivateKey.generate()
+        if self is CAKeyType.ML_DSA_87:
+            return mldsa.MLDSA87PrivateKey.generate()
         return ed25519.Ed25519PrivateKey.generate()
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from smimekit.cms import der
@@ -116,6 +116,13 @@ def _extension(extension: x509.ExtensionType) -> bytes:
     return der.seq(der.oid(extension.oid.dotted_string), der.octets(extension.public_bytes()))
 
 
+_ML_DSA_OIDS = (
+    (mldsa.MLDSA44PublicKey, "2.16.840.1.101.3.4.3.17"),
+    (mldsa.MLDSA65PublicKey, "2.16.840.1.101.3.4.3.18"),
+    (mldsa.MLDSA87PublicKey, "2.16.840.1.101.3.4.3.19"),
+)
+
+
 def _signature_algorithm(public: CertificateIssuerPublicKeyTypes) -> bytes:
     """The AlgorithmIdentifier of what :meth:`Signer.sign` makes for this key type."""
     digest = hash_for(public)
@@ -129,6 +136,10 @@ def _signature_algorithm(public: CertificateIssuerPublicKeyTypes) -> bytes:
         return der.seq(der.oid(dotted))
     if isinstance(public, ed25519.Ed25519PublicKey):
         return der.seq(der.oid("1.3.101.112"))  # RFC 8410 3
+    # id-ml-dsa-44/65/87, parameters absent (RFC 9881 2; BR 7.1.3.2 as amended by SMC013)
+    for kind, dotted in _ML_DSA_OIDS:
+        if isinstance(public, kind):
+            return der.seq(der.oid(dotted))
     raise CAError(f"a {type(public).__name__} CA key cannot sign CRLs here")
 
 

@@ -13,6 +13,9 @@ the file and computes its MAC, for two reasons:
 * Several keys (a key history, ``extra``) in one file: cryptography serializes one key per
   file, so each pair is serialized on its own and the safe contents are joined.
 
+ML-DSA and ML-KEM keys, which cryptography's writer refuses, go into a file of the same default
+form written by :func:`smimekit.keys.pkcs12.write_pkcs12`; the legacy form refuses them.
+
 GnuPG's gpgsm 2.2.40 derives a wrong 3DES key for about 1 salt in 128 (see
 :func:`gpgsm_kdf_safe`); legacy files are re-encrypted with fresh salts until gpgsm reads them.
 
@@ -38,15 +41,16 @@ from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, mldsa, mlkem, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from smimekit.cms.asn1 import PARSE_ERRORS, load
 from smimekit.dn import display_name
-from smimekit.errors import ASN1Error, CAError
+from smimekit.errors import ASN1Error, CAError, SmimeError
 from smimekit.keys.kinds import is_dsa_private_key
+from smimekit.keys.pkcs12 import load_pkcs12_identities, write_pkcs12
 from smimekit.keys.pkcs12 import pkcs12_kdf as _pkcs12_kdf
 
 __all__ = [
@@ -86,8 +90,10 @@ LEGACY_ITERATIONS = 2048
 _LEGACY_ATTEMPTS = 64
 
 _TRIPLEDES_OID = "1.2.840.113549.1.12.1.3"  # pbeWithSHAAnd3-KeyTripleDES-CBC (RFC 7292 C)
+_ML_KEY_TYPES = (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey,
+                 mlkem.MLKEM768PrivateKey, mlkem.MLKEM1024PrivateKey)
 _PKCS12_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
-                     ed448.Ed448PrivateKey)
+                     ed448.Ed448PrivateKey, *_ML_KEY_TYPES)
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
@@ -185,7 +191,7 @@ def _check_pair(key: object, cert: object, what: str) -> None:
         raise CAError(f"{what}: expected a certificate, got {type(cert).__name__}")
     if not (isinstance(key, _PKCS12_KEY_TYPES) or is_dsa_private_key(key)):
         raise CAError(f"{what}: a {type(key).__name__} cannot be exported as PKCS#12 "
-                      "(RSA, EC, Ed25519, Ed448 and DSA keys can)")
+                      "(RSA, EC, Ed25519, Ed448, DSA, ML-DSA and ML-KEM keys can)")
     if key.public_key() != cert.public_key():
         raise CAError(f"{what}: the private key does not match the certificate "
                       f"{display_name(cert.subject)!r}")
@@ -284,6 +290,12 @@ def pkcs12_bytes(
     if legacy and extra:
         raise CAError("the legacy PKCS#12 form holds one key: gpgsm imports no key from a "
                       "file with several; export the older keys as separate files")
+    post_quantum = isinstance(key, _ML_KEY_TYPES) or any(
+        isinstance(k, _ML_KEY_TYPES) for k, _ in extra)
+    if legacy and post_quantum:
+        raise CAError("the legacy PKCS#12 form cannot carry an ML-DSA or ML-KEM key: the "
+                      "clients that need it (gpgsm 2.2, older Outlook and macOS) know no "
+                      "post-quantum key; use the default form")
     _check_pair(key, cert, "the key")
     for n, (old_key, old_cert) in enumerate(extra, 1):
         _check_pair(old_key, old_cert, f"extra pair {n}")
@@ -303,6 +315,10 @@ def pkcs12_bytes(
         names.add(name)
         pairs.append((name, old_key, old_cert, ()))
 
+    if post_quantum:
+        # cryptography's writer refuses ML keys: the same form, written by smimekit
+        return write_pkcs12([(n, k, c) for n, k, c, _ in pairs], chain, passphrase,
+                            iterations=iterations)
     files = []
     for name, k, c, cas in pairs:
         for _ in range(_LEGACY_ATTEMPTS if legacy else 1):
@@ -448,11 +464,16 @@ def _check_p12(p12: bytes, passphrase: str | None) -> None:
     if passphrase is not None:
         if not passphrase:
             raise CAError("an empty profile password: pass None to have the device ask")
+        secret = passphrase.encode("utf-8")
         try:
-            loaded = pkcs12.load_pkcs12(p12, passphrase.encode("utf-8"))
+            has_key = pkcs12.load_pkcs12(p12, secret).key is not None
         except ValueError:
-            raise CAError("the passphrase does not open the PKCS#12 data") from None
-        if loaded.key is None:
+            # cryptography's reader refuses ML-DSA and ML-KEM key bags: smimekit's reads them
+            try:
+                has_key = bool(load_pkcs12_identities(p12, secret).identities)
+            except SmimeError:
+                raise CAError("the passphrase does not open the PKCS#12 data") from None
+        if not has_key:
             raise CAError("the PKCS#12 data holds no private key")
 
 

@@ -5,7 +5,8 @@
     <data-dir>/ca/            0700
       ca.json                 names, URLs, key type, token reference, the store (no secrets)
       root.pem issuing.pem    the CA certificates
-      ocsp.pem vault.pem      the delegated OCSP signer and the key vault certificates
+      ocsp.pem vault.pem      the delegated OCSP signer (P-384; an ML-DSA CA's own ML-DSA type)
+                              and the key vault certificates
       root.crl                the root's CRL (signed at init, 12 months; 'ca crl --root')
       root.p12                root key (absent once exported for an offline root)
       issuing.p12             issuing key (absent when it lives in a PKCS#11 token)
@@ -180,10 +181,13 @@ class CAConfig:
         if profile.level is not ValidationLevel.MAILBOX and org_id is None:
             raise CAError(f"profile {profile.name} needs --organization-identifier")
         try:
-            CAKeyType(self.key_type)
+            key_type = CAKeyType(self.key_type)
         except ValueError:
             raise CAError(f"unknown CA key type {self.key_type!r}; one of: "
                           + ", ".join(k.value for k in CAKeyType)) from None
+        if key_type.post_quantum and self.pkcs11 is not None:
+            raise CAError(f"a {key_type.value} issuing key cannot live in a PKCS#11 token here"
+                          " (no ML-DSA mechanism is used yet): keep it in software")
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -246,12 +250,22 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def _issuer_key(key: Any, what: str) -> CertificateIssuerPrivateKeyTypes:
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, rsa
 
     if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                  | ed25519.Ed25519PrivateKey):
+                  | ed25519.Ed25519PrivateKey | mldsa.MLDSA44PrivateKey
+                  | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey):
         return key
     raise CAError(f"{what} holds a key that cannot sign")
+
+
+def _ocsp_key(config: CAConfig) -> CertificateIssuerPrivateKeyTypes:
+    """A fresh delegated OCSP signer key: P-384, or for an ML-DSA CA the CA's own ML-DSA
+    parameter set, so that no answer of a post-quantum CA rests on a classical signature."""
+    key_type = CAKeyType(config.key_type)
+    if key_type.post_quantum:
+        return key_type.generate()
+    return ec.generate_private_key(ec.SECP384R1())
 
 
 class CAHome:
@@ -304,7 +318,7 @@ class CAHome:
             config.organization, base_url=config.base_url, key_type=key_type,
             country=config.country, now=now, root_key=root_key,
             issuing_key=issuing_signer or issuing_key)
-        ocsp_key = ec.generate_private_key(ec.SECP384R1())
+        ocsp_key = _ocsp_key(config)
         ocsp_cert = build_responder_certificate(
             authority.cert, authority.signer, ocsp_key.public_key(), now=now,
             validity=OCSP_SIGNER_VALIDITY)
@@ -577,7 +591,7 @@ class CAHome:
                             now: dt.datetime | None = None) -> UnlockedCA:
         """A fresh delegated OCSP signer (key and certificate), e.g. before the old expires."""
         now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-        key = ec.generate_private_key(ec.SECP384R1())
+        key = _ocsp_key(unlocked.config)
         cert = build_responder_certificate(unlocked.authority.cert, unlocked.authority.signer,
                                            key.public_key(), now=now,
                                            validity=OCSP_SIGNER_VALIDITY)

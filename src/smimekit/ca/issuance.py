@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from smimekit.ca.crl import build_crl, parse_reason
@@ -43,6 +43,7 @@ __all__ = [
     "IssuedItem",
     "PreparedIssuance",
     "SubscriberKeyType",
+    "check_key_types",
     "fingerprint",
 ]
 
@@ -60,9 +61,32 @@ class SubscriberKeyType(enum.Enum):
     P384 = "p384"
     ED25519 = "ed25519"
     """Signing only. (X25519 is not offered: the S/MIME BR do not allow it, see docs/ca.md.)"""
+    ML_DSA_44 = "ml-dsa-44"
+    """Signing only (post-quantum, FIPS 204; BR 1.0.11, ballot SMC013)."""
+    ML_DSA_65 = "ml-dsa-65"
+    """Signing only (post-quantum)."""
+    ML_DSA_87 = "ml-dsa-87"
+    """Signing only (post-quantum)."""
+    ML_KEM_768 = "ml-kem-768"
+    """Encryption only (post-quantum, FIPS 203, RFC 9935). (ML-KEM-512 is not offered:
+    ``cryptography`` has no ML-KEM-512.)"""
+    ML_KEM_1024 = "ml-kem-1024"
+    """Encryption only (post-quantum)."""
+
+    @property
+    def can_sign(self) -> bool:
+        """False for the ML-KEM types (they only receive)."""
+        return not self.value.startswith("ml-kem")
+
+    @property
+    def can_encrypt(self) -> bool:
+        """False for Ed25519 and the ML-DSA types (they only sign)."""
+        return self is not SubscriberKeyType.ED25519 and not self.value.startswith("ml-dsa")
 
     def generate(self) -> PrivateKeyTypes:
         """A fresh private key."""
+        if self.value in _ML_GENERATORS:
+            return _ML_GENERATORS[self.value]()
         if self.value.startswith("rsa"):
             return rsa.generate_private_key(65537, int(self.value[3:]))
         if self is SubscriberKeyType.P256:
@@ -71,6 +95,14 @@ class SubscriberKeyType(enum.Enum):
             return ec.generate_private_key(ec.SECP384R1())
         return ed25519.Ed25519PrivateKey.generate()
 
+
+_ML_GENERATORS: dict[str, Callable[[], PrivateKeyTypes]] = {
+    "ml-dsa-44": mldsa.MLDSA44PrivateKey.generate,
+    "ml-dsa-65": mldsa.MLDSA65PrivateKey.generate,
+    "ml-dsa-87": mldsa.MLDSA87PrivateKey.generate,
+    "ml-kem-768": mlkem.MLKEM768PrivateKey.generate,
+    "ml-kem-1024": mlkem.MLKEM1024PrivateKey.generate,
+}
 
 DEFAULT_SIGN_KEY = SubscriberKeyType.P256
 """Generated signing keys: ECDSA P-256 (every current client verifies it)."""
@@ -129,6 +161,33 @@ def _purposes(purpose: str) -> tuple[Purpose, ...]:
         return (Purpose(purpose),)
     except ValueError:
         raise CAError(f"unknown purpose {purpose!r}: sign, encrypt, both or dual") from None
+
+
+def check_key_types(purpose: str, sign_key: SubscriberKeyType,
+                    encrypt_key: SubscriberKeyType) -> None:
+    """Refuse generated key types that cannot serve ``purpose`` before any key is made.
+
+    ``sign`` uses ``sign_key``; ``encrypt`` and ``both`` use ``encrypt_key``; ``dual``
+    uses each for its half (ML-DSA signing with ML-KEM encryption, for instance).
+
+    Raises:
+        CAError: unknown purpose, or a signing-only type (Ed25519, ML-DSA) asked to encrypt
+            or an ML-KEM type asked to sign.
+    """
+    pq = sign_key.value.startswith("ml-") or encrypt_key.value.startswith("ml-")
+    if purpose == "both" and pq:
+        raise CAError("no post-quantum key both signs and receives: use purpose dual with an"
+                      " ML-DSA signing and an ML-KEM encryption key type")
+    for wanted in _purposes(purpose):
+        kind = sign_key if wanted is Purpose.SIGN else encrypt_key
+        if wanted in (Purpose.SIGN, Purpose.BOTH) and not kind.can_sign:
+            raise CAError(f"a {kind.value} key cannot sign: give a signing key type for"
+                          f" purpose {purpose} (e.g. ml-dsa-65 for signing, {kind.value} for"
+                          " encryption)")
+        if wanted in (Purpose.ENCRYPT, Purpose.BOTH) and not kind.can_encrypt:
+            raise CAError(f"a {kind.value} key cannot receive encrypted mail: give an"
+                          f" encryption key type for purpose {purpose} (e.g. {kind.value}"
+                          " for signing, ml-kem-768 or rsa3072 for encryption)")
 
 
 def _split_name(name: str | None) -> tuple[str | None, str | None]:
@@ -346,6 +405,7 @@ class CertificateAuthority:
         """
         email = checked_email(email)
         self.subject(email, name, self.profile(profile))  # refusals before the slow keys
+        check_key_types(purpose, sign_key, encrypt_key)
         keys = {p: (sign_key if p is Purpose.SIGN else encrypt_key).generate()
                 for p in _purposes(purpose)}
         return self.prepare_with_keys(email, keys, name=name, profile=profile,
@@ -604,7 +664,20 @@ def _same_kind(public: PublicKeyTypes) -> SubscriberKeyType:
         return SubscriberKeyType.P384 if public.curve.key_size >= 384 else SubscriberKeyType.P256
     if isinstance(public, ed25519.Ed25519PublicKey):
         return SubscriberKeyType.ED25519
+    for kind, key_type in _ML_PUBLIC:
+        if isinstance(public, kind):
+            return key_type
     return DEFAULT_ENCRYPT_KEY
+
+
+# Renewal keeps the parameter set of the key it replaces.
+_ML_PUBLIC: tuple[tuple[type, SubscriberKeyType], ...] = (
+    (mldsa.MLDSA44PublicKey, SubscriberKeyType.ML_DSA_44),
+    (mldsa.MLDSA65PublicKey, SubscriberKeyType.ML_DSA_65),
+    (mldsa.MLDSA87PublicKey, SubscriberKeyType.ML_DSA_87),
+    (mlkem.MLKEM768PublicKey, SubscriberKeyType.ML_KEM_768),
+    (mlkem.MLKEM1024PublicKey, SubscriberKeyType.ML_KEM_1024),
+)
 
 
 def _load_csr(data: bytes) -> x509.CertificateSigningRequest:

@@ -4,8 +4,10 @@ A :class:`Profile` is a validation level (mailbox, organization, sponsor) and a 
 (multipurpose, strict). It decides the reserved policy OID (BR 7.1.6.1,
 ``2.23.140.1.5.<level>.<generation>``), the subject attributes (BR 7.1.4.2), the key usage for a
 key type and purpose (BR 7.1.2.3 e) and the longest validity (BR 6.3.2: 825 days for
-multipurpose and strict alike). The Legacy generation (``.1``) is not offered: the BR forbid
-issuing it from 15 July 2025 on. Individual-validated (``.4``) is not offered yet.
+multipurpose and strict alike). Post-quantum keys follow ballot SMC013 (BR 1.0.11):
+ML-DSA-44/65/87 keys only sign, ML-KEM keys only receive (keyEncipherment alone, RFC 9935). The
+Legacy generation (``.1``) is not offered: the BR forbid issuing it from 15 July 2025 on.
+Individual-validated (``.4``) is not offered yet.
 
 These are pure functions and frozen data; :mod:`smimekit.ca.authority` assembles certificates.
 """
@@ -17,7 +19,16 @@ import enum
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import (
+    ec,
+    ed448,
+    ed25519,
+    mldsa,
+    mlkem,
+    rsa,
+    x448,
+    x25519,
+)
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
@@ -77,6 +88,10 @@ class KeyType(enum.Enum):
     EC = "ec"
     ED25519 = "ed25519"
     X25519 = "x25519"
+    ML_DSA = "ml-dsa"
+    """ML-DSA-44/65/87 (FIPS 204, RFC 9881): signs only (BR 1.0.11, ballot SMC013)."""
+    ML_KEM = "ml-kem"
+    """ML-KEM-768/1024 (FIPS 203, RFC 9935): receives only, with keyEncipherment."""
 
 
 def key_type_of(public_key: PublicKeyTypes) -> KeyType:
@@ -93,6 +108,11 @@ def key_type_of(public_key: PublicKeyTypes) -> KeyType:
         return KeyType.ED25519
     if isinstance(public_key, x25519.X25519PublicKey):
         return KeyType.X25519
+    if isinstance(public_key, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey
+                  | mldsa.MLDSA87PublicKey):
+        return KeyType.ML_DSA
+    if isinstance(public_key, mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey):
+        return KeyType.ML_KEM
     if isinstance(public_key, ed448.Ed448PublicKey | x448.X448PublicKey):
         raise CAError("Ed448/X448 subscriber keys are not supported by this CA")
     raise CAError(f"unsupported subscriber key type: {type(public_key).__name__}")
@@ -102,11 +122,14 @@ def key_usage(key_type: KeyType, purpose: Purpose) -> x509.KeyUsage:
     """The keyUsage for a key family and purpose (BR 7.1.2.3 e).
 
     RSA signs with digitalSignature and receives with keyEncipherment; EC receives with
-    keyAgreement; Ed25519 only signs, X25519 only receives. nonRepudiation and
+    keyAgreement; Ed25519 only signs, X25519 only receives. ML-DSA only signs
+    (digitalSignature, RFC 9881 5); ML-KEM only receives, and keyEncipherment is its only
+    bit (RFC 9935 5, BR 7.1.2.3 e as amended by SMC013). nonRepudiation and
     dataEncipherment (both optional in places) are never set.
 
     Raises:
-        CAError: the key family cannot serve the purpose (Ed25519 encryption, X25519 signing).
+        CAError: the key family cannot serve the purpose (Ed25519 or ML-DSA encryption,
+            X25519 or ML-KEM signing).
     """
     sign = purpose in (Purpose.SIGN, Purpose.BOTH)
     encrypt = purpose in (Purpose.ENCRYPT, Purpose.BOTH)
@@ -115,10 +138,16 @@ def key_usage(key_type: KeyType, purpose: Purpose) -> x509.KeyUsage:
                       "EC key for encryption)")
     if key_type is KeyType.X25519 and sign:
         raise CAError("an X25519 key can only receive encrypted mail; use purpose 'encrypt'")
+    if key_type is KeyType.ML_DSA and encrypt:
+        raise CAError("an ML-DSA key can only sign; use purpose 'sign' (and an ML-KEM key "
+                      "for encryption)")
+    if key_type is KeyType.ML_KEM and sign:
+        raise CAError("an ML-KEM key can only receive encrypted mail; use purpose 'encrypt' "
+                      "(and an ML-DSA key for signing)")
     return x509.KeyUsage(
         digital_signature=sign,
         content_commitment=False,
-        key_encipherment=encrypt and key_type is KeyType.RSA,
+        key_encipherment=encrypt and key_type in (KeyType.RSA, KeyType.ML_KEM),
         data_encipherment=False,
         key_agreement=encrypt and key_type in (KeyType.EC, KeyType.X25519),
         key_cert_sign=False,

@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from smimekit.ca.issuance import (
     CertificateAuthority,
     Issuance,
     SubscriberKeyType,
+    check_key_types,
     checked_email,
 )
 from smimekit.ca.profiles import PROFILES
@@ -223,6 +224,44 @@ def write_bundle(
         passphrase=passphrase)
 
 
+KEY_TYPE_HELP = ("Generated key type [p256 to sign, rsa3072 to encrypt]; give it twice for"
+                 " dual keys of two types: the signing type, then the encryption type (e.g."
+                 " --key-type ml-dsa-65 --key-type ml-kem-768).")
+
+
+def key_kinds(key_types: Sequence[str], purpose: str, *, legacy_p12: bool = False
+              ) -> tuple[SubscriberKeyType, SubscriberKeyType]:
+    """The (signing, encryption) key types of ``--key-type`` given zero, one or two times,
+    checked against ``purpose`` (and ``--legacy-p12``) before any key is made.
+
+    Raises:
+        click.UsageError: more than two types, two types without dual, a type that cannot
+            serve the purpose, or a post-quantum type with the legacy PKCS#12 form.
+    """
+    if len(key_types) > 2:
+        raise click.UsageError("--key-type at most twice: the signing type, then the"
+                               " encryption type")
+    if not key_types:
+        sign, encrypt = DEFAULT_SIGN_KEY, DEFAULT_ENCRYPT_KEY
+    elif len(key_types) == 1:
+        sign = encrypt = SubscriberKeyType(key_types[0])
+    else:
+        if purpose != "dual":
+            raise click.UsageError("two --key-type values are for --purpose dual (the signing"
+                                   " type, then the encryption type)")
+        sign, encrypt = SubscriberKeyType(key_types[0]), SubscriberKeyType(key_types[1])
+    try:
+        check_key_types(purpose, sign, encrypt)
+    except CAError as exc:
+        raise click.UsageError(str(exc)) from None
+    used = {sign} if purpose == "sign" else {encrypt} if purpose in ("encrypt", "both") \
+        else {sign, encrypt}
+    if legacy_p12 and any(k.value.startswith("ml-") for k in used):
+        raise click.UsageError("--legacy-p12 cannot carry ML-DSA or ML-KEM keys (the clients"
+                               " that need it know no post-quantum key)")
+    return sign, encrypt
+
+
 @click.group()
 def ca() -> None:
     """Our own certificate authority: issue, renew, revoke, publish."""
@@ -233,7 +272,9 @@ def ca() -> None:
 @click.option("--base-url", required=True,
               help="Public http:// base of the CRL, OCSP and caIssuers URLs.")
 @click.option("--key-type", type=click.Choice([k.value for k in CAKeyType]),
-              default=CAKeyType.P384.value, show_default=True, help="Root and issuing keys.")
+              default=CAKeyType.P384.value, show_default=True,
+              help="Root, issuing and OCSP keys (ml-dsa-65, ml-dsa-87: a post-quantum CA,"
+                   " which only post-quantum-aware clients can validate).")
 @click.option("--country", help="Two-letter country code (C=).")
 @click.option("--organization-identifier",
               help="Registration reference, e.g. NTRGB-12345678 (sponsored/organization"
@@ -318,8 +359,8 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
 @click.option("--purpose", type=click.Choice(["sign", "encrypt", "both", "dual"]),
               help="dual: a signing and an encryption certificate [dual; with --csr:"
                    " required].")
-@click.option("--key-type", type=click.Choice([k.value for k in SubscriberKeyType]),
-              help="Generated key type [p256 to sign, rsa3072 to encrypt].")
+@click.option("--key-type", "key_types", multiple=True,
+              type=click.Choice([k.value for k in SubscriberKeyType]), help=KEY_TYPE_HELP)
 @click.option("--validity", default="730d", show_default=True,
               help="Validity, e.g. 365d (at most 825d).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".",
@@ -333,7 +374,7 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
               help="Issue even if the address holds a live certificate for the purpose.")
 @ca_options
 def issue(email: str, name: str | None, csr_path: str | None, profile: str | None,
-          purpose: str | None, key_type: str | None, validity: str, out_dir: str,
+          purpose: str | None, key_types: tuple[str, ...], validity: str, out_dir: str,
           legacy_p12: bool, mobileconfig: bool, p12_passphrase_file: str | None,
           replace: bool, passphrase_file: str | None, passphrase_env: str | None,
           pin_file: str | None) -> None:
@@ -342,8 +383,10 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax, kept_current(cax) as changed:
         if csr_path and (purpose is None or purpose == "dual"):
             raise click.UsageError("with --csr, choose --purpose sign, encrypt or both")
-        if csr_path and key_type is not None:
+        if csr_path and key_types:
             raise click.UsageError("--key-type is for generated keys, not with --csr")
+        sign_kind, encrypt_kind = key_kinds(key_types, purpose or "dual",
+                                            legacy_p12=legacy_p12)
         # every input checked, and the folder made, before anything is issued: keys made
         # here go nowhere else, and a refusal leaves nothing behind
         checked_email(email)
@@ -358,11 +401,10 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
                                          purpose=purpose, name=name, profile=profile,
                                          validity=period, replace=replace)
             else:
-                chosen = SubscriberKeyType(key_type) if key_type else None
                 issuance = cax.issue_generated(
                     email, purpose=purpose or "dual", name=name, profile=profile,
-                    validity=period, sign_key=chosen or DEFAULT_SIGN_KEY,
-                    encrypt_key=chosen or DEFAULT_ENCRYPT_KEY, replace=replace)
+                    validity=period, sign_key=sign_kind, encrypt_key=encrypt_kind,
+                    replace=replace)
         except BaseException:
             # refused (a live certificate, a locked store): leave no folder behind
             for folder in made:  # deepest first; only the empty folders made above

@@ -24,8 +24,6 @@ import click
 
 from smimekit.ca.bundle import BundleOptions, remove_leftovers
 from smimekit.ca.issuance import (
-    DEFAULT_ENCRYPT_KEY,
-    DEFAULT_SIGN_KEY,
     CertificateAuthority,
     Issuance,
     SubscriberKeyType,
@@ -47,7 +45,15 @@ from smimekit.ca.lifecycle import (
     renew_due,
 )
 from smimekit.ca.profiles import PROFILES
-from smimekit.cli.ca import ca_options, new_passphrase, open_ca, parse_duration, write_bundle
+from smimekit.cli.ca import (
+    KEY_TYPE_HELP,
+    ca_options,
+    key_kinds,
+    new_passphrase,
+    open_ca,
+    parse_duration,
+    write_bundle,
+)
 from smimekit.cli.common import CliError, output_dir
 from smimekit.cli.directory_hook import kept_current
 from smimekit.cli.progress import progress_bar
@@ -159,12 +165,6 @@ def _summary(verb: str, counts: Counter[RowStatus], results: ResultsLog) -> str:
             f" {counts[RowStatus.ERROR]}; results in {results.path}")
 
 
-def _key_kinds(key_type: str | None) -> tuple[SubscriberKeyType, SubscriberKeyType]:
-    if key_type is None:
-        return DEFAULT_SIGN_KEY, DEFAULT_ENCRYPT_KEY
-    return SubscriberKeyType(key_type), SubscriberKeyType(key_type)
-
-
 @click.command("enroll")
 @click.option("--csv", "csv_path", required=True, metavar="FILE",
               help="UTF-8 CSV with a header row: email (required), name, department.")
@@ -176,15 +176,14 @@ def _key_kinds(key_type: str | None) -> tuple[SubscriberKeyType, SubscriberKeyTy
 @click.option("--purpose", type=click.Choice(["dual", "sign", "encrypt", "both"]),
               default="dual", show_default=True,
               help="dual: a signing and an encryption certificate per person.")
-@click.option("--key-type", type=_KEY_TYPES,
-              help="Generated key type [p256 to sign, rsa3072 to encrypt].")
+@click.option("--key-type", "key_types", multiple=True, type=_KEY_TYPES, help=KEY_TYPE_HELP)
 @click.option("--workers", type=click.IntRange(1, 256), metavar="N",
               help="Processes making keys and files [the number of CPUs]; 1: all in this"
                    " process.")
 @_batch_options
 @ca_options
 def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose: str,
-           key_type: str | None, workers: int | None, out_dir: str, validity: str,
+           key_types: tuple[str, ...], workers: int | None, out_dir: str, validity: str,
            legacy_p12: bool, mobileconfig: bool, progress: bool | None,
            passphrase_file: str | None, passphrase_env: str | None,
            pin_file: str | None) -> None:
@@ -196,10 +195,10 @@ def enroll(csv_path: str, results_path: str | None, profile: str | None, purpose
     --workers processes; this one signs and records. Exit status 1 when any row failed.
     """
     period = parse_duration(validity)
+    sign_key, encrypt_key = key_kinds(key_types, purpose, legacy_p12=legacy_p12)
     rows = read_enrolment_csv(csv_path)
     out = Path(out_dir)
     results = ResultsLog(Path(results_path) if results_path else out / "results.csv")
-    sign_key, encrypt_key = _key_kinds(key_type)
     from smimekit.ca.enrol_pool import default_workers, enroll_rows_pooled
 
     count = workers or default_workers()
@@ -244,6 +243,9 @@ def renew(due: str, results_path: str | None, dry_run: bool, key_type: str | Non
     window = parse_duration(due)
     period = parse_duration(validity)
     encrypt_key = SubscriberKeyType(key_type) if key_type else None
+    if legacy_p12 and key_type and key_type.startswith("ml-"):
+        raise click.UsageError("--legacy-p12 cannot carry ML-DSA or ML-KEM keys (the clients"
+                               " that need it know no post-quantum key)")
     with open_ca(passphrase_file, passphrase_env, pin_file, locked=dry_run) as cax:
         records = due_for_renewal(cax.store, window, issuer_fingerprint=cax.issuer_fingerprint)
         if dry_run:
@@ -412,14 +414,14 @@ def _plan_notes(plan: Any) -> None:
               help="Certificate profile of joiners [the CA's default].")
 @click.option("--purpose", type=click.Choice(["dual", "sign", "encrypt", "both"]),
               default="dual", show_default=True, help="What joiners get.")
-@click.option("--key-type", type=_KEY_TYPES,
-              help="Generated key type [p256 to sign, rsa3072 to encrypt].")
+@click.option("--key-type", "key_types", multiple=True, type=_KEY_TYPES, help=KEY_TYPE_HELP)
 @click.option("--workers", type=click.IntRange(1, 256), metavar="N",
               help="Processes making joiners' keys and files [the number of CPUs].")
 @_batch_options
 @ca_options
 def sync(use_ldap: bool, csv_path: str | None, dry_run: bool, allow_removals: int | None,
-         results_path: str | None, profile: str | None, purpose: str, key_type: str | None,
+         results_path: str | None, profile: str | None, purpose: str,
+         key_types: tuple[str, ...],
          workers: int | None, out_dir: str, validity: str, legacy_p12: bool,
          mobileconfig: bool, progress: bool | None, passphrase_file: str | None,
          passphrase_env: str | None, pin_file: str | None) -> None:
@@ -448,6 +450,7 @@ def sync(use_ldap: bool, csv_path: str | None, dry_run: bool, allow_removals: in
     if use_ldap == (csv_path is not None):
         raise click.UsageError("give --ldap or --csv FILE (one of them)")
     period = parse_duration(validity)
+    sign_key, encrypt_key = key_kinds(key_types, purpose, legacy_p12=legacy_p12)
     settings = cli_config().sync or SyncConfig()
     if use_ldap and settings.ldap is None:
         raise CliError("--ldap needs a [sync.ldap] table in the configuration file (--config"
@@ -481,7 +484,6 @@ def sync(use_ldap: bool, csv_path: str | None, dry_run: bool, allow_removals: in
             remove_leftovers(out)
             results = ResultsLog(Path(results_path) if results_path
                                  else out / "sync-results.csv")
-            sign_key, encrypt_key = _key_kinds(key_type)
             deliver = _deliverer(cax, out, legacy=legacy_p12, mobileconfig=mobileconfig)
             count = workers or _workers()
 

@@ -3,23 +3,33 @@
 :func:`load_pkcs12_identities` reads every key of a PKCS#12 file (our CA writes the current key
 and the older ones into one file) with its own parser over cryptography's primitives;
 :func:`pkcs12_kdf` is the RFC 7292 appendix B KDF. :mod:`smimekit.keys.load` re-exports both.
+
+:func:`write_pkcs12` writes a PKCS#12 file itself, for the keys ``cryptography``'s writer
+refuses (ML-DSA and ML-KEM): the same shape and algorithms as our default form (PBES2 with
+PBKDF2-HMAC-SHA256 and AES-256-CBC for the key bags and the certificates, HMAC-SHA256 MAC).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import hmac as std_hmac
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from asn1crypto import algos, core
+from asn1crypto import cms as asn1_cms
+from asn1crypto import keys as asn1_keys
 from asn1crypto import pkcs12 as asn1_pkcs12
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
 from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -510,3 +520,145 @@ def load_pkcs12_identities(
     except PARSE_ERRORS as exc:  # asn1crypto parses lazily: structure errors surface late
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise reader.fail(f"malformed PKCS#12 file: {reason}") from None
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _pbes2(passphrase: bytes, iterations: int, data: bytes) -> tuple[dict[str, Any], bytes]:
+    """``data`` encrypted with PBES2 (RFC 8018 6.2): PBKDF2-HMAC-SHA256, fresh 16-byte salt,
+    AES-256-CBC with a fresh IV; returns (the AlgorithmIdentifier, the ciphertext)."""
+    salt, iv = os.urandom(16), os.urandom(16)
+    key = PBKDF2HMAC(hashes.SHA256(), 32, salt, iterations).derive(passphrase)
+    padder = sym_padding.PKCS7(128).padder()
+    padded = padder.update(data) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    algorithm = {
+        "algorithm": "pbes2",
+        "parameters": {
+            "key_derivation_func": {
+                "algorithm": "pbkdf2",
+                "parameters": {"salt": algos.Pbkdf2Salt(name="specified", value=salt),
+                               "iteration_count": iterations,
+                               "prf": {"algorithm": "sha256", "parameters": None}},
+            },
+            "encryption_scheme": {"algorithm": "aes256_cbc", "parameters": iv},
+        },
+    }
+    return algorithm, ciphertext
+
+
+def _bag_attributes(friendly_name: str | None, local_key_id: bytes | None) -> Any:
+    if friendly_name is None and local_key_id is None:
+        return None  # no attributes at all (the field is OPTIONAL)
+    attrs: list[Any] = []
+    if friendly_name is not None:
+        attrs.append({"type": "friendly_name", "values": [friendly_name]})
+    if local_key_id is not None:
+        attrs.append({"type": "local_key_id", "values": [local_key_id]})
+    return attrs
+
+
+def write_pkcs12(
+    pairs: Sequence[tuple[str | None, PrivateKeyTypes, x509.Certificate | None]],
+    chain: Sequence[x509.Certificate],
+    passphrase: bytes,
+    *,
+    iterations: int,
+) -> bytes:
+    """A PKCS#12 file (DER) holding each (friendly name, key, certificate) of ``pairs`` and
+    the CA certificates of ``chain``, built here rather than by ``cryptography`` (whose
+    writer refuses ML-DSA and ML-KEM keys).
+
+    The shape is what OpenSSL 3 writes by default: an encryptedData safe with every
+    certificate (PBES2: PBKDF2-HMAC-SHA256 with ``iterations``, AES-256-CBC), then a data
+    safe with one pkcs8ShroudedKeyBag per key (each PBES2 the same way, with its own salt
+    and IV), and an HMAC-SHA256 MAC keyed by the RFC 7292 appendix B KDF with the same
+    ``iterations`` and a 16-byte salt. A key and its certificate share a friendlyName and a
+    localKeyId (the certificate's SHA-1 fingerprint), which is how readers pair them; the
+    first pair is the one readers that take a single key take. A pair may have no name and
+    no certificate (a key kept at rest): its bag then has no attributes, and a file with no
+    certificate at all has no certificate safe. The private keys go in as
+    ``cryptography``'s PKCS#8 (for ML-DSA and ML-KEM the seed form of RFC 9881 and 9935).
+
+    Raises:
+        PassphraseError: the passphrase is empty or not UTF-8 (PKCS#12 passwords are text).
+        KeyLoadError: no pairs, an iteration count below 1, or a key that has no PKCS#8
+            form.
+    """
+    if not passphrase:
+        raise PassphraseError("a PKCS#12 file needs a non-empty passphrase")
+    try:
+        text = passphrase.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PassphraseError("the PKCS#12 passphrase must be UTF-8 text") from None
+    if not pairs:
+        raise KeyLoadError("a PKCS#12 file needs at least one key")
+    if iterations < 1:
+        raise KeyLoadError("PKCS#12 key derivation needs at least one iteration")
+    cert_bags: list[Any] = []
+    key_bags: list[Any] = []
+    for name, key, cert in pairs:
+        local_key_id = (None if cert is None
+                        else cert.fingerprint(hashes.SHA1()))  # noqa: S303  (an identifier)
+        try:
+            pkcs8 = key.private_bytes(serialization.Encoding.DER,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise KeyLoadError(f"a {type(key).__name__} has no PKCS#8 form") from None
+        algorithm, ciphertext = _pbes2(passphrase, iterations, pkcs8)
+        key_bags.append({
+            "bag_id": "pkcs8_shrouded_key_bag",
+            "bag_value": asn1_keys.EncryptedPrivateKeyInfo({
+                "encryption_algorithm": algorithm, "encrypted_data": ciphertext}),
+            "bag_attributes": _bag_attributes(name, local_key_id),
+        })
+        if cert is not None:
+            cert_bags.append(_cert_bag(cert, name, local_key_id))
+    cert_bags.extend(_cert_bag(ca, None, None) for ca in chain)
+    safes: list[asn1_cms.ContentInfo] = []
+    if cert_bags:
+        certs_der = asn1_pkcs12.SafeContents(cert_bags).dump()
+        algorithm, ciphertext = _pbes2(passphrase, iterations, certs_der)
+        safes.append(asn1_cms.ContentInfo({
+            "content_type": "encrypted_data",
+            "content": asn1_cms.EncryptedData({
+                "version": "v0",
+                "encrypted_content_info": {
+                    "content_type": "data",
+                    "content_encryption_algorithm": algorithm,
+                    "encrypted_content": ciphertext,
+                },
+            }),
+        }))
+    safes.append(asn1_cms.ContentInfo({
+        "content_type": "data",
+        "content": asn1_pkcs12.SafeContents(key_bags).dump(),
+    }))
+    auth_safe = asn1_pkcs12.AuthenticatedSafe(safes).dump()
+    salt = os.urandom(16)
+    # RFC 7292 B.1: the password as a BMPString with a two-byte terminator
+    mac_key = pkcs12_kdf(hashlib.sha256, text.encode("utf-16-be") + b"\x00\x00", salt,
+                         iterations, 3, 32)
+    return asn1_pkcs12.Pfx({
+        "version": "v3",
+        "auth_safe": {"content_type": "data", "content": auth_safe},
+        "mac_data": {"mac": {"digest_algorithm": {"algorithm": "sha256"},
+                             "digest": std_hmac.new(mac_key, auth_safe, "sha256").digest()},
+                     "mac_salt": salt, "iterations": iterations},
+    }).dump()
+
+
+def _cert_bag(cert: x509.Certificate, friendly_name: str | None,
+              local_key_id: bytes | None) -> dict[str, Any]:
+    return {
+        "bag_id": "cert_bag",
+        "bag_value": asn1_pkcs12.CertBag({
+            "cert_id": "x509",
+            "cert_value": asn1_x509.Certificate.load(
+                cert.public_bytes(serialization.Encoding.DER)),
+        }),
+        "bag_attributes": _bag_attributes(friendly_name, local_key_id),
+    }

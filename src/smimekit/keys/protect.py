@@ -4,6 +4,10 @@ Nothing smimekit keeps on disk or in the store holds a private key in the clear.
 than encrypted PKCS#8 because ``cryptography`` writes PKCS#8 with only 2,048 PBKDF2 iterations
 and lets the iteration count be chosen for PKCS#12 alone; ``openssl pkcs12`` reads the result.
 
+``cryptography``'s PKCS#12 writer and reader refuse ML-DSA and ML-KEM keys; those are written
+by :func:`smimekit.keys.pkcs12.write_pkcs12` in the same form and read back by
+:func:`smimekit.keys.pkcs12.load_pkcs12_identities`.
+
 cryptography writes the MAC with 2,048 iterations whatever the key bag uses. A passphrase
 guess can be checked against the MAC alone, so the MAC would set the price of a guess:
 :func:`protect_key` recomputes it with the key bag's count (:data:`KDF_ROUNDS`). Files written
@@ -18,6 +22,7 @@ import os
 
 from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -25,6 +30,9 @@ from smimekit.errors import KeyLoadError, PassphraseError
 from smimekit.keys.pkcs12 import pkcs12_kdf
 
 __all__ = ["KDF_ROUNDS", "protect_key", "unprotect_key"]
+
+_ML_KEYS = (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey,
+            mlkem.MLKEM768PrivateKey, mlkem.MLKEM1024PrivateKey)
 
 KDF_ROUNDS = 200_000
 """PBKDF2 iterations for keys at rest, and the MAC's: ~0.1 s to open a key here, costly to
@@ -46,6 +54,8 @@ def protect_key(key: PrivateKeyTypes, passphrase: bytes, *, rounds: int = KDF_RO
         text = passphrase.decode("utf-8")
     except UnicodeDecodeError:
         raise PassphraseError("the passphrase must be UTF-8 text (PKCS#12)") from None
+    if isinstance(key, _ML_KEYS):
+        return _protect_ml_key(key, passphrase, rounds)
     encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
                   .kdf_rounds(rounds)
                   .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
@@ -54,6 +64,12 @@ def protect_key(key: PrivateKeyTypes, passphrase: bytes, *, rounds: int = KDF_RO
     der = pkcs12.serialize_key_and_certificates(
         None, key, None, None, encryption)  # type: ignore[arg-type]
     return _with_mac(der, text, rounds)
+
+
+def _protect_ml_key(key: PrivateKeyTypes, passphrase: bytes, rounds: int) -> bytes:
+    from smimekit.keys.pkcs12 import write_pkcs12
+
+    return write_pkcs12([(None, key, None)], [], passphrase, iterations=rounds)
 
 
 def _with_mac(der: bytes, passphrase: str, iterations: int) -> bytes:
@@ -83,9 +99,23 @@ def unprotect_key(data: bytes, passphrase: bytes, what: str = "the key") -> Priv
     try:
         key, _, _ = pkcs12.load_key_and_certificates(data, passphrase)
     except ValueError as exc:
-        if data[:1] == b"\x30" and len(data) > 64:
-            raise PassphraseError(f"wrong passphrase for {what}, or it is damaged") from exc
-        raise KeyLoadError(f"{what} is not a readable protected key") from exc
+        # cryptography's reader refuses ML-DSA and ML-KEM key bags: ours reads them
+        key = _unprotect_with_own_reader(data, passphrase, what, exc)
     if key is None:
         raise KeyLoadError(f"{what} holds no private key")
     return key
+
+
+def _unprotect_with_own_reader(data: bytes, passphrase: bytes, what: str,
+                               exc: ValueError) -> PrivateKeyTypes | None:
+    from smimekit.keys.pkcs12 import load_pkcs12_identities
+
+    try:
+        identities = load_pkcs12_identities(data, passphrase, label=what).identities
+    except PassphraseError:
+        raise PassphraseError(f"wrong passphrase for {what}, or it is damaged") from exc
+    except KeyLoadError:
+        if data[:1] == b"\x30" and len(data) > 64:
+            raise PassphraseError(f"wrong passphrase for {what}, or it is damaged") from exc
+        raise KeyLoadError(f"{what} is not a readable protected key") from exc
+    return identities[0][0] if identities else None

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificateIssuerPublicKeyTypes,
@@ -25,6 +25,9 @@ from smimekit.cms import der
 from smimekit.errors import CAError
 
 __all__ = ["LocalSigner", "Signer", "hash_for", "resign", "sign_builder"]
+
+_ML_DSA_PRIVATE = mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey
+_ML_DSA_PUBLIC = mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
 
 
 @runtime_checkable
@@ -38,16 +41,18 @@ class Signer(Protocol):
     def sign(self, data: bytes) -> bytes:
         """Sign ``data`` the way X.509 wants for this key type (see :func:`hash_for`).
 
-        RSA: PKCS#1 v1.5; ECDSA: DER ``Ecdsa-Sig-Value``; Ed25519: the 64 raw bytes.
+        RSA: PKCS#1 v1.5; ECDSA: DER ``Ecdsa-Sig-Value``; Ed25519: the 64 raw bytes;
+        ML-DSA: pure ML-DSA with the empty context (RFC 9881 3).
         """
         ...
 
 
 def hash_for(key: CertificateIssuerPublicKeyTypes | CertificateIssuerPrivateKeyTypes,
              ) -> hashes.SHA256 | hashes.SHA384 | None:
-    """The digest a CA key signs with (S/MIME BR 7.1.3.2): P-384 SHA-384, Ed25519 none, else
-    SHA-256."""
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+    """The digest a CA key signs with (S/MIME BR 7.1.3.2): P-384 SHA-384, Ed25519 and ML-DSA
+    none (pure signatures), else SHA-256."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey
+                  | _ML_DSA_PRIVATE | _ML_DSA_PUBLIC):
         return None
     if (isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey)
             and key.curve.key_size >= 384):
@@ -73,7 +78,7 @@ class LocalSigner:
         if isinstance(key, ec.EllipticCurvePrivateKey):
             assert digest is not None
             return key.sign(data, ec.ECDSA(digest))
-        if isinstance(key, ed25519.Ed25519PrivateKey):
+        if isinstance(key, ed25519.Ed25519PrivateKey | _ML_DSA_PRIVATE):
             return key.sign(data)
         raise CAError(f"a {type(key).__name__} cannot sign certificates here")
 
@@ -104,6 +109,9 @@ def _stand_in_for(public: CertificateIssuerPublicKeyTypes) -> CertificateIssuerP
         return _stand_in(name)
     if isinstance(public, ed25519.Ed25519PublicKey):
         return _stand_in("ed25519")
+    if isinstance(public, _ML_DSA_PUBLIC):
+        raise CAError("an ML-DSA CA key must be a software key here (no PKCS#11 token "
+                      "signs ML-DSA through smimekit yet)")
     raise CAError(f"unsupported CA key type {type(public).__name__}")
 
 
