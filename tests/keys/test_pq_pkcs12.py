@@ -249,3 +249,26 @@ def test_vault_seals_and_opens_ml_kem_keys(kind: Any) -> None:
     tampered[-20] ^= 1
     with pytest.raises(CAError, match="does not open"):
         vault.open(bytes(tampered), cert)
+
+
+def test_public_pkcs12_loaders_read_ml_files(tmp_path: Path) -> None:
+    """smimekit.load_pkcs12, load_certificates and load_private_key read what ca issue
+    writes for ML keys (cryptography's reader cannot), and still refuse a wrong passphrase
+    and garbage with the usual errors."""
+    from smimekit.errors import KeyLoadError
+    from smimekit.keys.load import load_certificates, load_pkcs12, load_private_key
+
+    key = mlkem.MLKEM768PrivateKey.generate()
+    cert = _cert(key, "bob")
+    p12 = write_pkcs12([("bob (encrypt)", key, cert)], [CA_CERT], PASS, iterations=2048)
+    loaded, loaded_cert, others = load_pkcs12(p12, PASS)
+    assert loaded is not None and loaded.public_key() == key.public_key()
+    assert loaded_cert == cert and others == [CA_CERT]
+    path = tmp_path / "bob.p12"
+    path.write_bytes(p12)
+    assert load_certificates(str(path), PASS) == [cert, CA_CERT]
+    assert load_private_key(str(path), PASS).public_key() == key.public_key()
+    with pytest.raises(PassphraseError):
+        load_pkcs12(p12, b"wrong")
+    with pytest.raises(KeyLoadError, match="not a PKCS#12 file"):
+        load_pkcs12(b"\x30\x03\x02\x01\x03", PASS)

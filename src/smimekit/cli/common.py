@@ -330,23 +330,6 @@ def _ask(label: str) -> bytes:
     return getpass.getpass(f"Passphrase for {label}: ").encode()
 
 
-def _load_pkcs12_key(
-    data: bytes, secret: bytes | None, label: str
-) -> tuple[PrivateKeyTypes | None, x509.Certificate | None, list[x509.Certificate]]:
-    """:func:`load_pkcs12`, or for a file cryptography cannot read (ML-DSA and ML-KEM key
-    bags, as ``ca issue`` writes them) smimekit's own reader: its first key and the rest."""
-    try:
-        return load_pkcs12(data, secret, label=label)
-    except KeyLoadError:
-        from smimekit.keys.pkcs12 import load_pkcs12_identities
-
-        identities, others = load_pkcs12_identities(data, secret, label=label)
-        if not identities:
-            return None, None, others
-        (key, cert), rest = identities[0], [c for _, c in identities[1:] if c is not None]
-        return key, cert, rest + others
-
-
 def load_key_and_cert(
     key_path: str, cert_path: str | None, passphrase: bytes | None
 ) -> tuple[PrivateKeyTypes, x509.Certificate | None, list[x509.Certificate]]:
@@ -359,7 +342,7 @@ def load_key_and_cert(
     for attempt in range(2):
         try:
             if _looks_pkcs12(data):
-                key, cert, extra = _load_pkcs12_key(data, secret, f"key {key_path}")
+                key, cert, extra = load_pkcs12(data, secret, label=f"key {key_path}")
                 if key is None:
                     raise KeyLoadError(f"{key_path}: the PKCS#12 file holds no private key")
             else:

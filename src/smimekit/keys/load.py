@@ -286,6 +286,10 @@ def load_pkcs12(
 ) -> tuple[PrivateKeyTypes | None, x509.Certificate | None, list[x509.Certificate]]:
     """Open a PKCS#12 file: (private key, its certificate, the other certificates).
 
+    A file whose key bags cryptography cannot read (ML-DSA and ML-KEM keys, as ``ca issue``
+    writes them) is read by smimekit's own reader (:mod:`smimekit.keys.pkcs12`): its first key
+    with its certificate, then every other certificate.
+
     Raises:
         PassphraseError: wrong or missing passphrase.
         KeyLoadError: not a PKCS#12 file.
@@ -301,10 +305,27 @@ def load_pkcs12(
             if secret is None:
                 raise PassphraseError(f"{label} is protected: a passphrase is required") from None
             raise PassphraseError(f"{label}: wrong passphrase") from None
-        raise KeyLoadError(f"{label}: not a PKCS#12 file") from None
+        return _own_pkcs12_reader(data, secret, label)
     except Exception as exc:
         raise KeyLoadError(f"{label}: unsupported PKCS#12 content ({type(exc).__name__})") from None
     return key, cert, list(extra)
+
+
+def _own_pkcs12_reader(
+    data: bytes, secret: bytes | None, label: str
+) -> tuple[PrivateKeyTypes | None, x509.Certificate | None, list[x509.Certificate]]:
+    from smimekit.keys.pkcs12 import load_pkcs12_identities
+
+    try:
+        identities, others = load_pkcs12_identities(data, secret, label=label)
+    except PassphraseError:
+        raise
+    except KeyLoadError:
+        raise KeyLoadError(f"{label}: not a PKCS#12 file") from None
+    if not identities:
+        return None, None, others
+    (key, cert), rest = identities[0], [c for _, c in identities[1:] if c is not None]
+    return key, cert, rest + others
 
 
 def _pkcs7_certificates(data: bytes, *, pem: bool) -> list[x509.Certificate]:
