@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
+from smimekit.smime.hp_read import HeaderProtection
 from smimekit.smime.message import (
     build_multipart_signed,
     build_pkcs7_mime,
@@ -65,6 +66,9 @@ class Decrypted:
     layers: tuple[Layer, ...]
     partial: bool = False
     """True when the encrypted part sat next to unencrypted siblings (shown alone)."""
+    header_protection: HeaderProtection | None = None
+    """What the message's header protection says (RFC 9788, protected-headers="v1" or RFC
+    8551 wrapping): ``content`` then carries the protected header fields; None without it."""
 
     def as_message(self) -> email.message.EmailMessage:
         return _parse(self.content)
@@ -373,7 +377,12 @@ def decrypt(
     last = [layer for layer in result.layers if layer.kind == "encrypted"][-1]
     cipher, _, recipient = last.detail.partition(", ")
     return Decrypted(
-        result.message(), cipher, recipient, result.layers, partial=result.partially_encrypted
+        result.message(),
+        cipher,
+        recipient,
+        result.layers,
+        partial=result.partially_encrypted,
+        header_protection=result.header_protection,
     )
 
 
