@@ -120,7 +120,8 @@ class HeaderProtection:
     """Outer fields whose value is not what the sender sent, and that HP-Outer does not
     explain: changed, added or removed on the way (a mailing list, or an attacker)."""
     dropped: tuple[str, ...] = ()
-    """Unprotected outer fields left out of the output (trace fields are kept)."""
+    """Unprotected outer fields without a protected counterpart, left out of the output
+    (trace fields are kept; outer copies of protected fields are replaced by them)."""
     legacy_display_removed: bool = False
     """A legacy display element (or part) was removed from the body: not shown twice."""
     notes: tuple[str, ...] = ()
@@ -268,7 +269,9 @@ def restore(
         protected=tuple(dict.fromkeys(names[h.lname] for h in protected)),
         obscured=tuple(obscured),
         disagreed=tuple(disagreed),
-        dropped=tuple(dict.fromkeys(names[h.lname] for h in outer)),
+        dropped=tuple(
+            dict.fromkeys(names[h.lname] for h in outer if h.lname not in protected_values)
+        ),
         legacy_display_removed=removed,
         notes=tuple(notes),
         problems=tuple(problems),

@@ -242,8 +242,10 @@ class Verdict:
 
     def summary(self) -> str:
         """One line for people: signer, email, signing time, chain, revocation."""
+        protection = self.header_protection
         if not self.signers:
-            return "NOT SIGNED: " + "; ".join(self.all_reasons() or ["no signature"])
+            text = "NOT SIGNED: " + "; ".join(self.all_reasons() or ["no signature"])
+            return text + (f"; {protection.summary()}" if protection is not None else "")
         head = "VALID" if self.valid else "INVALID"
         bits = []
         for s in self.signers:
@@ -257,8 +259,8 @@ class Verdict:
             if enc is not None and s.signer is not None and enc.sha256 != s.signer.sha256:
                 bits[-1] += f"; encrypt answers to: {enc.subject} (serial {enc.serial})"
         text = f"{head}: " + " | ".join(bits)
-        if self.header_protection is not None:
-            text += "; " + self.header_protection.summary()
+        if protection is not None:
+            text += "; " + protection.summary()
         reasons = list(dict.fromkeys(self.all_reasons()))  # one line per reason, not signer
         if reasons:
             text += " -- " + "; ".join(reasons)
