@@ -555,7 +555,15 @@ def decrypt(
             " the encrypted part was written (Efail protection)",
             err=True,
         )
-    click.echo(f"smimekit: decrypted ({result.cipher}, {result.recipient})", err=True)
+    protection = result.header_protection
+    if protection is not None and protection.disagreed:
+        click.echo(
+            "smimekit: warning: outer header fields differ from what the sender protected:"
+            f" {', '.join(protection.disagreed)} (the protected ones were written)",
+            err=True,
+        )
+    line = f"smimekit: decrypted ({result.cipher}, {result.recipient})"
+    click.echo(line + (f"; {protection.summary()}" if protection else ""), err=True)
 
 
 @click.command("sign-encrypt")
