@@ -17,6 +17,7 @@ from properties.pki import RECIPIENTS, SIGNERS, test_pki
 from properties.strategies import assert_same_message, messages, to_crlf
 from smimekit import Cipher, Digest
 from smimekit.errors import SigningError
+from smimekit.smime.hp import protect
 from smimekit.smime.message import prepare
 
 SETTINGS = settings(
@@ -87,9 +88,17 @@ def test_encrypt_then_decrypt_gives_back_the_same_entity(
     user = pki[reader]
     opened = smimekit.decrypt(sealed, user.key, user.cert if with_cert else None)
 
+    # Header protection (RFC 9788, the default): what decrypts is the payload protect() built
+    # (every outer field of the sample is protected, so no outer copy precedes it), and the
+    # outside shows the baseline policy's Subject.
     outer, entity = prepare(to_crlf(sample.raw))
-    expected = b"".join(h.raw + b"\r\n" for h in outer) + b"MIME-Version: 1.0\r\n" + entity
+    payload = protect(outer, [entity], mode="cipher").entity
+    expected = b"MIME-Version: 1.0\r\n" + b"".join(bytes(chunk) for chunk in payload)
     assert opened.content == expected
+    outside = sealed.split(b"\r\n\r\n", 1)[0]
+    if any(h.startswith(b"Subject:") for h in sample.outer):
+        assert b"\r\nSubject: [...]\r\n" in b"\r\n" + outside + b"\r\n"
+    assert b'hp="cipher"' in opened.content.split(b"\r\n\r\n", 1)[0]
     assert opened.cipher == cipher.value
     assert not opened.partial
     assert_same_message(opened.content, sample)
