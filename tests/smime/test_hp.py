@@ -11,6 +11,7 @@ import email.policy
 import re
 
 import pytest
+from hpwire import wire_payload
 from pki import Identity, message
 
 import smimekit
@@ -58,11 +59,6 @@ def _fields(head_or_entity: bytes | Entity) -> list[tuple[str, str]]:
     headers = (head_or_entity.headers if isinstance(head_or_entity, Entity)
                else Entity.parse(head_or_entity + b"\r\n").headers)
     return [(h.name, h.value()) for h in headers]
-
-
-def _payload_of(decrypted: bytes) -> Entity:
-    """The entity under the headers smimekit's decrypt put outside (MIME-Version first)."""
-    return Entity.parse(decrypted.split(b"MIME-Version: 1.0\r\n", 1)[1])
 
 
 # --- the header confidentiality policies (RFC 9788 3.2) ------------------------------------
@@ -258,10 +254,13 @@ def test_sign_covers_the_headers_with_hp_clear(alice: Identity, trust: list, opa
     assert b"Subject: test" in head  # signing hides nothing
     result = smimekit.verify(signed, trust=trust)
     assert result.verdict.valid
-    payload = _payload_of(result.content)
+    payload = wire_payload(signed)
     assert payload.params["hp"] == "clear"
     assert ("Subject", "test") in _fields(payload)
     assert not any(name == "HP-Outer" for name, _ in _fields(payload))
+    protection = result.verdict.header_protection
+    assert protection is not None and "Subject" in protection.protected
+    assert ("Subject", "test") in _fields(result.content.split(b"\r\n\r\n", 1)[0])
 
 
 def test_the_signature_now_covers_the_subject(alice: Identity, trust: list) -> None:
@@ -282,19 +281,21 @@ def test_encrypt_hides_the_subject_and_decrypts_to_the_protected_fields(
     sealed = smimekit.encrypt(message(), [bob.cert])
     outside = sealed.split(b"\r\n\r\n", 1)[0]
     assert b"\r\nSubject: [...]\r\n" in outside and b"test" not in outside
-    out = smimekit.decrypt(sealed, bob.key, bob.cert).content
-    payload = _payload_of(out)
+    payload = wire_payload(sealed, bob.key, bob.cert)
     assert payload.params["hp"] == "cipher"
     fields = _fields(payload)
     assert ("Subject", "test") in fields and ("HP-Outer", "Subject: [...]") in fields
     assert payload.body == b"Hello, world.\r\n"
+    # What decrypt shows: the protected fields, no HP-Outer record (smime/hp_read.py).
+    shown = _fields(smimekit.decrypt(sealed, bob.key, bob.cert).content.split(b"\r\n\r\n")[0])
+    assert ("Subject", "test") in shown and not any(n == "HP-Outer" for n, _ in shown)
 
 
 @pytest.mark.parametrize(("hcp", "subject"), [("shy", b"[...]"), ("none", b"test")])
 def test_encrypt_with_another_policy(bob: Identity, hcp: str, subject: bytes) -> None:
     sealed = smimekit.encrypt(message(), [bob.cert], hcp=hcp)
     assert b"\r\nSubject: " + subject + b"\r\n" in sealed.split(b"\r\n\r\n", 1)[0]
-    payload = _payload_of(smimekit.decrypt(sealed, bob.key, bob.cert).content)
+    payload = wire_payload(sealed, bob.key, bob.cert)
     assert ("HP-Outer", "Subject: " + subject.decode()) in _fields(payload)
 
 
@@ -317,13 +318,14 @@ def test_sign_encrypt_marks_the_signed_payload_cipher(alice: Identity, bob: Iden
     sealed = smimekit.sign_encrypt(message(), alice.key, alice.cert, [bob.cert],
                                    legacy_display=True)
     assert b"\r\nSubject: [...]\r\n" in sealed.split(b"\r\n\r\n", 1)[0]
-    # Decrypting stops at the signature: the signed message has the policy's outer fields,
-    # and the payload under the signature is the innermost part, marked hp="cipher".
+    # Decrypting stops at the signature (its header block: the protected fields, read from
+    # under the signature), and the payload under the signature is the innermost part,
+    # marked hp="cipher".
     signed = smimekit.decrypt(sealed, bob.key, bob.cert).content
     assert b"multipart/signed" in signed.split(b"\r\n\r\n", 1)[0]
     result = smimekit.verify(signed, trust=trust)
     assert result.verdict.valid
-    payload = _payload_of(result.content)
+    payload = wire_payload(signed)
     assert payload.params["hp"] == "cipher" and payload.params["hp-legacy-display"] == "1"
     assert ("Subject", "test") in _fields(payload)
     assert payload.decoded_body() == b"Subject: test\r\n\r\nHello, world.\r\n"
