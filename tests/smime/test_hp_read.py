@@ -96,7 +96,7 @@ def test_outer_reply_to_added_on_the_way_is_dropped_and_reported(bob: Identity) 
     sealed = _encrypted(bob, _payload("cipher"), OUTER + "Reply-To: mallory@example.net\r\n")
     result = smimekit.decrypt(sealed, bob.key, bob.cert)
     hp = result.header_protection
-    assert hp is not None and hp.disagreed == ("Reply-To",) and hp.dropped == ("Reply-To",)
+    assert hp is not None and hp.disagreed == ("Reply-To",)
     assert _headers(result.content, "Reply-To") == []
 
 
@@ -327,3 +327,26 @@ def test_v1_legacy_display_part_is_removed_and_subject_restored(bob: Identity) -
     assert shown["Subject"] == "the real subject"
     assert shown.get_content_type() == "text/plain"
     assert shown.get_content().strip() == "The real body."
+
+
+def test_protected_section_without_from_fails_even_with_a_matching_outer_from(
+        alice: Identity, trust: list) -> None:
+    """The outer From is not shown (and not protected): a protected section without a From
+    names no sender, so the signer is bound to nobody."""
+    no_from = PROTECTED.replace(f"From: Alice <{ALICE}>\r\n", "")
+    signed = _signed(alice, _payload("clear", headers=no_from), OUTER)
+    result = smimekit.verify(signed, trust=trust, raise_for_failure=False)
+    assert not result.verdict.valid
+    assert "the protected header section has no From field" in result.verdict.all_reasons()
+    assert _headers(result.content, "From") == []
+
+
+def test_decrypt_keeps_a_broken_signed_entity_for_verify(bob: Identity) -> None:
+    """Decrypting only: a multipart/signed inside that cannot be split is verify's to report;
+    decrypt still gives the plaintext back (no header protection read from it)."""
+    broken = (b'Content-Type: multipart/signed; boundary="x"; protocol='
+              b'"application/pkcs7-signature"; micalg=sha-256\r\n\r\n--x\r\n'
+              b"Content-Type: text/plain\r\n\r\nonly one part\r\n--x--\r\n")
+    result = smimekit.decrypt(_encrypted(bob, broken), bob.key, bob.cert)
+    assert result.header_protection is None
+    assert result.content.endswith(b"only one part\r\n--x--\r\n")

@@ -119,9 +119,6 @@ class HeaderProtection:
     disagreed: tuple[str, ...] = ()
     """Outer fields whose value is not what the sender sent, and that HP-Outer does not
     explain: changed, added or removed on the way (a mailing list, or an attacker)."""
-    dropped: tuple[str, ...] = ()
-    """Unprotected outer fields without a protected counterpart, left out of the output
-    (trace fields are kept; outer copies of protected fields are replaced by them)."""
     legacy_display_removed: bool = False
     """A legacy display element (or part) was removed from the body: not shown twice."""
     notes: tuple[str, ...] = ()
@@ -246,6 +243,10 @@ def restore(
         for n in SINGLE_FIELDS
         if (count := sum(1 for h in protected if h.lname == n)) > 1
     ]
+    if "from" not in protected_values:
+        # The protected fields are the message's (the outer ones are not shown): without a
+        # From among them nobody is named as the sender, whatever the outside says.
+        problems.append("the protected header section has no From field")
 
     removed = False
     if keep_entity is not None:
@@ -269,9 +270,6 @@ def restore(
         protected=tuple(dict.fromkeys(names[h.lname] for h in protected)),
         obscured=tuple(obscured),
         disagreed=tuple(disagreed),
-        dropped=tuple(
-            dict.fromkeys(names[h.lname] for h in outer if h.lname not in protected_values)
-        ),
         legacy_display_removed=removed,
         notes=tuple(notes),
         problems=tuple(problems),
@@ -394,13 +392,13 @@ _FIELD_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 
 def _strip_text(body: bytes) -> bytes | None:
     """text/plain: the element is header-like lines and one blank line, at the very top."""
-    lines = body.split(CRLF)
-    for i, line in enumerate(lines):
-        if line == b"":
-            return CRLF.join(lines[i + 1 :]) if i > 0 else None
+    end = body.find(b"\r\n\r\n")
+    if end <= 0:
+        return None
+    for line in body[:end].split(CRLF):
         if _FIELD_LINE.match(line) is None and line[:1] not in (b" ", b"\t"):
             return None
-    return None
+    return body[end + 4 :]
 
 
 class _DivFinder(HTMLParser):

@@ -244,7 +244,10 @@ def _restore(
     and the signed entity is kept whole for verify.
     """
     encrypted = any(layer.kind == "encrypted" for layer in layers)
-    inside = _signed_content(current) if encrypted else None
+    try:
+        inside = _signed_content(current) if encrypted else None
+    except SmimeError:
+        inside = None  # a broken signed entity is verify's to report; decrypt still succeeds
     if inside is None:
         return restore(root, current, encrypted=encrypted, signed=covered, wrapped=wrapped)
     payload, wrapped = inside, False
