@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from smimekit.errors import MIMEError, UnsupportedError
 from smimekit.smime.canonical import (
     CRLF,
+    Entity,
     Header,
     has_long_line,
     parse_headers,
@@ -78,6 +79,16 @@ NOT_PROTECTED = frozenset(
     }
 )
 """Outer fields never copied into the payload (see the module docstring)."""
+
+CRYPTOGRAPHIC_LAYERS = frozenset(
+    {
+        "application/pkcs7-mime",
+        "application/x-pkcs7-mime",
+        "multipart/signed",
+        "multipart/encrypted",
+    }
+)
+"""Content types of a cryptographic layer: never a cryptographic payload themselves."""
 
 HCPFunction = Callable[[str, str], "str | None"]
 """An HCP: (field name, outer value) -> the value to send outside, or None to remove it."""
@@ -180,6 +191,17 @@ class Protected:
     """The names of the fields the HCP removed or changed outside (``cipher`` only)."""
     legacy_display: bool = False
     """A legacy display element was added to the main body part(s)."""
+
+
+def is_cryptographic_layer(entity: Sequence[bytes | memoryview]) -> bool:
+    """True when ``entity`` (chunks, as for :func:`protect`) is itself a signed or encrypted
+    layer (e.g. signing a message that is already encrypted). Its payload, and so the place
+    for header protection, is inside it (RFC 9788 1.1: the cryptographic payload is the part
+    the cryptographic envelope protects): ``hp`` does not go on a layer."""
+    if not entity:
+        return False
+    head, _ = split_head_body(bytes(entity[0]))
+    return Entity.parse(head + CRLF + CRLF).content_type in CRYPTOGRAPHIC_LAYERS
 
 
 def protect(
