@@ -14,8 +14,8 @@ Confidentiality Policy (HCP) decides what the unprotected outer header section s
 element is asked for.
 
 What is copied into the payload: every outer field except the structural ones (``Content-*``,
-``MIME-Version``, which belong to the part), ``Bcc`` (a copy inside would show every recipient
-who is sent; RFC 9788 11.4 says leaving it out is the private choice), trace and transport
+``MIME-Version``, which belong to the part), ``Bcc`` (a copy inside would show the blind
+recipients to every recipient who can decrypt; RFC 9788 11.4 discusses Bcc), trace and transport
 fields (``Received``, ``Return-Path``, DKIM/ARC signatures, ``Authentication-Results``:
 added on the way, not by the author) and any ``HP-Outer`` met outside (a claim only the
 payload can make). Fields not copied stay outside unchanged.
