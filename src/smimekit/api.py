@@ -20,9 +20,9 @@ from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
 from smimekit.smime.canonical import Header
 from smimekit.smime.hp import (
-    HCP,
     HP_CIPHER,
     HP_CLEAR,
+    HeaderConfidentiality,
     hcp_named,
     is_cryptographic_layer,
     protect,
@@ -144,7 +144,9 @@ def sign(
         SigningError: the key does not match the certificate, or the options do not fit it.
         MIMEError: the input is not a readable message.
     """
-    outer, entity = _payload(message, HP_CLEAR, header_protection, HCP.NONE, False)
+    outer, entity = _payload(
+        message, HP_CLEAR, header_protection, HeaderConfidentiality.NONE, False
+    )
     return _sign_entity(
         outer,
         entity,
@@ -164,7 +166,7 @@ def _payload(
     message: MessageInput,
     mode: str,
     header_protection: bool,
-    hcp: HCP | str,
+    hcp: HeaderConfidentiality | str,
     legacy: bool,
     on_warning: Callable[[str], None] | None = None,
 ) -> tuple[Sequence[Header], list[bytes | memoryview]]:
@@ -235,7 +237,7 @@ def encrypt(
     intermediate_cache: IntermediateCache | None = None,
     on_warning: Callable[[str], None] | None = None,
     header_protection: bool = True,
-    hcp: HCP | str = HCP.BASELINE,
+    hcp: HeaderConfidentiality | str = HeaderConfidentiality.BASELINE,
     legacy_display: bool = False,
 ) -> bytes:
     """Encrypt a message to every recipient certificate (application/pkcs7-mime).
@@ -360,7 +362,7 @@ def sign_encrypt(
     on_warning: Callable[[str], None] | None = None,
     self_copy_required: bool = False,
     header_protection: bool = True,
-    hcp: HCP | str = HCP.BASELINE,
+    hcp: HeaderConfidentiality | str = HeaderConfidentiality.BASELINE,
     legacy_display: bool = False,
 ) -> bytes:
     """Sign, then encrypt the signed message (RFC 8551 section 3.7).

@@ -17,7 +17,7 @@ import smimekit
 from smimekit.errors import MIMEError, SignatureInvalidError, UnsupportedError
 from smimekit.smime.canonical import Entity, split_head_body
 from smimekit.smime.hp import (
-    HCP,
+    HeaderConfidentiality,
     hcp_baseline,
     hcp_named,
     hcp_no_confidentiality,
@@ -105,8 +105,9 @@ def test_hcp_no_confidentiality_changes_nothing() -> None:
 
 
 def test_hcp_by_name_and_unknown_name() -> None:
-    assert hcp_named("shy") is HCP.SHY and HCP.SHY.function is hcp_shy
-    assert hcp_named(HCP.NONE).function is hcp_no_confidentiality
+    assert hcp_named("shy") is HeaderConfidentiality.SHY
+    assert HeaderConfidentiality.SHY.function is hcp_shy
+    assert hcp_named(HeaderConfidentiality.NONE).function is hcp_no_confidentiality
     with pytest.raises(UnsupportedError, match="unknown header confidentiality policy 'strict'"):
         hcp_named("strict")
 

@@ -141,8 +141,8 @@ def _utc_date(value: str) -> str:
     return email.utils.format_datetime(when.astimezone(dt.UTC))
 
 
-class HCP(enum.StrEnum):
-    """The Header Confidentiality Policies offered by name (``--hcp``)."""
+class HeaderConfidentiality(enum.StrEnum):
+    """The header confidentiality policies (HCPs) offered by name (``--hcp``)."""
 
     BASELINE = "baseline"
     SHY = "shy"
@@ -153,23 +153,23 @@ class HCP(enum.StrEnum):
         return _HCPS[self]
 
 
-_HCPS: dict[HCP, HCPFunction] = {
-    HCP.BASELINE: hcp_baseline,
-    HCP.SHY: hcp_shy,
-    HCP.NONE: hcp_no_confidentiality,
+_HCPS: dict[HeaderConfidentiality, HCPFunction] = {
+    HeaderConfidentiality.BASELINE: hcp_baseline,
+    HeaderConfidentiality.SHY: hcp_shy,
+    HeaderConfidentiality.NONE: hcp_no_confidentiality,
 }
 
 
-def hcp_named(policy: HCP | str) -> HCP:
-    """The :class:`HCP` called ``policy``.
+def hcp_named(policy: HeaderConfidentiality | str) -> HeaderConfidentiality:
+    """The :class:`HeaderConfidentiality` called ``policy``.
 
     Raises:
         UnsupportedError: no policy has that name.
     """
     try:
-        return HCP(policy)
+        return HeaderConfidentiality(policy)
     except ValueError:
-        names = ", ".join(p.value for p in HCP)
+        names = ", ".join(p.value for p in HeaderConfidentiality)
         raise UnsupportedError(
             f"unknown header confidentiality policy {policy!r} (known: {names})"
         ) from None
