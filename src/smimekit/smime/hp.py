@@ -268,7 +268,8 @@ def protect(
         content.insert(0, Header("Content-Type", b"Content-Type: text/plain; charset=us-ascii"))
     content = [_with_hp(h, mode) if h.lname == "content-type" else h for h in content]
     section = b"".join(h.raw + CRLF for h in [*copied, *records, *content]) + CRLF
-    rest: list[bytes | memoryview] = [first[offset:]] if offset < len(first) else []
+    # A view: the body of a large (re-encoded, so single-chunk) entity is not copied.
+    rest: list[bytes | memoryview] = [memoryview(first)[offset:]] if offset < len(first) else []
     return Protected(
         tuple(new_outer),
         [section, *rest, *chunks[1:]],
