@@ -19,7 +19,14 @@ from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
 from smimekit.smime.canonical import Header
-from smimekit.smime.hp import HCP, HP_CIPHER, HP_CLEAR, hcp_named, protect
+from smimekit.smime.hp import (
+    HP_CIPHER,
+    HP_CLEAR,
+    HeaderConfidentiality,
+    hcp_named,
+    is_cryptographic_layer,
+    protect,
+)
 from smimekit.smime.hp_read import HeaderProtection
 from smimekit.smime.message import (
     build_multipart_signed,
@@ -134,13 +141,16 @@ def sign(
 
     With ``header_protection`` (the default) the header fields (From, To, Subject, ...) are
     copied into the signed part, marked ``hp="clear"`` (RFC 9788), so the signature covers
-    them too; the outer header section stays as it was.
+    them too; the outer header section stays as it was. A message that is already signed
+    or encrypted is signed as it is (its payload is inside it).
 
     Raises:
         SigningError: the key does not match the certificate, or the options do not fit it.
         MIMEError: the input is not a readable message.
     """
-    outer, entity = _payload(message, HP_CLEAR, header_protection, HCP.NONE, False)
+    outer, entity = _payload(
+        message, HP_CLEAR, header_protection, HeaderConfidentiality.NONE, False
+    )
     return _sign_entity(
         outer,
         entity,
@@ -157,13 +167,28 @@ def sign(
 
 
 def _payload(
-    message: MessageInput, mode: str, header_protection: bool, hcp: HCP | str, legacy: bool
+    message: MessageInput,
+    mode: str,
+    header_protection: bool,
+    hcp: HeaderConfidentiality | str,
+    legacy: bool,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[Sequence[Header], list[bytes | memoryview]]:
     """The outer header fields and the entity to sign or encrypt; with header protection,
-    the RFC 9788 cryptographic payload (see :func:`smimekit.smime.hp.protect`)."""
+    the RFC 9788 cryptographic payload (see :func:`smimekit.smime.hp.protect`).
+
+    A message that is already signed or encrypted is left as it is: its payload is inside
+    the layer (a signed one cannot be re-marked), and ``hp`` does not go on a layer."""
     policy = hcp_named(hcp)  # checked even when unused: a typo is an error either way
     outer, entity = prepare_chunks(_as_bytes(message))
     if not header_protection:
+        return outer, entity
+    if is_cryptographic_layer(entity):
+        if on_warning is not None and mode == HP_CIPHER:
+            on_warning(
+                "the message is already signed or encrypted: its header fields are not"
+                " hidden (use sign-encrypt to sign and encrypt with header protection)"
+            )
         return outer, entity
     done = protect(outer, entity, mode=mode, hcp=policy.function, legacy_display=legacy)
     return done.outer, done.entity
@@ -216,7 +241,7 @@ def encrypt(
     intermediate_cache: IntermediateCache | None = None,
     on_warning: Callable[[str], None] | None = None,
     header_protection: bool = True,
-    hcp: HCP | str = HCP.BASELINE,
+    hcp: HeaderConfidentiality | str = HeaderConfidentiality.BASELINE,
     legacy_display: bool = False,
 ) -> bytes:
     """Encrypt a message to every recipient certificate (application/pkcs7-mime).
@@ -239,6 +264,9 @@ def encrypt(
     outside still says: ``baseline`` (Subject ``[...]``, Keywords and Comments removed),
     ``shy`` (also no display names, Date in UTC) or ``none``. ``legacy_display`` writes the
     hidden fields at the top of the text for clients that do not read protected headers.
+    A message that is already signed or encrypted is encrypted as it is, its header fields
+    not hidden (``on_warning`` hears so): its signed payload cannot be re-marked; use
+    :func:`sign_encrypt`.
 
     Raises:
         EncryptionError: no recipient, an unfit certificate, or a key that cannot receive mail.
@@ -255,7 +283,9 @@ def encrypt(
             _issuer_source(aia, intermediate_cache, revocation) if trust is not None else None,
             on_warning,
         )
-    outer, entity = _payload(message, HP_CIPHER, header_protection, hcp, legacy_display)
+    outer, entity = _payload(
+        message, HP_CIPHER, header_protection, hcp, legacy_display, on_warning
+    )
     return _encrypt_entity(outer, entity, recipients, cipher=cipher, oaep=oaep, use_ski=use_ski)
 
 
@@ -336,7 +366,7 @@ def sign_encrypt(
     on_warning: Callable[[str], None] | None = None,
     self_copy_required: bool = False,
     header_protection: bool = True,
-    hcp: HCP | str = HCP.BASELINE,
+    hcp: HeaderConfidentiality | str = HeaderConfidentiality.BASELINE,
     legacy_display: bool = False,
 ) -> bytes:
     """Sign, then encrypt the signed message (RFC 8551 section 3.7).

@@ -18,7 +18,7 @@ import smimekit
 from smimekit.errors import MIMEError, SignatureInvalidError, UnsupportedError
 from smimekit.smime.canonical import Entity, split_head_body
 from smimekit.smime.hp import (
-    HCP,
+    HeaderConfidentiality,
     hcp_baseline,
     hcp_named,
     hcp_no_confidentiality,
@@ -101,8 +101,9 @@ def test_hcp_no_confidentiality_changes_nothing() -> None:
 
 
 def test_hcp_by_name_and_unknown_name() -> None:
-    assert hcp_named("shy") is HCP.SHY and HCP.SHY.function is hcp_shy
-    assert hcp_named(HCP.NONE).function is hcp_no_confidentiality
+    assert hcp_named("shy") is HeaderConfidentiality.SHY
+    assert HeaderConfidentiality.SHY.function is hcp_shy
+    assert hcp_named(HeaderConfidentiality.NONE).function is hcp_no_confidentiality
     with pytest.raises(UnsupportedError, match="unknown header confidentiality policy 'strict'"):
         hcp_named("strict")
 
@@ -330,3 +331,26 @@ def test_sign_encrypt_marks_the_signed_payload_cipher(alice: Identity, bob: Iden
     assert ("Subject", "test") in _fields(payload)
     assert payload.decoded_body() == b"Subject: test\r\n\r\nHello, world.\r\n"
     assert smimekit.decrypt_verify(sealed, bob.key, bob.cert, trust=trust).verdict.valid
+
+
+def test_a_layer_is_not_a_payload_sign_after_encrypt(alice: Identity, bob: Identity,
+                                                     trust: list) -> None:
+    # The payload is inside the encryption (hp="cipher" there); hp never goes on a layer.
+    sealed = smimekit.encrypt(message(), [bob.cert])
+    signed = smimekit.sign(sealed, alice.key, alice.cert)
+    first_part = signed.split(b"\r\n\r\n", 2)[2]
+    assert b"hp=" not in first_part.split(b"\r\n\r\n", 1)[0]
+    result = smimekit.decrypt_verify(signed, bob.key, bob.cert, trust=trust)
+    assert result.verdict.valid and b'hp="cipher"' in result.content
+
+
+def test_encrypting_a_signed_message_hides_nothing_and_says_so(alice: Identity, bob: Identity,
+                                                               trust: list) -> None:
+    signed = smimekit.sign(message(), alice.key, alice.cert)
+    warnings: list[str] = []
+    sealed = smimekit.encrypt(signed, [bob.cert], on_warning=warnings.append,
+                              check_recipients=True, trust=trust)
+    assert b"\r\nSubject: test\r\n" in sealed.split(b"\r\n\r\n", 1)[0]
+    assert any("use sign-encrypt" in w for w in warnings)
+    result = smimekit.decrypt_verify(sealed, bob.key, bob.cert, trust=trust)
+    assert result.verdict.valid and b'hp="clear"' in result.content

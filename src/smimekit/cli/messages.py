@@ -30,7 +30,7 @@ from smimekit.cli.common import (
     write_output,
 )
 from smimekit.cms.algorithms import Cipher, Digest
-from smimekit.smime.hp import HCP
+from smimekit.smime.hp import HeaderConfidentiality
 from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.recipients import can_receive_mail
@@ -159,7 +159,7 @@ _hp_options = _options(
     _NO_HEADER_PROTECTION,
     click.option(
         "--hcp",
-        type=click.Choice([p.value for p in HCP]),
+        type=click.Choice([p.value for p in HeaderConfidentiality]),
         default=None,
         help="Header confidentiality policy (RFC 9788 3.2): what the unencrypted outside"
         " still says. baseline (default): Subject [...], no Keywords or Comments; shy: also"
@@ -185,7 +185,7 @@ def _header_protection(
         )
     return {
         "header_protection": not no_header_protection,
-        "hcp": HCP(hcp or HCP.BASELINE),
+        "hcp": HeaderConfidentiality(hcp or HeaderConfidentiality.BASELINE),
         "legacy_display": legacy_display,
     }
 

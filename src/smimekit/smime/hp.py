@@ -14,8 +14,8 @@ Confidentiality Policy (HCP) decides what the unprotected outer header section s
 element is asked for.
 
 What is copied into the payload: every outer field except the structural ones (``Content-*``,
-``MIME-Version``, which belong to the part), ``Bcc`` (a copy inside would show every recipient
-who is sent; RFC 9788 11.4 says leaving it out is the private choice), trace and transport
+``MIME-Version``, which belong to the part), ``Bcc`` (a copy inside would show the blind
+recipients to every recipient who can decrypt; RFC 9788 11.4 discusses Bcc), trace and transport
 fields (``Received``, ``Return-Path``, DKIM/ARC signatures, ``Authentication-Results``:
 added on the way, not by the author) and any ``HP-Outer`` met outside (a claim only the
 payload can make). Fields not copied stay outside unchanged.
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from smimekit.errors import MIMEError, UnsupportedError
 from smimekit.smime.canonical import (
     CRLF,
+    Entity,
     Header,
     has_long_line,
     parse_headers,
@@ -78,6 +79,16 @@ NOT_PROTECTED = frozenset(
     }
 )
 """Outer fields never copied into the payload (see the module docstring)."""
+
+CRYPTOGRAPHIC_LAYERS = frozenset(
+    {
+        "application/pkcs7-mime",
+        "application/x-pkcs7-mime",
+        "multipart/signed",
+        "multipart/encrypted",
+    }
+)
+"""Content types of a cryptographic layer: never a cryptographic payload themselves."""
 
 HCPFunction = Callable[[str, str], "str | None"]
 """An HCP: (field name, outer value) -> the value to send outside, or None to remove it."""
@@ -130,8 +141,8 @@ def _utc_date(value: str) -> str:
     return email.utils.format_datetime(when.astimezone(dt.UTC))
 
 
-class HCP(enum.StrEnum):
-    """The Header Confidentiality Policies offered by name (``--hcp``)."""
+class HeaderConfidentiality(enum.StrEnum):
+    """The header confidentiality policies (HCPs) offered by name (``--hcp``)."""
 
     BASELINE = "baseline"
     SHY = "shy"
@@ -142,23 +153,23 @@ class HCP(enum.StrEnum):
         return _HCPS[self]
 
 
-_HCPS: dict[HCP, HCPFunction] = {
-    HCP.BASELINE: hcp_baseline,
-    HCP.SHY: hcp_shy,
-    HCP.NONE: hcp_no_confidentiality,
+_HCPS: dict[HeaderConfidentiality, HCPFunction] = {
+    HeaderConfidentiality.BASELINE: hcp_baseline,
+    HeaderConfidentiality.SHY: hcp_shy,
+    HeaderConfidentiality.NONE: hcp_no_confidentiality,
 }
 
 
-def hcp_named(policy: HCP | str) -> HCP:
-    """The :class:`HCP` called ``policy``.
+def hcp_named(policy: HeaderConfidentiality | str) -> HeaderConfidentiality:
+    """The :class:`HeaderConfidentiality` called ``policy``.
 
     Raises:
         UnsupportedError: no policy has that name.
     """
     try:
-        return HCP(policy)
+        return HeaderConfidentiality(policy)
     except ValueError:
-        names = ", ".join(p.value for p in HCP)
+        names = ", ".join(p.value for p in HeaderConfidentiality)
         raise UnsupportedError(
             f"unknown header confidentiality policy {policy!r} (known: {names})"
         ) from None
@@ -180,6 +191,17 @@ class Protected:
     """The names of the fields the HCP removed or changed outside (``cipher`` only)."""
     legacy_display: bool = False
     """A legacy display element was added to the main body part(s)."""
+
+
+def is_cryptographic_layer(entity: Sequence[bytes | memoryview]) -> bool:
+    """True when ``entity`` (chunks, as for :func:`protect`) is itself a signed or encrypted
+    layer (e.g. signing a message that is already encrypted). Its payload, and so the place
+    for header protection, is inside it (RFC 9788 1.1: the cryptographic payload is the part
+    the cryptographic envelope protects): ``hp`` does not go on a layer."""
+    if not entity:
+        return False
+    head, _ = split_head_body(bytes(entity[0]))
+    return Entity.parse(head + CRLF + CRLF).content_type in CRYPTOGRAPHIC_LAYERS
 
 
 def protect(
@@ -246,7 +268,8 @@ def protect(
         content.insert(0, Header("Content-Type", b"Content-Type: text/plain; charset=us-ascii"))
     content = [_with_hp(h, mode) if h.lname == "content-type" else h for h in content]
     section = b"".join(h.raw + CRLF for h in [*copied, *records, *content]) + CRLF
-    rest: list[bytes | memoryview] = [first[offset:]] if offset < len(first) else []
+    # A view: the body of a large (re-encoded, so single-chunk) entity is not copied.
+    rest: list[bytes | memoryview] = [memoryview(first)[offset:]] if offset < len(first) else []
     return Protected(
         tuple(new_outer),
         [section, *rest, *chunks[1:]],
