@@ -243,10 +243,12 @@ def restore(
         for n in SINGLE_FIELDS
         if (count := sum(1 for h in protected if h.lname == n)) > 1
     ]
-    if "from" not in protected_values:
+    if "from" not in protected_values and "from" in outer_values:
         # The protected fields are the message's (the outer ones are not shown): without a
-        # From among them nobody is named as the sender, whatever the outside says.
-        problems.append("the protected header section has no From field")
+        # From among them nobody is named as the sender, whatever the outside says. (No From
+        # anywhere is the sender binding's own failure, RFC 8550 section 3.)
+        problems.append("the protected header section has no From field; the outer From"
+                        " is not protected")
 
     removed = False
     if keep_entity is not None:
