@@ -38,6 +38,8 @@ if TYPE_CHECKING:
         load_pkcs12,
         load_private_key,
     )
+    from smimekit.smime.hp import HeaderConfidentiality
+    from smimekit.smime.hp_read import HeaderProtection
     from smimekit.validation.intermediates import IntermediateCache
     from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
     from smimekit.validation.verdict import Verdict
@@ -48,6 +50,8 @@ _LAZY = {
     "Cipher": "smimekit.cms.algorithms",
     "Decrypted": "smimekit.api",
     "Digest": "smimekit.cms.algorithms",
+    "HeaderConfidentiality": "smimekit.smime.hp",
+    "HeaderProtection": "smimekit.smime.hp_read",
     "IntermediateCache": "smimekit.validation.intermediates",
     "LookupResult": "smimekit.directory.resolver",
     "RevocationOptions": "smimekit.validation.revocation",
@@ -73,6 +77,8 @@ __all__ = [
     "Cipher",
     "Decrypted",
     "Digest",
+    "HeaderConfidentiality",
+    "HeaderProtection",
     "IntermediateCache",
     "LookupResult",
     "RevocationOptions",

@@ -19,6 +19,16 @@ from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
 from smimekit.keys.kinds import is_ml_dsa_key
+from smimekit.smime.canonical import Header
+from smimekit.smime.hp import (
+    HP_CIPHER,
+    HP_CLEAR,
+    HeaderConfidentiality,
+    hcp_named,
+    is_cryptographic_layer,
+    protect,
+)
+from smimekit.smime.hp_read import HeaderProtection
 from smimekit.smime.message import (
     build_multipart_signed,
     build_pkcs7_mime,
@@ -66,6 +76,9 @@ class Decrypted:
     layers: tuple[Layer, ...]
     partial: bool = False
     """True when the encrypted part sat next to unencrypted siblings (shown alone)."""
+    header_protection: HeaderProtection | None = None
+    """What the message's header protection says (RFC 9788, protected-headers="v1" or RFC
+    8551 wrapping): ``content`` then carries the protected header fields; None without it."""
 
     def as_message(self) -> email.message.EmailMessage:
         return _parse(self.content)
@@ -115,6 +128,7 @@ def sign(
     use_ski: bool = False,
     signing_time: dt.datetime | None = None,
     encryption_cert: x509.Certificate | None = None,
+    header_protection: bool = True,
 ) -> bytes:
     """Sign a message: multipart/signed (default) or opaque application/pkcs7-mime.
 
@@ -126,11 +140,75 @@ def sign(
     attribute (RFC 8551 2.5.3) and carried in the message, so recipients can answer
     encrypted, as Outlook does.
 
+    With ``header_protection`` (the default) the header fields (From, To, Subject, ...) are
+    copied into the signed part, marked ``hp="clear"`` (RFC 9788), so the signature covers
+    them too; the outer header section stays as it was. A message that is already signed
+    or encrypted is signed as it is (its payload is inside it).
+
     Raises:
         SigningError: the key does not match the certificate, or the options do not fit it.
         MIMEError: the input is not a readable message.
     """
+    outer, entity = _payload(
+        message, HP_CLEAR, header_protection, HeaderConfidentiality.NONE, False
+    )
+    return _sign_entity(
+        outer,
+        entity,
+        key,
+        cert,
+        chain=chain,
+        opaque=opaque,
+        digest=digest,
+        pss=pss,
+        use_ski=use_ski,
+        signing_time=signing_time,
+        encryption_cert=encryption_cert,
+    )
+
+
+def _payload(
+    message: MessageInput,
+    mode: str,
+    header_protection: bool,
+    hcp: HeaderConfidentiality | str,
+    legacy: bool,
+    on_warning: Callable[[str], None] | None = None,
+) -> tuple[Sequence[Header], list[bytes | memoryview]]:
+    """The outer header fields and the entity to sign or encrypt; with header protection,
+    the RFC 9788 cryptographic payload (see :func:`smimekit.smime.hp.protect`).
+
+    A message that is already signed or encrypted is left as it is: its payload is inside
+    the layer (a signed one cannot be re-marked), and ``hp`` does not go on a layer."""
+    policy = hcp_named(hcp)  # checked even when unused: a typo is an error either way
     outer, entity = prepare_chunks(_as_bytes(message))
+    if not header_protection:
+        return outer, entity
+    if is_cryptographic_layer(entity):
+        if on_warning is not None and mode == HP_CIPHER:
+            on_warning(
+                "the message is already signed or encrypted: its header fields are not"
+                " hidden (use sign-encrypt to sign and encrypt with header protection)"
+            )
+        return outer, entity
+    done = protect(outer, entity, mode=mode, hcp=policy.function, legacy_display=legacy)
+    return done.outer, done.entity
+
+
+def _sign_entity(
+    outer: Sequence[Header],
+    entity: list[bytes | memoryview],
+    key: PrivateKeyTypes,
+    cert: x509.Certificate,
+    *,
+    chain: Sequence[x509.Certificate],
+    opaque: bool,
+    digest: Digest,
+    pss: bool,
+    use_ski: bool,
+    signing_time: dt.datetime | None,
+    encryption_cert: x509.Certificate | None,
+) -> bytes:
     der = sign_data(
         entity,
         [
@@ -165,6 +243,9 @@ def encrypt(
     aia: bool = False,
     intermediate_cache: IntermediateCache | None = None,
     on_warning: Callable[[str], None] | None = None,
+    header_protection: bool = True,
+    hcp: HeaderConfidentiality | str = HeaderConfidentiality.BASELINE,
+    legacy_display: bool = False,
 ) -> bytes:
     """Encrypt a message to every recipient certificate (application/pkcs7-mime).
 
@@ -181,9 +262,20 @@ def encrypt(
     ``on_warning`` hears what does not refuse a recipient but should be known, e.g. an
     unknown revocation status under the soft policy (the text verify reports).
 
+    With ``header_protection`` (the default) the header fields travel inside the encryption
+    (RFC 9788 ``hp="cipher"``) and the header confidentiality policy ``hcp`` decides what the
+    outside still says: ``baseline`` (Subject ``[...]``, Keywords and Comments removed),
+    ``shy`` (also no display names, Date in UTC) or ``none``. ``legacy_display`` writes the
+    hidden fields at the top of the text for clients that do not read protected headers.
+    A message that is already signed or encrypted is encrypted as it is, its header fields
+    not hidden (``on_warning`` hears so): its signed payload cannot be re-marked; use
+    :func:`sign_encrypt`.
+
     Raises:
         EncryptionError: no recipient, an unfit certificate, or a key that cannot receive mail.
+        UnsupportedError: ``hcp`` names no policy.
     """
+    hcp = hcp_named(hcp)  # before any recipient is looked at
     if check_recipients:
         _check_recipients(
             recipients,
@@ -194,7 +286,21 @@ def encrypt(
             _issuer_source(aia, intermediate_cache, revocation) if trust is not None else None,
             on_warning,
         )
-    outer, entity = prepare_chunks(_as_bytes(message))
+    outer, entity = _payload(
+        message, HP_CIPHER, header_protection, hcp, legacy_display, on_warning
+    )
+    return _encrypt_entity(outer, entity, recipients, cipher=cipher, oaep=oaep, use_ski=use_ski)
+
+
+def _encrypt_entity(
+    outer: Sequence[Header],
+    entity: list[bytes | memoryview],
+    recipients: Sequence[x509.Certificate],
+    *,
+    cipher: Cipher,
+    oaep: bool,
+    use_ski: bool,
+) -> bytes:
     from smimekit.cms.enveloped import encrypt_enveloped_stream  # not needed to verify
     from smimekit.cms.recipients import RecipientOptions
 
@@ -262,6 +368,9 @@ def sign_encrypt(
     intermediate_cache: IntermediateCache | None = None,
     on_warning: Callable[[str], None] | None = None,
     self_copy_required: bool = False,
+    header_protection: bool = True,
+    hcp: HeaderConfidentiality | str = HeaderConfidentiality.BASELINE,
+    legacy_display: bool = False,
 ) -> bytes:
     """Sign, then encrypt the signed message (RFC 8551 section 3.7).
 
@@ -273,12 +382,18 @@ def sign_encrypt(
     does) is refused rather than leaving a sent copy nobody can read. Recipients are checked
     as for :func:`encrypt`.
 
+    Header protection, ``hcp`` and ``legacy_display`` as for :func:`encrypt`: the signed
+    part is the cryptographic payload (``hp="cipher"``, since the message is encrypted), and
+    the policy's outer fields go on the signed message and so on the outside.
+
     Raises:
         EncryptionError: an unfit recipient, an unfit ``encryption_cert``, or (with
             ``include_self`` and ``self_copy_required``) no certificate of the sender that
             can receive mail.
         SigningError: as for :func:`sign`.
+        UnsupportedError: ``hcp`` names no policy.
     """
+    hcp = hcp_named(hcp)
     targets = list(recipients)
     if check_recipients:
         _check_recipients(
@@ -294,8 +409,10 @@ def sign_encrypt(
         own = _sent_copy_certificate(cert, encryption_cert, self_copy_required)
         if own is not None and own not in targets:
             targets.append(own)
-    signed = sign(
-        message,
+    outer, entity = _payload(message, HP_CIPHER, header_protection, hcp, legacy_display)
+    signed = _sign_entity(
+        outer,
+        entity,
         key,
         cert,
         chain=chain,
@@ -306,7 +423,8 @@ def sign_encrypt(
         signing_time=signing_time,
         encryption_cert=encryption_cert,
     )
-    return encrypt(signed, targets, cipher=cipher, oaep=oaep, check_recipients=False)
+    outer, entity = prepare_chunks(signed)
+    return _encrypt_entity(outer, entity, targets, cipher=cipher, oaep=oaep, use_ski=False)
 
 
 def _sent_copy_certificate(
@@ -376,7 +494,12 @@ def decrypt(
     last = [layer for layer in result.layers if layer.kind == "encrypted"][-1]
     cipher, _, recipient = last.detail.partition(", ")
     return Decrypted(
-        result.message(), cipher, recipient, result.layers, partial=result.partially_encrypted
+        result.message(),
+        cipher,
+        recipient,
+        result.layers,
+        partial=result.partially_encrypted,
+        header_protection=result.header_protection,
     )
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from checks import assert_complete_message, assert_is_original
+from checks import assert_complete_message, assert_is_protected
 from peers import (
     ENTITY,
     PASSWORD,
@@ -51,7 +51,7 @@ def test_cli_sign_pss_sha384_stdin_stdout_verified_by_openssl(pki: Pki) -> None:
     a = pki["alice"]
     proc = ok(cli("sign", "--key", a.key, "--cert", a.cert, "--chain", pki.inter_cert,
                   "--digest", "sha384", "--pss", stdin=message("alice")))
-    assert_is_original(openssl_verify(proc.stdout, pki.root_cert))
+    assert_is_protected(openssl_verify(proc.stdout, pki.root_cert), "clear")
 
 
 def test_cli_sign_opaque_with_pkcs12_verified_by_cmsutil(
@@ -63,14 +63,14 @@ def test_cli_sign_opaque_with_pkcs12_verified_by_cmsutil(
            "--chain", pki.inter_cert, "--opaque", tmp_path / "in.eml", "-o", tmp_path / "out"))
     ext = smime_to_der((tmp_path / "out").read_bytes())
     assert ext.signed_part is None
-    assert_is_original(nss.decode(ext.der))
+    assert_is_protected(nss.decode(ext.der), "clear", sender="carol")
 
 
 def test_cli_encrypt_cbc_decrypted_by_cmsutil(nss: NssDb, pki: Pki, tmp_path: Path) -> None:
     (tmp_path / "in.eml").write_bytes(message())
     ok(cli("encrypt", "--to", pki["carol"].cert, "--to", pki["alice"].cert,
            "--cipher", "aes256-cbc", tmp_path / "in.eml", "-o", tmp_path / "out"))
-    assert_is_original(nss.decode(smime_to_der((tmp_path / "out").read_bytes()).der))
+    assert_is_protected(nss.decode(smime_to_der((tmp_path / "out").read_bytes()).der), "cipher")
 
 
 def test_cli_decrypts_openssl_ecdh_gcm(pki: Pki, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ structure is what the peers meet, whoever it names.
 from __future__ import annotations
 
 import pytest
-from checks import Loaded, assert_is_original, assert_valid_signature
+from checks import Loaded, assert_is_protected, assert_valid_signature
 from cryptography.hazmat.primitives import hashes
 from peers import (
     ENTITY,
@@ -47,7 +47,7 @@ def _signed(ids: Loaded, opaque: bool) -> bytes:
 def test_signature_with_key_preference_verifies_in_openssl(
         pki: Pki, ids: Loaded, opaque: bool) -> None:
     signed = _signed(ids, opaque)
-    assert_is_original(openssl_verify(signed, pki.root_cert))
+    assert_is_protected(openssl_verify(signed, pki.root_cert), "clear", sender="bob")
     printed = openssl_cms_print(smime_to_der(signed).der)
     assert "id-smime-aa-encrypKeyPref" in printed or ENCRYPT_KEY_PREF in printed
     assert "Carol" in printed  # the announced certificate travels in the SignedData
@@ -67,7 +67,7 @@ def test_signature_with_key_preference_verifies_in_cmsutil(
         nss, ids: Loaded, opaque: bool) -> None:
     _need("nss")
     ext = smime_to_der(_signed(ids, opaque))
-    assert_is_original(nss.decode(ext.der, content=ext.signed_part))
+    assert_is_protected(nss.decode(ext.der, content=ext.signed_part), "clear", sender="bob")
 
 
 def _fingerprint(cert: object) -> str:

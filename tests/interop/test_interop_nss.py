@@ -8,7 +8,12 @@ reasons is re-proved on every run by ``test_interop_harness.py``.
 from __future__ import annotations
 
 import pytest
-from checks import Loaded, assert_complete_message, assert_is_original, assert_valid_signature
+from checks import (
+    Loaded,
+    assert_complete_message,
+    assert_is_protected,
+    assert_valid_signature,
+)
 from peers import (
     ENTITY,
     LIMITATIONS,
@@ -54,7 +59,7 @@ def test_smimekit_encrypts_cmsutil_decrypts(nss, ids: Loaded, case: str) -> None
     enc = smimekit.encrypt(MESSAGE, [ids.certs[recipient]], cipher=cipher, oaep=oaep)
     ext = smime_to_der(enc)
     assert ext.smime_type == "enveloped-data"
-    assert_is_original(nss.decode(ext.der))
+    assert_is_protected(nss.decode(ext.der), "cipher")
 
 
 def test_smimekit_encrypts_to_rsa_and_ec_cmsutil_decrypts_as_rsa(nss, ids: Loaded) -> None:
@@ -62,7 +67,7 @@ def test_smimekit_encrypts_to_rsa_and_ec_cmsutil_decrypts_as_rsa(nss, ids: Loade
     pytest.skip(LIMITATIONS["nss-kari-any"])
     enc = smimekit.encrypt(MESSAGE, [ids.certs["bob"], ids.certs["carol"]],
                            cipher=smimekit.Cipher.AES128_CBC)
-    assert_is_original(nss.decode(smime_to_der(enc).der))
+    assert_is_protected(nss.decode(smime_to_der(enc).der), "cipher")
 
 
 # --- cmsutil encrypts, smimekit decrypts ----------------------------------------------------
@@ -79,7 +84,7 @@ def test_cmsutil_encrypts_smimekit_decrypts(nss, ids: Loaded, recipient: str) ->
 def test_smimekit_encrypts_to_two_rsa_cmsutil_decrypts_as_each(nss, ids: Loaded) -> None:
     enc = smimekit.encrypt(MESSAGE, [ids.certs["alice"], ids.certs["carol"]],
                            cipher=smimekit.Cipher.AES256_CBC)
-    assert_is_original(nss.decode(smime_to_der(enc).der))
+    assert_is_protected(nss.decode(smime_to_der(enc).der), "cipher")
 
 
 def test_cmsutil_encrypts_to_two_smimekit_decrypts_as_each(nss, ids: Loaded) -> None:
@@ -120,10 +125,10 @@ def test_smimekit_signs_cmsutil_verifies(
     ext = smime_to_der(signed)
     if opaque:
         assert ext.signed_part is None
-        assert_is_original(nss.decode(ext.der))
+        assert_is_protected(nss.decode(ext.der), "clear", sender=user)
     else:
         assert ext.signed_part is not None
-        assert_is_original(nss.decode(ext.der, content=ext.signed_part))
+        assert_is_protected(nss.decode(ext.der, content=ext.signed_part), "clear", sender=user)
 
 
 def test_smimekit_detached_signature_refused_by_cmsutil_for_other_content(
@@ -183,7 +188,7 @@ def test_pkcs12_loaded_key_signs_for_cmsutil(nss, pki: Pki, ids: Loaded) -> None
                 if c == ids.certs["dave"])
     ext = smime_to_der(smimekit.sign(message("dave"), key, cert, chain=[ids.inter],
                                      digest=smimekit.Digest.SHA384))
-    assert_is_original(nss.decode(ext.der, content=ext.signed_part))
+    assert_is_protected(nss.decode(ext.der, content=ext.signed_part), "clear", sender="dave")
 
 
 def test_cmsutil_encrypts_smimekit_decrypts_with_pkcs12_key(nss, pki: Pki, ids: Loaded) -> None:

@@ -10,7 +10,7 @@ import email
 import email.policy
 
 import pytest
-from checks import Loaded, assert_complete_message, assert_is_original, assert_valid_signature
+from checks import Loaded, assert_complete_message, assert_is_protected, assert_valid_signature
 from peers import (
     ENTITY,
     MESSAGE,
@@ -106,7 +106,7 @@ def test_smimekit_signs_openssl_verifies(
     assert header(signed, "From") == from_header(user)
     ext = smime_to_der(signed)
     assert (ext.signed_part is None) == opaque
-    assert_is_original(openssl_verify(signed, pki.root_cert))
+    assert_is_protected(openssl_verify(signed, pki.root_cert), "clear", sender=user)
     printed = openssl_cms_print(ext.der)
     assert f"({DIGEST_OIDS[digest]})" in printed
     if pss:
@@ -174,7 +174,7 @@ def test_smimekit_encrypts_openssl_decrypts(
     ext = smime_to_der(enc)
     gcm = cipher.endswith("gcm")
     assert ext.smime_type == ("authEnveloped-data" if gcm else "enveloped-data")
-    assert_is_original(openssl_decrypt(enc, pki[user].key, pki[user].cert))
+    assert_is_protected(openssl_decrypt(enc, pki[user].key, pki[user].cert), "cipher")
     printed = openssl_cms_print(ext.der)
     assert f"({CIPHERS[cipher][1]})" in printed
     assert (f"({RSAES_OAEP})" in printed) == oaep
@@ -214,7 +214,7 @@ def test_smimekit_multi_recipient_rsa_and_ec_each_decrypt_with_openssl(
     people = ["alice", "bob", "carol", "dave"]
     enc = smimekit.encrypt(MESSAGE, [ids.certs[p] for p in people], cipher=CIPHERS[cipher][0])
     for p in people:
-        assert_is_original(openssl_decrypt(enc, pki[p].key, pki[p].cert))
+        assert_is_protected(openssl_decrypt(enc, pki[p].key, pki[p].cert), "cipher")
 
 
 @pytest.mark.parametrize("cipher", ["aes-256-gcm", "aes-256-cbc"])
@@ -245,7 +245,7 @@ def test_smimekit_sign_then_encrypt_opened_by_openssl(
     assert header(enc, "From") == from_header(signer)
     inner = openssl_decrypt(enc, pki[recipient].key, pki[recipient].cert)
     assert (smime_to_der(inner).signed_part is None) == opaque
-    assert_is_original(openssl_verify(inner, pki.root_cert))
+    assert_is_protected(openssl_verify(inner, pki.root_cert), "cipher", signer, recipient)
 
 
 def test_openssl_sign_then_encrypt_opened_by_smimekit(pki: Pki, ids: Loaded) -> None:
@@ -272,7 +272,7 @@ def test_smimekit_signs_with_pkcs12_key_openssl_verifies(
     certs = smimekit.load_certificates(p12, PASSWORD)
     cert = next(c for c in certs if c == ids.certs["alice"])
     signed = smimekit.sign(MESSAGE, key, cert, chain=[ids.inter])
-    assert_is_original(openssl_verify(signed, pki.root_cert))
+    assert_is_protected(openssl_verify(signed, pki.root_cert), "clear")
 
 
 def test_openssl_encrypts_smimekit_decrypts_with_pkcs12_key(pki: Pki, ids: Loaded) -> None:
@@ -295,7 +295,7 @@ def test_smimekit_signs_lf_only_input_canonically_for_openssl(
     form; openssl_verify checks the exact bytes of the signed part for detached."""
     key, cert = ids["alice"]
     signed = smimekit.sign(lf(MESSAGE), key, cert, chain=[ids.inter], opaque=opaque)
-    assert_is_original(openssl_verify(signed, pki.root_cert))
+    assert_is_protected(openssl_verify(signed, pki.root_cert), "clear")
 
 
 UTF8_BODY = "Grüße aus Köln, naïve café: 20 €.\nLine with trailing space \n".encode()

@@ -17,6 +17,8 @@ from properties.pki import RECIPIENTS, SIGNERS, test_pki
 from properties.strategies import assert_same_message, messages, to_crlf
 from smimekit import Cipher, Digest
 from smimekit.errors import SigningError
+from smimekit.smime.canonical import Entity, join_entity
+from smimekit.smime.hp import protect
 from smimekit.smime.message import prepare
 
 SETTINGS = settings(
@@ -87,9 +89,22 @@ def test_encrypt_then_decrypt_gives_back_the_same_entity(
     user = pki[reader]
     opened = smimekit.decrypt(sealed, user.key, user.cert if with_cert else None)
 
+    # Header protection (RFC 9788, the default): what decrypts is the payload protect() built
+    # (every outer field of the sample is protected, so no outer copy precedes it), and the
+    # outside shows the baseline policy's Subject. decrypt shows it as smime/hp_read.py
+    # renders it: the protected fields (not the HP-Outer records) as the header block, then
+    # the payload's content header fields and body.
     outer, entity = prepare(to_crlf(sample.raw))
-    expected = b"".join(h.raw + b"\r\n" for h in outer) + b"MIME-Version: 1.0\r\n" + entity
+    payload = Entity.parse(b"".join(
+        bytes(chunk) for chunk in protect(outer, [entity], mode="cipher").entity))
+    protected = [h for h in payload.headers if not h.is_content and h.lname != "hp-outer"]
+    expected = (b"".join(h.raw + b"\r\n" for h in protected) + b"MIME-Version: 1.0\r\n"
+                + join_entity(payload.content_headers, payload.body))
     assert opened.content == expected
+    outside = sealed.split(b"\r\n\r\n", 1)[0]
+    if any(h.startswith(b"Subject:") for h in sample.outer):
+        assert b"\r\nSubject: [...]\r\n" in b"\r\n" + outside + b"\r\n"
+    assert b'hp="cipher"' in opened.content.split(b"\r\n\r\n", 1)[0]
     assert opened.cipher == cipher.value
     assert not opened.partial
     assert_same_message(opened.content, sample)

@@ -30,6 +30,7 @@ from smimekit.cli.common import (
     write_output,
 )
 from smimekit.cms.algorithms import Cipher, Digest
+from smimekit.smime.hp import HeaderConfidentiality
 from smimekit.validation.assess import SIGNING_TIME
 from smimekit.validation.intermediates import IntermediateCache
 from smimekit.validation.recipients import can_receive_mail
@@ -145,6 +146,49 @@ _encrypt_options = _options(
         " DATA-DIR/intermediates and the data directory's own CA are used either way.",
     ),
 )
+
+_NO_HEADER_PROTECTION = click.option(
+    "--no-header-protection",
+    is_flag=True,
+    help="Do not copy the header fields into the protected part (RFC 9788 header"
+    " protection, on by default): the signature then covers no header field, and"
+    " encryption hides none.",
+)
+
+_hp_options = _options(
+    _NO_HEADER_PROTECTION,
+    click.option(
+        "--hcp",
+        type=click.Choice([p.value for p in HeaderConfidentiality]),
+        default=None,
+        help="Header confidentiality policy (RFC 9788 3.2): what the unencrypted outside"
+        " still says. baseline (default): Subject [...], no Keywords or Comments; shy: also"
+        " no display names, Date in UTC; none: every field stays readable outside.",
+    ),
+    click.option(
+        "--legacy-display",
+        is_flag=True,
+        help="Also write the fields the policy hides (e.g. the real Subject) at the top of"
+        " the text, for mail clients that do not read protected headers (RFC 9788).",
+    ),
+)
+
+
+def _header_protection(
+    no_header_protection: bool, hcp: str | None, legacy_display: bool
+) -> dict[str, Any]:
+    """The header-protection keyword arguments of api.encrypt / api.sign_encrypt."""
+    if no_header_protection and (hcp is not None or legacy_display):
+        raise click.UsageError(
+            "--hcp and --legacy-display choose how headers are protected: they cannot go"
+            " with --no-header-protection"
+        )
+    return {
+        "header_protection": not no_header_protection,
+        "hcp": HeaderConfidentiality(hcp or HeaderConfidentiality.BASELINE),
+        "legacy_display": legacy_display,
+    }
+
 
 _verify_options = _options(
     _TRUST,
@@ -377,6 +421,7 @@ def _read_file(path: str, option: str) -> bytes:
 
 @click.command()
 @_sign_options
+@_NO_HEADER_PROTECTION
 @content_type_option
 @io_options
 def sign(
@@ -390,6 +435,7 @@ def sign(
     encryption_cert_path: str | None,
     passphrase_file: str | None,
     passphrase_env: str | None,
+    no_header_protection: bool,
     input_path: str | None,
     output: str | None,
 ) -> None:
@@ -407,6 +453,7 @@ def sign(
         pss=pss,
         use_ski=use_ski,
         encryption_cert=own,
+        header_protection=not no_header_protection,
     )
     write_output(output, out)
 
@@ -444,6 +491,7 @@ def verify(
 
 @click.command()
 @_encrypt_options
+@_hp_options
 @_revocation_options
 @content_type_option
 @io_options
@@ -455,15 +503,22 @@ def encrypt(
     cert_paths: tuple[str, ...],
     no_recipient_check: bool,
     recipient_aia: bool,
+    no_header_protection: bool,
+    hcp: str | None,
+    legacy_display: bool,
     revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
 ) -> None:
     """Encrypt a message to one or more recipients (each certificate is checked first)."""
+    protection = _header_protection(no_header_protection, hcp, legacy_display)
     recipients, check = _recipients(
         to_paths, trust_paths, cert_paths, no_recipient_check, recipient_aia, revocation)
     data = message_input(input_path)
-    write_output(output, api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check))
+    write_output(
+        output,
+        api.encrypt(data, recipients, cipher=Cipher(cipher), oaep=oaep, **check, **protection),
+    )
 
 
 def _recipients(
@@ -555,13 +610,22 @@ def decrypt(
             " the encrypted part was written (Efail protection)",
             err=True,
         )
-    click.echo(f"smimekit: decrypted ({result.cipher}, {result.recipient})", err=True)
+    protection = result.header_protection
+    if protection is not None and protection.disagreed:
+        click.echo(
+            "smimekit: warning: outer header fields differ from what the sender protected:"
+            f" {', '.join(protection.disagreed)} (the protected ones were written)",
+            err=True,
+        )
+    line = f"smimekit: decrypted ({result.cipher}, {result.recipient})"
+    click.echo(line + (f"; {protection.summary()}" if protection else ""), err=True)
 
 
 @click.command("sign-encrypt")
 @_sign_options
 @_encrypt_options
 @click.option("--no-self", is_flag=True, help="Do not add the sender as a recipient.")
+@_hp_options
 @_revocation_options
 @content_type_option
 @io_options
@@ -584,6 +648,9 @@ def sign_encrypt(
     no_recipient_check: bool,
     recipient_aia: bool,
     no_self: bool,
+    no_header_protection: bool,
+    hcp: str | None,
+    legacy_display: bool,
     revocation: RevocationOptions,
     input_path: str | None,
     output: str | None,
@@ -593,6 +660,7 @@ def sign_encrypt(
     A signing-only certificate (dual keys) needs the sender's encryption certificate for
     the sent copy: --self-cert, or the one the data directory's CA issued to the sender.
     """
+    protection = _header_protection(no_header_protection, hcp, legacy_display)
     key, cert, chain = _signer(key_path, cert_path, chain_paths, passphrase_file, passphrase_env)
     own = _sender_encryption_cert(cert, encryption_cert_path)
     recipients, check = _recipients(
@@ -614,6 +682,7 @@ def sign_encrypt(
         self_copy_required=True,
         encryption_cert=own,
         **check,
+        **protection,
     )
     write_output(output, out)
 

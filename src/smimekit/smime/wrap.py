@@ -22,7 +22,15 @@ from smimekit.errors import (
     SmimeError,
     VerificationError,
 )
-from smimekit.smime.canonical import CRLF, Entity, Header, split_multipart, to_crlf
+from smimekit.smime.canonical import (
+    CRLF,
+    Entity,
+    Header,
+    join_entity,
+    split_multipart,
+    to_crlf,
+)
+from smimekit.smime.hp_read import HeaderProtection, Restored, restore
 from smimekit.smime.message import is_multipart_signed, is_pkcs7_mime, pkcs7_der, split_signed
 
 MAX_LAYERS = 8
@@ -68,6 +76,13 @@ class Unwrapped:
     signature covers, when it carries a From or Sender: a whole message signed as it is
     (``openssl cms -sign -in message.eml``), RFC 9788 header protection, or a signed
     message/rfc822 (RFC 8551 3.1). Empty when no signed entity carries them."""
+    restored: Restored | None = None
+    """The protected view (RFC 9788, protected-headers="v1" or RFC 8551 wrapping) when the
+    Cryptographic Payload declares header protection; :meth:`message` is built from it."""
+
+    @property
+    def header_protection(self) -> HeaderProtection | None:
+        return self.restored.protection if self.restored is not None else None
 
     @property
     def signed(self) -> bool:
@@ -81,6 +96,8 @@ class Unwrapped:
         """The outer headers of the received message around the innermost entity."""
         if not self.layers:
             return self.root.raw
+        if self.restored is not None:
+            return self.restored.message()
         # Header protection (RFC 8551 3.1, RFC 9788): a wrapped message's own headers, or
         # those the protected entity carries, are the signed ones; an outer copy of the same
         # field is unprotected and must not precede them.
@@ -121,6 +138,7 @@ def unwrap(
     signed_headers: tuple[Header, ...] = ()
     covered = False  # a verified signature covers ``current``
     partial_encrypted = False
+    wrapped_inner: Entity | None = None
     for _ in range(MAX_LAYERS):
         if covered and _names_sender(current):
             signed_headers = current.outer_headers
@@ -180,7 +198,7 @@ def unwrap(
             # A whole message wrapped inside the protection (RFC 8551 3.7, header protection).
             inner = Entity.parse(bytes(current.body_view))
             inner_headers = inner.outer_headers
-            current = inner
+            current = wrapped_inner = inner
         else:
             break
     else:
@@ -201,6 +219,9 @@ def unwrap(
             # Efail: decrypt the buried part alone; never splice it into the plain siblings.
             current = _decrypt(pkcs7_der(encrypted_parts[0]), keys, allow_legacy, layers)
             partial_encrypted = True
+    restored = None
+    if layers and not partial_encrypted and not any(layer.error for layer in layers):
+        restored = _restore(root, current, layers, covered, current is wrapped_inner)
     return Unwrapped(
         root=root,
         entity=current.entity(),
@@ -209,7 +230,45 @@ def unwrap(
         partially_encrypted=partial_encrypted,
         inner_headers=inner_headers,
         signed_headers=signed_headers,
+        restored=restored,
     )
+
+
+def _restore(
+    root: Entity, current: Entity, layers: list[Layer], covered: bool, wrapped: bool
+) -> Restored | None:
+    """Header protection of the Cryptographic Payload ``current`` (see smime/hp_read.py).
+
+    Decrypting only stops at a signature inside the encryption: the protected header fields
+    are then read from the signed content (not verified here; the encryption covers them),
+    and the signed entity is kept whole for verify.
+    """
+    encrypted = any(layer.kind == "encrypted" for layer in layers)
+    try:
+        inside = _signed_content(current) if encrypted else None
+    except SmimeError:
+        inside = None  # a broken signed entity is verify's to report; decrypt still succeeds
+    if inside is None:
+        return restore(root, current, encrypted=encrypted, signed=covered, wrapped=wrapped)
+    payload, wrapped = inside, False
+    if payload.content_type == "message/rfc822":
+        payload, wrapped = Entity.parse(bytes(payload.body_view)), True
+    return restore(root, payload, encrypted=True, signed=False, wrapped=wrapped,
+                   keep_entity=join_entity(current.content_headers, current.body))
+
+
+def _signed_content(entity: Entity) -> Entity | None:
+    """The content of a signed entity, unverified; None when ``entity`` is not signed."""
+    if is_multipart_signed(entity):
+        return Entity.parse(split_signed(entity).content)
+    if is_pkcs7_mime(entity):
+        from smimekit.cms.enveloped import content_type_of
+
+        der = pkcs7_der(entity)
+        if content_type_of(der) == "signed_data":
+            content = embedded_content(der)
+            return Entity.parse(to_crlf(content)) if content is not None else None
+    return None
 
 
 def _names_sender(entity: Entity) -> bool:

@@ -271,6 +271,14 @@ def assess(
         )
     elif not unwrapped.signed:
         reasons.append("the message is not signed")
+    protection = unwrapped.header_protection
+    if protection is not None:
+        reasons += protection.problems
+        if protection.disagreed:
+            warnings.append(
+                "outer header fields differ from what the sender protected (changed on the"
+                f" way?): {', '.join(protection.disagreed)}; the protected ones are shown"
+            )
     if unwrapped.partially_encrypted:
         warnings.append(
             "an encrypted part sat next to unencrypted parts; only the encrypted part is shown"
@@ -287,4 +295,5 @@ def assess(
         partially_encrypted=unwrapped.partially_encrypted,
         warnings=tuple(dict.fromkeys(warnings)),
         reasons=tuple(reasons),
+        header_protection=protection,
     )

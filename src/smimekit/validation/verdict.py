@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 
 from smimekit.dn import display_name
 from smimekit.errors import NoSignatureError, UntrustedError, VerificationError
+from smimekit.smime.hp_read import HeaderProtection
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,9 @@ class Verdict:
     warnings: tuple[str, ...] = ()
     reasons: tuple[str, ...] = field(default=())
     """Message-level reasons for failure."""
+    header_protection: HeaderProtection | None = None
+    """The message's header protection (RFC 9788 and older forms): which fields were
+    protected, obscured outside, or disagree outside; None when it has none."""
 
     @property
     def signed(self) -> bool:
@@ -238,8 +242,10 @@ class Verdict:
 
     def summary(self) -> str:
         """One line for people: signer, email, signing time, chain, revocation."""
+        protection = self.header_protection
         if not self.signers:
-            return "NOT SIGNED: " + "; ".join(self.all_reasons() or ["no signature"])
+            text = "NOT SIGNED: " + "; ".join(self.all_reasons() or ["no signature"])
+            return text + (f"; {protection.summary()}" if protection is not None else "")
         head = "VALID" if self.valid else "INVALID"
         bits = []
         for s in self.signers:
@@ -253,6 +259,8 @@ class Verdict:
             if enc is not None and s.signer is not None and enc.sha256 != s.signer.sha256:
                 bits[-1] += f"; encrypt answers to: {enc.subject} (serial {enc.serial})"
         text = f"{head}: " + " | ".join(bits)
+        if protection is not None:
+            text += "; " + protection.summary()
         reasons = list(dict.fromkeys(self.all_reasons()))  # one line per reason, not signer
         if reasons:
             text += " -- " + "; ".join(reasons)
