@@ -43,8 +43,8 @@ HP_MESSAGE = (
 ).encode()
 
 SHY_OUTER = [
-    f"From: <alice@{EMAIL_DOMAIN}>",
-    f"To: <carol@{EMAIL_DOMAIN}>",
+    f"From: alice@{EMAIL_DOMAIN}",  # bare addr-spec, as RFC 9788 test vector C.3.7
+    f"To: carol@{EMAIL_DOMAIN}",
     "Subject: [...]",
     "Date: Sat, 20 Feb 2021 15:09:02 +0000",
     f"Message-ID: <hp-interop@{EMAIL_DOMAIN}>",

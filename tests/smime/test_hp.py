@@ -76,10 +76,14 @@ def test_hcp_baseline_hides_the_subject_and_drops_keywords_and_comments() -> Non
 
 
 def test_hcp_shy_also_strips_display_names_and_gives_the_date_in_utc() -> None:
-    assert hcp_shy("From", "Alice Example <alice@example.org>") == "<alice@example.org>"
+    # RFC 9788 test vector C.3.7 (hcp_shy): "From: alice@smime.example" outside, bare
+    assert hcp_shy("From", "Alice Example <alice@example.org>") == "alice@example.org"
     assert hcp_shy("To", 'Bob <bob@example.org>, "Carol, C." <carol@example.org>') == (
-        "<bob@example.org>, <carol@example.org>")
-    assert hcp_shy("Cc", "dave@example.org") == "<dave@example.org>"
+        "bob@example.org, carol@example.org")
+    assert hcp_shy("Cc", "dave@example.org") == "dave@example.org"  # unchanged: not hidden
+    # a From of several mailboxes is not "an RFC 5322 mailbox": left as it is
+    assert hcp_shy("From", "A <a@example.org>, B <b@example.org>") == (
+        "A <a@example.org>, B <b@example.org>")
     assert hcp_shy("Date", "Sat, 20 Feb 2021 10:09:02 -0500") == (
         "Sat, 20 Feb 2021 15:09:02 +0000")
     assert hcp_shy("Date", "Sat, 20 Feb 2021 10:09:02 -0000") == (
@@ -148,10 +152,10 @@ def test_cipher_mode_baseline_hides_outside_and_records_hp_outer() -> None:
 def test_cipher_mode_shy_and_none() -> None:
     head, payload = _protect(RICH, "cipher", hcp=hcp_shy)
     outside = dict(_fields(head))
-    assert outside["From"] == "<alice@example.org>"
-    assert outside["To"] == "<bob@example.org>, <carol@example.org>"
+    assert outside["From"] == "alice@example.org"  # RFC 9788 C.3.7: bare addr-spec
+    assert outside["To"] == "bob@example.org, carol@example.org"
     assert outside["Date"] == "Sat, 20 Feb 2021 15:09:02 +0000"
-    assert "HP-Outer: From: <alice@example.org>" in payload.raw.decode()
+    assert "HP-Outer: From: alice@example.org" in payload.raw.decode()
     head, payload = _protect(RICH, "cipher", hcp=hcp_no_confidentiality)
     assert dict(_fields(head))["Subject"] == "The Jones contract"
     assert "HP-Outer: Subject: The Jones contract" in payload.raw.decode()

@@ -111,22 +111,26 @@ def hcp_baseline(name: str, value: str) -> str | None:
 
 
 def hcp_shy(name: str, value: str) -> str | None:
-    """RFC 9788 3.2.2: :func:`hcp_baseline`, and also no display names in From, To and Cc
-    (the addresses themselves are kept: the mail must still be delivered) and the Date in
-    UTC (the sender's time zone hidden). A value that does not parse is left as it is."""
+    """RFC 9788 3.2.2: :func:`hcp_baseline`, and also no display names: a From of one
+    mailbox and the To and Cc mailbox lists become bare addr-specs (``alice@example.org``,
+    as the RFC's test vector C.3.7 writes them; the addresses are kept, the mail must still
+    be delivered), and the Date in UTC (the sender's time zone hidden). A value that does
+    not parse is left as it is."""
     lname = name.lower()
     if lname in ("from", "to", "cc"):
-        return _without_display_names(value)
+        return _without_display_names(value, single=lname == "from")
     if lname == "date":
         return _utc_date(value)
     return hcp_baseline(name, value)
 
 
-def _without_display_names(value: str) -> str:
+def _without_display_names(value: str, *, single: bool) -> str:
     pairs = email.utils.getaddresses([value])
     if not pairs or any(not addr or "@" not in addr for _, addr in pairs):
         return value  # a group, or something getaddresses cannot read: not guessed at
-    return ", ".join(f"<{addr}>" for _, addr in pairs)
+    if single and len(pairs) != 1:
+        return value  # RFC 9788 3.2.2 rewrites a From of exactly one mailbox
+    return ", ".join(addr for _, addr in pairs)
 
 
 def _utc_date(value: str) -> str:
