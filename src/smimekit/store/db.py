@@ -5,7 +5,8 @@ issuance (:mod:`~smimekit.store.certificates`), revocations and CRLs
 (:mod:`~smimekit.store.revocation`), the key history that escrow holds
 (:mod:`~smimekit.store.keys`), the certificates kept from signed mail
 (:mod:`~smimekit.store.harvested`), the people ``ca sync`` manages
-(:mod:`~smimekit.store.identities`) and the audit log (:mod:`~smimekit.store.auditlog`), all on the
+(:mod:`~smimekit.store.identities`), the gateway's delivery journal
+(:mod:`~smimekit.store.deliveries`) and the audit log (:mod:`~smimekit.store.auditlog`), all on the
 engine, transactions and schema of :mod:`~smimekit.store.base`.
 """
 
@@ -21,6 +22,7 @@ from smimekit.store.certificates import (
     User,
     certificate_emails,
 )
+from smimekit.store.deliveries import DeliveryRecords
 from smimekit.store.harvested import HarvestedCertificate, HarvestedRecords, Recorded
 from smimekit.store.identities import IdentityRecords, KnownIdentity
 from smimekit.store.keys import KeyRecords, StoredKey
@@ -44,7 +46,7 @@ __all__ = [
 
 
 class Store(CertificateRecords, RevocationRecords, KeyRecords, HarvestedRecords, IdentityRecords,
-            AuditRecords):
+            DeliveryRecords, AuditRecords):
     """Certificates, keys, users, revocations, harvested certificates and the audit log, in
     one database.
 
