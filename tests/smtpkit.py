@@ -17,8 +17,9 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from loopback import free_port
 
+from smimekit.errors import GatewayError
 from smimekit.gateway.journal import Journal, MemoryJournal
-from smimekit.gateway.model import Processor
+from smimekit.gateway.model import Decision, Delivery, Envelope, Outcome, Processor, Refusal
 from smimekit.gateway.relay import NextHop
 from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
 
@@ -68,6 +69,35 @@ class SinkHandler:
 
     def to(self, recipient: str) -> list[Received]:
         return [m for m in self.received if recipient in m.recipients]
+
+
+class Scripted:
+    """A processor doing what a test says: refuse some recipients, raise, or pass."""
+
+    def __init__(self, *, refuse: dict[str, str] | None = None,
+                 error: BaseException | None = None, split: bool = False,
+                 reject: dict[str, str] | None = None) -> None:
+        self.refuse = refuse or {}
+        self.reject = reject or {}
+        """A message to one of these recipients is refused whole (a permanent error)."""
+        self.error = error
+        self.split = split
+        self.calls = 0
+
+    def process(self, envelope: Envelope) -> Outcome:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        for r in envelope.recipients:
+            if r in self.reject:
+                raise GatewayError(self.reject[r], permanent=True)
+        passing = tuple(r for r in envelope.recipients if r not in self.refuse)
+        groups = [(r,) for r in passing] if self.split else [passing] if passing else []
+        deliveries = tuple(Delivery(envelope.mail_from, g, envelope.data) for g in groups)
+        decisions = tuple(Decision(r, "outbound", "passed", "test") for r in passing)
+        refused = tuple(Refusal(r, why) for r, why in self.refuse.items()
+                        if r in envelope.recipients)
+        return Outcome(deliveries, decisions, refused)
 
 
 @contextmanager

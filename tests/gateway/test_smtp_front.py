@@ -7,11 +7,11 @@ import smtplib
 from collections.abc import Iterator
 
 import pytest
-from smtpkit import GatewayThread, SinkHandler, message, sink
+from smtpkit import GatewayThread, Scripted, SinkHandler, message, sink
 
 from smimekit.errors import GatewayError
 from smimekit.gateway.journal import MemoryJournal, message_key
-from smimekit.gateway.model import Decision, Delivery, Envelope, Outcome, Refusal
+from smimekit.gateway.model import Envelope
 from smimekit.gateway.passthrough import PassThrough
 from smimekit.gateway.server import Limits
 
@@ -40,29 +40,6 @@ def send(port: int, sender: str, recipients: list[str], data: bytes,
 def next_hop() -> Iterator[tuple[SinkHandler, int]]:
     with sink() as found:
         yield found
-
-
-class Scripted:
-    """A processor doing what a test says: refuse some recipients, raise, or pass."""
-
-    def __init__(self, *, refuse: dict[str, str] | None = None,
-                 error: BaseException | None = None, split: bool = False) -> None:
-        self.refuse = refuse or {}
-        self.error = error
-        self.split = split
-        self.calls = 0
-
-    def process(self, envelope: Envelope) -> Outcome:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        passing = tuple(r for r in envelope.recipients if r not in self.refuse)
-        groups = [(r,) for r in passing] if self.split else [passing] if passing else []
-        deliveries = tuple(Delivery(envelope.mail_from, g, envelope.data) for g in groups)
-        decisions = tuple(Decision(r, "outbound", "passed", "test") for r in passing)
-        refused = tuple(Refusal(r, why) for r, why in self.refuse.items()
-                        if r in envelope.recipients)
-        return Outcome(deliveries, decisions, refused)
 
 
 def test_passed_unchanged_and_250_only_with_the_next_hops_acceptance(next_hop) -> None:

@@ -50,6 +50,8 @@ COMMANDS = [
     LazyCommand("directory", "smimekit.cli.directory:directory",
                 "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS, client"
                 " settings."),
+    LazyCommand("gateway", "smimekit.cli.gateway:gateway",
+                "The S/MIME gateway: Postfix's after-queue content filter (serve)."),
 ]
 
 

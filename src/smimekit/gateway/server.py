@@ -63,6 +63,8 @@ class GatewayHandler:
         self.next_hop = next_hop
         self.limits = limits
         self.reporting_mta = reporting_mta or socket.gethostname()
+        self.in_flight = 0
+        """Messages between the end of DATA and the reply."""
 
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -86,12 +88,15 @@ class GatewayHandler:
     async def pass_on(self, envelope: Envelope) -> str:
         """Process ``envelope`` and hand the result to the next hop; the SMTP reply."""
         key = message_key(envelope)
+        self.in_flight += 1
         try:
             reply = await self._pass_on(envelope, key)
         except Exception as exc:  # a bug must cost a retry, never the message
             log.error("message %s: internal error (%s); answered 4xx", key[:16],
                       type(exc).__name__)
             reply = TEMPORARY.format(detail="internal error in the S/MIME gateway")
+        finally:
+            self.in_flight -= 1
         log.info("message %s from %s, %d recipient(s): %s", key[:16], envelope.peer or "-",
                  len(envelope.recipients), reply)
         return reply
@@ -237,11 +242,16 @@ class GatewayServer:
         sockets: Sequence[Any] = self._server.sockets
         self.port = sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
-        """Stop listening. A transaction still open is cut off: Postfix sees no 250, keeps
-        the message and tries again."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening; wait up to ``grace`` seconds for the messages being passed on to
+        get their reply. A transaction still open then is cut off: Postfix sees no 250,
+        keeps the message and tries again."""
         if self._server is not None:
             self._server.close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while self.handler.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.05)
             for protocol in list(self._connections):
                 if protocol.transport is not None:
                     protocol.transport.close()

@@ -1,0 +1,156 @@
+"""Postfix -> gateway -> Postfix -> sink, with a real Postfix (tests/postfix.py), swaks and
+smtp-source: the no-loss contract as Postfix sees it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from loopback import TcpRelay
+from postfix import Postfix, require_postfix, swaks
+from smtpkit import GatewayThread, Scripted, SinkHandler, sink
+
+from smimekit.gateway.journal import Journal, StoreJournal
+from smimekit.gateway.model import Processor
+from smimekit.gateway.passthrough import PassThrough
+from smimekit.store import Store
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+ANN, BOB, CAROL = "ann@example.org", "bob@example.net", "carol@example.net"
+
+
+@dataclass
+class MailSystem:
+    postfix: Postfix
+    sink: SinkHandler
+    relay: TcpRelay
+    """Between the gateway and Postfix's re-injection port: cut it to take the next hop
+    down."""
+    gateway: GatewayThread
+
+    def send(self, to: list[str], subject: str = "test", sender: str = ANN) -> None:
+        sent = swaks(self.postfix.smtpd_port, sender=sender, to=to, subject=subject)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+    def arrived(self, count: int) -> None:
+        self.postfix.wait(lambda: len(self.sink.received) >= count,
+                          f"{count} message(s) at the sink")
+
+    def settled(self) -> None:
+        """Postfix holds nothing any more."""
+        self.postfix.wait(lambda: not self.postfix.queued(), "an empty Postfix queue")
+
+
+Start = Callable[..., MailSystem]
+
+
+@pytest.fixture
+def mail_system(tmp_path: Path) -> Iterator[Start]:
+    require_postfix()
+    with ExitStack() as stack:
+        def start(processor: Processor, journal: Journal | None = None) -> MailSystem:
+            handler, sink_port = stack.enter_context(sink())
+            postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
+            relay = TcpRelay(("127.0.0.1", postfix.reinject_port))
+            stack.callback(relay.cut)
+            gateway = stack.enter_context(
+                GatewayThread(processor, f"127.0.0.1:{relay.port}", journal=journal))
+            postfix.start(gateway.port)
+            stack.callback(postfix.stop)
+            return MailSystem(postfix, handler, relay, gateway)
+
+        yield start
+
+
+def test_mail_passes_through_the_gateway_once(mail_system: Start) -> None:
+    processor = Scripted()
+    system = mail_system(processor)
+    system.send([BOB, CAROL], subject="through the gateway")
+    system.arrived(1)
+    system.settled()
+    [got] = system.sink.received
+    assert got.mail_from == ANN and sorted(got.recipients) == [BOB, CAROL]
+    assert got.message()["Subject"] == "through the gateway"
+    assert processor.calls == 1  # the re-injected copy is not filtered again
+    assert "status=sent" in system.postfix.log()
+
+
+def test_next_hop_down_keeps_the_message_queued_until_it_is_back(mail_system: Start) -> None:
+    system = mail_system(PassThrough())
+    system.relay.cut()
+    system.send([BOB], subject="held")
+    system.postfix.wait(lambda: "451 4.3.0" in system.postfix.log() and system.postfix.queued(),
+                        "Postfix to defer the message on the gateway's 4xx")
+    assert system.sink.received == []
+    system.relay.restore()
+    system.postfix.flush()
+    system.arrived(1)
+    system.settled()
+    assert [m.message()["Subject"] for m in system.sink.received] == ["held"]
+
+
+def test_policy_rejection_bounces_to_the_sender(mail_system: Start) -> None:
+    reason = "encryption to reject@example.net is required and no certificate is known"
+    system = mail_system(Scripted(reject={"reject@example.net": reason}))
+    system.send(["reject@example.net"], subject="refused")
+    system.arrived(1)
+    system.settled()
+    [bounce] = system.sink.received
+    assert bounce.mail_from == "" and bounce.recipients == (ANN,)
+    text = " ".join(bounce.data.decode(errors="replace").split())
+    assert f"said: 554 5.7.1 {reason}" in text  # Postfix's bounce quotes the gateway's reply
+    assert bounce.message().get_content_type() == "multipart/report"
+
+
+def test_partial_refusal_sends_the_rest_and_a_dsn(mail_system: Start) -> None:
+    system = mail_system(Scripted(refuse={CAROL: "the policy bounces mail to carol@example.net:"
+                                                 " no certificate"}))
+    system.send([BOB, CAROL], subject="partly")
+    system.arrived(2)
+    system.settled()
+    [to_bob] = system.sink.to(BOB)
+    assert to_bob.recipients == (BOB,) and to_bob.message()["Subject"] == "partly"
+    [dsn] = system.sink.to(ANN)
+    assert dsn.mail_from == "" and b"Final-Recipient: rfc822; carol@example.net" in dsn.data
+    assert system.sink.to(CAROL) == []
+
+
+def test_journal_skips_the_delivered_group_when_postfix_retries(mail_system: Start,
+                                                                tmp_path: Path) -> None:
+    store = Store.open(None, tmp_path / "data")
+    try:
+        system = mail_system(Scripted(split=True), StoreJournal(store, "node-1"))
+        system.postfix.defer_file.write_text(f"{CAROL} 450 4.2.0 mailbox busy\n")
+        system.postfix.reload()
+        system.send([BOB, CAROL], subject="twice?")
+        system.postfix.wait(lambda: "deferred carol@example.net" in system.postfix.log(),
+                            "the gateway's 4xx for carol")
+        assert [m.recipients for m in system.sink.received] == [(BOB,)]
+        system.postfix.defer_file.write_text("")
+        system.postfix.reload()
+        system.postfix.flush()
+        system.arrived(2)
+        system.settled()
+        assert sorted(m.recipients for m in system.sink.received) == [(BOB,), (CAROL,)]
+    finally:
+        store.close()
+
+
+def test_smtp_source_load_arrives_exactly_once(mail_system: Start) -> None:
+    if shutil.which("smtp-source") is None:
+        pytest.skip("smtp-source is not installed (make peers)")
+    system = mail_system(PassThrough())
+    count = 40
+    subprocess.run(["smtp-source", "-c", "-m", str(count), "-s", "4", "-l", "2000",
+                    "-f", ANN, "-t", BOB, f"127.0.0.1:{system.postfix.smtpd_port}"],
+                   capture_output=True, timeout=120, check=True)
+    system.arrived(count)
+    system.settled()
+    hashes = {m.sha256 for m in system.sink.received}
+    assert len(system.sink.received) == count == len(hashes)
