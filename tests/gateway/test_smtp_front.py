@@ -4,12 +4,12 @@ recipients, the limits and the journal, with a saving sink as the next hop."""
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from smtpkit import GatewayThread, Scripted, SinkHandler, message, sink
 
-from smimekit.errors import GatewayError
+from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.journal import MemoryJournal, message_key
 from smimekit.gateway.model import Envelope
 from smimekit.gateway.passthrough import PassThrough
@@ -202,3 +202,38 @@ def test_line_over_1000_octets_is_refused(next_hop) -> None:
     with GatewayThread(PassThrough(), f"127.0.0.1:{port}") as gateway:
         code, _, _ = send(gateway.port, ANN, [BOB], message("long", "z" * 1200 + "\r\n"))
     assert code == 500 and handler.received == []
+
+
+class BrokenJournal(MemoryJournal):
+    """The database behind the journal is down for reading, writing, or both."""
+
+    def __init__(self, *, read: bool = True, write: bool = True) -> None:
+        super().__init__()
+        self.read_fails, self.write_fails = not read, not write
+
+    def delivered(self, message_key: str) -> frozenset[str]:
+        if self.read_fails:
+            raise StoreError("cannot reach the database at 127.0.0.1:5432")
+        return super().delivered(message_key)
+
+    def record(self, message_key: str, delivery_keys: Sequence[str], reply: str) -> None:
+        if self.write_fails:
+            raise StoreError("cannot reach the database at 127.0.0.1:5432")
+        super().record(message_key, delivery_keys, reply)
+
+
+def test_journal_unreadable_is_4xx_and_nothing_passes(next_hop) -> None:
+    handler, port = next_hop
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}",
+                       journal=BrokenJournal(read=False)) as gateway:
+        code, reply, _ = send(gateway.port, ANN, [BOB], message())
+    assert code == 451 and "journal cannot be read" in reply and "5432" not in reply
+    assert handler.received == []
+
+
+def test_journal_unwritable_after_delivery_is_still_250(next_hop) -> None:
+    handler, port = next_hop
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}",
+                       journal=BrokenJournal(write=False)) as gateway:
+        code, _, _ = send(gateway.port, ANN, [BOB], message())
+    assert code == 250 and len(handler.received) == 1  # delivered: no retry, no duplicate
