@@ -79,6 +79,7 @@ def test_permanent_policy_error_is_5xx_with_the_reason(next_hop) -> None:
 
 
 @pytest.mark.parametrize("error", [GatewayError("the key store is locked"),
+                                   StoreError("cannot reach the database"),
                                    RuntimeError("secret detail\r\n250 fake")])
 def test_temporary_or_unexpected_failure_is_4xx(next_hop, error: BaseException) -> None:
     handler, port = next_hop
