@@ -21,6 +21,7 @@ from sqlalchemy import text
 from smimekit.gateway.journal import Journal, StoreJournal
 from smimekit.gateway.model import Processor
 from smimekit.gateway.passthrough import PassThrough
+from smimekit.gateway.server import Limits
 from smimekit.store import Store
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -57,13 +58,15 @@ Start = Callable[..., MailSystem]
 def mail_system(tmp_path: Path) -> Iterator[Start]:
     require_postfix()
     with ExitStack() as stack:
-        def start(processor: Processor, journal: Journal | None = None) -> MailSystem:
+        def start(processor: Processor, journal: Journal | None = None,
+                  limits: Limits | None = None) -> MailSystem:
             handler, sink_port = stack.enter_context(sink())
             postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
             relay = TcpRelay(("127.0.0.1", postfix.reinject_port))
             stack.callback(relay.cut)
             gateway = stack.enter_context(
-                GatewayThread(processor, f"127.0.0.1:{relay.port}", journal=journal))
+                GatewayThread(processor, f"127.0.0.1:{relay.port}", journal=journal,
+                              limits=limits))
             postfix.start(gateway.port)
             stack.callback(postfix.stop)
             return MailSystem(postfix, handler, relay, gateway)
@@ -122,6 +125,21 @@ def test_partial_refusal_sends_the_rest_and_a_dsn(mail_system: Start) -> None:
     [dsn] = system.sink.to(ANN)
     assert dsn.mail_from == "" and b"Final-Recipient: rfc822; carol@example.net" in dsn.data
     assert system.sink.to(CAROL) == []
+
+
+def test_message_over_the_gateways_size_limit_bounces(mail_system: Start) -> None:
+    system = mail_system(PassThrough(), limits=Limits(max_message_size=20_000))
+    sent = swaks(system.postfix.smtpd_port, sender=ANN, to=[BOB], subject="too big",
+                 body="y" * 70 + "\n" + ("z" * 76 + "\n") * 400)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    system.arrived(1)
+    system.settled()
+    [bounce] = system.sink.received
+    assert bounce.mail_from == "" and bounce.recipients == (ANN,)
+    # Postfix reads the gateway's SIZE announcement and bounces without sending the data
+    assert "exceeds size limit 20000 of server" in " ".join(
+        bounce.data.decode(errors="replace").split())
+    assert system.sink.to(BOB) == []
 
 
 def test_journal_skips_the_delivered_group_when_postfix_retries(mail_system: Start,

@@ -4,6 +4,7 @@ recipients, the limits and the journal, with a saving sink as the next hop."""
 from __future__ import annotations
 
 import smtplib
+import tracemalloc
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -238,3 +239,41 @@ def test_journal_unwritable_after_delivery_is_still_250(next_hop) -> None:
                        journal=BrokenJournal(write=False)) as gateway:
         code, _, _ = send(gateway.port, ANN, [BOB], message())
     assert code == 250 and len(handler.received) == 1  # delivered: no retry, no duplicate
+
+
+def test_utf8_addresses_and_8bit_body_pass_unchanged(next_hop) -> None:
+    handler, port = next_hop
+    sender, recipient = "j\u00f6rg@example.org", "\u00e5sa@example.net"
+    data = ("From: j\u00f6rg@example.org\r\nTo: \u00e5sa@example.net\r\nSubject: gr\u00fc\u00dfe"
+            "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\nGr\u00fc\u00dfe.\r\n").encode()
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}") as gateway, \
+            smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        assert client.sendmail(sender, [recipient], data,
+                               mail_options=["SMTPUTF8", "BODY=8BITMIME"]) == {}
+    [got] = handler.received
+    assert (got.mail_from, got.recipients, got.data) == (sender, (recipient,), data)
+
+
+def test_a_huge_message_is_refused_without_being_held(next_hop) -> None:
+    handler, port = next_hop
+    limits = Limits(max_message_size=1_000_000, max_recipients=10)
+    line = b"x" * 998 + b"\r\n"
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}", limits=limits) as gateway:
+        tracemalloc.start()
+        try:
+            with smtplib.SMTP("127.0.0.1", gateway.port, timeout=60) as client:
+                client.ehlo("client.test")
+                client.mail(ANN)
+                client.rcpt(BOB)
+                client.putcmd("data")
+                assert client.getreply()[0] == 354
+                for _ in range(20):  # 20 MB, a megabyte at a time
+                    client.send(line * 1000)
+                client.send(b".\r\n")
+                code, _ = client.getreply()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert code == 552 and handler.received == []
+    assert peak < 6_000_000  # the sending side's megabyte and the limit, not 20 MB
