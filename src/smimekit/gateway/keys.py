@@ -41,7 +41,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from smimekit.errors import ConfigError, GatewayError, KeyLoadError, PassphraseError
 from smimekit.gateway.model import HeldKey
 from smimekit.keys.load import key_matches
-from smimekit.store import Store, certificate_emails
+from smimekit.store import Store
+from smimekit.store.db import certificate_emails
 from smimekit.store.gateway_keys import GatewayKeyRow
 
 __all__ = [
@@ -139,7 +140,7 @@ def _fingerprint(cert: x509.Certificate) -> str:
 
 
 def _chain(data: bytes) -> tuple[x509.Certificate, ...]:
-    return tuple(x509.load_der_x509_certificates(data)) if data else ()
+    return tuple(x509.load_pem_x509_certificates(data)) if data else ()
 
 
 def purpose_of(cert: x509.Certificate) -> str:
@@ -307,7 +308,7 @@ class StoreHeldKeys:
         new = self._store.add_gateway_key(
             address=owner, purpose=purpose,
             certificate=cert.public_bytes(serialization.Encoding.DER),
-            chain=b"".join(c.public_bytes(serialization.Encoding.DER) for c in chain),
+            chain=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
             fingerprint=fingerprint, sealed=_seal(self._master, key, fingerprint),
             not_after=cert.not_valid_after_utc)
         return Imported(owner, purpose, fingerprint, cert.not_valid_after_utc, new)

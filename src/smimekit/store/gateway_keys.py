@@ -32,7 +32,7 @@ class GatewayKeyRow:
     """``sign``, ``encrypt``, ``both`` or ``organisation``."""
     certificate: bytes
     chain: bytes
-    """The CA certificates, DER, concatenated."""
+    """The CA certificates, PEM, concatenated."""
     fingerprint: str
     sealed: bytes
     not_after: dt.datetime
@@ -59,8 +59,8 @@ class GatewayKeyRecords(StoreBase):
                 address=address.strip().lower(), purpose=purpose, certificate=certificate,
                 chain=chain, fingerprint=fingerprint.lower(), sealed=sealed,
                 not_after=not_after, created_at=_now(),
-            ).on_conflict_do_nothing(index_elements=["fingerprint"]))
-        return bool(done.rowcount)
+            ).on_conflict_do_nothing(index_elements=["fingerprint"]).returning(_K.c.id))
+            return done.first() is not None
 
     def gateway_keys(self, address: str | None = None) -> list[GatewayKeyRow]:
         """The keys held for ``address`` (every one when None), oldest first."""
@@ -86,8 +86,8 @@ class GatewayKeyRecords(StoreBase):
         with self.transaction() as conn:
             done = conn.execute(_K.update().where((_K.c.fingerprint == fingerprint.lower())
                                                   & _K.c.retired_at.is_(None))
-                                .values(retired_at=at))
-        return bool(done.rowcount)
+                                .values(retired_at=at).returning(_K.c.id))
+            return bool(done.all())
 
     def gateway_master_key(self) -> str | None:
         """The sealed master key (text), or None before the first key is imported."""

@@ -196,7 +196,7 @@ gateway_keys = Table(
     Column("address", String(320), nullable=False),
     Column("purpose", String(16), nullable=False),  # sign | encrypt | both | organisation
     Column("certificate", LargeBinary, nullable=False),  # DER
-    Column("chain", LargeBinary, nullable=False),  # DER certificates, concatenated
+    Column("chain", LargeBinary, nullable=False),  # PEM certificates, concatenated
     Column("fingerprint", String(64), nullable=False, unique=True),  # of the certificate
     Column("sealed", LargeBinary, nullable=False),  # never the key in the clear
     Column("not_after", DateTime(timezone=True), nullable=False),
