@@ -360,3 +360,40 @@ def test_context_checks_the_configuration(trust: list) -> None:
         _context(trust, dlp=(DlpRule(name="q", keywords=("x",), action="quarantine"),))
     with pytest.raises(ConfigError, match="not a header field name"):
         _context(trust, result_header="Bad Header:")
+
+
+def test_triple_wrapped_mail_is_read_with_held_keys_and_delivered_as_received(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    carol = people["carol"]
+    inner = smimekit.encrypt(_signed(people, body=b"project x, project x\r\n"),
+                             [people["dana"].cert])
+    data = smimekit.sign(inner, carol.key, carol.cert)
+    outcome = _run(data, ["dana@example.org", "frank@example.org"], held,
+                   _context(trust, dlp=RULES[:1]))
+    by_rcpt = {d.recipients: d for d in outcome.deliveries}
+    dana = _facts(_results(by_rcpt[("dana@example.org",)].data)[0])
+    assert dana["encryption"] == "inside-signature" and dana["signature"] == "valid"
+    assert dana["dlp"] == "merger(2):warn"  # the inside was read
+    assert by_rcpt[("dana@example.org",)].data.endswith(data)
+    frank = _facts(_results(by_rcpt[("frank@example.org",)].data)[0])
+    assert frank["encryption"] == "not-decrypted" and frank["scan"] == "not-scanned"
+
+
+def test_signed_mail_is_verified_once_for_many_recipients(
+        people: dict[str, Identity], held: Held, trust: list,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import smimekit.validation.assess as assess_module
+
+    calls = []
+    real = assess_module.assess
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(assess_module, "assess", counting)
+    recipients = [f"user{i}@example.org" for i in range(20)] + ["bob@example.org"]
+    outcome = _run(_signed(people), recipients, held, _context(trust))
+    assert len(calls) == 1
+    (delivery,) = outcome.deliveries
+    assert len(delivery.recipients) == 21

@@ -188,6 +188,9 @@ class _Work:
     received: bytes
     stripped: int
     encrypted: bool
+    """The message itself is encrypted (application/pkcs7-mime enveloped)."""
+    smime: bool
+    """Encrypted or signed: held keys may open a layer (e.g. a triple-wrapped message)."""
     by_keys: dict[tuple[str, ...], _Clear] = field(default_factory=dict)
     scans: dict[bytes, ScanResult | None] = field(default_factory=dict)
     dlps: dict[tuple[bytes, str], dlp.DlpResult] = field(default_factory=dict)
@@ -219,7 +222,8 @@ def process_inbound(
         received, stripped = strip_header(envelope.data, name)
     except MIMEError as exc:
         raise GatewayError(f"the message header cannot be read: {exc}", permanent=True) from None
-    work = _Work(received, stripped, _is_encrypted(received))
+    encrypted = _is_encrypted(received)
+    work = _Work(received, stripped, encrypted, encrypted or _is_smime(received))
     outputs: dict[bytes, list[str]] = {}
     decisions: list[Decision] = []
     refused: list[Refusal] = []
@@ -234,6 +238,17 @@ def process_inbound(
     deliveries = tuple(Delivery(envelope.mail_from, tuple(rcpts), data)
                        for data, rcpts in outputs.items())
     return Outcome(deliveries, tuple(decisions), tuple(refused))
+
+
+def _is_smime(message: bytes) -> bool:
+    from smimekit.smime.canonical import Entity
+    from smimekit.smime.message import is_multipart_signed, is_pkcs7_mime
+
+    try:
+        root = Entity.parse(message)
+    except MIMEError:
+        return False
+    return is_pkcs7_mime(root) or is_multipart_signed(root)
 
 
 def _is_encrypted(message: bytes) -> bool:
@@ -267,7 +282,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     if work.stripped:
         facts["stripped"] = str(work.stripped)
     keys: Sequence[HeldKey] = ()
-    if work.encrypted and policy.decrypt:
+    if work.smime and policy.decrypt:
         try:
             keys = held_keys.decryption_keys(recipient)
         except StoreError as exc:
@@ -281,7 +296,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     # The clear content: what the scanner and the rules read (None: still encrypted).
     content = clear.unwrapped.message() if clear.unwrapped is not None else \
         clear.decrypted if clear.decrypted is not None else \
-        work.received if clear.encryption == "none" else None
+        work.received if clear.encryption in ("none", "inside-signature") else None
     require_encryption = ""
     if content is None:
         facts["scan"] = "not-scanned"
@@ -324,8 +339,8 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     else:
         data, action = _reencrypt(clear.decrypted, recipient, held_keys, work, facts)
     if require_encryption and not _is_encrypted(data):
-        assert content is not None
-        encrypted = _encrypt_to_current(content, recipient, held_keys, facts)
+        # the message as it would go (a signature kept), encrypted to the recipient
+        encrypted = _encrypt_to_current(data, recipient, held_keys, facts)
         if encrypted is None:
             if context.config.quarantine_dir is not None:
                 path = _quarantine(work, envelope, context)
@@ -351,14 +366,21 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
 
 def _read(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
           context: InboundContext) -> _Clear:
+    flags = ("verify" if policy.verify else "", "harvest" if policy.harvest else "")
+    if not work.encrypted:
+        # Signed or plain: the same for every recipient, unless the held keys open an
+        # encrypted layer inside a signature.
+        shared = work.by_keys.get(flags)
+        if shared is None:
+            shared = work.by_keys[flags] = _read_uncached(work, (), policy, context)
+        if shared.encryption != "not-decrypted" or not held:
+            return shared
     ident = tuple(k.certificate.fingerprint(hashes.SHA256()).hex() for k in held)
-    cache_key = (*ident, "verify" if policy.verify else "", "harvest" if policy.harvest else "")
+    cache_key = (*ident, *flags)
     cached = work.by_keys.get(cache_key)
-    if cached is not None:
-        return cached
-    clear = _read_uncached(work, held, policy, context)
-    work.by_keys[cache_key] = clear
-    return clear
+    if cached is None:
+        cached = work.by_keys[cache_key] = _read_uncached(work, held, policy, context)
+    return cached
 
 
 def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
@@ -393,11 +415,18 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
         source = clear.decrypted or b""
     try:
         clear.unwrapped = unwrap(source, keys=pairs, extra_certs=())
+    except NoRecipientError:
+        # encrypted inside a signature (triple wrapping) or twice: not for the held keys
+        return _Clear("not-decrypted", "an encrypted part the held keys do not open")
     except (SmimeError, ValueError) as exc:
         clear.unwrap_error = _short(str(exc)) or type(exc).__name__
         return clear
     if any(layer.error is not None for layer in clear.unwrapped.layers):
         clear.unwrap_error = "a signature does not verify"
+    if clear.encryption == "none" and clear.unwrapped.encrypted:
+        # signed outside, encrypted inside (triple wrapping): read for the verdict and the
+        # scan; delivered as received, since the outer signature covers the ciphertext
+        clear.encryption = "inside-signature"
     if clear.unwrapped.signed and policy.verify:
         from smimekit.api import _issuer_source
         from smimekit.validation.assess import assess
@@ -430,7 +459,7 @@ def _harvest(unwrapped: Unwrapped, verdict: Verdict, context: InboundContext,
 
 def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]) -> None:
     unwrapped = clear.unwrapped
-    if clear.encryption not in ("none", "decrypted"):
+    if clear.encryption not in ("none", "decrypted", "inside-signature"):
         facts["signature"] = "unknown"  # inside the encryption: not read
         return
     if unwrapped is None:
