@@ -22,8 +22,8 @@ from smimekit.store.certificates import (
     User,
     certificate_emails,
 )
-from smimekit.store.harvested import HarvestedCertificate, HarvestedRecords, Recorded
 from smimekit.store.gateway_keys import GatewayKeyRecords, GatewayKeyRow
+from smimekit.store.harvested import HarvestedCertificate, HarvestedRecords, Recorded
 from smimekit.store.identities import IdentityRecords, KnownIdentity
 from smimekit.store.keys import KeyRecords, StoredKey
 from smimekit.store.revocation import PublishedCrl, Revocation, RevocationRecords

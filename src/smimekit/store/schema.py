@@ -31,7 +31,8 @@ Version 2 added ``issued`` (our CA's issuance records). Version 3 added the live
 (issuer, CRL number) of ``crl_publications``. Version 4 added ``harvested_certificates``
 (certificates kept from signed mail that validated, ``directory harvest``). Version 5 added
 ``identities`` (the people ``ca sync`` manages, by the identity source's stable id). Version 6
-added ``gateway_keys`` (the keys the gateway holds for users). Versions 1 to 5 are upgraded in place by the first write transaction (:mod:`smimekit.store.upgrade`)."""
+added ``gateway_keys`` (the keys the gateway holds for users). Versions 1 to 5 are upgraded
+in place by the first write transaction (:mod:`smimekit.store.upgrade`)."""
 
 metadata = MetaData()
 
