@@ -50,6 +50,10 @@ COMMANDS = [
     LazyCommand("directory", "smimekit.cli.directory:directory",
                 "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS, client"
                 " settings."),
+    # Until cli/gateway.py (serve) is merged: then its group is the target and
+    # smimekit.cli.gateway_keys:COMMANDS its extend.
+    LazyCommand("gateway", "smimekit.cli.gateway_keys:gateway",
+                "The S/MIME gateway: the keys it holds for users (keys)."),
 ]
 
 
