@@ -186,6 +186,9 @@ def test_mail_for_keys_the_gateway_does_not_hold_passes_unchanged(
         facts = _facts(_results(delivery.data)[0])
         assert facts["signature"] == "unknown" and facts["scan"] == "not-scanned"
         assert facts["delivered"] == "as-received"
+    details = {d.recipient: d.details["encryption-detail"] for d in outcome.decisions}
+    assert details == {"bob@example.org": "not encrypted to a key the gateway holds",
+                       "frank@example.org": "no key of this recipient is held by the gateway"}
     reasons = {d.recipient: d.details["encryption"] for d in outcome.decisions}
     assert reasons == {"bob@example.org": "not-for-held-keys",
                        "frank@example.org": "not-decrypted"}
@@ -379,7 +382,7 @@ def test_triple_wrapped_mail_is_read_with_held_keys_and_delivered_as_received(
     assert frank["encryption"] == "not-decrypted" and frank["scan"] == "not-scanned"
 
 
-def test_signed_mail_is_verified_once_for_many_recipients(
+def test_signed_mail_is_verified_once_and_no_key_looked_up(
         people: dict[str, Identity], held: Held, trust: list,
         monkeypatch: pytest.MonkeyPatch) -> None:
     import smimekit.validation.assess as assess_module
@@ -392,8 +395,36 @@ def test_signed_mail_is_verified_once_for_many_recipients(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(assess_module, "assess", counting)
+    looked_up: list[str] = []
+    real_keys = held.decryption_keys
+
+    def keys(address: str) -> Sequence[HeldKey]:
+        looked_up.append(address)
+        return real_keys(address)
+
+    monkeypatch.setattr(held, "decryption_keys", keys)
     recipients = [f"user{i}@example.org" for i in range(20)] + ["bob@example.org"]
     outcome = _run(_signed(people), recipients, held, _context(trust))
     assert len(calls) == 1
+    assert looked_up == []  # no key store lookup for mail that is not encrypted
     (delivery,) = outcome.deliveries
     assert len(delivery.recipients) == 21
+
+
+def test_policy_decrypt_off_and_verify_off_are_followed(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    def policy(address: str) -> InboundSettings:
+        return InboundSettings(decrypt=address != "bob@example.org",
+                               verify=address != "dana@example.org", webmail=True)
+
+    data = smimekit.encrypt(_signed(people), [people["bob"].cert, people["dana"].cert])
+    envelope = Envelope("carol@partner.example", ("bob@example.org", "dana@example.org"), data)
+    outcome = process_inbound(envelope, envelope.recipients, held_keys=held,
+                              policy_for=policy, context=_context(trust))
+    bob, dana = outcome.decisions
+    assert bob.action == "passed" and bob.details["encryption-detail"] == \
+        "decryption is off for this recipient"
+    assert dana.action == "decrypted" and dana.details["signature"] == "not-checked"
+    # not vouched for: dana keeps the signed structure
+    (dana_copy,) = [d.data for d in outcome.deliveries if d.recipients == ("dana@example.org",)]
+    assert Entity.parse(dana_copy).content_type == "multipart/signed"

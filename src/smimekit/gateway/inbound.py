@@ -143,7 +143,7 @@ class InboundContext:
         return cls(config=config, trust=tuple(trust), store=store, revocation=revocation,
                    intermediates=intermediates,
                    scanner=Scanner(config.scan) if config.scan is not None else None,
-                   rules=rules, hostname=hostname or socket.getfqdn() or "localhost")
+                   rules=rules, hostname=hostname or socket.gethostname() or "localhost")
 
 
 def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
@@ -281,12 +281,14 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     facts: dict[str, str] = {}
     if work.stripped:
         facts["stripped"] = str(work.stripped)
-    keys: Sequence[HeldKey] = ()
-    if work.smime and policy.decrypt:
+    def keys() -> Sequence[HeldKey]:
+        if not (work.smime and policy.decrypt):
+            return ()
         try:
-            keys = held_keys.decryption_keys(recipient)
+            return held_keys.decryption_keys(recipient)
         except StoreError as exc:
             raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") from None
+
     clear = _read(work, keys, policy, context)
     facts["encryption"] = clear.encryption
     if clear.encryption_detail:
@@ -364,17 +366,21 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     return header + data, _decision(recipient, action, _reason(action, facts), facts), None
 
 
-def _read(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
+def _read(work: _Work, keys: Callable[[], Sequence[HeldKey]], policy: InboundPolicy,
           context: InboundContext) -> _Clear:
-    flags = ("verify" if policy.verify else "", "harvest" if policy.harvest else "")
+    flags = ("decrypt" if policy.decrypt else "", "verify" if policy.verify else "",
+             "harvest" if policy.harvest else "")
     if not work.encrypted:
-        # Signed or plain: the same for every recipient, unless the held keys open an
-        # encrypted layer inside a signature.
+        # Signed or plain: the same for every recipient (and no key is looked up), unless
+        # an encrypted layer sits inside a signature.
         shared = work.by_keys.get(flags)
         if shared is None:
             shared = work.by_keys[flags] = _read_uncached(work, (), policy, context)
-        if shared.encryption != "not-decrypted" or not held:
+        if shared.encryption != "not-decrypted":
             return shared
+    held = keys()
+    if not held and not work.encrypted:
+        return work.by_keys[flags]
     ident = tuple(k.certificate.fingerprint(hashes.SHA256()).hex() for k in held)
     cache_key = (*ident, *flags)
     cached = work.by_keys.get(cache_key)
