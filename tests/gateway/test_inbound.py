@@ -172,6 +172,13 @@ def test_result_headers_from_outside_are_stripped_first(
     (delivery,) = _run(data, ["dana@example.org"], held, _context(trust)).deliveries
     (result,) = _results(delivery.data)
     assert _facts(result)["encryption"] == "decrypted" and "signer" not in _facts(result)
+    # and a desktop user's re-encrypted copy carries none inside
+    data = smimekit.encrypt(inner, [people["bob"].cert])
+    (delivery,) = _run(data, ["bob@example.org"], held, _context(trust)).deliveries
+    assert len(_results(delivery.data)) == 1
+    opened = smimekit.decrypt(delivery.data, people["bob"].key, people["bob"].cert)
+    # the outer headers around the decrypted entity: ours only, the forged ones gone
+    assert len(_results(opened.content)) == 1 and b"ceo@example.org" not in opened.content
 
 
 def test_mail_for_keys_the_gateway_does_not_hold_passes_unchanged(

@@ -337,9 +337,12 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         plain = clear.unwrapped is not None and not clear.unwrapped.signed
         data = clear.unwrapped.message() if clear.unwrapped is not None and (vouched or plain) \
             else clear.decrypted
+        # restored protected header fields must not smuggle a result header in either
+        data, _ = strip_header(data, context.config.result_header)
         action = "decrypted"
     else:
-        data, action = _reencrypt(clear.decrypted, recipient, held_keys, work, facts)
+        inside, _ = strip_header(clear.decrypted, context.config.result_header)
+        data, action = _reencrypt(inside, recipient, held_keys, work, facts)
     if require_encryption and not _is_encrypted(data):
         # the message as it would go (a signature kept), encrypted to the recipient
         encrypted = _encrypt_to_current(data, recipient, held_keys, facts)
@@ -357,9 +360,6 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
                 Refusal(recipient, reason)
         data, action = encrypted, "re-encrypted"
         facts["delivered"] = "encrypted (data-loss rule)"
-    if action in ("decrypted", "re-encrypted"):
-        # restored protected header fields must not smuggle a result header in either
-        data, _ = strip_header(data, context.config.result_header)
     facts.setdefault("delivered", {"decrypted": "clear", "re-encrypted": "encrypted"}
                      .get(action, "as-received"))
     header = _result_header(context, facts)
