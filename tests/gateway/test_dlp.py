@@ -169,3 +169,17 @@ def test_quarantine_without_a_directory_or_unwritable_is_a_gateway_error(
     with pytest.raises(GatewayError, match="cannot write to the quarantine") as info:
         dlp.quarantine(b"m", blocker / "sub")
     assert not info.value.permanent
+
+
+def test_alternatives_count_once_by_the_one_that_matches_most() -> None:
+    text = b"Content-Type: text/plain\r\n\r\nproject x\r\n"
+    htm = b"Content-Type: text/html\r\n\r\n<p>project x, <i>project x</i></p>\r\n"
+    body = (b"--ALT\r\n" + text + b"\r\n--ALT\r\n" + htm + b"\r\n--ALT--\r\n")
+    alternative = (b"Content-Type: multipart/alternative; boundary=ALT\r\n\r\n" + body)
+    extra = b"Content-Type: text/plain\r\n\r\nproject x\r\n"
+    result = dlp.evaluate([DlpRule(name="p", keywords=("project x",), threshold=4)],
+                          _multipart(alternative, extra), "outbound")
+    assert result.fired == ()  # 2 (the HTML alternative) + 1, not 1 + 2 + 1
+    result = dlp.evaluate([DlpRule(name="p", keywords=("project x",), threshold=3)],
+                          _multipart(alternative, extra), "outbound")
+    assert result.fired == (dlp.Fired("p", "warn", 3),)

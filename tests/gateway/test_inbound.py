@@ -431,6 +431,7 @@ def test_policy_decrypt_off_and_verify_off_are_followed(
     bob, dana = outcome.decisions
     assert bob.action == "passed" and bob.details["encryption-detail"] == \
         "decryption is off for this recipient"
+    assert bob.details["policy"] == "decrypt=no, verify=yes, harvest=yes, webmail=yes"
     assert dana.action == "decrypted" and dana.details["signature"] == "not-checked"
     # not vouched for: dana keeps the signed structure
     (dana_copy,) = [d.data for d in outcome.deliveries if d.recipients == ("dana@example.org",)]

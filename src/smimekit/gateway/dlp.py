@@ -197,13 +197,28 @@ def evaluate(rules: Sequence[DlpRule] | RuleSet, message: bytes,
     fired: list[Fired] = []
     best: DlpAction | None = None
     for compiled in active:
-        count = sum(_count(p, text) for text in texts
-                    for p in (*compiled.keywords, *compiled.patterns))
+        count = _count_all(texts, (*compiled.keywords, *compiled.patterns))
         if count >= compiled.rule.threshold:
             fired.append(Fired(compiled.rule.name, compiled.rule.action, count))
             if best is None or ACTION_RANK[compiled.rule.action] > ACTION_RANK[best]:
                 best = compiled.rule.action
     return DlpResult(tuple(fired), best, truncated, tuple(notes))
+
+
+# The text of a message: strings, and multipart/alternative groups (one list of texts per
+# alternative) that are counted once, by the alternative that matches most.
+Texts = list["str | list[Texts]"]
+
+
+def _count_all(texts: Texts, patterns: Sequence[re.Pattern[str]]) -> int:
+    total = 0
+    for item in texts:
+        if isinstance(item, str):
+            total += sum(_count(p, item) for p in patterns)
+        else:
+            total += max((_count_all(alternative, patterns) for alternative in item),
+                         default=0)
+    return total
 
 
 def _count(pattern: re.Pattern[str], text: str) -> int:
@@ -221,8 +236,8 @@ def _count(pattern: re.Pattern[str], text: str) -> int:
     return count
 
 
-def _texts(message: bytes) -> tuple[list[str], bool, list[str]]:
-    texts: list[str] = []
+def _texts(message: bytes) -> tuple[Texts, bool, list[str]]:
+    texts: Texts = []
     notes: list[str] = []
     budget = [MAX_TEXT]
     parts = [0]
@@ -245,7 +260,7 @@ def _decoded_header(value: str) -> str:
         return value
 
 
-def _walk(entity: Entity, texts: list[str], notes: list[str], budget: list[int],
+def _walk(entity: Entity, texts: Texts, notes: list[str], budget: list[int],
           parts: list[int], depth: int) -> bool:
     parts[0] += 1
     if parts[0] > MAX_PARTS or depth > MAX_DEPTH:
@@ -262,13 +277,22 @@ def _walk(entity: Entity, texts: list[str], notes: list[str], budget: list[int],
         except MIMEError as exc:
             notes.append(f"a {ctype} part cannot be split: {exc}")
             return False
+        # The same content twice (text and HTML) must not count twice: each alternative
+        # is counted apart and the one with the most matches stands for the group.
+        alternatives: list[Texts] | None = [] if ctype == "multipart/alternative" else None
+        if alternatives is not None:
+            texts.append(alternatives)
         for child in children:
             try:
                 parsed = Entity.parse(child)
             except MIMEError as exc:
                 notes.append(f"a part cannot be read: {exc}")
                 continue
-            if _walk(parsed, texts, notes, budget, parts, depth + 1):
+            into = texts
+            if alternatives is not None:
+                into = []
+                alternatives.append(into)
+            if _walk(parsed, into, notes, budget, parts, depth + 1):
                 return True
         return False
     if ctype == "message/rfc822":

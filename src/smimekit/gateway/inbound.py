@@ -278,7 +278,10 @@ def _is_encrypted(message: bytes) -> bool:
 def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
          policy: InboundPolicy, context: InboundContext
          ) -> tuple[bytes | None, Decision, Refusal | None]:
-    facts: dict[str, str] = {}
+    # the effective inbound policy, for the audit log (the pipeline adds the levels)
+    facts: dict[str, str] = {"policy": ", ".join(
+        f"{name}={'yes' if getattr(policy, name) else 'no'}"
+        for name in ("decrypt", "verify", "harvest", "webmail"))}
     if work.stripped:
         facts["stripped"] = str(work.stripped)
     def keys() -> Sequence[HeldKey]:
