@@ -318,6 +318,8 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         found = _dlp(work, content, context)
         if found.fired:
             facts["dlp"] = found.summary()
+        if found.truncated:
+            facts["dlp-incomplete"] = "; ".join(found.notes) or "not everything was counted"
         if found.action == "reject":
             reason = f"rejected by the data-loss rule {', '.join(found.names('reject'))}"
             return None, _decision(recipient, "rejected", reason, facts), \
@@ -584,7 +586,8 @@ def _reason(action: str, facts: dict[str, str]) -> str:
 
 _TOKEN = re.compile(r"[^A-Za-z0-9@._+:,/()-]")
 _HEADER_KEYS = ("encryption", "signature", "signer", "signature-reason", "headers", "scan",
-                "scan-detail", "dlp", "harvest", "delivered", "re-encryption", "stripped")
+                "scan-detail", "dlp", "dlp-incomplete", "harvest", "delivered", "re-encryption",
+                "stripped")
 
 
 def _safe(text: str) -> str:
