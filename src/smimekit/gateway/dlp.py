@@ -250,6 +250,8 @@ def _count_all(texts: Texts, patterns: Sequence[re.Pattern[str]], deadline: floa
 
 
 def _count(pattern: re.Pattern[str], text: str, deadline: float) -> int:
+    if time.monotonic() > deadline:
+        raise _OutOfTime(0)
     if len(text) <= WINDOW:
         return sum(1 for _ in pattern.finditer(text))
     # Windows that overlap; a match is counted in the window where it starts, unless it
