@@ -23,6 +23,7 @@ message it cannot decrypt or re-encrypt goes on exactly as it arrived.
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import hashlib
 import re
@@ -36,13 +37,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.api import SOFT_REVOCATION
+from smimekit.cms import asn1
 from smimekit.config import GatewayConfig
 from smimekit.errors import (
+    ConfigError,
     DecryptionError,
     EncryptionError,
     GatewayError,
     LegacyAlgorithmError,
-    MalformedError,
     MIMEError,
     NoRecipientError,
     SmimeError,
@@ -70,6 +72,11 @@ if TYPE_CHECKING:
 
 __all__ = ["InboundContext", "InboundPolicy", "InboundSettings", "process_inbound",
            "strip_header"]
+
+
+# What broken input may raise while it is read (as directory/harvest.py counts them).
+_PARSE_ERRORS = (SmimeError, *asn1.PARSE_ERRORS, binascii.Error, UnicodeError, RecursionError,
+                 ValueError, IndexError)
 
 
 class InboundPolicy(Protocol):
@@ -131,8 +138,6 @@ class InboundContext:
                 quarantine without ``quarantine_dir``, or a result header name that is not a
                 header field name.
         """
-        from smimekit.errors import ConfigError
-
         if not re.fullmatch(r"[!-9;-~]+", config.result_header):
             raise ConfigError(f"gateway.result_header {config.result_header!r} is not a"
                               " header field name")
@@ -168,7 +173,7 @@ class _Clear:
     """What reading the message with one recipient's keys gave."""
 
     encryption: str
-    """none | decrypted | not-for-held-keys | not-decrypted | failed"""
+    """none | decrypted | not-for-held-keys | not-decrypted | failed | inside-signature"""
     encryption_detail: str = ""
     decrypted: bytes | None = None
     """The message with its encryption removed (signatures inside kept)."""
@@ -195,7 +200,6 @@ class _Work:
     scans: dict[bytes, ScanResult | None] = field(default_factory=dict)
     dlps: dict[tuple[bytes, str], dlp.DlpResult] = field(default_factory=dict)
     quarantined: dict[bytes, str] = field(default_factory=dict)
-    harvested: set[bytes] = field(default_factory=set)
 
 
 def process_inbound(
@@ -415,8 +419,8 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
             return _Clear("failed", _short(str(exc)))
         except DecryptionError:
             return _Clear("failed", "the content does not decrypt (altered or a wrong key)")
-        except (MalformedError, MIMEError) as exc:
-            return _Clear("failed", f"malformed: {_short(str(exc))}")
+        except _PARSE_ERRORS as exc:
+            return _Clear("failed", f"malformed: {_short(str(exc)) or type(exc).__name__}")
         if first.partially_encrypted or not first.encrypted:
             return _Clear("failed", "only part of the message is encrypted")
         layer = [layer for layer in first.layers if layer.kind == "encrypted"][-1]
@@ -429,7 +433,7 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
     except NoRecipientError:
         # encrypted inside a signature (triple wrapping) or twice: not for the held keys
         return _Clear("not-decrypted", "an encrypted part the held keys do not open")
-    except (SmimeError, ValueError) as exc:
+    except _PARSE_ERRORS as exc:
         clear.unwrap_error = _short(str(exc)) or type(exc).__name__
         return clear
     if any(layer.error is not None for layer in clear.unwrapped.layers):
@@ -443,10 +447,14 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
         from smimekit.validation.assess import assess
 
         at = context.now() if context.now is not None else None
-        clear.verdict = assess(clear.unwrapped, trust=context.trust, at=at,
-                               revocation=context.revocation,
-                               issuer_source=_issuer_source(False, context.intermediates,
-                                                            context.revocation))
+        try:
+            clear.verdict = assess(clear.unwrapped, trust=context.trust, at=at,
+                                   revocation=context.revocation,
+                                   issuer_source=_issuer_source(False, context.intermediates,
+                                                                context.revocation))
+        except _PARSE_ERRORS as exc:
+            clear.unwrap_error = _short(str(exc)) or type(exc).__name__
+            return clear
         if policy.harvest and context.store is not None and clear.verdict.valid:
             clear.harvested = _harvest(clear.unwrapped, clear.verdict, context, at)
     return clear
@@ -483,8 +491,12 @@ def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]
     if not unwrapped.signed:
         facts["signature"] = "none"
         return
-    if not policy.verify or clear.verdict is None:
+    if not policy.verify:
         facts["signature"] = "not-checked"
+        return
+    if clear.verdict is None:  # the signed structure could not be judged
+        facts["signature"] = "invalid"
+        facts["signature-reason"] = clear.unwrap_error or "cannot be judged"
         return
     verdict = clear.verdict
     facts["signature"] = "valid" if verdict.valid else "invalid"
