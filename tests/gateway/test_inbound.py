@@ -436,3 +436,14 @@ def test_policy_decrypt_off_and_verify_off_are_followed(
     # not vouched for: dana keeps the signed structure
     (dana_copy,) = [d.data for d in outcome.deliveries if d.recipients == ("dana@example.org",)]
     assert Entity.parse(dana_copy).content_type == "multipart/signed"
+
+
+@pytest.mark.parametrize(("raw", "expected", "count"), [
+    (b"X-Smimekit-Result: a\nSubject: s\n\nbody\n", b"Subject: s\r\n\nbody\n", 1),
+    (b"Subject: s\r\nX-SMIMEKIT-RESULT: a\r\n", b"Subject: s\r\n\r\n", 1),
+    (b"X-Smimekit-Result: a\r\n\r\nbody", b"\r\nbody", 1),
+    (b"\r\nX-Smimekit-Result: in the body\r\n", b"\r\nX-Smimekit-Result: in the body\r\n", 0),
+    (b"X-Smimekit-Resultant: other\r\n\r\nb", b"X-Smimekit-Resultant: other\r\n\r\nb", 0),
+])
+def test_strip_header_edge_cases(raw: bytes, expected: bytes, count: int) -> None:
+    assert strip_header(raw, HEADER) == (expected, count)

@@ -61,7 +61,7 @@ from smimekit.gateway.model import (
     Refusal,
 )
 from smimekit.gateway.scan import Scanner, ScanResult
-from smimekit.smime.canonical import CRLF, parse_headers, split_head_body, to_crlf
+from smimekit.smime.canonical import CRLF, parse_headers, to_crlf
 
 if TYPE_CHECKING:
     from smimekit.smime.wrap import Unwrapped
@@ -153,19 +153,25 @@ class InboundContext:
 
 def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     """``message`` without any top-level header field called ``name`` (any case, folded
-    lines included), and how many were removed. The body is kept byte for byte.
+    lines included), and how many were removed. Only the header block is read; the body
+    is kept byte for byte (a message without the field is returned as it is, uncopied).
+    The whole header block is parsed, so a field cannot hide behind a malformed line.
 
     Raises:
         MIMEError: the header block cannot be read.
     """
-    raw = to_crlf(message)
-    head, offset = split_head_body(raw)
-    fields = parse_headers(head)
+    ends = [i for i in (message.find(b"\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    if message.startswith((b"\r\n", b"\n")):
+        cut = 0
+    else:
+        cut = min(ends) + 1 if ends else len(message)
+    fields = parse_headers(to_crlf(message[:cut]).removesuffix(CRLF))
     kept = [f for f in fields if f.lname != name.lower()]
     if len(kept) == len(fields):
-        return raw, 0
-    new_head = CRLF.join(f.raw for f in kept)
-    return (new_head + CRLF if kept else b"") + CRLF + raw[offset:], len(fields) - len(kept)
+        return message, 0
+    new_head = b"".join(f.raw + CRLF for f in kept)
+    rest = message[cut:] if cut < len(message) else CRLF
+    return new_head + rest, len(fields) - len(kept)
 
 
 @dataclass
