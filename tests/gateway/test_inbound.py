@@ -447,3 +447,19 @@ def test_policy_decrypt_off_and_verify_off_are_followed(
 ])
 def test_strip_header_edge_cases(raw: bytes, expected: bytes, count: int) -> None:
     assert strip_header(raw, HEADER) == (expected, count)
+
+
+def test_key_history_from_rsa_to_ml_kem(pki: PKI, people: dict[str, Identity],
+                                        trust: list) -> None:
+    # gina's old RSA certificate was replaced by an ML-KEM-768 one (issue 11): mail sent to
+    # the old one is re-encrypted to the new one
+    root = (pki.root_key, pki.root)
+    old = pki.person("gina-old", "rsa2048", email="gina@example.org", issuer=root)
+    new = pki.person("gina", "mlkem768", email="gina@example.org", issuer=root)
+    held = Held({"gina@example.org": [HeldKey(new.key, new.cert), HeldKey(old.key, old.cert)]})
+    data = smimekit.encrypt(_signed(people), [old.cert])
+    outcome = _run(data, ["gina@example.org"], held, _context(trust))
+    assert outcome.decisions[0].action == "re-encrypted"
+    opened = smimekit.decrypt_verify(outcome.deliveries[0].data, new.key, new.cert,
+                                     trust=trust, revocation=None)
+    assert opened.verdict.valid and b"Hello, world." in opened.content
