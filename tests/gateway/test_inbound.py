@@ -463,3 +463,15 @@ def test_key_history_from_rsa_to_ml_kem(pki: PKI, people: dict[str, Identity],
     opened = smimekit.decrypt_verify(outcome.deliveries[0].data, new.key, new.cert,
                                      trust=trust, revocation=None)
     assert opened.verdict.valid and b"Hello, world." in opened.content
+
+
+def test_only_recipients_whose_own_key_opens_it_get_the_content(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    # encrypted to dana alone, but bob (whose keys the gateway also holds) is on the envelope
+    data = smimekit.encrypt(_signed(people, body=b"for dana only\r\n"), [people["dana"].cert])
+    outcome = _run(data, ["dana@example.org", "bob@example.org"], held, _context(trust))
+    copies = {d.recipients: d.data for d in outcome.deliveries}
+    assert b"for dana only" in copies[("dana@example.org",)]
+    assert copies[("bob@example.org",)].endswith(data)
+    assert b"for dana only" not in copies[("bob@example.org",)]
+    assert [d.action for d in outcome.decisions] == ["decrypted", "passed"]
