@@ -157,3 +157,22 @@ def test_enroll_benchmark_quick_mode_prints_its_table() -> None:
                  "floor of one person"):
         assert f"| {what}" in result.stdout, result.stdout
     assert "goal: 10,000 people in <= 20 min on 2 cores:" in result.stdout
+
+
+@pytest.mark.slow
+def test_pq_benchmark_quick_mode_prints_its_tables() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_pq.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for operation in ("sign", "verify", "encrypt", "decrypt"):
+        for algorithm in ("rsa-3072", "p-256"):
+            assert any(line.split()[:3] == [operation, algorithm, "10"]
+                       for line in result.stdout.splitlines()), result.stdout
+    pq = {"sign": "ml-dsa-65", "verify": "ml-dsa-65", "encrypt": "ml-kem-768",
+          "decrypt": "ml-kem-768"}
+    for operation, algorithm in pq.items():
+        assert any(line.split()[:3] == [operation, algorithm, "10"]
+                   for line in result.stdout.splitlines()), result.stdout
+    assert "RecipientInfo" in result.stdout and "SignerInfo" in result.stdout
