@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import hashes
 
 from smimekit import api
 from smimekit.config import GatewayConfig
-from smimekit.errors import DirectoryError, GatewayError, MIMEError, SmimeError
+from smimekit.errors import DirectoryError, GatewayError, MalformedError, MIMEError, SmimeError
 from smimekit.gateway import dlp
 from smimekit.gateway.model import (
     Decision,
@@ -309,7 +309,7 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
     try:
         data, triggered = remove_trigger(envelope.data, sender_policy.subject_trigger)
         subject = _subject(split_head_body(to_crlf(data))[0])
-    except MIMEError as exc:
+    except (MIMEError, UnicodeError) as exc:
         raise GatewayError(f"the message header cannot be read: {exc}", permanent=True) from None
     common: dict[str, str] = {}
     required_by = ""
@@ -368,7 +368,10 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
                 ctx, sender, subject, names, password)))
     except GatewayError:
         raise
-    except SmimeError as exc:
+    except MalformedError as exc:  # the message itself: retrying cannot help, bounce it
+        raise GatewayError(f"the message cannot be signed or encrypted as it is: {exc}",
+                           permanent=True) from None
+    except SmimeError as exc:  # keys, certificates, a bug in waiting: keep it, retry
         raise GatewayError(f"outbound processing failed: {exc}") from None
     for p in plans:
         action = {"encrypt": "signed+encrypted" if signer else "encrypted",
