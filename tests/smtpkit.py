@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -140,6 +141,15 @@ class GatewayThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+def gateway_config(tmp_path: Path, extra: str = "") -> Path:
+    """A configuration whose [gateway] opens the held keys (none held: mail passes as relay)."""
+    secret = tmp_path / "gateway.pass"
+    secret.write_text("a long gateway key passphrase\n")
+    config = tmp_path / "smimekit.toml"
+    config.write_text(f'[gateway]\nkey_passphrase_file = "{secret}"\n{extra}')
+    return config
 
 
 def message(subject: str = "hello", body: str = "Hello.\r\n", *,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from loopback import TcpRelay, free_port, wait_for_port
 from postfix import Postfix, require_postfix, swaks
-from smtpkit import GatewayThread, Scripted, SinkHandler, sink
+from smtpkit import GatewayThread, Scripted, SinkHandler, gateway_config, sink
 from sqlalchemy import text
 
 from smimekit.gateway.journal import Journal, StoreJournal
@@ -183,12 +183,14 @@ def test_gateway_process_down_and_back(tmp_path: Path) -> None:
     require_postfix()
     data_dir = tmp_path / "data"
     Store.open(None, data_dir).close()
+    config = gateway_config(tmp_path)
     gateway_port = free_port()
     with ExitStack() as stack:
         handler, sink_port = stack.enter_context(sink())
         postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
         command = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(data_dir),
-                   "gateway", "serve", "--listen", f"127.0.0.1:{gateway_port}",
+                   "--config", str(config), "gateway", "serve",
+                   "--listen", f"127.0.0.1:{gateway_port}",
                    "--next-hop", f"127.0.0.1:{postfix.reinject_port}", "--grace", "5"]
 
         def start_gateway() -> subprocess.Popen[bytes]:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from loopback import free_port, wait_for_port
-from smtpkit import message, sink
+from smtpkit import gateway_config, message, sink
 
 from smimekit.gateway.journal import message_key
 from smimekit.gateway.model import Envelope
@@ -26,12 +26,11 @@ def _smimekit(data_dir: Path, *args: str) -> list[str]:
 def test_serve_passes_mail_journals_it_and_stops_at_sigterm(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     Store.open(None, data_dir).close()
-    config = tmp_path / "smimekit.toml"
     port = free_port()
     data = message("served")
     with sink() as (handler, sink_port):
-        config.write_text(f'[gateway]\nlisten = "127.0.0.1:{port}"\n'
-                          f'next_hop = "127.0.0.1:{sink_port}"\n')
+        config = gateway_config(tmp_path, f'listen = "127.0.0.1:{port}"\n'
+                                          f'next_hop = "127.0.0.1:{sink_port}"\n')
         server = subprocess.Popen(_smimekit(data_dir, "--config", str(config), "gateway",
                                             "serve"), stderr=subprocess.PIPE)
         try:
@@ -49,12 +48,15 @@ def test_serve_passes_mail_journals_it_and_stops_at_sigterm(tmp_path: Path) -> N
     with Store.open(None, data_dir, create=False) as store:
         key = message_key(Envelope(ANN, (BOB,), data))
         assert store.delivered_keys(key) == {"0:bob@example.net"}
+        [row] = [r for r in store.audit_entries() if r.action.startswith("gateway.")]
+        assert (row.action, row.subject) == ("gateway.passed", BOB)
 
 
 def test_bad_listen_address_is_one_line(tmp_path: Path) -> None:
     Store.open(None, tmp_path / "data").close()
-    done = subprocess.run(_smimekit(tmp_path / "data", "gateway", "serve", "--listen",
-                                    "localhost"), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(_smimekit(tmp_path / "data", "--config", str(gateway_config(tmp_path)),
+                                    "gateway", "serve", "--listen", "localhost"),
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr == "smimekit: error: --listen: 'localhost' is not HOST:PORT\n"
 
@@ -69,9 +71,18 @@ def test_no_store_is_one_line(tmp_path: Path) -> None:
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     Store.open(None, tmp_path / "data").close()
     with sink() as (_, busy):
-        done = subprocess.run(_smimekit(tmp_path / "data", "gateway", "serve", "--listen",
-                                        f"127.0.0.1:{busy}"),
+        done = subprocess.run(_smimekit(tmp_path / "data", "--config",
+                                        str(gateway_config(tmp_path)), "gateway", "serve",
+                                        "--listen", f"127.0.0.1:{busy}"),
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith(f"smimekit: error: cannot listen on 127.0.0.1:{busy}:")
     assert done.stderr.count("\n") == 1
+
+
+def test_no_key_passphrase_file_is_one_line(tmp_path: Path) -> None:
+    Store.open(None, tmp_path / "data").close()
+    done = subprocess.run(_smimekit(tmp_path / "data", "gateway", "serve"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "key_passphrase_file is not set" in done.stderr

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from smimekit.cli.common import CliError, cli_config, open_store
+from smimekit.cli.common import CliError, cli_config, cli_globals, open_store
 
 if TYPE_CHECKING:
-    from smimekit.config import GatewayConfig
+    from smimekit.config import Config
     from smimekit.gateway.model import Processor
     from smimekit.gateway.server import GatewayServer
     from smimekit.store import Store
@@ -25,7 +25,7 @@ JOURNAL_DAYS = 14
 
 @click.group()
 def gateway() -> None:
-    """The S/MIME gateway: Postfix's after-queue content filter (serve)."""
+    """The S/MIME gateway: Postfix's after-queue content filter (serve, keys)."""
 
 
 @gateway.command("serve")
@@ -42,15 +42,17 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
 
     Answers 250 only after the next hop accepted everything made of a message; any failure
     is a 4xx, so Postfix keeps the message and tries again (docs/gateway.md "No lost mail").
-    The configuration file (--config) holds the [gateway] table; the store (--data-dir or
-    --database-url) holds the delivery journal, shared by every node.
+    The configuration file (--config) holds the [gateway] table (key_passphrase_file opens
+    the keys the gateway holds); the store (--data-dir or --database-url) holds those keys,
+    the audit log and the delivery journal, shared by every node.
     """
     from smimekit.config import GatewayConfig
     from smimekit.gateway.journal import StoreJournal
     from smimekit.gateway.relay import NextHop, parse_address
     from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
 
-    config = cli_config().gateway or GatewayConfig()
+    whole = cli_config()
+    config = whole.gateway or GatewayConfig()
     listen = listen or config.listen
     next_hop = next_hop or config.next_hop
     for option, value in (("--listen", listen), ("--next-hop", next_hop)):
@@ -62,7 +64,7 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
     try:
         store.prune_deliveries(dt.datetime.now(dt.UTC) - dt.timedelta(days=JOURNAL_DAYS))
         handler = GatewayHandler(
-            _processor(config, store), StoreJournal(store),
+            _processor(whole, store), StoreJournal(store),
             NextHop(next_hop, timeout=config.timeout),
             limits=Limits(config.max_message_size, config.max_recipients))
         server = GatewayServer(handler, listen)
@@ -74,12 +76,12 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
         store.close()
 
 
-def _processor(config: GatewayConfig, store: Store) -> Processor:
-    # Every message passes unchanged until the policy pipeline (gateway/pipeline.py) is
-    # wired in here.
-    from smimekit.gateway.passthrough import PassThrough
+def _processor(config: Config, store: Store) -> Processor:
+    # The policy pipeline: held keys opened with [gateway] key_passphrase_file, the
+    # [directory] resolver over the store, the inbound context; every decision audited.
+    from smimekit.gateway.pipeline import pipeline_from_data_dir
 
-    return PassThrough()
+    return pipeline_from_data_dir(config, store, cli_globals().data_dir)
 
 
 async def _run(server: GatewayServer, next_hop: str, grace: float) -> None:

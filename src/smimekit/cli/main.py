@@ -51,7 +51,8 @@ COMMANDS = [
                 "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS, client"
                 " settings."),
     LazyCommand("gateway", "smimekit.cli.gateway:gateway",
-                "The S/MIME gateway: Postfix's after-queue content filter (serve)."),
+                "The S/MIME gateway: Postfix's after-queue content filter (serve, keys).",
+                extend=("smimekit.cli.gateway_keys:COMMANDS",)),
 ]
 
 
