@@ -13,14 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from gwout_kit import PASS, harvest
 from loopback import TcpRelay, free_port, wait_for_port
+from pki import PKI
 from postfix import Postfix, require_postfix, swaks
 from smtpkit import GatewayThread, Scripted, SinkHandler, gateway_config, sink
 from sqlalchemy import text
 
+from smimekit import api
+from smimekit.config import GatewayConfig, PolicyConfig
+from smimekit.directory.harvest import HarvestedSource
+from smimekit.directory.resolver import Resolver
 from smimekit.gateway.journal import Journal, StoreJournal
+from smimekit.gateway.keys import StoreHeldKeys
 from smimekit.gateway.model import Processor
 from smimekit.gateway.passthrough import PassThrough
+from smimekit.gateway.pipeline import build_pipeline
 from smimekit.gateway.server import Limits
 from smimekit.store import Store
 
@@ -221,3 +229,37 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
+
+
+def test_policy_pipeline_through_postfix(mail_system: Start, pki: PKI, tmp_path: Path) -> None:
+    """The issue's case end to end: one message from alice to a partner (encrypt always), a
+    colleague (internal) and a partner address without a certificate (bounce)."""
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    gateway = GatewayConfig(internal_domains=("example.org",),
+                            domains={"partner.example": PolicyConfig(encrypt="always")})
+    with Store.open(None, tmp_path / "data") as store:
+        held = StoreHeldKeys.open(store, PASS, create=True)
+        held.add(alice.key, alice.cert, (pki.inter,))
+        harvest(store, pki, partner)
+        resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
+        pipeline = build_pipeline(gateway, store, held, resolver, trust=[pki.root],
+                                  hostname="gw.test")
+        system = mail_system(pipeline, StoreJournal(store, "node-1"))
+        system.send([partner.email, "bob@example.org", "nocert@partner.example"],
+                    subject="merger", sender=alice.email)
+        system.arrived(3)
+        system.settled()
+        [to_partner] = system.sink.to(partner.email)
+        assert to_partner.recipients == (partner.email,)
+        opened = api.decrypt(to_partner.data, partner.key, partner.cert).content
+        assert b"Hello from swaks." in opened
+        [to_bob] = system.sink.to("bob@example.org")
+        assert b"Hello from swaks." in to_bob.data  # internal: as sent
+        [dsn] = system.sink.to(alice.email)
+        assert dsn.mail_from == "" and b"nocert@partner.example" in dsn.data
+        actions = sorted((e.action, e.subject) for e in store.audit_entries()
+                         if e.action.startswith("gateway."))
+        assert actions == [("gateway.bounced", "nocert@partner.example"),
+                           ("gateway.passed", "bob@example.org"),
+                           ("gateway.signed+encrypted", partner.email)]
