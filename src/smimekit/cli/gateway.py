@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from smimekit.cli.common import CliError, cli_config, cli_globals, open_store
+from smimekit.errors import SmimeError
 
 if TYPE_CHECKING:
     from smimekit.config import Config
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from smimekit.store import Store
 
 JOURNAL_DAYS = 14
-"""Journal rows older than this are dropped at start: longer than Postfix keeps a message
+"""Journal rows older than this are dropped at start and daily: longer than Postfix keeps a message
 (maximal_queue_lifetime, 5 days by default), so no retry can need them."""
 
 
@@ -62,7 +63,7 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
             raise CliError(f"{option}: {value!r} is not HOST:PORT") from None
     store = open_store()
     try:
-        store.prune_deliveries(dt.datetime.now(dt.UTC) - dt.timedelta(days=JOURNAL_DAYS))
+        _prune(store)
         handler = GatewayHandler(
             _processor(whole, store), StoreJournal(store),
             NextHop(next_hop, timeout=config.timeout),
@@ -71,9 +72,23 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every command
-        asyncio.run(_run(server, next_hop, grace))
+        asyncio.run(_run(server, next_hop, grace, store))
     finally:
         store.close()
+
+
+def _prune(store: Store) -> None:
+    store.prune_deliveries(dt.datetime.now(dt.UTC) - dt.timedelta(days=JOURNAL_DAYS))
+
+
+async def _prune_daily(store: Store) -> None:
+    log = logging.getLogger("smimekit.gateway")
+    while True:
+        await asyncio.sleep(24 * 3600)
+        try:
+            await asyncio.to_thread(_prune, store)
+        except SmimeError as exc:  # the database is down: next time
+            log.warning("the delivery journal was not pruned: %s", exc)
 
 
 def _processor(config: Config, store: Store) -> Processor:
@@ -84,7 +99,7 @@ def _processor(config: Config, store: Store) -> Processor:
     return pipeline_from_data_dir(config, store, cli_globals().data_dir)
 
 
-async def _run(server: GatewayServer, next_hop: str, grace: float) -> None:
+async def _run(server: GatewayServer, next_hop: str, grace: float, store: Store) -> None:
     try:
         await server.start()
     except OSError as exc:
@@ -96,6 +111,8 @@ async def _run(server: GatewayServer, next_hop: str, grace: float) -> None:
         loop.add_signal_handler(signum, stopping.set)
     logging.getLogger("smimekit.gateway").info(
         "listening on %s:%d, next hop %s", server.host, server.port, next_hop)
+    pruning = asyncio.create_task(_prune_daily(store))
     await stopping.wait()
+    pruning.cancel()
     await server.stop(grace)
     logging.getLogger("smimekit.gateway").info("stopped")
