@@ -103,7 +103,7 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 # Every message goes through the gateway, then to the test's sink.
-content_filter = scan:[127.0.0.1]:{gateway_port}
+{content_filter}
 relayhost = [127.0.0.1]:{sink_port}
 # Quick retries for tests (defaults: 300s, 300s, 4000s).
 queue_run_delay = 1s
@@ -146,7 +146,9 @@ class Postfix:
             smtpd_port=self.smtpd_port, reinject_port=self.reinject_port,
             maxproc=self.maxproc, reinject_recipient_restrictions=restrictions))
         (self.conf / "main.cf").write_text(MAIN_CF.format(
-            root=self.root, data=self.data, gateway_port=self.gateway_port,
+            root=self.root, data=self.data,
+            content_filter=(f"content_filter = scan:[127.0.0.1]:{self.gateway_port}"
+                            if self.gateway_port else "# no content filter: Postfix alone"),
             sink_port=self.sink_port,
             message_size_limit=self.message_size_limit))
 
@@ -157,8 +159,9 @@ class Postfix:
             raise AssertionError(f"postfix {' '.join(args)} failed:"
                                  f" {result.stderr.decode(errors='replace')}\n{self.log()}")
 
-    def start(self, gateway_port: int) -> None:
-        """Start with the content filter at 127.0.0.1:``gateway_port``."""
+    def start(self, gateway_port: int | None) -> None:
+        """Start with the content filter at 127.0.0.1:``gateway_port`` (None: Postfix alone,
+        the baseline of a benchmark)."""
         self.gateway_port = gateway_port
         self._write_config()
         self._postfix("check")
