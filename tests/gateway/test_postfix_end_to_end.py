@@ -150,6 +150,20 @@ def test_message_over_the_gateways_size_limit_bounces(mail_system: Start) -> Non
     assert system.sink.to(BOB) == []
 
 
+def test_recipients_past_the_gateways_limit_arrive_in_later_transactions(
+        mail_system: Start) -> None:
+    processor = Scripted()
+    system = mail_system(processor, limits=Limits(max_recipients=2))
+    recipients = [f"user{i}@example.net" for i in range(5)]
+    system.send(recipients, subject="many")
+    system.postfix.wait(lambda: sum(len(m.recipients) for m in system.sink.received) == 5,
+                        "every recipient at the sink")
+    system.settled()
+    delivered = sorted(r for m in system.sink.received for r in m.recipients)
+    assert delivered == recipients  # each once
+    assert processor.calls >= 3 and all(len(m.recipients) <= 2 for m in system.sink.received)
+
+
 def test_journal_skips_the_delivered_group_when_postfix_retries(mail_system: Start,
                                                                 tmp_path: Path) -> None:
     store = Store.open(None, tmp_path / "data")
