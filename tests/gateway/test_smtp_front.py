@@ -4,6 +4,7 @@ recipients, the limits and the journal, with a saving sink as the next hop."""
 from __future__ import annotations
 
 import smtplib
+import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
 
@@ -12,7 +13,7 @@ from smtpkit import GatewayThread, Scripted, SinkHandler, message, sink
 
 from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.journal import MemoryJournal, message_key
-from smimekit.gateway.model import Envelope
+from smimekit.gateway.model import Envelope, Outcome
 from smimekit.gateway.passthrough import PassThrough
 from smimekit.gateway.server import Limits
 
@@ -277,3 +278,30 @@ def test_a_huge_message_is_refused_without_being_held(next_hop) -> None:
             tracemalloc.stop()
     assert code == 552 and handler.received == []
     assert peak < 6_000_000  # the sending side's megabyte and the limit, not 20 MB
+
+
+class Slow(PassThrough):
+    def process(self, envelope: Envelope) -> Outcome:
+        time.sleep(0.5)
+        return super().process(envelope)
+
+
+def test_client_gone_mid_message_still_journals_so_the_retry_adds_nothing(next_hop) -> None:
+    handler, port = next_hop
+    data = message("hung up")
+    journal = MemoryJournal()
+    with GatewayThread(Slow(), f"127.0.0.1:{port}", journal=journal) as gateway:
+        client = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+        client.ehlo("client.test")
+        client.mail(ANN)
+        client.rcpt(BOB)
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(data + b".\r\n")
+        client.close()  # Postfix's timeout: no reply read, the message stays in its queue
+        deadline = time.monotonic() + 10
+        while not journal.rows and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(handler.received) == 1 and journal.rows
+        assert send(gateway.port, ANN, [BOB], data)[0] == 250  # Postfix's retry
+    assert len(handler.received) == 1

@@ -83,7 +83,10 @@ class GatewayHandler:
             mail_from="" if mail_from == "<>" else mail_from,
             recipients=tuple(envelope.rcpt_tos), data=data,
             peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or ""))
-        return await self.pass_on(received)
+        # Shielded: when Postfix hangs up (its timeout, a network cut) while the message is
+        # being passed on, the work still ends with the journal written, so that Postfix's
+        # retry finds it delivered rather than delivering it twice.
+        return await asyncio.shield(self.pass_on(received))
 
     async def pass_on(self, envelope: Envelope) -> str:
         """Process ``envelope`` and hand the result to the next hop; the SMTP reply."""
