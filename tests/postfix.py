@@ -163,11 +163,15 @@ class Postfix:
         """Start with the content filter at 127.0.0.1:``gateway_port`` (None: Postfix alone,
         the baseline of a benchmark)."""
         self.gateway_port = gateway_port
-        self._write_config()
-        self._postfix("check")
-        self._postfix("start")
-        for port in (self.smtpd_port, self.reinject_port):
-            self._wait_listening(port)
+        try:
+            self._write_config()
+            self._postfix("check")
+            self._postfix("start")
+            for port in (self.smtpd_port, self.reinject_port):
+                self._wait_listening(port)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], capture_output=True,
