@@ -243,3 +243,19 @@ def test_hostile_messages_give_an_outcome_or_a_clear_gateway_error(
         if partner.email in delivery.recipients:
             assert delivery.data != data
             api.decrypt(delivery.data, partner.key, partner.cert)  # opens: not garbage
+
+
+def test_the_senders_key_signs_only_a_from_that_is_the_envelope_sender(
+        store: Store, pki: PKI) -> None:
+    alice = pki.person("alice")
+    ctx = context(store, pki, config())
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    forged = mail(sender="ceo@example.org")  # From: ceo, envelope: alice
+    out = process_outbound(_envelope(forged, "x@nowhere.example"), ["x@nowhere.example"], ctx)
+    assert out.deliveries[0].data == forged and out.decisions[0].action == "clear"
+    assert "From header (ceo@example.org) is not the envelope sender alice@example.org" \
+        in out.decisions[0].reason
+    display = mail(sender='"Alice A" <Alice@Example.org>')
+    out = process_outbound(_envelope(display, "x@nowhere.example"), ["x@nowhere.example"],
+                           ctx)
+    assert out.decisions[0].action == "signed"

@@ -37,7 +37,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.header import Header as EncodedHeader
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -60,7 +60,7 @@ from smimekit.gateway.model import (
     Refusal,
 )
 from smimekit.gateway.pdf import message_pdf, new_password
-from smimekit.gateway.policy import EffectivePolicy, Policy, domain_of
+from smimekit.gateway.policy import EffectivePolicy, Policy, domain_of, normalise
 from smimekit.smime.canonical import CRLF, parse_headers, split_head_body, to_crlf
 
 if TYPE_CHECKING:
@@ -101,6 +101,11 @@ class _Recipient:
     certificate: x509.Certificate | None = None
     reason: str = ""
     details: dict[str, str] = field(default_factory=dict)
+
+
+def _from_addresses(head: bytes) -> list[str]:
+    values = [f.value() for f in parse_headers(head) if f.lname == "from"]
+    return [normalise(a) for _, a in email.utils.getaddresses(values) if a]
 
 
 def _subject(head: bytes) -> str | None:
@@ -160,9 +165,21 @@ def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy
+def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy, head: bytes
             ) -> tuple[HeldKey | None, str]:
-    """The key to sign with and a phrase for the reason."""
+    """The key to sign with and a phrase for the reason.
+
+    The sender's own key signs only a message whose From is exactly the envelope sender: a
+    user must not get their colleague's From signed with their key (or theirs with a
+    colleague's). Postfix's reject_sender_login_mismatch ties the envelope sender to the
+    login; this ties the From to the envelope.
+    """
+    authors = _from_addresses(head)
+    if policy.sign and authors != [normalise(sender)]:
+        if not policy.organisation_signature:
+            return None, (f"not signed: the From header ({', '.join(authors) or 'none'}) is not"
+                          f" the envelope sender {normalise(sender)}")
+        policy = replace(policy, sign=False)
     try:
         if policy.sign:
             held = ctx.held_keys.signing_key(sender)
@@ -333,7 +350,7 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
                                  for r in recipients))
     if found.action == "require-encryption" and not required_by:
         required_by = f"the data-loss rules ({found.summary()})"
-    signer, signed_how = _signer(ctx, sender, sender_policy)
+    signer, signed_how = _signer(ctx, sender, sender_policy, split_head_body(to_crlf(data))[0])
     common["signer"] = (_fingerprint(signer.certificate) if signer is not None else "none")
     plans = [_plan(ctx, r, required_by) for r in recipients]
 
