@@ -259,3 +259,13 @@ def test_the_senders_key_signs_only_a_from_that_is_the_envelope_sender(
     out = process_outbound(_envelope(display, "x@nowhere.example"), ["x@nowhere.example"],
                            ctx)
     assert out.decisions[0].action == "signed"
+
+
+def test_a_long_subject_is_folded_again_after_the_trigger_is_removed() -> None:
+    words = " ".join(f"word{i}" for i in range(300))
+    out, found = remove_trigger(mail(subject=f"[encrypt] {words}"), "[encrypt]")
+    assert found
+    head = out.split(b"\r\n\r\n")[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    parsed = email.message_from_bytes(out, policy=email.policy.default)
+    assert parsed["Subject"] == words

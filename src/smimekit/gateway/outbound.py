@@ -141,7 +141,8 @@ def remove_trigger(message: bytes, trigger: str) -> tuple[bytes, bool]:
             if pattern.search(decoded):
                 found = True
                 new = pattern.sub(" ", decoded).strip()
-                value = new if new.isascii() else EncodedHeader(new, "utf-8").encode()
+                value = EncodedHeader(new, "us-ascii" if new.isascii() else "utf-8",
+                                      header_name=f.name).encode(linesep="\r\n")
                 out.append(f"{f.name}: {value}".encode("ascii", "replace"))
                 continue
         out.append(f.raw)
