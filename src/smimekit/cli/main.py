@@ -53,7 +53,8 @@ COMMANDS = [
     # Until cli/gateway.py (serve) is merged: then its group is the target and
     # smimekit.cli.gateway_keys:COMMANDS its extend.
     LazyCommand("gateway", "smimekit.cli.gateway_keys:gateway",
-                "The S/MIME gateway: the keys it holds for users (keys)."),
+                "The S/MIME gateway: an after-queue content filter for Postfix"
+                " (docs/gateway.md)."),
 ]
 
 
