@@ -51,8 +51,8 @@ COMMANDS = [
                 "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS, client"
                 " settings."),
     # Until cli/gateway.py (serve) is merged: then its group is the target and
-    # smimekit.cli.gateway_keys:COMMANDS its extend.
-    LazyCommand("gateway", "smimekit.cli.gateway_keys:gateway",
+    # smimekit.cli.gateway_admin:COMMANDS its extend.
+    LazyCommand("gateway", "smimekit.cli.gateway_admin:gateway",
                 "The S/MIME gateway: an after-queue content filter for Postfix"
                 " (docs/gateway.md)."),
 ]
