@@ -269,3 +269,35 @@ def test_a_long_subject_is_folded_again_after_the_trigger_is_removed() -> None:
     assert max(len(line) for line in head.split(b"\r\n")) <= 78
     parsed = email.message_from_bytes(out, policy=email.policy.default)
     assert parsed["Subject"] == words
+
+
+def test_mail_the_senders_client_encrypted_passes_unchanged(store: Store, pki: PKI) -> None:
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    ctx = context(store, pki, config(encrypt="always", no_certificate="pdf"))
+    data = api.encrypt(mail(subject="[encrypt] x"), [partner.cert])
+    out = process_outbound(_envelope(data, partner.email, "x@nowhere.example"),
+                           [partner.email, "x@nowhere.example"], ctx)
+    assert [(d.recipients, d.data) for d in out.deliveries] == [
+        ((partner.email, "x@nowhere.example"), data)]
+    assert {d.action for d in out.decisions} == {"passed"}
+    assert "already encrypted by the sender's client" in out.decisions[0].reason
+
+
+def test_mail_the_senders_client_signed_keeps_its_signature_inside_the_encryption(
+        store: Store, pki: PKI) -> None:
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    harvest(store, pki, partner)
+    ctx = context(store, pki, config())
+    # the gateway holds alice's key too, and still does not sign a second time
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    signed = api.sign(mail(), alice.key, alice.cert, chain=[pki.inter])
+    out = process_outbound(_envelope(signed, partner.email, "x@nowhere.example"),
+                           [partner.email, "x@nowhere.example"], ctx)
+    assert [d.action for d in out.decisions] == ["signed+encrypted", "signed"]
+    assert out.deliveries[1].data == signed  # not signed again
+    opened = api.decrypt_verify(out.deliveries[0].data, partner.key, partner.cert,
+                                trust=[pki.root])
+    [signer] = opened.verdict.signers  # type: ignore[attr-defined]
+    assert signer.signer.emails == ("alice@example.org",)
+    assert "signed by the sender's client (kept)" in out.decisions[0].reason
