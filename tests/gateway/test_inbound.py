@@ -328,6 +328,10 @@ def test_dlp_reject_refuses_and_quarantine_keeps_the_message(
     (kept,) = list((tmp_path / "q").iterdir())  # once for the message
     assert all(d.details["quarantine"] == str(kept) for d in outcome.decisions)
     assert kept.read_bytes().endswith(leak) and kept.stat().st_mode & 0o777 == 0o600
+    assert kept.read_bytes().startswith(
+        b"X-Smimekit-Envelope-From: <carol@partner.example>\r\n"
+        b"X-Smimekit-Envelope-To: <bob@example.org>\r\n"
+        b"X-Smimekit-Envelope-To: <dana@example.org>\r\n")
 
 
 def test_dlp_require_encryption_encrypts_even_for_webmail_or_refuses(

@@ -568,8 +568,8 @@ def _quarantine(work: _Work, envelope: Envelope, context: InboundContext) -> str
     # The message as it arrived (outside result headers removed), once per message.
     digest = hashlib.sha256(work.received).digest()
     if digest not in work.quarantined:
-        head = (f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n"
-                f"X-Smimekit-Envelope-To: {_safe(', '.join(envelope.recipients))}\r\n")
+        head = f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n" + "".join(
+            f"X-Smimekit-Envelope-To: <{_safe(r)}>\r\n" for r in envelope.recipients)
         path = dlp.quarantine(head.encode() + work.received, context.config.quarantine_dir,
                               label="inbound")
         work.quarantined[digest] = str(path)
