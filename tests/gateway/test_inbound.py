@@ -479,3 +479,20 @@ def test_only_recipients_whose_own_key_opens_it_get_the_content(
     assert copies[("bob@example.org",)].endswith(data)
     assert b"for dana only" not in copies[("bob@example.org",)]
     assert [d.action for d in outcome.decisions] == ["decrypted", "passed"]
+
+
+def test_the_documented_scanning_and_dlp_example_loads(tmp_path: Path) -> None:
+    import re
+
+    from smimekit.config import load_config
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
+    section = docs.read_text().split("## Scanning and DLP", 1)[1]
+    example = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert example is not None
+    (tmp_path / "smimekit.toml").write_text(example.group(1))
+    gateway = load_config(tmp_path / "smimekit.toml").gateway
+    assert gateway is not None
+    context = InboundContext.from_config(gateway, hostname="gw")
+    assert [c.rule.name for c in context.rules.rules] == ["cards", "merger"]
+    assert context.scanner is not None and context.scanner.config.on_failure == "defer"
