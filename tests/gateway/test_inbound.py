@@ -7,6 +7,7 @@ the gateway holds are given through the HeldKeys protocol by a small in-memory h
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from backends import Backend
 from fakeclamd import EICAR
-from pki import PKI, Identity, message
+from pki import NOW, PKI, Identity, message
 
 import smimekit
 from smimekit.config import DlpRule, GatewayConfig, ScanConfig
@@ -496,3 +497,24 @@ def test_the_documented_scanning_and_dlp_example_loads(tmp_path: Path) -> None:
     context = InboundContext.from_config(gateway, hostname="gw")
     assert [c.rule.name for c in context.rules.rules] == ["cards", "merger"]
     assert context.scanner is not None and context.scanner.config.on_failure == "defer"
+
+
+def test_expired_current_certificate_delivers_the_original_never_the_clear(
+        pki: PKI, people: dict[str, Identity], trust: list) -> None:
+    root = (pki.root_key, pki.root)
+    lapsed = pki.person("hal", "rsa2048", email="hal@example.org", issuer=root,
+                        not_before=NOW - dt.timedelta(days=30),
+                        not_after=NOW - dt.timedelta(days=1))
+    held = Held({"hal@example.org": [HeldKey(lapsed.key, lapsed.cert)]})
+    data = smimekit.encrypt(_signed(people, body=b"still secret\r\n"), [lapsed.cert],
+                            check_recipients=False)
+    outcome = _run(data, ["hal@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    assert delivery.data.endswith(data) and b"still secret" not in delivery.data
+    (decision,) = outcome.decisions
+    assert decision.action == "passed"
+    assert decision.details["re-encryption"].startswith("failed: ")
+    assert decision.details["re-encryption"].endswith("; delivered as received")
+    facts = _facts(_results(delivery.data)[0])
+    assert facts["encryption"] == "decrypted" and facts["delivered"] == "as-received"
+    assert facts["re-encryption"].startswith('"failed: ') and "expired" in facts["re-encryption"]

@@ -294,13 +294,20 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         for name in ("decrypt", "verify", "harvest", "webmail"))}
     if work.stripped:
         facts["stripped"] = str(work.stripped)
+    looked_up: list[Sequence[HeldKey]] = []
+
+    def history() -> Sequence[HeldKey]:
+        """The recipient's held keys, newest first, looked up once and only if needed."""
+        if not looked_up:
+            try:
+                looked_up.append(held_keys.decryption_keys(recipient))
+            except StoreError as exc:
+                raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") \
+                    from None
+        return looked_up[0]
+
     def keys() -> Sequence[HeldKey]:
-        if not (work.smime and policy.decrypt):
-            return ()
-        try:
-            return held_keys.decryption_keys(recipient)
-        except StoreError as exc:
-            raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") from None
+        return history() if work.smime and policy.decrypt else ()
 
     clear = _read(work, keys, policy, context)
     facts["encryption"] = clear.encryption
@@ -357,10 +364,10 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         action = "decrypted"
     else:
         inside, _ = strip_header(clear.decrypted, context.config.result_header)
-        data, action = _reencrypt(inside, recipient, held_keys, work, facts)
+        data, action = _reencrypt(inside, history(), work, facts)
     if require_encryption and not _is_encrypted(data):
         # the message as it would go (a signature kept), encrypted to the recipient
-        encrypted = _encrypt_to_current(data, recipient, held_keys, facts)
+        encrypted = _encrypt_to_current(data, history(), facts)
         if encrypted is None:
             if context.config.quarantine_dir is not None:
                 path = _quarantine(work, envelope, context)
@@ -515,37 +522,33 @@ def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]
         facts["harvest"] = clear.harvested
 
 
-def _reencrypt(decrypted: bytes, recipient: str, held_keys: HeldKeys, work: _Work,
+def _reencrypt(decrypted: bytes, history: Sequence[HeldKey], work: _Work,
                facts: dict[str, str]) -> tuple[bytes, str]:
-    from smimekit.api import encrypt
-
-    history = held_keys.decryption_keys(recipient)
-    if not history:  # pragma: no cover - decrypted with a held key, so one exists
-        return work.received, "passed"
-    current = history[0].certificate
-    try:
-        data = encrypt(decrypted, [current], trust=None)
-    except EncryptionError as exc:
+    data = _encrypt_to_current(decrypted, history, facts)
+    if data is None:
         # Mail stays encrypted end to end: the original goes on, readable with the history.
-        facts["re-encryption"] = f"failed: {_short(str(exc))}; delivered as received"
+        facts["re-encryption"] += "; delivered as received"
         return work.received, "passed"
-    facts["re-encrypted-to"] = f"serial {current.serial_number:x}"
     return data, "re-encrypted"
 
 
-def _encrypt_to_current(clear: bytes, recipient: str, held_keys: HeldKeys,
-                      facts: dict[str, str]) -> bytes | None:
+def _encrypt_to_current(clear: bytes, history: Sequence[HeldKey],
+                        facts: dict[str, str]) -> bytes | None:
+    """``clear`` encrypted to the newest held certificate; None (and why, in ``facts``)
+    when there is none or it is unfit (expired, say)."""
     from smimekit.api import encrypt
 
-    for held in held_keys.decryption_keys(recipient)[:1]:
-        try:
-            data = encrypt(clear, [held.certificate], trust=None)
-        except EncryptionError as exc:
-            facts["re-encryption"] = f"failed: {_short(str(exc))}"
-            return None
-        facts["re-encrypted-to"] = f"serial {held.certificate.serial_number:x}"
-        return data
-    return None
+    if not history:
+        facts["re-encryption"] = "failed: no certificate of the recipient is held"
+        return None
+    current = history[0].certificate
+    try:
+        data = encrypt(clear, [current], trust=None)
+    except EncryptionError as exc:
+        facts["re-encryption"] = f"failed: {_short(str(exc))}"
+        return None
+    facts["re-encrypted-to"] = f"serial {current.serial_number:x}"
+    return data
 
 
 def _scan(work: _Work, content: bytes, context: InboundContext) -> ScanResult | None:
@@ -623,8 +626,9 @@ def _result_header(context: InboundContext, facts: dict[str, str]) -> bytes:
         if value is None:
             continue
         token = _TOKEN.sub("", value)
+        # quoted, and never a ";" inside, so that filters may split the fields on ";"
         parts.append(f"{key}={token}" if token == value and token
-                     else f'{key}="{_safe(value)}"')
+                     else f'{key}="{_safe(value).replace(";", ",")}"')
     # fold between items so no line passes 78 characters where it can be helped
     lines: list[str] = []
     current = f"{context.config.result_header}:"
