@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
-import hashlib
 import re
 import socket
 from collections.abc import Callable, Sequence
@@ -151,6 +150,9 @@ class InboundContext:
                    rules=rules, hostname=hostname or socket.gethostname() or "localhost")
 
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
 def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     """``message`` without any top-level header field called ``name`` (any case, folded
     lines included), and how many were removed. Only the header block is read; the body
@@ -160,11 +162,11 @@ def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     Raises:
         MIMEError: the header block cannot be read.
     """
-    ends = [i for i in (message.find(b"\n\r\n"), message.find(b"\n\n")) if i >= 0]
     if message.startswith((b"\r\n", b"\n")):
         cut = 0
     else:
-        cut = min(ends) + 1 if ends else len(message)
+        blank = _BLANK_LINE.search(message)  # stops at the first: the body is not read
+        cut = blank.start() + 1 if blank else len(message)
     fields = parse_headers(to_crlf(message[:cut]).removesuffix(CRLF))
     kept = [f for f in fields if f.lname != name.lower()]
     if len(kept) == len(fields):
@@ -203,8 +205,9 @@ class _Work:
     smime: bool
     """Encrypted or signed: held keys may open a layer (e.g. a triple-wrapped message)."""
     by_keys: dict[tuple[str, ...], _Clear] = field(default_factory=dict)
-    scans: dict[bytes, ScanResult | None] = field(default_factory=dict)
-    dlps: dict[tuple[bytes, str], dlp.DlpResult] = field(default_factory=dict)
+    scans: dict[bytes, ScanResult] = field(default_factory=dict)
+    """By content (dict keys: bytes hash once, and the same object compares at once)."""
+    dlps: dict[bytes, dlp.DlpResult] = field(default_factory=dict)
     quarantined: dict[bytes, str] = field(default_factory=dict)
 
 
@@ -554,29 +557,28 @@ def _encrypt_to_current(clear: bytes, history: Sequence[HeldKey],
 def _scan(work: _Work, content: bytes, context: InboundContext) -> ScanResult | None:
     if context.scanner is None:
         return None
-    digest = hashlib.sha256(content).digest()
-    if digest not in work.scans:
-        work.scans[digest] = context.scanner.check(content)
-    return work.scans[digest]
+    if content not in work.scans:  # the same content for several recipients: scanned once
+        work.scans[content] = context.scanner.check(content)
+    return work.scans[content]
 
 
 def _dlp(work: _Work, content: bytes, context: InboundContext) -> dlp.DlpResult:
-    digest = hashlib.sha256(content).digest()
-    if (digest, "inbound") not in work.dlps:
-        work.dlps[(digest, "inbound")] = dlp.evaluate(context.rules, content, "inbound")
-    return work.dlps[(digest, "inbound")]
+    if not context.rules.for_direction("inbound"):
+        return dlp.DlpResult()
+    if content not in work.dlps:
+        work.dlps[content] = dlp.evaluate(context.rules, content, "inbound")
+    return work.dlps[content]
 
 
 def _quarantine(work: _Work, envelope: Envelope, context: InboundContext) -> str:
     # The message as it arrived (outside result headers removed), once per message.
-    digest = hashlib.sha256(work.received).digest()
-    if digest not in work.quarantined:
+    if work.received not in work.quarantined:
         head = f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n" + "".join(
             f"X-Smimekit-Envelope-To: <{_safe(r)}>\r\n" for r in envelope.recipients)
         path = dlp.quarantine(head.encode() + work.received, context.config.quarantine_dir,
                               label="inbound")
-        work.quarantined[digest] = str(path)
-    return work.quarantined[digest]
+        work.quarantined[work.received] = str(path)
+    return work.quarantined[work.received]
 
 
 def _decision(recipient: str, action: str, reason: str, facts: dict[str, str]) -> Decision:
