@@ -301,3 +301,22 @@ def test_mail_the_senders_client_signed_keeps_its_signature_inside_the_encryptio
     [signer] = opened.verdict.signers  # type: ignore[attr-defined]
     assert signer.signer.emails == ("alice@example.org",)
     assert "signed by the sender's client (kept)" in out.decisions[0].reason
+
+
+@pytest.mark.skipif(not __import__("smimekit.gateway.outbound", fromlist=["_"])
+                    ._api_takes_hcp(), reason="the api has no RFC 9788 hcp option yet"
+                    " (issue 11's header protection not merged)")
+@pytest.mark.parametrize(("hcp", "subject_outside"), [("baseline", False), ("none", True)])
+def test_header_confidentiality_follows_the_recipients_policy(
+        store: Store, pki: PKI, hcp: str, subject_outside: bool) -> None:
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    harvest(store, pki, partner)
+    ctx = context(store, pki, config(hcp=hcp))
+    out = process_outbound(_envelope(mail(subject="Secret merger"), partner.email),
+                           [partner.email], ctx)
+    [delivery] = out.deliveries
+    outer = delivery.data.split(b"\r\n\r\n")[0]
+    assert (b"Secret merger" in outer) is subject_outside
+    opened = api.decrypt(delivery.data, partner.key, partner.cert)
+    assert b"Subject: Secret merger" in opened.content
+    assert f"hcp={hcp} (global)" in out.decisions[0].details["hcp"]
