@@ -320,3 +320,15 @@ def test_header_confidentiality_follows_the_recipients_policy(
     opened = api.decrypt(delivery.data, partner.key, partner.cert)
     assert b"Subject: Secret merger" in opened.content
     assert f"hcp={hcp} (global)" in out.decisions[0].details["hcp"]
+
+
+@pytest.mark.slow
+def test_the_pdf_of_a_long_message_is_cut_with_a_line_saying_so() -> None:
+    from smimekit.gateway.pdf import MAX_TEXT, message_pdf
+
+    body = ("x" * 79 + "\r\n") * (MAX_TEXT // 80 + 50) + "THE-END-MARKER\r\n"
+    document = message_pdf(mail(body=body), "pw")
+    reader = pypdf.PdfReader(io.BytesIO(document))
+    assert reader.decrypt("pw")
+    text = "".join(page.extract_text() for page in reader.pages[-2:])
+    assert "too long: the rest is not included" in text and "THE-END-MARKER" not in text
