@@ -7,6 +7,7 @@ the gateway holds are given through the HeldKeys protocol by a small in-memory h
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from backends import Backend
 from fakeclamd import EICAR
-from pki import PKI, Identity, message
+from pki import NOW, PKI, Identity, message
 
 import smimekit
 from smimekit.config import DlpRule, GatewayConfig, ScanConfig
@@ -328,6 +329,10 @@ def test_dlp_reject_refuses_and_quarantine_keeps_the_message(
     (kept,) = list((tmp_path / "q").iterdir())  # once for the message
     assert all(d.details["quarantine"] == str(kept) for d in outcome.decisions)
     assert kept.read_bytes().endswith(leak) and kept.stat().st_mode & 0o777 == 0o600
+    assert kept.read_bytes().startswith(
+        b"X-Smimekit-Envelope-From: <carol@partner.example>\r\n"
+        b"X-Smimekit-Envelope-To: <bob@example.org>\r\n"
+        b"X-Smimekit-Envelope-To: <dana@example.org>\r\n")
 
 
 def test_dlp_require_encryption_encrypts_even_for_webmail_or_refuses(
@@ -475,3 +480,41 @@ def test_only_recipients_whose_own_key_opens_it_get_the_content(
     assert copies[("bob@example.org",)].endswith(data)
     assert b"for dana only" not in copies[("bob@example.org",)]
     assert [d.action for d in outcome.decisions] == ["decrypted", "passed"]
+
+
+def test_the_documented_scanning_and_dlp_example_loads(tmp_path: Path) -> None:
+    import re
+
+    from smimekit.config import load_config
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"
+    section = docs.read_text().split("## Scanning and DLP", 1)[1]
+    example = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert example is not None
+    (tmp_path / "smimekit.toml").write_text(example.group(1))
+    gateway = load_config(tmp_path / "smimekit.toml").gateway
+    assert gateway is not None
+    context = InboundContext.from_config(gateway, hostname="gw")
+    assert [c.rule.name for c in context.rules.rules] == ["cards", "merger"]
+    assert context.scanner is not None and context.scanner.config.on_failure == "defer"
+
+
+def test_expired_current_certificate_delivers_the_original_never_the_clear(
+        pki: PKI, people: dict[str, Identity], trust: list) -> None:
+    root = (pki.root_key, pki.root)
+    lapsed = pki.person("hal", "rsa2048", email="hal@example.org", issuer=root,
+                        not_before=NOW - dt.timedelta(days=30),
+                        not_after=NOW - dt.timedelta(days=1))
+    held = Held({"hal@example.org": [HeldKey(lapsed.key, lapsed.cert)]})
+    data = smimekit.encrypt(_signed(people, body=b"still secret\r\n"), [lapsed.cert],
+                            check_recipients=False)
+    outcome = _run(data, ["hal@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    assert delivery.data.endswith(data) and b"still secret" not in delivery.data
+    (decision,) = outcome.decisions
+    assert decision.action == "passed"
+    assert decision.details["re-encryption"].startswith("failed: ")
+    assert decision.details["re-encryption"].endswith("; delivered as received")
+    facts = _facts(_results(delivery.data)[0])
+    assert facts["encryption"] == "decrypted" and facts["delivered"] == "as-received"
+    assert facts["re-encryption"].startswith('"failed: ') and "expired" in facts["re-encryption"]

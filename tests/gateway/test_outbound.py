@@ -243,3 +243,92 @@ def test_hostile_messages_give_an_outcome_or_a_clear_gateway_error(
         if partner.email in delivery.recipients:
             assert delivery.data != data
             api.decrypt(delivery.data, partner.key, partner.cert)  # opens: not garbage
+
+
+def test_the_senders_key_signs_only_a_from_that_is_the_envelope_sender(
+        store: Store, pki: PKI) -> None:
+    alice = pki.person("alice")
+    ctx = context(store, pki, config())
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    forged = mail(sender="ceo@example.org")  # From: ceo, envelope: alice
+    out = process_outbound(_envelope(forged, "x@nowhere.example"), ["x@nowhere.example"], ctx)
+    assert out.deliveries[0].data == forged and out.decisions[0].action == "clear"
+    assert "From header (ceo@example.org) is not the envelope sender alice@example.org" \
+        in out.decisions[0].reason
+    display = mail(sender='"Alice A" <Alice@Example.org>')
+    out = process_outbound(_envelope(display, "x@nowhere.example"), ["x@nowhere.example"],
+                           ctx)
+    assert out.decisions[0].action == "signed"
+
+
+def test_a_long_subject_is_folded_again_after_the_trigger_is_removed() -> None:
+    words = " ".join(f"word{i}" for i in range(300))
+    out, found = remove_trigger(mail(subject=f"[encrypt] {words}"), "[encrypt]")
+    assert found
+    head = out.split(b"\r\n\r\n")[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    parsed = email.message_from_bytes(out, policy=email.policy.default)
+    assert parsed["Subject"] == words
+
+
+def test_mail_the_senders_client_encrypted_passes_unchanged(store: Store, pki: PKI) -> None:
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    ctx = context(store, pki, config(encrypt="always", no_certificate="pdf"))
+    data = api.encrypt(mail(subject="[encrypt] x"), [partner.cert])
+    out = process_outbound(_envelope(data, partner.email, "x@nowhere.example"),
+                           [partner.email, "x@nowhere.example"], ctx)
+    assert [(d.recipients, d.data) for d in out.deliveries] == [
+        ((partner.email, "x@nowhere.example"), data)]
+    assert {d.action for d in out.decisions} == {"passed"}
+    assert "already encrypted by the sender's client" in out.decisions[0].reason
+
+
+def test_mail_the_senders_client_signed_keeps_its_signature_inside_the_encryption(
+        store: Store, pki: PKI) -> None:
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    harvest(store, pki, partner)
+    ctx = context(store, pki, config())
+    # the gateway holds alice's key too, and still does not sign a second time
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    signed = api.sign(mail(), alice.key, alice.cert, chain=[pki.inter])
+    out = process_outbound(_envelope(signed, partner.email, "x@nowhere.example"),
+                           [partner.email, "x@nowhere.example"], ctx)
+    assert [d.action for d in out.decisions] == ["signed+encrypted", "signed"]
+    assert out.deliveries[1].data == signed  # not signed again
+    opened = api.decrypt_verify(out.deliveries[0].data, partner.key, partner.cert,
+                                trust=[pki.root])
+    [signer] = opened.verdict.signers  # type: ignore[attr-defined]
+    assert signer.signer.emails == ("alice@example.org",)
+    assert "signed by the sender's client (kept)" in out.decisions[0].reason
+
+
+@pytest.mark.skipif(not __import__("smimekit.gateway.outbound", fromlist=["_"])
+                    ._api_takes_hcp(), reason="the api has no RFC 9788 hcp option yet"
+                    " (issue 11's header protection not merged)")
+@pytest.mark.parametrize(("hcp", "subject_outside"), [("baseline", False), ("none", True)])
+def test_header_confidentiality_follows_the_recipients_policy(
+        store: Store, pki: PKI, hcp: str, subject_outside: bool) -> None:
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    harvest(store, pki, partner)
+    ctx = context(store, pki, config(hcp=hcp))
+    out = process_outbound(_envelope(mail(subject="Secret merger"), partner.email),
+                           [partner.email], ctx)
+    [delivery] = out.deliveries
+    outer = delivery.data.split(b"\r\n\r\n")[0]
+    assert (b"Secret merger" in outer) is subject_outside
+    opened = api.decrypt(delivery.data, partner.key, partner.cert)
+    assert b"Subject: Secret merger" in opened.content
+    assert f"hcp={hcp} (global)" in out.decisions[0].details["hcp"]
+
+
+@pytest.mark.slow
+def test_the_pdf_of_a_long_message_is_cut_with_a_line_saying_so() -> None:
+    from smimekit.gateway.pdf import MAX_TEXT, message_pdf
+
+    body = ("x" * 79 + "\r\n") * (MAX_TEXT // 80 + 50) + "THE-END-MARKER\r\n"
+    document = message_pdf(mail(body=body), "pw")
+    reader = pypdf.PdfReader(io.BytesIO(document))
+    assert reader.decrypt("pw")
+    text = "".join(page.extract_text() for page in reader.pages[-2:])
+    assert "too long: the rest is not included" in text and "THE-END-MARKER" not in text

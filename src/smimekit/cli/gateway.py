@@ -26,7 +26,7 @@ JOURNAL_DAYS = 14
 
 @click.group()
 def gateway() -> None:
-    """The S/MIME gateway: Postfix's after-queue content filter (serve, keys)."""
+    """The S/MIME gateway: Postfix's after-queue content filter (serve, keys, policy)."""
 
 
 @gateway.command("serve")

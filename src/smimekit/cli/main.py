@@ -51,8 +51,9 @@ COMMANDS = [
                 "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS, client"
                 " settings."),
     LazyCommand("gateway", "smimekit.cli.gateway:gateway",
-                "The S/MIME gateway: Postfix's after-queue content filter (serve, keys).",
-                extend=("smimekit.cli.gateway_keys:COMMANDS",)),
+                "The S/MIME gateway: Postfix's after-queue content filter (serve, keys,"
+                " policy).",
+                extend=("smimekit.cli.gateway_admin:COMMANDS",)),
 ]
 
 

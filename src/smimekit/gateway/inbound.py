@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
-import hashlib
 import re
 import socket
 from collections.abc import Callable, Sequence
@@ -151,6 +150,9 @@ class InboundContext:
                    rules=rules, hostname=hostname or socket.gethostname() or "localhost")
 
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
 def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     """``message`` without any top-level header field called ``name`` (any case, folded
     lines included), and how many were removed. Only the header block is read; the body
@@ -160,11 +162,11 @@ def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     Raises:
         MIMEError: the header block cannot be read.
     """
-    ends = [i for i in (message.find(b"\n\r\n"), message.find(b"\n\n")) if i >= 0]
     if message.startswith((b"\r\n", b"\n")):
         cut = 0
     else:
-        cut = min(ends) + 1 if ends else len(message)
+        blank = _BLANK_LINE.search(message)  # stops at the first: the body is not read
+        cut = blank.start() + 1 if blank else len(message)
     fields = parse_headers(to_crlf(message[:cut]).removesuffix(CRLF))
     kept = [f for f in fields if f.lname != name.lower()]
     if len(kept) == len(fields):
@@ -203,8 +205,9 @@ class _Work:
     smime: bool
     """Encrypted or signed: held keys may open a layer (e.g. a triple-wrapped message)."""
     by_keys: dict[tuple[str, ...], _Clear] = field(default_factory=dict)
-    scans: dict[bytes, ScanResult | None] = field(default_factory=dict)
-    dlps: dict[tuple[bytes, str], dlp.DlpResult] = field(default_factory=dict)
+    scans: dict[bytes, ScanResult] = field(default_factory=dict)
+    """By content (dict keys: bytes hash once, and the same object compares at once)."""
+    dlps: dict[bytes, dlp.DlpResult] = field(default_factory=dict)
     quarantined: dict[bytes, str] = field(default_factory=dict)
 
 
@@ -294,13 +297,20 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         for name in ("decrypt", "verify", "harvest", "webmail"))}
     if work.stripped:
         facts["stripped"] = str(work.stripped)
+    looked_up: list[Sequence[HeldKey]] = []
+
+    def history() -> Sequence[HeldKey]:
+        """The recipient's held keys, newest first, looked up once and only if needed."""
+        if not looked_up:
+            try:
+                looked_up.append(held_keys.decryption_keys(recipient))
+            except StoreError as exc:
+                raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") \
+                    from None
+        return looked_up[0]
+
     def keys() -> Sequence[HeldKey]:
-        if not (work.smime and policy.decrypt):
-            return ()
-        try:
-            return held_keys.decryption_keys(recipient)
-        except StoreError as exc:
-            raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") from None
+        return history() if work.smime and policy.decrypt else ()
 
     clear = _read(work, keys, policy, context)
     facts["encryption"] = clear.encryption
@@ -357,10 +367,10 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         action = "decrypted"
     else:
         inside, _ = strip_header(clear.decrypted, context.config.result_header)
-        data, action = _reencrypt(inside, recipient, held_keys, work, facts)
+        data, action = _reencrypt(inside, history(), work, facts)
     if require_encryption and not _is_encrypted(data):
         # the message as it would go (a signature kept), encrypted to the recipient
-        encrypted = _encrypt_to_current(data, recipient, held_keys, facts)
+        encrypted = _encrypt_to_current(data, history(), facts)
         if encrypted is None:
             if context.config.quarantine_dir is not None:
                 path = _quarantine(work, envelope, context)
@@ -515,65 +525,60 @@ def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]
         facts["harvest"] = clear.harvested
 
 
-def _reencrypt(decrypted: bytes, recipient: str, held_keys: HeldKeys, work: _Work,
+def _reencrypt(decrypted: bytes, history: Sequence[HeldKey], work: _Work,
                facts: dict[str, str]) -> tuple[bytes, str]:
-    from smimekit.api import encrypt
-
-    history = held_keys.decryption_keys(recipient)
-    if not history:  # pragma: no cover - decrypted with a held key, so one exists
-        return work.received, "passed"
-    current = history[0].certificate
-    try:
-        data = encrypt(decrypted, [current], trust=None)
-    except EncryptionError as exc:
+    data = _encrypt_to_current(decrypted, history, facts)
+    if data is None:
         # Mail stays encrypted end to end: the original goes on, readable with the history.
-        facts["re-encryption"] = f"failed: {_short(str(exc))}; delivered as received"
+        facts["re-encryption"] += "; delivered as received"
         return work.received, "passed"
-    facts["re-encrypted-to"] = f"serial {current.serial_number:x}"
     return data, "re-encrypted"
 
 
-def _encrypt_to_current(clear: bytes, recipient: str, held_keys: HeldKeys,
-                      facts: dict[str, str]) -> bytes | None:
+def _encrypt_to_current(clear: bytes, history: Sequence[HeldKey],
+                        facts: dict[str, str]) -> bytes | None:
+    """``clear`` encrypted to the newest held certificate; None (and why, in ``facts``)
+    when there is none or it is unfit (expired, say)."""
     from smimekit.api import encrypt
 
-    for held in held_keys.decryption_keys(recipient)[:1]:
-        try:
-            data = encrypt(clear, [held.certificate], trust=None)
-        except EncryptionError as exc:
-            facts["re-encryption"] = f"failed: {_short(str(exc))}"
-            return None
-        facts["re-encrypted-to"] = f"serial {held.certificate.serial_number:x}"
-        return data
-    return None
+    if not history:
+        facts["re-encryption"] = "failed: no certificate of the recipient is held"
+        return None
+    current = history[0].certificate
+    try:
+        data = encrypt(clear, [current], trust=None)
+    except EncryptionError as exc:
+        facts["re-encryption"] = f"failed: {_short(str(exc))}"
+        return None
+    facts["re-encrypted-to"] = f"serial {current.serial_number:x}"
+    return data
 
 
 def _scan(work: _Work, content: bytes, context: InboundContext) -> ScanResult | None:
     if context.scanner is None:
         return None
-    digest = hashlib.sha256(content).digest()
-    if digest not in work.scans:
-        work.scans[digest] = context.scanner.check(content)
-    return work.scans[digest]
+    if content not in work.scans:  # the same content for several recipients: scanned once
+        work.scans[content] = context.scanner.check(content)
+    return work.scans[content]
 
 
 def _dlp(work: _Work, content: bytes, context: InboundContext) -> dlp.DlpResult:
-    digest = hashlib.sha256(content).digest()
-    if (digest, "inbound") not in work.dlps:
-        work.dlps[(digest, "inbound")] = dlp.evaluate(context.rules, content, "inbound")
-    return work.dlps[(digest, "inbound")]
+    if not context.rules.for_direction("inbound"):
+        return dlp.DlpResult()
+    if content not in work.dlps:
+        work.dlps[content] = dlp.evaluate(context.rules, content, "inbound")
+    return work.dlps[content]
 
 
 def _quarantine(work: _Work, envelope: Envelope, context: InboundContext) -> str:
     # The message as it arrived (outside result headers removed), once per message.
-    digest = hashlib.sha256(work.received).digest()
-    if digest not in work.quarantined:
-        head = (f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n"
-                f"X-Smimekit-Envelope-To: {_safe(', '.join(envelope.recipients))}\r\n")
+    if work.received not in work.quarantined:
+        head = f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n" + "".join(
+            f"X-Smimekit-Envelope-To: <{_safe(r)}>\r\n" for r in envelope.recipients)
         path = dlp.quarantine(head.encode() + work.received, context.config.quarantine_dir,
                               label="inbound")
-        work.quarantined[digest] = str(path)
-    return work.quarantined[digest]
+        work.quarantined[work.received] = str(path)
+    return work.quarantined[work.received]
 
 
 def _decision(recipient: str, action: str, reason: str, facts: dict[str, str]) -> Decision:
@@ -623,8 +628,9 @@ def _result_header(context: InboundContext, facts: dict[str, str]) -> bytes:
         if value is None:
             continue
         token = _TOKEN.sub("", value)
+        # quoted, and never a ";" inside, so that filters may split the fields on ";"
         parts.append(f"{key}={token}" if token == value and token
-                     else f'{key}="{_safe(value)}"')
+                     else f'{key}="{_safe(value).replace(";", ",")}"')
     # fold between items so no line passes 78 characters where it can be helped
     lines: list[str] = []
     current = f"{context.config.result_header}:"

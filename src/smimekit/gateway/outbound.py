@@ -37,7 +37,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.header import Header as EncodedHeader
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -60,7 +60,7 @@ from smimekit.gateway.model import (
     Refusal,
 )
 from smimekit.gateway.pdf import message_pdf, new_password
-from smimekit.gateway.policy import EffectivePolicy, Policy, domain_of
+from smimekit.gateway.policy import EffectivePolicy, Policy, domain_of, normalise
 from smimekit.smime.canonical import CRLF, parse_headers, split_head_body, to_crlf
 
 if TYPE_CHECKING:
@@ -103,6 +103,36 @@ class _Recipient:
     details: dict[str, str] = field(default_factory=dict)
 
 
+def _from_addresses(head: bytes) -> list[str]:
+    values = [f.value() for f in parse_headers(head) if f.lname == "from"]
+    return [normalise(a) for _, a in email.utils.getaddresses(values) if a]
+
+
+def protection(message: bytes) -> str:
+    """``encrypted``, ``signed`` or ``none``: what the sender's own client already did."""
+    from smimekit.cms.enveloped import content_type_of
+    from smimekit.smime.canonical import Entity
+    from smimekit.smime.message import is_multipart_signed, is_pkcs7_mime, pkcs7_der
+
+    try:
+        root = Entity.parse(message)
+    except MIMEError:
+        return "none"
+    if is_multipart_signed(root):
+        return "signed"
+    if not is_pkcs7_mime(root):
+        return "none"
+    kind = root.params.get("smime-type", "").lower()
+    if kind in ("enveloped-data", "authenveloped-data"):
+        return "encrypted"
+    if kind == "signed-data":
+        return "signed"
+    try:
+        return "signed" if content_type_of(pkcs7_der(root)) == "signed_data" else "encrypted"
+    except (SmimeError, ValueError):
+        return "encrypted"  # unreadable CMS: never wrap it again, never put it in a PDF
+
+
 def _subject(head: bytes) -> str | None:
     for f in parse_headers(head):
         if f.lname == "subject":
@@ -136,7 +166,8 @@ def remove_trigger(message: bytes, trigger: str) -> tuple[bytes, bool]:
             if pattern.search(decoded):
                 found = True
                 new = pattern.sub(" ", decoded).strip()
-                value = new if new.isascii() else EncodedHeader(new, "utf-8").encode()
+                value = EncodedHeader(new, "us-ascii" if new.isascii() else "utf-8",
+                                      header_name=f.name).encode(linesep="\r\n")
                 out.append(f"{f.name}: {value}".encode("ascii", "replace"))
                 continue
         out.append(f.raw)
@@ -160,9 +191,21 @@ def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy
+def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy, head: bytes
             ) -> tuple[HeldKey | None, str]:
-    """The key to sign with and a phrase for the reason."""
+    """The key to sign with and a phrase for the reason.
+
+    The sender's own key signs only a message whose From is exactly the envelope sender: a
+    user must not get their colleague's From signed with their key (or theirs with a
+    colleague's). Postfix's reject_sender_login_mismatch ties the envelope sender to the
+    login; this ties the From to the envelope.
+    """
+    authors = _from_addresses(head)
+    if policy.sign and authors != [normalise(sender)]:
+        if not policy.organisation_signature:
+            return None, (f"not signed: the From header ({', '.join(authors) or 'none'}) is not"
+                          f" the envelope sender {normalise(sender)}")
+        policy = replace(policy, sign=False)
     try:
         if policy.sign:
             held = ctx.held_keys.signing_key(sender)
@@ -306,6 +349,14 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
     """
     sender = envelope.mail_from
     sender_policy = ctx.policy.resolve(sender)
+    already = protection(envelope.data)
+    if already == "encrypted":
+        # End-to-end encrypted by the sender's client: the gateway cannot read it, must not
+        # change it, and has nothing to add.
+        reason = "already encrypted by the sender's client: passed unchanged"
+        return Outcome((Delivery(sender, tuple(recipients), envelope.data),),
+                       tuple(Decision(r, "outbound", "passed", reason,
+                                      {"protection": "encrypted"}) for r in recipients))
     try:
         data, triggered = remove_trigger(envelope.data, sender_policy.subject_trigger)
         subject = _subject(split_head_body(to_crlf(data))[0])
@@ -333,7 +384,14 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
                                  for r in recipients))
     if found.action == "require-encryption" and not required_by:
         required_by = f"the data-loss rules ({found.summary()})"
-    signer, signed_how = _signer(ctx, sender, sender_policy)
+    if already == "signed":
+        # The sender's client signed it: keep that signature as it is (the outer Subject is
+        # outside it), encrypt around it per recipient, never sign it again.
+        signer, signed_how = None, "signed by the sender's client (kept)"
+        common["protection"] = "signed"
+    else:
+        signer, signed_how = _signer(ctx, sender, sender_policy,
+                                     split_head_body(to_crlf(data))[0])
     common["signer"] = (_fingerprint(signer.certificate) if signer is not None else "none")
     plans = [_plan(ctx, r, required_by) for r in recipients]
 
@@ -373,9 +431,10 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
                            permanent=True) from None
     except SmimeError as exc:  # keys, certificates, a bug in waiting: keep it, retry
         raise GatewayError(f"outbound processing failed: {exc}") from None
+    signed = signer is not None or already == "signed"
     for p in plans:
-        action = {"encrypt": "signed+encrypted" if signer else "encrypted",
-                  "clear": "signed" if signer else "clear",
+        action = {"encrypt": "signed+encrypted" if signed else "encrypted",
+                  "clear": "signed" if signed else "clear",
                   "pdf": "pdf", "refuse": "bounced"}[p.treatment]
         reason = f"{p.reason}; {signed_how}" if p.treatment != "refuse" else p.reason
         if found.action == "warn":

@@ -31,8 +31,9 @@ FONT_PATHS = (
 """A Unicode TrueType font, when the system has one; else the PDF core font Helvetica, which
 shows Latin-1 only (other characters become "?"; the embedded message keeps them)."""
 
-MAX_TEXT = 2_000_000
-"""Characters of text put on pages; the rest is in the embedded message only."""
+MAX_TEXT = 100_000
+"""Characters of text put on pages (about 30 pages, 1 to 3 seconds of fpdf2 here); the rest is
+cut, with a line saying so: a PDF is for a letter, not for a 50 MB message."""
 
 _ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read over the phone
 

@@ -100,12 +100,8 @@ class Scanner:
                                     + (f": {_line(output)}" if _line(output) else ""))
 
     def _ask_clamd(self, message: bytes, address: str | tuple[str, int]) -> ScanResult:
-        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET6 \
-            if ":" in address[0] else socket.AF_INET
         try:
-            with socket.socket(family, socket.SOCK_STREAM) as conn:
-                conn.settimeout(self.config.timeout)
-                conn.connect(address)
+            with _connect(address, self.config.timeout) as conn:
                 conn.sendall(b"zINSTREAM\0")
                 view = memoryview(message)
                 for start in range(0, len(view), CHUNK):
@@ -120,6 +116,19 @@ class Scanner:
             return ScanResult("failed", f"cannot reach clamd at {self.config.socket}:"
                                         f" {exc.strerror or exc}")
         return _judge(answer)
+
+
+def _connect(address: str | tuple[str, int], timeout: float) -> socket.socket:
+    if isinstance(address, tuple):
+        return socket.create_connection(address, timeout=timeout)  # names, IPv4 and IPv6
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(timeout)
+        conn.connect(address)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _read_answer(conn: socket.socket) -> str:

@@ -1,4 +1,5 @@
-"""``smimekit gateway keys import|list|retire`` with PKCS#12 files that ``ca issue`` wrote."""
+"""``smimekit gateway keys import|list|retire`` with PKCS#12 files that ``ca issue`` wrote, and
+``smimekit gateway policy``."""
 
 from __future__ import annotations
 
@@ -92,3 +93,30 @@ def test_import_without_a_key_store_passphrase_says_so(
     (tmp_path / "x.p12").write_bytes(b"not a p12")
     assert main([*backend.cli_args(), "gateway", "keys", "import", str(tmp_path / "x.p12")]) == 1
     assert "gateway.key_passphrase_file is not set" in capsys.readouterr().err
+
+
+def test_policy_shows_each_value_with_its_level(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text('[gateway]\ninternal_domains = ["example.org"]\n'
+                      '[gateway.domains."*.partner.example"]\nencrypt = "always"\n'
+                      '[gateway.users."ceo@example.org"]\nwebmail = true\n')
+    assert main(["--config", str(config), "gateway", "policy", "--from", "ceo@example.org",
+                 "A@X.Partner.Example", "ceo@example.org"]) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("\n\n")
+    assert first.startswith("a@x.partner.example  (outbound from ceo@example.org)")
+    assert re.search(r"^  encrypt +always +domain \*\.partner\.example$", first, re.M)
+    assert re.search(r"^  no_certificate +bounce +default$", first, re.M)
+    assert second.startswith("ceo@example.org  (internal from ceo@example.org)")
+    assert re.search(r"^  webmail +true +user ceo@example.org$", second, re.M)
+
+
+def test_policy_with_a_bad_level_is_one_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text('[gateway.users."not-an-address"]\nencrypt = "always"\n')
+    assert main(["--config", str(config), "gateway", "policy", "a@example.org"]) == 1
+    err = capsys.readouterr().err
+    assert "gateway.users: 'not-an-address' is not a mail address" in err
+    assert len(err.strip().splitlines()) == 1

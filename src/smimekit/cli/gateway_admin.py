@@ -1,14 +1,17 @@
-"""``smimekit gateway keys import|list|retire``: the keys the gateway holds (docs/gateway.md).
+"""``smimekit gateway keys import|list|retire`` (the keys the gateway holds) and ``smimekit
+gateway policy`` (the effective policy of addresses), docs/gateway.md.
 
-The ``keys`` group joins the ``gateway`` group of cli/gateway.py through ``COMMANDS`` (the
-``extend`` of its entry in cli/main.py). The key store opens with ``[gateway]
-key_passphrase_file`` of the configuration, as ``gateway serve`` opens it.
+Both join the ``gateway`` group of cli/gateway.py through ``COMMANDS`` (the ``extend`` of its
+entry in cli/main.py). The key store opens with ``[gateway]
+key_passphrase_file`` (or the PKCS#11 token of ``pkcs11_module``), as ``gateway serve`` opens
+it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,12 +24,16 @@ from smimekit.cli.common import (
     passphrase_options,
 )
 
-__all__ = ["COMMANDS", "gateway", "keys"]
+if TYPE_CHECKING:
+    from smimekit.config import GatewayConfig
+
+__all__ = ["COMMANDS", "gateway", "keys", "policy"]
 
 
-def _passphrase_file() -> Path | None:
-    config = cli_config().gateway
-    return config.key_passphrase_file if config is not None else None
+def _gateway_config() -> GatewayConfig:
+    from smimekit.config import GatewayConfig
+
+    return cli_config().gateway or GatewayConfig()
 
 
 @click.group()
@@ -47,11 +54,11 @@ def import_(p12: str, passphrase_file: str | None, passphrase_env: str | None,
 
     The PKCS#12 passphrase comes from --passphrase-file, --passphrase-env or
     SMIMEKIT_PASSPHRASE; the gateway's own key store opens with [gateway]
-    key_passphrase_file.
+    key_passphrase_file, or the PKCS#11 token of pkcs11_module.
     """
-    from smimekit.gateway.keys import StoreHeldKeys, import_pkcs12, read_key_passphrase
+    from smimekit.gateway.keys import StoreHeldKeys, import_pkcs12, master_key_source
 
-    secret = read_key_passphrase(_passphrase_file())
+    secret = master_key_source(_gateway_config())
     data = Path(p12).read_bytes()
     with open_store(create=True) as store:
         held = StoreHeldKeys.open(store, secret, create=True)
@@ -109,7 +116,36 @@ def retire(fingerprint: str) -> None:
     click.echo(f"retired: {row.fingerprint[:16]}  {row.address or '(organisation)'}")
 
 
-COMMANDS: list[click.Command] = [keys]
+_FIELDS = ("sign", "organisation_signature", "subject_trigger", "encrypt", "no_certificate",
+           "hcp", "decrypt", "verify", "harvest", "webmail")
+
+
+@click.command("policy")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+@click.option("--from", "sender", metavar="ADDRESS",
+              help="The sender, to show each recipient's direction.")
+def policy(addresses: tuple[str, ...], sender: str | None) -> None:
+    """The effective gateway policy of each ADDRESS, every value with the level it comes
+    from (default, global, domain or user), as the gateway resolves it."""
+    from smimekit.gateway.policy import Policy
+
+    resolved = Policy(_gateway_config())
+    for n, address in enumerate(addresses):
+        effective = resolved.resolve(address)
+        head = effective.address
+        if sender is not None:
+            head += f"  ({resolved.direction(sender, address)} from {sender.strip().lower()})"
+        else:
+            head += "  (internal)" if resolved.is_internal(address) else "  (outside)"
+        click.echo(("\n" if n else "") + head)
+        for name in _FIELDS:
+            value = getattr(effective, name)
+            shown = str(value).lower() if isinstance(value, bool) else repr(value) \
+                if name == "subject_trigger" else str(value)
+            click.echo(f"  {name:<23} {shown:<14} {effective.levels.get(name, 'default')}")
+
+
+COMMANDS: list[click.Command] = [keys, policy]
 
 
 @click.group()
@@ -118,3 +154,4 @@ def gateway() -> None:
 
 
 gateway.add_command(keys)
+gateway.add_command(policy)
