@@ -305,3 +305,20 @@ def test_client_gone_mid_message_still_journals_so_the_retry_adds_nothing(next_h
         assert len(handler.received) == 1 and journal.rows
         assert send(gateway.port, ANN, [BOB], data)[0] == 250  # Postfix's retry
     assert len(handler.received) == 1
+
+
+def test_after_a_dsn_the_rest_is_reported_by_dsn_not_by_a_bounce(next_hop) -> None:
+    handler, port = next_hop
+    handler.defer.add(BOB)
+    data = message("reported once")
+    processor = Scripted(refuse={CAROL: "bounce: no certificate"})
+    with GatewayThread(processor, f"127.0.0.1:{port}") as gateway:
+        assert send(gateway.port, ANN, [BOB, CAROL], data)[0] == 451  # bob deferred
+        handler.defer.clear()
+        handler.refuse.add(BOB)  # now refused for good
+        code, _, _ = send(gateway.port, ANN, [BOB, CAROL], data)
+    assert code == 250  # not a 5xx: Postfix would bounce carol a second time
+    first, second = handler.to(ANN)
+    assert b"Final-Recipient: rfc822; carol@example.net" in first.data
+    assert b"Final-Recipient: rfc822; bob@example.net" in second.data
+    assert b"carol@example.net" not in second.data.split(b"message/delivery-status")[1]

@@ -159,8 +159,10 @@ class GatewayHandler:
                 replies.append(accepted.reply)
                 await self._record(key, took, accepted.reply)
 
-        if failed and not delivered and not temporary:
-            # Nothing of the message passes: Postfix's own bounce names the reasons.
+        reported = any(k.startswith("dsn:") for k in done)
+        if failed and not delivered and not temporary and not reported:
+            # Nothing of the message passes: Postfix's own bounce names the reasons (unless
+            # an earlier attempt sent a DSN already: then the rest is reported the same way).
             reasons = "; ".join(f"{f.recipient}: {f.reason}" for f in failed)
             template = REFUSED if outcome.refused else NEXT_HOP_REJECT
             return template.format(detail=reply_text(reasons))
