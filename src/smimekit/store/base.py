@@ -42,7 +42,7 @@ from smimekit.errors import StoreError
 from smimekit.store import schema
 
 DB_FILENAME = "smimekit.db"
-UPGRADABLE = frozenset({"1", "2", "3", "4"})
+UPGRADABLE = frozenset({"1", "2", "3", "4", "5"})
 """Older schema versions this code reads as they are and upgrades in place (on the first write
 transaction, or ``create=True``); their tables are a subset of today's, and every query
 names its columns, so reads need no upgrade."""

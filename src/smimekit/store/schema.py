@@ -23,15 +23,17 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Bumped by every change to the tables below; a store refuses a version it does not know.
 
 Version 2 added ``issued`` (our CA's issuance records). Version 3 added the live markers of
 ``issued`` (``sign_slot``, ``encrypt_slot``, each unique) and the unique index on
 (issuer, CRL number) of ``crl_publications``. Version 4 added ``harvested_certificates``
 (certificates kept from signed mail that validated, ``directory harvest``). Version 5 added
-``identities`` (the people ``ca sync`` manages, by the identity source's stable id). Versions 1
-to 4 are upgraded in place by the first write transaction (:mod:`smimekit.store.upgrade`)."""
+``identities`` (the people ``ca sync`` manages, by the identity source's stable id). Version 6
+added the gateway's tables: ``gateway_keys`` (the keys the gateway holds for users) and
+``gateway_deliveries`` (the delivery journal). Versions 1 to 5 are upgraded in place by the
+first write transaction (:mod:`smimekit.store.upgrade`)."""
 
 metadata = MetaData()
 
@@ -183,6 +185,46 @@ identities = Table(
     Column("name", Text),
     Column("seen_at", DateTime(timezone=True), nullable=False),
     Column("left_at", DateTime(timezone=True)),
+)
+
+# The keys the mail gateway holds (gateway/keys.py): each private key sealed (AES-256-GCM) under
+# the gateway's master key, which is itself sealed under the key passphrase in schema_meta
+# (key "gateway_master_key"). Retired keys stay: the gateway decrypts with the whole history.
+gateway_keys = Table(
+    "gateway_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # lower-cased; "" for the organisation's signing key (purpose "organisation")
+    Column("address", String(320), nullable=False),
+    Column("purpose", String(16), nullable=False),  # sign | encrypt | both | organisation
+    Column("certificate", LargeBinary, nullable=False),  # DER
+    Column("chain", LargeBinary, nullable=False),  # PEM certificates, concatenated
+    Column("fingerprint", String(64), nullable=False, unique=True),  # of the certificate
+    Column("sealed", LargeBinary, nullable=False),  # never the key in the clear
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+    CheckConstraint("purpose IN ('sign', 'encrypt', 'both', 'organisation')",
+                    name="gateway_keys_purpose"),
+    Index("gateway_keys_address", "address"),
+)
+
+# The gateway's delivery journal (version 6; gateway/journal.py): what the next hop has accepted
+# of one message, so that Postfix's retry of a message the gateway answered 4xx to does not hand
+# the same recipients the same message twice. One row per recipient copy; shared by every
+# gateway node on one database. Never message content: only hashes and addresses.
+gateway_deliveries = Table(
+    "gateway_deliveries",
+    metadata,
+    # SHA-256 (hex) of the envelope (sender, recipients) and the message as received.
+    Column("message_key", String(64), nullable=False),
+    # "<copy>:<recipient>": the copy-th Delivery of the outcome that names the recipient
+    # (0 for the message itself; a second copy, e.g. a password message, is 1).
+    Column("delivery_key", String(340), nullable=False),
+    Column("node", String(255), nullable=False),  # host name and process id of the gateway
+    Column("reply", String(255), nullable=False),  # the next hop's reply, first line
+    Column("delivered_at", DateTime(timezone=True), nullable=False, index=True),
+    UniqueConstraint("message_key", "delivery_key", name="uq_gateway_delivery"),
 )
 
 # Placeholder for the escrow issue: the columns it will at least need.

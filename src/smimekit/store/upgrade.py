@@ -1,4 +1,4 @@
-"""In-place schema upgrades: versions 1 to 4 to 5, on SQLite and PostgreSQL.
+"""In-place schema upgrades: versions 1 to 5 to 6, on SQLite and PostgreSQL.
 
 Runs inside the first write transaction on an older store (or ``Store.open(create=True)``),
 so an upgrade is whole or not at all: the ALTER TABLE and CREATE INDEX of both databases are
@@ -14,8 +14,9 @@ transactional. What changes from version 2 to 3:
   already reuse a number (the CRL race of earlier versions) is refused with the duplicates
   named: those CRLs were signed and handed out, so which to keep is the operator's call.
 
-From version 3 to 4 only a table is added, ``harvested_certificates``, and from 4 to 5 only
-``identities`` (each created with the others that a store lacks); nothing existing changes.
+From version 3 to 4 only a table is added, ``harvested_certificates``, from 4 to 5 only
+``identities``, from 5 to 6 only the gateway's ``gateway_keys`` and ``gateway_deliveries``
+(each created with the others that a store lacks); nothing existing changes.
 The steps of 2 to 3 run only for a store older than 3: on a version 3 store they would hand
 slots out again.
 """
@@ -49,7 +50,7 @@ def upgrade_schema(conn: Connection, description: str) -> None:
         conn.execute(_LOCK_SCHEMA)  # two processes upgrading at once: one at a time
     version = _version(conn)
     current = str(schema.SCHEMA_VERSION)
-    if version is not None and version != current and version not in ("1", "2", "3", "4"):
+    if version is not None and version != current and version not in ("1", "2", "3", "4", "5"):
         raise StoreError(
             f"the database {description} has schema version {version}; this smimekit"
             f" knows version {schema.SCHEMA_VERSION}")

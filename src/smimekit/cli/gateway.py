@@ -1,0 +1,118 @@
+"""``smimekit gateway serve``: the S/MIME gateway as Postfix's after-queue content filter."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+import click
+
+from smimekit.cli.common import CliError, cli_config, cli_globals, open_store
+from smimekit.errors import SmimeError
+
+if TYPE_CHECKING:
+    from smimekit.config import Config
+    from smimekit.gateway.model import Processor
+    from smimekit.gateway.server import GatewayServer
+    from smimekit.store import Store
+
+JOURNAL_DAYS = 14
+"""Journal rows older than this are dropped at start and daily: longer than Postfix keeps a message
+(maximal_queue_lifetime, 5 days by default), so no retry can need them."""
+
+
+@click.group()
+def gateway() -> None:
+    """The S/MIME gateway: Postfix's after-queue content filter (serve, keys, policy)."""
+
+
+@gateway.command("serve")
+@click.option("--listen", metavar="HOST:PORT",
+              help="Where Postfix's content_filter hands mail over [default: [gateway] listen,"
+              " 127.0.0.1:10025].")
+@click.option("--next-hop", metavar="HOST:PORT",
+              help="Postfix's re-injection smtpd [default: [gateway] next_hop,"
+              " 127.0.0.1:10026].")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to let messages in flight finish at SIGTERM.")
+def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
+    """Take mail from Postfix over SMTP, process it by policy, hand it back; until SIGTERM.
+
+    Answers 250 only after the next hop accepted everything made of a message; any failure
+    is a 4xx, so Postfix keeps the message and tries again (docs/gateway.md "No lost mail").
+    The configuration file (--config) holds the [gateway] table (key_passphrase_file opens
+    the keys the gateway holds); the store (--data-dir or --database-url) holds those keys,
+    the audit log and the delivery journal, shared by every node.
+    """
+    from smimekit.config import GatewayConfig
+    from smimekit.gateway.journal import StoreJournal
+    from smimekit.gateway.relay import NextHop, parse_address
+    from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
+
+    whole = cli_config()
+    config = whole.gateway or GatewayConfig()
+    listen = listen or config.listen
+    next_hop = next_hop or config.next_hop
+    for option, value in (("--listen", listen), ("--next-hop", next_hop)):
+        try:
+            parse_address(value, any_port=option == "--listen")
+        except ValueError:
+            raise CliError(f"{option}: {value!r} is not HOST:PORT") from None
+    store = open_store()
+    try:
+        _prune(store)
+        handler = GatewayHandler(
+            _processor(whole, store), StoreJournal(store),
+            NextHop(next_hop, timeout=config.timeout),
+            limits=Limits(config.max_message_size, config.max_recipients))
+        server = GatewayServer(handler, listen)
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every command
+        asyncio.run(_run(server, next_hop, grace, store))
+    finally:
+        store.close()
+
+
+def _prune(store: Store) -> None:
+    store.prune_deliveries(dt.datetime.now(dt.UTC) - dt.timedelta(days=JOURNAL_DAYS))
+
+
+async def _prune_daily(store: Store) -> None:
+    log = logging.getLogger("smimekit.gateway")
+    while True:
+        await asyncio.sleep(24 * 3600)
+        try:
+            await asyncio.to_thread(_prune, store)
+        except SmimeError as exc:  # the database is down: next time
+            log.warning("the delivery journal was not pruned: %s", exc)
+
+
+def _processor(config: Config, store: Store) -> Processor:
+    # The policy pipeline: held keys opened with [gateway] key_passphrase_file, the
+    # [directory] resolver over the store, the inbound context; every decision audited.
+    from smimekit.gateway.pipeline import pipeline_from_data_dir
+
+    return pipeline_from_data_dir(config, store, cli_globals().data_dir)
+
+
+async def _run(server: GatewayServer, next_hop: str, grace: float, store: Store) -> None:
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CliError(f"cannot listen on {server.host}:{server.port}:"
+                       f" {exc.strerror or exc}") from None
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    logging.getLogger("smimekit.gateway").info(
+        "listening on %s:%d, next hop %s", server.host, server.port, next_hop)
+    pruning = asyncio.create_task(_prune_daily(store))
+    await stopping.wait()
+    pruning.cancel()
+    await server.stop(grace)
+    logging.getLogger("smimekit.gateway").info("stopped")

@@ -1,0 +1,271 @@
+"""The SMTP front: Postfix's content filter hands every message here (aiosmtpd).
+
+The no-loss contract (docs/gateway.md "No lost mail"): the reply to the end of DATA is 250
+only after the next hop accepted everything the :class:`~smimekit.gateway.model.Processor`
+made of the message (and the DSN for the recipients it refused). Anything else is a 4xx, so
+Postfix keeps the message and tries again: the processor failing (a non-permanent
+:class:`~smimekit.errors.GatewayError` or any other exception), the journal unreadable, the
+next hop down, slow or answering 4xx. A 5xx (Postfix bounces, naming the reason) only when the
+policy refuses the whole message or every recipient, or the next hop refuses it with a 5xx.
+Retries do not hand the next hop what it took already: :mod:`smimekit.gateway.journal`.
+
+Limits: the SIZE extension and aiosmtpd's ``data_size_limit`` (552 past ``max_message_size``;
+the excess is read and dropped, never held), ``max_recipients`` (452 for each recipient past
+it: Postfix sends those in a later transaction), lines of at most 1000 octets (500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import socket
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from aiosmtpd.smtp import Session as SmtpSession
+
+from smimekit.errors import GatewayError, StoreError
+from smimekit.gateway.dsn import Failed, build_dsn, reply_text
+from smimekit.gateway.journal import Journal, delivery_keys, message_key
+from smimekit.gateway.model import Delivery, Envelope, Outcome, Processor
+from smimekit.gateway.relay import NextHop, parse_address
+
+log = logging.getLogger("smimekit.gateway")
+
+OK = "250 2.0.0 Ok: {detail}"
+TEMPORARY = "451 4.3.0 {detail}; Postfix keeps the message and tries again"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
+REFUSED = "550 5.7.1 {detail}"
+"""Every recipient refused by policy (Postfix bounces, naming the reasons)."""
+POLICY_REJECT = "554 5.7.1 {detail}"
+"""The policy refuses the message itself."""
+NEXT_HOP_REJECT = "554 5.0.0 {detail}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000
+
+
+class GatewayHandler:
+    """The aiosmtpd handler: hooks for RCPT (the recipient limit) and DATA (the work)."""
+
+    def __init__(self, processor: Processor, journal: Journal, next_hop: NextHop, *,
+                 limits: Limits = Limits(), reporting_mta: str | None = None) -> None:
+        self.processor = processor
+        self.journal = journal
+        self.next_hop = next_hop
+        self.limits = limits
+        self.reporting_mta = reporting_mta or socket.gethostname()
+        self.in_flight = 0
+        """Messages between the end of DATA and the reply."""
+
+    async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: SmtpSession,
+                          envelope: SmtpEnvelope) -> str:
+        mail_from = envelope.mail_from or ""
+        data = envelope.original_content or b""
+        peer = session.peer
+        received = Envelope(
+            mail_from="" if mail_from == "<>" else mail_from,
+            recipients=tuple(envelope.rcpt_tos), data=data,
+            peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or ""))
+        # Shielded: when Postfix hangs up (its timeout, a network cut) while the message is
+        # being passed on, the work still ends with the journal written, so that Postfix's
+        # retry finds it delivered rather than delivering it twice.
+        return await asyncio.shield(self.pass_on(received))
+
+    async def pass_on(self, envelope: Envelope) -> str:
+        """Process ``envelope`` and hand the result to the next hop; the SMTP reply."""
+        key = message_key(envelope)
+        self.in_flight += 1
+        try:
+            reply = await self._pass_on(envelope, key)
+        except Exception as exc:  # a bug must cost a retry, never the message
+            log.error("message %s: internal error (%s); answered 4xx", key[:16],
+                      type(exc).__name__)
+            reply = TEMPORARY.format(detail="internal error in the S/MIME gateway")
+        finally:
+            self.in_flight -= 1
+        log.info("message %s from %s, %d recipient(s): %s", key[:16], envelope.peer or "-",
+                 len(envelope.recipients), reply)
+        return reply
+
+    async def _pass_on(self, envelope: Envelope, key: str) -> str:
+        try:
+            outcome: Outcome = await asyncio.to_thread(self.processor.process, envelope)
+        except GatewayError as exc:
+            template = POLICY_REJECT if exc.permanent else TEMPORARY
+            return template.format(detail=reply_text(str(exc)))
+        except StoreError as exc:  # keys, certificates: the database is down
+            log.warning("message %s: the store is unavailable (%s)", key[:16],
+                        reply_text(str(exc), 200))
+            return TEMPORARY.format(detail="the store is unavailable")
+        for decision in outcome.decisions:
+            log.info("message %s: %s %s %s: %s", key[:16], decision.direction,
+                     decision.recipient, decision.action, reply_text(decision.reason, 200))
+        try:
+            done = await asyncio.to_thread(self.journal.delivered, key)
+        except Exception as exc:
+            log.warning("message %s: the delivery journal cannot be read (%s)", key[:16],
+                        reply_text(str(exc), 200))
+            return TEMPORARY.format(detail="the delivery journal cannot be read")
+
+        failed = [Failed(r.recipient, reply_text(r.reason)) for r in outcome.refused]
+        delivered = sum(1 for k in done if not k.startswith("dsn:"))
+        temporary: list[str] = []
+        replies: list[str] = []
+        for delivery, keys in zip(outcome.deliveries, delivery_keys(outcome.deliveries),
+                                  strict=True):
+            todo = [(r, k) for r, k in zip(delivery.recipients, keys, strict=True)
+                    if k not in done]
+            if not todo:
+                continue  # a retry: the next hop has it already
+            part = Delivery(delivery.mail_from, tuple(r for r, _ in todo), delivery.data)
+            try:
+                accepted = await self.next_hop.send(part)
+            except GatewayError as exc:
+                if not exc.permanent:
+                    temporary.append(str(exc))
+                else:
+                    failed += [Failed(r, f"refused by the next hop: {exc}", "5.0.0")
+                               for r, _ in todo]
+                continue
+            took = [k for r, k in todo if r not in accepted.refused]
+            for r, _ in todo:
+                answer = accepted.refused.get(r)
+                if answer is None:
+                    continue
+                if answer.permanent:
+                    failed.append(Failed(r, "refused by the next hop", _status(answer.text),
+                                         remote_reply=str(answer)))
+                else:
+                    temporary.append(f"the next hop deferred {r}: {answer}")
+            if took:
+                delivered += len(took)
+                replies.append(accepted.reply)
+                await self._record(key, took, accepted.reply)
+
+        reported = any(k.startswith("dsn:") for k in done)
+        if failed and not delivered and not temporary and not reported:
+            # Nothing of the message passes: Postfix's own bounce names the reasons (unless
+            # an earlier attempt sent a DSN already: then the rest is reported the same way).
+            reasons = "; ".join(f"{f.recipient}: {f.reason}" for f in failed)
+            template = REFUSED if outcome.refused else NEXT_HOP_REJECT
+            return template.format(detail=reply_text(reasons))
+        unreported = [f for f in failed if f"dsn:{f.recipient.lower()}" not in done]
+        if unreported:
+            problem = await self._notify(envelope, key, unreported)
+            if problem is not None:
+                temporary.append(problem)
+        if temporary:
+            return TEMPORARY.format(detail=reply_text(temporary[0]))
+        detail = "; ".join(r for r in replies if r) or "nothing left to pass on"
+        return OK.format(detail=reply_text(detail, 300))
+
+    async def _record(self, key: str, keys: Sequence[str], reply: str) -> None:
+        try:
+            await asyncio.to_thread(self.journal.record, key, keys, reply)
+        except Exception as exc:
+            # Delivered all the same: a 250 now is right. Only a retry of this message
+            # (after a failure elsewhere in it) would hand these recipients a second copy.
+            log.warning("message %s: the delivery journal cannot be written (%s)", key[:16],
+                        reply_text(str(exc), 200))
+
+    async def _notify(self, envelope: Envelope, key: str,
+                      failed: Sequence[Failed]) -> str | None:
+        """Send the DSN for ``failed``; a reason to answer 4xx, or None."""
+        if not envelope.mail_from:
+            log.info("message %s: %d recipient(s) refused; no DSN for a bounce", key[:16],
+                     len(failed))
+            return None
+        dsn = build_dsn(envelope.mail_from, failed, envelope.data,
+                        reporting_mta=self.reporting_mta, arrival=dt.datetime.now(dt.UTC))
+        try:
+            accepted = await self.next_hop.send(dsn)
+        except GatewayError as exc:
+            if not exc.permanent:
+                return f"the DSN to the sender was not taken: {exc}"
+            log.warning("message %s: the DSN to the sender was refused (%s)", key[:16], exc)
+            return None
+        if accepted.refused:
+            log.warning("message %s: the DSN to the sender was refused (%s)", key[:16],
+                        next(iter(accepted.refused.values())))
+            return None
+        await self._record(key, [f"dsn:{f.recipient.lower()}" for f in failed],
+                           accepted.reply)
+        return None
+
+
+def _status(text: str) -> str:
+    # The enhanced status code of a reply ("5.1.1 <x>: Recipient address rejected"), if any.
+    first = text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in ("4", "5"):
+        return first
+    return "5.0.0"
+
+
+class GatewayServer:
+    """The listening socket, the SMTP protocol per connection, and a clean stop."""
+
+    def __init__(self, handler: GatewayHandler, listen: str, *, hostname: str | None = None,
+                 idle_timeout: float = 300.0) -> None:
+        """``listen``: ``host:port`` (port 0: any free port, see :attr:`port`).
+
+        Raises:
+            ValueError: ``listen`` is not ``host:port``.
+        """
+        self.handler = handler
+        self.host, self.port = parse_address(listen, any_port=True)
+        self.hostname = hostname or socket.gethostname()
+        self.idle_timeout = idle_timeout
+        self._server: asyncio.Server | None = None
+        self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    def _protocol(self) -> SMTP:
+        protocol = SMTP(self.handler, data_size_limit=self.handler.limits.max_message_size,
+                    enable_SMTPUTF8=True, decode_data=False, hostname=self.hostname,
+                    ident="smimekit gateway", timeout=self.idle_timeout)
+        self._connections.add(protocol)
+        return protocol
+
+    async def start(self) -> None:
+        """Listen; :attr:`port` is the port bound.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self.host, self.port)
+        sockets: Sequence[Any] = self._server.sockets
+        self.port = sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening; wait up to ``grace`` seconds for the messages being passed on to
+        get their reply. A transaction still open then is cut off: Postfix sees no 250,
+        keeps the message and tries again."""
+        if self._server is not None:
+            self._server.close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while self.handler.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            for protocol in list(self._connections):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            await self._server.wait_closed()
+            self._server = None

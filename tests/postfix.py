@@ -1,0 +1,248 @@
+"""A real Postfix for the gateway's tests, with its own configuration and queue in a test's
+tmp_path and its listeners on loopback ports (Debian's postfix package, as root).
+
+The layout is Postfix's FILTER_README "advanced content filter": the smtpd on
+:attr:`Postfix.smtpd_port` queues mail with ``content_filter = scan:[127.0.0.1]:<gateway>``;
+the ``scan`` transport (Postfix's smtp client) hands it to the gateway; the gateway hands it
+back to the second smtpd on :attr:`Postfix.reinject_port` (``-o content_filter=`` and the
+override options, so it is not filtered twice); Postfix then relays everything to
+``relayhost = [127.0.0.1]:<sink>``, the test's final destination.
+
+Postfix's master opens its lock file in ``data_directory`` by its full path as the
+``postfix`` user, which cannot pass pytest's 0700 temporary directories (other pytest runs
+make them 0700 again at any time): that one directory is a private ``mkdtemp`` under /tmp,
+removed at :meth:`Postfix.stop`. Configuration, queue and log stay in the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from loopback import free_port
+
+POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
+
+
+def require_postfix() -> None:
+    """Skip unless Postfix and swaks are installed and we are root (Postfix starts as root)."""
+    if not Path(POSTFIX).exists():
+        pytest.skip("Postfix is not installed (make peers)")
+    if shutil.which("swaks") is None:
+        pytest.skip("swaks is not installed (make peers)")
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix instance must be started as root")
+
+
+MASTER_CF = """\
+# The smtpd the world (the test) talks to: it queues, the content filter comes later.
+127.0.0.1:{smtpd_port} inet n - n - - smtpd
+# FILTER_README advanced content filter: Postfix's smtp client to the gateway ...
+scan      unix  -       -       n       -       {maxproc} smtp
+  -o disable_mime_output_conversion=yes
+  -o smtp_generic_maps=
+  -o smtp_data_done_timeout=1200s
+# ... and the smtpd the gateway hands mail back to: not filtered again.
+127.0.0.1:{reinject_port} inet n - n - - smtpd
+  -o content_filter=
+  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
+  -o smtpd_helo_restrictions=
+  -o smtpd_client_restrictions=
+  -o smtpd_sender_restrictions=
+  -o smtpd_relay_restrictions=
+  -o smtpd_recipient_restrictions={reinject_recipient_restrictions}
+  -o smtpd_data_restrictions=
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {data}
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.gateway.test
+mydomain = gateway.test
+myorigin = $myhostname
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+# Every message goes through the gateway, then to the test's sink.
+{content_filter}
+relayhost = [127.0.0.1]:{sink_port}
+# Quick retries for tests (defaults: 300s, 300s, 4000s).
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+smtp_connect_timeout = 5s
+message_size_limit = {message_size_limit}
+"""
+
+
+class Postfix:
+    """One private Postfix instance: :meth:`start`, :meth:`stop`, its queue and its log."""
+
+    def __init__(self, root: Path, *, sink_port: int, maxproc: int = 4,
+                 message_size_limit: int = 10_240_000) -> None:
+        self.root = root
+        self.conf = root / "conf"
+        self.gateway_port, self.sink_port = 0, sink_port
+        self.smtpd_port, self.reinject_port = free_port(), free_port()
+        self.maxproc = maxproc
+        self._data_parent: Path | None = None
+        self.data = Path()
+        self.message_size_limit = message_size_limit
+        self.defer_file = self.conf / "defer_recipients"
+        """A texthash table the re-injection smtpd consults: "addr 450 reason" lines make it
+        defer a recipient (change it, then :meth:`reload`)."""
+
+    def _write_config(self) -> None:
+        self.conf.mkdir(parents=True, exist_ok=True)
+        (self.root / "queue").mkdir(exist_ok=True)
+        self._data_parent = Path(tempfile.mkdtemp(prefix="smimekit-postfix-"))
+        self._data_parent.chmod(0o711)
+        self.data = self._data_parent / "data"
+        self.data.mkdir()
+        shutil.chown(self.data, "postfix", "postfix")
+        self.defer_file.touch()
+        restrictions = (f"check_recipient_access,texthash:{self.defer_file},"
+                        "permit_mynetworks,reject")
+        (self.conf / "master.cf").write_text(MASTER_CF.format(
+            smtpd_port=self.smtpd_port, reinject_port=self.reinject_port,
+            maxproc=self.maxproc, reinject_recipient_restrictions=restrictions))
+        (self.conf / "main.cf").write_text(MAIN_CF.format(
+            root=self.root, data=self.data,
+            content_filter=(f"content_filter = scan:[127.0.0.1]:{self.gateway_port}"
+                            if self.gateway_port else "# no content filter: Postfix alone"),
+            sink_port=self.sink_port,
+            message_size_limit=self.message_size_limit))
+
+    def _postfix(self, *args: str) -> None:
+        result = subprocess.run([POSTFIX, "-c", str(self.conf), *args], capture_output=True,
+                                timeout=60, check=False)
+        if result.returncode != 0:
+            raise AssertionError(f"postfix {' '.join(args)} failed:"
+                                 f" {result.stderr.decode(errors='replace')}\n{self.log()}")
+
+    def start(self, gateway_port: int | None) -> None:
+        """Start with the content filter at 127.0.0.1:``gateway_port`` (None: Postfix alone,
+        the baseline of a benchmark)."""
+        self.gateway_port = gateway_port
+        try:
+            self._write_config()
+            self._postfix("check")
+            self._postfix("start")
+            for port in (self.smtpd_port, self.reinject_port):
+                self._wait_listening(port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], capture_output=True,
+                       timeout=60, check=False)
+        # the master exits once its children have: wait for its lock to be released
+        for _ in range(100):
+            pid_file = self.root / "queue" / "pid" / "master.pid"
+            if not pid_file.exists() or not _alive(pid_file):
+                break
+            time.sleep(0.1)
+        if self._data_parent is not None:
+            shutil.rmtree(self._data_parent, ignore_errors=True)
+            self._data_parent = None
+
+    def reload(self) -> None:
+        self._postfix("reload")
+
+    def flush(self) -> None:
+        """Try every deferred message now (``postqueue -f``)."""
+        subprocess.run([POSTQUEUE, "-c", str(self.conf), "-f"], capture_output=True,
+                       timeout=30, check=False)
+
+    def queued(self) -> list[str]:
+        """The queue ids of the messages Postfix still holds (any queue but the ones
+        delivered)."""
+        ids = []
+        for queue in ("maildrop", "incoming", "active", "deferred", "hold"):
+            base = self.root / "queue" / queue
+            if base.exists():
+                ids += [p.name for p in base.rglob("*") if p.is_file()]
+        return ids
+
+    def log(self) -> str:
+        path = self.root / "maillog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _wait_listening(self, port: int) -> None:
+        import socket
+
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"Postfix does not listen on {port}:\n{self.log()}")
+
+    def wait(self, condition: object, what: str, timeout: float = 30.0) -> None:
+        """Wait until ``condition()`` is true (Postfix works in its own time)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():  # type: ignore[operator]
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except (ValueError, OSError, IndexError):
+        return False
+    return True
+
+
+def swaks(port: int, *, sender: str, to: list[str], subject: str = "test",
+          body: str = "Hello from swaks.", extra: list[str] | None = None,
+          ) -> subprocess.CompletedProcess[str]:
+    """Send one message with swaks to 127.0.0.1:``port``."""
+    return subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", str(port), "--from", sender,
+         "--to", ",".join(to), "--helo", "client.test", "--header", f"Subject: {subject}",
+         "--body", body, "--hide-all", *(extra or [])],
+        capture_output=True, text=True, timeout=60, check=False)
