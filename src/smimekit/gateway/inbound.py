@@ -385,6 +385,8 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
                 Refusal(recipient, reason)
         data, action = encrypted, "re-encrypted"
         facts["delivered"] = "encrypted (data-loss rule)"
+    if action not in ("decrypted", "re-encrypted"):
+        facts.pop("headers", None)  # delivered as received: the reader's client restores them
     facts.setdefault("delivered", {"decrypted": "clear", "re-encrypted": "encrypted"}
                      .get(action, "as-received"))
     header = _result_header(context, facts)
