@@ -332,3 +332,22 @@ def test_the_pdf_of_a_long_message_is_cut_with_a_line_saying_so() -> None:
     assert reader.decrypt("pw")
     text = "".join(page.extract_text() for page in reader.pages[-2:])
     assert "too long: the rest is not included" in text and "THE-END-MARKER" not in text
+
+
+@pytest.mark.parametrize("markup", ["<script>" * 200_000, "<a " * 200_000, "<a>" * 200_000,
+                                    "<!--" * 100_000])
+def test_hostile_html_costs_linear_time(markup: str) -> None:
+    import time
+
+    from smimekit.gateway.pdf import _html_text
+
+    started = time.perf_counter()
+    assert _html_text(markup) == ""
+    assert time.perf_counter() - started < 2.0
+
+
+def test_html_text_drops_scripts_and_styles_and_decodes_entities() -> None:
+    from smimekit.gateway.pdf import _html_text
+
+    assert _html_text("<p>Hello <b>world</b><script>x()</script><STYLE>p{}</style> &amp;"
+                      " more</p>x<br/>y") == "\nHello world & more\nx\ny"

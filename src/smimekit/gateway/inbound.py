@@ -354,6 +354,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
             require_encryption = ", ".join(found.names("require-encryption"))
 
     # What the recipient receives.
+    sealed = False  # the result header travels inside the new encryption (and outside)
     if clear.decrypted is None:
         data = work.received
         action = "verified" if facts["signature"] in ("valid", "invalid") else "passed"
@@ -367,10 +368,17 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         action = "decrypted"
     else:
         inside, _ = strip_header(clear.decrypted, context.config.result_header)
-        data, action = _reencrypt(inside, history(), work, facts)
-    if require_encryption and not _is_encrypted(data):
+        encrypted = _seal(inside, history(), facts, context, "encrypted")
+        if encrypted is None:
+            # Mail stays encrypted end to end: the original goes on, readable with the
+            # key history, never the clear content.
+            facts["re-encryption"] += "; delivered as received"
+            data, action = work.received, "passed"
+        else:
+            data, action, sealed = encrypted, "re-encrypted", True
+    if require_encryption and not sealed and not _is_encrypted(data):
         # the message as it would go (a signature kept), encrypted to the recipient
-        encrypted = _encrypt_to_current(data, history(), facts)
+        encrypted = _seal(data, history(), facts, context, "encrypted (data-loss rule)")
         if encrypted is None:
             if context.config.quarantine_dir is not None:
                 path = _quarantine(work, envelope, context)
@@ -383,12 +391,40 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
                       f" gateway holds no usable certificate of {recipient}")
             return None, _decision(recipient, "rejected", reason, facts), \
                 Refusal(recipient, reason)
-        data, action = encrypted, "re-encrypted"
-        facts["delivered"] = "encrypted (data-loss rule)"
-    facts.setdefault("delivered", {"decrypted": "clear", "re-encrypted": "encrypted"}
-                     .get(action, "as-received"))
-    header = _result_header(context, facts)
-    return header + data, _decision(recipient, action, _reason(action, facts), facts), None
+        data, action, sealed = encrypted, "re-encrypted", True
+    if action not in ("decrypted", "re-encrypted"):
+        facts.pop("headers", None)  # delivered as received: the reader's client restores them
+    facts.setdefault("delivered", {"decrypted": "clear"}.get(action, "as-received"))
+    decision = _decision(recipient, action, _reason(action, facts), facts)
+    if sealed:
+        return data, decision, None
+    return _result_header(context, facts) + data, decision, None
+
+
+def _seal(content: bytes, history: Sequence[HeldKey], facts: dict[str, str],
+          context: InboundContext, delivered: str) -> bytes | None:
+    """``content`` with the result header, encrypted to the newest held certificate.
+
+    The header goes in before encrypting: with RFC 9788 header protection the reader's
+    client shows the protected header fields, so the verdict must be among them (without
+    header protection the encryption leaves it outside, where it is read as before).
+    None (and why, in ``facts``) when no certificate is held or it is unfit (expired, say).
+    """
+    from smimekit.api import encrypt
+
+    if not history:
+        facts["re-encryption"] = "failed: no certificate of the recipient is held"
+        return None
+    current = history[0].certificate
+    header = _result_header(context, {**facts, "delivered": delivered})
+    try:
+        data = encrypt(header + content, [current], trust=None)
+    except EncryptionError as exc:
+        facts["re-encryption"] = f"failed: {_short(str(exc))}"
+        return None
+    facts["delivered"] = delivered
+    facts["re-encrypted-to"] = f"serial {current.serial_number:x}"
+    return data
 
 
 def _read(work: _Work, keys: Callable[[], Sequence[HeldKey]], policy: InboundPolicy,
@@ -523,35 +559,6 @@ def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]
         facts["signature-reason"] = _short("; ".join(verdict.all_reasons()))
     if clear.harvested:
         facts["harvest"] = clear.harvested
-
-
-def _reencrypt(decrypted: bytes, history: Sequence[HeldKey], work: _Work,
-               facts: dict[str, str]) -> tuple[bytes, str]:
-    data = _encrypt_to_current(decrypted, history, facts)
-    if data is None:
-        # Mail stays encrypted end to end: the original goes on, readable with the history.
-        facts["re-encryption"] += "; delivered as received"
-        return work.received, "passed"
-    return data, "re-encrypted"
-
-
-def _encrypt_to_current(clear: bytes, history: Sequence[HeldKey],
-                        facts: dict[str, str]) -> bytes | None:
-    """``clear`` encrypted to the newest held certificate; None (and why, in ``facts``)
-    when there is none or it is unfit (expired, say)."""
-    from smimekit.api import encrypt
-
-    if not history:
-        facts["re-encryption"] = "failed: no certificate of the recipient is held"
-        return None
-    current = history[0].certificate
-    try:
-        data = encrypt(clear, [current], trust=None)
-    except EncryptionError as exc:
-        facts["re-encryption"] = f"failed: {_short(str(exc))}"
-        return None
-    facts["re-encrypted-to"] = f"serial {current.serial_number:x}"
-    return data
 
 
 def _scan(work: _Work, content: bytes, context: InboundContext) -> ScanResult | None:

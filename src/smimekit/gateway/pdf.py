@@ -15,7 +15,6 @@ from __future__ import annotations
 import email
 import email.policy
 import html
-import re
 import secrets
 from email.message import EmailMessage
 from pathlib import Path
@@ -60,11 +59,48 @@ def _text_of(message: EmailMessage) -> str:
             text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
         if not isinstance(text, str):
             continue
-        (plain if kind == "text/plain" else htmls).append(text)
+        # bounded work: a part is cut before any pattern runs over it (HTML keeps more,
+        # since its markup goes away)
+        limit = MAX_TEXT + 1 if kind == "text/plain" else 4 * MAX_TEXT
+        (plain if kind == "text/plain" else htmls).append(text[:limit])
     if plain:
         return "\n\n".join(plain)
-    return "\n\n".join(html.unescape(re.sub(r"(?s)<(script|style).*?</\1>|<[^>]+>", " ", t))
-                       for t in htmls)
+    return "\n\n".join(_html_text(t) for t in htmls)
+
+
+_BLOCKS = frozenset({"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "table"})
+
+
+def _html_text(markup: str) -> str:
+    """The text of an HTML part: tags dropped, scripts and styles left out, entities decoded.
+
+    One forward pass (every search starts where the last ended), so hostile markup such as
+    thousands of unterminated tags costs linear time; html.parser and backtracking patterns
+    do not.
+    """
+    low = markup.lower()
+    out: list[str] = []
+    i, n = 0, len(markup)
+    while i < n:
+        j = markup.find("<", i)
+        if j < 0:
+            out.append(markup[i:])
+            break
+        out.append(markup[i:j])
+        k = markup.find(">", j)
+        if k < 0:
+            break  # an unterminated tag: the rest is markup
+        words = low[j + 1:k].split(None, 1)
+        name = words[0].strip("/") if words else ""
+        if name in ("script", "style") and not low.startswith("</", j):
+            end = low.find("</" + name, k)
+            k = low.find(">", end) if end >= 0 else -1
+            if k < 0:
+                break
+        elif name in _BLOCKS:
+            out.append("\n")
+        i = k + 1
+    return html.unescape("".join(out))
 
 
 def _attachments(message: EmailMessage) -> list[str]:
