@@ -15,9 +15,6 @@ from smimekit.gateway.inbound import InboundContext, InboundSettings, process_in
 from smimekit.gateway.model import Envelope, HeldKey
 from smimekit.smime.canonical import Entity
 
-pytest.importorskip("smimekit.smime.hp_read",
-                    reason="RFC 9788 header protection (issue 11) is not merged yet")
-
 
 class Held:
     def __init__(self, keys: dict[str, list[HeldKey]]) -> None:

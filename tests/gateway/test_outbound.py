@@ -303,9 +303,6 @@ def test_mail_the_senders_client_signed_keeps_its_signature_inside_the_encryptio
     assert "signed by the sender's client (kept)" in out.decisions[0].reason
 
 
-@pytest.mark.skipif(not __import__("smimekit.gateway.outbound", fromlist=["_"])
-                    ._api_takes_hcp(), reason="the api has no RFC 9788 hcp option yet"
-                    " (issue 11's header protection not merged)")
 @pytest.mark.parametrize(("hcp", "subject_outside"), [("baseline", False), ("none", True)])
 def test_header_confidentiality_follows_the_recipients_policy(
         store: Store, pki: PKI, hcp: str, subject_outside: bool) -> None:

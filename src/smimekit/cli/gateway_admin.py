@@ -27,7 +27,7 @@ from smimekit.cli.common import (
 if TYPE_CHECKING:
     from smimekit.config import GatewayConfig
 
-__all__ = ["COMMANDS", "gateway", "keys", "policy"]
+__all__ = ["COMMANDS", "keys", "policy"]
 
 
 def _gateway_config() -> GatewayConfig:
@@ -146,12 +146,3 @@ def policy(addresses: tuple[str, ...], sender: str | None) -> None:
 
 
 COMMANDS: list[click.Command] = [keys, policy]
-
-
-@click.group()
-def gateway() -> None:
-    """The S/MIME gateway: an after-queue content filter for Postfix (docs/gateway.md)."""
-
-
-gateway.add_command(keys)
-gateway.add_command(policy)

@@ -478,7 +478,7 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
         layer = [layer for layer in first.layers if layer.kind == "encrypted"][-1]
         clear = _Clear("decrypted", layer.detail.partition(", ")[0],
                        decrypted=first.message(),
-                       protected=getattr(first, "header_protection", None) is not None)
+                       protected=first.header_protection is not None)
         source = clear.decrypted or b""
     try:
         clear.unwrapped = unwrap(source, keys=pairs, extra_certs=())
@@ -538,7 +538,7 @@ def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]
         if clear.unwrap_error:
             facts["signature-reason"] = clear.unwrap_error
         return
-    if clear.protected or getattr(unwrapped, "header_protection", None) is not None:
+    if clear.protected or unwrapped.header_protection is not None:
         facts["headers"] = "restored"  # RFC 9788 protected header fields (issue 11)
     if not unwrapped.signed:
         facts["signature"] = "none"

@@ -33,15 +33,13 @@ message. Encryption uses RFC 9788 header protection with the recipient's ``hcp``
 from __future__ import annotations
 
 import email.utils
-import functools
-import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from email.header import Header as EncodedHeader
 from email.header import decode_header, make_header
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -176,17 +174,6 @@ def remove_trigger(message: bytes, trigger: str) -> tuple[bytes, bool]:
     return CRLF.join(out) + CRLF + CRLF + raw[offset:], True
 
 
-@functools.cache
-def _api_takes_hcp() -> bool:
-    # RFC 9788 header protection (issue 11) gives api.encrypt/sign_encrypt an ``hcp``
-    # keyword; until that is merged the api protects nothing and takes no hcp.
-    return "hcp" in inspect.signature(api.sign_encrypt).parameters
-
-
-def _hcp(hcp: str) -> dict[str, Any]:
-    return {"hcp": hcp} if _api_takes_hcp() else {}
-
-
 def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
@@ -290,8 +277,8 @@ def _encrypt(data: bytes, certs: Sequence[x509.Certificate], signer: HeldKey | N
     # include_self.
     if signer is not None:
         return api.sign_encrypt(data, signer.key, signer.certificate, certs, chain=signer.chain,
-                                include_self=False, check_recipients=False, **_hcp(hcp))
-    return api.encrypt(data, certs, check_recipients=False, **_hcp(hcp))
+                                include_self=False, check_recipients=False, hcp=hcp)
+    return api.encrypt(data, certs, check_recipients=False, hcp=hcp)
 
 
 def _pdf_message(original: bytes, sender: str, recipients: Sequence[str], pdf: bytes

@@ -166,6 +166,7 @@ def pipeline_from_data_dir(config: Config, store: Store, data_dir: Path, *,
     from smimekit.directory.resolver import Resolver
     from smimekit.directory.store_source import our_ca_chain
     from smimekit.gateway.keys import open_held_keys
+    from smimekit.validation.revocation import RevocationOptions
     from smimekit.validation.trust import TrustStore
 
     gateway = config.gateway or GatewayConfig()
@@ -176,5 +177,10 @@ def pipeline_from_data_dir(config: Config, store: Store, data_dir: Path, *,
     resolver = Resolver.from_config(config, store=store, data_dir=data_dir, trust=anchors,
                                     intermediates=list(ours), our_ca=ours)
     node = socket.gethostname()
-    return build_pipeline(gateway, store, held, resolver, trust=anchors,
+    # Revocation as the message commands check it: soft-fail, with CRLs and OCSP answers kept
+    # on disk until their nextUpdate, so a busy gateway does not fetch a CRL per message.
+    inbound = InboundContext.from_config(
+        gateway, trust=anchors, store=store,
+        revocation=RevocationOptions(cache_dir=data_dir / "revocation-cache"))
+    return build_pipeline(gateway, store, held, resolver, trust=anchors, inbound=inbound,
                           actor=actor or f"{ACTOR}@{node}")
