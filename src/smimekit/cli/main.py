@@ -51,7 +51,9 @@ COMMANDS = [
                 "Certificate distribution: LDAP, harvested mail, SMIMEA in DNS, client"
                 " settings."),
     LazyCommand("gateway", "smimekit.cli.gateway:gateway",
-                "The S/MIME gateway: Postfix's after-queue content filter (serve)."),
+                "The S/MIME gateway: Postfix's after-queue content filter (serve) and the keys"
+                " it holds for users (keys).",
+                extend=("smimekit.cli.gateway_keys:COMMANDS",)),
 ]
 
 

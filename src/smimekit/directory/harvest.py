@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from smimekit.validation.revocation import RevocationOptions
     from smimekit.validation.verdict import Verdict
 
-__all__ = ["MAX_HARVEST_MESSAGE", "HarvestReport", "HarvestedSource", "harvest"]
+__all__ = ["MAX_HARVEST_MESSAGE", "HarvestReport", "HarvestedSource", "harvest", "record_signers"]
 
 
 MAX_HARVEST_MESSAGE = 32 * 1024 * 1024
@@ -204,6 +204,41 @@ def _one(data: bytes, where: str, *, store: Store, trust: Sequence[x509.Certific
         report.skipped[MALFORMED] += 1
         report._note(f"{where}: malformed: {str(exc)[:200] or type(exc).__name__}")
         return
+    _judged(unwrapped, verdict, where, store=store, trust=trust, extra_certs=extra_certs,
+            when=when, report=report)
+
+
+def record_signers(
+    unwrapped: Unwrapped,
+    verdict: Verdict,
+    where: str,
+    *,
+    store: Store,
+    trust: Sequence[x509.Certificate],
+    extra_certs: Sequence[x509.Certificate] = (),
+    now: dt.datetime | None = None,
+) -> HarvestReport:
+    """Keep the certificates of one signed message already unwrapped and judged, as
+    :func:`harvest` does for each message of an archive (the gateway calls it for mail it
+    verified). Nothing is kept unless ``verdict`` is valid and bound to the From address.
+    ``where`` names the message in the store (its Message-ID is added).
+
+    Raises:
+        StoreError: the store cannot be written.
+    """
+    report = HarvestReport(messages=1)
+    if unwrapped.partially_signed:
+        report.skipped[PARTIALLY_SIGNED] += 1
+    elif unwrapped.signed:
+        report.signed += 1
+        _judged(unwrapped, verdict, where, store=store, trust=trust, extra_certs=extra_certs,
+                when=now or dt.datetime.now(dt.UTC), report=report)
+    return report
+
+
+def _judged(unwrapped: Unwrapped, verdict: Verdict, where: str, *, store: Store,
+            trust: Sequence[x509.Certificate], extra_certs: Sequence[x509.Certificate],
+            when: dt.datetime, report: HarvestReport) -> None:
     message_id = _header(unwrapped, "message-id")
     ref = f"{where} {message_id}" if message_id else where
     if not verdict.valid:

@@ -6,8 +6,9 @@ issuance (:mod:`~smimekit.store.certificates`), revocations and CRLs
 (:mod:`~smimekit.store.keys`), the certificates kept from signed mail
 (:mod:`~smimekit.store.harvested`), the people ``ca sync`` manages
 (:mod:`~smimekit.store.identities`), the gateway's delivery journal
-(:mod:`~smimekit.store.deliveries`) and the audit log (:mod:`~smimekit.store.auditlog`), all on the
-engine, transactions and schema of :mod:`~smimekit.store.base`.
+(:mod:`~smimekit.store.deliveries`), the keys the mail gateway holds
+(:mod:`~smimekit.store.gateway_keys`) and the audit log (:mod:`~smimekit.store.auditlog`), all
+on the engine, transactions and schema of :mod:`~smimekit.store.base`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from smimekit.store.certificates import (
     certificate_emails,
 )
 from smimekit.store.deliveries import DeliveryRecords
+from smimekit.store.gateway_keys import GatewayKeyRecords, GatewayKeyRow
 from smimekit.store.harvested import HarvestedCertificate, HarvestedRecords, Recorded
 from smimekit.store.identities import IdentityRecords, KnownIdentity
 from smimekit.store.keys import KeyRecords, StoredKey
@@ -30,6 +32,7 @@ from smimekit.store.revocation import PublishedCrl, Revocation, RevocationRecord
 
 __all__ = [
     "DB_FILENAME",
+    "GatewayKeyRow",
     "HarvestedCertificate",
     "IssuedRecord",
     "IssuedStatus",
@@ -46,7 +49,7 @@ __all__ = [
 
 
 class Store(CertificateRecords, RevocationRecords, KeyRecords, HarvestedRecords, IdentityRecords,
-            DeliveryRecords, AuditRecords):
+            DeliveryRecords, GatewayKeyRecords, AuditRecords):
     """Certificates, keys, users, revocations, harvested certificates and the audit log, in
     one database.
 

@@ -31,8 +31,9 @@ Version 2 added ``issued`` (our CA's issuance records). Version 3 added the live
 (issuer, CRL number) of ``crl_publications``. Version 4 added ``harvested_certificates``
 (certificates kept from signed mail that validated, ``directory harvest``). Version 5 added
 ``identities`` (the people ``ca sync`` manages, by the identity source's stable id). Version 6
-added the gateway's tables: ``gateway_deliveries`` (the delivery journal). Versions 1
-to 5 are upgraded in place by the first write transaction (:mod:`smimekit.store.upgrade`)."""
+added the gateway's tables: ``gateway_deliveries`` (the delivery journal) and ``gateway_keys``
+(the keys the gateway holds for users). Versions 1 to 5 are upgraded in place by the first
+write transaction (:mod:`smimekit.store.upgrade`)."""
 
 metadata = MetaData()
 
@@ -202,6 +203,28 @@ gateway_deliveries = Table(
     Column("reply", String(255), nullable=False),  # the next hop's reply, first line
     Column("delivered_at", DateTime(timezone=True), nullable=False, index=True),
     UniqueConstraint("message_key", "delivery_key", name="uq_gateway_delivery"),
+)
+
+# The keys the mail gateway holds (gateway/keys.py): each private key sealed (AES-256-GCM) under
+# the gateway's master key, which is itself sealed under the key passphrase in schema_meta
+# (key "gateway_master_key"). Retired keys stay: the gateway decrypts with the whole history.
+gateway_keys = Table(
+    "gateway_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # lower-cased; "" for the organisation's signing key (purpose "organisation")
+    Column("address", String(320), nullable=False),
+    Column("purpose", String(16), nullable=False),  # sign | encrypt | both | organisation
+    Column("certificate", LargeBinary, nullable=False),  # DER
+    Column("chain", LargeBinary, nullable=False),  # PEM certificates, concatenated
+    Column("fingerprint", String(64), nullable=False, unique=True),  # of the certificate
+    Column("sealed", LargeBinary, nullable=False),  # never the key in the clear
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+    CheckConstraint("purpose IN ('sign', 'encrypt', 'both', 'organisation')",
+                    name="gateway_keys_purpose"),
+    Index("gateway_keys_address", "address"),
 )
 
 # Placeholder for the escrow issue: the columns it will at least need.

@@ -14,9 +14,9 @@ transactional. What changes from version 2 to 3:
   already reuse a number (the CRL race of earlier versions) is refused with the duplicates
   named: those CRLs were signed and handed out, so which to keep is the operator's call.
 
-From version 3 to 4 only a table is added, ``harvested_certificates``, and from 4 to 5 only
-``identities``, and from 5 to 6 only the gateway's tables (each created with the others that a
-store lacks); nothing existing changes.
+From version 3 to 4 only a table is added, ``harvested_certificates``, from 4 to 5 only
+``identities``, from 5 to 6 only the gateway's tables ``gateway_deliveries`` and
+``gateway_keys`` (each created with the others that a store lacks); nothing existing changes.
 The steps of 2 to 3 run only for a store older than 3: on a version 3 store they would hand
 slots out again.
 """

@@ -1,0 +1,120 @@
+"""``smimekit gateway keys import|list|retire``: the keys the gateway holds (docs/gateway.md).
+
+The ``keys`` group joins the ``gateway`` group of cli/gateway.py through ``COMMANDS`` (the
+``extend`` of its entry in cli/main.py). The key store opens with ``[gateway]
+key_passphrase_file`` of the configuration, as ``gateway serve`` opens it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from smimekit.cli.common import (
+    CliError,
+    cli_actor,
+    cli_config,
+    open_store,
+    passphrase_from,
+    passphrase_options,
+)
+
+__all__ = ["COMMANDS", "gateway", "keys"]
+
+
+def _passphrase_file() -> Path | None:
+    config = cli_config().gateway
+    return config.key_passphrase_file if config is not None else None
+
+
+@click.group()
+def keys() -> None:
+    """The keys the gateway holds for users (and the organisation), sealed in the store."""
+
+
+@keys.command("import")
+@click.argument("p12", type=click.Path(dir_okay=False, exists=True))
+@passphrase_options
+@click.option("--address", help="Hold the keys for this address [default: the certificate's"
+              " first address].")
+@click.option("--organisation", is_flag=True,
+              help="The organisation's signing key (policy organisation_signature).")
+def import_(p12: str, passphrase_file: str | None, passphrase_env: str | None,
+            address: str | None, organisation: bool) -> None:
+    """Hold every key of a PKCS#12 file (e.g. what 'ca issue' writes, with the key history).
+
+    The PKCS#12 passphrase comes from --passphrase-file, --passphrase-env or
+    SMIMEKIT_PASSPHRASE; the gateway's own key store opens with [gateway]
+    key_passphrase_file.
+    """
+    from smimekit.gateway.keys import StoreHeldKeys, import_pkcs12, read_key_passphrase
+
+    secret = read_key_passphrase(_passphrase_file())
+    data = Path(p12).read_bytes()
+    with open_store(create=True) as store:
+        held = StoreHeldKeys.open(store, secret, create=True)
+        done = import_pkcs12(held, data, passphrase_from(passphrase_file, passphrase_env),
+                             address=address, organisation=organisation, label=f"PKCS#12 {p12}")
+        for item in done:
+            if item.new:
+                store.audit(cli_actor(), "gateway.keys.import", item.address or "organisation",
+                            {"fingerprint": item.fingerprint, "purpose": item.purpose})
+            state = "held" if item.new else "already held"
+            click.echo(f"{state}: {item.fingerprint[:16]}  {item.address or '(organisation)'}"
+                       f"  {item.purpose}  until {item.not_after.date().isoformat()}")
+
+
+@keys.command("list")
+@click.argument("address", required=False)
+def list_(address: str | None) -> None:
+    """The keys held (for ADDRESS, or all): fingerprint, address, purpose, validity, state.
+
+    Reads the store only; no passphrase is needed and no key is opened.
+    """
+    with open_store() as store:
+        rows = store.gateway_keys(address)
+    if not rows:
+        click.echo("no keys held" + (f" for {address}" if address else "")
+                   + " (import some with: smimekit gateway keys import FILE.p12)")
+        return
+    now = dt.datetime.now(dt.UTC)
+    for row in rows:
+        state = ("retired " + row.retired_at.date().isoformat() if row.retired_at
+                 else "expired" if row.not_after < now else "current")
+        click.echo(f"{row.fingerprint[:16]}  {row.address or '(organisation)'}  {row.purpose}"
+                   f"  until {row.not_after.date().isoformat()}  {state}")
+
+
+@keys.command("retire")
+@click.argument("fingerprint")
+def retire(fingerprint: str) -> None:
+    """Stop signing with a held key (FINGERPRINT: its certificate's SHA-256, or a unique
+    prefix of at least 16 hex digits, as 'list' shows). It still decrypts old mail."""
+    text = fingerprint.strip().lower().replace(":", "")
+    if len(text) < 16 or any(c not in "0123456789abcdef" for c in text):
+        raise CliError(f"{fingerprint!r} is not a certificate fingerprint (16 to 64 hex digits)")
+    with open_store() as store:
+        matches = [r for r in store.gateway_keys() if r.fingerprint.startswith(text)]
+        if not matches:
+            raise CliError(f"no held key has the fingerprint {text}")
+        if len(matches) > 1:
+            raise CliError(f"{text} names {len(matches)} held keys; give more digits")
+        row = matches[0]
+        if not store.retire_gateway_key(row.fingerprint, dt.datetime.now(dt.UTC)):
+            raise CliError(f"the key {row.fingerprint[:16]} is retired already")
+        store.audit(cli_actor(), "gateway.keys.retire", row.address or "organisation",
+                    {"fingerprint": row.fingerprint, "purpose": row.purpose})
+    click.echo(f"retired: {row.fingerprint[:16]}  {row.address or '(organisation)'}")
+
+
+COMMANDS: list[click.Command] = [keys]
+
+
+@click.group()
+def gateway() -> None:
+    """The S/MIME gateway: an after-queue content filter for Postfix (docs/gateway.md)."""
+
+
+gateway.add_command(keys)

@@ -1,0 +1,609 @@
+"""Inbound mail at the gateway: decrypt with held keys, verify, scan, deliver (docs/gateway.md).
+
+:func:`process_inbound` takes one message for recipients in our domains and, per recipient:
+
+1. removes every result header (``[gateway] result_header``) that came from outside, before
+   anything else reads the message, so a sender cannot forge the gateway's verdict;
+2. decrypts with the recipient's held keys, the whole key history (policy ``decrypt``);
+   mail not encrypted to any of them passes unchanged, saying so in the result header;
+3. verifies every signature against the organisation's trust anchors (policy ``verify``)
+   and keeps valid signers' certificates for the directory (policy ``harvest``);
+4. sends the clear content to the scanning hook and the inbound data-loss rules;
+5. delivers: decrypted mail is re-encrypted to the recipient's current certificate (the
+   newest held one) for desktop users, or delivered in the clear over the internal hop for
+   users flagged ``webmail``; protected header fields (RFC 9788) are restored by unwrapping;
+6. adds a fresh result header saying what was found and done.
+
+Recipients who end up with the same bytes share one :class:`Delivery`. Malware and the DLP
+``reject`` action refuse the recipient (a :class:`Refusal`: the sender gets a DSN);
+``quarantine`` keeps the message in ``quarantine_dir`` and delivers nothing. The gateway
+never removes a signature it could not vouch for, and never delivers partial plaintext: a
+message it cannot decrypt or re-encrypt goes on exactly as it arrived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from smimekit.api import SOFT_REVOCATION
+from smimekit.config import GatewayConfig
+from smimekit.errors import (
+    DecryptionError,
+    EncryptionError,
+    GatewayError,
+    LegacyAlgorithmError,
+    MalformedError,
+    MIMEError,
+    NoRecipientError,
+    SmimeError,
+    StoreError,
+)
+from smimekit.gateway import dlp
+from smimekit.gateway.model import (
+    Decision,
+    Delivery,
+    Envelope,
+    HeldKey,
+    HeldKeys,
+    Outcome,
+    Refusal,
+)
+from smimekit.gateway.scan import Scanner, ScanResult
+from smimekit.smime.canonical import CRLF, parse_headers, split_head_body, to_crlf
+
+if TYPE_CHECKING:
+    from smimekit.smime.wrap import Unwrapped
+    from smimekit.store import Store
+    from smimekit.validation.intermediates import IntermediateCache
+    from smimekit.validation.revocation import RevocationOptions
+    from smimekit.validation.verdict import Verdict
+
+__all__ = ["InboundContext", "InboundPolicy", "InboundSettings", "process_inbound",
+           "strip_header"]
+
+
+class InboundPolicy(Protocol):
+    """What the effective policy of one recipient says about inbound mail
+    (gateway/policy.py resolves the levels; :class:`InboundSettings` is a plain one)."""
+
+    @property
+    def decrypt(self) -> bool: ...
+
+    @property
+    def verify(self) -> bool: ...
+
+    @property
+    def harvest(self) -> bool: ...
+
+    @property
+    def webmail(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """An :class:`InboundPolicy` with the built-in defaults."""
+
+    decrypt: bool = True
+    verify: bool = True
+    harvest: bool = True
+    webmail: bool = False
+
+
+@dataclass(frozen=True)
+class InboundContext:
+    """What inbound processing needs besides the message (built once per gateway)."""
+
+    config: GatewayConfig
+    trust: Sequence[x509.Certificate] = ()
+    """The organisation's trust anchors for verifying signatures."""
+    store: Store | None = None
+    """Where valid signers' certificates are kept (None: nothing is harvested)."""
+    revocation: RevocationOptions | None = SOFT_REVOCATION
+    """How revocation is checked when verifying (default: soft-fail; None: not checked)."""
+    intermediates: IntermediateCache | None = None
+    scanner: Scanner | None = None
+    rules: dlp.RuleSet = field(default_factory=dlp.RuleSet)
+    hostname: str = "localhost"
+    """Names the gateway in the result header."""
+    now: Callable[[], dt.datetime] | None = None
+    """The time signatures are judged at (None: the current time)."""
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, *, trust: Sequence[x509.Certificate] = (),
+                    store: Store | None = None,
+                    revocation: RevocationOptions | None = SOFT_REVOCATION,
+                    intermediates: IntermediateCache | None = None,
+                    hostname: str | None = None) -> InboundContext:
+        """The context of ``config``: its scanner and compiled DLP rules.
+
+        Raises:
+            ConfigError: a bad ``[gateway.scan]`` or ``[[gateway.dlp]]``, a rule asking for
+                quarantine without ``quarantine_dir``, or a result header name that is not a
+                header field name.
+        """
+        from smimekit.errors import ConfigError
+
+        if not re.fullmatch(r"[!-9;-~]+", config.result_header):
+            raise ConfigError(f"gateway.result_header {config.result_header!r} is not a"
+                              " header field name")
+        rules = dlp.compile_rules(config.dlp)
+        if config.quarantine_dir is None and any(r.action == "quarantine" for r in config.dlp):
+            raise ConfigError("a [[gateway.dlp]] rule quarantines but gateway.quarantine_dir"
+                              " is not set")
+        return cls(config=config, trust=tuple(trust), store=store, revocation=revocation,
+                   intermediates=intermediates,
+                   scanner=Scanner(config.scan) if config.scan is not None else None,
+                   rules=rules, hostname=hostname or socket.getfqdn() or "localhost")
+
+
+def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
+    """``message`` without any top-level header field called ``name`` (any case, folded
+    lines included), and how many were removed. The body is kept byte for byte.
+
+    Raises:
+        MIMEError: the header block cannot be read.
+    """
+    raw = to_crlf(message)
+    head, offset = split_head_body(raw)
+    fields = parse_headers(head)
+    kept = [f for f in fields if f.lname != name.lower()]
+    if len(kept) == len(fields):
+        return raw, 0
+    new_head = CRLF.join(f.raw for f in kept)
+    return (new_head + CRLF if kept else b"") + CRLF + raw[offset:], len(fields) - len(kept)
+
+
+@dataclass
+class _Clear:
+    """What reading the message with one recipient's keys gave."""
+
+    encryption: str
+    """none | decrypted | not-for-held-keys | not-decrypted | failed"""
+    encryption_detail: str = ""
+    decrypted: bytes | None = None
+    """The message with its encryption removed (signatures inside kept)."""
+    unwrapped: Unwrapped | None = None
+    """Every layer removed (for the verdict, harvest and the clear content)."""
+    unwrap_error: str = ""
+    verdict: Verdict | None = None
+    harvested: str = ""
+    protected: bool = False
+    """Protected header fields were restored when the encryption was removed."""
+
+
+@dataclass
+class _Work:
+    """Per message: what does not depend on the recipient, computed once."""
+
+    received: bytes
+    stripped: int
+    encrypted: bool
+    """The message itself is encrypted (application/pkcs7-mime enveloped)."""
+    smime: bool
+    """Encrypted or signed: held keys may open a layer (e.g. a triple-wrapped message)."""
+    by_keys: dict[tuple[str, ...], _Clear] = field(default_factory=dict)
+    scans: dict[bytes, ScanResult | None] = field(default_factory=dict)
+    dlps: dict[tuple[bytes, str], dlp.DlpResult] = field(default_factory=dict)
+    quarantined: dict[bytes, str] = field(default_factory=dict)
+    harvested: set[bytes] = field(default_factory=set)
+
+
+def process_inbound(
+    envelope: Envelope,
+    recipients: Sequence[str],
+    *,
+    held_keys: HeldKeys,
+    policy_for: Callable[[str], InboundPolicy],
+    context: InboundContext,
+) -> Outcome:
+    """Process ``envelope`` for ``recipients`` (those of its recipients in our domains).
+
+    Returns the deliveries (recipients grouped by identical output), one decision per
+    recipient, and the refused ones (malware, a DLP ``reject``, or a DLP
+    ``require-encryption`` for a recipient without a held certificate and no quarantine).
+
+    Raises:
+        GatewayError: permanent when the message's header cannot be read; temporary when
+            the scanner fails under ``on_failure = "defer"``, the quarantine cannot be
+            written, or the store fails while reading keys.
+    """
+    name = context.config.result_header
+    try:
+        received, stripped = strip_header(envelope.data, name)
+    except MIMEError as exc:
+        raise GatewayError(f"the message header cannot be read: {exc}", permanent=True) from None
+    encrypted = _is_encrypted(received)
+    work = _Work(received, stripped, encrypted, encrypted or _is_smime(received))
+    outputs: dict[bytes, list[str]] = {}
+    decisions: list[Decision] = []
+    refused: list[Refusal] = []
+    for recipient in recipients:
+        data, decision, refusal = _one(recipient, envelope, work, held_keys,
+                                       policy_for(recipient), context)
+        decisions.append(decision)
+        if refusal is not None:
+            refused.append(refusal)
+        if data is not None:
+            outputs.setdefault(data, []).append(recipient)
+    deliveries = tuple(Delivery(envelope.mail_from, tuple(rcpts), data)
+                       for data, rcpts in outputs.items())
+    return Outcome(deliveries, tuple(decisions), tuple(refused))
+
+
+def _is_smime(message: bytes) -> bool:
+    from smimekit.smime.canonical import Entity
+    from smimekit.smime.message import is_multipart_signed, is_pkcs7_mime
+
+    try:
+        root = Entity.parse(message)
+    except MIMEError:
+        return False
+    return is_pkcs7_mime(root) or is_multipart_signed(root)
+
+
+def _is_encrypted(message: bytes) -> bool:
+    from smimekit.smime.canonical import Entity
+    from smimekit.smime.message import is_pkcs7_mime
+
+    try:
+        root = Entity.parse(message)
+    except MIMEError:
+        return False
+    if not is_pkcs7_mime(root):
+        return False
+    smime_type = root.params.get("smime-type", "").lower()
+    if smime_type in ("enveloped-data", "authenveloped-data"):
+        return True
+    if smime_type:
+        return False
+    from smimekit.cms.enveloped import content_type_of
+    from smimekit.smime.message import pkcs7_der
+
+    try:
+        return content_type_of(pkcs7_der(root)) != "signed_data"
+    except (SmimeError, ValueError):
+        return False
+
+
+def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
+         policy: InboundPolicy, context: InboundContext
+         ) -> tuple[bytes | None, Decision, Refusal | None]:
+    facts: dict[str, str] = {}
+    if work.stripped:
+        facts["stripped"] = str(work.stripped)
+    keys: Sequence[HeldKey] = ()
+    if work.smime and policy.decrypt:
+        try:
+            keys = held_keys.decryption_keys(recipient)
+        except StoreError as exc:
+            raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") from None
+    clear = _read(work, keys, policy, context)
+    facts["encryption"] = clear.encryption
+    if clear.encryption_detail:
+        facts["encryption-detail"] = clear.encryption_detail
+    _signature_facts(clear, policy, facts)
+
+    # The clear content: what the scanner and the rules read (None: still encrypted).
+    content = clear.unwrapped.message() if clear.unwrapped is not None else \
+        clear.decrypted if clear.decrypted is not None else \
+        work.received if clear.encryption in ("none", "inside-signature") else None
+    require_encryption = ""
+    if content is None:
+        facts["scan"] = "not-scanned"
+    else:
+        result = _scan(work, content, context)
+        if result is not None:
+            facts["scan"] = result.status
+            if result.detail:
+                facts["scan-detail"] = result.detail
+            if result.status == "infected":
+                reason = f"the message carries malware ({result.detail})"
+                return None, _decision(recipient, "rejected", reason, facts), \
+                    Refusal(recipient, reason)
+        found = _dlp(work, content, context)
+        if found.fired:
+            facts["dlp"] = found.summary()
+        if found.action == "reject":
+            reason = f"rejected by the data-loss rule {', '.join(found.names('reject'))}"
+            return None, _decision(recipient, "rejected", reason, facts), \
+                Refusal(recipient, reason)
+        if found.action == "quarantine":
+            path = _quarantine(work, envelope, context)
+            facts["quarantine"] = path
+            names = ", ".join(found.names("quarantine"))
+            return None, _decision(recipient, "quarantined", f"quarantined by the data-loss"
+                                   f" rule {names} in {path}", facts), None
+        if found.action == "require-encryption":
+            require_encryption = ", ".join(found.names("require-encryption"))
+
+    # What the recipient receives.
+    if clear.decrypted is None:
+        data = work.received
+        action = "verified" if facts["signature"] in ("valid", "invalid") else "passed"
+    elif policy.webmail and not require_encryption:
+        vouched = clear.verdict is not None and clear.verdict.valid
+        plain = clear.unwrapped is not None and not clear.unwrapped.signed
+        data = clear.unwrapped.message() if clear.unwrapped is not None and (vouched or plain) \
+            else clear.decrypted
+        action = "decrypted"
+    else:
+        data, action = _reencrypt(clear.decrypted, recipient, held_keys, work, facts)
+    if require_encryption and not _is_encrypted(data):
+        # the message as it would go (a signature kept), encrypted to the recipient
+        encrypted = _encrypt_to_current(data, recipient, held_keys, facts)
+        if encrypted is None:
+            if context.config.quarantine_dir is not None:
+                path = _quarantine(work, envelope, context)
+                facts["quarantine"] = path
+                return None, _decision(
+                    recipient, "quarantined", f"the data-loss rule {require_encryption}"
+                    f" requires encryption and no certificate of {recipient} is held:"
+                    f" quarantined in {path}", facts), None
+            reason = (f"the data-loss rule {require_encryption} requires encryption and the"
+                      f" gateway holds no usable certificate of {recipient}")
+            return None, _decision(recipient, "rejected", reason, facts), \
+                Refusal(recipient, reason)
+        data, action = encrypted, "re-encrypted"
+        facts["delivered"] = "encrypted (data-loss rule)"
+    if action in ("decrypted", "re-encrypted"):
+        # restored protected header fields must not smuggle a result header in either
+        data, _ = strip_header(data, context.config.result_header)
+    facts.setdefault("delivered", {"decrypted": "clear", "re-encrypted": "encrypted"}
+                     .get(action, "as-received"))
+    header = _result_header(context, facts)
+    return header + data, _decision(recipient, action, _reason(action, facts), facts), None
+
+
+def _read(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
+          context: InboundContext) -> _Clear:
+    flags = ("verify" if policy.verify else "", "harvest" if policy.harvest else "")
+    if not work.encrypted:
+        # Signed or plain: the same for every recipient, unless the held keys open an
+        # encrypted layer inside a signature.
+        shared = work.by_keys.get(flags)
+        if shared is None:
+            shared = work.by_keys[flags] = _read_uncached(work, (), policy, context)
+        if shared.encryption != "not-decrypted" or not held:
+            return shared
+    ident = tuple(k.certificate.fingerprint(hashes.SHA256()).hex() for k in held)
+    cache_key = (*ident, *flags)
+    cached = work.by_keys.get(cache_key)
+    if cached is None:
+        cached = work.by_keys[cache_key] = _read_uncached(work, held, policy, context)
+    return cached
+
+
+def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
+                   context: InboundContext) -> _Clear:
+    from smimekit.smime.wrap import unwrap
+
+    pairs: list[tuple[PrivateKeyTypes, x509.Certificate | None]] = [
+        (k.key, k.certificate) for k in held]
+    if not work.encrypted:
+        clear = _Clear("none")
+        source = work.received
+    elif not pairs:
+        return _Clear("not-decrypted", "no key of this recipient is held by the gateway"
+                      if policy.decrypt else "decryption is off for this recipient")
+    else:
+        try:
+            first = unwrap(work.received, keys=pairs, encryption_only=True)
+        except NoRecipientError:
+            return _Clear("not-for-held-keys", "not encrypted to a key the gateway holds")
+        except LegacyAlgorithmError as exc:
+            return _Clear("failed", _short(str(exc)))
+        except DecryptionError:
+            return _Clear("failed", "the content does not decrypt (altered or a wrong key)")
+        except (MalformedError, MIMEError) as exc:
+            return _Clear("failed", f"malformed: {_short(str(exc))}")
+        if first.partially_encrypted or not first.encrypted:
+            return _Clear("failed", "only part of the message is encrypted")
+        layer = [layer for layer in first.layers if layer.kind == "encrypted"][-1]
+        clear = _Clear("decrypted", layer.detail.partition(", ")[0],
+                       decrypted=first.message(),
+                       protected=getattr(first, "header_protection", None) is not None)
+        source = clear.decrypted or b""
+    try:
+        clear.unwrapped = unwrap(source, keys=pairs, extra_certs=())
+    except NoRecipientError:
+        # encrypted inside a signature (triple wrapping) or twice: not for the held keys
+        return _Clear("not-decrypted", "an encrypted part the held keys do not open")
+    except (SmimeError, ValueError) as exc:
+        clear.unwrap_error = _short(str(exc)) or type(exc).__name__
+        return clear
+    if any(layer.error is not None for layer in clear.unwrapped.layers):
+        clear.unwrap_error = "a signature does not verify"
+    if clear.encryption == "none" and clear.unwrapped.encrypted:
+        # signed outside, encrypted inside (triple wrapping): read for the verdict and the
+        # scan; delivered as received, since the outer signature covers the ciphertext
+        clear.encryption = "inside-signature"
+    if clear.unwrapped.signed and policy.verify:
+        from smimekit.api import _issuer_source
+        from smimekit.validation.assess import assess
+
+        at = context.now() if context.now is not None else None
+        clear.verdict = assess(clear.unwrapped, trust=context.trust, at=at,
+                               revocation=context.revocation,
+                               issuer_source=_issuer_source(False, context.intermediates,
+                                                            context.revocation))
+        if policy.harvest and context.store is not None and clear.verdict.valid:
+            clear.harvested = _harvest(clear.unwrapped, clear.verdict, context, at)
+    return clear
+
+
+def _harvest(unwrapped: Unwrapped, verdict: Verdict, context: InboundContext,
+             at: dt.datetime | None) -> str:
+    from smimekit.directory.harvest import record_signers
+
+    assert context.store is not None
+    try:
+        report = record_signers(unwrapped, verdict, "gateway", store=context.store,
+                                trust=context.trust, now=at)
+    except StoreError as exc:
+        # The message is not held back for the directory: it is delivered, the failure told.
+        return f"failed: {_short(str(exc))}"
+    if report.new:
+        return "new"
+    return "known" if report.valid else "not-kept"
+
+
+def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]) -> None:
+    unwrapped = clear.unwrapped
+    if clear.encryption not in ("none", "decrypted", "inside-signature"):
+        facts["signature"] = "unknown"  # inside the encryption: not read
+        return
+    if unwrapped is None:
+        facts["signature"] = "invalid" if clear.unwrap_error else "none"
+        if clear.unwrap_error:
+            facts["signature-reason"] = clear.unwrap_error
+        return
+    if clear.protected or getattr(unwrapped, "header_protection", None) is not None:
+        facts["headers"] = "restored"  # RFC 9788 protected header fields (issue 11)
+    if not unwrapped.signed:
+        facts["signature"] = "none"
+        return
+    if not policy.verify or clear.verdict is None:
+        facts["signature"] = "not-checked"
+        return
+    verdict = clear.verdict
+    facts["signature"] = "valid" if verdict.valid else "invalid"
+    signers = sorted({e for s in verdict.signers for e in s.email})
+    if signers:
+        facts["signer"] = ",".join(signers)
+    if not verdict.valid:
+        facts["signature-reason"] = _short("; ".join(verdict.all_reasons()))
+    if clear.harvested:
+        facts["harvest"] = clear.harvested
+
+
+def _reencrypt(decrypted: bytes, recipient: str, held_keys: HeldKeys, work: _Work,
+               facts: dict[str, str]) -> tuple[bytes, str]:
+    from smimekit.api import encrypt
+
+    history = held_keys.decryption_keys(recipient)
+    if not history:  # pragma: no cover - decrypted with a held key, so one exists
+        return work.received, "passed"
+    current = history[0].certificate
+    try:
+        data = encrypt(decrypted, [current], trust=None)
+    except EncryptionError as exc:
+        # Mail stays encrypted end to end: the original goes on, readable with the history.
+        facts["re-encryption"] = f"failed: {_short(str(exc))}; delivered as received"
+        return work.received, "passed"
+    facts["re-encrypted-to"] = f"serial {current.serial_number:x}"
+    return data, "re-encrypted"
+
+
+def _encrypt_to_current(clear: bytes, recipient: str, held_keys: HeldKeys,
+                      facts: dict[str, str]) -> bytes | None:
+    from smimekit.api import encrypt
+
+    for held in held_keys.decryption_keys(recipient)[:1]:
+        try:
+            data = encrypt(clear, [held.certificate], trust=None)
+        except EncryptionError as exc:
+            facts["re-encryption"] = f"failed: {_short(str(exc))}"
+            return None
+        facts["re-encrypted-to"] = f"serial {held.certificate.serial_number:x}"
+        return data
+    return None
+
+
+def _scan(work: _Work, content: bytes, context: InboundContext) -> ScanResult | None:
+    if context.scanner is None:
+        return None
+    digest = hashlib.sha256(content).digest()
+    if digest not in work.scans:
+        work.scans[digest] = context.scanner.check(content)
+    return work.scans[digest]
+
+
+def _dlp(work: _Work, content: bytes, context: InboundContext) -> dlp.DlpResult:
+    digest = hashlib.sha256(content).digest()
+    if (digest, "inbound") not in work.dlps:
+        work.dlps[(digest, "inbound")] = dlp.evaluate(context.rules, content, "inbound")
+    return work.dlps[(digest, "inbound")]
+
+
+def _quarantine(work: _Work, envelope: Envelope, context: InboundContext) -> str:
+    # The message as it arrived (outside result headers removed), once per message.
+    digest = hashlib.sha256(work.received).digest()
+    if digest not in work.quarantined:
+        head = (f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n"
+                f"X-Smimekit-Envelope-To: {_safe(', '.join(envelope.recipients))}\r\n")
+        path = dlp.quarantine(head.encode() + work.received, context.config.quarantine_dir,
+                              label="inbound")
+        work.quarantined[digest] = str(path)
+    return work.quarantined[digest]
+
+
+def _decision(recipient: str, action: str, reason: str, facts: dict[str, str]) -> Decision:
+    return Decision(recipient, "inbound", action, reason, dict(facts))
+
+
+def _reason(action: str, facts: dict[str, str]) -> str:
+    signature = facts.get("signature", "none")
+    said = {"valid": f"signed by {facts.get('signer', 'a valid signer')}, valid",
+            "invalid": f"signature invalid ({facts.get('signature-reason', '')})",
+            "not-checked": "signed, not checked (verify is off)",
+            "unknown": "signature not read (still encrypted)",
+            "none": "not signed"}[signature]
+    if action == "re-encrypted":
+        how = "decrypted with a held key and re-encrypted to the current certificate" \
+            " (desktop user)"
+    elif action == "decrypted":
+        how = "decrypted with a held key and delivered in the clear (webmail user)"
+    elif facts.get("encryption") == "none":
+        how = "not encrypted, delivered as received"
+    else:
+        how = ("encrypted, delivered as received: "
+               + facts.get("encryption-detail", facts.get("re-encryption", "")))
+    return f"{how}; {said}"
+
+
+# ---- the result header ---------------------------------------------------------------
+
+_TOKEN = re.compile(r"[^A-Za-z0-9@._+:,/()-]")
+_HEADER_KEYS = ("encryption", "signature", "signer", "signature-reason", "headers", "scan",
+                "scan-detail", "dlp", "harvest", "delivered", "re-encryption", "stripped")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^\x20-\x7e]", "?", text).replace('"', "'").replace("\\", "/")[:300]
+
+
+def _short(text: str) -> str:
+    return _safe(text)[:200]
+
+
+def _result_header(context: InboundContext, facts: dict[str, str]) -> bytes:
+    parts = [_TOKEN.sub("", context.hostname) or "gateway"]
+    for key in _HEADER_KEYS:
+        value = facts.get(key)
+        if value is None:
+            continue
+        token = _TOKEN.sub("", value)
+        parts.append(f"{key}={token}" if token == value and token
+                     else f'{key}="{_safe(value)}"')
+    # fold between items so no line passes 78 characters where it can be helped
+    lines: list[str] = []
+    current = f"{context.config.result_header}:"
+    for i, part in enumerate(parts):
+        piece = f" {part}" + (";" if i < len(parts) - 1 else "")
+        if len(current) + len(piece) > 78 and current.strip():
+            lines.append(current)
+            current = "\t" + piece.lstrip()
+        else:
+            current += piece
+    lines.append(current)
+    return "\r\n".join(lines).encode("ascii") + CRLF

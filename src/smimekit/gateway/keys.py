@@ -1,0 +1,353 @@
+"""The keys the gateway holds for users and the organisation, at rest in the store.
+
+Two layers, so that opening one of ten thousand users' keys costs a microsecond, not a KDF:
+
+* the **master key** (32 random bytes) is sealed under the key passphrase
+  (``[gateway] key_passphrase_file``): scrypt (n=2^15, r=8, p=1) derives a key-encryption key
+  that seals it with AES-256-GCM; the result is one row of the store's ``schema_meta``, so every
+  node sharing the store opens the same master key with the same passphrase;
+* each **held key** (PKCS#8 DER) is sealed with AES-256-GCM under the master key, the
+  certificate's SHA-256 fingerprint bound in as associated data (a sealed key moved to another
+  row does not open).
+
+Nothing is ever stored or logged in the clear. Retired keys stay in the history:
+:meth:`StoreHeldKeys.decryption_keys` returns every encryption key a user ever had, newest
+first, so mail encrypted to an old certificate still opens.
+
+Keys come in as PKCS#12 (what ``smimekit ca issue`` writes, with the whole key history):
+:func:`import_pkcs12`. Each key's purpose follows its certificate's key usage.
+
+Keys inside a PKCS#11 token are not handled here yet (docs/gateway.md says so).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from smimekit.errors import ConfigError, GatewayError, KeyLoadError, PassphraseError
+from smimekit.gateway.model import HeldKey
+from smimekit.keys.load import key_matches
+from smimekit.store import Store
+from smimekit.store.db import certificate_emails
+from smimekit.store.gateway_keys import GatewayKeyRow
+
+__all__ = [
+    "Imported",
+    "StoreHeldKeys",
+    "import_pkcs12",
+    "open_held_keys",
+    "purpose_of",
+    "read_key_passphrase",
+]
+
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+_MASTER_AAD = b"smimekit gateway master key v1"
+_KEY_AAD = b"smimekit gateway key v1 "
+_SEAL_VERSION = b"\x01"
+
+
+def read_key_passphrase(path: Path | None) -> bytes:
+    """The passphrase in ``path`` (one line; the trailing newline is not part of it).
+
+    Raises:
+        ConfigError: no ``key_passphrase_file`` is configured, it cannot be read, or it is
+            empty.
+    """
+    if path is None:
+        raise ConfigError("gateway.key_passphrase_file is not set: the gateway's key store"
+                          " cannot be opened without it")
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"gateway.key_passphrase_file: cannot read {path}:"
+                          f" {exc.strerror or exc}") from None
+    secret = text.rstrip(b"\r\n")
+    if not secret:
+        raise ConfigError(f"gateway.key_passphrase_file: {path} is empty")
+    return secret
+
+
+def _kek(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+
+
+def _new_master(passphrase: bytes) -> tuple[bytes, str]:
+    master = AESGCM.generate_key(256)
+    salt, nonce = os.urandom(16), os.urandom(12)
+    sealed = AESGCM(_kek(passphrase, salt, **_SCRYPT)).encrypt(nonce, master, _MASTER_AAD)
+    text = json.dumps({"v": 1, "kdf": "scrypt", **_SCRYPT,
+                       "salt": base64.b64encode(salt).decode(),
+                       "nonce": base64.b64encode(nonce).decode(),
+                       "sealed": base64.b64encode(sealed).decode()}, sort_keys=True)
+    return master, text
+
+
+def _open_master(text: str, passphrase: bytes) -> bytes:
+    try:
+        record = json.loads(text)
+        if record.get("v") != 1 or record.get("kdf") != "scrypt":
+            raise ValueError("unknown format")
+        salt, nonce, sealed = (base64.b64decode(record[k]) for k in ("salt", "nonce", "sealed"))
+        n, r, p = int(record["n"]), int(record["r"]), int(record["p"])
+        if not (2**14 <= n <= 2**20 and 1 <= r <= 16 and 1 <= p <= 4):
+            raise ValueError("scrypt parameters out of range")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KeyLoadError(f"the gateway's master key in the store is damaged ({exc})") from None
+    try:
+        return AESGCM(_kek(passphrase, salt, n, r, p)).decrypt(nonce, sealed, _MASTER_AAD)
+    except InvalidTag:
+        raise PassphraseError("wrong passphrase for the gateway's key store"
+                              " (gateway.key_passphrase_file)") from None
+
+
+def _seal(master: bytes, key: PrivateKeyTypes, fingerprint: str) -> bytes:
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    nonce = os.urandom(12)
+    return _SEAL_VERSION + nonce + AESGCM(master).encrypt(
+        nonce, der, _KEY_AAD + fingerprint.encode())
+
+
+def _unseal(master: bytes, row: GatewayKeyRow) -> PrivateKeyTypes:
+    sealed = row.sealed
+    if sealed[:1] != _SEAL_VERSION or len(sealed) < 13 + 16:
+        raise KeyLoadError(f"held key {row.fingerprint[:16]} is damaged")
+    try:
+        der = AESGCM(master).decrypt(sealed[1:13], sealed[13:],
+                                     _KEY_AAD + row.fingerprint.encode())
+    except InvalidTag:
+        raise KeyLoadError(f"held key {row.fingerprint[:16]} does not open under the gateway's"
+                           " master key (damaged, or sealed for another store)") from None
+    return serialization.load_der_private_key(der, None)
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _chain(data: bytes) -> tuple[x509.Certificate, ...]:
+    return tuple(x509.load_pem_x509_certificates(data)) if data else ()
+
+
+def purpose_of(cert: x509.Certificate) -> str:
+    """``sign``, ``encrypt`` or ``both``, from the certificate's key usage (and key type when
+    it has none).
+
+    Raises:
+        KeyLoadError: the certificate allows neither signing nor encryption.
+    """
+    public = cert.public_key()
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        if isinstance(public, x25519.X25519PublicKey | x448.X448PublicKey):
+            return "encrypt"
+        if isinstance(public, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            return "sign"
+        return "both"
+    sign = ku.digital_signature or ku.content_commitment
+    encrypt = (ku.key_encipherment if isinstance(public, rsa.RSAPublicKey)
+               else ku.key_agreement)
+    if sign and encrypt:
+        return "both"
+    if sign:
+        return "sign"
+    if encrypt:
+        return "encrypt"
+    raise KeyLoadError(f"certificate {_fingerprint(cert)[:16]} allows neither signing nor"
+                       " encryption (key usage)")
+
+
+@dataclass(frozen=True)
+class Imported:
+    """One key :func:`import_pkcs12` kept (or found held already)."""
+
+    address: str
+    purpose: str
+    fingerprint: str
+    not_after: dt.datetime
+    new: bool
+    """False: the gateway held this key already (nothing changed)."""
+
+
+class StoreHeldKeys:
+    """:class:`~smimekit.gateway.model.HeldKeys` over the store's ``gateway_keys`` table.
+
+    Keys are opened when first asked for and kept in memory for the life of the object (a
+    gateway process); :meth:`forget` drops them (e.g. after ``gateway keys retire`` on
+    another node). ``clock`` gives the time a signing certificate must be valid at.
+    """
+
+    def __init__(self, store: Store, master: bytes, *,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        self._store = store
+        self._master = master
+        self._opened: dict[str, PrivateKeyTypes] = {}
+        self._clock = clock
+
+    @classmethod
+    def open(cls, store: Store, passphrase: bytes, *, create: bool = False) -> StoreHeldKeys:
+        """Open the key store with ``passphrase``; ``create`` makes the master key when the
+        store has none yet (the first import).
+
+        Raises:
+            PassphraseError: the passphrase does not open the master key.
+            KeyLoadError: the stored master key is damaged, or (without ``create``) the store
+                holds no gateway keys yet.
+            StoreError: the database cannot be read.
+        """
+        text = store.gateway_master_key()
+        if text is None:
+            if not create:
+                raise KeyLoadError("the store holds no gateway keys yet (import some with"
+                                   " 'smimekit gateway keys import')")
+            master, text = _new_master(passphrase)
+            stored = store.set_gateway_master_key(text)
+            if stored != text:  # another node created one first: use that one
+                master = _open_master(stored, passphrase)
+            return cls(store, master)
+        return cls(store, _open_master(text, passphrase))
+
+    def forget(self) -> None:
+        """Drop every opened key from memory."""
+        self._opened.clear()
+
+    def _now(self) -> dt.datetime:
+        return self._clock() if self._clock is not None else dt.datetime.now(dt.UTC)
+
+    def _held(self, row: GatewayKeyRow) -> HeldKey:
+        key = self._opened.get(row.fingerprint)
+        if key is None:
+            key = self._opened[row.fingerprint] = _unseal(self._master, row)
+        return HeldKey(key, x509.load_der_x509_certificate(row.certificate), _chain(row.chain))
+
+    def _current(self, rows: Sequence[GatewayKeyRow]) -> GatewayKeyRow | None:
+        now = self._now()
+        for row in reversed(rows):
+            if row.retired_at is not None or row.not_after < now:
+                continue
+            cert = x509.load_der_x509_certificate(row.certificate)
+            if cert.not_valid_before_utc <= now:
+                return row
+        return None
+
+    def signing_key(self, address: str) -> HeldKey | None:
+        """The user's newest current (not retired, within validity) signing key, or None.
+
+        Raises:
+            KeyLoadError: the key is held but does not open (damaged row).
+            StoreError: the database cannot be read.
+        """
+        rows = [r for r in self._store.gateway_keys(address) if r.purpose in ("sign", "both")]
+        row = self._current(rows)
+        return self._held(row) if row is not None else None
+
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        """The user's newest current encryption certificate (for the sender's own copy)."""
+        rows = [r for r in self._store.gateway_keys(address)
+                if r.purpose in ("encrypt", "both")]
+        row = self._current(rows)
+        return x509.load_der_x509_certificate(row.certificate) if row is not None else None
+
+    def decryption_keys(self, address: str) -> list[HeldKey]:
+        """Every encryption key the user ever had (retired and expired too), newest first.
+
+        Raises:
+            KeyLoadError: a key is held but does not open (damaged row).
+            StoreError: the database cannot be read.
+        """
+        rows = [r for r in self._store.gateway_keys(address)
+                if r.purpose in ("encrypt", "both")]
+        return [self._held(r) for r in reversed(rows)]
+
+    def organisation_key(self) -> HeldKey | None:
+        """The organisation's newest current signing key, or None."""
+        row = self._current(self._store.gateway_organisation_keys())
+        return self._held(row) if row is not None else None
+
+    def add(self, key: PrivateKeyTypes, cert: x509.Certificate,
+            chain: Sequence[x509.Certificate] = (), *, address: str | None = None,
+            organisation: bool = False) -> Imported:
+        """Hold ``key`` for ``address`` (default: the certificate's first address), or as the
+        organisation's signing key.
+
+        Raises:
+            KeyLoadError: the key does not match the certificate, the certificate names no
+                address (and none is given) or allows neither signing nor encryption, or an
+                organisation key cannot sign.
+            StoreError: the database cannot be written.
+        """
+        if not key_matches(key, cert):
+            raise KeyLoadError("the private key does not match its certificate")
+        fingerprint = _fingerprint(cert)
+        purpose = purpose_of(cert)
+        if organisation:
+            if purpose == "encrypt":
+                raise KeyLoadError("the organisation key's certificate does not allow signing")
+            purpose, owner = "organisation", ""
+        else:
+            names = certificate_emails(cert)
+            if address is None and not names:
+                raise KeyLoadError(f"certificate {fingerprint[:16]} names no mail address;"
+                                   " give one with --address")
+            owner = (address or names[0]).strip().lower()
+        new = self._store.add_gateway_key(
+            address=owner, purpose=purpose,
+            certificate=cert.public_bytes(serialization.Encoding.DER),
+            chain=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
+            fingerprint=fingerprint, sealed=_seal(self._master, key, fingerprint),
+            not_after=cert.not_valid_after_utc)
+        return Imported(owner, purpose, fingerprint, cert.not_valid_after_utc, new)
+
+
+def import_pkcs12(held: StoreHeldKeys, data: bytes, passphrase: bytes | None, *,
+                  address: str | None = None, organisation: bool = False,
+                  label: str = "PKCS#12") -> list[Imported]:
+    """Hold every key of a PKCS#12 file (a key history: current key first, as our CA
+    writes it), each with its certificate; the file's other certificates are the chain.
+
+    Raises:
+        PassphraseError: the PKCS#12 passphrase is wrong.
+        KeyLoadError: not a PKCS#12 file, a key without its certificate, or as for
+            :meth:`StoreHeldKeys.add`.
+    """
+    from smimekit.keys.pkcs12 import load_pkcs12_identities
+
+    found = load_pkcs12_identities(data, passphrase, label=label)
+    if not found.identities:
+        raise KeyLoadError(f"{label} holds no private key")
+    done = []
+    # oldest first, so the store's id order (what "newest" means) follows the history
+    for key, cert in reversed(found.identities):
+        if cert is None:
+            raise KeyLoadError(f"{label}: a private key without its certificate")
+        done.append(held.add(key, cert, found.certificates, address=address,
+                             organisation=organisation))
+    return list(reversed(done))
+
+
+def open_held_keys(config_passphrase_file: Path | None, store: Store) -> StoreHeldKeys:
+    """The gateway's held keys for ``gateway serve``: opened with the configured passphrase.
+
+    Raises:
+        GatewayError: (not permanent) the key store cannot be opened; the message says why.
+    """
+    try:
+        return StoreHeldKeys.open(store, read_key_passphrase(config_passphrase_file),
+                                  create=True)
+    except (ConfigError, PassphraseError, KeyLoadError) as exc:
+        raise GatewayError(f"the gateway's key store cannot be opened: {exc}") from None

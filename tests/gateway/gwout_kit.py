@@ -1,0 +1,63 @@
+"""Shared set-up for the outbound and pipeline tests: a store holding the gateway's keys, a
+real Resolver over the store's harvested certificates, the test PKI's people."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pki import DATE, PKI, Identity
+
+from smimekit.config import GatewayConfig, PolicyConfig
+from smimekit.directory.harvest import HarvestedSource
+from smimekit.directory.resolver import Resolver
+from smimekit.directory.sources import Found
+from smimekit.errors import DirectoryError
+from smimekit.gateway import dlp
+from smimekit.gateway.keys import StoreHeldKeys
+from smimekit.gateway.outbound import OutboundContext
+from smimekit.gateway.policy import Policy
+from smimekit.store import Store
+
+PASS = b"gateway key passphrase"
+PDF_PASSWORD = "test-pdf-password"
+
+
+def mail(subject: str = "Quarterly figures", body: str = "The numbers are in.\r\n",
+         to: str = "partner@partner.example", sender: str = "alice@example.org") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {DATE}\r\n"
+            "Message-ID: <gw1@example.org>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\n" + body).encode()
+
+
+def harvest(store: Store, pki: PKI, who: Identity) -> None:
+    """Make ``who``'s certificate known to the directory (as a harvested signer)."""
+    store.record_harvested(who.email, who.cert, chain=(pki.inter,), role="signer",
+                           preferred=False, seen_at=dt.datetime.now(dt.UTC),
+                           message_ref="test")
+
+
+@dataclass
+class FailingSource:
+    """A directory source that cannot answer (LDAP down)."""
+
+    name: str = "ldap"
+
+    def find(self, address: str) -> Found:
+        raise DirectoryError("connection refused", source=self.name)
+
+
+def config(**policy: object) -> GatewayConfig:
+    return GatewayConfig(internal_domains=("example.org",),
+                         policy=PolicyConfig(**policy))  # type: ignore[arg-type]
+
+
+def context(store: Store, pki: PKI, gateway: GatewayConfig, *,
+            extra_sources: Sequence[object] = ()) -> OutboundContext:
+    held = StoreHeldKeys.open(store, PASS, create=True)
+    resolver = Resolver([HarvestedSource(store), *extra_sources],  # type: ignore[list-item]
+                        trust=[pki.root], cache=None)
+    return OutboundContext(config=gateway, policy=Policy(gateway), held_keys=held,
+                           resolver=resolver, rules=dlp.compile_rules(gateway.dlp),
+                           password=lambda: PDF_PASSWORD)

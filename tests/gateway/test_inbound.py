@@ -1,0 +1,399 @@
+"""gateway/inbound.py: decrypt with held keys (the key history), verify, scan, DLP, deliver.
+
+Messages are made with smimekit's API by people of the test PKI (tests/pki.py); the keys
+the gateway holds are given through the HeldKeys protocol by a small in-memory holder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from backends import Backend
+from fakeclamd import EICAR
+from pki import PKI, Identity, message
+
+import smimekit
+from smimekit.config import DlpRule, GatewayConfig, ScanConfig
+from smimekit.errors import ConfigError, GatewayError, NoRecipientError
+from smimekit.gateway.inbound import (
+    InboundContext,
+    InboundSettings,
+    process_inbound,
+    strip_header,
+)
+from smimekit.gateway.model import Envelope, HeldKey, Outcome
+from smimekit.smime.canonical import Entity
+from smimekit.store import Store
+
+HEADER = "X-Smimekit-Result"
+
+
+@dataclass
+class Held:
+    """Keys held for users, newest first (the HeldKeys protocol, in memory)."""
+
+    keys: dict[str, list[HeldKey]] = field(default_factory=dict)
+
+    def signing_key(self, address: str) -> HeldKey | None:
+        return None
+
+    def decryption_keys(self, address: str) -> Sequence[HeldKey]:
+        return self.keys.get(address, [])
+
+    def organisation_key(self) -> HeldKey | None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def people(pki: PKI) -> dict[str, Identity]:
+    root = (pki.root_key, pki.root)
+    return {
+        "carol": pki.person("carol", "rsa2048", email="carol@partner.example", issuer=root),
+        "bob-old": pki.person("bob-old", "rsa2048", email="bob@example.org", issuer=root),
+        "bob": pki.person("bob", "p256", email="bob@example.org", issuer=root),
+        "dana": pki.person("dana", "rsa2048", email="dana@example.org", issuer=root),
+        "erin": pki.person("erin", "rsa2048", email="erin@example.org", issuer=root),
+    }
+
+
+@pytest.fixture
+def held(people: dict[str, Identity]) -> Held:
+    def key(who: str) -> HeldKey:
+        return HeldKey(people[who].key, people[who].cert)
+
+    return Held({"bob@example.org": [key("bob"), key("bob-old")],
+                 "dana@example.org": [key("dana")], "erin@example.org": [key("erin")]})
+
+
+WEBMAIL = {"dana@example.org", "erin@example.org"}
+
+
+def _policy(address: str) -> InboundSettings:
+    return InboundSettings(webmail=address in WEBMAIL)
+
+
+def _context(trust: list, **config: object) -> InboundContext:
+    return InboundContext.from_config(GatewayConfig(**config),  # type: ignore[arg-type]
+                                      trust=trust, hostname="gw.example.org")
+
+
+def _signed(people: dict[str, Identity], body: bytes = b"Hello, world.\r\n",
+            extra: bytes = b"") -> bytes:
+    carol = people["carol"]
+    return smimekit.sign(extra + message("carol@partner.example", body=body), carol.key,
+                         carol.cert)
+
+
+def _run(data: bytes, recipients: Sequence[str], held: Held, context: InboundContext
+         ) -> Outcome:
+    envelope = Envelope("carol@partner.example", tuple(recipients), data)
+    return process_inbound(envelope, recipients, held_keys=held, policy_for=_policy,
+                           context=context)
+
+
+def _results(data: bytes) -> list[str]:
+    return [h.value() for h in Entity.parse(data).headers if h.lname == HEADER.lower()]
+
+
+def _facts(value: str) -> dict[str, str]:
+    items = [p.strip() for p in value.split(";")]
+    return dict(p.split("=", 1) for p in items[1:])
+
+
+def test_desktop_user_gets_it_re_encrypted_to_the_current_certificate(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    # encrypted to bob's OLD certificate: the key history opens it
+    data = smimekit.encrypt(_signed(people), [people["bob-old"].cert])
+    outcome = _run(data, ["bob@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    assert delivery.recipients == ("bob@example.org",)
+    (decision,) = outcome.decisions
+    assert decision.action == "re-encrypted" and decision.direction == "inbound"
+    assert "re-encrypted to the current certificate" in decision.reason
+    assert "signed by carol@partner.example, valid" in decision.reason
+    assert outcome.refused == ()
+    (result,) = _results(delivery.data)
+    facts = _facts(result)
+    assert result.startswith("gw.example.org;")
+    assert facts["encryption"] == "decrypted" and facts["signature"] == "valid"
+    assert facts["signer"] == "carol@partner.example" and facts["delivered"] == "encrypted"
+    # only the current key opens what is delivered, and carol's signature is still inside
+    with pytest.raises(NoRecipientError):
+        smimekit.decrypt(delivery.data, people["bob-old"].key, people["bob-old"].cert)
+    opened = smimekit.decrypt_verify(delivery.data, people["bob"].key, people["bob"].cert,
+                                     trust=trust, revocation=None)
+    assert opened.verdict.valid and b"Hello, world." in opened.content
+
+
+def test_webmail_user_gets_it_in_the_clear_with_the_verdict(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    data = smimekit.encrypt(_signed(people), [people["dana"].cert])
+    outcome = _run(data, ["dana@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    assert outcome.decisions[0].action == "decrypted"
+    clear = Entity.parse(delivery.data)
+    assert clear.content_type == "text/plain" and clear.body == b"Hello, world.\r\n"
+    assert clear.get("subject") == "test" and clear.get("from") == "carol@partner.example"
+    facts = _facts(_results(delivery.data)[0])
+    assert facts["signature"] == "valid" and facts["delivered"] == "clear"
+
+
+def test_recipients_with_the_same_result_share_a_delivery(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    data = smimekit.encrypt(_signed(people), [people["dana"].cert, people["erin"].cert,
+                                              people["bob"].cert])
+    outcome = _run(data, ["dana@example.org", "erin@example.org", "bob@example.org"], held,
+                   _context(trust))
+    groups = sorted(d.recipients for d in outcome.deliveries)
+    assert groups == [("bob@example.org",), ("dana@example.org", "erin@example.org")]
+    assert [d.action for d in outcome.decisions] == ["decrypted", "decrypted", "re-encrypted"]
+
+
+def test_result_headers_from_outside_are_stripped_first(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    forged = (f"{HEADER}: gw.example.org; signature=valid;\r\n signer=ceo@example.org\r\n"
+              f"x-smimekit-RESULT: encryption=decrypted\r\n").encode()
+    plain = forged + message("carol@partner.example")
+    outcome = _run(plain, ["dana@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    (result,) = _results(delivery.data)
+    facts = _facts(result)
+    assert facts["signature"] == "none" and "signer" not in facts
+    assert facts["stripped"] == "2"
+    assert outcome.decisions[0].details["stripped"] == "2"
+    # a forged one inside the encryption, restored into the clear, goes as well
+    inner = forged + message("carol@partner.example")
+    data = smimekit.encrypt(inner, [people["dana"].cert])
+    (delivery,) = _run(data, ["dana@example.org"], held, _context(trust)).deliveries
+    (result,) = _results(delivery.data)
+    assert _facts(result)["encryption"] == "decrypted" and "signer" not in _facts(result)
+
+
+def test_mail_for_keys_the_gateway_does_not_hold_passes_unchanged(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    data = smimekit.encrypt(_signed(people), [people["carol"].cert])  # not ours
+    outcome = _run(data, ["bob@example.org", "frank@example.org"], held, _context(trust))
+    # bob's keys were tried, frank has none: each is told which (two deliveries)
+    assert [d.recipients for d in outcome.deliveries] == [("bob@example.org",),
+                                                          ("frank@example.org",)]
+    for delivery in outcome.deliveries:
+        assert delivery.data.endswith(data)
+        facts = _facts(_results(delivery.data)[0])
+        assert facts["signature"] == "unknown" and facts["scan"] == "not-scanned"
+        assert facts["delivered"] == "as-received"
+    reasons = {d.recipient: d.details["encryption"] for d in outcome.decisions}
+    assert reasons == {"bob@example.org": "not-for-held-keys",
+                       "frank@example.org": "not-decrypted"}
+    assert all(d.action == "passed" for d in outcome.decisions)
+
+
+def test_altered_ciphertext_passes_unchanged_and_says_so(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    data = bytearray(smimekit.encrypt(message("carol@partner.example"), [people["dana"].cert]))
+    body = data.index(b"\r\n\r\n") + 4
+    spot = body + 200
+    data[spot] = ord("A") if data[spot] != ord("A") else ord("B")
+    outcome = _run(bytes(data), ["dana@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    assert delivery.data.endswith(bytes(data))
+    assert outcome.decisions[0].details["encryption"] in ("failed", "not-for-held-keys")
+
+
+def test_signed_mail_is_verified_and_valid_signers_harvested(
+        people: dict[str, Identity], held: Held, trust: list, backend: Backend) -> None:
+    with Store.open(backend.url, backend.data_dir) as store:
+        context = dataclasses.replace(_context(trust), store=store)
+        data = _signed(people)
+        outcome = _run(data, ["bob@example.org"], held, context)
+        (delivery,) = outcome.deliveries
+        assert delivery.data.endswith(data)  # signed mail is delivered as it came
+        assert outcome.decisions[0].action == "verified"
+        facts = _facts(_results(delivery.data)[0])
+        assert facts["signature"] == "valid" and facts["harvest"] == "new"
+        kept = store.harvested_for("carol@partner.example")
+        assert [row.certificate for row in kept] == [people["carol"].cert]
+        again = _run(data, ["bob@example.org"], held, context)
+        assert _facts(_results(again.deliveries[0].data)[0])["harvest"] == "known"
+
+
+def test_bad_signature_is_reported_and_nothing_harvested(
+        people: dict[str, Identity], held: Held, trust: list, tmp_path: Path) -> None:
+    with Store.open(None, tmp_path / "data") as store:
+        context = dataclasses.replace(_context(trust), store=store)
+        data = _signed(people).replace(b"Hello, world.", b"Hello, World!")
+        outcome = _run(data, ["bob@example.org"], held, context)
+        facts = _facts(_results(outcome.deliveries[0].data)[0])
+        assert facts["signature"] == "invalid" and "harvest" not in facts
+        assert outcome.deliveries[0].data.endswith(data)
+        assert store.harvested_for("carol@partner.example") == []
+        untrusted = _run(_signed(people), ["bob@example.org"], held, dataclasses.replace(
+            context, trust=()))
+        facts = _facts(_results(untrusted.deliveries[0].data)[0])
+        assert facts["signature"] == "invalid" and "signature-reason" in facts
+
+
+def test_webmail_user_keeps_a_signature_the_gateway_cannot_vouch_for(
+        people: dict[str, Identity], held: Held) -> None:
+    data = smimekit.encrypt(_signed(people), [people["dana"].cert])
+    outcome = _run(data, ["dana@example.org"], held, _context([]))  # carol's root unknown
+    delivered = Entity.parse(outcome.deliveries[0].data)
+    assert delivered.content_type == "multipart/signed"
+    assert _facts(_results(outcome.deliveries[0].data)[0])["signature"] == "invalid"
+
+
+SCANNER = ("import sys; data = sys.stdin.buffer.read(); "
+           "found = b'EICAR-STANDARD-ANTIVIRUS-TEST-FILE' in data; "
+           "print('stdin: Eicar-Test-Signature FOUND' if found else 'stdin: OK'); "
+           "sys.exit(1 if found else 0)")
+
+
+def _scanning(trust: list, code: str = SCANNER, **more: object) -> InboundContext:
+    return _context(trust, scan=ScanConfig(command=(sys.executable, "-c", code), **more))  # type: ignore[arg-type]
+
+
+def test_decrypted_eicar_is_refused_for_every_recipient(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    infected = _signed(people, body=EICAR + b"\r\n")
+    data = smimekit.encrypt(infected, [people["bob"].cert, people["dana"].cert])
+    outcome = _run(data, ["bob@example.org", "dana@example.org"], held, _scanning(trust))
+    assert outcome.deliveries == ()
+    assert [r.recipient for r in outcome.refused] == ["bob@example.org", "dana@example.org"]
+    assert all("malware (stdin: Eicar-Test-Signature FOUND)" in r.reason
+               for r in outcome.refused)
+    assert {d.action for d in outcome.decisions} == {"rejected"}
+    clean = smimekit.encrypt(_signed(people), [people["dana"].cert])
+    ok = _run(clean, ["dana@example.org"], held, _scanning(trust))
+    assert _facts(_results(ok.deliveries[0].data)[0])["scan"] == "clean"
+
+
+def test_scanner_failure_defers_or_passes_with_a_warning(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    broken = "import sys; sys.exit(3)"
+    with pytest.raises(GatewayError, match="scanner failed") as info:
+        _run(message("carol@partner.example"), ["bob@example.org"], held,
+             _scanning(trust, broken))
+    assert not info.value.permanent
+    outcome = _run(message("carol@partner.example"), ["bob@example.org"], held,
+                   _scanning(trust, broken, on_failure="pass"))
+    facts = _facts(_results(outcome.deliveries[0].data)[0])
+    assert facts["scan"] == "failed" and "status 3" in facts["scan-detail"]
+
+
+RULES = (DlpRule(name="merger", keywords=("project x",), threshold=2),
+         DlpRule(name="cards", patterns=(r"\b(?:\d[ -]?){13,16}\b",),
+                 action="require-encryption", direction="inbound"),
+         DlpRule(name="leak", keywords=("do not forward",), action="quarantine"),
+         DlpRule(name="spam", keywords=("cheap pills",), action="reject", direction="inbound"),
+         DlpRule(name="outgoing", keywords=("hello",), action="reject", direction="outbound"))
+
+
+def test_dlp_warn_is_in_the_header_and_outbound_rules_do_not_apply(
+        people: dict[str, Identity], held: Held, trust: list, tmp_path: Path) -> None:
+    data = smimekit.encrypt(_signed(people, body=b"project x and Project X\r\n"),
+                            [people["dana"].cert])
+    outcome = _run(data, ["dana@example.org"], held,
+                   _context(trust, dlp=RULES, quarantine_dir=tmp_path / "q"))
+    facts = _facts(_results(outcome.deliveries[0].data)[0])
+    assert facts["dlp"] == "merger(2):warn"
+    assert outcome.decisions[0].details["dlp"] == "merger(2):warn"
+
+
+def test_dlp_reject_refuses_and_quarantine_keeps_the_message(
+        people: dict[str, Identity], held: Held, trust: list, tmp_path: Path) -> None:
+    context = _context(trust, dlp=RULES, quarantine_dir=tmp_path / "q")
+    spam = _run(message("carol@partner.example", body=b"cheap pills\r\n"),
+                ["bob@example.org"], held, context)
+    assert spam.deliveries == () and spam.refused[0].reason == \
+        "rejected by the data-loss rule spam"
+    leak = smimekit.encrypt(_signed(people, body=b"Do not forward.\r\n"),
+                            [people["bob"].cert, people["dana"].cert])
+    outcome = _run(leak, ["bob@example.org", "dana@example.org"], held, context)
+    assert outcome.deliveries == () and outcome.refused == ()
+    assert {d.action for d in outcome.decisions} == {"quarantined"}
+    (kept,) = list((tmp_path / "q").iterdir())  # once for the message
+    assert all(d.details["quarantine"] == str(kept) for d in outcome.decisions)
+    assert kept.read_bytes().endswith(leak) and kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_dlp_require_encryption_encrypts_even_for_webmail_or_refuses(
+        people: dict[str, Identity], held: Held, trust: list, tmp_path: Path) -> None:
+    context = _context(trust, dlp=tuple(r for r in RULES if r.action != "quarantine"))
+    card = message("carol@partner.example", body=b"card 4111 1111 1111 1111\r\n")
+    outcome = _run(card, ["dana@example.org", "frank@example.org"], held, context)
+    (delivery,) = outcome.deliveries
+    assert delivery.recipients == ("dana@example.org",)
+    assert outcome.decisions[0].action == "re-encrypted"
+    opened = smimekit.decrypt(delivery.data, people["dana"].key, people["dana"].cert)
+    assert b"4111 1111 1111 1111" in opened.content
+    assert b"4111" not in delivery.data
+    (refusal,) = outcome.refused
+    assert refusal.recipient == "frank@example.org"
+    assert "requires encryption" in refusal.reason
+    quarantining = _context(trust, dlp=RULES, quarantine_dir=tmp_path / "q")
+    outcome = _run(card, ["frank@example.org"], held, quarantining)
+    assert outcome.decisions[0].action == "quarantined" and outcome.refused == ()
+
+
+def test_unreadable_header_is_a_permanent_error(held: Held, trust: list) -> None:
+    with pytest.raises(GatewayError, match="header cannot be read") as info:
+        _run(b"no colon here\r\nFrom: x@y\r\n\r\nbody\r\n", ["bob@example.org"], held,
+             _context(trust))
+    assert info.value.permanent
+
+
+def test_strip_header_keeps_the_body_exactly() -> None:
+    raw = (b"Received: x\r\nX-Smimekit-Result: a;\r\n\tb\r\nSubject: s\r\n\r\n"
+           b"X-Smimekit-Result: in the body\r\n")
+    out, count = strip_header(raw, "x-smimekit-result")
+    assert count == 1
+    assert out == b"Received: x\r\nSubject: s\r\n\r\nX-Smimekit-Result: in the body\r\n"
+    assert strip_header(out, HEADER) == (out, 0)
+
+
+def test_context_checks_the_configuration(trust: list) -> None:
+    with pytest.raises(ConfigError, match="quarantine_dir is not set"):
+        _context(trust, dlp=(DlpRule(name="q", keywords=("x",), action="quarantine"),))
+    with pytest.raises(ConfigError, match="not a header field name"):
+        _context(trust, result_header="Bad Header:")
+
+
+def test_triple_wrapped_mail_is_read_with_held_keys_and_delivered_as_received(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    carol = people["carol"]
+    inner = smimekit.encrypt(_signed(people, body=b"project x, project x\r\n"),
+                             [people["dana"].cert])
+    data = smimekit.sign(inner, carol.key, carol.cert)
+    outcome = _run(data, ["dana@example.org", "frank@example.org"], held,
+                   _context(trust, dlp=RULES[:1]))
+    by_rcpt = {d.recipients: d for d in outcome.deliveries}
+    dana = _facts(_results(by_rcpt[("dana@example.org",)].data)[0])
+    assert dana["encryption"] == "inside-signature" and dana["signature"] == "valid"
+    assert dana["dlp"] == "merger(2):warn"  # the inside was read
+    assert by_rcpt[("dana@example.org",)].data.endswith(data)
+    frank = _facts(_results(by_rcpt[("frank@example.org",)].data)[0])
+    assert frank["encryption"] == "not-decrypted" and frank["scan"] == "not-scanned"
+
+
+def test_signed_mail_is_verified_once_for_many_recipients(
+        people: dict[str, Identity], held: Held, trust: list,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import smimekit.validation.assess as assess_module
+
+    calls = []
+    real = assess_module.assess
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(assess_module, "assess", counting)
+    recipients = [f"user{i}@example.org" for i in range(20)] + ["bob@example.org"]
+    outcome = _run(_signed(people), recipients, held, _context(trust))
+    assert len(calls) == 1
+    (delivery,) = outcome.deliveries
+    assert len(delivery.recipients) == 21

@@ -1,0 +1,215 @@
+"""gateway/outbound.py: per recipient sign / encrypt / fall back, with real keys, a real
+Resolver over the store, and the encrypted PDF read back with its password."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+from pathlib import Path
+
+import pypdf
+import pytest
+from gwout_kit import PDF_PASSWORD, FailingSource, config, context, harvest, mail
+from pki import PKI
+
+from smimekit import api
+from smimekit.config import DlpRule, GatewayConfig, PolicyConfig
+from smimekit.errors import GatewayError
+from smimekit.gateway.model import Envelope
+from smimekit.gateway.outbound import process_outbound, remove_trigger
+from smimekit.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store.open(None, tmp_path / "data")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def _envelope(data: bytes, *recipients: str, sender: str = "alice@example.org") -> Envelope:
+    return Envelope(sender, tuple(recipients), data)
+
+
+def _text(message: bytes) -> str:
+    parsed = email.message_from_bytes(message, policy=email.policy.default)
+    body = parsed.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def test_signs_with_the_held_key_and_encrypts_to_the_resolved_certificate(
+        store: Store, pki: PKI) -> None:
+    alice, partner = pki.person("alice"), pki.person("partner", "p256",
+                                                     email="partner@partner.example")
+    ctx = context(store, pki, config())
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    harvest(store, pki, partner)
+    out = process_outbound(_envelope(mail(), partner.email, "nocert@other.example"),
+                           [partner.email, "nocert@other.example"], ctx)
+    assert [d.recipients for d in out.deliveries] == [(partner.email,),
+                                                      ("nocert@other.example",)]
+    assert [(d.recipient, d.action) for d in out.decisions] == [
+        (partner.email, "signed+encrypted"), ("nocert@other.example", "signed")]
+    enc, clear = out.deliveries
+    assert b"The numbers are in." not in enc.data
+    opened = api.decrypt_verify(enc.data, partner.key, partner.cert, trust=[pki.root])
+    assert b"The numbers are in." in opened.content
+    assert opened.verdict.valid  # type: ignore[attr-defined]
+    assert b"multipart/signed" in clear.data
+    assert api.verify(clear.data, trust=[pki.root]).verdict.valid  # type: ignore[attr-defined]
+    first = out.decisions[0]
+    assert "encrypt=if-possible (default)" in first.reason
+    assert "signed with the sender's key" in first.reason
+    assert first.details["certificate"] == partner.cert.fingerprint(
+        __import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256()).hex()
+    assert "no usable certificate" in out.decisions[1].reason
+
+
+def test_subject_trigger_requires_encryption_and_is_removed(store: Store, pki: PKI) -> None:
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    ctx = context(store, pki, config(no_certificate="bounce"))
+    harvest(store, pki, partner)
+    data = mail(subject="[ENCRYPT] Merger plans")
+    out = process_outbound(_envelope(data, partner.email, "nocert@other.example"),
+                           [partner.email, "nocert@other.example"], ctx)
+    [delivery] = out.deliveries
+    opened = api.decrypt(delivery.data, partner.key, partner.cert)
+    assert b"Subject: Merger plans" in opened.content and b"ENCRYPT" not in opened.content
+    assert [r.recipient for r in out.refused] == ["nocert@other.example"]
+    refusal = out.refused[0].reason
+    assert "subject trigger '[encrypt]'" in refusal and "no usable certificate" in refusal
+    assert "no_certificate=bounce (global)" in refusal
+    assert out.decisions[1].action == "bounced"
+    assert out.decisions[0].details["trigger"] == "[encrypt]"
+
+
+def test_always_without_certificate_sends_an_aes256_pdf_and_the_password_to_the_sender(
+        store: Store, pki: PKI) -> None:
+    alice = pki.person("alice")
+    gateway = GatewayConfig(internal_domains=("example.org",), domains={
+        "*.partner.example": PolicyConfig(encrypt="always", no_certificate="pdf")})
+    ctx = context(store, pki, gateway)
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    secret = "The acquisition price is 42 million.\r\n"
+    out = process_outbound(_envelope(mail(body=secret), "cfo@x.partner.example"),
+                           ["cfo@x.partner.example"], ctx)
+    pdf_mail, notice = out.deliveries
+    assert pdf_mail.recipients == ("cfo@x.partner.example",) and pdf_mail.mail_from == \
+        "alice@example.org"
+    assert b"acquisition" not in pdf_mail.data
+    assert api.verify(pdf_mail.data, trust=[pki.root]).verdict.valid  # type: ignore[attr-defined]
+    parsed = email.message_from_bytes(pdf_mail.data, policy=email.policy.default)
+    [attachment] = [p for p in parsed.walk() if p.get_content_type() == "application/pdf"]
+    document = attachment.get_payload(decode=True)
+    assert isinstance(document, bytes) and document.startswith(b"%PDF-2.0")
+    reader = pypdf.PdfReader(io.BytesIO(document))
+    assert reader.is_encrypted
+    encrypt = reader.trailer["/Encrypt"]
+    assert (encrypt["/V"], encrypt["/R"], encrypt["/CF"]["/StdCF"]["/CFM"]) == (5, 6, "/AESV3")
+    assert not reader.decrypt("wrong password")
+    assert reader.decrypt(PDF_PASSWORD)
+    text = reader.pages[0].extract_text()
+    assert "The acquisition price is 42 million." in text and "Quarterly figures" in text
+    assert notice.mail_from == "" and notice.recipients == ("alice@example.org",)
+    assert PDF_PASSWORD in _text(notice.data) and "cfo@x.partner.example" in _text(notice.data)
+    [decision] = out.decisions
+    assert decision.action == "pdf"
+    assert "encrypt=always (domain *.partner.example)" in decision.reason
+    assert PDF_PASSWORD not in repr(out.decisions)
+
+
+def test_never_sends_clear_even_with_a_certificate_and_clear_fallback(
+        store: Store, pki: PKI) -> None:
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    harvest(store, pki, partner)
+    ctx = context(store, pki, config(encrypt="never", sign=False))
+    data = mail()
+    out = process_outbound(_envelope(data, partner.email), [partner.email], ctx)
+    assert out.deliveries[0].data == data
+    assert out.decisions[0].action == "clear"
+    assert "encrypt=never (global)" in out.decisions[0].reason
+    ctx2 = context(store, pki, config(encrypt="always", no_certificate="clear"))
+    out2 = process_outbound(_envelope(data, "x@nowhere.example"), ["x@nowhere.example"], ctx2)
+    assert out2.deliveries[0].data == data  # no key held for alice: unsigned
+    assert "sent readable (no_certificate=clear (global))" in out2.decisions[0].reason
+    assert "holds no signing key" in out2.decisions[0].reason
+
+
+def test_organisation_key_signs_when_the_sender_has_none(store: Store, pki: PKI) -> None:
+    org = pki.person("org", "p256", email="gateway@example.org", key_usage="sign")
+    ctx = context(store, pki, config(organisation_signature=True))
+    ctx.held_keys.add(org.key, org.cert, (pki.inter,), organisation=True)  # type: ignore[attr-defined]
+    out = process_outbound(_envelope(mail(), "x@nowhere.example"), ["x@nowhere.example"], ctx)
+    verified = api.verify(out.deliveries[0].data, trust=[pki.root], raise_for_failure=False)
+    [signer] = verified.verdict.signers
+    # intact and trusted; the From binding fails, as for every organisation signature
+    # (docs/gateway.md says what recipients see)
+    assert signer.intact and signer.trusted
+    assert signer.signer is not None and signer.signer.emails == ("gateway@example.org",)
+    assert "organisation's key" in out.decisions[0].reason
+
+
+def test_recipients_with_certificates_share_one_encrypted_delivery(
+        store: Store, pki: PKI) -> None:
+    p1 = pki.person("p1", "p256", email="p1@partner.example")
+    p2 = pki.person("p2", "rsa2048", email="p2@partner.example")
+    for p in (p1, p2):
+        harvest(store, pki, p)
+    ctx = context(store, pki, config())
+    out = process_outbound(_envelope(mail(), p1.email, p2.email), [p1.email, p2.email], ctx)
+    [delivery] = out.deliveries
+    assert delivery.recipients == (p1.email, p2.email)
+    for p in (p1, p2):
+        assert b"The numbers are in." in api.decrypt(delivery.data, p.key, p.cert).content
+    assert {d.action for d in out.decisions} == {"encrypted"}
+
+
+def test_a_failed_directory_source_defers_instead_of_sending_clear(
+        store: Store, pki: PKI) -> None:
+    ctx = context(store, pki, config(), extra_sources=[FailingSource()])
+    with pytest.raises(GatewayError, match="ldap: connection refused") as caught:
+        process_outbound(_envelope(mail(), "x@nowhere.example"), ["x@nowhere.example"], ctx)
+    assert not caught.value.permanent
+
+
+def test_dlp_actions(store: Store, pki: PKI, tmp_path: Path) -> None:
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    harvest(store, pki, partner)
+    rules = (DlpRule(name="cards", patterns=(r"\b4\d{15}\b",), action="require-encryption"),
+             DlpRule(name="secret", keywords=("top secret",), action="reject"),
+             DlpRule(name="payroll", keywords=("payroll",), action="quarantine"),
+             DlpRule(name="internal", keywords=("internal only",), action="warn"))
+    gateway = GatewayConfig(internal_domains=("example.org",), dlp=rules,
+                            policy=PolicyConfig(encrypt="never", no_certificate="bounce"),
+                            quarantine_dir=tmp_path / "quarantine")
+    ctx = context(store, pki, gateway)
+    card = mail(body="Card 4111111111111111 please.\r\n")
+    out = process_outbound(_envelope(card, partner.email, "x@nowhere.example"),
+                           [partner.email, "x@nowhere.example"], ctx)
+    assert [d.action for d in out.decisions] == ["encrypted", "bounced"]
+    assert "data-loss rules (cards(1):require-encryption)" in out.decisions[0].reason
+    rejected = process_outbound(_envelope(mail(body="This is top secret.\r\n"),
+                                          partner.email), [partner.email], ctx)
+    assert rejected.deliveries == () and rejected.refused[0].reason.startswith(
+        "refused by the data-loss rules: secret(1):reject")
+    held = process_outbound(_envelope(mail(body="payroll attached\r\n"), partner.email),
+                            [partner.email], ctx)
+    assert held.deliveries == () and held.decisions[0].action == "quarantined"
+    where = Path(held.decisions[0].details["quarantine"])
+    assert where.parent == tmp_path / "quarantine" and b"payroll" in where.read_bytes()
+    warned = process_outbound(_envelope(mail(body="internal only\r\n"), partner.email),
+                              [partner.email], ctx)
+    assert warned.decisions[0].action == "clear"
+    assert "data-loss warning: internal(1):warn" in warned.decisions[0].reason
+
+
+def test_remove_trigger_keeps_the_body_and_handles_encoded_subjects() -> None:
+    data = mail(subject="=?utf-8?q?Gr=C3=BC=C3=9Fe_[encrypt]_aus_Bonn?=")
+    out, found = remove_trigger(data, "[encrypt]")
+    assert found
+    parsed = email.message_from_bytes(out, policy=email.policy.default)
+    assert parsed["Subject"] == "Grüße aus Bonn"
+    assert out.endswith(b"\r\n\r\nThe numbers are in.\r\n")
+    assert remove_trigger(mail(), "[encrypt]") == (mail(), False)

@@ -1,0 +1,146 @@
+"""gateway/pipeline.py: recipients split by direction, each part processed, every decision in
+the audit log with its reason and policy levels (and nothing of the content)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from backends import Backend
+from gwout_kit import PASS, harvest, mail
+from pki import PKI
+
+from smimekit import api
+from smimekit.config import GatewayConfig, PolicyConfig
+from smimekit.directory.harvest import HarvestedSource
+from smimekit.directory.resolver import Resolver
+from smimekit.errors import GatewayError, StoreError
+from smimekit.gateway.keys import StoreHeldKeys
+from smimekit.gateway.model import Envelope, HeldKey
+from smimekit.gateway.pipeline import Pipeline, build_pipeline
+from smimekit.store import Store
+
+
+class NoKeys:
+    """A gateway that holds no keys."""
+
+    def signing_key(self, address: str) -> HeldKey | None:
+        return None
+
+    def decryption_keys(self, address: str) -> list[HeldKey]:
+        return []
+
+    def organisation_key(self) -> HeldKey | None:
+        return None
+
+
+SECRET = "Board minutes: the merger closes Friday.\r\n"
+
+
+def _pipeline(store: Store, pki: PKI, gateway: GatewayConfig) -> Pipeline:
+    held = StoreHeldKeys.open(store, PASS, create=True)
+    resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
+    return build_pipeline(gateway, store, held, resolver, trust=[pki.root], hostname="gw.test")
+
+
+def test_one_message_to_outside_inside_and_ours_is_split_and_every_decision_audited(
+        backend: Backend, pki: PKI) -> None:
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    gateway = GatewayConfig(internal_domains=("example.org",),
+                            domains={"partner.example": PolicyConfig(encrypt="always")})
+    with Store.open(backend.url, backend.data_dir) as store:
+        pipeline = _pipeline(store, pki, gateway)
+        pipeline.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+        harvest(store, pki, partner)
+        before = store.audit_count()
+        data = mail(body=SECRET)
+        out = pipeline.process(Envelope(
+            "alice@example.org", (partner.email, "bob@example.org", "nocert@partner.example"),
+            data))
+        actions = {d.recipient: (d.direction, d.action) for d in out.decisions}
+        assert actions == {partner.email: ("outbound", "signed+encrypted"),
+                           "bob@example.org": ("internal", "passed"),
+                           "nocert@partner.example": ("outbound", "bounced")}
+        assert [r.recipient for r in out.refused] == ["nocert@partner.example"]
+        to_partner = next(d for d in out.deliveries if d.recipients == (partner.email,))
+        assert SECRET.encode() in api.decrypt(to_partner.data, partner.key,
+                                              partner.cert).content
+        assert next(d for d in out.deliveries
+                    if d.recipients == ("bob@example.org",)).data == data
+        entries = store.audit_entries()[before:]
+        assert [(e.action, e.subject) for e in entries] == [
+            ("gateway.signed+encrypted", partner.email),
+            ("gateway.bounced", "nocert@partner.example"),
+            ("gateway.passed", "bob@example.org")]
+        first = entries[0].details
+        assert first["direction"] == "outbound" and first["from"] == "alice@example.org"
+        assert first["encrypt"] == "encrypt=always (domain partner.example)"
+        assert "encrypt=always (domain partner.example)" in first["reason"]
+        assert len(first["message_sha256"]) == 64 and len(first["certificate"]) == 64
+        assert entries[0].actor == "gateway"
+        logged = json.dumps([e.details for e in entries])
+        assert "merger" not in logged and "Quarterly" not in logged
+        assert store.verify_audit_log() == []
+
+
+def test_inbound_mail_is_decrypted_with_the_held_key_and_re_encrypted(
+        backend: Backend, pki: PKI) -> None:
+    carol = pki.person("carol")
+    outsider = pki.person("outsider", "p256", email="outsider@partner.example")
+    gateway = GatewayConfig(internal_domains=("example.org",))
+    with Store.open(backend.url, backend.data_dir) as store:
+        pipeline = _pipeline(store, pki, gateway)
+        pipeline.held_keys.add(carol.key, carol.cert, (pki.inter,))  # type: ignore[attr-defined]
+        sent = api.sign_encrypt(mail(body=SECRET, sender=outsider.email, to=carol.email),
+                                outsider.key, outsider.cert, [carol.cert], chain=[pki.inter],
+                                include_self=False)
+        out = pipeline.process(Envelope(outsider.email, (carol.email,), sent))
+        [decision] = out.decisions
+        assert decision.direction == "inbound"
+        [delivery] = out.deliveries
+        assert b"X-Smimekit-Result" in delivery.data.split(b"\r\n\r\n")[0]
+        opened = api.decrypt_verify(delivery.data, carol.key, carol.cert, trust=[pki.root])
+        assert SECRET.encode() in opened.content
+        [entry] = store.audit_entries()[-1:]
+        assert entry.action == f"gateway.{decision.action}" and entry.subject == carol.email
+        assert entry.details["direction"] == "inbound"
+
+
+def test_relay_mail_passes_unchanged_and_no_store_means_no_audit(pki: PKI) -> None:
+    held = NoKeys()
+    resolver = Resolver([], trust=[pki.root], cache=None)
+    pipeline = build_pipeline(GatewayConfig(internal_domains=("example.org",)), None, held,
+                              resolver, hostname="gw.test")
+    data = mail(sender="a@x.example", to="b@y.example")
+    out = pipeline.process(Envelope("a@x.example", ("b@y.example",), data))
+    assert [(d.recipients, d.data) for d in out.deliveries] == [(("b@y.example",), data)]
+    assert out.decisions[0].action == "passed" and "neither" in out.decisions[0].reason
+    assert pipeline.counts == {"passed": 1}
+
+
+def test_an_audit_log_that_cannot_be_written_defers_the_message(
+        tmp_path: Path, pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Store.open(None, tmp_path / "data") as store:
+        pipeline = _pipeline(store, pki, GatewayConfig(internal_domains=("example.org",)))
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise StoreError("database is locked")
+
+        monkeypatch.setattr(store, "audit", broken)
+        with pytest.raises(GatewayError, match="audit log cannot be written") as caught:
+            pipeline.process(Envelope(
+                "alice@example.org", ("bob@example.org",), mail()))
+        assert not caught.value.permanent
+
+
+def test_quarantine_rule_without_a_directory_is_a_config_error(tmp_path: Path, pki: PKI
+                                                               ) -> None:
+    from smimekit.config import DlpRule
+    from smimekit.errors import ConfigError
+
+    gateway = GatewayConfig(dlp=(DlpRule(name="x", keywords=("x",), action="quarantine"),))
+    with Store.open(None, tmp_path / "data") as store, \
+            pytest.raises(ConfigError, match="quarantine_dir"):
+        _pipeline(store, pki, gateway)
