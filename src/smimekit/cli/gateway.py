@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from smimekit.cli.common import CliError, cli_config, open_store
+from smimekit.cli.common import CliError, cli_config, cli_globals, open_store
 
 if TYPE_CHECKING:
     from smimekit.config import GatewayConfig
@@ -50,7 +50,8 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
     from smimekit.gateway.relay import NextHop, parse_address
     from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
 
-    config = cli_config().gateway or GatewayConfig()
+    configured = cli_config().gateway
+    config = configured or GatewayConfig()
     listen = listen or config.listen
     next_hop = next_hop or config.next_hop
     for option, value in (("--listen", listen), ("--next-hop", next_hop)):
@@ -62,7 +63,7 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
     try:
         store.prune_deliveries(dt.datetime.now(dt.UTC) - dt.timedelta(days=JOURNAL_DAYS))
         handler = GatewayHandler(
-            _processor(config, store), StoreJournal(store),
+            _processor(configured, store), StoreJournal(store),
             NextHop(next_hop, timeout=config.timeout),
             limits=Limits(config.max_message_size, config.max_recipients))
         server = GatewayServer(handler, listen)
@@ -74,12 +75,16 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
         store.close()
 
 
-def _processor(config: GatewayConfig, store: Store) -> Processor:
-    # Every message passes unchanged until the policy pipeline (gateway/pipeline.py) is
-    # wired in here.
-    from smimekit.gateway.passthrough import PassThrough
+def _processor(config: GatewayConfig | None, store: Store) -> Processor:
+    """The policy pipeline (gateway/pipeline.py) when the configuration has a ``[gateway]``
+    table; without one every message passes unchanged (a plain relay)."""
+    if config is None:
+        from smimekit.gateway.passthrough import PassThrough
 
-    return PassThrough()
+        return PassThrough()
+    from smimekit.gateway.pipeline import pipeline_from_data_dir
+
+    return pipeline_from_data_dir(cli_config(), store, cli_globals().data_dir)
 
 
 async def _run(server: GatewayServer, next_hop: str, grace: float) -> None:
