@@ -84,6 +84,8 @@ class Node:
         self.log = (log_dir or data_dir.parent) / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_kib = 0
+        self.pids: list[int] = []
+        """Every process this node has been (the journal names a node host:pid)."""
 
     def start(self) -> Node:
         args = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(self.data_dir)]
@@ -96,6 +98,7 @@ class Node:
         env = {**os.environ, "SMIMEKIT_ACTOR": self.name}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env)
+        self.pids.append(self.process.pid)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
