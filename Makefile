@@ -1,6 +1,7 @@
 # smimekit: two commands from a fresh clone.
 #   make demo   creates .venv from the lock file, runs the end-to-end demonstration
-#   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM, slapd) and runs
+#   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM, slapd, Postfix
+#               with "No configuration": the gateway's tests start their own instances) and runs
 #               the whole suite
 # Others: make lock (re-resolve requirements/lock.txt), make test-latest (the suite against the
 # newest releases, in .venv-latest; not part of CI), make test-lowest (the lowest versions
@@ -12,9 +13,9 @@ LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
 APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils \
-  slapd ldap-utils
+  slapd ldap-utils postfix swaks
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen \
-  ldns-signzone unbound dig ldapsearch
+  ldns-signzone unbound dig ldapsearch postfix swaks smtp-source smtp-sink
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade
@@ -45,6 +46,8 @@ peers:
 	@missing=""; for c in $(PEER_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing interop peers (missing:$$missing)"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" \
+	    | $(SUDO) debconf-set-selections && \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PEERS) >/dev/null; \
 	fi

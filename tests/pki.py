@@ -1,4 +1,9 @@
-"""A test PKI declared once as data: a root, an intermediate and people of every key type."""
+"""A test PKI declared once as data: a root, an intermediate and people of every key type.
+
+Post-quantum people: kinds ``mldsa44``/``mldsa65``/``mldsa87`` (signers, RFC 9881) and
+``mlkem768``/``mlkem1024`` (recipients, RFC 9935: keyEncipherment only); :func:`ml_dsa_pki`
+is the same PKI with an ML-DSA-65 root and issuing CA.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,15 @@ from functools import cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import (
+    ec,
+    ed25519,
+    mldsa,
+    mlkem,
+    rsa,
+    x448,
+    x25519,
+)
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
@@ -46,7 +59,22 @@ def _generate(kind: str) -> PrivateKeyTypes:
         return x25519.X25519PrivateKey.generate()
     if base == "x448":
         return x448.X448PrivateKey.generate()
+    pq: dict[str, type[PrivateKeyTypes]] = {
+        "mldsa44": mldsa.MLDSA44PrivateKey, "mldsa65": mldsa.MLDSA65PrivateKey,
+        "mldsa87": mldsa.MLDSA87PrivateKey, "mlkem768": mlkem.MLKEM768PrivateKey,
+        "mlkem1024": mlkem.MLKEM1024PrivateKey,
+    }
+    if base in pq:
+        return pq[base].generate()  # type: ignore[union-attr]
     raise ValueError(kind)
+
+
+def _hash_for(issuer_key: object,
+              chosen: hashes.HashAlgorithm | None = None) -> hashes.HashAlgorithm | None:
+    """Ed25519 and ML-DSA sign certificates without a separate hash."""
+    pure = (ed25519.Ed25519PrivateKey, mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey,
+            mldsa.MLDSA87PrivateKey)
+    return None if isinstance(issuer_key, pure) else (chosen or hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -83,8 +111,7 @@ def ca_cert(key: CertificateIssuerPrivateKeyTypes, subject: x509.Name,
     )
     if eku is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-    return builder.sign(issuer_key, None if isinstance(issuer_key, ed25519.Ed25519PrivateKey)
-                        else hashes.SHA256())
+    return builder.sign(issuer_key, _hash_for(issuer_key))
 
 
 @dataclass
@@ -116,10 +143,14 @@ class PKI:
         email = email or f"{name}@example.org"
         issuer_key, issuer_cert = issuer or (self.inter_key, self.inter)
         public = key.public_key()
-        agreement = not isinstance(public, rsa.RSAPublicKey)
-        usage = key_usage or ("encrypt" if isinstance(public, x25519.X25519PublicKey |
-                                                        x448.X448PublicKey)
-                              else "sign" if isinstance(public, ed25519.Ed25519PublicKey)
+        kem = isinstance(public, mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey)
+        agreement = not (kem or isinstance(public, rsa.RSAPublicKey))
+        usage = key_usage or ("encrypt" if kem or isinstance(public, x25519.X25519PublicKey |
+                                                              x448.X448PublicKey)
+                              else "sign" if isinstance(public, ed25519.Ed25519PublicKey |
+                                                        mldsa.MLDSA44PublicKey |
+                                                        mldsa.MLDSA65PublicKey |
+                                                        mldsa.MLDSA87PublicKey)
                               else "both")
         sign = usage in ("sign", "both")
         enc = usage in ("encrypt", "both")
@@ -144,9 +175,15 @@ class PKI:
         )
         if eku is not None:
             builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-        alg = None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else (
-            signature_hash or hashes.SHA256())
-        return Identity(key, builder.sign(issuer_key, alg), email)
+        return Identity(key, builder.sign(issuer_key, _hash_for(issuer_key, signature_hash)),
+                        email)
+
+
+@cache
+def ml_dsa_pki() -> PKI:
+    """The test PKI with an ML-DSA-65 root and issuing CA (one per session)."""
+    return PKI(root_key=new_key("mldsa65#root"),  # type: ignore[arg-type]
+               inter_key=new_key("mldsa65#inter"))  # type: ignore[arg-type]
 
 
 def message(sender: str = "alice@example.org", body: bytes = b"Hello, world.\r\n",

@@ -105,7 +105,7 @@ def sink() -> Iterator[tuple[SinkHandler, int]]:
     """An SMTP server on 127.0.0.1 that keeps every message: (its handler, its port)."""
     handler = SinkHandler()
     controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
-                            data_size_limit=None)
+                            data_size_limit=None, enable_SMTPUTF8=True)
     controller.start()
     try:
         yield handler, controller.port

@@ -160,6 +160,25 @@ def test_enroll_benchmark_quick_mode_prints_its_table() -> None:
 
 
 @pytest.mark.slow
+def test_pq_benchmark_quick_mode_prints_its_tables() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_pq.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for operation in ("sign", "verify", "encrypt", "decrypt"):
+        for algorithm in ("rsa-3072", "p-256"):
+            assert any(line.split()[:3] == [operation, algorithm, "10"]
+                       for line in result.stdout.splitlines()), result.stdout
+    pq = {"sign": "ml-dsa-65", "verify": "ml-dsa-65", "encrypt": "ml-kem-768",
+          "decrypt": "ml-kem-768"}
+    for operation, algorithm in pq.items():
+        assert any(line.split()[:3] == [operation, algorithm, "10"]
+                   for line in result.stdout.splitlines()), result.stdout
+    assert "RecipientInfo" in result.stdout and "SignerInfo" in result.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.interop
 def test_gateway_benchmark_quick_mode_prints_its_table_and_goals() -> None:
     import os

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smimekit.cms.algorithms import Cipher, Digest
 from smimekit.cms.signed import SignerSpec, sign_data
 from smimekit.errors import EncryptionError, MIMEError, NoRecipientError, VerificationError
+from smimekit.keys.kinds import is_ml_dsa_key
 from smimekit.smime.message import (
     build_multipart_signed,
     build_pkcs7_mime,
@@ -143,7 +144,9 @@ def sign(
     )
     if opaque:
         return build_pkcs7_mime(outer, der, "signed_data")
-    micalg = "sha-512" if isinstance(key, ed25519.Ed25519PrivateKey) else digest.micalg
+    # Ed25519 (RFC 8419) and ML-DSA (RFC 9882) sign with SHA-512 as the digest algorithm.
+    fixed = isinstance(key, ed25519.Ed25519PrivateKey) or is_ml_dsa_key(key)
+    micalg = "sha-512" if fixed else digest.micalg
     return build_multipart_signed(outer, entity, der, micalg)
 
 

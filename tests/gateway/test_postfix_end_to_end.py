@@ -4,20 +4,24 @@ smtp-source: the no-loss contract as Postfix sees it."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from loopback import TcpRelay
+from loopback import TcpRelay, free_port, wait_for_port
 from postfix import Postfix, require_postfix, swaks
 from smtpkit import GatewayThread, Scripted, SinkHandler, sink
+from sqlalchemy import text
 
 from smimekit.gateway.journal import Journal, StoreJournal
 from smimekit.gateway.model import Processor
 from smimekit.gateway.passthrough import PassThrough
+from smimekit.gateway.server import Limits
 from smimekit.store import Store
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -54,13 +58,15 @@ Start = Callable[..., MailSystem]
 def mail_system(tmp_path: Path) -> Iterator[Start]:
     require_postfix()
     with ExitStack() as stack:
-        def start(processor: Processor, journal: Journal | None = None) -> MailSystem:
+        def start(processor: Processor, journal: Journal | None = None,
+                  limits: Limits | None = None) -> MailSystem:
             handler, sink_port = stack.enter_context(sink())
             postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
             relay = TcpRelay(("127.0.0.1", postfix.reinject_port))
             stack.callback(relay.cut)
             gateway = stack.enter_context(
-                GatewayThread(processor, f"127.0.0.1:{relay.port}", journal=journal))
+                GatewayThread(processor, f"127.0.0.1:{relay.port}", journal=journal,
+                              limits=limits))
             postfix.start(gateway.port)
             stack.callback(postfix.stop)
             return MailSystem(postfix, handler, relay, gateway)
@@ -121,6 +127,21 @@ def test_partial_refusal_sends_the_rest_and_a_dsn(mail_system: Start) -> None:
     assert system.sink.to(CAROL) == []
 
 
+def test_message_over_the_gateways_size_limit_bounces(mail_system: Start) -> None:
+    system = mail_system(PassThrough(), limits=Limits(max_message_size=20_000))
+    sent = swaks(system.postfix.smtpd_port, sender=ANN, to=[BOB], subject="too big",
+                 body="y" * 70 + "\n" + ("z" * 76 + "\n") * 400)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    system.arrived(1)
+    system.settled()
+    [bounce] = system.sink.received
+    assert bounce.mail_from == "" and bounce.recipients == (ANN,)
+    # Postfix reads the gateway's SIZE announcement and bounces without sending the data
+    assert "exceeds size limit 20000 of server" in " ".join(
+        bounce.data.decode(errors="replace").split())
+    assert system.sink.to(BOB) == []
+
+
 def test_journal_skips_the_delivered_group_when_postfix_retries(mail_system: Start,
                                                                 tmp_path: Path) -> None:
     store = Store.open(None, tmp_path / "data")
@@ -154,3 +175,47 @@ def test_smtp_source_load_arrives_exactly_once(mail_system: Start) -> None:
     system.settled()
     hashes = {m.sha256 for m in system.sink.received}
     assert len(system.sink.received) == count == len(hashes)
+
+
+def test_gateway_process_down_and_back(tmp_path: Path) -> None:
+    """``smimekit gateway serve`` as Postfix's content filter: stopped, Postfix keeps the mail;
+    started again, the mail arrives once."""
+    require_postfix()
+    data_dir = tmp_path / "data"
+    Store.open(None, data_dir).close()
+    gateway_port = free_port()
+    with ExitStack() as stack:
+        handler, sink_port = stack.enter_context(sink())
+        postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
+        command = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(data_dir),
+                   "gateway", "serve", "--listen", f"127.0.0.1:{gateway_port}",
+                   "--next-hop", f"127.0.0.1:{postfix.reinject_port}", "--grace", "5"]
+
+        def start_gateway() -> subprocess.Popen[bytes]:
+            process = subprocess.Popen(command, stderr=subprocess.PIPE)
+            stack.callback(_stop, process)
+            wait_for_port(gateway_port, process, "gateway serve")
+            return process
+
+        postfix.start(gateway_port)
+        stack.callback(postfix.stop)
+        _stop(start_gateway())
+        swaks(postfix.smtpd_port, sender=ANN, to=[BOB], subject="while down")
+        postfix.wait(lambda: "status=deferred" in postfix.log() and postfix.queued(),
+                     "Postfix to defer the message while the gateway is down")
+        assert handler.received == []
+        start_gateway()
+        postfix.flush()
+        postfix.wait(lambda: len(handler.received) == 1, "the message at the sink")
+        postfix.wait(lambda: not postfix.queued(), "an empty Postfix queue")
+    assert [m.message()["Subject"] for m in handler.received] == ["while down"]
+    with Store.open(None, data_dir, create=False) as store:
+        with store.read() as conn:
+            rows = conn.execute(text("SELECT delivery_key FROM gateway_deliveries")).all()
+    assert [r[0] for r in rows] == ["0:bob@example.net"]
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)

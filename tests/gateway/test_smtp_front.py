@@ -4,12 +4,13 @@ recipients, the limits and the journal, with a saving sink as the next hop."""
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Iterator, Sequence
 
 import pytest
 from smtpkit import GatewayThread, Scripted, SinkHandler, message, sink
 
-from smimekit.errors import GatewayError
+from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.journal import MemoryJournal, message_key
 from smimekit.gateway.model import Envelope
 from smimekit.gateway.passthrough import PassThrough
@@ -79,6 +80,7 @@ def test_permanent_policy_error_is_5xx_with_the_reason(next_hop) -> None:
 
 
 @pytest.mark.parametrize("error", [GatewayError("the key store is locked"),
+                                   StoreError("cannot reach the database"),
                                    RuntimeError("secret detail\r\n250 fake")])
 def test_temporary_or_unexpected_failure_is_4xx(next_hop, error: BaseException) -> None:
     handler, port = next_hop
@@ -202,3 +204,76 @@ def test_line_over_1000_octets_is_refused(next_hop) -> None:
     with GatewayThread(PassThrough(), f"127.0.0.1:{port}") as gateway:
         code, _, _ = send(gateway.port, ANN, [BOB], message("long", "z" * 1200 + "\r\n"))
     assert code == 500 and handler.received == []
+
+
+class BrokenJournal(MemoryJournal):
+    """The database behind the journal is down for reading, writing, or both."""
+
+    def __init__(self, *, read: bool = True, write: bool = True) -> None:
+        super().__init__()
+        self.read_fails, self.write_fails = not read, not write
+
+    def delivered(self, message_key: str) -> frozenset[str]:
+        if self.read_fails:
+            raise StoreError("cannot reach the database at 127.0.0.1:5432")
+        return super().delivered(message_key)
+
+    def record(self, message_key: str, delivery_keys: Sequence[str], reply: str) -> None:
+        if self.write_fails:
+            raise StoreError("cannot reach the database at 127.0.0.1:5432")
+        super().record(message_key, delivery_keys, reply)
+
+
+def test_journal_unreadable_is_4xx_and_nothing_passes(next_hop) -> None:
+    handler, port = next_hop
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}",
+                       journal=BrokenJournal(read=False)) as gateway:
+        code, reply, _ = send(gateway.port, ANN, [BOB], message())
+    assert code == 451 and "journal cannot be read" in reply and "5432" not in reply
+    assert handler.received == []
+
+
+def test_journal_unwritable_after_delivery_is_still_250(next_hop) -> None:
+    handler, port = next_hop
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}",
+                       journal=BrokenJournal(write=False)) as gateway:
+        code, _, _ = send(gateway.port, ANN, [BOB], message())
+    assert code == 250 and len(handler.received) == 1  # delivered: no retry, no duplicate
+
+
+def test_utf8_addresses_and_8bit_body_pass_unchanged(next_hop) -> None:
+    handler, port = next_hop
+    sender, recipient = "j\u00f6rg@example.org", "\u00e5sa@example.net"
+    data = ("From: j\u00f6rg@example.org\r\nTo: \u00e5sa@example.net\r\nSubject: gr\u00fc\u00dfe"
+            "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\nGr\u00fc\u00dfe.\r\n").encode()
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}") as gateway, \
+            smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        assert client.sendmail(sender, [recipient], data,
+                               mail_options=["SMTPUTF8", "BODY=8BITMIME"]) == {}
+    [got] = handler.received
+    assert (got.mail_from, got.recipients, got.data) == (sender, (recipient,), data)
+
+
+def test_a_huge_message_is_refused_without_being_held(next_hop) -> None:
+    handler, port = next_hop
+    limits = Limits(max_message_size=1_000_000, max_recipients=10)
+    line = b"x" * 998 + b"\r\n"
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}", limits=limits) as gateway:
+        tracemalloc.start()
+        try:
+            with smtplib.SMTP("127.0.0.1", gateway.port, timeout=60) as client:
+                client.ehlo("client.test")
+                client.mail(ANN)
+                client.rcpt(BOB)
+                client.putcmd("data")
+                assert client.getreply()[0] == 354
+                for _ in range(20):  # 20 MB, a megabyte at a time
+                    client.send(line * 1000)
+                client.send(b".\r\n")
+                code, _ = client.getreply()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert code == 552 and handler.received == []
+    assert peak < 6_000_000  # the sending side's megabyte and the limit, not 20 MB

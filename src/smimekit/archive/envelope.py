@@ -17,7 +17,7 @@ from asn1crypto import algos, cms
 from cryptography import x509
 
 from smimekit.archive.mailstore import MAX_HEADER
-from smimekit.cms import asn1
+from smimekit.cms import asn1, kem
 from smimekit.cms.algorithms import CONTENT_CIPHERS
 from smimekit.cms.enveloped import (
     ENCRYPTED_TYPES,
@@ -57,7 +57,8 @@ class RecipientId:
     """One recipient slot of an encrypted message, read without any private key."""
 
     kind: str
-    """``ktri`` (key transport), ``kari`` (key agreement), ``kekri``, ``pwri`` or ``ori``."""
+    """``ktri`` (key transport), ``kari`` (key agreement), ``kemri`` (ML-KEM, RFC 9629),
+    ``kekri``, ``pwri`` or ``ori``."""
     algorithm: str
     """Key transport or agreement algorithm, e.g. ``rsaes_pkcs1v15``."""
     issuer_and_serial: bytes | None = None
@@ -327,6 +328,9 @@ def _recipient_ids(info: Any) -> list[RecipientId]:
     if name == "kari":
         alg = str(value["key_encryption_algorithm"]["algorithm"].native)
         return [_rid(name, alg, rek["rid"], None) for rek in value["recipient_encrypted_keys"]]
+    if kem.is_kem_info(info):  # ML-KEM (RFC 9629): named by its rid like a ktri
+        kemri = kem.parse(info)
+        return [_rid("kemri", kem.kem_name(kemri).lower(), kemri["rid"], None)]
     return [RecipientId(name, "-")]
 
 

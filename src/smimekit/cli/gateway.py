@@ -25,7 +25,7 @@ JOURNAL_DAYS = 14
 
 @click.group()
 def gateway() -> None:
-    """The S/MIME gateway: an after-queue content filter for Postfix (docs/gateway.md)."""
+    """The S/MIME gateway: Postfix's after-queue content filter (serve)."""
 
 
 @gateway.command("serve")

@@ -7,7 +7,7 @@ from cryptography import x509
 
 from smimekit.cli.common import Globals, existing_data_dir, load_cert_files
 from smimekit.dn import display_name
-from smimekit.keys.kinds import certificate_public_key
+from smimekit.keys.kinds import certificate_public_key, key_algorithm_name
 from smimekit.validation.trust import TrustStore, fingerprint, system_bundle
 from smimekit.validation.verdict import cert_emails
 
@@ -75,7 +75,8 @@ def _describe(cert: x509.Certificate) -> list[str]:
         f"serial:      {format(cert.serial_number, 'x')}",
         f"valid:       {cert.not_valid_before_utc.isoformat()} .. "
         f"{cert.not_valid_after_utc.isoformat()}",
-        f"key:         {type(key).__name__.removesuffix('PublicKey').lstrip('_')}"
+        "key:         "
+        + (key_algorithm_name(key) or type(key).__name__.removesuffix("PublicKey").lstrip("_"))
         + (f" {size} bits" if size else ""),
         f"emails:      {', '.join(cert_emails(cert)) or '-'}",
         f"sha256:      {fingerprint(cert)}",

@@ -15,12 +15,18 @@ from asn1crypto import tsp as _tsp  # noqa: F401  registers signing-certificate(
 
 from smimekit.cms import der, limits
 from smimekit.errors import ASN1Error
+from smimekit.keys.kinds import ML_DSA_OIDS as ML_DSA_OIDS
+from smimekit.keys.kinds import ML_KEM_OIDS as ML_KEM_OIDS
 
 
 def _register(cls: Any, entries: dict[str, str]) -> None:
     cls._map.update(entries)
-    # asn1crypto caches the reverse map lazily; rebuild it after adding names.
-    cls._reverse_map = None
+    # The reverse map (name -> OID) is asn1crypto's own where the class declares one (with
+    # its preferred OID for a name), else built from _map when the class's first value is
+    # created: extend it if it exists (that may have happened before this import), and
+    # otherwise leave it to be built from the extended _map.
+    if cls._reverse_map is not None:
+        cls._reverse_map.update({name: oid for oid, name in entries.items()})
 
 
 # RFC 5753 section 7.1.4 and SEC 1 / RFC 8418: key agreement schemes.
@@ -62,6 +68,61 @@ class ECCCMSSharedInfo(core.Sequence):
         ("key_info", algos.AlgorithmIdentifier),
         ("entity_u_info", core.OctetString, {"explicit": 0, "optional": True}),
         ("supp_pub_info", core.OctetString, {"explicit": 2}),
+    ]
+
+
+# RFC 9629 (KEMRecipientInfo) and RFC 9936 / RFC 9935 (ML-KEM), RFC 8619 (HKDF OIDs).
+ID_ORI_KEM = "1.2.840.113549.1.9.16.13.3"
+HKDF_OIDS = {
+    "1.2.840.113549.1.9.16.3.28": "sha256",
+    "1.2.840.113549.1.9.16.3.29": "sha384",
+    "1.2.840.113549.1.9.16.3.30": "sha512",
+}
+HKDF_OID_BY_HASH = {name: oid for oid, name in HKDF_OIDS.items()}
+# The ML-KEM (RFC 9936) and ML-DSA (RFC 9882) OIDs are those of keys/kinds.py: the same
+# identifiers name the public keys and the CMS algorithms.
+
+
+# Signature algorithm names for asn1crypto (RFC 9882 ML-DSA; RFC 9814 SLH-DSA only to name it).
+_register(algos.SignedDigestAlgorithmId, {
+    "2.16.840.1.101.3.4.3.17": "ml_dsa_44",
+    "2.16.840.1.101.3.4.3.18": "ml_dsa_65",
+    "2.16.840.1.101.3.4.3.19": "ml_dsa_87",
+})
+
+
+class AlgorithmIdentifier(core.Sequence):
+    """Any AlgorithmIdentifier: the OID kept as dotted text, parameters as received."""
+
+    _fields = [  # noqa: RUF012
+        ("algorithm", core.ObjectIdentifier),
+        ("parameters", core.Any, {"optional": True}),
+    ]
+
+
+class KEMRecipientInfo(core.Sequence):
+    """RFC 9629 section 3: the ori-value of an OtherRecipientInfo of type id-ori-kem."""
+
+    _fields = [  # noqa: RUF012
+        ("version", core.Integer),
+        ("rid", cms.RecipientIdentifier),
+        ("kem", AlgorithmIdentifier),
+        ("kemct", core.OctetString),
+        ("kdf", AlgorithmIdentifier),
+        ("kek_length", core.Integer),
+        ("ukm", core.OctetString, {"explicit": 0, "optional": True}),
+        ("wrap", AlgorithmIdentifier),
+        ("encrypted_key", core.OctetString),
+    ]
+
+
+class CMSORIforKEMOtherInfo(core.Sequence):
+    """RFC 9629 section 5: the KDF's info input, DER-encoded."""
+
+    _fields = [  # noqa: RUF012
+        ("wrap", AlgorithmIdentifier),
+        ("kek_length", core.Integer),
+        ("ukm", core.OctetString, {"explicit": 0, "optional": True}),
     ]
 
 

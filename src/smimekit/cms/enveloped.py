@@ -154,8 +154,11 @@ def encrypt_enveloped_stream(
         )
         kind = "authenticated_enveloped_data"
     else:
+        # RFC 5652 6.1: an ori (KEMRecipientInfo) makes version 3.
         version = (
-            "v0"
+            "v3"
+            if any(i.name == "ori" for i in infos)
+            else "v0"
             if all(i.name == "ktri" and i.chosen["version"].native == "v0" for i in infos)
             else "v2"
         )

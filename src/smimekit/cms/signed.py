@@ -42,7 +42,15 @@ from smimekit.errors import (
     SigningError,
     UnsupportedError,
 )
-from smimekit.keys.kinds import certificate_public_key, is_dsa_public_key
+from smimekit.keys.kinds import (
+    certificate_public_key,
+    is_dsa_public_key,
+    is_ml_dsa_key,
+    is_ml_dsa_private_key,
+    is_ml_dsa_public_key,
+    key_algorithm_name,
+    unsupported_pq_algorithm,
+)
 
 # Capabilities we announce (RFC 8551 section 2.5.2), strongest first.
 ANNOUNCED_CIPHERS = ("aes256_gcm", "aes128_gcm", "aes256_cbc", "aes128_cbc")
@@ -129,6 +137,18 @@ _OID = {
 }
 # SMIMECapabilities (RFC 8551 2.5.2), strongest first; fixed, so encoded once.
 _CAPABILITIES = dertools.seq(*(dertools.seq(dertools.oid(_OID[c])) for c in ANNOUNCED_CIPHERS))
+# A sender whose encryption certificate is ML-KEM also announces what KEMRecipientInfo needs
+# (RFC 9936 SMIME-CAPS: the KEMs, HKDF-SHA256, AES-256 key wrap; all without parameters).
+_KEM_CAPABILITIES = (
+    "2.16.840.1.101.3.4.4.3",  # id-alg-ml-kem-1024
+    "2.16.840.1.101.3.4.4.2",  # id-alg-ml-kem-768
+    "1.2.840.113549.1.9.16.3.28",  # id-alg-hkdf-with-sha256
+    "2.16.840.1.101.3.4.1.45",  # id-aes256-wrap
+)
+_PQ_CAPABILITIES = dertools.seq(
+    *(dertools.seq(dertools.oid(_OID[c])) for c in ANNOUNCED_CIPHERS),
+    *(dertools.seq(dertools.oid(oid)) for oid in _KEM_CAPABILITIES),
+)
 
 
 def sign_data(
@@ -138,11 +158,18 @@ def sign_data(
     detached: bool = True,
     certificates: Sequence[x509.Certificate] = (),
     signing_time: dt.datetime | None = None,
+    signed_attributes: bool = True,
 ) -> bytes:
     """Build a DER ContentInfo holding a SignedData over ``content`` (eContentType data).
 
     The structure is written directly as DER (asn1crypto re-serialises nested values many
     times over, which made signing a small message cost tens of milliseconds).
+
+    ML-DSA keys sign in pure mode with SHA-512 as the digest algorithm (RFC 9882 4: it
+    meets every parameter set's strength). ``signed_attributes=False`` writes SignerInfos
+    without signed attributes, the signature then covering the content itself (RFC 5652
+    5.4; RFC 9882 3.3 for ML-DSA); S/MIME wants them (RFC 8551 2.5), so it is for CMS uses
+    that do not.
 
     Raises:
         SigningError: no signer, or a key that does not match its certificate.
@@ -160,14 +187,22 @@ def sign_data(
         if not key_matches_cert(spec.key, spec.certificate):
             raise SigningError("the private key does not match the signing certificate")
         digest = spec.digest.value
-        if isinstance(spec.key, ed25519.Ed25519PrivateKey):
-            digest = "sha512"  # RFC 8419 section 3.1: Ed25519 pairs with SHA-512
+        if isinstance(spec.key, ed25519.Ed25519PrivateKey) or is_ml_dsa_key(spec.key):
+            # RFC 8419 3.1: Ed25519 pairs with SHA-512; RFC 9882 4: SHA-512 for ML-DSA.
+            digest = "sha512"
         if digest not in digests:
             digests[digest] = _hash(digest, *parts)
-        attrs = _signed_attributes(spec.certificate, digests[digest], when, spec.encryption_cert)
-        # RFC 5652 5.4: the signature covers the attributes as a SET OF; in the SignerInfo
-        # they carry the IMPLICIT [0] tag instead.
-        sig_alg, signature = _sign(spec, digest, attrs)
+        if signed_attributes:
+            attrs = _signed_attributes(
+                spec.certificate, digests[digest], when, spec.encryption_cert
+            )
+            # RFC 5652 5.4: the signature covers the attributes as a SET OF; in the
+            # SignerInfo they carry the IMPLICIT [0] tag instead.
+            sig_alg, signature = _sign(spec, digest, attrs)
+            attr_field = b"\xa0" + attrs[1:]
+        else:
+            sig_alg, signature = _sign(spec, digest, b"".join(parts))
+            attr_field = b""
         cert = spec.certificate
         if spec.use_ski:
             version, sid = 3, dertools.tlv(0x80, subject_key_id(cert))
@@ -181,7 +216,7 @@ def sign_data(
                 dertools.integer(version),
                 sid,
                 dertools.seq(dertools.oid(_OID[digest])),
-                b"\xa0" + attrs[1:],
+                attr_field,
                 sig_alg.dump(),
                 dertools.octets(signature),
             )
@@ -227,6 +262,11 @@ def _attribute(name: str, value: bytes) -> bytes:
     return dertools.seq(dertools.oid(_OID[name]), dertools.set_of(value))
 
 
+def _capabilities(encryption_cert: x509.Certificate | None) -> bytes:
+    oid = encryption_cert.public_key_algorithm_oid.dotted_string if encryption_cert else ""
+    return _PQ_CAPABILITIES if oid in _KEM_CAPABILITIES else _CAPABILITIES
+
+
 def _signed_attributes(
     cert: x509.Certificate,
     digest: bytes,
@@ -249,7 +289,7 @@ def _signed_attributes(
         _attribute("content_type", dertools.oid(_OID["data"])),
         _attribute("signing_time", _time(when)),
         _attribute("message_digest", dertools.octets(digest)),
-        _attribute("smime_capabilities", _CAPABILITIES),
+        _attribute("smime_capabilities", _capabilities(encryption_cert)),
         _attribute("signing_certificate_v2", dertools.seq(dertools.seq(ess_id))),
     ]
     if encryption_cert is not None:
@@ -293,6 +333,10 @@ def _sign(spec: SignerSpec, digest: str, data: bytes) -> tuple[algos.SignedDiges
         return algos.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"}), sig
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return algos.SignedDigestAlgorithm({"algorithm": "ed25519"}), key.sign(data)
+    if is_ml_dsa_private_key(key):
+        # RFC 9882 3: pure ML-DSA, empty context string, parameters absent.
+        name = str(key_algorithm_name(key)).lower().replace("-", "_")
+        return algos.SignedDigestAlgorithm({"algorithm": name}), key.sign(data)
     raise UnsupportedError(f"cannot sign with a {type(key).__name__}")
 
 
@@ -420,6 +464,12 @@ def _verify_signer(
     allow_legacy: bool,
 ) -> SignerResult:
     cert = _find_signer_cert(si["sid"], pool)
+    missing = unsupported_pq_algorithm(si["signature_algorithm"]["algorithm"].dotted)
+    if missing is not None:  # named before its digest (SHAKE) is refused in other words
+        raise UnsupportedError(
+            f"signer {index} ({display_name(cert.subject)}): {missing} signatures are not"
+            " supported"
+        )
     digest_name = si["digest_algorithm"]["algorithm"].native
     h = hash_algorithm(digest_name, allow_legacy=allow_legacy)
     if digest_name not in digest_cache:
@@ -684,6 +734,9 @@ def _verify_signature(
     name = alg["algorithm"].native
     dotted = alg["algorithm"].dotted
     signature = si["signature"].native
+    missing = unsupported_pq_algorithm(dotted)
+    if missing is not None:
+        raise UnsupportedError(f"{who}: {missing} signatures are not supported")
     try:
         key = certificate_public_key(cert)
     except (UnsupportedAlgorithm, ValueError):
@@ -740,6 +793,22 @@ def _verify_signature(
                 raise _mismatch(who)
             key.verify(signature, content if prehashed else data)
             return "ed448"
+        if name in _ML_DSA_STRENGTH:
+            if not is_ml_dsa_public_key(key) or key_algorithm_name(key) != name.upper().replace(
+                "_", "-"
+            ):
+                raise _mismatch(who)
+            if not isinstance(alg["parameters"], core.Void):  # RFC 9882 3: MUST be absent
+                raise SignatureInvalidError(f"{who}: ML-DSA signature algorithm with parameters")
+            if h.digest_size * 4 < _ML_DSA_STRENGTH[name]:
+                # RFC 9882 4: the digest's collision strength must match the parameter set.
+                raise SignatureInvalidError(
+                    f"{who}: {h.name.upper()} is too weak a digest for"
+                    f" {name.upper().replace('_', '-')} (RFC 9882 section 4)"
+                )
+            # Pure ML-DSA over the signed attributes, or over the content without them.
+            key.verify(signature, content if prehashed else data)
+            return name.replace("_", "-")
         if name in _DSA_NAMED or name == "dsa":
             if not allow_legacy:
                 raise LegacyAlgorithmError(f"{who}: DSA signatures are legacy, refused by default")
@@ -751,6 +820,10 @@ def _verify_signature(
     except InvalidSignature:
         raise SignatureInvalidError(f"{who}: the signature does not verify") from None
     raise UnsupportedError(f"{who}: unsupported signature algorithm {name or dotted}")
+
+
+# ML-DSA parameter set -> the collision strength (bits) its digest must reach (RFC 9882 4).
+_ML_DSA_STRENGTH = {"ml_dsa_44": 128, "ml_dsa_65": 192, "ml_dsa_87": 256}
 
 
 def _mismatch(who: str) -> SignatureInvalidError:

@@ -12,6 +12,7 @@ from typing import Any
 
 from asn1crypto import algos, core
 
+from smimekit.cms import kem
 from smimekit.errors import ASN1Error
 
 _NULL_PARAMS = (b"", b"\x05\x00")
@@ -98,10 +99,16 @@ def enveloped(body: Any, authenticated: bool) -> None:
     _same_encoding(body["version"], "EnvelopedData version")
     _same_encoding(body["recipient_infos"], "RecipientInfos")
     for info in body["recipient_infos"]:
+        if info.name == "ori":
+            continue  # checked below (KEMRecipientInfo) or not ours to read
         for name in ("version", "key_encryption_algorithm"):
             _same_encoding(info.chosen[name], f"RecipientInfo {name.replace('_', ' ')}")
     if authenticated and body["version"].native != "v0":
         raise ASN1Error("malformed AuthEnvelopedData: version must be 0")
+    has_ori = any(info.name == "ori" for info in body["recipient_infos"])
+    if has_ori and not authenticated and body["version"].native != "v3":
+        # RFC 5652 6.1: an OtherRecipientInfo requires version 3.
+        raise ASN1Error("malformed EnvelopedData: version must be 3 with an ori recipient")
     for info in body["recipient_infos"]:
         chosen = info.chosen
         if info.name == "ktri":
@@ -117,6 +124,11 @@ def enveloped(body: Any, authenticated: bool) -> None:
                 params = alg["parameters"]
                 _params_null_or_absent(params["hash_algorithm"], "OAEP hash")
                 _params_null_or_absent(params["mask_gen_algorithm"]["parameters"], "OAEP MGF hash")
+        elif kem.is_kem_info(info):
+            kemri = kem.parse(info)
+            _same_encoding(kemri, "KEMRecipientInfo")
+            if kemri["version"].native != 0:
+                raise ASN1Error("malformed KEMRecipientInfo: version must be 0")
         elif info.name == "kari":
             if chosen["version"].native != "v3":
                 raise ASN1Error("malformed KeyAgreeRecipientInfo: version must be 3")

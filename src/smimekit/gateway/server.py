@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from smimekit.errors import GatewayError
+from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.dsn import Failed, build_dsn, reply_text
 from smimekit.gateway.journal import Journal, delivery_keys, message_key
 from smimekit.gateway.model import Delivery, Envelope, Outcome, Processor
@@ -107,6 +107,13 @@ class GatewayHandler:
         except GatewayError as exc:
             template = POLICY_REJECT if exc.permanent else TEMPORARY
             return template.format(detail=reply_text(str(exc)))
+        except StoreError as exc:  # keys, certificates: the database is down
+            log.warning("message %s: the store is unavailable (%s)", key[:16],
+                        reply_text(str(exc), 200))
+            return TEMPORARY.format(detail="the store is unavailable")
+        for decision in outcome.decisions:
+            log.info("message %s: %s %s %s: %s", key[:16], decision.direction,
+                     decision.recipient, decision.action, reply_text(decision.reason, 200))
         try:
             done = await asyncio.to_thread(self.journal.delivered, key)
         except Exception as exc:

@@ -25,7 +25,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 if TYPE_CHECKING:  # annotations only: never evaluated at run time
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import dsa
+    from cryptography.hazmat.primitives.asymmetric import dsa, mldsa
     from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 DSA_OID = "1.2.840.10040.4.1"  # id-dsa (RFC 3279 2.3.2)
@@ -44,7 +44,8 @@ def is_dsa_public_key(key: object) -> TypeGuard[dsa.DSAPublicKey]:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         algorithm = asn1_keys.PublicKeyInfo.load(der)["algorithm"]["algorithm"].dotted
-    except (TypeError, ValueError, UnsupportedAlgorithm):
+    except (TypeError, ValueError, KeyError, UnsupportedAlgorithm):
+        # KeyError: asn1crypto has no spec for the key's OID (ML-DSA, ML-KEM): not DSA.
         return False
     return bool(algorithm == DSA_OID)
 
@@ -109,3 +110,86 @@ def accept_input(func: F) -> F:
             return func(*args, **kwargs)
 
     return cast(F, wrapper)
+
+
+# -- post-quantum keys (FIPS 203 ML-KEM, FIPS 204 ML-DSA, FIPS 205 SLH-DSA) ----------------
+# NIST's algorithm arc 2.16.840.1.101.3.4: sigAlgs (3.x) and kems (4.x), as RFC 9881 (ML-DSA),
+# RFC 9935 (ML-KEM) and RFC 9909 (SLH-DSA) name them for X.509 and CMS.
+ML_DSA_OIDS = {
+    "2.16.840.1.101.3.4.3.17": "ML-DSA-44",
+    "2.16.840.1.101.3.4.3.18": "ML-DSA-65",
+    "2.16.840.1.101.3.4.3.19": "ML-DSA-87",
+}
+ML_KEM_OIDS = {
+    "2.16.840.1.101.3.4.4.1": "ML-KEM-512",
+    "2.16.840.1.101.3.4.4.2": "ML-KEM-768",
+    "2.16.840.1.101.3.4.4.3": "ML-KEM-1024",
+}
+# Algorithms we recognise by name but cannot use: cryptography has no primitive for them.
+_UNSUPPORTED_PQ = {
+    "2.16.840.1.101.3.4.4.1": "ML-KEM-512",
+    **{f"2.16.840.1.101.3.4.3.{n}": "HashML-DSA" for n in (32, 33, 34)},
+    **{f"2.16.840.1.101.3.4.3.{n}": "SLH-DSA" for n in range(20, 32)},
+    **{f"2.16.840.1.101.3.4.3.{n}": "HashSLH-DSA" for n in range(35, 47)},
+}
+
+
+def pq_algorithm_name(oid: str) -> str | None:
+    """The name of a post-quantum key or signature algorithm OID we know of, else None."""
+    return ML_DSA_OIDS.get(oid) or ML_KEM_OIDS.get(oid) or _UNSUPPORTED_PQ.get(oid)
+
+
+def unsupported_pq_algorithm(oid: str) -> str | None:
+    """The name of a post-quantum algorithm that cryptography cannot compute, else None
+    (ML-KEM-512 and SLH-DSA on cryptography 51)."""
+    return _UNSUPPORTED_PQ.get(oid)
+
+
+def is_ml_dsa_key(key: object) -> bool:
+    """True for an ML-DSA-44/65/87 public or private key."""
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    return isinstance(
+        key,
+        mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
+        | mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey,
+    )
+
+
+def is_ml_dsa_public_key(
+    key: object,
+) -> TypeGuard[mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey]:
+    """True for an ML-DSA-44/65/87 public key."""
+    return is_ml_dsa_key(key) and not hasattr(key, "private_bytes")
+
+
+def is_ml_dsa_private_key(
+    key: object,
+) -> TypeGuard[mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey]:
+    """True for an ML-DSA-44/65/87 private key."""
+    return is_ml_dsa_key(key) and hasattr(key, "private_bytes")
+
+
+def is_ml_kem_key(key: object) -> bool:
+    """True for an ML-KEM-768/1024 public or private key."""
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+
+    return isinstance(
+        key,
+        mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey
+        | mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey,
+    )
+
+
+def key_algorithm_name(key: object) -> str | None:
+    """"ML-DSA-65", "ML-KEM-768"... for a post-quantum key (public or private), else None."""
+    from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
+
+    names: tuple[tuple[tuple[type, ...], str], ...] = (
+        ((mldsa.MLDSA44PublicKey, mldsa.MLDSA44PrivateKey), "ML-DSA-44"),
+        ((mldsa.MLDSA65PublicKey, mldsa.MLDSA65PrivateKey), "ML-DSA-65"),
+        ((mldsa.MLDSA87PublicKey, mldsa.MLDSA87PrivateKey), "ML-DSA-87"),
+        ((mlkem.MLKEM768PublicKey, mlkem.MLKEM768PrivateKey), "ML-KEM-768"),
+        ((mlkem.MLKEM1024PublicKey, mlkem.MLKEM1024PrivateKey), "ML-KEM-1024"),
+    )
+    return next((name for classes, name in names if isinstance(key, classes)), None)

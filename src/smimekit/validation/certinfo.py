@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509.oid import ExtensionOID
 
 from smimekit.dn import display_name
-from smimekit.keys.kinds import certificate_public_key, is_dsa_public_key
+from smimekit.keys.kinds import (
+    ML_DSA_OIDS,
+    ML_KEM_OIDS,
+    certificate_public_key,
+    is_dsa_public_key,
+    is_ml_dsa_public_key,
+    unsupported_pq_algorithm,
+)
 from smimekit.validation.names import NameKey, name_key
 from smimekit.validation.policies import policy_mappings
 
@@ -107,6 +114,16 @@ class CertInfo:
         except (ValueError, UnsupportedAlgorithm):
             return False
 
+    @functools.cached_property
+    def is_ml_dsa(self) -> bool:
+        """An ML-DSA key (RFC 9881): signs, never receives mail."""
+        return self.cert.public_key_algorithm_oid.dotted_string in ML_DSA_OIDS
+
+    @functools.cached_property
+    def is_ml_kem(self) -> bool:
+        """An ML-KEM key (RFC 9935, any parameter set): receives mail, never signs."""
+        return self.cert.public_key_algorithm_oid.dotted_string in ML_KEM_OIDS
+
     def name(self) -> str:
         return display_name(self.cert.subject) or "(empty subject)"
 
@@ -124,7 +141,12 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         )
         weak_key = _weak_key(key)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        key_error = f"unusable public key ({exc})"
+        missing = unsupported_pq_algorithm(cert.public_key_algorithm_oid.dotted_string)
+        key_error = (
+            f"{missing} public keys are not supported"
+            if missing
+            else f"unusable public key ({exc})"
+        )
     try:
         alg = cert.signature_hash_algorithm
     except UnsupportedAlgorithm:
@@ -255,8 +277,20 @@ def signed_by(child: CertInfo, issuer: CertInfo) -> bool:
             if alg is None or params is not None:
                 return False
             key.verify(signature, data, alg)
+        elif is_ml_dsa_public_key(key):
+            if not ml_dsa_matches(key, cert.signature_algorithm_oid.dotted_string):
+                return False
+            key.verify(signature, data)  # pure ML-DSA, empty context (RFC 9881 3)
         else:
             return False
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return False
     return True
+
+
+def ml_dsa_matches(key: object, signature_oid: str) -> bool:
+    """Whether ``signature_oid`` names the ML-DSA parameter set of ``key`` (a signature made
+    with one set is never checked with another's OID)."""
+    from smimekit.keys.kinds import key_algorithm_name
+
+    return ML_DSA_OIDS.get(signature_oid) == key_algorithm_name(key)

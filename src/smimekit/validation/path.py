@@ -103,15 +103,25 @@ def _usage_problems(info: CertInfo, purpose: Purpose) -> tuple[str, ...]:
     eku = info.ext_key_usage
     if eku is not None and not set(eku) & _EMAIL_EKUS:
         out.append(f"{info.name()}: extended key usage lacks emailProtection")
+    # RFC 9881 / RFC 9935: an ML-DSA key only signs, an ML-KEM key only receives.
+    wrong_key = (purpose is Purpose.SIGN and info.is_ml_kem) or (
+        purpose is not Purpose.SIGN and info.is_ml_dsa
+    )
+    if wrong_key:  # its key usage bits are then beside the point
+        what = "an ML-KEM key cannot sign mail" if info.is_ml_kem else (
+            "an ML-DSA key cannot receive encrypted mail"
+        )
+        out.append(f"{info.name()}: {what}")
     ku = info.key_usage
-    if ku is not None:
+    if ku is not None and not wrong_key:
+        transport = info.is_rsa or info.is_ml_kem
         if purpose is Purpose.SIGN:
             if not (ku.digital_signature or ku.content_commitment):
                 out.append(
                     f"{info.name()}: key usage does not allow digitalSignature or nonRepudiation"
                 )
-        elif not (ku.key_encipherment if info.is_rsa else ku.key_agreement):
-            what = "keyEncipherment" if info.is_rsa else "keyAgreement"
+        elif not (ku.key_encipherment if transport else ku.key_agreement):
+            what = "keyEncipherment" if transport else "keyAgreement"
             out.append(f"{info.name()}: key usage does not allow {what}")
     return tuple(out)
 

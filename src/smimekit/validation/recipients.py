@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, x448, x25519
 
-from smimekit.keys.kinds import certificate_public_key
+from smimekit.keys.kinds import certificate_public_key, is_ml_kem_key
 from smimekit.validation.intermediates import IssuerSource, validate_with_lookups
 from smimekit.validation.path import Purpose, validate
 from smimekit.validation.revocation import RevocationOptions, check_chain
@@ -114,10 +114,10 @@ def recipient_problems(
 
 
 def can_receive_mail(cert: x509.Certificate, at: dt.datetime | None = None) -> bool:
-    """``cert`` itself may receive mail: a key type that can (RSA, EC, X25519, X448), and
-    its dates and key usage allow it (no chain checked)."""
+    """``cert`` itself may receive mail: a key type that can (RSA, EC, X25519, X448,
+    ML-KEM-768/1024), and its dates and key usage allow it (no chain checked)."""
     key = certificate_public_key(cert)
-    receives = isinstance(
+    receives = is_ml_kem_key(key) or isinstance(
         key,
         rsa.RSAPublicKey | ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey,
     )

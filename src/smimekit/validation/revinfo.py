@@ -25,7 +25,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from smimekit.dn import display_name
 from smimekit.errors import MalformedError, RevocationError
-from smimekit.keys.kinds import is_dsa_public_key
+from smimekit.keys.kinds import is_dsa_public_key, is_ml_dsa_public_key
 
 _WEAK = (hashes.SHA1, hashes.MD5)
 # CRLReason values that say the key was not compromised (RFC 5280 5.3.1).
@@ -346,6 +346,8 @@ def signature_ok(
         elif is_dsa_public_key(key) and alg is not None:
             key.verify(signature, data, alg)
         elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        elif is_ml_dsa_public_key(key) and alg is None and pss is None:
             key.verify(signature, data)
         else:
             return False

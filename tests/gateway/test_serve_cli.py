@@ -1,0 +1,77 @@
+"""``smimekit gateway serve`` as a process: listens, passes mail on with the journal in the
+store, stops cleanly at SIGTERM; mistakes are one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+from loopback import free_port, wait_for_port
+from smtpkit import message, sink
+
+from smimekit.gateway.journal import message_key
+from smimekit.gateway.model import Envelope
+from smimekit.store import Store
+
+ANN, BOB = "ann@example.org", "bob@example.net"
+
+
+def _smimekit(data_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(data_dir), *args]
+
+
+def test_serve_passes_mail_journals_it_and_stops_at_sigterm(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    Store.open(None, data_dir).close()
+    config = tmp_path / "smimekit.toml"
+    port = free_port()
+    data = message("served")
+    with sink() as (handler, sink_port):
+        config.write_text(f'[gateway]\nlisten = "127.0.0.1:{port}"\n'
+                          f'next_hop = "127.0.0.1:{sink_port}"\n')
+        server = subprocess.Popen(_smimekit(data_dir, "--config", str(config), "gateway",
+                                            "serve"), stderr=subprocess.PIPE)
+        try:
+            wait_for_port(port, server, "gateway serve")
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                refused = client.sendmail(ANN, [BOB], data)
+            assert refused == {}
+        finally:
+            server.send_signal(signal.SIGTERM)
+            _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert [m.data for m in handler.received] == [data]
+    assert b"listening on 127.0.0.1:" in err and b"Traceback" not in err
+    assert b"Hello." not in err  # no message content in the log
+    with Store.open(None, data_dir, create=False) as store:
+        key = message_key(Envelope(ANN, (BOB,), data))
+        assert store.delivered_keys(key) == {"0:bob@example.net"}
+
+
+def test_bad_listen_address_is_one_line(tmp_path: Path) -> None:
+    Store.open(None, tmp_path / "data").close()
+    done = subprocess.run(_smimekit(tmp_path / "data", "gateway", "serve", "--listen",
+                                    "localhost"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == "smimekit: error: --listen: 'localhost' is not HOST:PORT\n"
+
+
+def test_no_store_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(_smimekit(tmp_path / "nowhere", "gateway", "serve"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("smimekit: error:") and "Traceback" not in done.stderr
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    Store.open(None, tmp_path / "data").close()
+    with sink() as (_, busy):
+        done = subprocess.run(_smimekit(tmp_path / "data", "gateway", "serve", "--listen",
+                                        f"127.0.0.1:{busy}"),
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"smimekit: error: cannot listen on 127.0.0.1:{busy}:")
+    assert done.stderr.count("\n") == 1
