@@ -54,10 +54,11 @@ def test_base64_quoted_printable_and_html_parts_are_decoded() -> None:
     htm = (b"Content-Type: text/html\r\n\r\n<p>the <b>project</b> &#120; plan"
            b"<script>project x</script></p>\r\n")
     result = dlp.evaluate([CARDS, SECRET], _multipart(b64, qp, htm), "outbound")
+    # the script's text counts too: for data loss, unseen text still leaves
     assert result.fired == (dlp.Fired("cards", "require-encryption", 1),
-                            dlp.Fired("secret", "warn", 3))
+                            dlp.Fired("secret", "warn", 4))
     assert result.action == "require-encryption"
-    assert result.summary() == "cards(1):require-encryption, secret(3):warn"
+    assert result.summary() == "cards(1):require-encryption, secret(4):warn"
 
 
 def test_subject_encoded_word_is_counted() -> None:
@@ -169,3 +170,38 @@ def test_quarantine_without_a_directory_or_unwritable_is_a_gateway_error(
     with pytest.raises(GatewayError, match="cannot write to the quarantine") as info:
         dlp.quarantine(b"m", blocker / "sub")
     assert not info.value.permanent
+
+
+def test_alternatives_count_once_by_the_one_that_matches_most() -> None:
+    text = b"Content-Type: text/plain\r\n\r\nproject x\r\n"
+    htm = b"Content-Type: text/html\r\n\r\n<p>project x, <i>project x</i></p>\r\n"
+    body = (b"--ALT\r\n" + text + b"\r\n--ALT\r\n" + htm + b"\r\n--ALT--\r\n")
+    alternative = (b"Content-Type: multipart/alternative; boundary=ALT\r\n\r\n" + body)
+    extra = b"Content-Type: text/plain\r\n\r\nproject x\r\n"
+    result = dlp.evaluate([DlpRule(name="p", keywords=("project x",), threshold=4)],
+                          _multipart(alternative, extra), "outbound")
+    assert result.fired == ()  # 2 (the HTML alternative) + 1, not 1 + 2 + 1
+    result = dlp.evaluate([DlpRule(name="p", keywords=("project x",), threshold=3)],
+                          _multipart(alternative, extra), "outbound")
+    assert result.fired == (dlp.Fired("p", "warn", 3),)
+
+
+def test_hostile_markup_is_read_in_linear_time() -> None:
+    htm = b"Content-Type: text/html\r\n\r\n" + b"<" * 2_000_000 + b"<script>" * 200_000 \
+        + b" project x project x"
+    started = time.monotonic()
+    result = dlp.evaluate([SECRET], _multipart(htm), "outbound")
+    assert result.fired == (dlp.Fired("secret", "warn", 2),)
+    assert time.monotonic() - started < 5
+
+
+def test_slow_patterns_stop_at_the_time_budget_and_say_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dlp, "TIME_BUDGET", 0.3)
+    quadratic = DlpRule(name="q", patterns=(r"\d+-\d+x",))  # no nesting, but O(n^2)
+    started = time.monotonic()
+    result = dlp.evaluate([quadratic], _message(b"1" * 400_000 + b"\r\n"), "outbound")
+    elapsed = time.monotonic() - started
+    assert result.truncated and result.fired == ()
+    assert any("the rest was not counted" in n for n in result.notes)
+    assert elapsed < 5

@@ -172,6 +172,13 @@ def test_result_headers_from_outside_are_stripped_first(
     (delivery,) = _run(data, ["dana@example.org"], held, _context(trust)).deliveries
     (result,) = _results(delivery.data)
     assert _facts(result)["encryption"] == "decrypted" and "signer" not in _facts(result)
+    # and a desktop user's re-encrypted copy carries none inside
+    data = smimekit.encrypt(inner, [people["bob"].cert])
+    (delivery,) = _run(data, ["bob@example.org"], held, _context(trust)).deliveries
+    assert len(_results(delivery.data)) == 1
+    opened = smimekit.decrypt(delivery.data, people["bob"].key, people["bob"].cert)
+    # the outer headers around the decrypted entity: ours only, the forged ones gone
+    assert len(_results(opened.content)) == 1 and b"ceo@example.org" not in opened.content
 
 
 def test_mail_for_keys_the_gateway_does_not_hold_passes_unchanged(
@@ -186,6 +193,9 @@ def test_mail_for_keys_the_gateway_does_not_hold_passes_unchanged(
         facts = _facts(_results(delivery.data)[0])
         assert facts["signature"] == "unknown" and facts["scan"] == "not-scanned"
         assert facts["delivered"] == "as-received"
+    details = {d.recipient: d.details["encryption-detail"] for d in outcome.decisions}
+    assert details == {"bob@example.org": "not encrypted to a key the gateway holds",
+                       "frank@example.org": "no key of this recipient is held by the gateway"}
     reasons = {d.recipient: d.details["encryption"] for d in outcome.decisions}
     assert reasons == {"bob@example.org": "not-for-held-keys",
                        "frank@example.org": "not-decrypted"}
@@ -379,7 +389,7 @@ def test_triple_wrapped_mail_is_read_with_held_keys_and_delivered_as_received(
     assert frank["encryption"] == "not-decrypted" and frank["scan"] == "not-scanned"
 
 
-def test_signed_mail_is_verified_once_for_many_recipients(
+def test_signed_mail_is_verified_once_and_no_key_looked_up(
         people: dict[str, Identity], held: Held, trust: list,
         monkeypatch: pytest.MonkeyPatch) -> None:
     import smimekit.validation.assess as assess_module
@@ -392,8 +402,76 @@ def test_signed_mail_is_verified_once_for_many_recipients(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(assess_module, "assess", counting)
+    looked_up: list[str] = []
+    real_keys = held.decryption_keys
+
+    def keys(address: str) -> Sequence[HeldKey]:
+        looked_up.append(address)
+        return real_keys(address)
+
+    monkeypatch.setattr(held, "decryption_keys", keys)
     recipients = [f"user{i}@example.org" for i in range(20)] + ["bob@example.org"]
     outcome = _run(_signed(people), recipients, held, _context(trust))
     assert len(calls) == 1
+    assert looked_up == []  # no key store lookup for mail that is not encrypted
     (delivery,) = outcome.deliveries
     assert len(delivery.recipients) == 21
+
+
+def test_policy_decrypt_off_and_verify_off_are_followed(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    def policy(address: str) -> InboundSettings:
+        return InboundSettings(decrypt=address != "bob@example.org",
+                               verify=address != "dana@example.org", webmail=True)
+
+    data = smimekit.encrypt(_signed(people), [people["bob"].cert, people["dana"].cert])
+    envelope = Envelope("carol@partner.example", ("bob@example.org", "dana@example.org"), data)
+    outcome = process_inbound(envelope, envelope.recipients, held_keys=held,
+                              policy_for=policy, context=_context(trust))
+    bob, dana = outcome.decisions
+    assert bob.action == "passed" and bob.details["encryption-detail"] == \
+        "decryption is off for this recipient"
+    assert bob.details["policy"] == "decrypt=no, verify=yes, harvest=yes, webmail=yes"
+    assert dana.action == "decrypted" and dana.details["signature"] == "not-checked"
+    # not vouched for: dana keeps the signed structure
+    (dana_copy,) = [d.data for d in outcome.deliveries if d.recipients == ("dana@example.org",)]
+    assert Entity.parse(dana_copy).content_type == "multipart/signed"
+
+
+@pytest.mark.parametrize(("raw", "expected", "count"), [
+    (b"X-Smimekit-Result: a\nSubject: s\n\nbody\n", b"Subject: s\r\n\nbody\n", 1),
+    (b"Subject: s\r\nX-SMIMEKIT-RESULT: a\r\n", b"Subject: s\r\n\r\n", 1),
+    (b"X-Smimekit-Result: a\r\n\r\nbody", b"\r\nbody", 1),
+    (b"\r\nX-Smimekit-Result: in the body\r\n", b"\r\nX-Smimekit-Result: in the body\r\n", 0),
+    (b"X-Smimekit-Resultant: other\r\n\r\nb", b"X-Smimekit-Resultant: other\r\n\r\nb", 0),
+])
+def test_strip_header_edge_cases(raw: bytes, expected: bytes, count: int) -> None:
+    assert strip_header(raw, HEADER) == (expected, count)
+
+
+def test_key_history_from_rsa_to_ml_kem(pki: PKI, people: dict[str, Identity],
+                                        trust: list) -> None:
+    # gina's old RSA certificate was replaced by an ML-KEM-768 one (issue 11): mail sent to
+    # the old one is re-encrypted to the new one
+    root = (pki.root_key, pki.root)
+    old = pki.person("gina-old", "rsa2048", email="gina@example.org", issuer=root)
+    new = pki.person("gina", "mlkem768", email="gina@example.org", issuer=root)
+    held = Held({"gina@example.org": [HeldKey(new.key, new.cert), HeldKey(old.key, old.cert)]})
+    data = smimekit.encrypt(_signed(people), [old.cert])
+    outcome = _run(data, ["gina@example.org"], held, _context(trust))
+    assert outcome.decisions[0].action == "re-encrypted"
+    opened = smimekit.decrypt_verify(outcome.deliveries[0].data, new.key, new.cert,
+                                     trust=trust, revocation=None)
+    assert opened.verdict.valid and b"Hello, world." in opened.content
+
+
+def test_only_recipients_whose_own_key_opens_it_get_the_content(
+        people: dict[str, Identity], held: Held, trust: list) -> None:
+    # encrypted to dana alone, but bob (whose keys the gateway also holds) is on the envelope
+    data = smimekit.encrypt(_signed(people, body=b"for dana only\r\n"), [people["dana"].cert])
+    outcome = _run(data, ["dana@example.org", "bob@example.org"], held, _context(trust))
+    copies = {d.recipients: d.data for d in outcome.deliveries}
+    assert b"for dana only" in copies[("dana@example.org",)]
+    assert copies[("bob@example.org",)].endswith(data)
+    assert b"for dana only" not in copies[("bob@example.org",)]
+    assert [d.action for d in outcome.decisions] == ["decrypted", "passed"]

@@ -12,6 +12,7 @@ from pki import PKI
 from sqlalchemy import select
 
 from smimekit.ca.export import pkcs12_bytes
+from smimekit.config import GatewayConfig
 from smimekit.errors import ConfigError, GatewayError, KeyLoadError, PassphraseError
 from smimekit.gateway.keys import StoreHeldKeys, import_pkcs12, open_held_keys, purpose_of
 from smimekit.store import Store, schema
@@ -142,14 +143,15 @@ def test_open_for_serving_names_the_missing_or_empty_passphrase_file(
     assert isinstance(tmp_path, Path)
     with Store.open(backend.url, backend.data_dir) as store:
         with pytest.raises(GatewayError, match="key_passphrase_file is not set"):
-            open_held_keys(None, store)
+            open_held_keys(GatewayConfig(), store)
         empty = tmp_path / "empty.pass"
         empty.write_text("\n")
         with pytest.raises(GatewayError, match="is empty"):
-            open_held_keys(empty, store)
+            open_held_keys(GatewayConfig(key_passphrase_file=empty), store)
         good = tmp_path / "good.pass"
         good.write_bytes(PASS + b"\n")
-        assert open_held_keys(good, store).organisation_key() is None
+        assert open_held_keys(GatewayConfig(key_passphrase_file=good),
+                              store).organisation_key() is None
         assert StoreHeldKeys.open(store, PASS).organisation_key() is None
     with pytest.raises(ConfigError):
         from smimekit.gateway.keys import read_key_passphrase

@@ -213,3 +213,59 @@ def test_remove_trigger_keeps_the_body_and_handles_encoded_subjects() -> None:
     assert parsed["Subject"] == "Grüße aus Bonn"
     assert out.endswith(b"\r\n\r\nThe numbers are in.\r\n")
     assert remove_trigger(mail(), "[encrypt]") == (mail(), False)
+
+
+@pytest.mark.parametrize("data", [
+    b"\x00\x01\x02 not a message at all \xff\xfe",
+    b"From alice Tue Jan  1 00:00:00 2030\r\nSubject: mbox line first\r\n\r\nx\r\n",
+    b"Subject: " + b"[encrypt] " * 5000 + b"\r\n\r\nlong subject\r\n",
+    b"From: alice@example.org\r\nSubject: [encrypt] headers only",
+    b"From: alice@example.org\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+    b"Content-Type: text/plain\r\n\r\nunclosed\r\n",
+    b"From: alice@example.org\r\nSubject: =?x-unknown?q?[encrypt]?=\r\n\r\n\xe9\xe8 8-bit\r\n",
+    b"\r\n\r\nno header block\r\n",
+])
+def test_hostile_messages_give_an_outcome_or_a_clear_gateway_error(
+        store: Store, pki: PKI, data: bytes) -> None:
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    ctx = context(store, pki, config(no_certificate="pdf"))
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    harvest(store, pki, partner)
+    try:
+        out = process_outbound(_envelope(data, partner.email, "x@nowhere.example"),
+                               [partner.email, "x@nowhere.example"], ctx)
+    except GatewayError as exc:
+        assert exc.permanent and str(exc)
+        return
+    assert {d.recipient for d in out.decisions} == {partner.email, "x@nowhere.example"}
+    for delivery in out.deliveries:
+        if partner.email in delivery.recipients:
+            assert delivery.data != data
+            api.decrypt(delivery.data, partner.key, partner.cert)  # opens: not garbage
+
+
+def test_the_senders_key_signs_only_a_from_that_is_the_envelope_sender(
+        store: Store, pki: PKI) -> None:
+    alice = pki.person("alice")
+    ctx = context(store, pki, config())
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    forged = mail(sender="ceo@example.org")  # From: ceo, envelope: alice
+    out = process_outbound(_envelope(forged, "x@nowhere.example"), ["x@nowhere.example"], ctx)
+    assert out.deliveries[0].data == forged and out.decisions[0].action == "clear"
+    assert "From header (ceo@example.org) is not the envelope sender alice@example.org" \
+        in out.decisions[0].reason
+    display = mail(sender='"Alice A" <Alice@Example.org>')
+    out = process_outbound(_envelope(display, "x@nowhere.example"), ["x@nowhere.example"],
+                           ctx)
+    assert out.decisions[0].action == "signed"
+
+
+def test_a_long_subject_is_folded_again_after_the_trigger_is_removed() -> None:
+    words = " ".join(f"word{i}" for i in range(300))
+    out, found = remove_trigger(mail(subject=f"[encrypt] {words}"), "[encrypt]")
+    assert found
+    head = out.split(b"\r\n\r\n")[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    parsed = email.message_from_bytes(out, policy=email.policy.default)
+    assert parsed["Subject"] == words

@@ -144,3 +144,30 @@ def test_quarantine_rule_without_a_directory_is_a_config_error(tmp_path: Path, p
     with Store.open(None, tmp_path / "data") as store, \
             pytest.raises(ConfigError, match="quarantine_dir"):
         _pipeline(store, pki, gateway)
+
+
+def test_pipeline_from_data_dir_opens_keys_and_directory_as_serve_does(
+        tmp_path: Path, pki: PKI) -> None:
+    from smimekit.config import Config
+    from smimekit.gateway.pipeline import pipeline_from_data_dir
+
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    (tmp_path / "gw.pass").write_bytes(PASS + b"\n")
+    gateway = GatewayConfig(internal_domains=("example.org",),
+                            key_passphrase_file=tmp_path / "gw.pass")
+    data_dir = tmp_path / "data"
+    with Store.open(None, data_dir) as store:
+        StoreHeldKeys.open(store, PASS, create=True).add(alice.key, alice.cert, (pki.inter,))
+        harvest(store, pki, partner)
+        pipeline = pipeline_from_data_dir(Config(gateway=gateway), store, data_dir,
+                                          trust=[pki.root])
+        assert pipeline.actor.startswith("gateway@")
+        out = pipeline.process(Envelope("alice@example.org", (partner.email,), mail()))
+        assert out.decisions[0].action == "signed+encrypted"
+        assert b"The numbers are in." in api.decrypt(out.deliveries[0].data, partner.key,
+                                                     partner.cert).content
+        wrong = Config(gateway=GatewayConfig(key_passphrase_file=tmp_path / "missing"))
+        with pytest.raises(GatewayError, match="key store cannot be opened") as caught:
+            pipeline_from_data_dir(wrong, store, data_dir)
+        assert not caught.value.permanent

@@ -2,13 +2,15 @@
 
 The ``keys`` group joins the ``gateway`` group of cli/gateway.py through ``COMMANDS`` (the
 ``extend`` of its entry in cli/main.py). The key store opens with ``[gateway]
-key_passphrase_file`` of the configuration, as ``gateway serve`` opens it.
+key_passphrase_file`` (or the PKCS#11 token of ``pkcs11_module``), as ``gateway serve`` opens
+it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,12 +23,16 @@ from smimekit.cli.common import (
     passphrase_options,
 )
 
+if TYPE_CHECKING:
+    from smimekit.config import GatewayConfig
+
 __all__ = ["COMMANDS", "gateway", "keys"]
 
 
-def _passphrase_file() -> Path | None:
-    config = cli_config().gateway
-    return config.key_passphrase_file if config is not None else None
+def _gateway_config() -> GatewayConfig:
+    from smimekit.config import GatewayConfig
+
+    return cli_config().gateway or GatewayConfig()
 
 
 @click.group()
@@ -47,11 +53,11 @@ def import_(p12: str, passphrase_file: str | None, passphrase_env: str | None,
 
     The PKCS#12 passphrase comes from --passphrase-file, --passphrase-env or
     SMIMEKIT_PASSPHRASE; the gateway's own key store opens with [gateway]
-    key_passphrase_file.
+    key_passphrase_file, or the PKCS#11 token of pkcs11_module.
     """
-    from smimekit.gateway.keys import StoreHeldKeys, import_pkcs12, read_key_passphrase
+    from smimekit.gateway.keys import StoreHeldKeys, import_pkcs12, master_key_source
 
-    secret = read_key_passphrase(_passphrase_file())
+    secret = master_key_source(_gateway_config())
     data = Path(p12).read_bytes()
     with open_store(create=True) as store:
         held = StoreHeldKeys.open(store, secret, create=True)

@@ -2,15 +2,16 @@
 
 :func:`evaluate` decodes every text part (quoted-printable and base64 undone, the charset
 applied, HTML reduced to its text) and the Subject, counts each rule's keywords (whole
-text, case-insensitive) and regular expressions there, and fires a rule whose count reaches
+words, case-insensitive) and regular expressions there, and fires a rule whose count reaches
 its threshold. The strongest action of the rules fired decides: reject > quarantine >
 require-encryption > warn.
 
 Time is bounded: patterns are compiled once per rule set, a pattern with nested unbounded
 repetition (``(a+)+``, which backtracks exponentially) is refused when the rules are
 compiled, each regular expression runs over windows of at most :data:`WINDOW` characters,
-and at most :data:`MAX_TEXT` characters of a message are read (the result says when the
-rest was not). Encrypted parts and attachments that are not text are not read (noted).
+at most :data:`MAX_TEXT` characters of a message are read and matching stops after
+:data:`TIME_BUDGET` seconds (the result says when not everything was counted). Encrypted
+parts and attachments that are not text are not read (noted).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import re
 import re._parser as sre_parse  # type: ignore[import-not-found]  # the parse tree (3.11+)
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
@@ -39,11 +41,14 @@ ACTION_RANK: dict[DlpAction, int] = {"warn": 1, "require-encryption": 2, "quaran
                                      "reject": 4}
 """The order of strength of the actions: the strongest fired rule decides."""
 
-WINDOW = 64 * 1024
-"""Characters one regular expression scans at a time (windows overlap by :data:`OVERLAP`)."""
-OVERLAP = 1024
+WINDOW = 8 * 1024
+"""Characters one regular expression scans at a time (windows overlap by :data:`OVERLAP`):
+even a pattern that backtracks quadratically stays well under a second per window."""
+OVERLAP = 512
 """A match longer than this across a window edge may be missed (card numbers, words and
 the like are far shorter)."""
+TIME_BUDGET = 5.0
+"""Seconds of matching per message; past it the rest is not counted (``incomplete``)."""
 MAX_TEXT = 8 * 1024 * 1024
 """Characters of decoded text read from one message; the rest is not scanned."""
 MAX_PARTS = 1000
@@ -71,7 +76,8 @@ class DlpResult:
     action: DlpAction | None = None
     """The strongest action of the rules fired; None when none fired."""
     truncated: bool = False
-    """More than :data:`MAX_TEXT` characters of text: the rest was not scanned."""
+    """Not everything was counted: more than :data:`MAX_TEXT` characters of text, or the
+    matching took longer than :data:`TIME_BUDGET` (see ``notes``)."""
     notes: tuple[str, ...] = ()
     """Parts that were not read (encrypted, not text, malformed)."""
 
@@ -196,9 +202,16 @@ def evaluate(rules: Sequence[DlpRule] | RuleSet, message: bytes,
     texts, truncated, notes = _texts(message)
     fired: list[Fired] = []
     best: DlpAction | None = None
+    deadline = time.monotonic() + TIME_BUDGET
     for compiled in active:
-        count = sum(_count(p, text) for text in texts
-                    for p in (*compiled.keywords, *compiled.patterns))
+        try:
+            count = _count_all(texts, (*compiled.keywords, *compiled.patterns), deadline)
+        except _OutOfTime as late:
+            count = late.count
+            if not truncated:
+                notes.append(f"matching took over {TIME_BUDGET:g} s: the rest was not"
+                             " counted")
+            truncated = True
         if count >= compiled.rule.threshold:
             fired.append(Fired(compiled.rule.name, compiled.rule.action, count))
             if best is None or ACTION_RANK[compiled.rule.action] > ACTION_RANK[best]:
@@ -206,7 +219,39 @@ def evaluate(rules: Sequence[DlpRule] | RuleSet, message: bytes,
     return DlpResult(tuple(fired), best, truncated, tuple(notes))
 
 
-def _count(pattern: re.Pattern[str], text: str) -> int:
+# The text of a message: strings, and multipart/alternative groups (one list of texts per
+# alternative) that are counted once, by the alternative that matches most.
+Texts = list["str | list[Texts]"]
+
+
+class _OutOfTime(Exception):
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
+def _count_all(texts: Texts, patterns: Sequence[re.Pattern[str]], deadline: float) -> int:
+    total = 0
+    for item in texts:
+        if isinstance(item, str):
+            for p in patterns:
+                try:
+                    total += _count(p, item, deadline)
+                except _OutOfTime as late:
+                    raise _OutOfTime(total + late.count) from None
+        else:
+            best = 0
+            for alternative in item:
+                try:
+                    best = max(best, _count_all(alternative, patterns, deadline))
+                except _OutOfTime as late:
+                    raise _OutOfTime(total + max(best, late.count)) from None
+            total += best
+    return total
+
+
+def _count(pattern: re.Pattern[str], text: str, deadline: float) -> int:
+    if time.monotonic() > deadline:
+        raise _OutOfTime(0)
     if len(text) <= WINDOW:
         return sum(1 for _ in pattern.finditer(text))
     # Windows that overlap; a match is counted in the window where it starts, unless it
@@ -214,6 +259,8 @@ def _count(pattern: re.Pattern[str], text: str) -> int:
     count = 0
     start = 0
     while start < len(text):
+        if time.monotonic() > deadline:
+            raise _OutOfTime(count)
         end = min(len(text), start + WINDOW)
         limit = end - OVERLAP if end < len(text) else end
         count += sum(1 for m in pattern.finditer(text, start, end) if m.start() < limit)
@@ -221,8 +268,8 @@ def _count(pattern: re.Pattern[str], text: str) -> int:
     return count
 
 
-def _texts(message: bytes) -> tuple[list[str], bool, list[str]]:
-    texts: list[str] = []
+def _texts(message: bytes) -> tuple[Texts, bool, list[str]]:
+    texts: Texts = []
     notes: list[str] = []
     budget = [MAX_TEXT]
     parts = [0]
@@ -245,7 +292,7 @@ def _decoded_header(value: str) -> str:
         return value
 
 
-def _walk(entity: Entity, texts: list[str], notes: list[str], budget: list[int],
+def _walk(entity: Entity, texts: Texts, notes: list[str], budget: list[int],
           parts: list[int], depth: int) -> bool:
     parts[0] += 1
     if parts[0] > MAX_PARTS or depth > MAX_DEPTH:
@@ -262,13 +309,22 @@ def _walk(entity: Entity, texts: list[str], notes: list[str], budget: list[int],
         except MIMEError as exc:
             notes.append(f"a {ctype} part cannot be split: {exc}")
             return False
+        # The same content twice (text and HTML) must not count twice: each alternative
+        # is counted apart and the one with the most matches stands for the group.
+        alternatives: list[Texts] | None = [] if ctype == "multipart/alternative" else None
+        if alternatives is not None:
+            texts.append(alternatives)
         for child in children:
             try:
                 parsed = Entity.parse(child)
             except MIMEError as exc:
                 notes.append(f"a part cannot be read: {exc}")
                 continue
-            if _walk(parsed, texts, notes, budget, parts, depth + 1):
+            into = texts
+            if alternatives is not None:
+                into = []
+                alternatives.append(into)
+            if _walk(parsed, into, notes, budget, parts, depth + 1):
                 return True
         return False
     if ctype == "message/rfc822":
@@ -322,14 +378,15 @@ def _as_text(raw: bytes, charset: str) -> str:
         return raw.decode("utf-8", "replace")
 
 
-_SCRIPT = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<[^>]{0,4096}>")
+# [^<>]: a scan that starts at "<" ends at the next "<", so hostile markup stays linear
+_TAG = re.compile(r"<[^<>]*>")
 
 
 def _html_text(text: str) -> str:
-    # Tags become spaces (so "<b>pro</b>ject" stays two words only where the markup split
-    # them); entities are decoded so "&#112;roject" cannot hide a keyword.
-    return html.unescape(_TAG.sub(" ", _SCRIPT.sub(" ", text)))
+    # Tags become spaces; entities are decoded so "&#112;roject" cannot hide a keyword.
+    # Scripts and styles are counted too: for data loss, text the reader does not see
+    # still leaves the organisation.
+    return html.unescape(_TAG.sub(" ", text))
 
 
 def quarantine(message: bytes, directory: Path | None, *, label: str = "message") -> Path:

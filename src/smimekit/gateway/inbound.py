@@ -23,6 +23,7 @@ message it cannot decrypt or re-encrypt goes on exactly as it arrived.
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import hashlib
 import re
@@ -36,13 +37,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.api import SOFT_REVOCATION
+from smimekit.cms import asn1
 from smimekit.config import GatewayConfig
 from smimekit.errors import (
+    ConfigError,
     DecryptionError,
     EncryptionError,
     GatewayError,
     LegacyAlgorithmError,
-    MalformedError,
     MIMEError,
     NoRecipientError,
     SmimeError,
@@ -59,7 +61,7 @@ from smimekit.gateway.model import (
     Refusal,
 )
 from smimekit.gateway.scan import Scanner, ScanResult
-from smimekit.smime.canonical import CRLF, parse_headers, split_head_body, to_crlf
+from smimekit.smime.canonical import CRLF, parse_headers, to_crlf
 
 if TYPE_CHECKING:
     from smimekit.smime.wrap import Unwrapped
@@ -70,6 +72,11 @@ if TYPE_CHECKING:
 
 __all__ = ["InboundContext", "InboundPolicy", "InboundSettings", "process_inbound",
            "strip_header"]
+
+
+# What broken input may raise while it is read (as directory/harvest.py counts them).
+_PARSE_ERRORS = (SmimeError, *asn1.PARSE_ERRORS, binascii.Error, UnicodeError, RecursionError,
+                 ValueError, IndexError)
 
 
 class InboundPolicy(Protocol):
@@ -131,8 +138,6 @@ class InboundContext:
                 quarantine without ``quarantine_dir``, or a result header name that is not a
                 header field name.
         """
-        from smimekit.errors import ConfigError
-
         if not re.fullmatch(r"[!-9;-~]+", config.result_header):
             raise ConfigError(f"gateway.result_header {config.result_header!r} is not a"
                               " header field name")
@@ -143,24 +148,30 @@ class InboundContext:
         return cls(config=config, trust=tuple(trust), store=store, revocation=revocation,
                    intermediates=intermediates,
                    scanner=Scanner(config.scan) if config.scan is not None else None,
-                   rules=rules, hostname=hostname or socket.getfqdn() or "localhost")
+                   rules=rules, hostname=hostname or socket.gethostname() or "localhost")
 
 
 def strip_header(message: bytes, name: str) -> tuple[bytes, int]:
     """``message`` without any top-level header field called ``name`` (any case, folded
-    lines included), and how many were removed. The body is kept byte for byte.
+    lines included), and how many were removed. Only the header block is read; the body
+    is kept byte for byte (a message without the field is returned as it is, uncopied).
+    The whole header block is parsed, so a field cannot hide behind a malformed line.
 
     Raises:
         MIMEError: the header block cannot be read.
     """
-    raw = to_crlf(message)
-    head, offset = split_head_body(raw)
-    fields = parse_headers(head)
+    ends = [i for i in (message.find(b"\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    if message.startswith((b"\r\n", b"\n")):
+        cut = 0
+    else:
+        cut = min(ends) + 1 if ends else len(message)
+    fields = parse_headers(to_crlf(message[:cut]).removesuffix(CRLF))
     kept = [f for f in fields if f.lname != name.lower()]
     if len(kept) == len(fields):
-        return raw, 0
-    new_head = CRLF.join(f.raw for f in kept)
-    return (new_head + CRLF if kept else b"") + CRLF + raw[offset:], len(fields) - len(kept)
+        return message, 0
+    new_head = b"".join(f.raw + CRLF for f in kept)
+    rest = message[cut:] if cut < len(message) else CRLF
+    return new_head + rest, len(fields) - len(kept)
 
 
 @dataclass
@@ -168,7 +179,7 @@ class _Clear:
     """What reading the message with one recipient's keys gave."""
 
     encryption: str
-    """none | decrypted | not-for-held-keys | not-decrypted | failed"""
+    """none | decrypted | not-for-held-keys | not-decrypted | failed | inside-signature"""
     encryption_detail: str = ""
     decrypted: bytes | None = None
     """The message with its encryption removed (signatures inside kept)."""
@@ -195,7 +206,6 @@ class _Work:
     scans: dict[bytes, ScanResult | None] = field(default_factory=dict)
     dlps: dict[tuple[bytes, str], dlp.DlpResult] = field(default_factory=dict)
     quarantined: dict[bytes, str] = field(default_factory=dict)
-    harvested: set[bytes] = field(default_factory=set)
 
 
 def process_inbound(
@@ -278,15 +288,20 @@ def _is_encrypted(message: bytes) -> bool:
 def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
          policy: InboundPolicy, context: InboundContext
          ) -> tuple[bytes | None, Decision, Refusal | None]:
-    facts: dict[str, str] = {}
+    # the effective inbound policy, for the audit log (the pipeline adds the levels)
+    facts: dict[str, str] = {"policy": ", ".join(
+        f"{name}={'yes' if getattr(policy, name) else 'no'}"
+        for name in ("decrypt", "verify", "harvest", "webmail"))}
     if work.stripped:
         facts["stripped"] = str(work.stripped)
-    keys: Sequence[HeldKey] = ()
-    if work.smime and policy.decrypt:
+    def keys() -> Sequence[HeldKey]:
+        if not (work.smime and policy.decrypt):
+            return ()
         try:
-            keys = held_keys.decryption_keys(recipient)
+            return held_keys.decryption_keys(recipient)
         except StoreError as exc:
             raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") from None
+
     clear = _read(work, keys, policy, context)
     facts["encryption"] = clear.encryption
     if clear.encryption_detail:
@@ -313,6 +328,8 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         found = _dlp(work, content, context)
         if found.fired:
             facts["dlp"] = found.summary()
+        if found.truncated:
+            facts["dlp-incomplete"] = "; ".join(found.notes) or "not everything was counted"
         if found.action == "reject":
             reason = f"rejected by the data-loss rule {', '.join(found.names('reject'))}"
             return None, _decision(recipient, "rejected", reason, facts), \
@@ -335,9 +352,12 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         plain = clear.unwrapped is not None and not clear.unwrapped.signed
         data = clear.unwrapped.message() if clear.unwrapped is not None and (vouched or plain) \
             else clear.decrypted
+        # restored protected header fields must not smuggle a result header in either
+        data, _ = strip_header(data, context.config.result_header)
         action = "decrypted"
     else:
-        data, action = _reencrypt(clear.decrypted, recipient, held_keys, work, facts)
+        inside, _ = strip_header(clear.decrypted, context.config.result_header)
+        data, action = _reencrypt(inside, recipient, held_keys, work, facts)
     if require_encryption and not _is_encrypted(data):
         # the message as it would go (a signature kept), encrypted to the recipient
         encrypted = _encrypt_to_current(data, recipient, held_keys, facts)
@@ -355,26 +375,27 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
                 Refusal(recipient, reason)
         data, action = encrypted, "re-encrypted"
         facts["delivered"] = "encrypted (data-loss rule)"
-    if action in ("decrypted", "re-encrypted"):
-        # restored protected header fields must not smuggle a result header in either
-        data, _ = strip_header(data, context.config.result_header)
     facts.setdefault("delivered", {"decrypted": "clear", "re-encrypted": "encrypted"}
                      .get(action, "as-received"))
     header = _result_header(context, facts)
     return header + data, _decision(recipient, action, _reason(action, facts), facts), None
 
 
-def _read(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
+def _read(work: _Work, keys: Callable[[], Sequence[HeldKey]], policy: InboundPolicy,
           context: InboundContext) -> _Clear:
-    flags = ("verify" if policy.verify else "", "harvest" if policy.harvest else "")
+    flags = ("decrypt" if policy.decrypt else "", "verify" if policy.verify else "",
+             "harvest" if policy.harvest else "")
     if not work.encrypted:
-        # Signed or plain: the same for every recipient, unless the held keys open an
-        # encrypted layer inside a signature.
+        # Signed or plain: the same for every recipient (and no key is looked up), unless
+        # an encrypted layer sits inside a signature.
         shared = work.by_keys.get(flags)
         if shared is None:
             shared = work.by_keys[flags] = _read_uncached(work, (), policy, context)
-        if shared.encryption != "not-decrypted" or not held:
+        if shared.encryption != "not-decrypted":
             return shared
+    held = keys()
+    if not held and not work.encrypted:
+        return work.by_keys[flags]
     ident = tuple(k.certificate.fingerprint(hashes.SHA256()).hex() for k in held)
     cache_key = (*ident, *flags)
     cached = work.by_keys.get(cache_key)
@@ -404,8 +425,8 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
             return _Clear("failed", _short(str(exc)))
         except DecryptionError:
             return _Clear("failed", "the content does not decrypt (altered or a wrong key)")
-        except (MalformedError, MIMEError) as exc:
-            return _Clear("failed", f"malformed: {_short(str(exc))}")
+        except _PARSE_ERRORS as exc:
+            return _Clear("failed", f"malformed: {_short(str(exc)) or type(exc).__name__}")
         if first.partially_encrypted or not first.encrypted:
             return _Clear("failed", "only part of the message is encrypted")
         layer = [layer for layer in first.layers if layer.kind == "encrypted"][-1]
@@ -418,7 +439,7 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
     except NoRecipientError:
         # encrypted inside a signature (triple wrapping) or twice: not for the held keys
         return _Clear("not-decrypted", "an encrypted part the held keys do not open")
-    except (SmimeError, ValueError) as exc:
+    except _PARSE_ERRORS as exc:
         clear.unwrap_error = _short(str(exc)) or type(exc).__name__
         return clear
     if any(layer.error is not None for layer in clear.unwrapped.layers):
@@ -432,10 +453,14 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
         from smimekit.validation.assess import assess
 
         at = context.now() if context.now is not None else None
-        clear.verdict = assess(clear.unwrapped, trust=context.trust, at=at,
-                               revocation=context.revocation,
-                               issuer_source=_issuer_source(False, context.intermediates,
-                                                            context.revocation))
+        try:
+            clear.verdict = assess(clear.unwrapped, trust=context.trust, at=at,
+                                   revocation=context.revocation,
+                                   issuer_source=_issuer_source(False, context.intermediates,
+                                                                context.revocation))
+        except _PARSE_ERRORS as exc:
+            clear.unwrap_error = _short(str(exc)) or type(exc).__name__
+            return clear
         if policy.harvest and context.store is not None and clear.verdict.valid:
             clear.harvested = _harvest(clear.unwrapped, clear.verdict, context, at)
     return clear
@@ -472,8 +497,12 @@ def _signature_facts(clear: _Clear, policy: InboundPolicy, facts: dict[str, str]
     if not unwrapped.signed:
         facts["signature"] = "none"
         return
-    if not policy.verify or clear.verdict is None:
+    if not policy.verify:
         facts["signature"] = "not-checked"
+        return
+    if clear.verdict is None:  # the signed structure could not be judged
+        facts["signature"] = "invalid"
+        facts["signature-reason"] = clear.unwrap_error or "cannot be judged"
         return
     verdict = clear.verdict
     facts["signature"] = "valid" if verdict.valid else "invalid"
@@ -575,7 +604,8 @@ def _reason(action: str, facts: dict[str, str]) -> str:
 
 _TOKEN = re.compile(r"[^A-Za-z0-9@._+:,/()-]")
 _HEADER_KEYS = ("encryption", "signature", "signer", "signature-reason", "headers", "scan",
-                "scan-detail", "dlp", "harvest", "delivered", "re-encryption", "stripped")
+                "scan-detail", "dlp", "dlp-incomplete", "harvest", "delivered", "re-encryption",
+                "stripped")
 
 
 def _safe(text: str) -> str:

@@ -2,10 +2,12 @@
 
 Two layers, so that opening one of ten thousand users' keys costs a microsecond, not a KDF:
 
-* the **master key** (32 random bytes) is sealed under the key passphrase
-  (``[gateway] key_passphrase_file``): scrypt (n=2^15, r=8, p=1) derives a key-encryption key
-  that seals it with AES-256-GCM; the result is one row of the store's ``schema_meta``, so every
-  node sharing the store opens the same master key with the same passphrase;
+* the **master key** (32 random bytes) is sealed with AES-256-GCM, either under a key that
+  scrypt (n=2^15, r=8, p=1) derives from the key passphrase (``[gateway]
+  key_passphrase_file``), or, with ``pkcs11_module``, inside a PKCS#11 token by a
+  non-extractable AES-256 key that never leaves it (:class:`TokenKek`); the result is one row
+  of the store's ``schema_meta``, so every node sharing the store opens the same master key
+  with the same passphrase or token key;
 * each **held key** (PKCS#8 DER) is sealed with AES-256-GCM under the master key, the
   certificate's SHA-256 fingerprint bound in as associated data (a sealed key moved to another
   row does not open).
@@ -17,7 +19,9 @@ first, so mail encrypted to an old certificate still opens.
 Keys come in as PKCS#12 (what ``smimekit ca issue`` writes, with the whole key history):
 :func:`import_pkcs12`. Each key's purpose follows its certificate's key usage.
 
-Keys inside a PKCS#11 token are not handled here yet (docs/gateway.md says so).
+The users' private keys themselves are not kept inside the token: signing and decrypting
+with a key that never leaves a token would need the CMS layer to call the token (it does so
+only for our CA's keys); docs/gateway.md says so.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import base64
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
@@ -38,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from smimekit.config import GatewayConfig
 from smimekit.errors import ConfigError, GatewayError, KeyLoadError, PassphraseError
 from smimekit.gateway.model import HeldKey
 from smimekit.keys.load import key_matches
@@ -46,13 +53,20 @@ from smimekit.store.db import certificate_emails
 from smimekit.store.gateway_keys import GatewayKeyRow
 
 __all__ = [
+    "TOKEN_KEY_LABEL",
     "Imported",
+    "MasterKeySource",
     "StoreHeldKeys",
+    "TokenKek",
     "import_pkcs12",
+    "master_key_source",
     "open_held_keys",
     "purpose_of",
     "read_key_passphrase",
 ]
+
+TOKEN_KEY_LABEL = "smimekit-gateway-master"  # noqa: S105 (a key label, not a secret)
+"""The label of the AES-256 key in the PKCS#11 token that seals the gateway's master key."""
 
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 _MASTER_AAD = b"smimekit gateway master key v1"
@@ -81,12 +95,124 @@ def read_key_passphrase(path: Path | None) -> bytes:
     return secret
 
 
+@dataclass(frozen=True)
+class TokenKek:
+    """A non-extractable AES-256 key in a PKCS#11 token that seals the master key (AES-GCM
+    inside the token). ``repr`` never shows the PIN."""
+
+    module: Path
+    token_label: str
+    pin: str = field(repr=False)
+    key_label: str = TOKEN_KEY_LABEL
+
+    @contextmanager
+    def _key(self, create: bool) -> Iterator[Any]:
+        import pkcs11
+        from pkcs11 import Attribute, KeyType, ObjectClass
+        from pkcs11 import exceptions as p11
+
+        path = os.path.realpath(self.module)
+        if not os.path.isfile(path):
+            raise KeyLoadError(f"PKCS#11 module {self.module} not found")
+        try:
+            token = pkcs11.lib(path).get_token(token_label=self.token_label)
+        except p11.NoSuchToken:
+            raise KeyLoadError(f"no token labelled {self.token_label!r} in PKCS#11 module"
+                               f" {self.module}") from None
+        except p11.PKCS11Error as exc:
+            raise KeyLoadError(f"cannot use PKCS#11 module {self.module}:"
+                               f" {type(exc).__name__}") from None
+        try:
+            session = token.open(user_pin=self.pin, rw=create)
+        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked,
+                p11.PinExpired):
+            raise PassphraseError(f"the user PIN of token {self.token_label!r} is wrong,"
+                                  " locked or expired (gateway.pin_file)") from None
+        except p11.PKCS11Error as exc:
+            raise KeyLoadError(f"cannot log in to token {self.token_label!r}:"
+                               f" {type(exc).__name__}") from None
+        try:
+            try:
+                key = session.get_key(ObjectClass.SECRET_KEY, KeyType.AES,
+                                      label=self.key_label)
+            except p11.NoSuchKey:
+                if not create:
+                    raise KeyLoadError(f"token {self.token_label!r} holds no key labelled"
+                                       f" {self.key_label!r}") from None
+                key = session.generate_key(KeyType.AES, 256, label=self.key_label,
+                                           store=True, template={
+                                               Attribute.SENSITIVE: True,
+                                               Attribute.EXTRACTABLE: False})
+            except p11.MultipleObjectsReturned:
+                raise KeyLoadError(f"token {self.token_label!r} holds more than one key"
+                                   f" labelled {self.key_label!r}") from None
+            yield key
+        finally:
+            session.close()
+
+    def seal(self, master: bytes) -> dict[str, Any]:
+        """The sealed master key's record (the token's key is made when missing)."""
+        from pkcs11 import GCMParams, Mechanism
+
+        nonce = os.urandom(12)
+        with self._key(create=True) as key:
+            sealed = key.encrypt(master, mechanism=Mechanism.AES_GCM,
+                                 mechanism_param=GCMParams(nonce, _MASTER_AAD, 128))
+        return {"kdf": "pkcs11", "label": self.key_label,
+                "nonce": base64.b64encode(nonce).decode(),
+                "sealed": base64.b64encode(bytes(sealed)).decode()}
+
+    def open(self, nonce: bytes, sealed: bytes) -> bytes:
+        """The master key, opened inside the token."""
+        from pkcs11 import GCMParams, Mechanism
+        from pkcs11 import exceptions as p11
+
+        with self._key(create=False) as key:
+            try:
+                return bytes(key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
+                                         mechanism_param=GCMParams(nonce, _MASTER_AAD, 128)))
+            except p11.PKCS11Error:
+                raise KeyLoadError(f"the gateway's master key does not open with the key"
+                                   f" {self.key_label!r} of token {self.token_label!r}"
+                                   " (another token's key, or damaged)") from None
+
+
+MasterKeySource = bytes | TokenKek
+"""What opens the master key: the key passphrase, or a token's key."""
+
+
+def master_key_source(config: GatewayConfig) -> MasterKeySource:
+    """The configured source: the token when ``pkcs11_module`` is set (with ``token_label``
+    and ``pin_file``), else the passphrase of ``key_passphrase_file``.
+
+    Raises:
+        ConfigError: a token without its label or PIN file, an unreadable or empty file, or
+            neither a token nor a passphrase file.
+    """
+    if config.pkcs11_module is None:
+        return read_key_passphrase(config.key_passphrase_file)
+    if not config.token_label:
+        raise ConfigError("gateway.pkcs11_module is set but gateway.token_label is not")
+    if config.pin_file is None:
+        raise ConfigError("gateway.pkcs11_module is set but gateway.pin_file is not")
+    try:
+        pin = config.pin_file.read_text().rstrip("\r\n")
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"gateway.pin_file: cannot read {config.pin_file}: {exc}") from None
+    if not pin:
+        raise ConfigError(f"gateway.pin_file: {config.pin_file} is empty")
+    return TokenKek(config.pkcs11_module, config.token_label, pin)
+
+
 def _kek(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
 
 
-def _new_master(passphrase: bytes) -> tuple[bytes, str]:
+def _new_master(source: MasterKeySource) -> tuple[bytes, str]:
     master = AESGCM.generate_key(256)
+    if isinstance(source, TokenKek):
+        return master, json.dumps({"v": 1, **source.seal(master)}, sort_keys=True)
+    passphrase = source
     salt, nonce = os.urandom(16), os.urandom(12)
     sealed = AESGCM(_kek(passphrase, salt, **_SCRYPT)).encrypt(nonce, master, _MASTER_AAD)
     text = json.dumps({"v": 1, "kdf": "scrypt", **_SCRYPT,
@@ -96,11 +222,28 @@ def _new_master(passphrase: bytes) -> tuple[bytes, str]:
     return master, text
 
 
-def _open_master(text: str, passphrase: bytes) -> bytes:
+def _open_master(text: str, source: MasterKeySource) -> bytes:
     try:
         record = json.loads(text)
-        if record.get("v") != 1 or record.get("kdf") != "scrypt":
+        if record.get("v") != 1 or record.get("kdf") not in ("scrypt", "pkcs11"):
             raise ValueError("unknown format")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise KeyLoadError(f"the gateway's master key in the store is damaged ({exc})") from None
+    if record["kdf"] == "pkcs11" and not isinstance(source, TokenKek):
+        raise KeyLoadError("the gateway's master key is sealed by a PKCS#11 token, but no"
+                           " gateway.pkcs11_module is configured")
+    if record["kdf"] == "scrypt" and isinstance(source, TokenKek):
+        raise KeyLoadError("the gateway's master key is sealed under a passphrase, but"
+                           " gateway.pkcs11_module names a token")
+    if isinstance(source, TokenKek):
+        try:
+            nonce, sealed = (base64.b64decode(record[k]) for k in ("nonce", "sealed"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyLoadError(f"the gateway's master key in the store is damaged ({exc})"
+                               ) from None
+        return source.open(nonce, sealed)
+    passphrase = source
+    try:
         salt, nonce, sealed = (base64.b64decode(record[k]) for k in ("salt", "nonce", "sealed"))
         n, r, p = int(record["n"]), int(record["r"]), int(record["p"])
         if not (2**14 <= n <= 2**20 and 1 <= r <= 16 and 1 <= p <= 4):
@@ -200,14 +343,16 @@ class StoreHeldKeys:
         self._clock = clock
 
     @classmethod
-    def open(cls, store: Store, passphrase: bytes, *, create: bool = False) -> StoreHeldKeys:
-        """Open the key store with ``passphrase``; ``create`` makes the master key when the
-        store has none yet (the first import).
+    def open(cls, store: Store, passphrase: MasterKeySource, *, create: bool = False
+             ) -> StoreHeldKeys:
+        """Open the key store with ``passphrase`` (or a :class:`TokenKek`); ``create`` makes
+        the master key when the store has none yet (the first import).
 
         Raises:
-            PassphraseError: the passphrase does not open the master key.
-            KeyLoadError: the stored master key is damaged, or (without ``create``) the store
-                holds no gateway keys yet.
+            PassphraseError: the passphrase (or the token's PIN) is wrong.
+            KeyLoadError: the stored master key is damaged or sealed the other way (token /
+                passphrase), the token or its key cannot be used, or (without ``create``)
+                the store holds no gateway keys yet.
             StoreError: the database cannot be read.
         """
         text = store.gateway_master_key()
@@ -340,14 +485,14 @@ def import_pkcs12(held: StoreHeldKeys, data: bytes, passphrase: bytes | None, *,
     return list(reversed(done))
 
 
-def open_held_keys(config_passphrase_file: Path | None, store: Store) -> StoreHeldKeys:
-    """The gateway's held keys for ``gateway serve``: opened with the configured passphrase.
+def open_held_keys(config: GatewayConfig, store: Store) -> StoreHeldKeys:
+    """The gateway's held keys for ``gateway serve``: opened with the configured passphrase
+    or PKCS#11 token (:func:`master_key_source`).
 
     Raises:
         GatewayError: (not permanent) the key store cannot be opened; the message says why.
     """
     try:
-        return StoreHeldKeys.open(store, read_key_passphrase(config_passphrase_file),
-                                  create=True)
+        return StoreHeldKeys.open(store, master_key_source(config), create=True)
     except (ConfigError, PassphraseError, KeyLoadError) as exc:
         raise GatewayError(f"the gateway's key store cannot be opened: {exc}") from None

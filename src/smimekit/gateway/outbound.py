@@ -37,7 +37,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.header import Header as EncodedHeader
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import hashes
 
 from smimekit import api
 from smimekit.config import GatewayConfig
-from smimekit.errors import DirectoryError, GatewayError, MIMEError, SmimeError
+from smimekit.errors import DirectoryError, GatewayError, MalformedError, MIMEError, SmimeError
 from smimekit.gateway import dlp
 from smimekit.gateway.model import (
     Decision,
@@ -60,7 +60,7 @@ from smimekit.gateway.model import (
     Refusal,
 )
 from smimekit.gateway.pdf import message_pdf, new_password
-from smimekit.gateway.policy import EffectivePolicy, Policy, domain_of
+from smimekit.gateway.policy import EffectivePolicy, Policy, domain_of, normalise
 from smimekit.smime.canonical import CRLF, parse_headers, split_head_body, to_crlf
 
 if TYPE_CHECKING:
@@ -103,6 +103,11 @@ class _Recipient:
     details: dict[str, str] = field(default_factory=dict)
 
 
+def _from_addresses(head: bytes) -> list[str]:
+    values = [f.value() for f in parse_headers(head) if f.lname == "from"]
+    return [normalise(a) for _, a in email.utils.getaddresses(values) if a]
+
+
 def _subject(head: bytes) -> str | None:
     for f in parse_headers(head):
         if f.lname == "subject":
@@ -136,7 +141,8 @@ def remove_trigger(message: bytes, trigger: str) -> tuple[bytes, bool]:
             if pattern.search(decoded):
                 found = True
                 new = pattern.sub(" ", decoded).strip()
-                value = new if new.isascii() else EncodedHeader(new, "utf-8").encode()
+                value = EncodedHeader(new, "us-ascii" if new.isascii() else "utf-8",
+                                      header_name=f.name).encode(linesep="\r\n")
                 out.append(f"{f.name}: {value}".encode("ascii", "replace"))
                 continue
         out.append(f.raw)
@@ -160,9 +166,21 @@ def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy
+def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy, head: bytes
             ) -> tuple[HeldKey | None, str]:
-    """The key to sign with and a phrase for the reason."""
+    """The key to sign with and a phrase for the reason.
+
+    The sender's own key signs only a message whose From is exactly the envelope sender: a
+    user must not get their colleague's From signed with their key (or theirs with a
+    colleague's). Postfix's reject_sender_login_mismatch ties the envelope sender to the
+    login; this ties the From to the envelope.
+    """
+    authors = _from_addresses(head)
+    if policy.sign and authors != [normalise(sender)]:
+        if not policy.organisation_signature:
+            return None, (f"not signed: the From header ({', '.join(authors) or 'none'}) is not"
+                          f" the envelope sender {normalise(sender)}")
+        policy = replace(policy, sign=False)
     try:
         if policy.sign:
             held = ctx.held_keys.signing_key(sender)
@@ -309,7 +327,7 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
     try:
         data, triggered = remove_trigger(envelope.data, sender_policy.subject_trigger)
         subject = _subject(split_head_body(to_crlf(data))[0])
-    except MIMEError as exc:
+    except (MIMEError, UnicodeError) as exc:
         raise GatewayError(f"the message header cannot be read: {exc}", permanent=True) from None
     common: dict[str, str] = {}
     required_by = ""
@@ -333,7 +351,7 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
                                  for r in recipients))
     if found.action == "require-encryption" and not required_by:
         required_by = f"the data-loss rules ({found.summary()})"
-    signer, signed_how = _signer(ctx, sender, sender_policy)
+    signer, signed_how = _signer(ctx, sender, sender_policy, split_head_body(to_crlf(data))[0])
     common["signer"] = (_fingerprint(signer.certificate) if signer is not None else "none")
     plans = [_plan(ctx, r, required_by) for r in recipients]
 
@@ -368,7 +386,10 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
                 ctx, sender, subject, names, password)))
     except GatewayError:
         raise
-    except SmimeError as exc:
+    except MalformedError as exc:  # the message itself: retrying cannot help, bounce it
+        raise GatewayError(f"the message cannot be signed or encrypted as it is: {exc}",
+                           permanent=True) from None
+    except SmimeError as exc:  # keys, certificates, a bug in waiting: keep it, retry
         raise GatewayError(f"outbound processing failed: {exc}") from None
     for p in plans:
         action = {"encrypt": "signed+encrypted" if signer else "encrypted",

@@ -154,7 +154,8 @@ def build_pipeline(config: GatewayConfig, store: Store | None, held_keys: HeldKe
 def pipeline_from_data_dir(config: Config, store: Store, data_dir: Path, *,
                            trust: Sequence[x509.Certificate] = (),
                            actor: str | None = None) -> Pipeline:
-    """What ``gateway serve`` runs: the held keys opened with ``key_passphrase_file``, the
+    """What ``gateway serve`` runs: the held keys opened with ``key_passphrase_file`` (or the
+    PKCS#11 token of ``pkcs11_module``), the
     resolver of ``[directory]`` over ``store`` (anchors: the trust store, our CA's root and
     ``trust``), the inbound context of ``[gateway]``.
 
@@ -168,7 +169,7 @@ def pipeline_from_data_dir(config: Config, store: Store, data_dir: Path, *,
     from smimekit.validation.trust import TrustStore
 
     gateway = config.gateway or GatewayConfig()
-    held = open_held_keys(gateway.key_passphrase_file, store)
+    held = open_held_keys(gateway, store)
     ours = our_ca_chain(data_dir)
     anchors = list(TrustStore(data_dir).anchors())
     anchors += [c for c in (*trust, *ours) if c.issuer == c.subject and c not in anchors]
