@@ -35,6 +35,7 @@ import psycopg
 import pytest
 from backends import PG_DB, PG_HOST, PG_PORT, _pg_user
 from loopback import TcpRelay, free_port
+from postfix import Postfix
 
 from smimekit.store import Store
 
@@ -70,6 +71,39 @@ def journal_nodes(url: str, data_dir: Path) -> Counter[str]:
         rows = conn.execute(select(gateway_deliveries.c.node, func.count())
                             .group_by(gateway_deliveries.c.node)).all()
     return Counter({str(node): int(count) for node, count in rows})
+
+
+class FrontsPostfix(Postfix):
+    """:class:`~postfix.Postfix` in front of several gateway nodes: one front smtpd per node
+    (:attr:`fronts`; the first is :attr:`smtpd_port`), each handing its mail to its own node
+    first and to the others, in order, when that one is down (Postfix 3.5's list of next hops
+    in ``content_filter``)."""
+
+    def __init__(self, root: Path, *, sink_port: int, node_ports: list[int],
+                 maxproc: int = 4) -> None:
+        super().__init__(root, sink_port=sink_port, maxproc=maxproc)
+        self.node_ports = node_ports
+        self.fronts = [self.smtpd_port] + [free_port() for _ in node_ports[1:]]
+
+    def _filter(self, first: int) -> str:
+        order = self.node_ports[first:] + self.node_ports[:first]
+        return "scan:" + ",".join(f"[127.0.0.1]:{p}" for p in order)
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        main = (self.conf / "main.cf").read_text()
+        main = main.replace(f"content_filter = scan:[127.0.0.1]:{self.gateway_port}",
+                            f"content_filter = {self._filter(0)}")
+        (self.conf / "main.cf").write_text(main)
+        with (self.conf / "master.cf").open("a") as master:
+            for i, port in enumerate(self.fronts[1:], start=1):
+                master.write(f"127.0.0.1:{port} inet n - n - - smtpd\n"
+                             f"  -o content_filter={self._filter(i)}\n")
+
+    def start(self, gateway_port: int) -> None:
+        super().start(gateway_port)
+        for port in self.fronts[1:]:
+            self._wait_listening(port)
 
 
 class Node:

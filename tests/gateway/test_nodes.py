@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from gwnodes import Node, journal_nodes, pg_store, send, tally
+from gwnodes import FrontsPostfix, Node, journal_nodes, pg_store, send, tally
 from loopback import free_port
-from postfix import Postfix, require_postfix
+from postfix import require_postfix
 from smtpkit import SinkHandler, sink
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -26,34 +26,9 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 ANN, BOB, CAROL = "ann@example.org", "bob@example.net", "carol@example.net"
 
 
-class TwoFrontPostfix(Postfix):
-    """:class:`~postfix.Postfix` with a second front smtpd (:attr:`second_port`) whose
-    content filter prefers node 2; both fall back to the other node."""
-
-    def __init__(self, root: Path, *, sink_port: int, node_ports: tuple[int, int]) -> None:
-        super().__init__(root, sink_port=sink_port)
-        self.second_port = free_port()
-        self.node_ports = node_ports
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        one, two = (f"[127.0.0.1]:{p}" for p in self.node_ports)
-        main = (self.conf / "main.cf").read_text()
-        main = main.replace(f"content_filter = scan:[127.0.0.1]:{self.gateway_port}",
-                            f"content_filter = scan:{one},{two}")
-        (self.conf / "main.cf").write_text(main)
-        with (self.conf / "master.cf").open("a") as master:
-            master.write(f"127.0.0.1:{self.second_port} inet n - n - - smtpd\n"
-                         f"  -o content_filter=scan:{two},{one}\n")
-
-    def start(self, gateway_port: int) -> None:
-        super().start(gateway_port)
-        self._wait_listening(self.second_port)
-
-
 @dataclass
 class Cluster:
-    postfix: TwoFrontPostfix
+    postfix: FrontsPostfix
     sink: SinkHandler
     nodes: tuple[Node, Node]
     database_url: str
@@ -84,7 +59,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         url = stack.enter_context(pg_store(data_dir))
         handler, sink_port = stack.enter_context(sink())
         ports = (free_port(), free_port())
-        postfix = TwoFrontPostfix(tmp_path / "postfix", sink_port=sink_port, node_ports=ports)
+        postfix = FrontsPostfix(tmp_path / "postfix", sink_port=sink_port,
+                                node_ports=list(ports))
         nodes = tuple(Node(f"node-{i + 1}", postfix.reinject_port, data_dir=data_dir,
                            database_url=url, port=port, log_dir=tmp_path)
                       for i, port in enumerate(ports))
@@ -102,7 +78,7 @@ def _ids(prefix: str, count: int) -> list[str]:
 
 def test_two_nodes_share_the_load_and_every_message_arrives_once(cluster: Cluster) -> None:
     sent = send(cluster.postfix.smtpd_port, _ids("a", 10), sender=ANN, to=[BOB])
-    sent |= send(cluster.postfix.second_port, _ids("b", 10), sender=ANN, to=[BOB])
+    sent |= send(cluster.postfix.fronts[1], _ids("b", 10), sender=ANN, to=[BOB])
     assert len(sent) == 20
     cluster.wait_delivered(set(sent))
     copies = tally(cluster.sink.received)
@@ -134,10 +110,10 @@ def test_a_retry_served_by_the_other_node_skips_what_the_first_delivered(
 
 
 def test_one_node_killed_the_other_carries_on(cluster: Cluster) -> None:
-    first = send(cluster.postfix.second_port, _ids("first", 5), sender=ANN, to=[BOB])
+    first = send(cluster.postfix.fronts[1], _ids("first", 5), sender=ANN, to=[BOB])
     cluster.wait_delivered(set(first))
     cluster.nodes[1].kill9()
-    after = send(cluster.postfix.second_port, _ids("after", 10), sender=ANN, to=[BOB])
+    after = send(cluster.postfix.fronts[1], _ids("after", 10), sender=ANN, to=[BOB])
     after |= send(cluster.postfix.smtpd_port, _ids("front1", 5), sender=ANN, to=[BOB])
     cluster.wait_delivered(set(after))
     copies = tally(cluster.sink.received)
