@@ -18,7 +18,8 @@ process, one thread. Peak memory per node is its VmHWM.
 Goals (printed as met or not): the gateway at most 2x Postfix alone's time; at least 50% of
 the in-process API rate; 40,000 messages/hour on average and 150,000 at peak on one node.
 
-    sudo .venv/bin/python benchmarks/bench_gateway.py [--quick] [--nodes N] [--sessions N] [--json FILE]
+    sudo .venv/bin/python benchmarks/bench_gateway.py [--quick] [--nodes N] [--sessions N]
+        [--database-url URL] [--json FILE]
 """
 
 from __future__ import annotations

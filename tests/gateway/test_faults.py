@@ -21,10 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from gwnodes import GateRelay, Node, pg_store, send, tally
+from gwhome import GatewayHome, make_home
+from gwnodes import GateRelay, Node, body_for, pg_store, send, tally
 from loopback import TcpRelay
+from pki import PKI
 from postfix import Postfix, require_postfix
 from smtpkit import SinkHandler, sink
+
+from smimekit import api
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -40,6 +44,7 @@ class Rig:
     node: Node
     database_url: str
     data_dir: Path
+    home: GatewayHome | None = None
 
     def submit(self, prefix: str, count: int, *, size: int = 2000) -> dict[str, str]:
         return send(self.postfix.smtpd_port, [f"{prefix}-{i}@faults.test" for i in range(count)],
@@ -69,11 +74,14 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def _rig(stack: ExitStack, tmp_path: Path, *, database_port: int | None = None,
-         spool: str | None = None) -> Rig:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
+         spool: str | None = None, pki: PKI | None = None) -> Rig:
+    """Sink, Postfix, relay, one node on a fresh PostgreSQL store; with ``pki``, the node
+    runs the real pipeline (tests/gwhome.py) instead of passing mail unchanged."""
+    data_dir = tmp_path / "home" / "data" if pki else tmp_path / "data"
+    data_dir.mkdir(parents=True)
     url = stack.enter_context(pg_store(data_dir, **(
         {"port": database_port} if database_port else {})))
+    home = make_home(tmp_path / "home", pki, database_url=url) if pki else None
     handler, sink_port = stack.enter_context(sink())
     postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
     if spool is not None:
@@ -85,12 +93,12 @@ def _rig(stack: ExitStack, tmp_path: Path, *, database_port: int | None = None,
     relay = GateRelay(("127.0.0.1", postfix.reinject_port))
     stack.callback(relay.cut)
     node = Node("node-1", relay.port, data_dir=data_dir, database_url=url,
-                log_dir=tmp_path)
+                config=home.config if home else None, log_dir=tmp_path)
     postfix.start(node.port)
     stack.callback(postfix.stop)
     node.start()
     stack.callback(node.stop)
-    return Rig(postfix, handler, relay, node, url, data_dir)
+    return Rig(postfix, handler, relay, node, url, data_dir, home)
 
 
 def test_kill_9_while_handing_over_loses_nothing(rig: Rig) -> None:
@@ -198,3 +206,42 @@ def test_full_spool_disk_defers_and_nothing_is_lost(tmp_path: Path) -> None:
         rig.wait_delivered(queued)
         assert_exactly_once(rig.copies(), queued)
 
+
+
+def test_kill_9_with_the_real_pipeline_delivers_each_message_once_encrypted(
+        tmp_path: Path) -> None:
+    """The same kill as above with the node signing and encrypting (alice -> partner): a
+    copy's bytes differ on every pass, so the count is by Message-ID, and each copy must
+    decrypt to the body sent."""
+    require_postfix()
+    with ExitStack() as stack:
+        pki = PKI()
+        rig = _rig(stack, tmp_path, pki=pki)
+        assert rig.home is not None
+        alice, partner = rig.home.alice.email, rig.home.partner.email
+
+        def submit(prefix: str, count: int) -> dict[str, str]:
+            return send(rig.postfix.smtpd_port,
+                        [f"{prefix}-{i}@faults.test" for i in range(count)],
+                        sender=alice, to=[partner])
+
+        rig.relay.stall = "before"
+        victim = submit("victim", 1)
+        assert rig.relay.stalled.wait(60), rig.postfix.log()[-3000:]
+        others = submit("other", 4)
+        rig.postfix.wait(lambda: set(others) <= set(rig.copies()), "the others", 90)
+        rig.node.kill9()
+        rig.relay.cut()
+        rig.relay.stall = None
+        rig.relay.restore()
+        rig.node.start()
+        rig.postfix.flush()
+        sent = {**victim, **others}
+        rig.wait_delivered(sent)
+        copies = rig.copies()
+        assert sorted(copies) == sorted(sent) and all(len(copies[i]) == 1 for i in sent)
+        for got in rig.sink.received:
+            [message_id] = tally([got])
+            assert b"application/pkcs7-mime" in got.data.partition(b"\r\n\r\n")[0]
+            clear = api.decrypt(got.data, rig.home.partner.key, rig.home.partner.cert).content
+            assert body_for(message_id) in clear

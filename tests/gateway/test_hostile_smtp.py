@@ -15,7 +15,6 @@ import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from corpus.vectors import corpus_path, list_files, read_bytes
