@@ -197,9 +197,11 @@ def test_full_spool_disk_defers_and_nothing_is_lost(tmp_path: Path) -> None:
         assert refused == {}, "Postfix must refuse mail it has no room for"
         rig.relay.restore()
         rig.postfix.flush()
-        rig.postfix.wait(lambda: "Insufficient system storage" in rig.postfix.log()
-                         and "451 4.3.0" in rig.postfix.log(),
-                         "the gateway's re-injection refused for lack of room")
+        rig.postfix.wait(lambda: any(
+            "status=deferred" in line and "451 4.3.0" in line
+            and "Insufficient system storage" in line
+            for line in rig.postfix.log().splitlines()),
+            "the gateway's 4xx quoting the re-injection's refusal for lack of room")
         assert not set(queued) & set(rig.copies())
         filler.unlink()
         rig.postfix.flush()
