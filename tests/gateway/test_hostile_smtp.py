@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import smtplib
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -20,8 +21,14 @@ import pytest
 from corpus.vectors import corpus_path, list_files, read_bytes
 from gwhome import GatewayHome, make_home
 from gwnodes import Node
+from malformed import hostile
+from malformed.cases import der_of, pkcs7_mime
 from pki import PKI
 from smtpkit import SinkHandler, sink
+
+from smimekit import api
+from smimekit.cms import limits
+from smimekit.cms.algorithms import Cipher
 
 pytestmark = [pytest.mark.slow]
 
@@ -203,3 +210,32 @@ def test_a_socket_dropped_mid_data_leaves_the_node_serving(served: Served) -> No
         raw.sendall(b"Subject: half\r\n\r\nhalf a message")
     served.alive()
     assert len(served.sink.received) == before  # nothing of the half message passed on
+
+
+def _over_budget(served: Served) -> list[tuple[str, bytes]]:
+    """Messages to bob over the parser budgets of smimekit.cms.limits (tests/malformed's
+    builders applied to real encryptions)."""
+    home = served.home
+    clear = b"From: x@partner.example\r\nTo: bob@example.org\r\nSubject: s\r\n\r\n" + SECRET
+    real = der_of(api.encrypt(clear, [home.bob.cert], check_recipients=False))
+    decoy = der_of(api.encrypt(clear, [home.partner.cert], check_recipients=False))
+    cbc = der_of(api.encrypt(clear, [home.bob.cert], cipher=Cipher.AES256_CBC,
+                             check_recipients=False))
+    return [
+        ("recipient infos", pkcs7_mime(hostile.many_recipient_infos(
+            real, decoy, limits.MAX_RECIPIENT_INFOS), "authEnveloped-data")),
+        ("BER segments", pkcs7_mime(hostile.segmented_ciphertext(
+            cbc, limits.MAX_BER_SEGMENTS + 1), "enveloped-data")),
+        ("nested strings", pkcs7_mime(hostile.nested_segments(10_000), "signed-data")),
+    ]
+
+
+def test_messages_over_the_parser_budgets_get_a_clean_reply_in_bounded_time(
+        served: Served) -> None:
+    for what, data in _over_budget(served):
+        started = time.monotonic()
+        code = served.exchange("x@partner.example", [served.home.bob.email], data)
+        assert code == 250 or 400 <= code < 600, what
+        assert time.monotonic() - started < 60, what
+    assert served.leaked() == []
+    served.alive()
