@@ -14,7 +14,9 @@ happen on purpose and shows it is the only one.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -179,20 +181,25 @@ def test_database_down_defers_and_nothing_is_lost(tmp_path: Path) -> None:
 
 
 def test_full_spool_disk_defers_and_nothing_is_lost(tmp_path: Path) -> None:
-    """Postfix's queue on a 32 MiB tmpfs that a filler file takes to the last block: Postfix
-    refuses new mail (452, no promise made), the gateway's re-injection is refused the same
-    way (the gateway answers 4xx, Postfix keeps the message); room again, every accepted
-    message arrives once."""
+    """Postfix's queue on a 32 MiB tmpfs. First nearly full (256 KiB left, below Postfix's
+    own floor of 1.5 x message_size_limit): Postfix refuses new mail (452, no promise made)
+    and the gateway's re-injection is refused the same way, so the gateway answers 4xx and
+    Postfix keeps the message. Then full to the last block (ENOSPC: Postfix cannot even write
+    its defer logs). Room again: every accepted message arrives once."""
     require_postfix()
     with ExitStack() as stack:
         rig = _rig(stack, tmp_path, spool="32m")
+        with (rig.postfix.conf / "main.cf").open("a") as main:
+            main.write("service_throttle_time = 2s\n")  # a daemon failing for lack of room
+        rig.postfix.reload()                              # is retried soon (default 60 s)
         rig.relay.cut()  # hold the messages in the queue while the disk fills
         queued = rig.submit("queued", 10)
         assert len(queued) == 10
         rig.postfix.wait(lambda: len(rig.postfix.queued()) >= 10, "10 messages queued")
-        filler = tmp_path / "postfix" / "queue" / "filler"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True,
-                       check=False)  # until ENOSPC
+        queue = tmp_path / "postfix" / "queue"
+        free = os.statvfs(queue)
+        room = free.f_bavail * free.f_frsize - 256 * 1024
+        (queue / "filler").write_bytes(bytes(room))
         refused = rig.submit("refused", 3)
         assert refused == {}, "Postfix must refuse mail it has no room for"
         rig.relay.restore()
@@ -201,13 +208,18 @@ def test_full_spool_disk_defers_and_nothing_is_lost(tmp_path: Path) -> None:
             "status=deferred" in line and "451 4.3.0" in line
             and "Insufficient system storage" in line
             for line in rig.postfix.log().splitlines()),
-            "the gateway's 4xx quoting the re-injection's refusal for lack of room")
-        assert not set(queued) & set(rig.copies())
-        filler.unlink()
+            "the gateway's 4xx quoting the re-injection's refusal for lack of room", 60)
+        subprocess.run(["dd", "if=/dev/zero", f"of={queue / 'filler2'}", "bs=64k"],
+                       capture_output=True, check=False)  # the last blocks: ENOSPC
+        assert os.statvfs(queue).f_bavail == 0
         rig.postfix.flush()
-        rig.wait_delivered(queued)
+        time.sleep(3)
+        assert not set(queued) & set(rig.copies())
+        (queue / "filler").unlink()
+        (queue / "filler2").unlink()
+        rig.postfix.flush()
+        rig.wait_delivered(queued, timeout=120)
         assert_exactly_once(rig.copies(), queued)
-
 
 
 def test_kill_9_with_the_real_pipeline_delivers_each_message_once_encrypted(
