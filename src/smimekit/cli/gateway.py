@@ -50,8 +50,7 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
     from smimekit.gateway.relay import NextHop, parse_address
     from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
 
-    configured = cli_config().gateway
-    config = configured or GatewayConfig()
+    config = cli_config().gateway or GatewayConfig()
     listen = listen or config.listen
     next_hop = next_hop or config.next_hop
     for option, value in (("--listen", listen), ("--next-hop", next_hop)):
@@ -63,7 +62,7 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
     try:
         store.prune_deliveries(dt.datetime.now(dt.UTC) - dt.timedelta(days=JOURNAL_DAYS))
         handler = GatewayHandler(
-            _processor(configured, store), StoreJournal(store),
+            _processor(config, store), StoreJournal(store),
             NextHop(next_hop, timeout=config.timeout),
             limits=Limits(config.max_message_size, config.max_recipients))
         server = GatewayServer(handler, listen)
@@ -75,10 +74,11 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
         store.close()
 
 
-def _processor(config: GatewayConfig | None, store: Store) -> Processor:
-    """The policy pipeline (gateway/pipeline.py) when the configuration has a ``[gateway]``
-    table; without one every message passes unchanged (a plain relay)."""
-    if config is None:
+def _processor(config: GatewayConfig, store: Store) -> Processor:
+    """The policy pipeline (gateway/pipeline.py) when ``internal_domains`` says what is
+    inside; without them there is no inbound or outbound and every message passes unchanged
+    (a plain relay)."""
+    if not config.internal_domains:
         from smimekit.gateway.passthrough import PassThrough
 
         return PassThrough()
