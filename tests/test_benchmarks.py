@@ -176,3 +176,23 @@ def test_pq_benchmark_quick_mode_prints_its_tables() -> None:
         assert any(line.split()[:3] == [operation, algorithm, "10"]
                    for line in result.stdout.splitlines()), result.stdout
     assert "RecipientInfo" in result.stdout and "SignerInfo" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_gateway_benchmark_quick_mode_prints_its_table_and_goals() -> None:
+    import os
+
+    if os.geteuid() != 0 or shutil.which("smtp-source") is None:
+        pytest.skip("bench_gateway starts a private Postfix: root and Postfix needed")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gateway.py"), "--quick"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith(("| outbound |", "| inbound |"))]
+    assert len(rows) == 4, result.stdout  # 10 KB and 1 MB, each direction
+    assert all(float(row.split("|")[5]) > 0 for row in rows), result.stdout  # gateway msg/s
+    goals = [line for line in result.stdout.splitlines() if line.startswith("goal ")]
+    assert len(goals) == 6 and all(" met" in g or "NOT met" in g for g in goals), goals

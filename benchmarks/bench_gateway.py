@@ -1,0 +1,251 @@
+"""Messages per second through Postfix + the S/MIME gateway, beside Postfix alone with the same
+smtp-source load and beside smimekit's API in one process (issue 12).
+
+For each size (10 KB, 1 MB) and direction:
+- outbound: alice@example.org -> partner@partner.example, clear in; the gateway signs with
+  alice's held key and encrypts to partner's certificate (found in the directory);
+- inbound: partner -> bob@example.org, signed and encrypted to bob; the gateway decrypts with
+  bob's held key, verifies, adds its result header and delivers in the clear (bob is a webmail
+  user; tests/gwhome.py sets the node up).
+
+Each run starts a private Postfix (tests/postfix.py; root needed) whose final destination is
+Postfix's own smtp-sink; `smtp-source -F` sends the same prepared message ``count`` times over
+``--sessions`` parallel sessions. The time is from the first connection until Postfix's log
+says every message reached the sink. "Postfix alone" is the same Postfix without the
+content filter. The in-process rate is api.sign_encrypt / api.decrypt_verify in a loop, one
+process, one thread. Peak memory per node is its VmHWM.
+
+Goals (printed as met or not): the gateway at most 2x Postfix alone's time; at least 50% of
+the in-process API rate; 40,000 messages/hour on average and 150,000 at peak on one node.
+
+    sudo .venv/bin/python benchmarks/bench_gateway.py [--quick] [--nodes N] [--sessions N]
+        [--database-url URL] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the Postfix harness, gateway nodes, the test PKI
+
+from benchinfo import cpu_model, git_revision  # noqa: E402
+from gwhome import GatewayHome, make_home  # noqa: E402
+from gwnodes import FrontsPostfix, Node  # noqa: E402
+from loopback import free_port  # noqa: E402
+from pki import PKI  # noqa: E402
+from postfix import Postfix  # noqa: E402
+
+from smimekit import api  # noqa: E402
+
+AVERAGE_PER_HOUR, PEAK_PER_HOUR = 40_000, 150_000
+SIZES = {"10 KB": 10 * 1024, "1 MB": 1024 * 1024}
+
+
+@dataclass
+class Row:
+    direction: str
+    size: str
+    count: int
+    postfix_alone_s: float
+    gateway_s: float
+    api_per_s: float
+    node_peak_mib: float
+
+    @property
+    def postfix_per_s(self) -> float:
+        return self.count / self.postfix_alone_s
+
+    @property
+    def gateway_per_s(self) -> float:
+        return self.count / self.gateway_s
+
+
+class AlonePostfix(Postfix):
+    """The harness's Postfix without the content filter: straight to the sink."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        main = (self.conf / "main.cf").read_text()
+        (self.conf / "main.cf").write_text(re.sub(r"(?m)^content_filter = .*$", "", main))
+
+
+def _body(size: int) -> bytes:
+    line = b"The quarterly figures are attached below; please review them carefully.\r\n"
+    return line * max(1, size // len(line))
+
+
+def _messages(home: GatewayHome, size: int) -> dict[str, tuple[str, str, bytes]]:
+    """direction -> (sender, recipient, message as Postfix receives it)."""
+    out = {}
+    for direction, make in (("outbound", home.outbound), ("inbound", home.inbound)):
+        sender, [to], data = make(_body(size), f"bench-{direction}-{size}@example.org")
+        out[direction] = (sender, to, data)
+    return out
+
+
+def _api_rate(home: GatewayHome, direction: str, data: bytes, count: int,
+              trust: list[object]) -> float:
+    if direction == "outbound":
+        def once() -> object:
+            return api.sign_encrypt(data, home.alice.key, home.alice.cert, [home.partner.cert],
+                                    chain=home.chain)
+    else:
+        def once() -> object:
+            return api.decrypt_verify(data, home.bob.key, home.bob.cert,
+                                      trust=trust, revocation=None)  # type: ignore[arg-type]
+    once()
+    started = time.perf_counter()
+    for _ in range(count):
+        once()
+    return count / (time.perf_counter() - started)
+
+
+def _sent_to_sink(postfix: Postfix, sink_port: int) -> int:
+    marker = f":{sink_port}, "
+    return sum(1 for line in postfix.log().splitlines()
+               if "status=sent" in line and marker in line)
+
+
+def _run(postfix: Postfix, sink_port: int, message: tuple[str, str, bytes], count: int,
+         sessions: int, workdir: Path, fronts: list[int]) -> float:
+    """``count`` messages over ``sessions`` sessions, spread evenly over ``fronts`` (one
+    smtp-source per front, all at once); seconds until the sink has them all."""
+    sender, to, data = message
+    prepared = workdir / "message.txt"
+    prepared.write_bytes(data.replace(b"\r\n", b"\n"))  # smtp-source adds the CR
+    shares = [count // len(fronts) + (i < count % len(fronts)) for i in range(len(fronts))]
+    started = time.perf_counter()
+    sources = [subprocess.Popen(
+        ["smtp-source", "-s", str(max(1, sessions // len(fronts))), "-m", str(share),
+         "-f", sender, "-t", to, "-F", str(prepared), "-M", "client.bench",
+         f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port, share in zip(fronts, shares, strict=True) if share]
+    for source in sources:
+        if source.wait(3600) != 0:
+            raise SystemExit("smtp-source failed")
+    deadline = time.monotonic() + 3600
+    while _sent_to_sink(postfix, sink_port) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {postfix.log()[-3000:]}")
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
+def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
+                  body: Callable[[Postfix, int, list[int]], float]) -> tuple[float, float]:
+    """Start smtp-sink, Postfix (and ``nodes`` gateway nodes when ``home`` is given), run
+    ``body``; (its seconds, the nodes' highest peak memory in MiB)."""
+    sink_port = free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "256"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = Path(tempfile.mkdtemp(prefix="postfix-", dir=workdir))
+    postfix: Postfix
+    started: list[Node] = []
+    try:
+        if home is None:
+            postfix = AlonePostfix(root, sink_port=sink_port, maxproc=8)
+            postfix.start(free_port())
+            fronts = [postfix.smtpd_port]
+        else:
+            ports = [free_port() for _ in range(nodes)]
+            fronts_postfix = FrontsPostfix(root, sink_port=sink_port, node_ports=ports,
+                                           maxproc=8)
+            postfix, fronts = fronts_postfix, fronts_postfix.fronts
+            started = [Node(f"node-{i + 1}", postfix.reinject_port, data_dir=home.data_dir,
+                            database_url=home.database_url, config=home.config,
+                            log_dir=workdir, port=port) for i, port in enumerate(ports)]
+            postfix.start(ports[0])
+            for node in started:
+                node.start()
+        seconds = body(postfix, sink_port, fronts)
+        peak = max((n.peak_rss() for n in started), default=0) / 1024
+        return seconds, peak
+    finally:
+        for node in started:
+            node.stop()
+        postfix.stop()
+        sink.terminate()
+        sink.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few messages (tests)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="gateway nodes, each behind a Postfix front of its own [1]")
+    parser.add_argument("--sessions", type=int, default=8, help="smtp-source sessions [8]")
+    parser.add_argument("--database-url", help="the nodes' shared store [SQLite]")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if os.geteuid() != 0 or shutil.which("smtp-source") is None:
+        raise SystemExit("bench_gateway needs root and Postfix (smtp-source, smtp-sink)")
+    counts = {"10 KB": 20, "1 MB": 3} if args.quick else {"10 KB": 400, "1 MB": 40}
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+        pki = PKI()
+        home = make_home(workdir / "home", pki, database_url=args.database_url)
+        for label, size in SIZES.items():
+            count = counts[label]
+            messages = _messages(home, size)
+            for direction, message in messages.items():
+                def run(postfix: Postfix, sink_port: int, fronts: list[int],
+                        message: tuple[str, str, bytes] = message, count: int = count,
+                        ) -> float:
+                    return _run(postfix, sink_port, message, count, args.sessions, workdir,
+                                fronts)
+
+                alone, _ = _with_postfix(workdir, nodes=0, home=None, body=run)
+                gateway, peak = _with_postfix(workdir, nodes=args.nodes, home=home, body=run)
+                rate = _api_rate(home, direction, message[2], max(3, count // 4),
+                                 [pki.root, pki.inter])
+                rows.append(Row(direction, label, count, alone, gateway, rate, peak))
+                print(f"  {direction} {label}: done", file=sys.stderr)
+    _report(rows, args)
+
+
+def _report(rows: list[Row], args: argparse.Namespace) -> None:
+    print(f"# Gateway throughput ({cpu_model()}, {os.cpu_count()} cores, revision"
+          f" {git_revision()}, {args.nodes} node(s), {args.sessions} smtp-source sessions"
+          f"{', quick' if args.quick else ''})\n")
+    print("| direction | size | messages | Postfix alone msg/s | Postfix + gateway msg/s"
+          " | time x Postfix alone | in-process API msg/s | gateway / API | node peak MiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r.direction} | {r.size} | {r.count} | {r.postfix_per_s:.1f} |"
+              f" {r.gateway_per_s:.1f} | {r.gateway_s / r.postfix_alone_s:.2f} |"
+              f" {r.api_per_s:.1f} | {r.gateway_per_s / r.api_per_s:.0%} |"
+              f" {r.node_peak_mib:.0f} |")
+    print()
+    small = [r for r in rows if r.size == "10 KB"]
+    worst_small = min(r.gateway_per_s for r in small) * 3600
+    for r in rows:
+        slower = r.gateway_s / r.postfix_alone_s
+        share = r.gateway_per_s / r.api_per_s
+        print(f"goal {r.direction} {r.size}: gateway at most 2x Postfix alone's time:"
+              f" {slower:.2f}x {'met' if slower <= 2 else 'NOT met'}; at least 50% of the"
+              f" in-process API rate: {share:.0%} {'met' if share >= 0.5 else 'NOT met'}")
+    per_node = worst_small / args.nodes
+    for what, goal in (("average", AVERAGE_PER_HOUR), ("peak", PEAK_PER_HOUR)):
+        print(f"goal {what} load, {goal:,} messages/hour (10 KB, the slower direction) on one"
+              f" node: {per_node:,.0f}/hour {'met' if per_node >= goal else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Two gateway nodes (``smimekit gateway serve`` processes on their own ports) sharing one
+PostgreSQL store behind one Postfix.
+
+Postfix has two front smtpd listeners: the first hands its mail to node 1 and the second to
+node 2, each with the other node as the fallback destination of the same content filter
+(``content_filter = scan:[127.0.0.1]:<node 1>,[127.0.0.1]:<node 2>``, Postfix 3.5's list of
+next hops). Load is split by the front a client uses; when a node is down Postfix hands its
+mail to the other one within the same delivery attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gwnodes import FrontsPostfix, Node, journal_nodes, pg_store, send, tally
+from loopback import free_port
+from postfix import require_postfix
+from smtpkit import SinkHandler, sink
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+ANN, BOB, CAROL = "ann@example.org", "bob@example.net", "carol@example.net"
+
+
+@dataclass
+class Cluster:
+    postfix: FrontsPostfix
+    sink: SinkHandler
+    nodes: tuple[Node, Node]
+    database_url: str
+    data_dir: Path
+
+    def wait_delivered(self, ids: set[str]) -> None:
+        self.postfix.wait(lambda: ids <= set(tally(self.sink.received)),
+                          f"{len(ids)} messages at the sink", 90)
+        self.postfix.wait(lambda: not self.postfix.queued(), "an empty Postfix queue", 90)
+
+    def journal(self) -> dict[str, int]:
+        """Copies journalled, by node name (node-1, node-2) rather than host:pid."""
+        counts = journal_nodes(self.database_url, self.data_dir)
+        names = {}
+        for node in self.nodes:
+            for key, count in counts.items():
+                if any(key.endswith(f":{pid}") for pid in node.pids):
+                    names[node.name] = names.get(node.name, 0) + count
+        return names
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    require_postfix()
+    with ExitStack() as stack:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        url = stack.enter_context(pg_store(data_dir))
+        handler, sink_port = stack.enter_context(sink())
+        ports = (free_port(), free_port())
+        postfix = FrontsPostfix(tmp_path / "postfix", sink_port=sink_port,
+                                node_ports=list(ports))
+        nodes = tuple(Node(f"node-{i + 1}", postfix.reinject_port, data_dir=data_dir,
+                           database_url=url, port=port, log_dir=tmp_path)
+                      for i, port in enumerate(ports))
+        postfix.start(ports[0])
+        stack.callback(postfix.stop)
+        for node in nodes:
+            node.start()
+            stack.callback(node.stop)
+        yield Cluster(postfix, handler, (nodes[0], nodes[1]), url, data_dir)
+
+
+def _ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i}@nodes.test" for i in range(count)]
+
+
+def test_two_nodes_share_the_load_and_every_message_arrives_once(cluster: Cluster) -> None:
+    sent = send(cluster.postfix.smtpd_port, _ids("a", 10), sender=ANN, to=[BOB])
+    sent |= send(cluster.postfix.fronts[1], _ids("b", 10), sender=ANN, to=[BOB])
+    assert len(sent) == 20
+    cluster.wait_delivered(set(sent))
+    copies = tally(cluster.sink.received)
+    assert all(copies[i] == [sent[i]] for i in sent)
+    assert len(cluster.sink.received) == 20
+    assert cluster.journal() == {"node-1": 10, "node-2": 10}
+
+
+def test_a_retry_served_by_the_other_node_skips_what_the_first_delivered(
+        cluster: Cluster) -> None:
+    postfix = cluster.postfix
+    postfix.defer_file.write_text(f"{CAROL} 450 4.2.0 mailbox busy\n")
+    postfix.reload()
+    sent = send(postfix.smtpd_port, ["shared@nodes.test"], sender=ANN, to=[BOB, CAROL])
+    [message_id] = sent
+    postfix.wait(lambda: "deferred carol@example.net" in postfix.log(),
+                 "node 1's 4xx for carol")
+    # bob's copy went through Postfix's queue after the re-injection: it arrives in its time
+    postfix.wait(lambda: len(cluster.sink.received) >= 1, "bob's copy")
+    assert [m.recipients for m in cluster.sink.received] == [(BOB,)]
+    cluster.nodes[0].kill9()  # the retry can only be served by node 2
+    postfix.defer_file.write_text("")
+    postfix.reload()
+    postfix.flush()
+    postfix.wait(lambda: len(cluster.sink.received) >= 2, "carol's copy", 90)
+    postfix.wait(lambda: not postfix.queued(), "an empty Postfix queue", 90)
+    assert sorted(m.recipients for m in cluster.sink.received) == [(BOB,), (CAROL,)]
+    assert cluster.journal() == {"node-1": 1, "node-2": 1}
+    copies = tally(cluster.sink.received)  # one copy to each recipient, the same body
+    assert list(copies) == [message_id] and copies[message_id] == [sent[message_id]] * 2
+
+
+def test_one_node_killed_the_other_carries_on(cluster: Cluster) -> None:
+    first = send(cluster.postfix.fronts[1], _ids("first", 5), sender=ANN, to=[BOB])
+    cluster.wait_delivered(set(first))
+    cluster.nodes[1].kill9()
+    after = send(cluster.postfix.fronts[1], _ids("after", 10), sender=ANN, to=[BOB])
+    after |= send(cluster.postfix.smtpd_port, _ids("front1", 5), sender=ANN, to=[BOB])
+    cluster.wait_delivered(set(after))
+    copies = tally(cluster.sink.received)
+    assert len(cluster.sink.received) == 20 and all(len(copies[i]) == 1 for i in after)
+    assert cluster.journal() == {"node-1": 15, "node-2": 5}
