@@ -92,14 +92,9 @@ async def _prune_daily(store: Store) -> None:
 
 
 def _processor(config: Config, store: Store) -> Processor:
-    """The policy pipeline (held keys opened with [gateway] key_passphrase_file, the
-    [directory] resolver over the store, the inbound context; every decision audited) when
-    ``internal_domains`` says what is inside; without them nothing is inbound or outbound
-    and every message passes unchanged (a plain relay, no key store needed)."""
-    if config.gateway is None or not config.gateway.internal_domains:
-        from smimekit.gateway.passthrough import PassThrough
-
-        return PassThrough()
+    # The policy pipeline: held keys opened with [gateway] key_passphrase_file, the
+    # [directory] resolver over the store, the inbound context; every decision audited.
+    # Without internal_domains every recipient is "relay": passed unchanged, still audited.
     from smimekit.gateway.pipeline import pipeline_from_data_dir
 
     return pipeline_from_data_dir(config, store, cli_globals().data_dir)
