@@ -131,6 +131,8 @@ ENCRYPTED_ROWS = [
                  content_type="text/plain"),
     EncryptedRow("smime-signed-enc-hp-shy.eml", "C.3.3", "Sat, 20 Feb 2021 10:12:02 -0500",
                  SHY_OBSCURED, legacy=False, content_type="text/plain"),
+    EncryptedRow("smime-signed-enc-hp-shy-legacy.eml", "C.3.4", "Sat, 20 Feb 2021 10:13:02 -0500",
+                 SHY_OBSCURED, legacy=True, content_type="text/plain"),
 ]
 
 
