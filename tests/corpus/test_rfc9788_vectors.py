@@ -133,6 +133,11 @@ ENCRYPTED_ROWS = [
                  SHY_OBSCURED, legacy=False, content_type="text/plain"),
     EncryptedRow("smime-signed-enc-hp-shy-legacy.eml", "C.3.4", "Sat, 20 Feb 2021 10:13:02 -0500",
                  SHY_OBSCURED, legacy=True, content_type="text/plain"),
+    EncryptedRow("smime-signed-enc-hp-baseline-reply.eml", "C.3.5",
+                 "Sat, 20 Feb 2021 10:15:02 -0500", BASELINE_OBSCURED, legacy=False,
+                 content_type="text/plain",
+                 extra=("In-Reply-To: <smime-signed-enc-hp-baseline@example>",
+                        "References: <smime-signed-enc-hp-baseline@example>")),
 ]
 
 
