@@ -226,3 +226,40 @@ def test_encrypted_vector_is_not_for_carlos() -> None:
     cert = crypto_cert(*PEM, "carlos.encrypt.crt")
     with pytest.raises(NoRecipientError):
         smimekit.decrypt(data, key, cert)
+
+
+def test_complex_encrypted_vector_drops_both_legacy_display_elements() -> None:
+    """C.3.12: multipart/mixed (alternative text/plain + text/html, inline PNG) under hcp_shy;
+    both main body parts carry a legacy display element, the HTML one as a <div> of class
+    header-protection-legacy-display (RFC 9788 sections 2.1.2, 4.5.3). Neither may be shown,
+    and the image is untouched."""
+    row = EncryptedRow("smime-signed-enc-complex-hp-shy-legacy.eml", "C.3.12",
+                       "Sat, 20 Feb 2021 12:13:02 -0500", SHY_OBSCURED, legacy=True,
+                       content_type="multipart/mixed")
+    data = (VECTORS / row.file).read_bytes()
+    key, cert = _bob()
+    result = smimekit.decrypt_verify(data, key, cert, trust=_anchor(), at=AT, revocation=None)
+    assert result.verdict.valid and result.verdict.from_address == "alice@smime.example"
+    hp = result.verdict.header_protection
+    assert hp is not None and (hp.scheme, hp.mode) == ("rfc9788", "cipher")
+    assert hp.protected == FIELDS and hp.obscured == SHY_OBSCURED and hp.disagreed == ()
+    assert hp.legacy_display_removed and hp.problems == ()
+    assert _header_block(result.content) == [
+        *row.protected_lines(),
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="88b"; hp="cipher"',
+    ]
+    shown = result.as_message()
+    parts = {p.get_content_type(): p for p in shown.walk() if not p.is_multipart()}
+    assert sorted(parts) == ["image/png", "text/html", "text/plain"]
+    plain = parts["text/plain"].get_content()
+    assert plain.startswith(f"This is the\r\n{row.name}\r\nmessage.\r\n")
+    assert "Subject:" not in plain and "From:" not in plain
+    html = parts["text/html"].get_content()
+    assert "header-protection-legacy-display" not in html and "Subject:" not in html
+    assert f"<b>{row.name}</b>" in html
+    for part in (parts["text/plain"], parts["text/html"]):
+        assert part.get_param("hp-legacy-display") is None
+    png = parts["image/png"].get_content()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and png.endswith(b"IEND\xaeB`\x82")
+    assert len(png) == 169
