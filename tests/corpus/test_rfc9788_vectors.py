@@ -263,3 +263,65 @@ def test_complex_encrypted_vector_drops_both_legacy_display_elements() -> None:
     png = parts["image/png"].get_content()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and png.endswith(b"IEND\xaeB`\x82")
     assert len(png) == 169
+
+
+RFC8551_ENCRYPTED = "smime-enc-signed-complex-rfc8551hp-baseline.eml"
+
+
+def test_encrypted_rfc8551_vector_infers_confidentiality_from_the_outer_fields() -> None:
+    """C.3.17: RFC 8551 wrapping (message/rfc822, LF line endings inside) under encryption.
+    RFC 9788 section 4.10.2: read as hp="cipher", with the actual outer fields in place of
+    HP-Outer, so the outer Subject "[...]" is an obscured field, not one changed on the way."""
+    data = (VECTORS / RFC8551_ENCRYPTED).read_bytes()
+    key, cert = _bob()
+    result = smimekit.decrypt_verify(data, key, cert, trust=_anchor(), at=AT, revocation=None)
+    verdict = result.verdict
+    assert verdict.valid and verdict.from_address == "alice@smime.example"
+    assert verdict.warnings == ()
+    hp = verdict.header_protection
+    assert hp is not None and (hp.scheme, hp.mode) == ("rfc8551", "cipher")
+    assert hp.protected == FIELDS and hp.obscured == ("Subject",) and hp.disagreed == ()
+    name = RFC8551_ENCRYPTED.removesuffix(".eml")
+    assert _header_block(result.content) == [
+        f"Subject: {name}",
+        f"Message-ID: <{name}@example>",
+        "From: Alice <alice@smime.example>",
+        "To: Bob <bob@smime.example>",
+        "Date: Sat, 20 Feb 2021 12:28:02 -0500",
+        "User-Agent: Sample MUA Version 1.0",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="144"',
+    ]
+    parts = [p.get_content_type() for p in result.as_message().walk()]
+    assert parts == ["multipart/mixed", "multipart/alternative", "text/plain", "text/html",
+                     "image/png"]
+
+
+def test_encrypted_rfc8551_vector_still_reports_an_outer_field_the_sender_did_not_protect(
+) -> None:
+    data = (VECTORS / RFC8551_ENCRYPTED).read_bytes()
+    added = data.replace(b"User-Agent: Sample MUA", b"Reply-To: mallory@evil.example\r\n"
+                         b"User-Agent: Sample MUA", 1)
+    key, cert = _bob()
+    result = smimekit.decrypt_verify(added, key, cert, trust=_anchor(), at=AT, revocation=None)
+    hp = result.verdict.header_protection
+    assert hp is not None and hp.disagreed == ("Reply-To",) and hp.obscured == ("Subject",)
+    assert result.as_message().get_all("Reply-To") is None
+
+
+@pytest.mark.parametrize(
+    "file", [*(r.file for r in ENCRYPTED_ROWS), RFC8551_ENCRYPTED], ids=lambda f: f[:-4]
+)
+def test_encrypted_vector_with_a_forged_outer_from_is_not_valid(file: str) -> None:
+    """Whatever the header protection infers about the outside, an outer From naming another
+    address than the signer's still fails the sender binding."""
+    data = (VECTORS / file).read_bytes()
+    forged = data.replace(b"From: Alice <alice@smime.example>\r\n",
+                          b"From: Alice <mallory@evil.example>\r\n", 1)
+    forged = forged.replace(b"From: alice@smime.example\r\n", b"From: mallory@evil.example\r\n", 1)
+    assert forged != data
+    key, cert = _bob()
+    result = smimekit.decrypt_verify(forged, key, cert, trust=_anchor(), at=AT, revocation=None,
+                                     raise_for_failure=False)
+    assert not result.verdict.valid
+    assert result.as_message().get_all("From") == ["Alice <alice@smime.example>"]
