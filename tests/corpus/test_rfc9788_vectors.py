@@ -325,3 +325,33 @@ def test_encrypted_vector_with_a_forged_outer_from_is_not_valid(file: str) -> No
                                      raise_for_failure=False)
     assert not result.verdict.valid
     assert result.as_message().get_all("From") == ["Alice <alice@smime.example>"]
+
+
+NO_HP_ENCRYPTED = "smime-signed-enc.eml"
+
+
+def test_encrypted_vector_without_header_protection_reports_none() -> None:
+    """C.1.4, the counterexample: signed and encrypted, no header protection. The summary must
+    claim none, and the header block is the (unprotected) outer one."""
+    data = (VECTORS / NO_HP_ENCRYPTED).read_bytes()
+    key, cert = _bob()
+    result = smimekit.decrypt_verify(data, key, cert, trust=_anchor(), at=AT, revocation=None)
+    verdict = result.verdict
+    assert verdict.valid and verdict.from_address == "alice@smime.example"
+    assert [layer.kind for layer in verdict.layers] == ["encrypted", "signed"]
+    assert verdict.header_protection is None and "protected headers" not in verdict.summary()
+    assert smimekit.decrypt(data, key, cert).header_protection is None
+    shown = result.as_message()
+    assert shown.get_all("Subject") == ["smime-signed-enc"]
+    assert shown.get_content_type() == "text/plain"
+    assert result.content.split(b"\r\n\r\n", 1)[1].startswith(
+        b"This is the\r\nsmime-signed-enc\r\nmessage.\r\n")
+
+
+@pytest.mark.xfail(strict=True, reason="smime/wrap.py Unwrapped.message() adds MIME-Version in"
+                   " front of a decrypted entity that carries its own (C.1.4): two fields")
+def test_encrypted_vector_without_header_protection_has_one_mime_version() -> None:
+    data = (VECTORS / NO_HP_ENCRYPTED).read_bytes()
+    key, cert = _bob()
+    result = smimekit.decrypt_verify(data, key, cert, trust=_anchor(), at=AT, revocation=None)
+    assert _header_block(result.content).count("MIME-Version: 1.0") == 1
