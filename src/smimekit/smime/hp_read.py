@@ -215,15 +215,21 @@ def restore(
         outer = [h for h in outer if h.lname != "hp-outer"]
 
     protected_values = _group((h.lname, h.value()) for h in protected)
+    outer_values = _group((h.lname, h.value()) for h in outer)
     if scheme == SCHEME_RFC9788 and mode == HP_CIPHER:
         expected = _group(_hp_outer_pairs(hp_outer, notes))
+    elif scheme == SCHEME_RFC8551 and encrypted:
+        # RFC 9788 section 4.10.2: an encrypted RFC 8551 wrapping has no HP-Outer, so the
+        # actual outer fields stand in for it ("refouter"): a protected field whose outer
+        # value differs was obscured by the sender, not changed on the way. Outer fields the
+        # protected section lacks are still reported (nothing says the sender wrote them).
+        expected = {n: v for n, v in outer_values.items() if n in protected_values}
     else:
         expected = dict(protected_values)
         if scheme == SCHEME_V1 and encrypted and "subject" in expected:
             outer_subject = [_norm(h.value()) for h in outer if h.lname == "subject"]
             if outer_subject == [V1_OBSCURED_SUBJECT]:
                 expected["subject"] = [V1_OBSCURED_SUBJECT]
-    outer_values = _group((h.lname, h.value()) for h in outer)
     names = _display_names([*protected, *outer])
     compared = dict.fromkeys(
         [*protected_values, *expected, *(n for n in outer_values if n in USER_FACING)]
