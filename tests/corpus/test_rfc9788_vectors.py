@@ -348,8 +348,6 @@ def test_encrypted_vector_without_header_protection_reports_none() -> None:
         b"This is the\r\nsmime-signed-enc\r\nmessage.\r\n")
 
 
-@pytest.mark.xfail(strict=True, reason="smime/wrap.py Unwrapped.message() adds MIME-Version in"
-                   " front of a decrypted entity that carries its own (C.1.4): two fields")
 def test_encrypted_vector_without_header_protection_has_one_mime_version() -> None:
     data = (VECTORS / NO_HP_ENCRYPTED).read_bytes()
     key, cert = _bob()

@@ -101,10 +101,15 @@ class Unwrapped:
         # Header protection (RFC 8551 3.1, RFC 9788): a wrapped message's own headers, or
         # those the protected entity carries, are the signed ones; an outer copy of the same
         # field is unprotected and must not precede them.
+        parsed = Entity.parse(self.entity)
         protected = {h.lname for h in self.inner_headers}
-        protected |= {h.lname for h in Entity.parse(self.entity).outer_headers}
+        protected |= {h.lname for h in parsed.outer_headers}
         outer = b"".join(h.raw + CRLF for h in self.root.outer_headers if h.lname not in protected)
-        return b"".join([outer, b"MIME-Version: 1.0", CRLF, self.entity])
+        # an entity that carries its own MIME-Version (a whole message encrypted as it was,
+        # RFC 9788 C.1.4) keeps it: one field, not two
+        version = (b"" if any(h.lname == "mime-version" for h in parsed.headers)
+                   else b"MIME-Version: 1.0" + CRLF)
+        return b"".join([outer, version, self.entity])
 
 
 def unwrap(
