@@ -348,7 +348,7 @@ def ca_key_token(f: Facts) -> Result:
     return (token is not None,
             [f"issuing key in token {token.token!r} (module {token.module})" if token
              else "issuing key held in software (PKCS#12 in the CA directory)"],
-            "Keep the issuing key in a PKCS#11 token or HSM ('ca init --pkcs11-*').",
+            "Keep the issuing key in a PKCS#11 token or HSM ('ca init --pkcs11-module ...').",
             {"token": token.token if token else None})
 
 
@@ -471,8 +471,8 @@ def pq_readiness(f: Facts) -> Result:
              f" keys ({_pct(share)})",
              f"{pq_messages} of {messages} archived recipient slots use ML-KEM"],
             "Start issuing ML-DSA signing and ML-KEM encryption certificates to those whose"
-            " mail must stay confidential for years ('ca issue --sign-key ml-dsa-65"
-            " --encrypt-key ml-kem-768').",
+            " mail must stay confidential for years ('ca issue --key-type ml-dsa-65"
+            " --key-type ml-kem-768').",
             {"keys": len(pq), "of_keys": len(live), "messages": pq_messages,
              "of_messages": messages})
 
@@ -550,7 +550,7 @@ def expiring(f: Facts) -> Result:
     return (not soon,
             [f"{counts[w]} live certificate(s) end within {w} days" for w in EXPIRY_WINDOWS]
             + ([f"within {EXPIRY_WINDOWS[0]} days: {_names(soon)}"] if soon else []),
-            "Renew them now ('smimekit ca renew --due 30') and send notices"
+            "Renew them now ('smimekit ca renew --due 30d') and send notices"
             " ('ca expiring --notify').", {str(w): counts[w] for w in EXPIRY_WINDOWS})
 
 
