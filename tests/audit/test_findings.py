@@ -97,8 +97,15 @@ def test_dark_ca_runway_per_issuer(broken_a: Assessment, healthy_a: Assessment) 
     root = next(v for k, v in b.items() if "Root" in k)
     assert 0.9 <= issuing["days"] <= 1.1  # published six days ago, seven days' validity
     assert root["days"] > 300
-    h = _f(healthy_a, "DPS-DARK-CA-RUNWAY").data["issuers"]
-    assert all(v["days"] >= 6.9 for v in h.values())
+    outside = b["CN=Test Issuing CA,O=smimekit tests"]  # the cached OCSP answer
+    assert outside["crl_next_update"] is None and 4.9 <= outside["days"] <= 5.1
+    h = _f(healthy_a, "DPS-DARK-CA-RUNWAY")
+    partner = h.data["issuers"]["CN=Test Issuing CA,O=smimekit tests"]
+    assert partner["days"] < 0.1 and partner["ocsp_next_update"] is None
+    assert any("(outside CA, cached)" in line for line in h.evidence)
+    assert h.passed and h.data["short"] == []  # only our CA's runway decides
+    assert all(v["days"] >= 6.9 for k, v in h.data["issuers"].items()
+               if k.startswith("CN=Healthy Ltd"))
 
 
 def test_key_history_gaps_are_the_csr_key_and_the_shared_keys(broken: Org,
