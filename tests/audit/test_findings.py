@@ -173,6 +173,7 @@ def test_identity_dual_key_signature_policy(broken: Org, broken_a: Assessment) -
     unchecked = _f(broken_a, "IAT-IDENTITY-CHECKS").data["unchecked"]
     assert email(100) in unchecked and email(99) not in unchecked
     assert _f(broken_a, "IAT-DUAL-KEY").data["both"] == broken.facts["both"]
+    assert _f(broken_a, "IAT-SIGNATURE-POLICY").data["lenient_defaults"] == []
     assert _f(broken_a, "IAT-SIGNATURE-POLICY").data["weak"] == [
         f"p179@{DOMAIN} (RSA 1024)"]
 

@@ -621,10 +621,16 @@ def dual_key(f: Facts) -> Result:
 
 
 def signature_policy(f: Facts) -> Result:
+    from smimekit import api
+    from smimekit.directory import harvest
     from smimekit.validation import path as vpath
 
-    params = inspect.signature(vpath.validate).parameters
-    legacy_default = params["allow_legacy"].default if "allow_legacy" in params else False
+    # what runs without --allow-legacy: path validation, verify and harvesting (the gateway
+    # and the message commands call these with their defaults)
+    lenient = [f"{fn.__module__}.{fn.__name__}" for fn in (
+        vpath.validate, api.verify, api.decrypt_verify, harvest.harvest)
+        if inspect.signature(fn).parameters["allow_legacy"].default is not False]
+    legacy_default = bool(lenient)
     weak: list[str] = []
     for c in f.internal_in_use:
         key = c.cert.public_key()
@@ -637,12 +643,13 @@ def signature_policy(f: Facts) -> Result:
     ok = vpath.MIN_RSA_BITS >= MIN_RSA and not legacy_default and not weak
     return (ok,
             [f"validation refuses RSA < {vpath.MIN_RSA_BITS} and SHA-1/MD5 signatures unless"
-             f" legacy is asked for (default allow_legacy={legacy_default})",
+             " --allow-legacy is asked for" if not lenient
+             else f"legacy accepted by default in: {', '.join(lenient)}",
              (f"{len(weak)} internal certificate(s) in use that only legacy validation"
               f" accepts: {_names(weak)}" if weak
               else "no internal certificate in use needs SHA-1 or RSA < 2048")],
-            "Replace these certificates; never run verify with --legacy in production.",
-            {"weak": weak})
+            "Replace these certificates; never run verify with --allow-legacy in production.",
+            {"weak": weak, "lenient_defaults": lenient})
 
 
 def audit_log(f: Facts) -> Result:
