@@ -11,11 +11,18 @@ from types import SimpleNamespace
 import pytest
 
 from audit.scenario import DOMAIN, Org, email
-from smimekit.audit.assess import assess, load_drill
+from smimekit.audit.assess import assess, default_domains, load_drill
 from smimekit.audit.checks import CHECKS, ca_key_token
 from smimekit.audit.model import SCHEMA, SEVERITIES, Assessment, Finding
 from smimekit.ca.home import CAConfig, Pkcs11Ref
-from smimekit.config import Config
+from smimekit.config import (
+    Config,
+    DirectoryConfig,
+    GatewayConfig,
+    LdapConfig,
+    SyncConfig,
+    SyncLdapConfig,
+)
 from smimekit.errors import AssessError
 
 # id -> passed in (broken, healthy); None: not scored there (its subject is absent)
@@ -23,6 +30,7 @@ EXPECTED: dict[str, tuple[bool | None, bool | None]] = {
     "DPS-INTERNAL-CA": (True, True),
     "DPS-OUTSIDE-CA": (False, True),
     "DPS-REVOCATION-URLS": (False, True),
+    "DPS-OUTSIDE-SERVICES": (None, None),  # no configuration: see its own test
     "DPS-DARK-CA-RUNWAY": (False, True),
     "DPS-ROOT-OFFLINE": (False, True),
     "DPS-CA-KEY-TOKEN": (False, False),  # both keep the key in software; see the unit test
@@ -283,3 +291,27 @@ def test_domains_decide_what_is_outside(broken: Org) -> None:
 def test_only_one_domain(healthy: Org) -> None:
     a = healthy.assess(only=("IAT",))
     assert {f.domain for f in a.findings} == {"IAT"}
+
+
+def test_services_in_the_configuration(healthy: Org) -> None:
+    inside = Config(
+        directory=DirectoryConfig(ldap=LdapConfig(url="ldaps://ldap.example.com",
+                                                  base_dn="dc=example,dc=com")),
+        sync=SyncConfig(ldap=SyncLdapConfig(url="ldap://10.0.0.5", base_dn="dc=x")),
+        gateway=GatewayConfig(next_hop="127.0.0.1:10026"))
+    outside = Config(gateway=GatewayConfig(next_hop="smtp.mail-provider.example:25",
+                                           internal_domains=("example.net",)))
+    store = healthy.store()
+    try:
+        good = assess(healthy.data_dir, store, inside, at=healthy.at)
+        bad = assess(healthy.data_dir, store, outside, at=healthy.at)
+        domains = default_domains(healthy.data_dir, store, outside)
+    finally:
+        store.close()
+    f = _f(good, "DPS-OUTSIDE-SERVICES")
+    assert f.passed and f.weight == 3 and f.data["outside"] == []
+    f = _f(bad, "DPS-OUTSIDE-SERVICES")
+    assert not f.passed and f.points == 0
+    assert f.data["outside"] == ["smtp.mail-provider.example:25"]
+    assert "[gateway] next_hop = smtp.mail-provider.example:25" in f.evidence[1]
+    assert domains == ("example.com", "example.net", "pki.example.com")

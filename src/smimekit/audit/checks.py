@@ -327,6 +327,48 @@ def _cached_revocation(f: Facts, runway: dict[str, dict[str, Any]]) -> None:
             continue
 
 
+def _host_of(endpoint: str) -> str:
+    """The host of a URL or of ``host:port`` / ``[v6]:port``."""
+    if "://" in endpoint:
+        return urlsplit(endpoint).hostname or ""
+    host = endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 else endpoint
+    return host.strip("[]")
+
+
+def _private(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_private
+    except ValueError:
+        return False
+
+
+def outside_services(f: Facts) -> Result:
+    c = f.config
+    used: list[tuple[str, str]] = []
+    if c.directory is not None and c.directory.ldap is not None:
+        used.append(("[directory.ldap] url", c.directory.ldap.url))
+    if c.directory is not None and c.directory.dns is not None:
+        used += [("[directory.dns] resolvers", r) for r in c.directory.dns.resolvers]
+    if c.sync is not None and c.sync.ldap is not None:
+        used.append(("[sync.ldap] url", c.sync.ldap.url))
+    if c.gateway is not None:
+        used.append(("[gateway] next_hop", c.gateway.next_hop))
+    if not used:
+        return (True, ["no directory, sync or gateway configured (--config)"], "",
+                {"scored": False})
+    outside = [(what, value) for what, value in used
+               if not (f.host_inside(_host_of(value)) or _private(_host_of(value)))]
+    return (not outside,
+            [f"{len(used)} service(s) in the configuration"]
+            + [f"{what} = {value}: outside the organisation's domains and private networks"
+               for what, value in outside],
+            "Run the directory, DNS resolver and next hop in-house (or on the private"
+            " network) so that mail keeps flowing when the outside is cut off.",
+            {"services": [v for _, v in used], "outside": [v for _, v in outside]})
+
+
 def dark_ca_runway(f: Facts) -> Result:
     runway: dict[str, dict[str, Any]] = {}
     ours: list[str] = []
@@ -704,6 +746,8 @@ CHECKS: tuple[Check, ...] = (
           "high", 8, outside_cas),
     Check("DPS-REVOCATION-URLS", "DPS", "CRL, OCSP and AIA URLs are on the organisation's"
           " hosts", "medium", 5, revocation_urls),
+    Check("DPS-OUTSIDE-SERVICES", "DPS", "The directory, DNS resolvers and next hop the"
+          " configuration names are in-house", "medium", 3, outside_services),
     Check("DPS-DARK-CA-RUNWAY", "DPS", f"Every issuer's newest CRL lasts {RUNWAY_DAYS} more"
           " days if the CA goes dark", "high", 6, dark_ca_runway),
     Check("DPS-ROOT-OFFLINE", "DPS", "The root key is offline", "high", 6, root_offline),
