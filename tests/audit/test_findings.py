@@ -315,3 +315,19 @@ def test_services_in_the_configuration(healthy: Org) -> None:
     assert f.data["outside"] == ["smtp.mail-provider.example:25"]
     assert "[gateway] next_hop = smtp.mail-provider.example:25" in f.evidence[1]
     assert domains == ("example.com", "example.net", "pki.example.com")
+
+
+def test_tampered_escrow_state_is_a_critical_finding(healthy: Org, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(healthy.data_dir, copy)
+    state = json.loads((copy / "ca" / "escrow.json").read_text())
+    state["active"]["threshold"] = 1  # someone lowered M behind the audit log's back
+    (copy / "ca" / "escrow.json").write_text(json.dumps(state))
+    org = Org(copy, healthy.at)
+    a = org.assess()
+    f = _f(a, "DPS-ESCROW-THRESHOLD")
+    assert not f.passed and a.critical
+    assert f.evidence[0].startswith("the escrow state cannot be trusted: ")
+    assert _f(a, "DPS-ESCROW-DRILLED").weight == 0

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from smimekit.audit.model import Domain, DrillReport, Finding, Severity
 from smimekit.config import Config
-from smimekit.errors import CAError
+from smimekit.errors import CAError, EscrowError
 from smimekit.store import Store, schema
 
 # how the thresholds below were chosen is written next to each check in docs/assess.md
@@ -435,18 +435,27 @@ def ca_key_token(f: Facts) -> Result:
             {"token": token.token if token else None})
 
 
-def _escrow_state(f: Facts) -> Any:
+def _escrow_state(f: Facts) -> tuple[Any, str | None]:
+    """(the escrow state or None, why it cannot be trusted or None)."""
     if f.home is None:
-        return None
+        return None, None
     from smimekit.escrow.vault import load_state
 
-    return load_state(f.home, f.store)
+    try:
+        return load_state(f.home, f.store), None
+    except EscrowError as exc:  # escrow.json damaged, rolled back, or not what the log says
+        return None, str(exc)
 
 
 def escrow_threshold(f: Facts) -> Result:
     remedy = ("Put the vault key under escrow with at least two officers needed:"
               " 'smimekit escrow init --threshold M' with M >= 2.")
-    state = _escrow_state(f)
+    state, problem = _escrow_state(f)
+    if problem is not None:
+        return (False, [f"the escrow state cannot be trusted: {problem}"],
+                "Find out who changed escrow.json (smimekit log show) and restore the"
+                " generation the audit log records.", {"threshold": None, "shares": None,
+                                                       "problem": problem})
     if state is None:
         return (False, ["the vault key is not under escrow (no escrow.json)"], remedy,
                 {"threshold": None, "shares": None})
@@ -458,9 +467,9 @@ def escrow_threshold(f: Facts) -> Result:
 
 
 def escrow_drilled(f: Facts) -> Result:
-    state = _escrow_state(f)
+    state, _problem = _escrow_state(f)
     if state is None:
-        return (False, ["no escrow"], "Set up escrow first.", {"scored": False})
+        return (False, ["no escrow to drill"], "Set up escrow first.", {"scored": False})
     since = f.at - dt.timedelta(days=DRILL_DAYS)
     drilled = {str(e.details.get("officer")) for e in f.audit
                if e.action == "escrow.check-share"
