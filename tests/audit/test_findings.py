@@ -331,3 +331,27 @@ def test_tampered_escrow_state_is_a_critical_finding(healthy: Org, tmp_path: Pat
     assert not f.passed and a.critical
     assert f.evidence[0].startswith("the escrow state cannot be trusted: ")
     assert _f(a, "DPS-ESCROW-DRILLED").weight == 0
+
+
+def test_tampered_audit_row_breaks_the_chain(healthy: Org, tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "data"
+    shutil.copytree(healthy.data_dir, copy)
+    with sqlite3.connect(copy / "smimekit.db") as db:
+        db.execute("UPDATE audit_log SET subject = 'nobody@example.com' WHERE id = 3")
+    f = _f(Org(copy, healthy.at).assess(), "IAT-AUDIT-LOG")
+    assert not f.passed and f.data["problems"] >= 1
+    assert "broken" in f.evidence[0]
+
+
+def test_unreadable_audit_key_fails_without_aborting(healthy: Org, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(healthy.data_dir, copy)
+    (copy / "ca" / "audit.key").write_bytes(b"damaged")
+    f = _f(Org(copy, healthy.at).assess(), "IAT-AUDIT-LOG")
+    assert not f.passed
+    assert any(line.startswith("the audit key cannot be read: ") for line in f.evidence)

@@ -704,25 +704,28 @@ def signature_policy(f: Facts) -> Result:
 
 
 def audit_log(f: Facts) -> Result:
-    problems = f.store.verify_audit_log()
+    chain = f.store.verify_audit_log()
     evidence = [f"{len(f.audit)} audit rows; hash chain "
-                + ("intact" if not problems else f"broken: {len(problems)} problem(s)")]
-    evidence += [str(p) for p in problems[:_LIST]]
-    unanchored: list[int] = []
+                + ("intact" if not chain else f"broken: {len(chain)} problem(s)")]
+    evidence += [str(p) for p in chain[:_LIST]]
+    wrong, unanchored = 0, 0
     anchored = False
-    if f.home is not None and f.home.has_audit_key():
-        report = f.store.check_audit_anchors(f.home.audit_key())
-        problems = [*problems, *report.problems]
-        unanchored = report.unanchored
-        anchored = not report.problems and not unanchored
-        evidence.append(f"MACs under the audit key: {len(report.problems)} wrong,"
-                        f" {len(unanchored)} row(s) unanchored")
-    else:
+    if f.home is None or not f.home.has_audit_key():
         evidence.append("no audit key: rows are not anchored")
-    return (not problems and anchored, evidence,
+    else:
+        try:
+            report = f.store.check_audit_anchors(f.home.audit_key())
+        except CAError as exc:  # a damaged key file: no anchor can be checked
+            evidence.append(f"the audit key cannot be read: {exc}")
+        else:
+            wrong, unanchored = len(report.problems), len(report.unanchored)
+            anchored = not wrong and not unanchored
+            evidence.append(f"MACs under the audit key: {wrong} wrong, {unanchored} row(s)"
+                            " unanchored")
+    return (not chain and anchored, evidence,
             "Investigate the broken rows (smimekit log verify); create the audit key"
             " ('log init-key') and anchor the log ('log anchor').",
-            {"problems": len(problems), "unanchored": len(unanchored)})
+            {"problems": len(chain) + wrong, "unanchored": unanchored})
 
 
 def revocation_published(f: Facts) -> Result:
