@@ -649,15 +649,16 @@ def expiring(f: Facts) -> Result:
 def identity_checks(f: Facts) -> Result:
     known = {i.email.lower() for i in f.store.identities().values()}
     vetted = {e.subject.lower() for e in f.audit if e.action in _ISSUANCE_ACTIONS
-              and (e.details.get("identity") or e.details.get("vetting"))}
+              and e.details.get("identity")}
     people = {r.email.lower() for r in f.live_issued}
     unchecked = sorted(people - known - vetted)
     return (not unchecked,
             [f"{len(people) - len(unchecked)} of {len(people)} certified people have a"
-             " recorded identity (ca sync from the HR/LDAP source, or a vetting note in the"
-             " issuance's audit row)"]
+             " recorded identity (ca sync from the HR/LDAP source, or the issuance's"
+             " identity check: ca issue --identity-check)"]
             + ([f"no identity record: {_names(unchecked)}"] if unchecked else []),
-            "Issue through 'smimekit ca sync' from the authoritative identity source so each"
+            "Issue through 'smimekit ca sync' from the authoritative identity source, or say"
+            " how each holder was checked ('ca issue --identity-check TEXT'), so that every"
             " issuance traces to a verified identity.", {"unchecked": unchecked})
 
 
