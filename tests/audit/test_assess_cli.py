@@ -114,3 +114,26 @@ def test_summary_prints_evidence_as_text_not_markup(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert hostile in out
     assert "[blink]Org[/blink]" in out
+
+
+def test_assess_changes_nothing(healthy: Org, capsys: pytest.CaptureFixture[str]) -> None:
+    def snapshot() -> dict[str, bytes]:
+        # SQLite's WAL and shared-memory files come and go with any reader
+        return {str(p.relative_to(healthy.data_dir)): p.read_bytes()
+                for p in sorted(healthy.data_dir.rglob("*"))
+                if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+    store = healthy.store()
+    try:
+        rows = store.audit_count()
+    finally:
+        store.close()
+    before = snapshot()
+    assert run(healthy, "--archive", healthy.archive or "", "--json", "-") == 0
+    capsys.readouterr()
+    assert snapshot() == before
+    store = healthy.store()
+    try:
+        assert store.audit_count() == rows
+    finally:
+        store.close()
