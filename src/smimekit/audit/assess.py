@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from smimekit.audit.checks import Facts, run_checks
+from smimekit.audit.checks import run_checks
+from smimekit.audit.facts import Facts
 from smimekit.audit.model import Assessment, Domain, DrillReport, Finding
 from smimekit.config import Config
 from smimekit.errors import AssessError

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,10 +25,10 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from sqlalchemy import select
 
-from smimekit.audit.model import Domain, DrillReport, Finding, Severity
-from smimekit.config import Config
+from smimekit.audit.facts import Facts, utc
+from smimekit.audit.model import Domain, Finding, Severity
 from smimekit.errors import CAError, EscrowError
-from smimekit.store import Store, schema
+from smimekit.store import schema
 
 # how the thresholds below were chosen is written next to each check in docs/assess.md
 COVERAGE_TARGET = 0.95
@@ -69,118 +66,6 @@ def _share(part: int, whole: int) -> float:
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-@dataclass(frozen=True)
-class Cert:
-    """A certificate in the store with what the checks need of it."""
-
-    fingerprint: str
-    cert: x509.Certificate
-    emails: tuple[str, ...]
-    source: str
-
-
-@dataclass
-class Facts:
-    """What the checks read, loaded once per assessment."""
-
-    data_dir: Path
-    store: Store
-    config: Config
-    at: dt.datetime
-    domains: tuple[str, ...]
-    archives: tuple[Path, ...] = ()
-    drill: DrillReport | None = None
-    scans: list[dict[str, Any]] = field(default_factory=list)
-
-    # -- the CA ------------------------------------------------------------------------
-
-    @cached_property
-    def home(self) -> Any:
-        from smimekit.ca.home import CAHome
-
-        home = CAHome(self.data_dir)
-        return home if home.exists() else None
-
-    @cached_property
-    def ca_certs(self) -> dict[str, x509.Certificate]:
-        if self.home is None:
-            return {}
-        return {name: self.home.certificate(name) for name in ("root", "issuing")}
-
-    @cached_property
-    def issuing_fingerprint(self) -> str | None:
-        issuing = self.ca_certs.get("issuing")
-        return issuing.fingerprint(hashes.SHA256()).hex() if issuing else None
-
-    def ours(self, cert: x509.Certificate) -> bool:
-        return any(cert.issuer == ca.subject for ca in self.ca_certs.values())
-
-    # -- the store ---------------------------------------------------------------------
-
-    @cached_property
-    def users(self) -> list[tuple[str, str | None, str | None]]:
-        u = schema.users
-        with self.store.read() as conn:
-            rows = conn.execute(select(u.c.email, u.c.name, u.c.department)
-                                .order_by(u.c.email)).all()
-        return [(row[0].lower(), row[1], row[2]) for row in rows]
-
-    @cached_property
-    def certificates(self) -> list[Cert]:
-        c = schema.certificates
-        with self.store.read() as conn:
-            rows = conn.execute(select(c.c.fingerprint, c.c.der, c.c.emails, c.c.source)).all()
-        out = []
-        for fp, der, emails, source in rows:
-            try:
-                cert = x509.load_der_x509_certificate(der)
-            except ValueError:
-                continue
-            out.append(Cert(fp, cert, tuple(e.lower() for e in json.loads(emails)), source))
-        return out
-
-    @cached_property
-    def issued(self) -> list[Any]:
-        return self.store.issued_records(live_only=False)
-
-    @cached_property
-    def live_issued(self) -> list[Any]:
-        return [r for r in self.issued if r.revoked_at is None and r.renewed_by is None
-                and _utc(r.not_after) > self.at]
-
-    @cached_property
-    def revoked_fingerprints(self) -> set[str]:
-        return {r.fingerprint for r in self.issued if r.revoked_at is not None}
-
-    @cached_property
-    def audit(self) -> list[Any]:
-        return self.store.audit_entries()
-
-    def internal(self, email: str) -> bool:
-        domain = email.rpartition("@")[2].lower()
-        return any(domain == d or domain.endswith("." + d) for d in self.domains)
-
-    def host_inside(self, host: str) -> bool:
-        host = host.lower().rstrip(".")
-        return host in ("localhost", "127.0.0.1", "::1") or any(
-            host == d or host.endswith("." + d) for d in self.domains)
-
-    def in_use(self, cert: x509.Certificate) -> bool:
-        return _utc(cert.not_valid_before_utc) <= self.at < _utc(cert.not_valid_after_utc)
-
-    @cached_property
-    def internal_in_use(self) -> list[Cert]:
-        """Unexpired certificates in the store for internal addresses, not revoked by us."""
-        return [c for c in self.certificates
-                if c.source != "harvested" and self.in_use(c.cert)
-                and c.fingerprint not in self.revoked_fingerprints
-                and any(self.internal(e) for e in c.emails)]
 
 
 @dataclass(frozen=True)
@@ -377,7 +262,7 @@ def dark_ca_runway(f: Facts) -> Result:
         ours = [issuing.subject.rfc4514_string(), root.subject.rfc4514_string()]
         latest = f.store.latest_crl(f.issuing_fingerprint or "", with_der=False)
         _later(runway.setdefault(ours[0], {}), "crl_next_update",
-               _utc(latest.next_update) if latest is not None and latest.next_update
+               utc(latest.next_update) if latest is not None and latest.next_update
                else None)
         try:
             root_next: dt.datetime | None = x509.load_der_x509_crl(
@@ -574,7 +459,7 @@ def drill_recent(f: Facts) -> Result:
     remedy = "Run 'smimekit drill' and fix the steps that fail."
     if d is None:
         return False, ["no drill report (<data-dir>/drill/latest.json)"], remedy, {}
-    age = (f.at - _utc(d.started)).days
+    age = (f.at - utc(d.started)).days
     failed = [s.name for s in d.steps if not s.ok]
     return (d.ok and age <= DRILL_REPORT_DAYS,
             [f"last drill {d.started.isoformat()} ({age} days ago), {d.isolation}",
@@ -634,7 +519,7 @@ def expiring(f: Facts) -> Result:
     counts = {w: 0 for w in EXPIRY_WINDOWS}
     soon: list[str] = []
     for r in f.live_issued:
-        days = (_utc(r.not_after) - f.at).total_seconds() / 86400
+        days = (utc(r.not_after) - f.at).total_seconds() / 86400
         for w in EXPIRY_WINDOWS:
             counts[w] += days <= w
         if days <= EXPIRY_WINDOWS[0]:
@@ -738,9 +623,9 @@ def revocation_published(f: Facts) -> Result:
         crls = conn.execute(select(p.c.issuer_fingerprint, p.c.this_update)).all()
     times: dict[str, list[dt.datetime]] = defaultdict(list)
     for issuer, this_update in crls:
-        times[issuer].append(_utc(this_update))
+        times[issuer].append(utc(this_update))
     for serial, issuer, revoked_at in revs:
-        at = _utc(revoked_at)
+        at = utc(revoked_at)
         ok = any(at <= t <= at + CRL_AFTER_REVOKE for t in times[issuer])
         if not ok and f.at - at > CRL_AFTER_REVOKE:  # within the 24 hours it is not late yet
             late.append(serial)
