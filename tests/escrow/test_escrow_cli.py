@@ -420,3 +420,12 @@ def test_check_share_leaves_the_audit_row_assess_counts(kit: tuple[Env, Path]) -
     assert _run(env, "escrow", "check-share", f"--share={d / 'dave.pass'}") == 1
     assert len([e for e in env.store.audit_entries()
                 if e.action == "escrow.check-share"]) == 1
+    # what assess makes of it: with two more officers drilled, the threshold (3) is met
+    from smimekit.audit.assess import assess
+    from smimekit.config import Config
+
+    for name in ("Alice", "Erin"):
+        assert _run(env, "escrow", "check-share", *_share(env, d, name)) == 0
+    drilled = {f.id: f for f in assess(env.data_dir, env.store, Config()).findings}
+    f = drilled["DPS-ESCROW-DRILLED"]
+    assert f.passed and f.data["drilled"] == ["Alice Officer", "Dave Officer", "Erin Officer"]
