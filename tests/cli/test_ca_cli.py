@@ -350,3 +350,26 @@ def test_issue_internationalised_addresses_and_refuse_invalid_idna(
         assert err.count("\n") == 1 and "is not a mailbox address" in err, err
         assert "Traceback" not in err
     assert not (env / "bad").exists()
+
+
+def test_issue_records_the_identity_check_for_assess(backend: Backend, env: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from smimekit.store import Store
+
+    init(backend)
+    assert run(backend, "ca", "issue", "--email", "vetted@example.com", "--out",
+               str(env / "v"), "--identity-check", "passport seen by HR, ticket 4411") == 0
+    for bad in ("", "two\nlines", "x" * 201):
+        assert run(backend, "ca", "issue", "--email", "bad@example.com", "--out",
+                   str(env / "b"), "--identity-check", bad) == 1
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "identity check must be one line" in err
+    assert not (env / "b").exists()
+    store = Store.open(backend.url, backend.data_dir, create=False)
+    try:
+        rows = [e for e in store.audit_entries() if e.action == "ca.issue"]
+        assert store.get_user("bad@example.com") is None
+    finally:
+        store.close()
+    assert [(r.subject, r.details["identity"]) for r in rows] == [
+        ("vetted@example.com", "passport seen by HR, ticket 4411")]

@@ -197,6 +197,25 @@ def _split_name(name: str | None) -> tuple[str | None, str | None]:
     return given, surname
 
 
+MAX_IDENTITY_CHECK = 200
+
+
+def identity_detail(check: str | None) -> dict[str, str]:
+    """The ``identity`` detail of an issuance's audit row: how the holder's identity was
+    checked (``ca issue --identity-check``; ``smimekit assess`` looks for it).
+
+    Raises:
+        CAError: empty, too long, or not one line of printable text.
+    """
+    if check is None:
+        return {}
+    text = check.strip()
+    if not text or len(text) > MAX_IDENTITY_CHECK or not text.isprintable():
+        raise CAError(f"the identity check must be one line of 1 to {MAX_IDENTITY_CHECK}"
+                      " printable characters, e.g. 'passport seen by HR, ticket 4411'")
+    return {"identity": text}
+
+
 def checked_email(email: str) -> str:
     """``email`` in the form the certificate carries (A-label domain, lower case).
 
@@ -322,6 +341,7 @@ class CertificateAuthority:
         lint: bool = True,
         now: dt.datetime | None = None,
         replace: bool = False,
+        identity_check: str | None = None,
     ) -> Issuance:
         """Certify the key in a PKCS#10 request (PEM or DER) for ``email``.
 
@@ -340,6 +360,7 @@ class CertificateAuthority:
             raise CAError("a CSR carries one key: use --purpose sign, encrypt or both")
         if not replace:
             self._refuse_duplicates(email, purposes, now)
+        identity_detail(identity_check)  # refused before anything is signed
         csr = _load_csr(csr_data)
         if not csr.is_signature_valid:
             raise CAError("the CSR signature does not verify: no proof of possession")
@@ -347,7 +368,8 @@ class CertificateAuthority:
         info = self.subject(email, name, chosen)
         cert = self._sign(chosen, info, csr.public_key(), purposes[0], validity, lint, now)
         return self._record(email, name, department, [(cert, purposes[0], None)], chosen,
-                            "csr", "ca.issue", {"origin": "csr"}, replace)
+                            "csr", "ca.issue",
+                            {"origin": "csr", **identity_detail(identity_check)}, replace)
 
     def issue_generated(
         self,
@@ -364,6 +386,7 @@ class CertificateAuthority:
         now: dt.datetime | None = None,
         action: str = "ca.issue",
         replace: bool = False,
+        identity_check: str | None = None,
     ) -> Issuance:
         """Generate keys and certify them. ``dual`` (default): one signing and one encryption
         key pair. ``both`` uses ``encrypt_key``'s type for a single key that does both.
@@ -375,13 +398,14 @@ class CertificateAuthority:
         for a requested purpose is refused.
         """
         email = checked_email(email)
+        identity_detail(identity_check)  # refused before any key is made
         if not replace:
             self._refuse_duplicates(email, _purposes(purpose), now)
         prepared = self.prepare_generated(
             email, purpose=purpose, name=name, profile=profile, sign_key=sign_key,
             encrypt_key=encrypt_key, validity=validity, lint=lint, now=now)
         return self.record_generated(prepared, department=department, action=action,
-                                     replace=replace, now=now)
+                                     replace=replace, now=now, identity_check=identity_check)
 
     def prepare_generated(
         self,
@@ -441,7 +465,8 @@ class CertificateAuthority:
 
     def record_generated(self, prepared: PreparedIssuance, *, department: str | None = None,
                          action: str = "ca.issue", replace: bool = False,
-                         now: dt.datetime | None = None) -> Issuance:
+                         now: dt.datetime | None = None,
+                         identity_check: str | None = None) -> Issuance:
         """Record what :meth:`prepare_generated` made, in one short write transaction.
 
         Raises:
@@ -450,8 +475,8 @@ class CertificateAuthority:
         if not replace:
             self._refuse_duplicates(prepared.email, tuple(prepared.purposes), now)
         return self._record(prepared.email, prepared.name, department, prepared.built,
-                            prepared.profile, "generated", action, {"origin": "generated"},
-                            replace)
+                            prepared.profile, "generated", action,
+                            {"origin": "generated", **identity_detail(identity_check)}, replace)
 
     # -- renewal -------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from smimekit.ca.issuance import (
     SubscriberKeyType,
     check_key_types,
     checked_email,
+    identity_detail,
 )
 from smimekit.ca.profiles import PROFILES
 from smimekit.cli.common import (
@@ -372,12 +373,15 @@ def init(organization: str, base_url: str, key_type: str, country: str | None,
               help="Protect the PKCS#12 with this passphrase [a random one, printed once].")
 @click.option("--replace", is_flag=True,
               help="Issue even if the address holds a live certificate for the purpose.")
+@click.option("--identity-check", "identity_check", metavar="TEXT", default=None,
+              help="How the holder's identity was checked (e.g. 'passport seen by HR,"
+                   " ticket 4411'): kept in the issuance's audit row for 'smimekit assess'.")
 @ca_options
 def issue(email: str, name: str | None, csr_path: str | None, profile: str | None,
           purpose: str | None, key_types: tuple[str, ...], validity: str, out_dir: str,
           legacy_p12: bool, mobileconfig: bool, p12_passphrase_file: str | None,
-          replace: bool, passphrase_file: str | None, passphrase_env: str | None,
-          pin_file: str | None) -> None:
+          replace: bool, identity_check: str | None, passphrase_file: str | None,
+          passphrase_env: str | None, pin_file: str | None) -> None:
     """Issue certificates for one person, from a CSR or with generated keys."""
     period = parse_duration(validity)
     with open_ca(passphrase_file, passphrase_env, pin_file) as cax, kept_current(cax) as changed:
@@ -390,6 +394,7 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
         # every input checked, and the folder made, before anything is issued: keys made
         # here go nowhere else, and a refusal leaves nothing behind
         checked_email(email)
+        identity_detail(identity_check)
         p12_pass = (Path(p12_passphrase_file).read_text().strip() if p12_passphrase_file
                     else new_passphrase())
         made = [p for p in (Path(out_dir), *Path(out_dir).parents) if not p.exists()]
@@ -399,12 +404,13 @@ def issue(email: str, name: str | None, csr_path: str | None, profile: str | Non
                 assert purpose is not None
                 issuance = cax.issue_csr(Path(csr_path).read_bytes(), email=email,
                                          purpose=purpose, name=name, profile=profile,
-                                         validity=period, replace=replace)
+                                         validity=period, replace=replace,
+                                         identity_check=identity_check)
             else:
                 issuance = cax.issue_generated(
                     email, purpose=purpose or "dual", name=name, profile=profile,
                     validity=period, sign_key=sign_kind, encrypt_key=encrypt_kind,
-                    replace=replace)
+                    replace=replace, identity_check=identity_check)
         except BaseException:
             # refused (a live certificate, a locked store): leave no folder behind
             for folder in made:  # deepest first; only the empty folders made above
