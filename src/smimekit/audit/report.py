@@ -38,7 +38,7 @@ DOMAIN_NAMES: dict[Domain, str] = {
 
 # Chart geometry, in SVG user units (the SVGs scale to the page width).
 _WIDTH = 640
-_LEFT = 150  # room for category labels
+_LEFT = 170  # room for category labels
 _BAR = 16
 _GAP = 8
 
@@ -111,6 +111,12 @@ def _field(chart: str, row: Mapping[str, Any], name: str) -> Any:
     return row[name]
 
 
+def _short(name: str, limit: int = 16) -> str:
+    """A label that fits left of the bars; the full name is in the bar's title and the
+    table under the chart."""
+    return name if len(name) <= limit else name[:limit - 1] + "\u2026"
+
+
 def _scale(maximum: int) -> float:
     return (_WIDTH - _LEFT - 60) / maximum if maximum else 0.0
 
@@ -174,7 +180,7 @@ def coverage_chart(data: Any) -> Chart:
     bars, labels = [], []
     for i, (dept, boxes, sig, enc) in enumerate(rows):
         y = top + i * group
-        labels.append(Label(_LEFT - 8, y + _BAR + 4, f"{dept} ({boxes})", "end"))
+        labels.append(Label(_LEFT - 8, y + _BAR + 4, f"{_short(dept)} ({boxes})", "end"))
         for j, (n, css, what) in enumerate(((sig, "sig", "signing"),
                                             (enc, "enc", "encryption"))):
             share = n / boxes if boxes else 0.0
