@@ -105,6 +105,8 @@ def test_report_prints(page: Any) -> None:
     assert len(pdf.pages) >= 4
     text = " ".join(p.extract_text() for p in pdf.pages)
     assert "Sovereignty assessment: Example Org" in text and "Crisis drill" in text
+    # On paper the charts' data tables are shown (a click away on screen).
+    assert "Week starting" in text and "The data as a table" not in text
 
 
 def test_screenshot_shows_the_charts(page: Any, tmp_path: Path) -> None:

@@ -77,8 +77,8 @@ class Chart:
     legend: tuple[tuple[str, str], ...]
     """(css class, text) pairs."""
     table: tuple[tuple[str, ...], ...]
-    """The same data as rows of text, header first (printed under the chart for readers
-    and for a printer without colour)."""
+    """The same data as rows of text, header first (a click away under the chart on
+    screen, printed under it on paper)."""
 
     @property
     def empty(self) -> bool:
@@ -123,9 +123,9 @@ def _scale(maximum: int) -> float:
 
 def expiry_chart(data: Any) -> Chart:
     """Certificates ending per week: vertical bars along a time axis."""
-    rows = sorted(((str(_field("expiry", r, "week")),
+    rows = sorted((str(_field("expiry", r, "week")),
                     _count("expiry", _field("expiry", r, "count")))
-                   for r in _rows("expiry", data or [], "week")))
+                   for r in _rows("expiry", data or [], "week"))
     for week, _n in rows:
         try:
             dt.date.fromisoformat(week)
