@@ -48,7 +48,7 @@ def sample_assessment(*, drill: bool = True, charts: bool = True) -> Assessment:
     if charts:
         start = dt.date(2026, 12, 7)
         chart_data = {
-            "expiry": [{"week": (start + dt.timedelta(weeks=i)).isoformat(),
+            "expiry": [{"week": i, "start": (start + dt.timedelta(weeks=i)).isoformat(),
                         "count": [3, 4, 0, 6, 2, 9, 1, 0, 5, 12, 3, 2, 0][i]}
                        for i in range(13)],
             "coverage": [
@@ -59,7 +59,8 @@ def sample_assessment(*, drill: bool = True, charts: bool = True) -> Assessment:
                 {"department": f"R&D {HOSTILE}", "mailboxes": 45, "signing": 30,
                  "encryption": 43},
             ],
-            "archive": {"readable": 812, "escrow": 140, "lost": 9, "weak": 42},
+            "archive": {"now": 812, "escrow": 140, "lost": 9,
+                        "weak": {"3des": 30, "rc2": 12, "rsa-under-2048": 5}},
         }
     report = None
     if drill:

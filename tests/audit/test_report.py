@@ -148,6 +148,15 @@ def test_coverage_bars_are_shares_of_mailboxes() -> None:
     assert "1 of 4 mailboxes with a valid encryption certificate (25%)" in chart.bars[1].title
 
 
+def test_archive_bars_readability_then_each_weakness() -> None:
+    chart = archive_chart({"now": 10, "escrow": 5, "lost": 0,
+                           "weak": {"rsa-under-2048": 1, "rc2": 2}})
+    assert [row[0] for row in chart.table[1:]] == [
+        "readable now", "only via escrow", "lost", "weak: RC2", "weak: RSA < 2048"]
+    assert chart.bars[0].width == pytest.approx(2 * chart.bars[1].width)
+    assert chart.bars[2].width == 0
+
+
 @pytest.mark.parametrize(("make", "data", "message"), [
     (expiry_chart, [{"week": "next week", "count": 1}], "not a date"),
     (expiry_chart, [{"week": "2026-12-07", "count": -1}], "whole numbers"),
@@ -155,7 +164,8 @@ def test_coverage_bars_are_shares_of_mailboxes() -> None:
     (coverage_chart, [{"department": "A", "mailboxes": 1, "signing": 2, "encryption": 0}],
      "more certificates than mailboxes"),
     (coverage_chart, "Finance", "a list or a mapping"),
-    (archive_chart, {"readable": "many"}, "whole numbers"),
+    (archive_chart, {"now": "many"}, "whole numbers"),
+    (archive_chart, {"now": 1, "weak": 3}, "'weak' maps a weakness to a count"),
     (archive_chart, [1, 2], "a mapping of counts"),
 ])
 def test_malformed_chart_data_is_a_clear_error(make, data, message) -> None:  # type: ignore[no-untyped-def]

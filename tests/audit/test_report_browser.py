@@ -91,7 +91,7 @@ def test_charts_are_drawn_at_a_visible_size(page: Any) -> None:
     widths = page.execute_script(
         "return [...document.querySelectorAll('#chart-archive rect')]"
         ".map(r => r.getBoundingClientRect().width)")
-    assert len(widths) == 4 and all(w > 1 for w in widths)
+    assert len(widths) == 6 and all(w > 1 for w in widths)
 
 
 def test_report_prints(page: Any) -> None:

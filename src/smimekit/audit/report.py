@@ -7,14 +7,18 @@ autoescaping. A Content-Security-Policy without ``script-src`` stops any script 
 might carry all the same. The page prints on A4 (print CSS: no dark backgrounds, tables
 that do not split a row, charts that stay whole).
 
-Chart data (``Assessment.charts``), each optional; a missing chart is shown as "no data":
+Chart data (``Assessment.charts``, as :func:`smimekit.audit.assess.assess` gathers it), each
+optional; a missing chart is shown as "no data":
 
-- ``expiry``: a list of ``{"week": "YYYY-MM-DD", "count": n}`` (certificates ending in the
-  week starting that day), or a mapping week -> count;
+- ``expiry``: a list of ``{"week": n, "start": "YYYY-MM-DD", "count": n}`` (certificates
+  ending in the n-th week from the assessment, which starts that day), or a mapping
+  start date -> count;
 - ``coverage``: a list of ``{"department": name, "mailboxes": n, "signing": n,
   "encryption": n}``, or a mapping department -> ``{"mailboxes", "signing", "encryption"}``;
-- ``archive``: a mapping with ``readable`` (readable now), ``escrow`` (only via escrow),
-  ``lost`` and ``weak`` (message counts; ``weak`` overlaps the other three).
+- ``archive``: a mapping with ``now`` (readable now), ``escrow`` (only via escrow), ``lost``
+  (message counts) and ``weak``: a mapping weakness (``rc2``, ``3des``,
+  ``cbc-no-integrity``, ``rsa-under-2048``) -> count of messages (one message can have
+  several).
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def _scale(maximum: int) -> float:
 
 def expiry_chart(data: Any) -> Chart:
     """Certificates ending per week: vertical bars along a time axis."""
-    rows = sorted((str(_field("expiry", r, "week")),
+    rows = sorted((str(r["start"] if "start" in r else _field("expiry", r, "week")),
                     _count("expiry", _field("expiry", r, "count")))
                    for r in _rows("expiry", data or [], "week"))
     for week, _n in rows:
@@ -207,17 +211,26 @@ def coverage_chart(data: Any) -> Chart:
          *((d, str(b), str(s), str(e)) for d, b, s, e in rows)))
 
 
-_ARCHIVE = (("readable", "ok", "readable now"), ("escrow", "escrow", "only via escrow"),
-            ("lost", "lost", "lost"), ("weak", "weak", "weak algorithms"))
+_READABILITY = (("now", "ok", "readable now"), ("escrow", "escrow", "only via escrow"),
+                ("lost", "lost", "lost"))
+_WEAKNESS = {"rc2": "RC2", "3des": "3DES", "cbc-no-integrity": "CBC without integrity",
+             "rsa-under-2048": "RSA < 2048"}
 
 
 def archive_chart(data: Any) -> Chart:
-    """Archived messages by readability, and how many use weak algorithms."""
+    """Archived messages by readability, then how many use each weak algorithm."""
     if data and not isinstance(data, Mapping):
         raise MalformedError("assessment chart 'archive': a mapping of counts, not "
                              f"{type(data).__name__}")
+    data = data or {}
     counts = [(css, text, _count("archive", data[key]))
-              for key, css, text in _ARCHIVE if data and key in data]
+              for key, css, text in _READABILITY if key in data]
+    weak = data.get("weak") or {}
+    if not isinstance(weak, Mapping):
+        raise MalformedError("assessment chart 'archive': 'weak' maps a weakness to a count,"
+                             f" not {type(weak).__name__}")
+    counts += [("weak", f"weak: {_WEAKNESS.get(str(key), str(key))}",
+                _count("archive", n)) for key, n in sorted(weak.items(), key=_weak_order)]
     peak = max((n for _c, _t, n in counts), default=0)
     scale = _scale(peak)
     top = 10
@@ -225,16 +238,23 @@ def archive_chart(data: Any) -> Chart:
     for i, (css, text, n) in enumerate(counts):
         y = top + i * (_BAR + _GAP)
         bars.append(Bar(_LEFT, y, n * scale, _BAR, css, f"{text}: {n} message(s)"))
-        labels.append(Label(_LEFT - 8, y + _BAR - 4, text, "end"))
+        labels.append(Label(_LEFT - 8, y + _BAR - 4, _short(text, 24), "end"))
         labels.append(Label(_LEFT + n * scale + 4, y + _BAR - 4, str(n)))
     bottom = top + len(counts) * (_BAR + _GAP)
     said = ", ".join(f"{n} {text}" for _c, text, n in counts)
     return Chart(
         "chart-archive", "Archive readability",
-        f"Bar chart of archived messages: {said or 'none counted'}. Weak-algorithm "
-        "messages are also counted in the other bars.", bottom + 20, tuple(bars),
-        tuple(labels), ((_LEFT, top - 4, _LEFT, bottom),), (),
+        f"Bar chart of encrypted archived messages: {said or 'none counted'}. A message "
+        "with a weak algorithm is also counted as readable now, via escrow or lost.",
+        bottom + 20, tuple(bars), tuple(labels), ((_LEFT, top - 4, _LEFT, bottom),),
+        (("ok", "readable now"), ("escrow", "only via escrow"), ("lost", "lost"),
+         ("weak", "weak algorithm")),
         (("Archived messages", "Count"), *((t, str(n)) for _c, t, n in counts)))
+
+
+def _weak_order(item: tuple[Any, Any]) -> tuple[int, str]:
+    keys = list(_WEAKNESS)
+    return (keys.index(item[0]) if item[0] in keys else len(keys), str(item[0]))
 
 
 def _environment() -> jinja2.Environment:
