@@ -10,6 +10,8 @@
     ├── UnsupportedError               a valid construct we do not implement
     │   └── LegacyAlgorithmError       3DES, RC2, SHA-1 ... refused unless explicitly allowed
     ├── ArchiveError                   a mail archive cannot be read or changed as asked
+    ├── AssessError                    a deployment cannot be assessed as asked (bad domain,
+    │                                  damaged drill report)
     ├── CAError                        our CA refuses or cannot issue a certificate as asked
     ├── ConfigError                    the TOML configuration file is missing, invalid or unknown
     ├── DirectoryError                 a certificate source (LDAP, DNS, harvest) cannot answer
@@ -48,6 +50,7 @@ from typing import Any, Protocol
 __all__ = [
     "ASN1Error",
     "ArchiveError",
+    "AssessError",
     "CAError",
     "ConfigError",
     "DecryptionError",
@@ -127,6 +130,11 @@ class ArchiveError(SmimeError):
     The archive is missing or locked, it changed during the run, an export folder holds
     something else, or a new mbox did not verify (the old one is then left as it was).
     """
+
+
+class AssessError(SmimeError):
+    """``smimekit assess`` cannot judge the deployment as asked: a domain that is not one, a
+    damaged drill report, a time without a zone."""
 
 
 class CAError(SmimeError):

@@ -71,6 +71,10 @@ class DrillStep:
     detail: str
     """What happened, or why it failed."""
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "seconds": self.seconds,
+                "detail": self.detail}
+
 
 @dataclass(frozen=True)
 class DrillReport:
@@ -83,6 +87,24 @@ class DrillReport:
     @property
     def ok(self) -> bool:
         return all(step.ok for step in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started": self.started.isoformat(), "isolation": self.isolation,
+                "ok": self.ok, "steps": [step.to_dict() for step in self.steps]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DrillReport:
+        """The inverse of :meth:`to_dict`. Raises KeyError, TypeError or ValueError when
+        ``data`` is not one (the caller names the file)."""
+        started = dt.datetime.fromisoformat(str(data["started"]))
+        if started.tzinfo is None:
+            raise ValueError("started has no time zone")
+        steps = data["steps"]
+        if not isinstance(steps, list):
+            raise TypeError("steps is not a list")
+        return cls(started, str(data["isolation"]), tuple(
+            DrillStep(str(s["name"]), bool(s["ok"]), float(s["seconds"]), str(s["detail"]))
+            for s in steps))
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,24 @@ class Assessment:
             out[domain] = Score(domain, sum(f.points for f in scored),
                                 sum(f.weight for f in scored))
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document (schema in docs/assess.md)."""
+        scores = self.scores()
+        return {
+            "schema": SCHEMA,
+            "generated": self.generated.isoformat(),
+            "organisation": self.organisation,
+            "critical": self.critical,
+            "scores": {d: {"points": s.points, "maximum": s.maximum,
+                           "percent": round(s.percent, 1),
+                           "findings": [f.id for f in self.findings
+                                        if f.domain == d and f.weight]}
+                       for d, s in scores.items()},
+            "findings": [f.to_dict() for f in self.findings],
+            "charts": dict(self.charts),
+            "drill": self.drill.to_dict() if self.drill else None,
+        }
 
     @property
     def critical(self) -> bool:

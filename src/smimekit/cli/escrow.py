@@ -252,13 +252,16 @@ def check_share_cmd(share_spec: str) -> None:
     store = open_store()
     try:
         state = load_state(CAHome(ca_data_dir()), store)
+        if state is None:
+            raise EscrowError("the vault key is not under escrow")
+        generation = state.active
+        check_share(generation, unlocked)
+        h = unlocked.header
+        # the drill is evidence for `smimekit assess` (DPS-ESCROW-DRILLED); no secret here
+        store.audit(cli_actor(), "escrow.check-share", f"escrow {h.escrow_id}", {
+            "officer": h.officer, "index": h.index, "generation": h.generation})
     finally:
         store.close()
-    if state is None:
-        raise EscrowError("the vault key is not under escrow")
-    generation = state.active
-    check_share(generation, unlocked)
-    h = unlocked.header
     click.echo(f"share {h.index} of officer {h.officer} opens and counts for escrow"
                f" {h.escrow_id}, generation {h.generation} (any {h.threshold} of {h.shares}"
                " recover)")

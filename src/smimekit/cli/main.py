@@ -54,6 +54,9 @@ COMMANDS = [
                 "The S/MIME gateway: Postfix's after-queue content filter (serve, keys,"
                 " policy).",
                 extend=("smimekit.cli.gateway_admin:COMMANDS",)),
+    LazyCommand("assess", "smimekit.cli.assess:assess_cmd",
+                "Assess sovereignty and trust: findings with evidence, scores, exit 1 on a"
+                " critical one."),
 ]
 
 
