@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from audit.report_sample import HOSTILE, sample_assessment
+from audit.scenario import Org
 from smimekit.audit.report import render_html
+from smimekit.cli.main import main
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -119,3 +121,36 @@ def test_screenshot_shows_the_charts(page: Any, tmp_path: Path) -> None:
     full = page.execute_cdp_cmd("Page.captureScreenshot",
                                 {"format": "png", "captureBeyondViewport": True})
     (tmp_path / "report-full.png").write_bytes(base64.b64decode(full["data"]))
+
+
+def test_scenario_report_from_the_cli_in_the_browser(browser: Any, broken: Org,
+                                                      tmp_path: Path) -> None:
+    """End to end: `smimekit assess --html` over the broken scenario organisation (200
+    people, an outside CA, an RC2/3DES archive), the file opened in Chromium."""
+    out = tmp_path / "assessment.html"
+    args = ["--data-dir", str(broken.data_dir), "assess", "--html", str(out),
+            "--archive", str(broken.archive), "--at", broken.at.isoformat()]
+    try:
+        status = main(args)
+    except SystemExit as exc:  # cli/assess.py ends with SystemExit(1) on a critical finding
+        status = exc.code  # type: ignore[assignment]
+    assert status == 1  # a critical finding failed
+    browser.get(out.as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
+    assert browser.execute_script(
+        "return performance.getEntriesByType('resource').length") == 0
+    assessment = broken.assess()
+    shown = {row.get_attribute("id")[2:] for row in
+             browser.find_elements("css selector", "table.findings tr[id^='f-']")}
+    assert shown == {f.id for f in assessment.findings}
+    for chart in ("chart-expiry", "chart-coverage", "chart-archive"):
+        svg = browser.find_element("css selector", f"#{chart} svg")
+        assert svg.size["width"] > 300 and svg.size["height"] > 100, chart
+        assert browser.find_elements("css selector", f"#{chart} rect"), chart
+    # 200 people in departments: one pair of bars per department.
+    departments = assessment.charts["coverage"]
+    assert len(browser.find_elements("css selector", "#chart-coverage rect")) == \
+        2 * len(departments)
+    full = browser.execute_cdp_cmd("Page.captureScreenshot",
+                                   {"format": "png", "captureBeyondViewport": True})
+    (tmp_path / "scenario-report.png").write_bytes(base64.b64decode(full["data"]))

@@ -213,7 +213,7 @@ def coverage_chart(data: Any) -> Chart:
 
 _READABILITY = (("now", "ok", "readable now"), ("escrow", "escrow", "only via escrow"),
                 ("lost", "lost", "lost"))
-_WEAKNESS = {"rc2": "RC2", "3des": "3DES", "cbc-no-integrity": "CBC without integrity",
+_WEAKNESS = {"rc2": "RC2", "3des": "3DES", "cbc-no-integrity": "CBC, no integrity",
              "rsa-under-2048": "RSA < 2048"}
 
 
