@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 from audit.report_sample import HOSTILE, sample_assessment
+from audit.scenario import Org
 from smimekit.audit.model import Assessment
 from smimekit.audit.report import archive_chart, coverage_chart, expiry_chart, render_html
 from smimekit.errors import MalformedError
@@ -171,3 +172,16 @@ def test_archive_bars_readability_then_each_weakness() -> None:
 def test_malformed_chart_data_is_a_clear_error(make, data, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(MalformedError, match=message):
         make(data)
+
+
+def test_healthy_scenario_report_has_no_critical_and_its_drill(healthy: Org) -> None:
+    assessment = healthy.assess()
+    html = render_html(assessment)
+    text = " ".join("".join(parse(html).text).split())
+    assert not assessment.critical and "No critical finding failed." in text
+    assert assessment.drill is not None
+    assert f"Isolation: {assessment.drill.isolation}." in text
+    for step in assessment.drill.steps:
+        assert f'<th scope="row">{step.name}</th>' in html
+    for domain, score in assessment.scores().items():
+        assert f"{score.points} of {score.maximum} points" in text, domain
