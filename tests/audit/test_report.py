@@ -53,6 +53,16 @@ def test_certificate_name_with_markup_is_shown_as_text(html: str) -> None:
     assert "&lt;script&gt;" in html
 
 
+def test_organisation_name_with_markup_is_escaped_in_title_and_heading() -> None:
+    import dataclasses
+
+    html = render_html(dataclasses.replace(sample_assessment(), organisation=HOSTILE))
+    page = parse(html)
+    assert [t for t, _a in page.tags if t in ("script", "img")] == []
+    assert html.count(f"Sovereignty assessment: {HOSTILE}") == 0
+    assert "".join(page.text).count(f"Sovereignty assessment: {HOSTILE}") == 2
+
+
 def test_report_is_self_contained(html: str) -> None:
     page = parse(html)
     for tag, attrs in page.tags:
