@@ -15,8 +15,8 @@ def broken(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Org:
 
 
 @pytest.fixture(scope="session")
-def healthy(tmp_path_factory: pytest.TempPathFactory) -> Org:
-    return build_healthy(tmp_path_factory.mktemp("scenario"))
+def healthy(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Org:
+    return build_healthy(tmp_path_factory.mktemp("scenario"), pki)
 
 
 @pytest.fixture(scope="session")

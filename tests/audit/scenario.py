@@ -32,6 +32,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from pki import PKI, message
 
@@ -107,6 +108,34 @@ def _outside_cert(pki: PKI, mail: str, key: ec.EllipticCurvePrivateKey | rsa.RSA
             x509.UniformResourceIdentifier("http://ocsp.outside-ca.example/"))]), False)
     )
     return builder.sign(pki.inter_key, hashes.SHA256())
+
+
+def _cache(data_dir: Path, name: str, der: bytes) -> None:
+    """Into the revocation cache that the message commands keep (validation/revocation.py)."""
+    cache = data_dir / "revocation-cache"
+    cache.mkdir(exist_ok=True)
+    (cache / f"{name}.der").write_bytes(der)
+
+
+def _outside_ocsp(pki: PKI, cert: x509.Certificate, next_update: dt.datetime) -> bytes:
+    answer = (ocsp.OCSPResponseBuilder()
+              .add_response(cert=cert, issuer=pki.inter, algorithm=hashes.SHA256(),
+                            cert_status=ocsp.OCSPCertStatus.GOOD,
+                            this_update=next_update - dt.timedelta(days=7),
+                            next_update=next_update, revocation_time=None,
+                            revocation_reason=None)
+              .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.inter)
+              .sign(pki.inter_key, hashes.SHA256()))
+    return answer.public_bytes(serialization.Encoding.DER)
+
+
+def _outside_crl(pki: PKI, next_update: dt.datetime) -> bytes:
+    crl = (x509.CertificateRevocationListBuilder()
+           .issuer_name(pki.inter.subject)
+           .last_update(next_update - dt.timedelta(days=7))
+           .next_update(next_update)
+           .sign(pki.inter_key, hashes.SHA256()))
+    return crl.public_bytes(serialization.Encoding.DER)
 
 
 def _new_ca(data_dir: Path, organisation: str) -> tuple[CAHome, Store, CertificateAuthority]:
@@ -237,6 +266,8 @@ def build_broken(root: Path, pki: PKI, people: int = 200) -> Org:
             _openssl("rc2", live, "rc2-40", work),
             _openssl("3des", live, "des3", work),
         ])
+        # an OCSP answer about an outside certificate, cached five days ago by verify
+        _cache(data_dir, "a" * 64, _outside_ocsp(pki, outsider, at + dt.timedelta(days=5)))
         org.facts.update(expiring=expiring, both=both, outside=outside, none=none,
                          leaver=leaver, csr_person=csr_person)
     finally:
@@ -244,7 +275,7 @@ def build_broken(root: Path, pki: PKI, people: int = 200) -> Org:
     return org
 
 
-def build_healthy(root: Path, people: int = 20) -> Org:
+def build_healthy(root: Path, pki: PKI, people: int = 20) -> Org:
     at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     data_dir = root / "healthy"
     home, store, cax = _new_ca(data_dir, "Healthy Ltd")
@@ -282,6 +313,8 @@ def build_healthy(root: Path, people: int = 20) -> Org:
                                 "decrypt", "issue", "revoke-and-crl", "ocsp",
                                 "recover-leaver")))
         (data_dir / "drill" / "latest.json").write_text(json.dumps(drill.to_dict()))
+        # a partner's CRL about to lapse in the cache: reported, but it is not our CA's
+        _cache(data_dir, "b" * 64, _outside_crl(pki, at + dt.timedelta(hours=1)))
         pq_enc = _encryption_cert(store, email(0))
         org.archive = _mbox(root / "healthy.mbox", [
             _enc("gcm-1", [_encryption_cert(store, email(5))]),

@@ -407,3 +407,16 @@ def test_recover_of_an_unknown_user_is_audited_as_refused(
     assert row["officers"] == ["Alice Officer", "Bob Officer", "Dave Officer"]
     assert "no key of nobody@example.com is in escrow" in row["error"]
     assert row["actor"] == "cli:auditor-test"
+
+
+def test_check_share_leaves_the_audit_row_assess_counts(kit: tuple[Env, Path]) -> None:
+    env, d, _leaver = _setup(kit)
+    assert _run(env, "escrow", "check-share", *_share(env, d, "Dave")) == 0
+    rows = [e for e in env.store.audit_entries() if e.action == "escrow.check-share"]
+    assert len(rows) == 1
+    assert rows[0].actor == "cli:auditor-test"
+    assert rows[0].details == {"officer": "Dave Officer", "index": 4, "generation": 1}
+    # a share that does not count leaves no row
+    assert _run(env, "escrow", "check-share", f"--share={d / 'dave.pass'}") == 1
+    assert len([e for e in env.store.audit_entries()
+                if e.action == "escrow.check-share"]) == 1

@@ -24,11 +24,13 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from sqlalchemy import select
 
 from smimekit.audit.model import Domain, DrillReport, Finding, Severity
 from smimekit.config import Config
+from smimekit.errors import CAError
 from smimekit.store import Store, schema
 
 # how the thresholds below were chosen is written next to each check in docs/assess.md
@@ -279,53 +281,92 @@ def revocation_urls(f: Facts) -> Result:
             {"urls": urls, "outside": outside})
 
 
+def _later(item: dict[str, Any], key: str, when: dt.datetime | None) -> None:
+    if when is not None and (item.get(key) is None or when.isoformat() > item[key]):
+        item[key] = when.isoformat()
+
+
+def _cached_revocation(f: Facts, runway: dict[str, dict[str, Any]]) -> None:
+    """CRLs and OCSP answers kept in ``<data-dir>/revocation-cache`` (validation/
+    revocation.py's disk cache), by issuer; an OCSP answer's issuer is found by its issuer
+    name hash among the issuers the store knows."""
+    cache = f.data_dir / "revocation-cache"
+    if not cache.is_dir():
+        return
+    names = {c.cert.issuer for c in f.certificates} | {
+        c.subject for c in f.ca_certs.values()}
+    by_hash: dict[bytes, str] = {}
+    for name in names:
+        # the CertID's issuerNameHash (RFC 6960 4.1.1): a lookup key here, not a signature
+        for algorithm in (hashes.SHA1(), hashes.SHA256()):  # noqa: S303
+            digest = hashes.Hash(algorithm)
+            digest.update(name.public_bytes())
+            by_hash[digest.finalize()] = name.rfc4514_string()
+    for path in sorted(cache.rglob("*.der")):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        try:
+            crl = x509.load_der_x509_crl(data)
+        except ValueError:
+            pass
+        else:
+            _later(runway.setdefault(crl.issuer.rfc4514_string(), {}), "crl_next_update",
+                   crl.next_update_utc)
+            continue
+        try:
+            answer = ocsp.load_der_ocsp_response(data)
+            if answer.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+                continue
+            for single in answer.responses:
+                issuer = by_hash.get(single.issuer_name_hash,
+                                     f"issuer name hash {single.issuer_name_hash.hex()}")
+                _later(runway.setdefault(issuer, {}), "ocsp_next_update",
+                       single.next_update_utc)
+        except ValueError:
+            continue
+
+
 def dark_ca_runway(f: Facts) -> Result:
     runway: dict[str, dict[str, Any]] = {}
+    ours: list[str] = []
     if f.home is not None:
         root, issuing = f.ca_certs["root"], f.ca_certs["issuing"]
+        ours = [issuing.subject.rfc4514_string(), root.subject.rfc4514_string()]
         latest = f.store.latest_crl(f.issuing_fingerprint or "", with_der=False)
-        runway[issuing.subject.rfc4514_string()] = {
-            "crl_next_update": _utc(latest.next_update).isoformat()
-            if latest is not None and latest.next_update else None}
+        _later(runway.setdefault(ours[0], {}), "crl_next_update",
+               _utc(latest.next_update) if latest is not None and latest.next_update
+               else None)
         try:
-            root_crl = x509.load_der_x509_crl(f.home.root_crl())
-            nxt = root_crl.next_update_utc
-            runway[root.subject.rfc4514_string()] = {
-                "crl_next_update": nxt.isoformat() if nxt else None}
-        except (ValueError, Exception):  # a missing or damaged root CRL: no runway
-            runway[root.subject.rfc4514_string()] = {"crl_next_update": None}
-    cache = f.data_dir / "revocation-cache"
-    if cache.is_dir():
-        for path in sorted(cache.rglob("*")):
-            if not path.is_file():
-                continue
-            try:
-                crl = x509.load_der_x509_crl(path.read_bytes())
-            except ValueError:
-                continue
-            name = crl.issuer.rfc4514_string()
-            nxt = crl.next_update_utc
-            if nxt is None:
-                continue
-            known = runway.setdefault(name, {"crl_next_update": None})
-            if known["crl_next_update"] is None or nxt.isoformat() > known["crl_next_update"]:
-                known["crl_next_update"] = nxt.isoformat()
+            root_next: dt.datetime | None = x509.load_der_x509_crl(
+                f.home.root_crl()).next_update_utc
+        except (ValueError, CAError):  # a missing or damaged root CRL: no runway
+            root_next = None
+        _later(runway.setdefault(ours[1], {}), "crl_next_update", root_next)
+    _cached_revocation(f, runway)
     evidence, short = [], []
-    for name, item in sorted(runway.items()):
-        nxt = item["crl_next_update"]
-        if nxt is None:
+    for name, item in sorted(runway.items(), key=lambda kv: (kv[0] not in ours, kv[0])):
+        item.setdefault("crl_next_update", None)
+        item.setdefault("ocsp_next_update", None)
+        ends = [v for v in (item["crl_next_update"], item["ocsp_next_update"]) if v]
+        whose = "" if name in ours else " (outside CA, cached)"
+        if not ends:
             item["days"] = 0.0
-            evidence.append(f"{name}: no current CRL")
-            short.append(name)
+            evidence.append(f"{name}{whose}: no current CRL or OCSP answer")
+            short += [name] if name in ours else []
             continue
-        days = (dt.datetime.fromisoformat(nxt) - f.at).total_seconds() / 86400
+        last = max(ends)
+        days = (dt.datetime.fromisoformat(last) - f.at).total_seconds() / 86400
         item["days"] = round(days, 2)
-        evidence.append(f"{name}: newest CRL good until {nxt} ({max(days, 0):.1f} days)")
-        if days < RUNWAY_DAYS:
+        what = ", ".join(f"newest {k} good until {v}" for k, v in (
+            ("CRL", item["crl_next_update"]), ("OCSP answer", item["ocsp_next_update"])) if v)
+        evidence.append(f"{name}{whose}: {what} ({max(days, 0):.1f} days)")
+        if days < RUNWAY_DAYS and name in ours:
             short.append(name)
-    if not runway:
-        evidence.append("no CA and no cached CRL: clients cannot check revocation offline")
-    return (bool(runway) and not short, evidence,
+    if not ours:
+        evidence.append("no CA of ours: nothing clients could validate against if it went"
+                        " dark")
+    return (bool(ours) and not short, evidence,
             f"Publish CRLs early enough that each has at least {RUNWAY_DAYS} days left"
             " ('smimekit ca crl', 'ca root-crl'), and keep copies where clients fetch them.",
             {"issuers": runway, "short": short})
@@ -348,7 +389,7 @@ def ca_key_token(f: Facts) -> Result:
     return (token is not None,
             [f"issuing key in token {token.token!r} (module {token.module})" if token
              else "issuing key held in software (PKCS#12 in the CA directory)"],
-            "Keep the issuing key in a PKCS#11 token or HSM ('ca init --pkcs11-*').",
+            "Keep the issuing key in a PKCS#11 token or HSM ('ca init --pkcs11-module ...').",
             {"token": token.token if token else None})
 
 
@@ -471,8 +512,8 @@ def pq_readiness(f: Facts) -> Result:
              f" keys ({_pct(share)})",
              f"{pq_messages} of {messages} archived recipient slots use ML-KEM"],
             "Start issuing ML-DSA signing and ML-KEM encryption certificates to those whose"
-            " mail must stay confidential for years ('ca issue --sign-key ml-dsa-65"
-            " --encrypt-key ml-kem-768').",
+            " mail must stay confidential for years ('ca issue --key-type ml-dsa-65"
+            " --key-type ml-kem-768').",
             {"keys": len(pq), "of_keys": len(live), "messages": pq_messages,
              "of_messages": messages})
 
@@ -550,7 +591,7 @@ def expiring(f: Facts) -> Result:
     return (not soon,
             [f"{counts[w]} live certificate(s) end within {w} days" for w in EXPIRY_WINDOWS]
             + ([f"within {EXPIRY_WINDOWS[0]} days: {_names(soon)}"] if soon else []),
-            "Renew them now ('smimekit ca renew --due 30') and send notices"
+            "Renew them now ('smimekit ca renew --due 30d') and send notices"
             " ('ca expiring --notify').", {str(w): counts[w] for w in EXPIRY_WINDOWS})
 
 
@@ -580,10 +621,16 @@ def dual_key(f: Facts) -> Result:
 
 
 def signature_policy(f: Facts) -> Result:
+    from smimekit import api
+    from smimekit.directory import harvest
     from smimekit.validation import path as vpath
 
-    params = inspect.signature(vpath.validate).parameters
-    legacy_default = params["allow_legacy"].default if "allow_legacy" in params else False
+    # what runs without --allow-legacy: path validation, verify and harvesting (the gateway
+    # and the message commands call these with their defaults)
+    lenient = [f"{fn.__module__}.{fn.__name__}" for fn in (
+        vpath.validate, api.verify, api.decrypt_verify, harvest.harvest)
+        if inspect.signature(fn).parameters["allow_legacy"].default is not False]
+    legacy_default = bool(lenient)
     weak: list[str] = []
     for c in f.internal_in_use:
         key = c.cert.public_key()
@@ -596,12 +643,13 @@ def signature_policy(f: Facts) -> Result:
     ok = vpath.MIN_RSA_BITS >= MIN_RSA and not legacy_default and not weak
     return (ok,
             [f"validation refuses RSA < {vpath.MIN_RSA_BITS} and SHA-1/MD5 signatures unless"
-             f" legacy is asked for (default allow_legacy={legacy_default})",
+             " --allow-legacy is asked for" if not lenient
+             else f"legacy accepted by default in: {', '.join(lenient)}",
              (f"{len(weak)} internal certificate(s) in use that only legacy validation"
               f" accepts: {_names(weak)}" if weak
               else "no internal certificate in use needs SHA-1 or RSA < 2048")],
-            "Replace these certificates; never run verify with --legacy in production.",
-            {"weak": weak})
+            "Replace these certificates; never run verify with --allow-legacy in production.",
+            {"weak": weak, "lenient_defaults": lenient})
 
 
 def audit_log(f: Facts) -> Result:
@@ -639,10 +687,8 @@ def revocation_published(f: Facts) -> Result:
     for serial, issuer, revoked_at in revs:
         at = _utc(revoked_at)
         ok = any(at <= t <= at + CRL_AFTER_REVOKE for t in times[issuer])
-        if not ok and f.at - at > CRL_AFTER_REVOKE:
+        if not ok and f.at - at > CRL_AFTER_REVOKE:  # within the 24 hours it is not late yet
             late.append(serial)
-        elif not ok and not any(t >= at for t in times[issuer]):
-            pass  # still within the 24 hours
     return (not late,
             [f"{len(revs)} revocation(s); {len(late)} not on a CRL published within"
              f" {int(CRL_AFTER_REVOKE.total_seconds() // 3600)} hours"]

@@ -65,8 +65,6 @@ def _summary(assessment: Assessment) -> None:
         console.print(Text(f"drill {d.started:%Y-%m-%d %H:%M}: "
                            f"{sum(s.ok for s in d.steps)}/{len(d.steps)} steps worked"
                            f" ({d.isolation})"))
-    if assessment.critical:
-        console.print(Text("a critical finding failed: exit status 1", style="bold red"))
 
 
 def _render_html(assessment: Assessment) -> str:
@@ -103,6 +101,10 @@ def assess_cmd(html_out: str | None, json_out: str | None, archives: tuple[str, 
     from smimekit.audit.assess import assess
 
     when = _at(at)
+    for domain in domains:
+        value = domain.strip().rstrip(".")
+        if not value or any(c in value for c in "/@ :") or "." not in value.strip("."):
+            raise click.BadParameter(f"not a domain name: {domain!r}", param_hint="--domain")
     data_dir = existing_data_dir()
     config = cli_config()
     store = open_store()
@@ -119,4 +121,5 @@ def assess_cmd(html_out: str | None, json_out: str | None, archives: tuple[str, 
     if json_out != "-":
         _summary(assessment)
     if assessment.critical:
-        raise SystemExit(1)
+        failed = [f.id for f in assessment.findings if not f.passed and f.severity == "critical"]
+        raise CliError(f"critical finding(s) failed: {', '.join(failed)}")
