@@ -55,9 +55,15 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def page(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    report = tmp_path_factory.mktemp("report") / "report.html"
-    report.write_text(render_html(sample_assessment()), encoding="utf-8")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    path.write_text(render_html(sample_assessment()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def page(browser: Any, report: Path) -> Any:
+    browser.get_log("browser")  # what earlier pages logged
     browser.get(report.as_uri())
     return browser
 
@@ -69,6 +75,20 @@ def test_report_renders_without_console_errors(page: Any) -> None:
     headings = [h.text for h in page.find_elements("css selector", "h2")]
     assert headings == ["Summary", "Charts", "Data Protection and Sovereignty (DPS): 50%",
                         "Identity, Access and Trust (IAT): 88%", "Crisis drill"]
+
+
+def test_console_check_sees_a_blocked_script(browser: Any, tmp_path: Path) -> None:
+    """The console check above can fail: the report's CSP blocking a script is an error
+    in the same log."""
+    html = render_html(sample_assessment()).replace(
+        "<main>", "<main><script>document.title = 'ran'</script>", 1)
+    bad = tmp_path / "bad.html"
+    bad.write_text(html, encoding="utf-8")
+    browser.get_log("browser")  # drain
+    browser.get(bad.as_uri())
+    assert browser.title != "ran"
+    assert any("Content Security Policy" in e["message"] for e in browser.get_log("browser")
+               if e["level"] == "SEVERE")
 
 
 def test_report_loads_nothing_but_itself(page: Any) -> None:
