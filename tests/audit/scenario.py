@@ -138,11 +138,13 @@ def _outside_crl(pki: PKI, next_update: dt.datetime) -> bytes:
     return crl.public_bytes(serialization.Encoding.DER)
 
 
-def _new_ca(data_dir: Path, organisation: str) -> tuple[CAHome, Store, CertificateAuthority]:
+def new_ca(data_dir: Path, organisation: str, url: str | None = None
+           ) -> tuple[CAHome, Store, CertificateAuthority]:
+    """A CA as 'ca init' leaves it, with its store (SQLite in ``data_dir`` unless ``url``)."""
     home = CAHome(data_dir)
     home.create(CAConfig(organization=organisation, base_url=BASE, key_type="p256",
                          country="GB"), CA_PASS)
-    store = Store.open(None, data_dir)
+    store = Store.open(url, data_dir)
     store.use_audit_key(home.audit_key())  # as 'ca init' leaves it
     store.audit("scenario", "ca.init", organisation, {})
     return home, store, CertificateAuthority(home.unlock(CA_PASS), store, actor="scenario")
@@ -199,7 +201,7 @@ def build_broken(root: Path, pki: PKI, people: int = 200) -> Org:
         raise RuntimeError("openssl is needed for the RC2 and 3DES mail of the scenario")
     at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     data_dir = root / "broken"
-    _home, store, cax = _new_ca(data_dir, "Scenario Ltd")
+    _home, store, cax = new_ca(data_dir, "Scenario Ltd")
     org = Org(data_dir, at)
     try:
         # no escrow: the vault key stays in vault.p12 under the CA passphrase alone
@@ -278,7 +280,7 @@ def build_broken(root: Path, pki: PKI, people: int = 200) -> Org:
 def build_healthy(root: Path, pki: PKI, people: int = 20) -> Org:
     at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     data_dir = root / "healthy"
-    home, store, cax = _new_ca(data_dir, "Healthy Ltd")
+    home, store, cax = new_ca(data_dir, "Healthy Ltd")
     org = Org(data_dir, at)
     try:
         _escrow(data_dir, store, 2, root / "healthy-shares")

@@ -11,11 +11,18 @@ from types import SimpleNamespace
 import pytest
 
 from audit.scenario import DOMAIN, Org, email
-from smimekit.audit.assess import assess, load_drill
+from smimekit.audit.assess import assess, default_domains, load_drill
 from smimekit.audit.checks import CHECKS, ca_key_token
 from smimekit.audit.model import SCHEMA, SEVERITIES, Assessment, Finding
 from smimekit.ca.home import CAConfig, Pkcs11Ref
-from smimekit.config import Config
+from smimekit.config import (
+    Config,
+    DirectoryConfig,
+    GatewayConfig,
+    LdapConfig,
+    SyncConfig,
+    SyncLdapConfig,
+)
 from smimekit.errors import AssessError
 
 # id -> passed in (broken, healthy); None: not scored there (its subject is absent)
@@ -23,6 +30,7 @@ EXPECTED: dict[str, tuple[bool | None, bool | None]] = {
     "DPS-INTERNAL-CA": (True, True),
     "DPS-OUTSIDE-CA": (False, True),
     "DPS-REVOCATION-URLS": (False, True),
+    "DPS-OUTSIDE-SERVICES": (None, None),  # no configuration: see its own test
     "DPS-DARK-CA-RUNWAY": (False, True),
     "DPS-ROOT-OFFLINE": (False, True),
     "DPS-CA-KEY-TOKEN": (False, False),  # both keep the key in software; see the unit test
@@ -283,3 +291,67 @@ def test_domains_decide_what_is_outside(broken: Org) -> None:
 def test_only_one_domain(healthy: Org) -> None:
     a = healthy.assess(only=("IAT",))
     assert {f.domain for f in a.findings} == {"IAT"}
+
+
+def test_services_in_the_configuration(healthy: Org) -> None:
+    inside = Config(
+        directory=DirectoryConfig(ldap=LdapConfig(url="ldaps://ldap.example.com",
+                                                  base_dn="dc=example,dc=com")),
+        sync=SyncConfig(ldap=SyncLdapConfig(url="ldap://10.0.0.5", base_dn="dc=x")),
+        gateway=GatewayConfig(next_hop="127.0.0.1:10026"))
+    outside = Config(gateway=GatewayConfig(next_hop="smtp.mail-provider.example:25",
+                                           internal_domains=("example.net",)))
+    store = healthy.store()
+    try:
+        good = assess(healthy.data_dir, store, inside, at=healthy.at)
+        bad = assess(healthy.data_dir, store, outside, at=healthy.at)
+        domains = default_domains(healthy.data_dir, store, outside)
+    finally:
+        store.close()
+    f = _f(good, "DPS-OUTSIDE-SERVICES")
+    assert f.passed and f.weight == 3 and f.data["outside"] == []
+    f = _f(bad, "DPS-OUTSIDE-SERVICES")
+    assert not f.passed and f.points == 0
+    assert f.data["outside"] == ["smtp.mail-provider.example:25"]
+    assert "[gateway] next_hop = smtp.mail-provider.example:25" in f.evidence[1]
+    assert domains == ("example.com", "example.net", "pki.example.com")
+
+
+def test_tampered_escrow_state_is_a_critical_finding(healthy: Org, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(healthy.data_dir, copy)
+    state = json.loads((copy / "ca" / "escrow.json").read_text())
+    state["active"]["threshold"] = 1  # someone lowered M behind the audit log's back
+    (copy / "ca" / "escrow.json").write_text(json.dumps(state))
+    org = Org(copy, healthy.at)
+    a = org.assess()
+    f = _f(a, "DPS-ESCROW-THRESHOLD")
+    assert not f.passed and a.critical
+    assert f.evidence[0].startswith("the escrow state cannot be trusted: ")
+    assert _f(a, "DPS-ESCROW-DRILLED").weight == 0
+
+
+def test_tampered_audit_row_breaks_the_chain(healthy: Org, tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "data"
+    shutil.copytree(healthy.data_dir, copy)
+    with sqlite3.connect(copy / "smimekit.db") as db:
+        db.execute("UPDATE audit_log SET subject = 'nobody@example.com' WHERE id = 3")
+    f = _f(Org(copy, healthy.at).assess(), "IAT-AUDIT-LOG")
+    assert not f.passed and f.data["problems"] >= 1
+    assert "broken" in f.evidence[0]
+
+
+def test_unreadable_audit_key_fails_without_aborting(healthy: Org, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(healthy.data_dir, copy)
+    (copy / "ca" / "audit.key").write_bytes(b"damaged")
+    f = _f(Org(copy, healthy.at).assess(), "IAT-AUDIT-LOG")
+    assert not f.passed
+    assert any(line.startswith("the audit key cannot be read: ") for line in f.evidence)

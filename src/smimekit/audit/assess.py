@@ -46,9 +46,10 @@ def load_drill(data_dir: Path | str) -> DrillReport | None:
         raise AssessError(f"the drill report {path} is damaged: {exc}") from None
 
 
-def default_domains(data_dir: Path | str, store: Store) -> tuple[str, ...]:
+def default_domains(data_dir: Path | str, store: Store, config: Config | None = None
+                    ) -> tuple[str, ...]:
     """The organisation's domains when ``--domain`` is not given: those of the store's
-    users' addresses and the host of the CA's base URL."""
+    users' addresses, the host of the CA's base URL and the gateway's internal domains."""
     from sqlalchemy import select
 
     from smimekit.ca.home import CAHome
@@ -63,6 +64,8 @@ def default_domains(data_dir: Path | str, store: Store) -> tuple[str, ...]:
         host = urlsplit(home.config().base_url).hostname
         if host:
             found.add(host.lower())
+    if config is not None and config.gateway is not None:
+        found.update(d.lower().lstrip("*.") for d in config.gateway.internal_domains)
     return tuple(sorted(d for d in found if d))
 
 
@@ -118,7 +121,7 @@ def assess(data_dir: Path | str, store: Store, config: Config, *,
     when = (at or dt.datetime.now(dt.UTC))
     if when.tzinfo is None:
         raise AssessError("the time to assess at needs a time zone")
-    own = tuple(_checked_domain(d) for d in domains) or default_domains(data_dir, store)
+    own = tuple(_checked_domain(d) for d in domains) or default_domains(data_dir, store, config)
     facts = Facts(data_dir=data_dir, store=store, config=config, at=when, domains=own,
                   archives=tuple(Path(a) for a in archives), drill=load_drill(data_dir))
     findings = run_checks(facts, only)

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from smimekit.audit.model import Domain, DrillReport, Finding, Severity
 from smimekit.config import Config
-from smimekit.errors import CAError
+from smimekit.errors import CAError, EscrowError
 from smimekit.store import Store, schema
 
 # how the thresholds below were chosen is written next to each check in docs/assess.md
@@ -327,6 +327,48 @@ def _cached_revocation(f: Facts, runway: dict[str, dict[str, Any]]) -> None:
             continue
 
 
+def _host_of(endpoint: str) -> str:
+    """The host of a URL or of ``host:port`` / ``[v6]:port``."""
+    if "://" in endpoint:
+        return urlsplit(endpoint).hostname or ""
+    host = endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 else endpoint
+    return host.strip("[]")
+
+
+def _private(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_private
+    except ValueError:
+        return False
+
+
+def outside_services(f: Facts) -> Result:
+    c = f.config
+    used: list[tuple[str, str]] = []
+    if c.directory is not None and c.directory.ldap is not None:
+        used.append(("[directory.ldap] url", c.directory.ldap.url))
+    if c.directory is not None and c.directory.dns is not None:
+        used += [("[directory.dns] resolvers", r) for r in c.directory.dns.resolvers]
+    if c.sync is not None and c.sync.ldap is not None:
+        used.append(("[sync.ldap] url", c.sync.ldap.url))
+    if c.gateway is not None:
+        used.append(("[gateway] next_hop", c.gateway.next_hop))
+    if not used:
+        return (True, ["no directory, sync or gateway configured (--config)"], "",
+                {"scored": False})
+    outside = [(what, value) for what, value in used
+               if not (f.host_inside(_host_of(value)) or _private(_host_of(value)))]
+    return (not outside,
+            [f"{len(used)} service(s) in the configuration"]
+            + [f"{what} = {value}: outside the organisation's domains and private networks"
+               for what, value in outside],
+            "Run the directory, DNS resolver and next hop in-house (or on the private"
+            " network) so that mail keeps flowing when the outside is cut off.",
+            {"services": [v for _, v in used], "outside": [v for _, v in outside]})
+
+
 def dark_ca_runway(f: Facts) -> Result:
     runway: dict[str, dict[str, Any]] = {}
     ours: list[str] = []
@@ -393,18 +435,27 @@ def ca_key_token(f: Facts) -> Result:
             {"token": token.token if token else None})
 
 
-def _escrow_state(f: Facts) -> Any:
+def _escrow_state(f: Facts) -> tuple[Any, str | None]:
+    """(the escrow state or None, why it cannot be trusted or None)."""
     if f.home is None:
-        return None
+        return None, None
     from smimekit.escrow.vault import load_state
 
-    return load_state(f.home, f.store)
+    try:
+        return load_state(f.home, f.store), None
+    except EscrowError as exc:  # escrow.json damaged, rolled back, or not what the log says
+        return None, str(exc)
 
 
 def escrow_threshold(f: Facts) -> Result:
     remedy = ("Put the vault key under escrow with at least two officers needed:"
               " 'smimekit escrow init --threshold M' with M >= 2.")
-    state = _escrow_state(f)
+    state, problem = _escrow_state(f)
+    if problem is not None:
+        return (False, [f"the escrow state cannot be trusted: {problem}"],
+                "Find out who changed escrow.json (smimekit log show) and restore the"
+                " generation the audit log records.", {"threshold": None, "shares": None,
+                                                       "problem": problem})
     if state is None:
         return (False, ["the vault key is not under escrow (no escrow.json)"], remedy,
                 {"threshold": None, "shares": None})
@@ -416,9 +467,9 @@ def escrow_threshold(f: Facts) -> Result:
 
 
 def escrow_drilled(f: Facts) -> Result:
-    state = _escrow_state(f)
+    state, _problem = _escrow_state(f)
     if state is None:
-        return (False, ["no escrow"], "Set up escrow first.", {"scored": False})
+        return (False, ["no escrow to drill"], "Set up escrow first.", {"scored": False})
     since = f.at - dt.timedelta(days=DRILL_DAYS)
     drilled = {str(e.details.get("officer")) for e in f.audit
                if e.action == "escrow.check-share"
@@ -653,25 +704,28 @@ def signature_policy(f: Facts) -> Result:
 
 
 def audit_log(f: Facts) -> Result:
-    problems = f.store.verify_audit_log()
+    chain = f.store.verify_audit_log()
     evidence = [f"{len(f.audit)} audit rows; hash chain "
-                + ("intact" if not problems else f"broken: {len(problems)} problem(s)")]
-    evidence += [str(p) for p in problems[:_LIST]]
-    unanchored: list[int] = []
+                + ("intact" if not chain else f"broken: {len(chain)} problem(s)")]
+    evidence += [str(p) for p in chain[:_LIST]]
+    wrong, unanchored = 0, 0
     anchored = False
-    if f.home is not None and f.home.has_audit_key():
-        report = f.store.check_audit_anchors(f.home.audit_key())
-        problems = [*problems, *report.problems]
-        unanchored = report.unanchored
-        anchored = not report.problems and not unanchored
-        evidence.append(f"MACs under the audit key: {len(report.problems)} wrong,"
-                        f" {len(unanchored)} row(s) unanchored")
-    else:
+    if f.home is None or not f.home.has_audit_key():
         evidence.append("no audit key: rows are not anchored")
-    return (not problems and anchored, evidence,
+    else:
+        try:
+            report = f.store.check_audit_anchors(f.home.audit_key())
+        except CAError as exc:  # a damaged key file: no anchor can be checked
+            evidence.append(f"the audit key cannot be read: {exc}")
+        else:
+            wrong, unanchored = len(report.problems), len(report.unanchored)
+            anchored = not wrong and not unanchored
+            evidence.append(f"MACs under the audit key: {wrong} wrong, {unanchored} row(s)"
+                            " unanchored")
+    return (not chain and anchored, evidence,
             "Investigate the broken rows (smimekit log verify); create the audit key"
             " ('log init-key') and anchor the log ('log anchor').",
-            {"problems": len(problems), "unanchored": len(unanchored)})
+            {"problems": len(chain) + wrong, "unanchored": unanchored})
 
 
 def revocation_published(f: Facts) -> Result:
@@ -704,6 +758,8 @@ CHECKS: tuple[Check, ...] = (
           "high", 8, outside_cas),
     Check("DPS-REVOCATION-URLS", "DPS", "CRL, OCSP and AIA URLs are on the organisation's"
           " hosts", "medium", 5, revocation_urls),
+    Check("DPS-OUTSIDE-SERVICES", "DPS", "The directory, DNS resolvers and next hop the"
+          " configuration names are in-house", "medium", 3, outside_services),
     Check("DPS-DARK-CA-RUNWAY", "DPS", f"Every issuer's newest CRL lasts {RUNWAY_DAYS} more"
           " days if the CA goes dark", "high", 6, dark_ca_runway),
     Check("DPS-ROOT-OFFLINE", "DPS", "The root key is offline", "high", 6, root_offline),
