@@ -13,9 +13,10 @@ LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
 APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils \
-  slapd ldap-utils postfix swaks
+  slapd ldap-utils postfix swaks chromium chromium-driver
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen \
-  ldns-signzone unbound dig ldapsearch postfix swaks smtp-source smtp-sink
+  ldns-signzone unbound dig ldapsearch postfix swaks smtp-source smtp-sink \
+  chromium chromedriver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade
