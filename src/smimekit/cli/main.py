@@ -54,6 +54,9 @@ COMMANDS = [
                 "The S/MIME gateway: Postfix's after-queue content filter (serve, keys,"
                 " policy).",
                 extend=("smimekit.cli.gateway_admin:COMMANDS",)),
+    LazyCommand("drill", "smimekit.cli.drill:drill",
+                "Run sign, verify, encrypt, decrypt, issue, revoke, OCSP and recovery"
+                " offline."),
 ]
 
 
