@@ -7,11 +7,12 @@ recover, one colleague with certificates, a published CRL.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
+import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,9 @@ from smimekit.audit.drill import (
 )
 from smimekit.ca.home import CAConfig, CAHome
 from smimekit.ca.issuance import CertificateAuthority, SubscriberKeyType
+from smimekit.errors import SmimeError
 from smimekit.escrow.ceremony import init_escrow
 from smimekit.escrow.shares import OfficerSpec
-from smimekit.errors import SmimeError
 from smimekit.store import Store
 
 CA_PASS = b"correct horse battery staple"
@@ -57,15 +58,17 @@ class Org:
     data_dir: Path
     passfile: Path
     shares: list[str]
-    """--share specs of the three officers."""
+    """--share specs of the officers (two of three)."""
+    database_url: str | None = None
 
 
-def _prepare(tmp_path: Path, *, crl: bool = True, escrow: bool = True) -> Org:
+def _prepare(tmp_path: Path, *, crl: bool = True, escrow: bool = True,
+             database_url: str | None = None) -> Org:
     data_dir = tmp_path / "data"
     home = CAHome(data_dir)
     home.create(CAConfig(organization="Example Ltd", base_url="http://pki.example.com",
                          key_type="p256", country="GB"), CA_PASS)
-    store = Store.open(None, data_dir)
+    store = Store.open(database_url, data_dir)
     try:
         store.use_audit_key(home.audit_key())
         store.audit("test", "ca.init", "Example Ltd", {})
@@ -91,7 +94,7 @@ def _prepare(tmp_path: Path, *, crl: bool = True, escrow: bool = True) -> Org:
         store.close()
     passfile = tmp_path / "ca-pass.txt"
     passfile.write_bytes(CA_PASS + b"\n")
-    return Org(data_dir, passfile, specs)
+    return Org(data_dir, passfile, specs, database_url)
 
 
 @pytest.fixture
@@ -101,8 +104,10 @@ def quick_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _drill(org: Org, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(org.data_dir),
-            "drill", "--to", COLLEAGUE, "--passphrase-file", str(org.passfile), *extra]
+    argv = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(org.data_dir)]
+    if org.database_url:
+        argv += ["--database-url", org.database_url]
+    argv += ["drill", "--to", COLLEAGUE, "--passphrase-file", str(org.passfile), *extra]
     for spec in org.shares:
         argv += ["--share", spec]
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
@@ -170,6 +175,55 @@ def test_recovery_fails_clearly_without_shares(tmp_path: Path) -> None:
     assert all(s.ok for n, s in steps.items() if n != "recover-leaver"), steps
 
 
+PG_SOCKET_DIR = "/var/run/postgresql"
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    """A fresh schema in the PostgreSQL of the machine: (unix-socket URL, TCP URL)."""
+    psycopg = pytest.importorskip("psycopg")
+    if not Path(PG_SOCKET_DIR, ".s.PGSQL.5432").exists():
+        pytest.skip(f"no PostgreSQL socket in {PG_SOCKET_DIR}")
+    schema = f"smimekit_drill_{secrets.token_hex(6)}"
+    conninfo = {"host": PG_SOCKET_DIR, "dbname": "postgres", "user": "postgres",
+                "autocommit": True}
+    try:
+        with psycopg.connect(**conninfo) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL over {PG_SOCKET_DIR} refused: {exc}")
+    options = f"options=-csearch_path%3D{schema}"
+    try:
+        yield (f"postgresql+psycopg://postgres@/postgres?host={PG_SOCKET_DIR}&{options}",
+               f"postgresql+psycopg://postgres@127.0.0.1:5432/postgres?{options}")
+    finally:
+        with psycopg.connect(**conninfo) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@needs_namespace
+@pytest.mark.usefixtures("quick_scrypt")
+def test_postgresql_over_a_unix_socket(tmp_path: Path, pg_schema: tuple[str, str]) -> None:
+    org = _prepare(tmp_path, database_url=pg_schema[0])
+    run = _drill(org)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = latest_report(org.data_dir)
+    assert report is not None and report.ok and report.isolation == NAMESPACE
+
+
+@needs_namespace
+@pytest.mark.usefixtures("quick_scrypt")
+def test_postgresql_over_tcp_is_outside(tmp_path: Path, pg_schema: tuple[str, str]) -> None:
+    org = _prepare(tmp_path, database_url=pg_schema[0])
+    org.database_url = pg_schema[1]
+    run = _drill(org)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    report = latest_report(org.data_dir)
+    assert report is not None and [s.name for s in report.steps] == ["open-ca"]
+    assert "unix socket" in report.steps[0].detail
+
+
 @needs_namespace
 def test_outside_unreachable_inside_the_namespace() -> None:
     code = ("import ctypes, socket\n"
@@ -224,4 +278,3 @@ def test_report_json_round_trip_and_bad_input(tmp_path: Path) -> None:
     with pytest.raises(SmimeError, match="cannot read the drill report"):
         read_report(bad)
     assert latest_report(tmp_path) is None
-    assert ctypes is not None

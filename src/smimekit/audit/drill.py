@@ -375,7 +375,8 @@ def _verify_hard(inputs: DrillInputs, st: _State) -> str:
     result = smimekit.verify(signed, trust=_anchors(inputs), revocation=options,
                              raise_for_failure=False)
     if not result.verdict.valid:
-        raise _NoNetwork("; ".join(result.verdict.all_reasons()) or "not valid")
+        reasons = "; ".join(result.verdict.all_reasons()) or "not valid"
+        raise _NoNetwork(f"{reasons} (CRLs held locally: {len(crls)}, and the disk cache)")
     return (f"signature valid, revocation checked hard from {len(crls)} CRL(s) held locally"
             " (no fetch)")
 

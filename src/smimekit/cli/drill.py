@@ -11,12 +11,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from smimekit.cli.ca import _ca_passphrase, ca_options, open_ca
 from smimekit.cli.common import CliError, cli_globals
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["drill"]
 
@@ -31,6 +36,17 @@ def _globals_argv() -> list[str]:
     if globals_.database_url is not None:
         argv += ["--database-url", globals_.database_url]
     return argv
+
+
+def _tcp_database(url: str | None) -> bool:
+    """Whether ``url`` reaches its database over TCP (a host that is not a socket folder)."""
+    if url is None or url.startswith("sqlite"):
+        return False
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    socket_dirs = [h for h in parse_qs(parts.query).get("host", []) if h.startswith("/")]
+    return bool(parts.hostname) or not socket_dirs
 
 
 @click.command("drill")
@@ -88,10 +104,13 @@ def _run(json_path: str | None, address: str | None, colleagues: tuple[str, ...]
          passphrase_file: str | None, passphrase_env: str | None,
          pin_file: str | None) -> None:
     import datetime as dt
+    import time
 
     from smimekit.audit.drill import DrillInputs, cut_network, run_drill, write_report
+    from smimekit.audit.model import DrillReport, DrillStep
     from smimekit.cli.escrow import unlock_share_specs
     from smimekit.cli.lookup import resolve_recipients
+    from smimekit.errors import CAError, StoreError
     from smimekit.validation.revocation import RevocationOptions, RevocationPolicy
 
     # first of all, before any file, database or socket is opened
@@ -107,10 +126,10 @@ def _run(json_path: str | None, address: str | None, colleagues: tuple[str, ...]
     offline = RevocationOptions(policy=RevocationPolicy.OFFLINE,
                                 cache_dir=data_dir / "revocation-cache")
 
-    def resolve(addresses: object) -> tuple[list, list]:  # type: ignore[type-arg]
+    def resolve(addresses: Sequence[str]) -> tuple[list[x509.Certificate],
+                                                   list[x509.Certificate]]:
         certs, chains, _, _ = resolve_recipients(
-            list(addresses), trust_paths=(), cert_paths=(),  # type: ignore[call-overload]
-            revocation=offline, aia=False)
+            list(addresses), trust_paths=(), cert_paths=(), revocation=offline, aia=False)
         return certs, chains
 
     serve_argv = [*_globals_argv(), "ca", "serve", "--workers", "1",
@@ -120,12 +139,29 @@ def _run(json_path: str | None, address: str | None, colleagues: tuple[str, ...]
     serve_env = dict(os.environ)
     serve_env[_PASS_ENV] = passphrase.decode("utf-8", errors="surrogateescape")
     click.echo(f"isolation: {isolation}")
-    with open_ca(None, None, pin_file, passphrase=passphrase) as cax:
-        inputs = DrillInputs(data_dir=data_dir, ca=cax, address=address,
-                             colleagues=colleagues, resolve=resolve, serve_argv=serve_argv,
-                             serve_env=serve_env, shares=shares, leaver=leaver, reason=reason)
-        report = run_drill(inputs, isolation, on_step=lambda s: click.echo(
-            f"{'ok  ' if s.ok else 'FAIL'} {s.name:<24} {s.seconds:7.2f} s  {s.detail}"))
+
+    def show(step: DrillStep) -> None:
+        click.echo(f"{'ok  ' if step.ok else 'FAIL'} {step.name:<24} {step.seconds:7.2f} s"
+                   f"  {step.detail}")
+
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    clock = time.perf_counter()
+    try:
+        with open_ca(None, None, pin_file, passphrase=passphrase) as cax:
+            inputs = DrillInputs(data_dir=data_dir, ca=cax, address=address,
+                                 colleagues=colleagues, resolve=resolve,
+                                 serve_argv=serve_argv, serve_env=serve_env, shares=shares,
+                                 leaver=leaver, reason=reason)
+            report = run_drill(inputs, isolation, on_step=show)
+    except (StoreError, CAError) as exc:
+        # nothing ran: say why, in the report too (assess shows the latest drill)
+        detail = f"{type(exc).__name__}: {exc}"
+        if _tcp_database(cli_globals().database_url):
+            detail += ("; a database reached over TCP is outside the drill's network: give"
+                       " --database-url with a unix socket (e.g. ?host=/var/run/postgresql)")
+        step = DrillStep("open-ca", False, time.perf_counter() - clock, detail)
+        show(step)
+        report = DrillReport(started, isolation, (step,))
     path = write_report(report, data_dir, Path(json_path) if json_path else None)
     failed = [s.name for s in report.steps if not s.ok]
     if failed:
