@@ -79,12 +79,22 @@ def _enter_namespace() -> None:
     """unshare(CLONE_NEWNET) for this process, then bring ``lo`` up.
 
     Raises:
-        OSError: not permitted (not root, no CAP_SYS_ADMIN, or namespaces disabled).
+        OSError: not permitted (not root, no CAP_SYS_ADMIN, or namespaces disabled): the
+            process is where it was.
+        SmimeError: in the new namespace, but ``lo`` could not be brought up.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+    try:
+        _loopback_up()
+    except OSError as exc:
+        raise SmimeError(f"in a new network namespace, but lo could not be brought up:"
+                         f" {exc.strerror or exc}") from None
+
+
+def _loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack("16sH", fcntl.ioctl(sock, _SIOCGIFFLAGS, request)[:18])[1]
@@ -130,6 +140,10 @@ def cut_network(*, allow_namespace: bool = True) -> str:
 
     A network namespace when the kernel allows it; otherwise the in-process socket guard
     (loopback only), which child processes do not inherit: the statement says so.
+
+    Raises:
+        SmimeError: the namespace was entered but its loopback is down (no local service
+            could be reached: the drill would measure nothing).
     """
     if allow_namespace:
         try:
@@ -243,8 +257,10 @@ class DrillInputs:
     """Address -> (chosen certificates, CA certificates completing them): the lookup that
     ``encrypt --to ADDR`` uses."""
     serve_argv: Sequence[str]
-    """``smimekit ca serve`` without --host/--port; the CA passphrase in ``serve_env``."""
-    serve_env: dict[str, str] = field(repr=False)
+    """``smimekit ca serve`` without --host, --port and the passphrase option."""
+    serve_passphrase: bytes = field(repr=False)
+    """The CA passphrase for ``ca serve``, handed over through a pipe (never the
+    environment or the command line)."""
     shares: Sequence[Any] = ()
     """Unlocked escrow shares (M officers); none: the recovery step fails saying so."""
     leaver: str | None = None
@@ -409,9 +425,18 @@ def _served(inputs: DrillInputs) -> Iterator[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    argv = [*inputs.serve_argv, "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(argv, env=inputs.serve_env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, inputs.serve_passphrase + b"\n")
+    finally:
+        os.close(write_end)
+    argv = [*inputs.serve_argv, "--host", "127.0.0.1", "--port", str(port),
+            "--passphrase-file", f"/dev/fd/{read_end}"]
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
     try:
         deadline = time.monotonic() + SERVE_START_TIMEOUT
         while True:

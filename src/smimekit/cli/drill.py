@@ -8,7 +8,6 @@ and exits 1 when a step failed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["drill"]
 
-_PASS_ENV = "SMIMEKIT_DRILL_CA_PASSPHRASE"  # noqa: S105  (a variable name)
 
 
 def _globals_argv() -> list[str]:
@@ -132,12 +130,9 @@ def _run(json_path: str | None, address: str | None, colleagues: tuple[str, ...]
             list(addresses), trust_paths=(), cert_paths=(), revocation=offline, aia=False)
         return certs, chains
 
-    serve_argv = [*_globals_argv(), "ca", "serve", "--workers", "1",
-                  "--passphrase-env", _PASS_ENV]
+    serve_argv = [*_globals_argv(), "ca", "serve", "--workers", "1"]
     if pin_file is not None:
         serve_argv += ["--pin-file", pin_file]
-    serve_env = dict(os.environ)
-    serve_env[_PASS_ENV] = passphrase.decode("utf-8", errors="surrogateescape")
     click.echo(f"isolation: {isolation}")
 
     def show(step: DrillStep) -> None:
@@ -150,8 +145,8 @@ def _run(json_path: str | None, address: str | None, colleagues: tuple[str, ...]
         with open_ca(None, None, pin_file, passphrase=passphrase) as cax:
             inputs = DrillInputs(data_dir=data_dir, ca=cax, address=address,
                                  colleagues=colleagues, resolve=resolve,
-                                 serve_argv=serve_argv, serve_env=serve_env, shares=shares,
-                                 leaver=leaver, reason=reason)
+                                 serve_argv=serve_argv, serve_passphrase=passphrase,
+                                 shares=shares, leaver=leaver, reason=reason)
             report = run_drill(inputs, isolation, on_step=show)
     except (StoreError, CAError) as exc:
         # nothing ran: say why, in the report too (assess shows the latest drill)
