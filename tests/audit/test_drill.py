@@ -144,6 +144,11 @@ def test_every_step_passes_in_a_namespace(tmp_path: Path) -> None:
         assert store.issued_for(COLLEAGUE)[0].revoked_at is None
     finally:
         store.close()
+    # what the drill did is in the audit log, and the log is intact
+    log = subprocess.run([sys.executable, "-m", "smimekit.cli.main", "--data-dir",
+                          str(org.data_dir), "log", "verify"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert log.returncode == 0, log.stdout + log.stderr
 
 
 @needs_namespace
@@ -205,10 +210,14 @@ def pg_schema() -> Iterator[tuple[str, str]]:
 @pytest.mark.usefixtures("quick_scrypt")
 def test_postgresql_over_a_unix_socket(tmp_path: Path, pg_schema: tuple[str, str]) -> None:
     org = _prepare(tmp_path, database_url=pg_schema[0])
-    run = _drill(org)
+    run = _drill(org, "--leaver", COLLEAGUE, "--reason", "drill HR-1")
     assert run.returncode == 0, run.stdout + run.stderr
     report = latest_report(org.data_dir)
     assert report is not None and report.ok and report.isolation == NAMESPACE
+    recovered = report.steps[-1]
+    assert recovered.name == "recover-leaver"
+    assert f"opened {COLLEAGUE}'s key history: 1 key(s), kept in memory only" in \
+        recovered.detail
 
 
 @needs_namespace
@@ -239,6 +248,42 @@ def test_outside_unreachable_inside_the_namespace() -> None:
     assert lines[0] == NAMESPACE
     assert lines[1].startswith("connect to 192.0.2.1:80 failed")
     assert lines[2] == "True"
+
+
+def test_unprivileged_user_gets_a_namespace_too() -> None:
+    """Not root: a user namespace that keeps the uid, with a network namespace inside."""
+    code = ("import ctypes, encodings.idna, os, socket\n"
+            "from smimekit.audit.drill import cut_network, outside_unreachable\n"
+            "import smimekit.errors\n"
+            "if os.geteuid() == 0:\n"
+            "    os.setgid(65534); os.setgroups([]); os.setuid(65534)\n"
+            "    ctypes.CDLL(None).prctl(4, 1)  # dumpable, as a process never root\n"
+            "print(cut_network()); print(outside_unreachable()); print(os.geteuid())\n"
+            "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
+            "socket.create_connection(srv.getsockname(), timeout=3); print('lo ok')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False, cwd="/")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    if lines[0] != NAMESPACE:
+        assert "socket guard" in lines[0]
+        pytest.skip(f"unprivileged user namespaces are not allowed here: {lines[0]}")
+    assert lines[1].startswith("connect to 192.0.2.1:80 failed")
+    assert lines[2] != "0" and lines[3] == "lo ok"
+
+
+@pytest.mark.usefixtures("quick_scrypt")
+def test_whole_drill_with_the_socket_guard(tmp_path: Path) -> None:
+    """Where no namespace may be made: every step still runs, and the report says how the
+    outside was cut instead."""
+    org = _prepare(tmp_path)
+    run = _drill(org, "--no-namespace")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = latest_report(org.data_dir)
+    assert report is not None and report.ok
+    assert report.isolation.startswith("no network namespace (not requested)")
+    assert "socket guard" in report.isolation and "not covered" in report.isolation
+    assert "refused (outside network cut)" in report.steps[0].detail
 
 
 def test_socket_guard_when_no_namespace() -> None:

@@ -68,6 +68,7 @@ OUTSIDE_PROBE = ("192.0.2.1", 80)
 SERVE_START_TIMEOUT = 60.0
 
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWUSER = 0x10000000
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -76,7 +77,8 @@ _IFF_UP = 0x1
 # --- cutting the outside off ------------------------------------------------------------
 
 def _enter_namespace() -> None:
-    """unshare(CLONE_NEWNET) for this process, then bring ``lo`` up.
+    """unshare(CLONE_NEWNET) for this process (inside a new user namespace when not root),
+    then bring ``lo`` up.
 
     Raises:
         OSError: not permitted (not root, no CAP_SYS_ADMIN, or namespaces disabled): the
@@ -86,11 +88,34 @@ def _enter_namespace() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+        if code != errno.EPERM or os.geteuid() == 0:
+            raise OSError(code, os.strerror(code))
+        _user_namespace(libc)
     try:
         _loopback_up()
     except OSError as exc:
         raise SmimeError(f"in a new network namespace, but lo could not be brought up:"
+                         f" {exc.strerror or exc}") from None
+
+
+def _user_namespace(libc: ctypes.CDLL) -> None:
+    """Not root: a user namespace that maps our own uid and gid to themselves (files keep
+    their owner) and, in it, a network namespace this process may configure.
+
+    Raises:
+        OSError: user namespaces are not allowed here either (nothing changed).
+        SmimeError: the namespaces were made but could not be set up.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{os.strerror(code)} (also as an unprivileged user namespace)")
+    try:
+        Path("/proc/self/setgroups").write_text("deny")
+        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+    except OSError as exc:
+        raise SmimeError(f"in a new user namespace, but its uid/gid map could not be written:"
                          f" {exc.strerror or exc}") from None
 
 
