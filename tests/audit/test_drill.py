@@ -149,6 +149,12 @@ def test_every_step_passes_in_a_namespace(tmp_path: Path) -> None:
                           str(org.data_dir), "log", "verify"], capture_output=True, text=True,
                          timeout=120, check=False)
     assert log.returncode == 0, log.stdout + log.stderr
+    shown = subprocess.run([sys.executable, "-m", "smimekit.cli.main", "--data-dir",
+                            str(org.data_dir), "log", "show"], capture_output=True, text=True,
+                           timeout=120, check=False).stdout
+    (row,) = [line for line in shown.splitlines() if "\tdrill.run\t" in line]
+    assert '"ok":true' in row and '"failed":[]' in row
+    assert "drill.issue" in shown and "escrow.recover" in shown
 
 
 @needs_namespace
