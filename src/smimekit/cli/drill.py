@@ -73,7 +73,8 @@ def drill(ctx: click.Context, json_path: str | None, address: str | None,
           passphrase_env: str | None, pin_file: str | None) -> None:
     """Run sign, verify, encrypt, decrypt, issue, revoke, OCSP and recovery offline.
 
-    Inside a fresh network namespace with loopback only (root), or with outbound
+    Inside a fresh network namespace with loopback only (a user namespace when not
+    root), or with outbound
     connections refused where that is not possible. Each step is timed and reported; the
     report goes to DATA-DIR/drill/latest.json for 'smimekit assess'. A throwaway identity is
     issued for the drill and revoked before it ends. Exit 1 when a step failed.
