@@ -173,6 +173,24 @@ def test_hard_revocation_fails_without_a_cached_crl(tmp_path: Path) -> None:
 
 
 @needs_namespace
+@pytest.mark.usefixtures("quick_scrypt")
+def test_recovery_fails_clearly_with_a_wrong_share_passphrase(tmp_path: Path) -> None:
+    org = _prepare(tmp_path)
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("not the share passphrase\n")
+    org.shares[1] = org.shares[1].split(",")[0] + f",passphrase-file={wrong}"
+    run = _drill(org)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    report = latest_report(org.data_dir)
+    assert report is not None
+    steps = {s.name: s for s in report.steps}
+    assert not steps["recover-leaver"].ok
+    assert "passphrase" in steps["recover-leaver"].detail.lower(), steps["recover-leaver"]
+    assert all(s.ok for n, s in steps.items() if n != "recover-leaver"), steps
+
+
+@needs_namespace
 def test_recovery_fails_clearly_without_shares(tmp_path: Path) -> None:
     org = _prepare(tmp_path, escrow=False)
     run = _drill(org)

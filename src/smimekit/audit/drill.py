@@ -286,8 +286,10 @@ class DrillInputs:
     serve_passphrase: bytes = field(repr=False)
     """The CA passphrase for ``ca serve``, handed over through a pipe (never the
     environment or the command line)."""
-    shares: Sequence[Any] = ()
-    """Unlocked escrow shares (M officers); none: the recovery step fails saying so."""
+    shares: Callable[[], Sequence[Any]] | None = None
+    """Unlocks the officers' escrow shares (M of them), inside the timed recovery step
+    (a share that does not open fails that step); None: none given, the step fails saying
+    so."""
     leaver: str | None = None
     """Whose keys to recover; None: the throwaway identity's (changes no real user)."""
     reason: str = "crisis drill"
@@ -527,12 +529,13 @@ def _recover(inputs: DrillInputs, st: _State) -> str:
     import smimekit
     from smimekit.escrow.recovery import recover_keys
 
-    if not inputs.shares:
+    if inputs.shares is None:
         raise _NoNetwork("no officer shares given (--share): recovery needs M of them")
     who = inputs.leaver or inputs.address
     if inputs.leaver is None:
         _need(st.enc_cert, "issue")
-    pairs = recover_keys(inputs.data_dir, inputs.ca.store, inputs.shares, email=who,
+    shares = inputs.shares()
+    pairs = recover_keys(inputs.data_dir, inputs.ca.store, shares, email=who,
                          reason=inputs.reason, actor=inputs.ca.actor,
                          details={"drill": True})
     if not pairs:
@@ -541,9 +544,9 @@ def _recover(inputs: DrillInputs, st: _State) -> str:
         result = smimekit.decrypt(st.encrypted, None, keys=pairs)
         if st.body not in bytes(result.content):
             raise _NoNetwork("the recovered key did not open the drill message")
-        return (f"{len(inputs.shares)} officers' shares opened {who}'s key history"
+        return (f"{len(shares)} officers' shares opened {who}'s key history"
                 f" ({len(pairs)} key(s)); the recovered key decrypted the drill message")
-    return (f"{len(inputs.shares)} officers' shares opened {who}'s key history:"
+    return (f"{len(shares)} officers' shares opened {who}'s key history:"
             f" {len(pairs)} key(s), kept in memory only")
 
 

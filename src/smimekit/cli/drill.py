@@ -66,8 +66,7 @@ def _tcp_database(url: str | None) -> bool:
               " (the report says so).")
 @click.option("--in-child", is_flag=True, hidden=True)
 @ca_options
-@click.pass_context
-def drill(ctx: click.Context, json_path: str | None, address: str | None,
+def drill(json_path: str | None, address: str | None,
           colleagues: tuple[str, ...], leaver: str | None, share_specs: tuple[str, ...],
           reason: str, no_namespace: bool, in_child: bool, passphrase_file: str | None,
           passphrase_env: str | None, pin_file: str | None) -> None:
@@ -121,7 +120,7 @@ def _run(json_path: str | None, address: str | None, colleagues: tuple[str, ...]
         domain = colleagues[0].rsplit("@", 1)[1]
         address = f"drill-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}@{domain}"
     passphrase = _ca_passphrase(passphrase_file, passphrase_env)
-    shares = unlock_share_specs(share_specs)
+    shares = (lambda: unlock_share_specs(share_specs)) if share_specs else None
     offline = RevocationOptions(policy=RevocationPolicy.OFFLINE,
                                 cache_dir=data_dir / "revocation-cache")
 
