@@ -41,9 +41,10 @@ FAST = {"sign_key": SubscriberKeyType.P256, "encrypt_key": SubscriberKeyType.P25
 
 def _can_unshare() -> str | None:
     """Why a network namespace cannot be made here; None when it can."""
-    if os.geteuid() != 0:
-        return "not root: unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN"
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    # root: a network namespace; anyone else: one inside a user namespace (as the drill)
+    argv = ["unshare", "--net", "true"] if os.geteuid() == 0 else [
+        "unshare", "--user", "--net", "true"]
+    probe = subprocess.run(argv, capture_output=True, check=False)
     if probe.returncode != 0:
         return f"unshare -n refused: {probe.stderr.decode(errors='replace').strip()}"
     return None
@@ -325,6 +326,15 @@ def test_socket_guard_when_no_namespace() -> None:
     assert "socket guard" in lines[0]
     assert "refused (outside network cut)" in lines[1]
     assert lines[2] == "lo ok"
+
+
+def test_no_address_is_a_usage_error(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "smimekit.cli.main", "--data-dir",
+                          str(tmp_path), "drill"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 2
+    assert "name the drill identity with --address, or give --to ADDR" in run.stderr
+    assert not (tmp_path / "drill").exists()
 
 
 def test_report_json_round_trip_and_bad_input(tmp_path: Path) -> None:

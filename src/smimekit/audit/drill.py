@@ -583,12 +583,14 @@ def run_drill(inputs: DrillInputs, isolation: str,
             on_step(step)
 
     record(_timed("isolation", outside_unreachable))
-    for name, operation in _OPERATIONS:
-        record(_timed(name, lambda op=operation: op(inputs, state)))  # type: ignore[misc]
-    if state.sign_cert is not None and not state.revoked:
-        # the revoke step failed: the drill must not leave a live certificate behind
-        cleanup = _timed("cleanup-revoke", lambda: _revoke(inputs, state))
-        record(cleanup)
+    try:
+        for name, operation in _OPERATIONS:
+            record(_timed(name, lambda op=operation: op(inputs, state)))  # type: ignore[misc]
+    finally:
+        if state.sign_cert is not None and not state.revoked:
+            # the revoke step failed, or the drill was interrupted: the drill must not
+            # leave a live certificate behind
+            record(_timed("cleanup-revoke", lambda: _revoke(inputs, state)))
 
     def audit() -> str:
         inputs.ca.store.audit(inputs.ca.actor, "drill.run", inputs.address, {

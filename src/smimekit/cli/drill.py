@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from smimekit.cli.ca import _ca_passphrase, ca_options, open_ca
-from smimekit.cli.common import CliError, cli_globals
+from smimekit.cli.common import cli_globals
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -78,6 +78,8 @@ def drill(json_path: str | None, address: str | None,
     report goes to DATA-DIR/drill/latest.json for 'smimekit assess'. A throwaway identity is
     issued for the drill and revoked before it ends. Exit 1 when a step failed.
     """
+    if address is None and not (colleagues and "@" in colleagues[0]):
+        raise click.UsageError("name the drill identity with --address, or give --to ADDR")
     if not in_child:
         argv = [*_globals_argv(), "drill", "--in-child"]
         for flag, value in (("--json", json_path), ("--address", address),
@@ -115,8 +117,6 @@ def _run(json_path: str | None, address: str | None, colleagues: tuple[str, ...]
     isolation = cut_network(allow_namespace=not no_namespace)
     data_dir = cli_globals().data_dir
     if address is None:
-        if not colleagues or "@" not in colleagues[0]:
-            raise CliError("name the drill identity with --address, or give --to ADDR")
         domain = colleagues[0].rsplit("@", 1)[1]
         address = f"drill-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}@{domain}"
     passphrase = _ca_passphrase(passphrase_file, passphrase_env)
