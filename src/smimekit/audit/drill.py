@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -39,6 +39,10 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smimekit.audit.model import DrillReport, DrillStep
 from smimekit.errors import FetchError, SmimeError
 from smimekit.fsutil import atomic_write
+from smimekit.validation.fetchers import Fetcher
+
+if TYPE_CHECKING:
+    from smimekit.ca.issuance import CertificateAuthority
 
 __all__ = [
     "DRILL_DEPARTMENT",
@@ -272,7 +276,7 @@ class DrillInputs:
     """What the drill works with; built by ``smimekit drill`` (cli/drill.py)."""
 
     data_dir: Path
-    ca: Any
+    ca: CertificateAuthority
     """The unlocked :class:`~smimekit.ca.issuance.CertificateAuthority` (with its store)."""
     address: str
     """The throwaway identity's address (issued, then revoked)."""
@@ -307,16 +311,11 @@ class _State:
     revoked: bool = False
 
 
-class _NoNetwork(Exception):
-    pass
+class _StepFailed(Exception):
+    """A step did not do what it should: the message is the report's detail."""
 
 
-class _Step:
-    def __init__(self) -> None:
-        self.detail = ""
-
-
-class _OfflineFetcher:
+class _OfflineFetcher(Fetcher):
     """A Fetcher that never reaches anything: the drill's revocation answers come from the
     CRLs already held (store, CA folder, disk cache) or from our own loopback responder."""
 
@@ -349,15 +348,6 @@ class _OfflineFetcher:
         return self.post_ocsp(url, request_der)
 
 
-def _fetcher(ocsp_url: str | None = None) -> Any:
-    from smimekit.validation.fetchers import Fetcher
-
-    class Offline(_OfflineFetcher, Fetcher):
-        pass
-
-    return Offline(ocsp_url)
-
-
 def _message(inputs: DrillInputs, to: str, body: bytes) -> bytes:
     return (f"From: {inputs.address}\r\nTo: {to}\r\n"
             f"Subject: smimekit crisis drill\r\nContent-Type: text/plain\r\n\r\n").encode() + body
@@ -374,7 +364,7 @@ def _anchors(inputs: DrillInputs) -> list[x509.Certificate]:
 
 def _need(value: Any, step: str) -> Any:
     if value is None:
-        raise _NoNetwork(f"needs the '{step}' step, which failed")
+        raise _StepFailed(f"needs the '{step}' step, which failed")
     return value
 
 
@@ -387,6 +377,8 @@ def _issue(inputs: DrillInputs, st: _State) -> str:
         sign_key=SubscriberKeyType.P256, encrypt_key=SubscriberKeyType.P256,
         validity=dt.timedelta(days=1), action="drill.issue")
     sign, enc = issued.item(Purpose.SIGN), issued.item(Purpose.ENCRYPT)
+    if sign is None or enc is None or sign.key is None or enc.key is None:
+        raise _StepFailed("the CA did not hand back a signing and an encryption key pair")
     st.sign_key, st.sign_cert = sign.key, sign.cert
     st.enc_key, st.enc_cert = enc.key, enc.cert
     return (f"{inputs.address}: signing certificate {sign.cert.serial_number:x} and encryption"
@@ -414,12 +406,12 @@ def _verify_hard(inputs: DrillInputs, st: _State) -> str:
     crls = our_ca_revocation(inputs.ca.store, inputs.data_dir)
     options = RevocationOptions(policy=RevocationPolicy.HARD, crls=crls,
                                 cache_dir=inputs.data_dir / "revocation-cache",
-                                fetcher=_fetcher())
+                                fetcher=_OfflineFetcher())
     result = smimekit.verify(signed, trust=_anchors(inputs), revocation=options,
                              raise_for_failure=False)
     if not result.verdict.valid:
         reasons = "; ".join(result.verdict.all_reasons()) or "not valid"
-        raise _NoNetwork(f"{reasons} (CRLs held locally: {len(crls)}, and the disk cache)")
+        raise _StepFailed(f"{reasons} (CRLs held locally: {len(crls)}, and the disk cache)")
     return (f"signature valid, revocation checked hard from {len(crls)} CRL(s) held locally"
             " (no fetch)")
 
@@ -442,7 +434,7 @@ def _decrypt(inputs: DrillInputs, st: _State) -> str:
     encrypted = _need(st.encrypted, "encrypt-by-address")
     result = smimekit.decrypt(encrypted, st.enc_key, st.enc_cert)
     if st.body not in bytes(result.content):
-        raise _NoNetwork("decrypted, but the text is not what was encrypted")
+        raise _StepFailed("decrypted, but the text is not what was encrypted")
     return f"decrypted {len(encrypted)} bytes with the drill identity's encryption key"
 
 
@@ -469,13 +461,13 @@ def _served(inputs: DrillInputs) -> Iterator[str]:
         while True:
             if process.poll() is not None:
                 err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise _NoNetwork("ca serve exited: " + (err.strip().splitlines() or ["?"])[-1])
+                raise _StepFailed("ca serve exited: " + (err.strip().splitlines() or ["?"])[-1])
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise _NoNetwork(f"ca serve did not listen within"
+                    raise _StepFailed(f"ca serve did not listen within"
                                      f" {SERVE_START_TIMEOUT:.0f} s") from None
                 time.sleep(0.1)
         yield f"127.0.0.1:{port}"
@@ -500,12 +492,12 @@ def _serve_ocsp(inputs: DrillInputs, st: _State) -> str:
     root_crls = our_ca_revocation(None, inputs.data_dir)
     with _served(inputs) as where:
         options = RevocationOptions(policy=RevocationPolicy.HARD, crls=root_crls,
-                                    fetcher=_fetcher(where))
+                                    fetcher=_OfflineFetcher(where))
         result = smimekit.verify(signed, trust=_anchors(inputs), revocation=options,
                                  raise_for_failure=False)
     if not result.verdict.valid:
         reasons = "; ".join(result.verdict.all_reasons()) or "not valid"
-        raise _NoNetwork(f"OCSP from ca serve on {where}: {reasons}")
+        raise _StepFailed(f"OCSP from ca serve on {where}: {reasons}")
     return f"ca serve on {where} answered OCSP: the drill certificate is good"
 
 
@@ -515,12 +507,14 @@ def _revoke(inputs: DrillInputs, st: _State) -> str:
     st.revoked = True
     issuer = inputs.ca.issuer_fingerprint
     latest = inputs.ca.store.latest_crl(issuer)
+    if latest is None or latest.der is None:
+        raise _StepFailed("revoked, but no CRL of the issuing CA is in the store")
     crl = x509.load_der_x509_crl(latest.der)
     listed = [c for c in (st.sign_cert, st.enc_cert)
               if c is not None and crl.get_revoked_certificate_by_serial_number(
                   c.serial_number) is not None]
     if len(listed) != 2:
-        raise _NoNetwork(f"CRL {latest.number} does not list both drill certificates")
+        raise _StepFailed(f"CRL {latest.number} does not list both drill certificates")
     return (f"revoked {len(done)} certificate(s); CRL number {latest.number} published,"
             f" next update {latest.next_update:%Y-%m-%d %H:%M} UTC")
 
@@ -530,7 +524,7 @@ def _recover(inputs: DrillInputs, st: _State) -> str:
     from smimekit.escrow.recovery import recover_keys
 
     if inputs.shares is None:
-        raise _NoNetwork("no officer shares given (--share): recovery needs M of them")
+        raise _StepFailed("no officer shares given (--share): recovery needs M of them")
     who = inputs.leaver or inputs.address
     if inputs.leaver is None:
         _need(st.enc_cert, "issue")
@@ -539,11 +533,11 @@ def _recover(inputs: DrillInputs, st: _State) -> str:
                          reason=inputs.reason, actor=inputs.ca.actor,
                          details={"drill": True})
     if not pairs:
-        raise _NoNetwork(f"no escrowed key of {who}")
+        raise _StepFailed(f"no escrowed key of {who}")
     if inputs.leaver is None and st.encrypted is not None:
         result = smimekit.decrypt(st.encrypted, None, keys=pairs)
         if st.body not in bytes(result.content):
-            raise _NoNetwork("the recovered key did not open the drill message")
+            raise _StepFailed("the recovered key did not open the drill message")
         return (f"{len(shares)} officers' shares opened {who}'s key history"
                 f" ({len(pairs)} key(s)); the recovered key decrypted the drill message")
     return (f"{len(shares)} officers' shares opened {who}'s key history:"
@@ -560,7 +554,7 @@ def _timed(name: str, action: Callable[[], str]) -> DrillStep:
     start = time.perf_counter()
     try:
         detail, ok = action(), True
-    except _NoNetwork as exc:
+    except _StepFailed as exc:
         detail, ok = str(exc), False
     except SmimeError as exc:
         detail, ok = f"{type(exc).__name__}: {exc}", False
