@@ -22,7 +22,6 @@ archive tests); the scenario is not built without openssl.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -308,13 +307,14 @@ def build_healthy(root: Path, pki: PKI, people: int = 20) -> Org:
             store.audit("scenario", "escrow.check-share", "escrow", {
                 "officer": name, "index": index, "generation": generation})
         home.export_root(root / "healthy-root-offline.p12", remove=True)
-        (data_dir / "drill").mkdir()
         drill = DrillReport(at - dt.timedelta(days=1), "network namespace (loopback only)",
                             tuple(DrillStep(n, True, 0.1, "worked") for n in (
                                 "sign", "verify-hard-revocation", "encrypt-by-address",
                                 "decrypt", "issue", "revoke-and-crl", "ocsp",
                                 "recover-leaver")))
-        (data_dir / "drill" / "latest.json").write_text(json.dumps(drill.to_dict()))
+        from smimekit.audit.drill import write_report  # as smimekit drill writes it
+
+        write_report(drill, data_dir)
         # a partner's CRL about to lapse in the cache: reported, but it is not our CA's
         _cache(data_dir, "b" * 64, _outside_crl(pki, at + dt.timedelta(hours=1)))
         pq_enc = _encryption_cert(store, email(0))

@@ -19,7 +19,7 @@ from smimekit.audit.checks import run_checks
 from smimekit.audit.facts import Facts
 from smimekit.audit.model import Assessment, Domain, DrillReport, Finding
 from smimekit.config import Config
-from smimekit.errors import AssessError
+from smimekit.errors import AssessError, SmimeError
 from smimekit.store import Store
 
 DRILL_REPORT = Path("drill") / "latest.json"
@@ -41,9 +41,11 @@ def load_drill(data_dir: Path | str) -> DrillReport | None:
     except OSError as exc:
         raise AssessError(f"cannot read the drill report {path}: {exc.strerror or exc}"
                           ) from None
+    from smimekit.audit.drill import report_from_dict  # the one reader (schema checked)
+
     try:
-        return DrillReport.from_dict(json.loads(raw))
-    except (ValueError, KeyError, TypeError) as exc:
+        return report_from_dict(json.loads(raw))
+    except (ValueError, SmimeError) as exc:
         raise AssessError(f"the drill report {path} is damaged: {exc}") from None
 
 

@@ -57,6 +57,9 @@ COMMANDS = [
     LazyCommand("assess", "smimekit.cli.assess:assess_cmd",
                 "Assess sovereignty and trust: findings with evidence, scores, exit 1 on a"
                 " critical one."),
+    LazyCommand("drill", "smimekit.cli.drill:drill",
+                "Run sign, verify, encrypt, decrypt, issue, revoke, OCSP and recovery"
+                " offline."),
 ]
 
 
