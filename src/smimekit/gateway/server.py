@@ -243,8 +243,13 @@ class _BulkDataSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = self._reader
-        limit = reader._limit  # the line limit of commands, restored below
-        reader._limit = max(limit, _DATA_CHUNK)
+        # The reader's buffer limit is the 1001-octet line limit of commands: raised while
+        # DATA is read so that it comes in large pieces, restored after (the limit is a
+        # private attribute of asyncio's StreamReader: without it DATA is read in pieces of
+        # about 2 KB, correct and slower).
+        limit = getattr(reader, "_limit", None)
+        if isinstance(limit, int):
+            reader._limit = max(limit, _DATA_CHUNK)  # type: ignore[attr-defined]
         try:
             content, problem = await _read_data(reader, self.data_size_limit,
                                                 self.line_length_limit)
@@ -257,15 +262,16 @@ class _BulkDataSMTP(SMTP):
             self._writer.close()
             raise
         finally:
-            reader._limit = limit
+            if isinstance(limit, int):
+                reader._limit = limit  # type: ignore[attr-defined]
         if problem is not None:
             await self.push(problem)
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
 
