@@ -144,3 +144,43 @@ def test_same_result_as_line_by_line_reading_on_random_streams() -> None:
         expected, left = _line_by_line(stream)
         got = read(stream, piece=rng.randrange(0, 9), reader_limit=rng.choice([8, 16, 64]))
         assert got == (expected, None, left), stream
+
+
+def test_line_limit_on_random_streams_as_line_by_line() -> None:
+    import random
+
+    async def run(stream: bytes, limit: int) -> tuple[bytes, str | None]:
+        reader = asyncio.StreamReader(limit=64)
+        reader.feed_data(stream)
+        reader.feed_eof()
+        return await _read_data(reader, None, limit)
+
+    rng = random.Random(34)
+    for _ in range(400):
+        body = bytes(rng.choice(b"aa.\r\n") for _ in range(rng.randrange(0, 60)))
+        stream = body + b"\r\n.\r\n"
+        limit = rng.randrange(3, 12)
+        expected, _ = _line_by_line(stream)
+        # the lines as sent (stuffing dots included) up to the first lone dot
+        lines = (b"\r\n" + stream).split(b"\r\n")[1:]
+        lines = lines[:lines.index(b".")]
+        too_long = any(len(line) + 2 > limit for line in lines)
+        data, problem = asyncio.run(run(stream, limit))
+        if too_long:
+            assert data == b"" and problem is not None and problem.startswith("500"), stream
+        else:
+            assert (data, problem) == (expected, None), stream
+
+
+def test_a_message_of_empty_lines_is_read_without_a_list_of_lines() -> None:
+    import tracemalloc
+
+    stream = b"\r\n" * 2_000_000 + b".\r\n"  # 4 MB
+    tracemalloc.start()
+    try:
+        data, problem, _ = read(stream, size_limit=None, reader_limit=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert problem is None and data == b"\r\n" * 2_000_000
+    assert peak < 4 * len(stream)

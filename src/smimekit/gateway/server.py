@@ -316,12 +316,29 @@ async def _read_data(reader: asyncio.StreamReader, size_limit: int | None, line_
             del received[:-4]
     if dropped:
         return b"", "552 Error: Too much mail data"
-    data = bytes(received[:-3])  # "\r\n" + the lines, each with its CRLF
-    if size_limit and len(data) - 2 > size_limit:
+    del received[-3:]  # the mark's ".<CRLF>": left is "<CRLF>" and the lines with their CRLF
+    if size_limit and len(received) - 2 > size_limit:
         return b"", "552 Error: Too much mail data"
-    if max(map(len, data.split(b"\r\n"))) + 2 > line_limit:
+    if _line_too_long(received, 2, line_limit):
         return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
-    return data.replace(b"\r\n.", b"\r\n")[2:], None
+    if b"\r\n." in received:
+        received = received.replace(b"\r\n.", b"\r\n")
+    del received[:2]
+    return bytes(received), None
+
+
+def _line_too_long(data: bytearray, start: int, limit: int) -> bool:
+    """Whether a line of ``data`` from ``start`` on (lines end with CRLF, as the data does)
+    is longer than ``limit`` octets with its CRLF. No list of lines (a message of empty
+    lines would make millions of objects): each step jumps to the last CRLF within ``limit``
+    octets, so it moves on by most of ``limit`` or finds the line too long."""
+    pos, end = start, len(data)
+    while pos < end:
+        last = data.rfind(b"\r\n", pos, pos + limit)
+        if last < 0:
+            return True
+        pos = last + 2
+    return False
 
 
 def _status(text: str) -> str:
