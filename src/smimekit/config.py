@@ -226,6 +226,12 @@ class GatewayConfig:
     quarantine_dir: Path | None = None
     timeout: float = 60.0
     """Seconds for the next hop to accept a message (then 4xx)."""
+    key_memo_seconds: float = 30.0
+    """How long a node reuses which keys an address holds (retired or not) before asking the
+    store again: a key retired on another node is used at most this late (0: every time)."""
+    lookup_memo_seconds: float = 60.0
+    """How long a node reuses a recipient's usable certificate (never past its notAfter): a
+    certificate revoked or replaced in the directory is used at most this late (0: off)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     domains: Mapping[str, PolicyConfig] = field(default_factory=dict)
     users: Mapping[str, PolicyConfig] = field(default_factory=dict)

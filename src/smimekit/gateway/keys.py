@@ -30,6 +30,9 @@ import base64
 import datetime as dt
 import json
 import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -333,18 +336,30 @@ class StoreHeldKeys:
     Keys are opened when first asked for and kept in memory for the life of the object (a
     gateway process); :meth:`forget` drops them (e.g. after ``gateway keys retire`` on
     another node). ``clock`` gives the time a signing certificate must be valid at.
+
+    ``memo_seconds`` (``[gateway] key_memo_seconds``): how long an address's rows (which keys
+    it has, which are retired) are reused without asking the store again, for at most
+    ``memo_entries`` addresses (the oldest go first). A key retired or imported by another
+    process is seen at most that late; :meth:`add` and :meth:`forget` drop the memo at once.
+    Validity (notBefore/notAfter) is judged at every call, memo or not. 0 (the default of
+    this class) asks the store every time.
     """
 
     def __init__(self, store: Store, master: bytes, *,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
+                 clock: Callable[[], dt.datetime] | None = None,
+                 memo_seconds: float = 0.0, memo_entries: int = 10_000) -> None:
         self._store = store
         self._master = master
-        self._opened: dict[str, PrivateKeyTypes] = {}
+        self._opened: dict[str, HeldKey] = {}
         self._clock = clock
+        self.memo_seconds = memo_seconds
+        self._memo_entries = memo_entries
+        self._rows: OrderedDict[str, tuple[float, tuple[GatewayKeyRow, ...]]] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, store: Store, passphrase: MasterKeySource, *, create: bool = False
-             ) -> StoreHeldKeys:
+    def open(cls, store: Store, passphrase: MasterKeySource, *, create: bool = False,
+             memo_seconds: float = 0.0) -> StoreHeldKeys:
         """Open the key store with ``passphrase`` (or a :class:`TokenKek`); ``create`` makes
         the master key when the store has none yet (the first import).
 
@@ -364,31 +379,67 @@ class StoreHeldKeys:
             stored = store.set_gateway_master_key(text)
             if stored != text:  # another node created one first: use that one
                 master = _open_master(stored, passphrase)
-            return cls(store, master)
-        return cls(store, _open_master(text, passphrase))
+            return cls(store, master, memo_seconds=memo_seconds)
+        return cls(store, _open_master(text, passphrase), memo_seconds=memo_seconds)
 
     def forget(self) -> None:
-        """Drop every opened key from memory."""
-        self._opened.clear()
+        """Drop every opened key and every remembered row from memory."""
+        with self._lock:
+            self._opened.clear()
+            self._rows.clear()
+
+    def _key_rows(self, address: str) -> tuple[GatewayKeyRow, ...]:
+        """The store's rows for ``address`` (``""``: the organisation's), from the memo while
+        it is younger than ``memo_seconds``."""
+        address = address.strip().lower()
+        if self.memo_seconds <= 0:
+            return self._read_rows(address)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._rows.get(address)
+            if hit is not None and now - hit[0] < self.memo_seconds:
+                return hit[1]
+        rows = self._read_rows(address)
+        with self._lock:
+            self._rows[address] = (now, rows)
+            self._rows.move_to_end(address)
+            while len(self._rows) > self._memo_entries:
+                self._rows.popitem(last=False)
+        return rows
+
+    def _read_rows(self, address: str) -> tuple[GatewayKeyRow, ...]:
+        if address == "":
+            return tuple(self._store.gateway_organisation_keys())
+        return tuple(self._store.gateway_keys(address))
 
     def _now(self) -> dt.datetime:
         return self._clock() if self._clock is not None else dt.datetime.now(dt.UTC)
 
     def _held(self, row: GatewayKeyRow) -> HeldKey:
-        key = self._opened.get(row.fingerprint)
-        if key is None:
-            key = self._opened[row.fingerprint] = _unseal(self._master, row)
-        return HeldKey(key, x509.load_der_x509_certificate(row.certificate), _chain(row.chain))
+        # Opened once per process, the certificate and chain parsed once: the fingerprint
+        # names the certificate, and the seal is bound to it.
+        held = self._opened.get(row.fingerprint)
+        if held is None:
+            held = HeldKey(_unseal(self._master, row),
+                           x509.load_der_x509_certificate(row.certificate), _chain(row.chain))
+            with self._lock:
+                self._opened[row.fingerprint] = held
+        return held
 
     def _current(self, rows: Sequence[GatewayKeyRow]) -> GatewayKeyRow | None:
         now = self._now()
         for row in reversed(rows):
             if row.retired_at is not None or row.not_after < now:
                 continue
-            cert = x509.load_der_x509_certificate(row.certificate)
-            if cert.not_valid_before_utc <= now:
+            if self._certificate(row).not_valid_before_utc <= now:
                 return row
         return None
+
+    def _certificate(self, row: GatewayKeyRow) -> x509.Certificate:
+        held = self._opened.get(row.fingerprint)
+        if held is not None:
+            return held.certificate
+        return x509.load_der_x509_certificate(row.certificate)
 
     def signing_key(self, address: str) -> HeldKey | None:
         """The user's newest current (not retired, within validity) signing key, or None.
@@ -397,13 +448,13 @@ class StoreHeldKeys:
             KeyLoadError: the key is held but does not open (damaged row).
             StoreError: the database cannot be read.
         """
-        rows = [r for r in self._store.gateway_keys(address) if r.purpose in ("sign", "both")]
+        rows = [r for r in self._key_rows(address) if r.purpose in ("sign", "both")]
         row = self._current(rows)
         return self._held(row) if row is not None else None
 
     def encryption_certificate(self, address: str) -> x509.Certificate | None:
         """The user's newest current encryption certificate (for the sender's own copy)."""
-        rows = [r for r in self._store.gateway_keys(address)
+        rows = [r for r in self._key_rows(address)
                 if r.purpose in ("encrypt", "both")]
         row = self._current(rows)
         return x509.load_der_x509_certificate(row.certificate) if row is not None else None
@@ -415,13 +466,13 @@ class StoreHeldKeys:
             KeyLoadError: a key is held but does not open (damaged row).
             StoreError: the database cannot be read.
         """
-        rows = [r for r in self._store.gateway_keys(address)
+        rows = [r for r in self._key_rows(address)
                 if r.purpose in ("encrypt", "both")]
         return [self._held(r) for r in reversed(rows)]
 
     def organisation_key(self) -> HeldKey | None:
         """The organisation's newest current signing key, or None."""
-        row = self._current(self._store.gateway_organisation_keys())
+        row = self._current(self._key_rows(""))
         return self._held(row) if row is not None else None
 
     def add(self, key: PrivateKeyTypes, cert: x509.Certificate,
@@ -456,6 +507,8 @@ class StoreHeldKeys:
             chain=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
             fingerprint=fingerprint, sealed=_seal(self._master, key, fingerprint),
             not_after=cert.not_valid_after_utc)
+        with self._lock:
+            self._rows.clear()
         return Imported(owner, purpose, fingerprint, cert.not_valid_after_utc, new)
 
 
@@ -487,12 +540,13 @@ def import_pkcs12(held: StoreHeldKeys, data: bytes, passphrase: bytes | None, *,
 
 def open_held_keys(config: GatewayConfig, store: Store) -> StoreHeldKeys:
     """The gateway's held keys for ``gateway serve``: opened with the configured passphrase
-    or PKCS#11 token (:func:`master_key_source`).
+    or PKCS#11 token (:func:`master_key_source`), rows remembered for ``key_memo_seconds``.
 
     Raises:
         GatewayError: (not permanent) the key store cannot be opened; the message says why.
     """
     try:
-        return StoreHeldKeys.open(store, master_key_source(config), create=True)
+        return StoreHeldKeys.open(store, master_key_source(config), create=True,
+                                  memo_seconds=config.key_memo_seconds)
     except (ConfigError, PassphraseError, KeyLoadError) as exc:
         raise GatewayError(f"the gateway's key store cannot be opened: {exc}") from None

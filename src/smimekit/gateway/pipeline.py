@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 
 from smimekit.config import Config, GatewayConfig
-from smimekit.errors import GatewayError, SmimeError, StoreError
+from smimekit.errors import ConfigError, GatewayError, SmimeError, StoreError
 from smimekit.gateway import dlp
 from smimekit.gateway.inbound import InboundContext, process_inbound
 from smimekit.gateway.model import (
@@ -157,19 +157,25 @@ def pipeline_from_data_dir(config: Config, store: Store, data_dir: Path, *,
     """What ``gateway serve`` runs: the held keys opened with ``key_passphrase_file`` (or the
     PKCS#11 token of ``pkcs11_module``), the
     resolver of ``[directory]`` over ``store`` (anchors: the trust store, our CA's root and
-    ``trust``), the inbound context of ``[gateway]``.
+    ``trust``) behind a :class:`~smimekit.gateway.memo.LookupMemo` of
+    ``lookup_memo_seconds``, the inbound context of ``[gateway]``.
 
     Raises:
         GatewayError: (temporary) the key store cannot be opened.
-        ConfigError: as for :func:`build_pipeline`, or a bad ``[directory]``.
+        ConfigError: as for :func:`build_pipeline`, a bad ``[directory]``, or a negative
+            memo time.
     """
     from smimekit.directory.resolver import Resolver
     from smimekit.directory.store_source import our_ca_chain
     from smimekit.gateway.keys import open_held_keys
+    from smimekit.gateway.memo import LookupMemo
     from smimekit.validation.revocation import RevocationOptions
     from smimekit.validation.trust import TrustStore
 
     gateway = config.gateway or GatewayConfig()
+    for name in ("key_memo_seconds", "lookup_memo_seconds"):
+        if getattr(gateway, name) < 0:
+            raise ConfigError(f"gateway.{name} must be 0 or more")
     held = open_held_keys(gateway, store)
     ours = our_ca_chain(data_dir)
     anchors = list(TrustStore(data_dir).anchors())
@@ -182,5 +188,8 @@ def pipeline_from_data_dir(config: Config, store: Store, data_dir: Path, *,
     inbound = InboundContext.from_config(
         gateway, trust=anchors, store=store,
         revocation=RevocationOptions(cache_dir=data_dir / "revocation-cache"))
-    return build_pipeline(gateway, store, held, resolver, trust=anchors, inbound=inbound,
+    lookup: CertificateLookup = resolver
+    if gateway.lookup_memo_seconds > 0:
+        lookup = LookupMemo(resolver, gateway.lookup_memo_seconds)
+    return build_pipeline(gateway, store, held, lookup, trust=anchors, inbound=inbound,
                           actor=actor or f"{ACTOR}@{node}")
