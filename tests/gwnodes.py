@@ -205,29 +205,12 @@ class GateRelay(TcpRelay):
         self.stalled = threading.Event()
         super().__init__(target)
 
-    def _accept(self, listener: socket.socket) -> None:
-        listener.settimeout(0.05)
-        while self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            hold = threading.Event()  # this connection's replies held back
-            threading.Thread(target=self._forward, args=(client, upstream, hold),
-                             daemon=True).start()
-            threading.Thread(target=self._back, args=(upstream, client, hold),
-                             daemon=True).start()
+    def _connected(self, client: socket.socket, upstream: socket.socket) -> None:
+        hold = threading.Event()  # this connection's replies held back
+        threading.Thread(target=self._forward, args=(client, upstream, hold),
+                         daemon=True).start()
+        threading.Thread(target=self._back, args=(upstream, client, hold),
+                         daemon=True).start()
 
     def _forward(self, source: socket.socket, sink: socket.socket,
                  hold: threading.Event) -> None:

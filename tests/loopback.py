@@ -135,8 +135,12 @@ class TcpRelay:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            self._connected(client, upstream)
+
+    def _connected(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Carry a new connection's bytes both ways (a subclass may hold some back)."""
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:

@@ -48,6 +48,8 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     listen = "127.0.0.1:10025"        # where Postfix's content filter delivers
     next_hop = "127.0.0.1:10026"      # Postfix's re-injection smtpd
     internal_domains = ["example.org"]   # mail from these is outbound, to them inbound
+    key_memo_seconds = 30             # held keys remembered this long (0: read every time)
+    lookup_memo_seconds = 60          # certificates found remembered this long (0: off)
     [gateway.policy]                  # every level: a key left out inherits from above
     encrypt = "if-possible"           # always | if-possible | never
     no_certificate = "clear"          # clear | bounce | pdf
