@@ -55,8 +55,9 @@ COMMANDS = [
                 " policy).",
                 extend=("smimekit.cli.gateway_admin:COMMANDS",)),
     LazyCommand("assess", "smimekit.cli.assess:assess_cmd",
-                "Assess sovereignty and trust: findings with evidence, scores, exit 1 on a"
-                " critical one."),
+                "Assess this deployment: sovereignty (DPS) and identity and trust (IAT)"
+                " findings with evidence and remedies, a score per domain. Exit 1 when a"
+                " critical finding failed."),
     LazyCommand("drill", "smimekit.cli.drill:drill",
                 "Run sign, verify, encrypt, decrypt, issue, revoke, OCSP and recovery"
                 " offline."),
