@@ -1,11 +1,12 @@
-"""Shared set-up for the outbound and pipeline tests: a store holding the gateway's keys, a
-real Resolver over the store's harvested certificates, the test PKI's people."""
+"""Shared set-up for the gateway's tests: a store holding the gateway's keys, a real
+Resolver over the store's harvested certificates, the test PKI's people, and Held (held keys
+in memory) for the inbound tests."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pki import DATE, PKI, Identity
 
@@ -16,12 +17,29 @@ from smimekit.directory.sources import Found
 from smimekit.errors import DirectoryError
 from smimekit.gateway import dlp
 from smimekit.gateway.keys import StoreHeldKeys
+from smimekit.gateway.model import HeldKey
 from smimekit.gateway.outbound import OutboundContext
 from smimekit.gateway.policy import Policy
 from smimekit.store import Store
 
 PASS = b"gateway key passphrase"
 PDF_PASSWORD = "test-pdf-password"
+
+
+@dataclass
+class Held:
+    """Keys held for users, newest first (the HeldKeys protocol, in memory)."""
+
+    keys: dict[str, list[HeldKey]] = field(default_factory=dict)
+
+    def signing_key(self, address: str) -> HeldKey | None:
+        return None
+
+    def decryption_keys(self, address: str) -> Sequence[HeldKey]:
+        return self.keys.get(address, [])
+
+    def organisation_key(self) -> HeldKey | None:
+        return None
 
 
 def mail(subject: str = "Quarterly figures", body: str = "The numbers are in.\r\n",

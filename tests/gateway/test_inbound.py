@@ -10,12 +10,12 @@ import dataclasses
 import datetime as dt
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from backends import Backend
 from fakeclamd import EICAR
+from gwout_kit import Held
 from pki import NOW, PKI, Identity, message
 
 import smimekit
@@ -32,22 +32,6 @@ from smimekit.smime.canonical import Entity
 from smimekit.store import Store
 
 HEADER = "X-Smimekit-Result"
-
-
-@dataclass
-class Held:
-    """Keys held for users, newest first (the HeldKeys protocol, in memory)."""
-
-    keys: dict[str, list[HeldKey]] = field(default_factory=dict)
-
-    def signing_key(self, address: str) -> HeldKey | None:
-        return None
-
-    def decryption_keys(self, address: str) -> Sequence[HeldKey]:
-        return self.keys.get(address, [])
-
-    def organisation_key(self) -> HeldKey | None:
-        return None
 
 
 @pytest.fixture(scope="module")

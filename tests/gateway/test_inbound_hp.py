@@ -4,9 +4,8 @@ fields are restored before delivery, and the result header is among them for des
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
+from gwout_kit import Held
 from pki import PKI, Identity, message
 
 import smimekit
@@ -14,20 +13,6 @@ from smimekit.config import GatewayConfig
 from smimekit.gateway.inbound import InboundContext, InboundSettings, process_inbound
 from smimekit.gateway.model import Envelope, HeldKey
 from smimekit.smime.canonical import Entity
-
-
-class Held:
-    def __init__(self, keys: dict[str, list[HeldKey]]) -> None:
-        self.keys = keys
-
-    def signing_key(self, address: str) -> HeldKey | None:
-        return None
-
-    def decryption_keys(self, address: str) -> Sequence[HeldKey]:
-        return self.keys.get(address, [])
-
-    def organisation_key(self) -> HeldKey | None:
-        return None
 
 
 @pytest.fixture(scope="module")
