@@ -400,3 +400,4 @@ class GatewayServer:
                     protocol.transport.close()
             await self._server.wait_closed()
             self._server = None
+        await self.handler.next_hop.close()
