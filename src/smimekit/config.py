@@ -50,6 +50,7 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     internal_domains = ["example.org"]   # mail from these is outbound, to them inbound
     key_memo_seconds = 30             # held keys remembered this long (0: read every time)
     lookup_memo_seconds = 60          # certificates found remembered this long (0: off)
+    harvest_memo_seconds = 60         # a signer harvested once this long (0: every message)
     [gateway.policy]                  # every level: a key left out inherits from above
     encrypt = "if-possible"           # always | if-possible | never
     no_certificate = "clear"          # clear | bounce | pdf
@@ -234,6 +235,9 @@ class GatewayConfig:
     lookup_memo_seconds: float = 60.0
     """How long a node reuses a recipient's usable certificate (never past its notAfter): a
     certificate revoked or replaced in the directory is used at most this late (0: off)."""
+    harvest_memo_seconds: float = 60.0
+    """How long a node skips recording an inbound signer whose certificates it recorded
+    already: the harvested row's "last seen" is at most this old (0: every message)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     domains: Mapping[str, PolicyConfig] = field(default_factory=dict)
     users: Mapping[str, PolicyConfig] = field(default_factory=dict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -502,3 +503,31 @@ def test_expired_current_certificate_delivers_the_original_never_the_clear(
     facts = _facts(_results(delivery.data)[0])
     assert facts["encryption"] == "decrypted" and facts["delivered"] == "as-received"
     assert facts["re-encryption"].startswith('"failed: ') and "expired" in facts["re-encryption"]
+
+
+@pytest.mark.parametrize("memo", [60.0, 0.0])
+def test_a_signer_is_recorded_once_per_harvest_memo_time(
+        people: dict[str, Identity], held: Held, trust: list, backend: Backend,
+        memo: float) -> None:
+    """harvest_memo_seconds (docs/gateway.md "Performance"): the same signer with the same
+    certificates is written to the directory once per memo time, not per message; with 0,
+    every message updates the row's "where last seen"."""
+    with Store.open(backend.url, backend.data_dir) as store:
+        context = dataclasses.replace(_context(trust, harvest_memo_seconds=memo), store=store)
+        assert (context.harvest_memo is not None) == bool(memo)
+        carol = people["carol"]
+
+        def signed(name: str) -> bytes:
+            return smimekit.sign(message("carol@partner.example").replace(
+                b"<t1@example.org>", f"<{name}@partner.example>".encode()),
+                carol.key, carol.cert)
+
+        first = signed("first")
+        time.sleep(1.1)  # a later signing time (seconds): "last seen" moves on
+        second = signed("second")
+        for data, expected in ((first, "new"), (second, "known")):
+            outcome = _run(data, ["bob@example.org"], held, context)
+            assert _facts(_results(outcome.deliveries[0].data)[0])["harvest"] == expected
+        [row] = store.harvested_for("carol@partner.example")
+        assert row.certificate == people["carol"].cert
+        assert ("second@partner.example" in row.message_ref) == (not memo)

@@ -50,6 +50,7 @@ from smimekit.errors import (
     StoreError,
 )
 from smimekit.gateway import dlp
+from smimekit.gateway.memo import HarvestMemo
 from smimekit.gateway.model import (
     Decision,
     Delivery,
@@ -123,6 +124,8 @@ class InboundContext:
     """Names the gateway in the result header."""
     now: Callable[[], dt.datetime] | None = None
     """The time signatures are judged at (None: the current time)."""
+    harvest_memo: HarvestMemo | None = None
+    """Signers recorded in the directory lately, not written again (None: every message)."""
 
     @classmethod
     def from_config(cls, config: GatewayConfig, *, trust: Sequence[x509.Certificate] = (),
@@ -147,7 +150,9 @@ class InboundContext:
         return cls(config=config, trust=tuple(trust), store=store, revocation=revocation,
                    intermediates=intermediates,
                    scanner=Scanner(config.scan) if config.scan is not None else None,
-                   rules=rules, hostname=hostname or socket.gethostname() or "localhost")
+                   rules=rules, hostname=hostname or socket.gethostname() or "localhost",
+                   harvest_memo=(HarvestMemo(config.harvest_memo_seconds)
+                                 if config.harvest_memo_seconds > 0 else None))
 
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -517,12 +522,18 @@ def _harvest(unwrapped: Unwrapped, verdict: Verdict, context: InboundContext,
     from smimekit.directory.harvest import record_signers
 
     assert context.store is not None
+    memo = context.harvest_memo
+    key = memo.key(unwrapped, verdict) if memo is not None else b""
+    if memo is not None and memo.recent(key):
+        return "known"  # recorded by an earlier message less than harvest_memo_seconds ago
     try:
         report = record_signers(unwrapped, verdict, "gateway", store=context.store,
                                 trust=context.trust, now=at)
     except StoreError as exc:
         # The message is not held back for the directory: it is delivered, the failure told.
         return f"failed: {_short(str(exc))}"
+    if memo is not None and report.valid:
+        memo.remember(key)
     if report.new:
         return "new"
     return "known" if report.valid else "not-kept"

@@ -173,7 +173,7 @@ def pipeline_from_data_dir(config: Config, store: Store, data_dir: Path, *,
     from smimekit.validation.trust import TrustStore
 
     gateway = config.gateway or GatewayConfig()
-    for name in ("key_memo_seconds", "lookup_memo_seconds"):
+    for name in ("key_memo_seconds", "lookup_memo_seconds", "harvest_memo_seconds"):
         if getattr(gateway, name) < 0:
             raise ConfigError(f"gateway.{name} must be 0 or more")
     held = open_held_keys(gateway, store)
