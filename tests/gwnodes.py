@@ -77,11 +77,12 @@ class FrontsPostfix(Postfix):
     """:class:`~postfix.Postfix` in front of several gateway nodes: one front smtpd per node
     (:attr:`fronts`; the first is :attr:`smtpd_port`), each handing its mail to its own node
     first and to the others, in order, when that one is down (Postfix 3.5's list of next hops
-    in ``content_filter``)."""
+    in ``content_filter``). Before-queue (``attach``), each front has its own node as its
+    proxy filter, without the others to fall back on (``smtpd_proxy_filter`` names one)."""
 
     def __init__(self, root: Path, *, sink_port: int, node_ports: list[int],
-                 maxproc: int = 4) -> None:
-        super().__init__(root, sink_port=sink_port, maxproc=maxproc)
+                 maxproc: int = 4, attach: str = "after-queue") -> None:
+        super().__init__(root, sink_port=sink_port, maxproc=maxproc, attach=attach)
         self.node_ports = node_ports
         self.fronts = [self.smtpd_port] + [free_port() for _ in node_ports[1:]]
 
@@ -97,8 +98,10 @@ class FrontsPostfix(Postfix):
         (self.conf / "main.cf").write_text(main)
         with (self.conf / "master.cf").open("a") as master:
             for i, port in enumerate(self.fronts[1:], start=1):
-                master.write(f"127.0.0.1:{port} inet n - n - - smtpd\n"
-                             f"  -o content_filter={self._filter(i)}\n")
+                options = (self.proxy_options(self.node_ports[i])
+                           if self.attach == "before-queue"
+                           else f"\n  -o content_filter={self._filter(i)}")
+                master.write(f"127.0.0.1:{port} inet n - n - - smtpd{options}\n")
 
     def start(self, gateway_port: int) -> None:
         super().start(gateway_port)
@@ -111,8 +114,9 @@ class Node:
 
     def __init__(self, name: str, next_hop: int, *, data_dir: Path, database_url: str | None,
                  config: Path | None = None, port: int | None = None,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, attach: str = "after-queue") -> None:
         self.name, self.next_hop, self.data_dir = name, next_hop, data_dir
+        self.attach = attach
         self.database_url, self.config = database_url, config
         self.port = port or free_port()
         self.log = (log_dir or data_dir.parent) / f"{name}.log"
@@ -127,7 +131,8 @@ class Node:
             args += ["--database-url", self.database_url]
         args += ["--config", str(self.config or self._relay_config())]
         args += ["gateway", "serve", "--listen", f"127.0.0.1:{self.port}",
-                 "--next-hop", f"127.0.0.1:{self.next_hop}", "--grace", "5"]
+                 "--next-hop", f"127.0.0.1:{self.next_hop}", "--grace", "5",
+                 "--attach", self.attach]
         env = {**os.environ, "SMIMEKIT_ACTOR": self.name}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env)

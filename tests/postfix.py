@@ -1,12 +1,16 @@
 """A real Postfix for the gateway's tests, with its own configuration and queue in a test's
 tmp_path and its listeners on loopback ports (Debian's postfix package, as root).
 
-The layout is Postfix's FILTER_README "advanced content filter": the smtpd on
-:attr:`Postfix.smtpd_port` queues mail with ``content_filter = scan:[127.0.0.1]:<gateway>``;
+Two layouts (``attach``). By default Postfix's FILTER_README "advanced content filter": the
+smtpd on :attr:`Postfix.smtpd_port` queues mail with
+``content_filter = scan:[127.0.0.1]:<gateway>``;
 the ``scan`` transport (Postfix's smtp client) hands it to the gateway; the gateway hands it
 back to the second smtpd on :attr:`Postfix.reinject_port` (``-o content_filter=`` and the
 override options, so it is not filtered twice); Postfix then relays everything to
-``relayhost = [127.0.0.1]:<sink>``, the test's final destination.
+``relayhost = [127.0.0.1]:<sink>``, the test's final destination. With
+``attach="before-queue"`` (SMTPD_PROXY_README) the smtpd on :attr:`Postfix.smtpd_port` has the
+gateway as its ``smtpd_proxy_filter`` instead: one queue pass, behind the same re-injection
+smtpd.
 
 Postfix's master opens its lock file in ``data_directory`` by its full path as the
 ``postfix`` user, which cannot pass pytest's 0700 temporary directories (other pytest runs
@@ -41,8 +45,10 @@ def require_postfix() -> None:
 
 
 MASTER_CF = """\
-# The smtpd the world (the test) talks to: it queues, the content filter comes later.
-127.0.0.1:{smtpd_port} inet n - n - - smtpd
+# The smtpd the world (the test) talks to: after-queue, it queues and the content filter
+# comes later; before-queue, it passes each message through the gateway while the client
+# waits (smtpd_proxy_filter) and queues nothing itself.
+127.0.0.1:{smtpd_port} inet n - n - - smtpd{front_options}
 # FILTER_README advanced content filter: Postfix's smtp client to the gateway ...
 scan      unix  -       -       n       -       {maxproc} smtp
   -o disable_mime_output_conversion=yes
@@ -114,11 +120,24 @@ message_size_limit = {message_size_limit}
 """
 
 
+ATTACHMENTS = ("after-queue", "before-queue")
+
+
 class Postfix:
-    """One private Postfix instance: :meth:`start`, :meth:`stop`, its queue and its log."""
+    """One private Postfix instance: :meth:`start`, :meth:`stop`, its queue and its log.
+
+    ``attach``: how the gateway is attached. ``"after-queue"`` (the default) is FILTER_README's
+    advanced content filter (two queue passes); ``"before-queue"`` is SMTPD_PROXY_README's
+    proxy filter: the front smtpd hands each message to the gateway during the client's
+    session (``smtpd_proxy_filter``, ``smtpd_proxy_options = speed_adjust``), the gateway to the
+    re-injection smtpd, which queues it once; the client's reply is the gateway's.
+    """
 
     def __init__(self, root: Path, *, sink_port: int, maxproc: int = 4,
-                 message_size_limit: int = 10_240_000) -> None:
+                 message_size_limit: int = 10_240_000, attach: str = "after-queue") -> None:
+        if attach not in ATTACHMENTS:
+            raise ValueError(f"attach must be one of {ATTACHMENTS}, not {attach!r}")
+        self.attach = attach
         self.root = root
         self.conf = root / "conf"
         self.gateway_port, self.sink_port = 0, sink_port
@@ -142,15 +161,31 @@ class Postfix:
         self.defer_file.touch()
         restrictions = (f"check_recipient_access,texthash:{self.defer_file},"
                         "permit_mynetworks,reject")
+        before = self.attach == "before-queue" and bool(self.gateway_port)
         (self.conf / "master.cf").write_text(MASTER_CF.format(
             smtpd_port=self.smtpd_port, reinject_port=self.reinject_port,
-            maxproc=self.maxproc, reinject_recipient_restrictions=restrictions))
+            maxproc=self.maxproc, reinject_recipient_restrictions=restrictions,
+            front_options=self.proxy_options(self.gateway_port) if before else ""))
+        if not self.gateway_port:
+            content_filter = "# no content filter: Postfix alone"
+        elif before:
+            content_filter = "# no content filter: the gateway is a before-queue proxy"
+        else:
+            content_filter = f"content_filter = scan:[127.0.0.1]:{self.gateway_port}"
         (self.conf / "main.cf").write_text(MAIN_CF.format(
-            root=self.root, data=self.data,
-            content_filter=(f"content_filter = scan:[127.0.0.1]:{self.gateway_port}"
-                            if self.gateway_port else "# no content filter: Postfix alone"),
+            root=self.root, data=self.data, content_filter=content_filter,
             sink_port=self.sink_port,
             message_size_limit=self.message_size_limit))
+
+    @staticmethod
+    def proxy_options(gateway_port: int) -> str:
+        """master.cf options of a front smtpd with the gateway as its before-queue proxy
+        filter (SMTPD_PROXY_README): the message is taken whole from the client first
+        (speed_adjust: a slow client does not hold a gateway connection), then handed over;
+        the gateway's reply, after the re-injection smtpd queued it, is the client's."""
+        return ("\n  -o smtpd_proxy_filter=[127.0.0.1]:" + str(gateway_port)
+                + "\n  -o smtpd_proxy_options=speed_adjust"
+                + "\n  -o smtpd_proxy_timeout=300s")
 
     def _postfix(self, *args: str) -> None:
         result = subprocess.run([POSTFIX, "-c", str(self.conf), *args], capture_output=True,

@@ -186,13 +186,15 @@ def test_gateway_benchmark_quick_mode_prints_its_table_and_goals() -> None:
     if os.geteuid() != 0 or shutil.which("smtp-source") is None:
         pytest.skip("bench_gateway starts a private Postfix: root and Postfix needed")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gateway.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gateway.py"), "--quick",
+         "--attach", "both"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines()
-            if line.startswith(("| outbound |", "| inbound |"))]
-    assert len(rows) == 4, result.stdout  # 10 KB and 1 MB, each direction
-    assert all(float(row.split("|")[5]) > 0 for row in rows), result.stdout  # gateway msg/s
+            if line.startswith(("| after-queue |", "| before-queue |"))]
+    # 10 KB and 1 MB, each direction, each attachment
+    assert len(rows) == 8, result.stdout
+    assert all(float(row.split("|")[6]) > 0 for row in rows), result.stdout  # gateway msg/s
     goals = [line for line in result.stdout.splitlines() if line.startswith("goal ")]
-    assert len(goals) == 6 and all(" met" in g or "NOT met" in g for g in goals), goals
+    assert len(goals) == 12 and all(" met" in g or "NOT met" in g for g in goals), goals

@@ -47,6 +47,7 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     [gateway]                         # smimekit gateway serve (docs/gateway.md)
     listen = "127.0.0.1:10025"        # where Postfix's content filter delivers
     next_hop = "127.0.0.1:10026"      # Postfix's re-injection smtpd
+    attach = "after-queue"            # or "before-queue": Postfix's smtpd_proxy_filter
     internal_domains = ["example.org"]   # mail from these is outbound, to them inbound
     key_memo_seconds = 30             # held keys remembered this long (0: read every time)
     lookup_memo_seconds = 60          # certificates found remembered this long (0: off)
@@ -215,6 +216,9 @@ class DlpRule:
 class GatewayConfig:
     listen: str = "127.0.0.1:10025"
     next_hop: str = "127.0.0.1:10026"
+    attach: Literal["after-queue", "before-queue"] = "after-queue"
+    """How Postfix hands mail over: ``after-queue`` (content_filter) or ``before-queue``
+    (smtpd_proxy_filter); docs/gateway.md."""
     internal_domains: tuple[str, ...] = ()
     """Our domains (wildcards allowed): from one of them is outbound; to one is inbound."""
     key_passphrase_file: Path | None = None

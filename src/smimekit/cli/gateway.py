@@ -38,7 +38,11 @@ def gateway() -> None:
               " 127.0.0.1:10026].")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds to let messages in flight finish at SIGTERM.")
-def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
+@click.option("--attach", type=click.Choice(["after-queue", "before-queue"]),
+              help="How Postfix hands mail over: content_filter (after-queue) or"
+              " smtpd_proxy_filter (before-queue) [default: [gateway] attach, after-queue].")
+def serve(listen: str | None, next_hop: str | None, grace: float,
+          attach: str | None) -> None:
     """Take mail from Postfix over SMTP, process it by policy, hand it back; until SIGTERM.
 
     Answers 250 only after the next hop accepted everything made of a message; any failure
@@ -67,7 +71,8 @@ def serve(listen: str | None, next_hop: str | None, grace: float) -> None:
         handler = GatewayHandler(
             _processor(whole, store), StoreJournal(store),
             NextHop(next_hop, timeout=config.timeout),
-            limits=Limits(config.max_message_size, config.max_recipients))
+            limits=Limits(config.max_message_size, config.max_recipients),
+            attach=attach or config.attach)
         server = GatewayServer(handler, listen)
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")

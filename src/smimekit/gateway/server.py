@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
+import secrets
 import socket
 import weakref
 from collections.abc import Sequence
@@ -53,11 +55,28 @@ class Limits:
     max_recipients: int = 1000
 
 
+ATTACHMENTS = ("after-queue", "before-queue")
+"""How Postfix hands mail to the gateway (docs/gateway.md): FILTER_README's content filter
+after the queue, or SMTPD_PROXY_README's proxy filter before it."""
+
+
 class GatewayHandler:
-    """The aiosmtpd handler: hooks for RCPT (the recipient limit) and DATA (the work)."""
+    """The aiosmtpd handler: hooks for RCPT (the recipient limit) and DATA (the work).
+
+    ``attach``: ``"after-queue"`` (Postfix's content filter; the default) or
+    ``"before-queue"`` (Postfix's smtpd_proxy_filter). Before the queue, Postfix's Received
+    header carries no queue id, so two identical messages in one second from one client are
+    the same bytes: the journal then names each transaction apart (a fresh key, never
+    looked up) instead of by its content, which would pass the second one on as "already
+    delivered". A client's retry of a message partly delivered is then delivered again to
+    the recipients that had it (a duplicate, never a loss)."""
 
     def __init__(self, processor: Processor, journal: Journal, next_hop: NextHop, *,
-                 limits: Limits = Limits(), reporting_mta: str | None = None) -> None:
+                 limits: Limits = Limits(), reporting_mta: str | None = None,
+                 attach: str = "after-queue") -> None:
+        if attach not in ATTACHMENTS:
+            raise ValueError(f"attach must be one of {', '.join(ATTACHMENTS)}")
+        self.attach = attach
         self.processor = processor
         self.journal = journal
         self.next_hop = next_hop
@@ -91,6 +110,8 @@ class GatewayHandler:
     async def pass_on(self, envelope: Envelope) -> str:
         """Process ``envelope`` and hand the result to the next hop; the SMTP reply."""
         key = message_key(envelope)
+        if self.attach == "before-queue":  # each transaction apart (see the class)
+            key = hashlib.sha256(key.encode() + secrets.token_bytes(16)).hexdigest()
         self.in_flight += 1
         try:
             reply = await self._pass_on(envelope, key)
@@ -118,7 +139,8 @@ class GatewayHandler:
             log.info("message %s: %s %s %s: %s", key[:16], decision.direction,
                      decision.recipient, decision.action, reply_text(decision.reason, 200))
         try:
-            done = await asyncio.to_thread(self.journal.delivered, key)
+            done = (frozenset() if self.attach == "before-queue"  # a fresh key: no rows
+                    else await asyncio.to_thread(self.journal.delivered, key))
         except Exception as exc:
             log.warning("message %s: the delivery journal cannot be read (%s)", key[:16],
                         reply_text(str(exc), 200))
