@@ -130,6 +130,9 @@ class TokenKeyring:
         self._lock = threading.RLock()
         self._closed = False
         self._refused_oaep: set[str] = set()
+        self.failed = False
+        """Set when the token failed (session or device trouble, a key object gone): the
+        owner should close this keyring and open a new one."""
 
     # -- running things in the token ------------------------------------------------------
 
@@ -142,10 +145,12 @@ class TokenKeyring:
             try:
                 return call()
             except p11.PKCS11Error as exc:
+                self.failed = True
                 raise KeyLoadError(f"token {self.token_label!r} could not {what}: "
                                    f"{_name(exc)}") from None
 
     def _trouble(self, what: str, exc: p11.PKCS11Error) -> NoReturn:
+        self.failed = True
         raise KeyLoadError(f"token {self.token_label!r} could not {what}: {_name(exc)}"
                            ) from None
 
@@ -274,6 +279,8 @@ def _refuse(what: str) -> NoReturn:
 
 class TokenRSAKey(rsa.RSAPrivateKey):
     """An RSA private key object in a token, usable where ``cryptography``'s is."""
+
+    token_held = True
 
     def __init__(self, ring: TokenKeyring, obj: Any, public: rsa.RSAPublicKey, shown: str):
         self._ring = ring
@@ -417,6 +424,8 @@ class TokenRSAKey(rsa.RSAPrivateKey):
 class TokenECKey(ec.EllipticCurvePrivateKey):
     """An EC private key object in a token (ECDH and ECDSA), usable where
     ``cryptography``'s is."""
+
+    token_held = True
 
     def __init__(self, ring: TokenKeyring, obj: Any, public: ec.EllipticCurvePublicKey,
                  shown: str):
