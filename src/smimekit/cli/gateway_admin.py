@@ -4,7 +4,7 @@ gateway policy`` (the effective policy of addresses), docs/gateway.md.
 Both join the ``gateway`` group of cli/gateway.py through ``COMMANDS`` (the ``extend`` of its
 entry in cli/main.py). The key store opens with ``[gateway]
 key_passphrase_file`` (or the PKCS#11 token of ``pkcs11_module``), as ``gateway serve`` opens
-it.
+it; ``import --into-token`` keeps the keys themselves inside that token.
 """
 
 from __future__ import annotations
