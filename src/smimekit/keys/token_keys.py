@@ -272,6 +272,15 @@ class TokenKeyring:
         return f"TokenKeyring(token={self.token_label!r})"
 
 
+def _allowed(key: TokenRSAKey | TokenECKey, operation: str) -> None:
+    # python-pkcs11 gives an object its decrypt/sign/derive_key methods only when its
+    # CKA_DECRYPT/CKA_SIGN/CKA_DERIVE is true
+    if not hasattr(key._obj, operation):
+        verb = {"decrypt": "decrypt", "sign": "sign", "derive_key": "agree keys"}[operation]
+        raise KeyLoadError(f"the key with ID {key.key_id} in token {key._ring.token_label!r}"
+                           f" is not allowed to {verb}")
+
+
 def _refuse(what: str) -> NoReturn:
     raise KeyLoadError(f"{what}: the private key is held in a PKCS#11 token and never leaves"
                        " it")
@@ -301,6 +310,7 @@ class TokenRSAKey(rsa.RSAPrivateKey):
     def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
         """Raises ValueError for a ciphertext that does not decrypt (as ``cryptography``
         does), KeyLoadError when the token fails."""
+        _allowed(self, "decrypt")
         size = (self.key_size + 7) // 8
         if len(ciphertext) != size:
             raise ValueError("ciphertext length must equal the key size")
@@ -363,6 +373,7 @@ class TokenRSAKey(rsa.RSAPrivateKey):
     def sign(self, data: bytes, padding: AsymmetricPadding,
              algorithm: asym_utils.Prehashed | hashes.HashAlgorithm | asym_utils.NoDigestInfo,
              ) -> bytes:
+        _allowed(self, "sign")
         if isinstance(algorithm, asym_utils.NoDigestInfo):
             raise KeyLoadError("signing without a DigestInfo is not done with token keys")
         prehashed = isinstance(algorithm, asym_utils.Prehashed)
@@ -451,6 +462,7 @@ class TokenECKey(ec.EllipticCurvePrivateKey):
             raise ValueError("only ECDH")
         if peer_public_key.curve.name != self.curve.name:
             raise ValueError("the peer's key is on another curve")
+        _allowed(self, "derive_key")
         if Mechanism.ECDH1_DERIVE not in self._ring.mechanisms:
             raise KeyLoadError(f"token {self._ring.token_label!r} offers no ECDH1_DERIVE")
         point = peer_public_key.public_bytes(serialization.Encoding.X962,
@@ -473,6 +485,7 @@ class TokenECKey(ec.EllipticCurvePrivateKey):
              ) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise KeyLoadError("only ECDSA signs with an EC token key")
+        _allowed(self, "sign")
         algorithm = signature_algorithm.algorithm
         prehashed = isinstance(algorithm, asym_utils.Prehashed)
         digest_alg = algorithm._algorithm if isinstance(algorithm, asym_utils.Prehashed) \

@@ -189,7 +189,8 @@ identities = Table(
 
 # The keys the mail gateway holds (gateway/keys.py): each private key sealed (AES-256-GCM) under
 # the gateway's master key, which is itself sealed under the key passphrase in schema_meta
-# (key "gateway_master_key"), or kept inside the PKCS#11 token (the row says where). Retired keys stay: the gateway decrypts with the whole history.
+# (key "gateway_master_key"), or kept inside the PKCS#11 token (the row says where). Retired
+# keys stay: the gateway decrypts with the whole history.
 gateway_keys = Table(
     "gateway_keys",
     metadata,
