@@ -328,6 +328,14 @@ def test_token_trouble_is_temporary_clear_and_tells_no_secret(
             assert not caught.value.permanent and f"token {TOKEN!r}" in str(caught.value)
             assert pipeline.process(inbound()).decisions[0].action == "re-encrypted"
             assert pipeline.process(outbound).decisions[0].action == "signed"
+            # the token forgets the login (C_Logout, as a reset does): 4xx, then a new login
+            from smimekit.keys import pkcs11 as shared
+            assert held._ring is not None
+            shared._logins[held._ring._login].session.close()
+            with pytest.raises(GatewayError) as caught:
+                pipeline.process(inbound())
+            assert not caught.value.permanent
+            assert pipeline.process(inbound()).decisions[0].action == "re-encrypted"
 
             # the key object deleted from the token: 4xx for mail to and from that key
             ring = TokenKeyring(module, TOKEN, PIN)

@@ -170,6 +170,19 @@ def _logout(where: tuple[str, bytes]) -> None:
             pass  # the token went away; nothing is left to log out of
 
 
+def _drop_login(where: tuple[str, bytes]) -> None:
+    """Forget the login of ``where`` after the token lost it (reset, re-inserted): the next
+    session logs in again with its PIN instead of trusting a login that is gone. Its users
+    still ``_logout``, which then finds nothing to do."""
+    with _logins_lock:
+        entry = _logins.pop(where, None)
+    if entry is not None:
+        try:
+            entry.session.close()
+        except p11.PKCS11Error:
+            pass
+
+
 # -- public keys ---------------------------------------------------------------------------
 
 

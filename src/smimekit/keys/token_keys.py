@@ -50,7 +50,13 @@ from pkcs11 import exceptions as p11
 
 from smimekit.cms import der
 from smimekit.errors import KeyLoadError
-from smimekit.keys.pkcs11 import _close_quietly, _mechanisms, _name, _open_session
+from smimekit.keys.pkcs11 import (
+    _close_quietly,
+    _drop_login,
+    _mechanisms,
+    _name,
+    _open_session,
+)
 
 __all__ = ["TokenECKey", "TokenKeyring", "TokenRSAKey"]
 
@@ -130,6 +136,7 @@ class TokenKeyring:
         self._lock = threading.RLock()
         self._closed = False
         self._refused_oaep: set[str] = set()
+        self._login_dropped = False
         self.failed = False
         """Set when the token failed (session or device trouble, a key object gone): the
         owner should close this keyring and open a new one."""
@@ -145,12 +152,15 @@ class TokenKeyring:
             try:
                 return call()
             except p11.PKCS11Error as exc:
-                self.failed = True
-                raise KeyLoadError(f"token {self.token_label!r} could not {what}: "
-                                   f"{_name(exc)}") from None
+                self._trouble(what, exc)
 
     def _trouble(self, what: str, exc: p11.PKCS11Error) -> NoReturn:
-        self.failed = True
+        if not self.failed:
+            self.failed = True
+            # The token may have lost the login (reset, re-inserted, logged out): log out
+            # and forget it, so that the next keyring logs in again rather than trusting it.
+            self._login_dropped = True
+            _drop_login(self._login)
         raise KeyLoadError(f"token {self.token_label!r} could not {what}: {_name(exc)}"
                            ) from None
 
@@ -266,7 +276,13 @@ class TokenKeyring:
             if self._closed:
                 return
             self._closed = True
-            _close_quietly(self._session, self._login)
+            if self._login_dropped:  # not ours to count down any more
+                try:
+                    self._session.close()
+                except p11.PKCS11Error:
+                    pass
+            else:
+                _close_quietly(self._session, self._login)
 
     def __repr__(self) -> str:  # never the PIN
         return f"TokenKeyring(token={self.token_label!r})"
