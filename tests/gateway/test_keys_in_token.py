@@ -13,8 +13,6 @@ import datetime as dt
 import logging
 import os
 import re
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 from backends import Backend
 from gwout_kit import harvest, mail
 from pki import PKI, Identity
+from softhsm import tokens_in_process
 from sqlalchemy import select
 
 from smimekit import api
@@ -58,22 +57,8 @@ SECRET = "Board minutes: the merger closes Friday.\r\n"
 
 @pytest.fixture(scope="module")
 def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    util = shutil.which("softhsm2-util")
-    path = "/usr/lib/softhsm/libsofthsm2.so"
-    if util is None or not os.path.isfile(path):
-        pytest.skip("softhsm2 is not installed (apt-get install softhsm2, or `make peers`)")
-    home = tmp_path_factory.mktemp("softhsm-held")
-    (home / "tokens").mkdir()
-    conf = home / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {home / 'tokens'}\n"
-                    "objectstore.backend = file\nlog.level = ERROR\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOFTHSM2_CONF", str(conf))
-        subprocess.run([util, "--init-token", "--free", "--label", TOKEN, "--pin", PIN,
-                        "--so-pin", "so-pin-3141"], check=True, capture_output=True)
-        lib = pkcs11.lib(os.path.realpath(path))
-        if TOKEN not in {t.label for t in lib.get_tokens()}:
-            lib.reinitialize()  # loaded earlier in this process, with another token dir
+    with tokens_in_process(tmp_path_factory.mktemp("softhsm-held"), [TOKEN], pin=PIN,
+                           so_pin="so-pin-3141") as path:
         yield path
 
 

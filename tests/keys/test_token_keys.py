@@ -4,14 +4,13 @@ operation the CMS layer asks of them run in the token, checked against software 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from softhsm import tokens_in_process
 
 pkcs11 = pytest.importorskip("pkcs11")
 
@@ -24,22 +23,8 @@ TOKEN = "smimekit-token-keys"
 
 @pytest.fixture(scope="module")
 def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    util = shutil.which("softhsm2-util")
-    path = "/usr/lib/softhsm/libsofthsm2.so"
-    if util is None or not os.path.isfile(path):
-        pytest.skip("softhsm2 is not installed (apt-get install softhsm2, or `make peers`)")
-    home = tmp_path_factory.mktemp("softhsm-token-keys")
-    (home / "tokens").mkdir()
-    conf = home / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {home / 'tokens'}\n"
-                    "objectstore.backend = file\nlog.level = ERROR\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOFTHSM2_CONF", str(conf))
-        subprocess.run([util, "--init-token", "--free", "--label", TOKEN, "--pin", PIN,
-                        "--so-pin", "so-pin-2718"], check=True, capture_output=True)
-        lib = pkcs11.lib(os.path.realpath(path))
-        if TOKEN not in {t.label for t in lib.get_tokens()}:
-            lib.reinitialize()  # loaded earlier in this process, with another token dir
+    with tokens_in_process(tmp_path_factory.mktemp("softhsm-token-keys"), [TOKEN], pin=PIN,
+                           so_pin="so-pin-2718") as path:
         yield path
 
 
