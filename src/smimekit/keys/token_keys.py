@@ -34,7 +34,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 
 import pkcs11
 from cryptography.exceptions import InvalidSignature
@@ -302,17 +302,41 @@ def _refuse(what: str) -> NoReturn:
                        " it")
 
 
-class TokenRSAKey(rsa.RSAPrivateKey):
-    """An RSA private key object in a token, usable where ``cryptography``'s is."""
+class _TokenHeld:
+    """What the token's RSA and EC keys share: where they are, and what they refuse."""
 
     token_held = True
 
-    def __init__(self, ring: TokenKeyring, obj: Any, public: rsa.RSAPublicKey, shown: str):
+    def __init__(self, ring: TokenKeyring, obj: Any, public: Any, shown: str) -> None:
         self._ring = ring
         self._obj = obj
         self._public = public
         self.key_id = shown
         """The first 16 hex digits of its ``CKA_ID``, for messages."""
+
+    def private_numbers(self) -> NoReturn:
+        _refuse("private_numbers")
+
+    def private_bytes(self, encoding: _serialization.Encoding,
+                      format: _serialization.PrivateFormat,
+                      encryption_algorithm: _serialization.KeySerializationEncryption,
+                      ) -> NoReturn:
+        _refuse("private_bytes")
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(token={self._ring.token_label!r}, id={self.key_id})"
+
+
+class TokenRSAKey(_TokenHeld, rsa.RSAPrivateKey):
+    """An RSA private key object in a token, usable where ``cryptography``'s is."""
+
+    _public: rsa.RSAPublicKey
 
     @property
     def key_size(self) -> int:
@@ -427,39 +451,13 @@ class TokenRSAKey(rsa.RSAPrivateKey):
                                f" {self.key_id} does not verify") from None
         return signature
 
-    # -- what a token key cannot do -------------------------------------------------------
-
-    def private_numbers(self) -> rsa.RSAPrivateNumbers:
-        _refuse("private_numbers")
-
-    def private_bytes(self, encoding: _serialization.Encoding,
-                      format: _serialization.PrivateFormat,
-                      encryption_algorithm: _serialization.KeySerializationEncryption,
-                      ) -> bytes:
-        _refuse("private_bytes")
-
-    def __copy__(self) -> TokenRSAKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> TokenRSAKey:
-        return self
-
-    def __repr__(self) -> str:
-        return f"TokenRSAKey(token={self._ring.token_label!r}, id={self.key_id})"
 
 
-class TokenECKey(ec.EllipticCurvePrivateKey):
+class TokenECKey(_TokenHeld, ec.EllipticCurvePrivateKey):
     """An EC private key object in a token (ECDH and ECDSA), usable where
     ``cryptography``'s is."""
 
-    token_held = True
-
-    def __init__(self, ring: TokenKeyring, obj: Any, public: ec.EllipticCurvePublicKey,
-                 shown: str):
-        self._ring = ring
-        self._obj = obj
-        self._public = public
-        self.key_id = shown
+    _public: ec.EllipticCurvePublicKey
 
     @property
     def curve(self) -> ec.EllipticCurve:
@@ -539,23 +537,6 @@ class TokenECKey(ec.EllipticCurvePrivateKey):
         # called inside TokenKeyring.run (the lock is re-entrant)
         return self.exchange(ec.ECDH(), peer)
 
-    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        _refuse("private_numbers")
-
-    def private_bytes(self, encoding: _serialization.Encoding,
-                      format: _serialization.PrivateFormat,
-                      encryption_algorithm: _serialization.KeySerializationEncryption,
-                      ) -> bytes:
-        _refuse("private_bytes")
-
-    def __copy__(self) -> TokenECKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> TokenECKey:
-        return self
-
-    def __repr__(self) -> str:
-        return f"TokenECKey(token={self._ring.token_label!r}, id={self.key_id})"
 
 
 def _digest(data: Buffer, algorithm: hashes.HashAlgorithm, prehashed: bool) -> bytes:
