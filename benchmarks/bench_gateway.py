@@ -170,8 +170,9 @@ def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
             fronts = [postfix.smtpd_port]
         else:
             ports = [free_port() for _ in range(nodes)]
-            fronts_postfix = FrontsPostfix(root, sink_port=sink_port, node_ports=ports,
-                                           maxproc=8, attach=attach)
+            fronts_postfix = FrontsPostfix(root, sink_port=sink_port,
+                                           nodes=[("127.0.0.1", p) for p in ports], maxproc=8,
+                                           attach=attach)
             postfix, fronts = fronts_postfix, fronts_postfix.fronts
             started = [Node(f"node-{i + 1}", postfix.reinject_port, data_dir=home.data_dir,
                             database_url=home.database_url, config=home.config,

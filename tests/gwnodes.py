@@ -80,15 +80,17 @@ class FrontsPostfix(Postfix):
     in ``content_filter``). Before-queue (``attach``), each front has its own node as its
     proxy filter, without the others to fall back on (``smtpd_proxy_filter`` names one)."""
 
-    def __init__(self, root: Path, *, sink_port: int, node_ports: list[int],
+    def __init__(self, root: Path, *, sink_port: int, nodes: list[tuple[str, int]],
                  maxproc: int = 4, attach: str = "after-queue") -> None:
         super().__init__(root, sink_port=sink_port, maxproc=maxproc, attach=attach)
-        self.node_ports = node_ports
-        self.fronts = [self.smtpd_port] + [free_port() for _ in node_ports[1:]]
+        self.nodes = nodes
+        """Each node's (address, port)."""
+        self.gateway_host = nodes[0][0]
+        self.fronts = [self.smtpd_port] + [free_port() for _ in nodes[1:]]
 
     def _filter(self, first: int) -> str:
-        order = self.node_ports[first:] + self.node_ports[:first]
-        return "scan:" + ",".join(f"[127.0.0.1]:{p}" for p in order)
+        order = self.nodes[first:] + self.nodes[:first]
+        return "scan:" + ",".join(f"[{host}]:{port}" for host, port in order)
 
     def _write_config(self) -> None:
         super()._write_config()
@@ -98,13 +100,13 @@ class FrontsPostfix(Postfix):
         (self.conf / "main.cf").write_text(main)
         with (self.conf / "master.cf").open("a") as master:
             for i, port in enumerate(self.fronts[1:], start=1):
-                options = (self.proxy_options(self.node_ports[i])
+                options = (self.proxy_options(self.nodes[i][1], self.nodes[i][0])
                            if self.attach == "before-queue"
                            else f"\n  -o content_filter={self._filter(i)}")
                 master.write(f"127.0.0.1:{port} inet n - n - - smtpd{options}\n")
 
-    def start(self, gateway_port: int) -> None:
-        super().start(gateway_port)
+    def start(self, gateway_port: int | None = None) -> None:
+        super().start(self.nodes[0][1] if gateway_port is None else gateway_port)
         for port in self.fronts[1:]:
             self._wait_listening(port)
 
@@ -114,8 +116,12 @@ class Node:
 
     def __init__(self, name: str, next_hop: int, *, data_dir: Path, database_url: str | None,
                  config: Path | None = None, port: int | None = None,
-                 log_dir: Path | None = None, attach: str = "after-queue") -> None:
+                 log_dir: Path | None = None, host: str = "127.0.0.1",
+                 attach: str = "after-queue") -> None:
         self.name, self.next_hop, self.data_dir = name, next_hop, data_dir
+        self.host = host
+        """The address it listens on: any of 127.0.0.0/8 (Linux routes the whole block to
+        the loopback interface), so nodes can be separate hosts on one machine."""
         self.attach = attach
         self.database_url, self.config = database_url, config
         self.port = port or free_port()
@@ -130,7 +136,7 @@ class Node:
         if self.database_url:
             args += ["--database-url", self.database_url]
         args += ["--config", str(self.config or self._relay_config())]
-        args += ["gateway", "serve", "--listen", f"127.0.0.1:{self.port}",
+        args += ["gateway", "serve", "--listen", f"{self.host}:{self.port}",
                  "--next-hop", f"127.0.0.1:{self.next_hop}", "--grace", "5",
                  "--attach", self.attach]
         env = {**os.environ, "SMIMEKIT_ACTOR": self.name}
@@ -142,7 +148,7 @@ class Node:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.1)

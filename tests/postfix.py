@@ -141,6 +141,7 @@ class Postfix:
         self.root = root
         self.conf = root / "conf"
         self.gateway_port, self.sink_port = 0, sink_port
+        self.gateway_host = "127.0.0.1"
         self.smtpd_port, self.reinject_port = free_port(), free_port()
         self.maxproc = maxproc
         self._data_parent: Path | None = None
@@ -165,7 +166,8 @@ class Postfix:
         (self.conf / "master.cf").write_text(MASTER_CF.format(
             smtpd_port=self.smtpd_port, reinject_port=self.reinject_port,
             maxproc=self.maxproc, reinject_recipient_restrictions=restrictions,
-            front_options=self.proxy_options(self.gateway_port) if before else ""))
+            front_options=(self.proxy_options(self.gateway_port, self.gateway_host)
+                           if before else "")))
         if not self.gateway_port:
             content_filter = "# no content filter: Postfix alone"
         elif before:
@@ -178,12 +180,12 @@ class Postfix:
             message_size_limit=self.message_size_limit))
 
     @staticmethod
-    def proxy_options(gateway_port: int) -> str:
+    def proxy_options(gateway_port: int, host: str = "127.0.0.1") -> str:
         """master.cf options of a front smtpd with the gateway as its before-queue proxy
         filter (SMTPD_PROXY_README): the message is taken whole from the client first
         (speed_adjust: a slow client does not hold a gateway connection), then handed over;
         the gateway's reply, after the re-injection smtpd queued it, is the client's."""
-        return ("\n  -o smtpd_proxy_filter=[127.0.0.1]:" + str(gateway_port)
+        return (f"\n  -o smtpd_proxy_filter=[{host}]:{gateway_port}"
                 + "\n  -o smtpd_proxy_options=speed_adjust"
                 + "\n  -o smtpd_proxy_timeout=300s")
 

@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -154,7 +153,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def start_node(deployment: Deployment) -> Iterator[Callable[[str, Path], Node]]:
     """Starts ``ca serve`` on a free loopback port with ``--passphrase-file`` and waits until
-    the port accepts connections; every node is stopped afterwards (SIGTERM, then SIGKILL)."""
+    it says it answers (every worker loaded: the port accepts connections as soon as it is
+    bound, before that); every node is stopped afterwards (SIGTERM, then SIGKILL)."""
     started: list[subprocess.Popen[bytes]] = []
     secret = deployment.tmp / "ca.pass"
     secret.write_text(PASS + "\n")
@@ -174,11 +174,9 @@ def start_node(deployment: Deployment) -> Iterator[Callable[[str, Path], Node]]:
             node = Node(name, data_dir, port, proc, log)
             deadline = time.monotonic() + NODE_START_DEADLINE
             while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                if f"on http://127.0.0.1:{port} (Ctrl-C to stop)" in node.stderr():
                     return node
-                except OSError:
-                    time.sleep(0.1)
+                time.sleep(0.1)
             if proc.poll() is None:
                 pytest.fail(f"{name} did not listen within {NODE_START_DEADLINE} s:"
                             f" {node.stderr()}")

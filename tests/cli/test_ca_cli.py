@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from backends import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 from loopback import free_port
+from softhsm import init_tokens, require_module
 
 from smimekit.cli.main import main
 from smimekit.store import Store
@@ -257,25 +257,11 @@ def test_serve_answers_openssl_ocsp(env: Path, capsys: pytest.CaptureFixture[str
     assert b"Traceback" not in server.stderr.read()  # type: ignore[union-attr]
 
 
-def _softhsm_module() -> str | None:
-    for candidate in ("/usr/lib/softhsm/libsofthsm2.so",
-                      "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
 def test_issuing_key_in_softhsm(env: Path) -> None:
-    module = _softhsm_module()
-    if module is None or shutil.which("softhsm2-util") is None:
-        pytest.skip("softhsm2 is not installed (make peers installs it)")
-    (env / "tokens").mkdir()
-    conf = env / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {env / 'tokens'}\nobjectstore.backend = file\n")
-    hsm = {"SOFTHSM2_CONF": str(conf), "SMIMEKIT_PKCS11_PIN": "4711-4711"}
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "smimekit",
-                    "--pin", "4711-4711", "--so-pin", "0815-0815"], check=True,
-                   capture_output=True, env={**os.environ, **hsm})
+    module = require_module()
+    hsm = {**init_tokens(env, ["smimekit"], pin="4711-4711", so_pin="0815-0815"),
+           "SMIMEKIT_PKCS11_PIN": "4711-4711"}
+    conf = hsm["SOFTHSM2_CONF"]
     made = _cli(env, "ca", "init", "--org", "Example Ltd", "--base-url", BASE,
                 "--key-type", "p384", "--pkcs11-module", module, extra_env=hsm)
     assert made.returncode == 0, made.stderr

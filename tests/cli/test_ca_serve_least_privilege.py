@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from loopback import free_port
+from softhsm import init_tokens, require_module
 
 from smimekit.ca.home import CAHome
 from smimekit.ca.issuance import CRL_VALIDITY, CertificateAuthority, fingerprint
@@ -316,19 +316,10 @@ def test_default_server_object_holds_no_issuing_key(env: Path) -> None:
 
 
 def test_default_serve_of_a_token_ca_never_logs_into_the_token(tmp_path: Path) -> None:
-    module = next((m for m in ("/usr/lib/softhsm/libsofthsm2.so",
-                               "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
-                   if Path(m).exists()), None)
-    if module is None or shutil.which("softhsm2-util") is None:
-        pytest.skip("softhsm2 is not installed (make peers installs it)")
-    (tmp_path / "tokens").mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
-    hsm = {**os.environ, "SOFTHSM2_CONF": str(conf), "SMIMEKIT_PKCS11_PIN": "4711-4711",
-           "SMIMEKIT_PASSPHRASE": PASS}
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "smimekit",
-                    "--pin", "4711-4711", "--so-pin", "0815-0815"], check=True,
-                   capture_output=True, env=hsm)
+    module = require_module()
+    hsm = {**os.environ, **init_tokens(tmp_path, ["smimekit"], pin="4711-4711",
+                                       so_pin="0815-0815"),
+           "SMIMEKIT_PKCS11_PIN": "4711-4711", "SMIMEKIT_PASSPHRASE": PASS}
     cli = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(tmp_path / "data")]
     for args in (["ca", "init", "--org", "Example Ltd", "--base-url", BASE, "--key-type",
                   "p384", "--pkcs11-module", module],

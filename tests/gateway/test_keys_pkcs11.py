@@ -4,13 +4,12 @@ non-extractable AES-256 key seals and opens it; the PIN and the token are checke
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pki import PKI
+from softhsm import tokens_in_process
 from sqlalchemy import select
 
 from smimekit.config import GatewayConfig
@@ -33,23 +32,8 @@ OTHER = "smimekit-gateway-2"
 
 @pytest.fixture(scope="module")
 def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    util = shutil.which("softhsm2-util")
-    path = "/usr/lib/softhsm/libsofthsm2.so"
-    if util is None or not os.path.isfile(path):
-        pytest.skip("softhsm2 is not installed (apt-get install softhsm2, or `make peers`)")
-    home = tmp_path_factory.mktemp("softhsm-gw")
-    (home / "tokens").mkdir()
-    conf = home / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {home / 'tokens'}\n"
-                    "objectstore.backend = file\nlog.level = ERROR\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOFTHSM2_CONF", str(conf))
-        for label in (TOKEN, OTHER):
-            subprocess.run([util, "--init-token", "--free", "--label", label, "--pin", PIN,
-                            "--so-pin", "so-pin-1"], check=True, capture_output=True)
-        lib = pkcs11.lib(os.path.realpath(path))
-        if TOKEN not in {t.label for t in lib.get_tokens()}:
-            lib.reinitialize()  # loaded earlier in this process, with another token dir
+    with tokens_in_process(tmp_path_factory.mktemp("softhsm-gw"), [TOKEN, OTHER], pin=PIN,
+                           so_pin="so-pin-1") as path:
         yield path
 
 

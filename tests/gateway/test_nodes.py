@@ -1,15 +1,18 @@
-"""Two gateway nodes (``smimekit gateway serve`` processes on their own ports) sharing one
-PostgreSQL store behind one Postfix.
+"""Two gateway nodes sharing one PostgreSQL store behind one Postfix, each a host of its own
+on a separate loopback address: node 1 listens on 127.0.0.2 and node 2 on 127.0.0.3, on the
+same port (Linux routes all of 127.0.0.0/8 to the loopback interface, so nothing leaves the
+machine, and each node is reached only by its address, as two machines would be).
 
 Postfix has two front smtpd listeners: the first hands its mail to node 1 and the second to
 node 2, each with the other node as the fallback destination of the same content filter
-(``content_filter = scan:[127.0.0.1]:<node 1>,[127.0.0.1]:<node 2>``, Postfix 3.5's list of
-next hops). Load is split by the front a client uses; when a node is down Postfix hands its
-mail to the other one within the same delivery attempt.
+(``content_filter = scan:[127.0.0.2]:<port>,[127.0.0.3]:<port>``, Postfix 3.5's list of next
+hops). Load is split by the front a client uses; when a node is down Postfix hands its mail to
+the other one within the same delivery attempt.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from smtpkit import SinkHandler, sink
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 ANN, BOB, CAROL = "ann@example.org", "bob@example.net", "carol@example.net"
+NODE_HOSTS = ("127.0.0.2", "127.0.0.3")
 
 
 @dataclass
@@ -58,13 +62,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         data_dir.mkdir()
         url = stack.enter_context(pg_store(data_dir))
         handler, sink_port = stack.enter_context(sink())
-        ports = (free_port(), free_port())
-        postfix = FrontsPostfix(tmp_path / "postfix", sink_port=sink_port,
-                                node_ports=list(ports))
+        port = free_port()
+        addresses = [(NODE_HOSTS[0], port), (NODE_HOSTS[1], port)]
+        postfix = FrontsPostfix(tmp_path / "postfix", sink_port=sink_port, nodes=addresses)
         nodes = tuple(Node(f"node-{i + 1}", postfix.reinject_port, data_dir=data_dir,
-                           database_url=url, port=port, log_dir=tmp_path)
-                      for i, port in enumerate(ports))
-        postfix.start(ports[0])
+                           database_url=url, host=host, port=port, log_dir=tmp_path)
+                      for i, (host, port) in enumerate(addresses))
+        postfix.start()
         stack.callback(postfix.stop)
         for node in nodes:
             node.start()
@@ -74,6 +78,22 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def _ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{i}@nodes.test" for i in range(count)]
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_each_node_is_its_own_host(cluster: Cluster) -> None:
+    """One port, three addresses: each node answers on its own address only."""
+    port = cluster.nodes[0].port
+    assert [_answers(host, port) for host in ("127.0.0.1", *NODE_HOSTS)] == [False, True, True]
+    cluster.nodes[1].kill9()
+    assert [_answers(host, port) for host in NODE_HOSTS] == [True, False]
 
 
 def test_two_nodes_share_the_load_and_every_message_arrives_once(cluster: Cluster) -> None:

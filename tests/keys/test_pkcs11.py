@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
+from softhsm import tokens_in_process
 
 pkcs11 = pytest.importorskip("pkcs11")
 
@@ -40,36 +40,11 @@ SPARE = "smimekit-spare"  # nobody stays logged in here: the token itself checks
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
-def _find_module() -> str | None:
-    candidates = ["/usr/lib/softhsm/libsofthsm2.so"]
-    if shutil.which("dpkg"):
-        listing = subprocess.run(["dpkg", "-L", "softhsm2"], capture_output=True, text=True)
-        candidates += [line for line in listing.stdout.splitlines()
-                       if line.endswith("/libsofthsm2.so")]
-    return next((c for c in candidates if os.path.isfile(c)), None)
-
-
 @pytest.fixture(scope="module")
 def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The SoftHSM2 module, with tokens TOKEN and SPARE in a temporary token directory."""
-    util = shutil.which("softhsm2-util")
-    path = _find_module()
-    if util is None or path is None:
-        pytest.skip("softhsm2 is not installed (apt-get install softhsm2, or `make peers`)")
-    home = tmp_path_factory.mktemp("softhsm")
-    (home / "tokens").mkdir()
-    conf = home / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {home / 'tokens'}\n"
-                    "objectstore.backend = file\nlog.level = ERROR\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOFTHSM2_CONF", str(conf))
-        for label in (TOKEN, SPARE):
-            subprocess.run([util, "--init-token", "--free", "--label", label,
-                            "--pin", PIN, "--so-pin", SO_PIN],
-                           check=True, capture_output=True)
-        lib = pkcs11.lib(os.path.realpath(path))
-        if TOKEN not in {t.label for t in lib.get_tokens()}:
-            lib.reinitialize()  # loaded earlier in this process, with another token dir
+    with tokens_in_process(tmp_path_factory.mktemp("softhsm"), [TOKEN, SPARE], pin=PIN,
+                           so_pin=SO_PIN) as path:
         yield path
 
 

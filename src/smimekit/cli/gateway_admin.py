@@ -4,7 +4,7 @@ gateway policy`` (the effective policy of addresses), docs/gateway.md.
 Both join the ``gateway`` group of cli/gateway.py through ``COMMANDS`` (the ``extend`` of its
 entry in cli/main.py). The key store opens with ``[gateway]
 key_passphrase_file`` (or the PKCS#11 token of ``pkcs11_module``), as ``gateway serve`` opens
-it.
+it; ``import --into-token`` keeps the keys themselves inside that token.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _gateway_config() -> GatewayConfig:
 
 @click.group()
 def keys() -> None:
-    """The keys the gateway holds for users (and the organisation), sealed in the store."""
+    """The keys the gateway holds for users (and the organisation): sealed in the store, or
+    inside the PKCS#11 token (import --into-token)."""
 
 
 @keys.command("import")
@@ -48,8 +49,12 @@ def keys() -> None:
               " first address].")
 @click.option("--organisation", is_flag=True,
               help="The organisation's signing key (policy organisation_signature).")
+@click.option("--into-token", is_flag=True,
+              help="Keep the keys (every one of the file, the older ones too) inside the"
+              " PKCS#11 token of [gateway] pkcs11_module, as sensitive, non-extractable"
+              " objects; the store then holds only where they are.")
 def import_(p12: str, passphrase_file: str | None, passphrase_env: str | None,
-            address: str | None, organisation: bool) -> None:
+            address: str | None, organisation: bool, into_token: bool) -> None:
     """Hold every key of a PKCS#12 file (e.g. what 'ca issue' writes, with the key history).
 
     The PKCS#12 passphrase comes from --passphrase-file, --passphrase-env or
@@ -58,17 +63,28 @@ def import_(p12: str, passphrase_file: str | None, passphrase_env: str | None,
     """
     from smimekit.gateway.keys import StoreHeldKeys, import_pkcs12, master_key_source
 
-    secret = master_key_source(_gateway_config())
+    gateway = _gateway_config()
+    if into_token and gateway.pkcs11_module is None:
+        raise CliError("--into-token needs a PKCS#11 token: set [gateway] pkcs11_module,"
+                       " token_label and pin_file")
+    secret = master_key_source(gateway)
     data = Path(p12).read_bytes()
     with open_store(create=True) as store:
         held = StoreHeldKeys.open(store, secret, create=True)
-        done = import_pkcs12(held, data, passphrase_from(passphrase_file, passphrase_env),
-                             address=address, organisation=organisation, label=f"PKCS#12 {p12}")
+        try:
+            done = import_pkcs12(held, data, passphrase_from(passphrase_file, passphrase_env),
+                                 address=address, organisation=organisation,
+                                 label=f"PKCS#12 {p12}", into_token=into_token)
+        finally:
+            held.close()
+        where = f"token {gateway.token_label!r}" if into_token else "store"
         for item in done:
             if item.new:
                 store.audit(cli_actor(), "gateway.keys.import", item.address or "organisation",
-                            {"fingerprint": item.fingerprint, "purpose": item.purpose})
-            state = "held" if item.new else "already held"
+                            {"fingerprint": item.fingerprint, "purpose": item.purpose,
+                             "where": where})
+            state = ("held" + (f" in {where}" if into_token else "")) if item.new \
+                else "already held"
             click.echo(f"{state}: {item.fingerprint[:16]}  {item.address or '(organisation)'}"
                        f"  {item.purpose}  until {item.not_after.date().isoformat()}")
 
@@ -76,10 +92,13 @@ def import_(p12: str, passphrase_file: str | None, passphrase_env: str | None,
 @keys.command("list")
 @click.argument("address", required=False)
 def list_(address: str | None) -> None:
-    """The keys held (for ADDRESS, or all): fingerprint, address, purpose, validity, state.
+    """The keys held (for ADDRESS, or all): fingerprint, address, purpose, validity, where
+    the key lives (store: sealed in the store; token 'LABEL': inside the token), state.
 
     Reads the store only; no passphrase is needed and no key is opened.
     """
+    from smimekit.gateway.keys import where
+
     with open_store() as store:
         rows = store.gateway_keys(address)
     if not rows:
@@ -91,7 +110,7 @@ def list_(address: str | None) -> None:
         state = ("retired " + row.retired_at.date().isoformat() if row.retired_at
                  else "expired" if row.not_after < now else "current")
         click.echo(f"{row.fingerprint[:16]}  {row.address or '(organisation)'}  {row.purpose}"
-                   f"  until {row.not_after.date().isoformat()}  {state}")
+                   f"  until {row.not_after.date().isoformat()}  {where(row)}  {state}")
 
 
 @keys.command("retire")

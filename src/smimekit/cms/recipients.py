@@ -8,6 +8,15 @@ in :mod:`smimekit.cms.kem`).
 Unwrapping never says why it failed: a wrong key, bad padding or a failed key unwrap all
 yield a random key of the right length (RFC 3218 section 2.3), so the failure surfaces only
 as one generic :class:`~smimekit.errors.DecryptionError` after content decryption.
+
+The private key may be a software key or one that stays in a PKCS#11 token
+(:mod:`smimekit.keys.token_keys`: ``RSAPrivateKey`` / ``EllipticCurvePrivateKey`` subclasses
+whose ``decrypt`` / ``exchange`` run in the token). A token key raises the same
+``ValueError`` for a bad padding (it checks PKCS#1 v1.5 padding itself, over raw RSA), so the
+random-key path above is the same; a token that fails raises
+:class:`~smimekit.errors.KeyLoadError`, which passes through (it does not depend on the
+ciphertext, and the caller must retry later rather than report a message that does not
+decrypt).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from smimekit.errors import (
     DecryptionError,
     EncryptionError,
     GatewayError,
+    KeyLoadError,
     LegacyAlgorithmError,
     MIMEError,
     NoRecipientError,
@@ -309,7 +310,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         if not looked_up:
             try:
                 looked_up.append(held_keys.decryption_keys(recipient))
-            except StoreError as exc:
+            except (StoreError, KeyLoadError) as exc:  # the store or a token: retry later
                 raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") \
                     from None
         return looked_up[0]
@@ -470,6 +471,8 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
     else:
         try:
             first = unwrap(work.received, keys=pairs, encryption_only=True)
+        except KeyLoadError as exc:  # a held key's token failed: not the message's fault
+            raise GatewayError(f"a held key cannot be used now: {exc}") from None
         except NoRecipientError:
             return _Clear("not-for-held-keys", "not encrypted to a key the gateway holds")
         except LegacyAlgorithmError as exc:
@@ -487,6 +490,8 @@ def _read_uncached(work: _Work, held: Sequence[HeldKey], policy: InboundPolicy,
         source = clear.decrypted or b""
     try:
         clear.unwrapped = unwrap(source, keys=pairs, extra_certs=())
+    except KeyLoadError as exc:
+        raise GatewayError(f"a held key cannot be used now: {exc}") from None
     except NoRecipientError:
         # encrypted inside a signature (triple wrapping) or twice: not for the held keys
         return _Clear("not-decrypted", "an encrypted part the held keys do not open")

@@ -10,7 +10,11 @@ Two layers, so that opening one of ten thousand users' keys costs a microsecond,
   with the same passphrase or token key;
 * each **held key** (PKCS#8 DER) is sealed with AES-256-GCM under the master key, the
   certificate's SHA-256 fingerprint bound in as associated data (a sealed key moved to another
-  row does not open).
+  row does not open); or, imported with ``into_token`` (``gateway keys import
+  --into-token``), it is a sensitive, non-extractable private key object inside the token
+  (:mod:`smimekit.keys.token_keys`) and its row holds only where it is: ``pkcs11:`` and the
+  token's label and the object's ``CKA_ID`` (the certificate's SHA-256 fingerprint). Such a
+  key signs and decrypts inside the token; the gateway never sees it.
 
 Nothing is ever stored or logged in the clear. Retired keys stay in the history:
 :meth:`StoreHeldKeys.decryption_keys` returns every encryption key a user ever had, newest
@@ -19,9 +23,11 @@ first, so mail encrypted to an old certificate still opens.
 Keys come in as PKCS#12 (what ``smimekit ca issue`` writes, with the whole key history):
 :func:`import_pkcs12`. Each key's purpose follows its certificate's key usage.
 
-The users' private keys themselves are not kept inside the token: signing and decrypting
-with a key that never leaves a token would need the CMS layer to call the token (it does so
-only for our CA's keys); docs/gateway.md says so.
+A key object found in the token is checked against its certificate when first opened (RSA
+modulus; an ECDH or ECDSA round for EC). A token that fails (gone, session lost) or a key
+object deleted from it is a :class:`~smimekit.errors.KeyLoadError`, which the pipeline turns
+into a temporary GatewayError (4xx, Postfix keeps the mail); after a token failure the next
+use opens a new session.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
@@ -55,6 +61,9 @@ from smimekit.store import Store
 from smimekit.store.db import certificate_emails
 from smimekit.store.gateway_keys import GatewayKeyRow
 
+if TYPE_CHECKING:
+    from smimekit.keys.token_keys import TokenKeyring
+
 __all__ = [
     "TOKEN_KEY_LABEL",
     "Imported",
@@ -66,6 +75,8 @@ __all__ = [
     "open_held_keys",
     "purpose_of",
     "read_key_passphrase",
+    "token_reference",
+    "where",
 ]
 
 TOKEN_KEY_LABEL = "smimekit-gateway-master"  # noqa: S105 (a key label, not a secret)
@@ -110,30 +121,15 @@ class TokenKek:
 
     @contextmanager
     def _key(self, create: bool) -> Iterator[Any]:
-        import pkcs11
         from pkcs11 import Attribute, KeyType, ObjectClass
         from pkcs11 import exceptions as p11
 
-        path = os.path.realpath(self.module)
-        if not os.path.isfile(path):
-            raise KeyLoadError(f"PKCS#11 module {self.module} not found")
-        try:
-            token = pkcs11.lib(path).get_token(token_label=self.token_label)
-        except p11.NoSuchToken:
-            raise KeyLoadError(f"no token labelled {self.token_label!r} in PKCS#11 module"
-                               f" {self.module}") from None
-        except p11.PKCS11Error as exc:
-            raise KeyLoadError(f"cannot use PKCS#11 module {self.module}:"
-                               f" {type(exc).__name__}") from None
-        try:
-            session = token.open(user_pin=self.pin, rw=create)
-        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked,
-                p11.PinExpired):
-            raise PassphraseError(f"the user PIN of token {self.token_label!r} is wrong,"
-                                  " locked or expired (gateway.pin_file)") from None
-        except p11.PKCS11Error as exc:
-            raise KeyLoadError(f"cannot log in to token {self.token_label!r}:"
-                               f" {type(exc).__name__}") from None
+        from smimekit.keys.pkcs11 import _close_quietly, _open_session
+
+        # The process's shared login (keys/pkcs11.py): the held keys in the token
+        # (TokenKeyring) may be logged in already, and a second C_Login would fail.
+        _, session, login = _open_session(self.module, self.token_label, self.pin, rw=create,
+                                          error=KeyLoadError)
         try:
             try:
                 key = session.get_key(ObjectClass.SECRET_KEY, KeyType.AES,
@@ -149,9 +145,12 @@ class TokenKek:
             except p11.MultipleObjectsReturned:
                 raise KeyLoadError(f"token {self.token_label!r} holds more than one key"
                                    f" labelled {self.key_label!r}") from None
+            except p11.PKCS11Error as exc:
+                raise KeyLoadError(f"token {self.token_label!r} cannot find or make the key"
+                                   f" {self.key_label!r}: {type(exc).__name__}") from None
             yield key
         finally:
-            session.close()
+            _close_quietly(session, login)
 
     def seal(self, master: bytes) -> dict[str, Any]:
         """The sealed master key's record (the token's key is made when missing)."""
@@ -281,6 +280,40 @@ def _unseal(master: bytes, row: GatewayKeyRow) -> PrivateKeyTypes:
     return serialization.load_der_private_key(der, None)
 
 
+_TOKEN_REF = b"pkcs11:"
+
+
+def _token_ref(token_label: str, key_id: bytes) -> bytes:
+    return _TOKEN_REF + json.dumps({"token": token_label, "id": key_id.hex()},
+                                   sort_keys=True).encode()
+
+
+def token_reference(row: GatewayKeyRow) -> tuple[str, bytes] | None:
+    """(token label, CKA_ID) of a key held in a PKCS#11 token; None for a sealed key.
+
+    Raises:
+        KeyLoadError: the row says "token" but the reference is damaged.
+    """
+    if not row.sealed.startswith(_TOKEN_REF):
+        return None
+    try:
+        record = json.loads(row.sealed[len(_TOKEN_REF):])
+        return str(record["token"]), bytes.fromhex(record["id"])
+    except (ValueError, KeyError, TypeError):
+        raise KeyLoadError(f"held key {row.fingerprint[:16]}: its token reference is damaged"
+                           ) from None
+
+
+def where(row: GatewayKeyRow) -> str:
+    """Where a held key lives, for ``gateway keys list``: ``store`` (sealed under the master
+    key) or ``token 'LABEL'``."""
+    try:
+        ref = token_reference(row)
+    except KeyLoadError:
+        return "token (damaged reference)"
+    return "store" if ref is None else f"token {ref[0]!r}"
+
+
 def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
@@ -347,9 +380,13 @@ class StoreHeldKeys:
 
     def __init__(self, store: Store, master: bytes, *,
                  clock: Callable[[], dt.datetime] | None = None,
-                 memo_seconds: float = 0.0, memo_entries: int = 10_000) -> None:
+                 memo_seconds: float = 0.0, memo_entries: int = 10_000,
+                 token: TokenKek | None = None) -> None:
         self._store = store
         self._master = master
+        self._token = token
+        self._ring: TokenKeyring | None = None
+        self._ring_lock = threading.Lock()
         self._opened: dict[str, HeldKey] = {}
         self._clock = clock
         self.memo_seconds = memo_seconds
@@ -379,14 +416,54 @@ class StoreHeldKeys:
             stored = store.set_gateway_master_key(text)
             if stored != text:  # another node created one first: use that one
                 master = _open_master(stored, passphrase)
-            return cls(store, master, memo_seconds=memo_seconds)
-        return cls(store, _open_master(text, passphrase), memo_seconds=memo_seconds)
+        else:
+            master = _open_master(text, passphrase)
+        token = passphrase if isinstance(passphrase, TokenKek) else None
+        return cls(store, master, memo_seconds=memo_seconds, token=token)
 
     def forget(self) -> None:
-        """Drop every opened key and every remembered row from memory."""
+        """Drop every opened key and every remembered row from memory (the token's session
+        too: the next use opens a new one)."""
         with self._lock:
             self._opened.clear()
             self._rows.clear()
+        self._close_ring()
+
+    def close(self) -> None:
+        """Close the session on the token (if one was opened); the object stays usable and
+        opens a new session when a token key is needed again."""
+        self.forget()
+
+    def _close_ring(self) -> None:
+        with self._ring_lock:
+            ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
+
+    def _keyring(self, token_label: str, what: str) -> TokenKeyring:
+        """The session on the configured token, opened when first needed and again after
+        the token failed (the keys opened through the failed one are dropped)."""
+        from smimekit.keys.token_keys import TokenKeyring
+
+        token = self._token
+        if token is None:
+            raise KeyLoadError(f"{what} is in PKCS#11 token {token_label!r}, but no"
+                               " gateway.pkcs11_module is configured")
+        if token.token_label != token_label:
+            raise KeyLoadError(f"{what} is in PKCS#11 token {token_label!r}, but"
+                               f" gateway.token_label is {token.token_label!r}")
+        with self._ring_lock:
+            ring = self._ring
+            if ring is not None and ring.failed:
+                ring.close()
+                ring = self._ring = None
+                with self._lock:
+                    for fingerprint in [f for f, h in self._opened.items()
+                                        if getattr(h.key, "token_held", False)]:
+                        del self._opened[fingerprint]
+            if ring is None:
+                ring = self._ring = TokenKeyring(token.module, token.token_label, token.pin)
+            return ring
 
     def _key_rows(self, address: str) -> tuple[GatewayKeyRow, ...]:
         """The store's rows for ``address`` (``""``: the organisation's), from the memo while
@@ -419,9 +496,22 @@ class StoreHeldKeys:
         # Opened once per process, the certificate and chain parsed once: the fingerprint
         # names the certificate, and the seal is bound to it.
         held = self._opened.get(row.fingerprint)
+        if held is not None and getattr(held.key, "token_held", False) \
+                and self._ring is not None and self._ring.failed:
+            held = None  # opened through a session that failed: open it again
         if held is None:
-            held = HeldKey(_unseal(self._master, row),
-                           x509.load_der_x509_certificate(row.certificate), _chain(row.chain))
+            cert = x509.load_der_x509_certificate(row.certificate)
+            ref = token_reference(row)
+            if ref is None:
+                key: PrivateKeyTypes = _unseal(self._master, row)
+            else:
+                what = f"held key {row.fingerprint[:16]}"
+                ring = self._keyring(ref[0], what)
+                try:
+                    key = ring.key(ref[1], cert.public_key())
+                except KeyLoadError as exc:
+                    raise KeyLoadError(f"{what}: {exc}") from None
+            held = HeldKey(key, cert, _chain(row.chain))
             with self._lock:
                 self._opened[row.fingerprint] = held
         return held
@@ -477,14 +567,18 @@ class StoreHeldKeys:
 
     def add(self, key: PrivateKeyTypes, cert: x509.Certificate,
             chain: Sequence[x509.Certificate] = (), *, address: str | None = None,
-            organisation: bool = False) -> Imported:
+            organisation: bool = False, into_token: bool = False) -> Imported:
         """Hold ``key`` for ``address`` (default: the certificate's first address), or as the
-        organisation's signing key.
+        organisation's signing key. ``into_token``: as a non-extractable object in the
+        configured PKCS#11 token, the row holding only its reference.
 
         Raises:
             KeyLoadError: the key does not match the certificate, the certificate names no
                 address (and none is given) or allows neither signing nor encryption, or an
-                organisation key cannot sign.
+                organisation key cannot sign; with ``into_token``: no token is configured,
+                or it cannot take the key (type, token full, an object by that ID that is
+                another key).
+            PassphraseError: (``into_token``) the token's PIN is wrong.
             StoreError: the database cannot be written.
         """
         if not key_matches(key, cert):
@@ -501,22 +595,45 @@ class StoreHeldKeys:
                 raise KeyLoadError(f"certificate {fingerprint[:16]} names no mail address;"
                                    " give one with --address")
             owner = (address or names[0]).strip().lower()
+        if into_token:
+            sealed = self._into_token(key, cert, fingerprint, owner, purpose)
+            if sealed is None:  # held already: nothing changes
+                return Imported(owner, purpose, fingerprint, cert.not_valid_after_utc, False)
+        else:
+            sealed = _seal(self._master, key, fingerprint)
         new = self._store.add_gateway_key(
             address=owner, purpose=purpose,
             certificate=cert.public_bytes(serialization.Encoding.DER),
             chain=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
-            fingerprint=fingerprint, sealed=_seal(self._master, key, fingerprint),
+            fingerprint=fingerprint, sealed=sealed,
             not_after=cert.not_valid_after_utc)
         with self._lock:
             self._rows.clear()
         return Imported(owner, purpose, fingerprint, cert.not_valid_after_utc, new)
 
+    def _into_token(self, key: PrivateKeyTypes, cert: x509.Certificate, fingerprint: str,
+                    owner: str, purpose: str) -> bytes | None:
+        """Put ``key`` in the token; its row's reference, or None when the store holds this
+        certificate's key already (sealed or in the token: it is not moved)."""
+        if any(r.fingerprint == fingerprint for r in self._store.gateway_keys(owner)):
+            return None
+        if self._token is None:
+            raise KeyLoadError("--into-token needs a PKCS#11 token: set gateway.pkcs11_module,"
+                               " token_label and pin_file")
+        key_id = bytes.fromhex(fingerprint)
+        ring = self._keyring(self._token.token_label, f"the key {fingerprint[:16]}")
+        ring.store(key, key_id, f"smimekit-held {owner or 'organisation'} {fingerprint[:16]}",
+                   sign=purpose in ("sign", "both", "organisation"),
+                   decrypt=purpose in ("encrypt", "both"))
+        return _token_ref(self._token.token_label, key_id)
+
 
 def import_pkcs12(held: StoreHeldKeys, data: bytes, passphrase: bytes | None, *,
                   address: str | None = None, organisation: bool = False,
-                  label: str = "PKCS#12") -> list[Imported]:
+                  label: str = "PKCS#12", into_token: bool = False) -> list[Imported]:
     """Hold every key of a PKCS#12 file (a key history: current key first, as our CA
     writes it), each with its certificate; the file's other certificates are the chain.
+    ``into_token``: every key (the older ones too) as an object in the configured token.
 
     Raises:
         PassphraseError: the PKCS#12 passphrase is wrong.
@@ -534,7 +651,7 @@ def import_pkcs12(held: StoreHeldKeys, data: bytes, passphrase: bytes | None, *,
         if cert is None:
             raise KeyLoadError(f"{label}: a private key without its certificate")
         done.append(held.add(key, cert, found.certificates, address=address,
-                             organisation=organisation))
+                             organisation=organisation, into_token=into_token))
     return list(reversed(done))
 
 

@@ -83,6 +83,8 @@ class HeldKey:
     """A key the gateway holds for a user (or the organisation), with its certificate."""
 
     key: PrivateKeyTypes
+    """A software key, or one that stays in a PKCS#11 token (keys/token_keys.py: the same
+    types, their operations run in the token)."""
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...] = ()
 

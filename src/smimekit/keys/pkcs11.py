@@ -42,7 +42,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.types import SignMixin
 
 from smimekit.cms import der
-from smimekit.errors import CAError, PassphraseError
+from smimekit.errors import CAError, PassphraseError, SmimeError
 from smimekit.keys.signer import hash_for
 
 __all__ = ["KEY_TYPES", "Pkcs11Signer", "generate_ca_key", "open_signer"]
@@ -81,24 +81,31 @@ def _name(exc: BaseException) -> str:
 # -- the module and the token ---------------------------------------------------------------
 
 
-def _token(module_path: str | os.PathLike[str], token_label: str) -> tuple[str, pkcs11.Token]:
+# The error class for trouble with the module, the token or a key: CAError for the CA's keys,
+# KeyLoadError for the keys the mail gateway holds (keys/token_keys.py). PIN trouble is always
+# PassphraseError.
+_Error = type[SmimeError]
+
+
+def _token(module_path: str | os.PathLike[str], token_label: str, error: _Error = CAError,
+           ) -> tuple[str, pkcs11.Token]:
     shown = os.fspath(module_path)
     # One name per file: python-pkcs11 keeps a loaded module per path string.
     path = os.path.realpath(shown)
     if not os.path.isfile(path):
-        raise CAError(f"PKCS#11 module {shown} not found")
+        raise error(f"PKCS#11 module {shown} not found")
     try:
         lib = pkcs11.lib(path)
     except p11.PKCS11Error as exc:
-        raise CAError(f"cannot load PKCS#11 module {shown}: {_name(exc)}") from None
+        raise error(f"cannot load PKCS#11 module {shown}: {_name(exc)}") from None
     try:
         return path, lib.get_token(token_label=token_label)
     except p11.NoSuchToken:
-        raise CAError(f"no token labelled {token_label!r} in PKCS#11 module {shown}") from None
+        raise error(f"no token labelled {token_label!r} in PKCS#11 module {shown}") from None
     except p11.MultipleTokensReturned:
-        raise CAError(f"more than one token labelled {token_label!r} in {shown}") from None
+        raise error(f"more than one token labelled {token_label!r} in {shown}") from None
     except p11.PKCS11Error as exc:
-        raise CAError(f"cannot list the tokens of {shown}: {_name(exc)}") from None
+        raise error(f"cannot list the tokens of {shown}: {_name(exc)}") from None
 
 
 @dataclass
@@ -118,7 +125,8 @@ def _pin_mac(pin: str) -> bytes:
     return hmac.new(_PIN_KEY, pin.encode("utf-8"), hashlib.sha256).digest()
 
 
-def _login(where: tuple[str, bytes], token: pkcs11.Token, pin: str) -> None:
+def _login(where: tuple[str, bytes], token: pkcs11.Token, pin: str,
+           error: _Error = CAError) -> None:
     """Log in to ``token`` once for this process, or check ``pin`` against that login."""
     label = token.label
     with _logins_lock:
@@ -137,13 +145,13 @@ def _login(where: tuple[str, bytes], token: pkcs11.Token, pin: str) -> None:
         except p11.PinExpired:
             raise PassphraseError(f"the user PIN of token {label!r} has expired") from None
         except p11.UserPinNotInitialized:
-            raise CAError(f"token {label!r} has no user PIN set") from None
+            raise error(f"token {label!r} has no user PIN set") from None
         except (p11.UserAlreadyLoggedIn, p11.AnotherUserAlreadyLoggedIn):
-            raise CAError(
+            raise error(
                 f"token {label!r} is already logged in by other code in this process; "
                 "cannot check the PIN") from None
         except p11.PKCS11Error as exc:
-            raise CAError(f"cannot log in to token {label!r}: {_name(exc)}") from None
+            raise error(f"cannot log in to token {label!r}: {_name(exc)}") from None
         _logins[where] = _Login(session, _pin_mac(pin), 1)
 
 
@@ -160,6 +168,19 @@ def _logout(where: tuple[str, bytes]) -> None:
             entry.session.close()
         except p11.PKCS11Error:
             pass  # the token went away; nothing is left to log out of
+
+
+def _drop_login(where: tuple[str, bytes]) -> None:
+    """Forget the login of ``where`` after the token lost it (reset, re-inserted): the next
+    session logs in again with its PIN instead of trusting a login that is gone. Its users
+    still ``_logout``, which then finds nothing to do."""
+    with _logins_lock:
+        entry = _logins.pop(where, None)
+    if entry is not None:
+        try:
+            entry.session.close()
+        except p11.PKCS11Error:
+            pass
 
 
 # -- public keys ---------------------------------------------------------------------------
@@ -388,16 +409,17 @@ def _signer(
 
 def _open_session(
     module_path: str | os.PathLike[str], token_label: str, pin: str, *, rw: bool,
+    error: _Error = CAError,
 ) -> tuple[pkcs11.Token, pkcs11.Session, tuple[str, bytes]]:
-    path, token = _token(module_path, token_label)
+    path, token = _token(module_path, token_label, error)
     login = (path, bytes(token.serial))
-    _login(login, token, pin)
+    _login(login, token, pin, error)
     try:
         # No PIN here: the session shares the login above, and closing it will not log out.
         session = token.open(rw=rw)
     except p11.PKCS11Error as exc:
         _logout(login)
-        raise CAError(f"cannot open a session on token {token_label!r}: {_name(exc)}") from None
+        raise error(f"cannot open a session on token {token_label!r}: {_name(exc)}") from None
     return token, session, login
 
 

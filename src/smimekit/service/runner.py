@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -247,8 +248,9 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
 
     ``loader`` runs in each worker after the fork: it opens what must not be shared
     across a fork (a store connection) and returns the application. ``on_ready`` is called
-    in this process with the URL once the socket is bound and the first worker has loaded
-    its application, i.e. when requests are answered.
+    in this process with the URL once the socket is bound and every worker has loaded its
+    application (a worker still loading takes connections from the shared socket all the
+    same, before it holds what it serves, e.g. the CRL it keeps through a database outage).
 
     Raises:
         OSError: the address cannot be bound.
@@ -260,7 +262,7 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
     if multiprocessing.get_start_method() != "fork":
         raise RuntimeError("ca serve needs the 'fork' start method (Linux)")
     holder, bound = _listen(host, port, limits.backlog)
-    ready = multiprocessing.get_context("fork").Event()
+    loaded = multiprocessing.get_context("fork").Value("i", 0)
 
     def load() -> ASGIApp:
         try:
@@ -269,7 +271,8 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
             log.error("worker could not start: %s", exc, extra={"error": type(exc).__name__})
             logging.shutdown()
             os._exit(1)
-        ready.set()
+        with loaded.get_lock():
+            loaded.value += 1
         return app
 
     parent = os.getpid()
@@ -298,9 +301,10 @@ def serve(loader: Callable[[], ASGIApp], host: str, port: int, limits: ServerLim
         url = _url(host, bound)
 
         def announce() -> None:
-            while not ready.wait(0.2):
+            while loaded.value < limits.workers:
                 if server.interrupt_signal or server.interrupt_children:
                     return
+                time.sleep(0.1)
             on_ready(url)
 
         threading.Thread(target=announce, name="announce", daemon=True).start()

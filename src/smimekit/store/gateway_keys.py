@@ -1,6 +1,8 @@
 """The keys the mail gateway holds for users (schema version 6); sealing is gateway/keys.py's.
 
-Rows are never deleted: a retired key keeps decrypting the mail sent to it. The gateway's
+Rows are never deleted: a retired key keeps decrypting the mail sent to it. A key kept inside
+the PKCS#11 token has no sealed blob: its ``sealed`` holds where it is (``pkcs11:`` and the
+token's label and the object's ID; gateway/keys.py ``token_reference``). The gateway's
 master key, sealed under the key passphrase, is one row of ``schema_meta``; the first node to
 store one wins, and every other node reads that one.
 """
@@ -35,6 +37,7 @@ class GatewayKeyRow:
     """The CA certificates, PEM, concatenated."""
     fingerprint: str
     sealed: bytes
+    """The key sealed under the master key, or ``pkcs11:{...}`` for a key inside the token."""
     not_after: dt.datetime
     created_at: dt.datetime
     retired_at: dt.datetime | None

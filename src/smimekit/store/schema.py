@@ -189,7 +189,8 @@ identities = Table(
 
 # The keys the mail gateway holds (gateway/keys.py): each private key sealed (AES-256-GCM) under
 # the gateway's master key, which is itself sealed under the key passphrase in schema_meta
-# (key "gateway_master_key"). Retired keys stay: the gateway decrypts with the whole history.
+# (key "gateway_master_key"), or kept inside the PKCS#11 token (the row says where). Retired
+# keys stay: the gateway decrypts with the whole history.
 gateway_keys = Table(
     "gateway_keys",
     metadata,
@@ -200,7 +201,8 @@ gateway_keys = Table(
     Column("certificate", LargeBinary, nullable=False),  # DER
     Column("chain", LargeBinary, nullable=False),  # PEM certificates, concatenated
     Column("fingerprint", String(64), nullable=False, unique=True),  # of the certificate
-    Column("sealed", LargeBinary, nullable=False),  # never the key in the clear
+    # never the key in the clear: sealed, or pkcs11:{token, id} for a key inside the token
+    Column("sealed", LargeBinary, nullable=False),
     Column("not_after", DateTime(timezone=True), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("retired_at", DateTime(timezone=True)),
