@@ -28,8 +28,12 @@ def test_folded_headers_keep_their_exact_bytes() -> None:
 
 
 def test_malformed_header_line_is_a_mime_error() -> None:
-    with pytest.raises(MIMEError, match="malformed header"):
+    with pytest.raises(MIMEError, match="malformed header line 1") as raised:
         parse_headers(b"no colon here")
+    assert "colon" not in str(raised.value)  # the position, never the text
+    with pytest.raises(MIMEError, match="malformed header line 3") as raised:
+        parse_headers(b"Subject: a\r\n folded\r\njust a secret body line\r\nTo: b")
+    assert "secret" not in str(raised.value)
 
 
 def test_split_multipart_returns_parts_exactly_as_sent() -> None:
