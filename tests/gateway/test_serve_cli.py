@@ -86,3 +86,17 @@ def test_no_key_passphrase_file_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "key_passphrase_file is not set" in done.stderr
+
+
+def test_a_number_out_of_range_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    # review 12 item 10: max_message_size = 0 used to switch the limit off
+    Store.open(None, tmp_path / "data").close()
+    for line, named in (("max_message_size = 0", "gateway.max_message_size must be at least 1"),
+                        ("max_recipients = 0", "gateway.max_recipients must be at least 1"),
+                        ("timeout = -1", "gateway.timeout must be above 0")):
+        config = gateway_config(tmp_path, line + "\n")
+        done = subprocess.run(_smimekit(tmp_path / "data", "--config", str(config), "gateway",
+                                        "serve", "--listen", f"127.0.0.1:{free_port()}"),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("smimekit: error:") and named in done.stderr
