@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from loopback import free_port, wait_for_port
 from smtpkit import gateway_config, message, sink
 
@@ -100,3 +102,21 @@ def test_a_number_out_of_range_is_one_line_and_nothing_starts(tmp_path: Path) ->
                               capture_output=True, text=True, timeout=60)
         assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("smimekit: error:") and named in done.stderr
+
+
+def test_wrong_key_passphrase_exits_1_at_start_without_listening(tmp_path: Path) -> None:
+    # review 12 item 6: not a 4xx per message; nothing listens, so Postfix's connection is
+    # refused and it defers the mail (test_postfix_end_to_end: the gateway down and back)
+    from smimekit.gateway.keys import StoreHeldKeys
+
+    with Store.open(None, tmp_path / "data") as store:
+        StoreHeldKeys.open(store, b"the right passphrase", create=True)
+    port = free_port()
+    config = gateway_config(tmp_path, f'listen = "127.0.0.1:{port}"\n')
+    done = subprocess.run(_smimekit(tmp_path / "data", "--config", str(config), "gateway",
+                                    "serve"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("smimekit: error: the gateway's key store cannot be opened:"
+                                  " wrong passphrase")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
