@@ -32,7 +32,12 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.dsn import Failed, build_dsn, reply_text
-from smimekit.gateway.journal import Journal, delivery_keys, message_key
+from smimekit.gateway.journal import (
+    Journal,
+    delivery_keys,
+    legacy_message_key,
+    message_key,
+)
 from smimekit.gateway.model import Delivery, Envelope, Outcome, Processor
 from smimekit.gateway.relay import NextHop, parse_address
 
@@ -119,7 +124,9 @@ class GatewayHandler:
             log.info("message %s: %s %s %s: %s", key[:16], decision.direction,
                      decision.recipient, decision.action, reply_text(decision.reason, 200))
         try:
-            done = await asyncio.to_thread(self.journal.delivered, key)
+            # the old key too: rows journalled before the upgrade (gateway/journal.py)
+            done = await asyncio.to_thread(
+                lambda: self.journal.delivered(key, legacy_message_key(envelope)))
         except Exception as exc:
             log.warning("message %s: the delivery journal cannot be read (%s)", key[:16],
                         reply_text(str(exc), 200))
