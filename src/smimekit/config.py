@@ -147,6 +147,7 @@ class SyncConfig:
 
 EncryptMode = Literal["always", "if-possible", "never"]
 NoCertificate = Literal["clear", "bounce", "pdf"]
+MissingKey = Literal["defer", "send-unsigned"]
 HeaderConfidentiality = Literal["baseline", "shy", "none"]
 DlpAction = Literal["warn", "require-encryption", "quarantine", "reject"]
 
@@ -163,6 +164,11 @@ class PolicyConfig:
     """Outbound: sign with the sender's key held by the gateway."""
     organisation_signature: bool | None = None
     """Outbound: sign with the organisation's certificate when the sender has no key."""
+    missing_key: MissingKey | None = None
+    """Outbound: signing was asked for (``sign = true`` or ``organisation_signature = true``
+    set in the configuration) and the gateway holds no key to sign with: ``defer`` (4xx, the
+    mail waits in Postfix's queue for the key) or ``send-unsigned``. The built-in ``sign``
+    (not set anywhere) signs when a key is held and never defers."""
     encrypt: EncryptMode | None = None
     """Outbound, per recipient."""
     no_certificate: NoCertificate | None = None
