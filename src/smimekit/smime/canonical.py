@@ -182,7 +182,9 @@ class Entity:
             return binascii.a2b_qp(self.body)
         if cte in ("7bit", "8bit", "binary"):
             return self.body
-        raise MIMEError(f"unknown Content-Transfer-Encoding {cte!r}")
+        # not the value itself: it is the message's text (review 12 item 9)
+        raise MIMEError("unknown Content-Transfer-Encoding (not 7bit, 8bit, binary,"
+                        " quoted-printable or base64)")
 
 
 def _content_type(headers: tuple[Header, ...]) -> tuple[str, dict[str, str]]:
@@ -247,7 +249,7 @@ def split_multipart(data: bytes, boundary: str, start: int = 0) -> list[bytes]:
             break
         part_start = pos = tail.end()
     if not parts and part_start is None:
-        raise MIMEError(f"multipart body has no delimiter for boundary {boundary!r}")
+        raise MIMEError("multipart body has no delimiter for its boundary")
     if not closed:
         raise MIMEError("multipart body is truncated: the closing delimiter is missing")
     return parts
