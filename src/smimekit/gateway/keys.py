@@ -569,7 +569,7 @@ class StoreHeldKeys:
         rows = [r for r in self._key_rows(address)
                 if r.purpose in ("encrypt", "both")]
         row = self._current(rows)
-        return x509.load_der_x509_certificate(row.certificate) if row is not None else None
+        return self._certificate(row) if row is not None else None
 
     def decryption_keys(self, address: str) -> list[HeldKey]:
         """Every encryption key the user ever had (retired and expired too), newest first.
