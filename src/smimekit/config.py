@@ -69,6 +69,7 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -146,6 +147,7 @@ class SyncConfig:
 
 EncryptMode = Literal["always", "if-possible", "never"]
 NoCertificate = Literal["clear", "bounce", "pdf"]
+MissingKey = Literal["defer", "send-unsigned"]
 HeaderConfidentiality = Literal["baseline", "shy", "none"]
 DlpAction = Literal["warn", "require-encryption", "quarantine", "reject"]
 
@@ -162,6 +164,11 @@ class PolicyConfig:
     """Outbound: sign with the sender's key held by the gateway."""
     organisation_signature: bool | None = None
     """Outbound: sign with the organisation's certificate when the sender has no key."""
+    missing_key: MissingKey | None = None
+    """Outbound: signing was asked for (``sign = true`` or ``organisation_signature = true``
+    set in the configuration) and the gateway holds no key to sign with: ``defer`` (4xx, the
+    mail waits in Postfix's queue for the key) or ``send-unsigned``. The built-in ``sign``
+    (not set anywhere) signs when a key is held and never defers."""
     encrypt: EncryptMode | None = None
     """Outbound, per recipient."""
     no_certificate: NoCertificate | None = None
@@ -191,7 +198,7 @@ class ScanConfig:
     """Run with the message on stdin: exit 0 clean, 1 infected (reject), other: failure."""
     socket: str | None = None
     """A clamd-style INSTREAM socket: ``unix:/path`` or ``tcp:host:port``."""
-    timeout: float = 30.0
+    timeout: float = field(default=30.0, metadata={"range": (0, True, 3600)})
     on_failure: Literal["defer", "pass"] = "defer"
     """Scanner down or silent: ``defer`` (4xx, Postfix retries) or ``pass`` (with a warning
     in the result header and the audit log)."""
@@ -204,7 +211,7 @@ class DlpRule:
     name: str
     keywords: tuple[str, ...] = ()
     patterns: tuple[str, ...] = ()
-    threshold: int = 1
+    threshold: int = field(default=1, metadata={"range": (1, False, 1_000_000)})
     """Matches (keywords and patterns together) needed to fire."""
     action: DlpAction = "warn"
     direction: Literal["outbound", "inbound", "both"] = "both"
@@ -223,15 +230,18 @@ class GatewayConfig:
     token_label: str | None = None
     pin_file: Path | None = None
     result_header: str = "X-Smimekit-Result"
-    max_message_size: int = 50 * 1024 * 1024
-    max_recipients: int = 1000
+    max_message_size: int = field(default=50 * 1024 * 1024,
+                                  metadata={"range": (1, False, 1024**3)})
+    """Bytes; larger messages are refused (552) as they are read. At most 1 GiB: the gateway
+    holds a message in memory several times over while it works on it."""
+    max_recipients: int = field(default=1000, metadata={"range": (1, False, 100_000)})
     quarantine_dir: Path | None = None
-    timeout: float = 60.0
+    timeout: float = field(default=60.0, metadata={"range": (0, True, 3600)})
     """Seconds for the next hop to accept a message (then 4xx)."""
-    key_memo_seconds: float = 30.0
+    key_memo_seconds: float = field(default=30.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses which keys an address holds (retired or not) before asking the
     store again: a key retired on another node is used at most this late (0: every time)."""
-    lookup_memo_seconds: float = 60.0
+    lookup_memo_seconds: float = field(default=60.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses a recipient's usable certificate (never past its notAfter): a
     certificate revoked or replaced in the directory is used at most this late (0: off)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -298,10 +308,29 @@ def _build(cls: type[T], data: Any, where: str, base: Path,
         key = _join(where, name)
         if name in data:
             values[name] = _value(hints[name], data[name], key, base)
+            if "range" in fields[name].metadata:
+                _in_range(values[name], fields[name].metadata["range"], key)
         elif (fields[name].default is dataclasses.MISSING
               and fields[name].default_factory is dataclasses.MISSING):
             raise ConfigError(f"{key} is required in the configuration")
     return cls(**values)
+
+
+def _in_range(value: float, bounds: tuple[float, bool, float], key: str) -> None:
+    """Refuse a number out of ``bounds`` (lowest, whether the lowest itself is excluded,
+    highest), NaN and infinity included, naming the key (review 12 item 10: a zero size
+    limit or recipient limit, a timeout of 0 or less must not start a gateway)."""
+    low, exclusive, high = bounds
+    fits = math.isfinite(value) and (value > low if exclusive else value >= low) \
+        and value <= high
+    if not fits:
+        above = f"above {_number(low)}" if exclusive else f"at least {_number(low)}"
+        raise ConfigError(f"{key} must be {above} and at most {_number(high)}"
+                          f" (it is {_number(value)})")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and value == int(value) else str(value)
 
 
 def _join(where: str, name: str) -> str:

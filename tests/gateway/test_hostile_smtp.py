@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from corpus.vectors import corpus_path, list_files, read_bytes
@@ -184,18 +185,41 @@ def test_over_the_size_limit_is_552_and_not_held(served: Served) -> None:
     served.alive()
 
 
+PEAK_FACTOR = 12
+"""The node's peak memory while it works on one message, over its resident memory just
+before, in multiples of the message's size on the wire. Measured (docs/gateway.md "Limits",
+fresh nodes, peak reset before the message): 8.6x to 8.9x for a message decrypted for a
+webmail user from 2.7 to 22 MiB (5.4x at 44 MiB), up to 11.7x re-encrypted for a desktop
+user, 8.7x to 9.7x signed and encrypted outbound; this test's 3.7 MB message 8.7x to 9.5x
+(the bound leaves a quarter more: a further copy of the message fails it)."""
+
+
+def _status_kib(served: Served, field: str) -> int:
+    assert served.node.process is not None
+    status = Path(f"/proc/{served.node.process.pid}/status").read_text()
+    [line] = [x for x in status.splitlines() if x.startswith(field + ":")]
+    return int(line.split()[1])
+
+
 def test_just_under_the_limit_is_processed_with_bounded_memory(served: Served) -> None:
-    body = (b"z" * 74 + b"\r\n") * ((LIMIT - 64 * 1024) // 76 // 2)  # ~2 MiB of clear text
+    body = (b"z" * 74 + b"\r\n") * (LIMIT * 2 // 3 // 76)  # ~2.7 MiB of clear text
     _, to, data = served.home.inbound(body, "big@partner.example")
-    assert LIMIT // 2 < len(data) < LIMIT  # base64 of the CMS: about 4/3 of the body
+    assert LIMIT * 3 // 4 < len(data) < LIMIT  # base64 of the CMS: about 4/3 of the body
     before = len(served.sink.received)
+    # the same kind of message, small, first: code loaded on first use is not the message's
+    _, _, small = served.home.inbound(b"warm\r\n", "warm@partner.example")
+    assert served.exchange(served.home.partner.email, to, small) == 250
+    assert served.node.process is not None
+    served.node.peak_rss()  # keep the peak so far for the node's own record
+    # reset the node's peak (VmHWM) to what it holds now: the peak below is this message's
+    Path(f"/proc/{served.node.process.pid}/clear_refs").write_text("5")
+    base_kib = _status_kib(served, "VmRSS")
     assert served.exchange(served.home.partner.email, to, data) == 250
-    [got] = served.sink.received[before:]
+    got = served.sink.received[-1]
     assert body[:7600] in got.data
-    peak_mib = _rss(served) / 1024
-    # Measured 95 MiB peak for a 2.7 MiB message (the node's Python and libraries ~80 MiB):
-    # a fixed few copies of the message, not a growth without bound.
-    assert peak_mib < 100 + 40 * len(data) / 2**20, peak_mib
+    grown = (_status_kib(served, "VmHWM") - base_kib) * 1024
+    # a fixed few copies of the message, not a growth without bound (review 12 item 8)
+    assert grown < PEAK_FACTOR * len(data), f"{grown / len(data):.1f}x of {len(data)} bytes"
     served.sink.received[before:] = []
 
 

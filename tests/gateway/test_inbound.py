@@ -502,3 +502,54 @@ def test_expired_current_certificate_delivers_the_original_never_the_clear(
     facts = _facts(_results(delivery.data)[0])
     assert facts["encryption"] == "decrypted" and facts["delivered"] == "as-received"
     assert facts["re-encryption"].startswith('"failed: ') and "expired" in facts["re-encryption"]
+
+
+def test_inbound_mail_is_re_encrypted_to_the_current_key_never_a_retired_one(
+        pki: PKI, people: dict[str, Identity], trust: list, backend: Backend) -> None:
+    # review 12 item 2: the key history decrypts; only the current key (newest certificate,
+    # not retired, valid now) is encrypted to, whatever order the keys were imported in
+    from smimekit.gateway.keys import StoreHeldKeys
+
+    now = dt.datetime.now(dt.UTC)
+    root = (pki.root_key, pki.root)
+
+    def jo(name: str, days_old: int) -> Identity:
+        return pki.person(name, "rsa2048", email="jo@example.org", issuer=root,
+                          not_before=now - dt.timedelta(days=days_old),
+                          not_after=now + dt.timedelta(days=200))
+
+    old, current, stolen = jo("jo-old", 300), jo("jo", 100), jo("jo-stolen", 10)
+    with Store.open(backend.url, backend.data_dir) as store:
+        held = StoreHeldKeys.open(store, b"pass", create=True)
+        held.add(stolen.key, stolen.cert)
+        held.add(current.key, current.cert)
+        held.add(old.key, old.cert)  # imported last, certified first
+        assert store.retire_gateway_key(held.add(stolen.key, stolen.cert).fingerprint, now)
+        held.forget()
+        data = smimekit.encrypt(_signed(people, body=b"for jo\r\n"), [old.cert])
+        envelope = Envelope("carol@partner.example", ("jo@example.org",), data)
+        outcome = process_inbound(envelope, ["jo@example.org"], held_keys=held,
+                                  policy_for=_policy, context=_context(trust))
+        (decision,) = outcome.decisions
+        assert decision.action == "re-encrypted"
+        assert decision.details["re-encrypted-to"] == f"serial {current.cert.serial_number:x}"
+        sent = outcome.deliveries[0].data
+        opened = smimekit.decrypt_verify(sent, current.key, current.cert, trust=trust,
+                                         revocation=None)
+        assert b"for jo" in opened.content
+        for other in (stolen, old):
+            with pytest.raises(NoRecipientError):
+                smimekit.decrypt(sent, other.key, other.cert)
+        # every key retired: the mail goes on as it came (still encrypted, as the sender
+        # made it), never in the clear nor to a retired key
+        for who in (current, old):
+            assert store.retire_gateway_key(held.add(who.key, who.cert).fingerprint, now)
+        held.forget()
+        outcome = process_inbound(envelope, ["jo@example.org"], held_keys=held,
+                                  policy_for=_policy, context=_context(trust))
+        (decision,) = outcome.decisions
+        assert decision.action == "passed"
+        assert decision.details["re-encryption"].startswith(
+            "failed: no current certificate of the recipient is held")
+        (delivery,) = outcome.deliveries
+        assert delivery.data.endswith(data) and b"for jo" not in delivery.data

@@ -348,3 +348,36 @@ def test_html_text_drops_scripts_and_styles_and_decodes_entities() -> None:
 
     assert _html_text("<p>Hello <b>world</b><script>x()</script><STYLE>p{}</style> &amp;"
                       " more</p>x<br/>y") == "\nHello world & more\nx\ny"
+
+
+def test_signing_set_in_the_configuration_and_no_key_defers_unless_send_unsigned(
+        store: Store, pki: PKI) -> None:
+    # review 12 item 13: an administrator who wrote sign = true gets no unsigned mail
+    partner = "x@nowhere.example"
+    data = mail()
+    for policy in ({"sign": True}, {"organisation_signature": True},
+                   {"missing_key": "defer"}):
+        ctx = context(store, pki, config(**policy))
+        with pytest.raises(GatewayError) as deferred:
+            process_outbound(_envelope(data, partner), [partner], ctx)
+        assert not deferred.value.permanent  # 4xx: Postfix keeps it until a key is held
+        reason = str(deferred.value)
+        assert "holds no current signing key" in reason and "alice@example.org" in reason
+        assert 'missing_key = "send-unsigned"' in reason
+    # the user level may let one sender's mail go unsigned while the global one defers
+    ctx = context(store, pki, GatewayConfig(
+        internal_domains=("example.org",), policy=PolicyConfig(sign=True),
+        users={"alice@example.org": PolicyConfig(missing_key="send-unsigned")}))
+    out = process_outbound(_envelope(data, partner), [partner], ctx)
+    assert out.deliveries[0].data == data
+    assert "missing_key=send-unsigned (user alice@example.org)" in out.decisions[0].reason
+    # the built-in sign alone (nothing set): signs when it can, never defers
+    out = process_outbound(_envelope(data, partner), [partner], context(store, pki, config()))
+    assert out.deliveries[0].data == data and "holds no signing key" in out.decisions[0].reason
+    # once a key is held the deferred mail goes out signed
+    alice = pki.person("alice")
+    ctx = context(store, pki, config(sign=True))
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    out = process_outbound(_envelope(data, partner), [partner], ctx)
+    assert out.decisions[0].action == "signed"
+

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from backends import Backend
+from cryptography import x509
 from gwout_kit import PASS, harvest, mail
 from pki import PKI
 
@@ -30,6 +31,9 @@ class NoKeys:
 
     def decryption_keys(self, address: str) -> list[HeldKey]:
         return []
+
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        return None
 
     def organisation_key(self) -> HeldKey | None:
         return None

@@ -26,7 +26,7 @@ from smimekit.directory.harvest import HarvestedSource
 from smimekit.directory.resolver import Resolver
 from smimekit.gateway.journal import Journal, StoreJournal
 from smimekit.gateway.keys import StoreHeldKeys
-from smimekit.gateway.model import Processor
+from smimekit.gateway.model import Envelope, Outcome, Processor
 from smimekit.gateway.passthrough import PassThrough
 from smimekit.gateway.pipeline import build_pipeline
 from smimekit.gateway.server import Limits
@@ -183,6 +183,49 @@ def test_journal_skips_the_delivered_group_when_postfix_retries(mail_system: Sta
         system.postfix.flush()
         system.arrived(2)
         system.settled()
+        assert sorted(m.recipients for m in system.sink.received) == [(BOB,), (CAROL,)]
+    finally:
+        store.close()
+
+
+class Recording(Scripted):
+    """Scripted, keeping the recipients of every transaction the gateway was handed."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.groups: list[tuple[str, ...]] = []
+
+    def process(self, envelope: Envelope) -> Outcome:
+        self.groups.append(envelope.recipients)
+        return super().process(envelope)
+
+
+def test_journal_knows_a_copy_when_postfix_regroups_the_retry(mail_system: Start,
+                                                              tmp_path: Path) -> None:
+    # review 12 item 12: the retry comes in other groups (here one recipient per
+    # transaction, as a recipient limit makes it); bob's copy must not go out again
+    store = Store.open(None, tmp_path / "data")
+    try:
+        processor = Recording(split=True)
+        system = mail_system(processor, StoreJournal(store, "node-1"))
+        system.postfix.defer_file.write_text(f"{CAROL} 450 4.2.0 mailbox busy\n")
+        system.postfix.reload()
+        system.send([BOB, CAROL], subject="regrouped")
+        system.postfix.wait(lambda: "deferred carol@example.net" in system.postfix.log(),
+                            "the gateway's 4xx for carol")
+        system.arrived(1)
+        assert processor.groups == [(BOB, CAROL)]
+        system.postfix.defer_file.write_text("")
+        subprocess.run(["postconf", "-c", str(system.postfix.conf), "-e",
+                        "scan_destination_recipient_limit = 1"], check=True, timeout=60)
+        system.postfix.reload()
+        system.postfix.flush()
+        system.arrived(2)
+        system.settled()
+        # regrouped indeed (before the reload Postfix may have retried the old grouping
+        # too: bob skipped by the journal, carol deferred again)
+        assert sorted(processor.groups[-2:]) == [(BOB,), (CAROL,)]
+        assert set(processor.groups[1:-2]) <= {(BOB, CAROL)}
         assert sorted(m.recipients for m in system.sink.received) == [(BOB,), (CAROL,)]
     finally:
         store.close()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from loopback import free_port, wait_for_port
 from smtpkit import gateway_config, message, sink
 
@@ -86,3 +88,35 @@ def test_no_key_passphrase_file_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "key_passphrase_file is not set" in done.stderr
+
+
+def test_a_number_out_of_range_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    # review 12 item 10: max_message_size = 0 used to switch the limit off
+    Store.open(None, tmp_path / "data").close()
+    for line, named in (("max_message_size = 0", "gateway.max_message_size must be at least 1"),
+                        ("max_recipients = 0", "gateway.max_recipients must be at least 1"),
+                        ("timeout = -1", "gateway.timeout must be above 0")):
+        config = gateway_config(tmp_path, line + "\n")
+        done = subprocess.run(_smimekit(tmp_path / "data", "--config", str(config), "gateway",
+                                        "serve", "--listen", f"127.0.0.1:{free_port()}"),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("smimekit: error:") and named in done.stderr
+
+
+def test_wrong_key_passphrase_exits_1_at_start_without_listening(tmp_path: Path) -> None:
+    # review 12 item 6: not a 4xx per message; nothing listens, so Postfix's connection is
+    # refused and it defers the mail (test_postfix_end_to_end: the gateway down and back)
+    from smimekit.gateway.keys import StoreHeldKeys
+
+    with Store.open(None, tmp_path / "data") as store:
+        StoreHeldKeys.open(store, b"the right passphrase", create=True)
+    port = free_port()
+    config = gateway_config(tmp_path, f'listen = "127.0.0.1:{port}"\n')
+    done = subprocess.run(_smimekit(tmp_path / "data", "--config", str(config), "gateway",
+                                    "serve"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("smimekit: error: the gateway's key store cannot be opened:"
+                                  " wrong passphrase")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -135,8 +135,8 @@ def retire(fingerprint: str) -> None:
     click.echo(f"retired: {row.fingerprint[:16]}  {row.address or '(organisation)'}")
 
 
-_FIELDS = ("sign", "organisation_signature", "subject_trigger", "encrypt", "no_certificate",
-           "hcp", "decrypt", "verify", "harvest", "webmail")
+_FIELDS = ("sign", "organisation_signature", "missing_key", "subject_trigger", "encrypt",
+           "no_certificate", "hcp", "decrypt", "verify", "harvest", "webmail")
 
 
 @click.command("policy")

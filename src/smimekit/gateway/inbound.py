@@ -10,8 +10,10 @@
    and keeps valid signers' certificates for the directory (policy ``harvest``);
 4. sends the clear content to the scanning hook and the inbound data-loss rules;
 5. delivers: decrypted mail is re-encrypted to the recipient's current certificate (the
-   newest held one) for desktop users, or delivered in the clear over the internal hop for
-   users flagged ``webmail``; protected header fields (RFC 9788) are restored by unwrapping;
+   newest by date not retired and valid now: ``HeldKeys.encryption_certificate``, never a
+   retired key of the history) for desktop users, or delivered in the clear over the
+   internal hop for users flagged ``webmail``; protected header fields (RFC 9788) are
+   restored by unwrapping;
 6. adds a fresh result header saying what was found and done.
 
 Recipients who end up with the same bytes share one :class:`Delivery`. Malware and the DLP
@@ -313,6 +315,14 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     def keys() -> Sequence[HeldKey]:
         return history() if work.smime and policy.decrypt else ()
 
+    def current() -> x509.Certificate | None:
+        """The certificate to re-encrypt to: the recipient's current one, never a retired
+        key of the history (it may be compromised)."""
+        try:
+            return held_keys.encryption_certificate(recipient)
+        except (StoreError, KeyLoadError) as exc:
+            raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") from None
+
     clear = _read(work, keys, policy, context)
     facts["encryption"] = clear.encryption
     if clear.encryption_detail:
@@ -369,7 +379,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         action = "decrypted"
     else:
         inside, _ = strip_header(clear.decrypted, context.config.result_header)
-        encrypted = _seal(inside, history(), facts, context, "encrypted")
+        encrypted = _seal(inside, current(), facts, context, "encrypted")
         if encrypted is None:
             # Mail stays encrypted end to end: the original goes on, readable with the
             # key history, never the clear content.
@@ -379,7 +389,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
             data, action, sealed = encrypted, "re-encrypted", True
     if require_encryption and not sealed and not _is_encrypted(data):
         # the message as it would go (a signature kept), encrypted to the recipient
-        encrypted = _seal(data, history(), facts, context, "encrypted (data-loss rule)")
+        encrypted = _seal(data, current(), facts, context, "encrypted (data-loss rule)")
         if encrypted is None:
             if context.config.quarantine_dir is not None:
                 path = _quarantine(work, envelope, context)
@@ -402,21 +412,23 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     return _result_header(context, facts) + data, decision, None
 
 
-def _seal(content: bytes, history: Sequence[HeldKey], facts: dict[str, str],
+def _seal(content: bytes, current: x509.Certificate | None, facts: dict[str, str],
           context: InboundContext, delivered: str) -> bytes | None:
-    """``content`` with the result header, encrypted to the newest held certificate.
+    """``content`` with the result header, encrypted to the recipient's ``current``
+    certificate (the newest by date among the held ones not retired and valid now).
 
     The header goes in before encrypting: with RFC 9788 header protection the reader's
     client shows the protected header fields, so the verdict must be among them (without
     header protection the encryption leaves it outside, where it is read as before).
-    None (and why, in ``facts``) when no certificate is held or it is unfit (expired, say).
+    None (and why, in ``facts``) when no current certificate is held (none, or all retired
+    or expired) or it is unfit.
     """
     from smimekit.api import encrypt
 
-    if not history:
-        facts["re-encryption"] = "failed: no certificate of the recipient is held"
+    if current is None:
+        facts["re-encryption"] = ("failed: no current certificate of the recipient is held"
+                                  " (none, or all retired or expired)")
         return None
-    current = history[0].certificate
     header = _result_header(context, {**facts, "delivered": delivered})
     try:
         data = encrypt(header + content, [current], trust=None)

@@ -97,7 +97,13 @@ class HeldKeys(Protocol):
         ...
 
     def decryption_keys(self, address: str) -> Sequence[HeldKey]:
-        """Every encryption key the user ever had (the key history), newest first."""
+        """Every encryption key the user ever had (the key history), newest first: to decrypt
+        with, never to encrypt to (some are retired, perhaps compromised)."""
+        ...
+
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        """The user's current encryption certificate (not retired, valid now, the newest by
+        certificate date), what mail to the user is re-encrypted to; None if there is none."""
         ...
 
     def organisation_key(self) -> HeldKey | None:

@@ -9,7 +9,9 @@ once per message:
    recipient, ``quarantine`` keeps the message in ``quarantine_dir`` and delivers nothing,
    ``require-encryption`` makes encryption required, ``warn`` is noted in the decisions;
 3. the **signer**: the sender's key held by the gateway (policy ``sign``), else the
-   organisation's key (policy ``organisation_signature``), else none;
+   organisation's key (policy ``organisation_signature``), else none; when signing was set
+   in the configuration and no key can sign, ``missing_key = "defer"`` (the default) makes
+   the whole message a temporary failure (4xx) instead of unsigned mail;
 
 then per recipient, with the recipient's effective policy:
 
@@ -207,7 +209,23 @@ def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy, head: by
         raise GatewayError(f"the gateway's keys cannot be read: {exc}") from None
     if not policy.sign and not policy.organisation_signature:
         return None, f"not signed ({policy.source('sign')})"
-    return None, "not signed (the gateway holds no signing key for the sender)"
+    # Signing was asked for and nothing can sign. Set in the configuration (sign = true,
+    # organisation_signature = true or missing_key at any level), that is a demand: no
+    # unsigned mail, the message waits in Postfix's queue for the key (a 4xx) unless
+    # missing_key = "send-unsigned". The built-in sign alone signs when it can.
+    demanded = (policy.sign and policy.levels.get("sign", "default") != "default") \
+        or policy.organisation_signature \
+        or policy.levels.get("missing_key", "default") != "default"
+    if demanded and policy.missing_key == "defer":
+        which = "the sender's or the organisation's" if policy.organisation_signature \
+            else "the sender's"
+        raise GatewayError(
+            f"signing is required ({policy.source('sign')},"
+            f" {policy.source('organisation_signature')}, {policy.source('missing_key')})"
+            f" and the gateway holds no current signing key, {which}, for"
+            f" {normalise(sender)}: import one, or set missing_key = \"send-unsigned\"")
+    return None, ("not signed (the gateway holds no signing key for the sender;"
+                  f" {policy.source('missing_key')})")
 
 
 def _certificate(ctx: OutboundContext, recipient: str) -> tuple[x509.Certificate | None, str]:

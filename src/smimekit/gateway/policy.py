@@ -21,6 +21,7 @@ from smimekit.config import (
     EncryptMode,
     GatewayConfig,
     HeaderConfidentiality,
+    MissingKey,
     NoCertificate,
     PolicyConfig,
 )
@@ -32,6 +33,7 @@ __all__ = ["DEFAULTS", "EffectivePolicy", "Policy", "domain_of", "normalise"]
 DEFAULTS = PolicyConfig(
     sign=True,
     organisation_signature=False,
+    missing_key="defer",
     encrypt="if-possible",
     no_certificate="bounce",
     subject_trigger="[encrypt]",
@@ -41,7 +43,8 @@ DEFAULTS = PolicyConfig(
     harvest=True,
     webmail=False,
 )
-"""The built-in level: sign when the gateway holds the sender's key; encrypt to every
+"""The built-in level: sign when the gateway holds the sender's key (signing set in the
+configuration and no key: defer, ``missing_key``); encrypt to every
 recipient with a usable certificate; when encryption is required and impossible, refuse (never
 fall back to clear text unless the configuration says so); RFC 9788 ``hcp_baseline``."""
 
@@ -66,6 +69,7 @@ class EffectivePolicy:
     address: str
     sign: bool
     organisation_signature: bool
+    missing_key: MissingKey
     encrypt: EncryptMode
     no_certificate: NoCertificate
     subject_trigger: str

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import socket
 import weakref
 from collections.abc import Sequence
@@ -31,7 +32,12 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.dsn import Failed, build_dsn, reply_text
-from smimekit.gateway.journal import Journal, delivery_keys, message_key
+from smimekit.gateway.journal import (
+    Journal,
+    delivery_keys,
+    legacy_message_key,
+    message_key,
+)
 from smimekit.gateway.model import Delivery, Envelope, Outcome, Processor
 from smimekit.gateway.relay import NextHop, parse_address
 
@@ -118,7 +124,9 @@ class GatewayHandler:
             log.info("message %s: %s %s %s: %s", key[:16], decision.direction,
                      decision.recipient, decision.action, reply_text(decision.reason, 200))
         try:
-            done = await asyncio.to_thread(self.journal.delivered, key)
+            # the old key too: rows journalled before the upgrade (gateway/journal.py)
+            done = await asyncio.to_thread(
+                lambda: self.journal.delivered(key, legacy_message_key(envelope)))
         except Exception as exc:
             log.warning("message %s: the delivery journal cannot be read (%s)", key[:16],
                         reply_text(str(exc), 200))
@@ -173,7 +181,7 @@ class GatewayHandler:
                 temporary.append(problem)
         if temporary:
             return TEMPORARY.format(detail=reply_text(temporary[0]))
-        detail = "; ".join(r for r in replies if r) or "nothing left to pass on"
+        detail = "; ".join(_said(r) for r in replies if _said(r)) or "nothing left to pass on"
         return OK.format(detail=reply_text(detail, 300))
 
     async def _record(self, key: str, keys: Sequence[str], reply: str) -> None:
@@ -208,6 +216,15 @@ class GatewayHandler:
         await self._record(key, [f"dsn:{f.recipient.lower()}" for f in failed],
                            accepted.reply)
         return None
+
+
+_NEXT_HOP_OK = re.compile(r"^(?:2\.\d{1,3}\.\d{1,3}\s+)?(?:ok\b:?\s*)?", re.I)
+
+
+def _said(reply: str) -> str:
+    """What the next hop said past its status and "Ok" ("queued as 4Fx"), for our own
+    ``250 2.0.0 Ok: ...`` (not "250 2.0.0 Ok: 2.0.0 Ok: queued as ...")."""
+    return _NEXT_HOP_OK.sub("", reply, count=1).strip()
 
 
 _END = b"\r\n.\r\n"
