@@ -254,6 +254,26 @@ def process_inbound(
     return Outcome(deliveries, tuple(decisions), tuple(refused))
 
 
+def _forged_inside(clear: _Clear, name: str) -> bool:
+    """Whether a result header sits among the header fields the reader's client shows as
+    the message's own once the protection is removed: the restored protected view
+    (RFC 9788), the signed entity's own header section, a wrapped message/rfc822's. The
+    outer one was stripped before reading, so any found here came from the sender."""
+    unwrapped = clear.unwrapped
+    if unwrapped is None or not unwrapped.layers:
+        return False
+    lname = name.lower()
+    if any(h.lname == lname for h in (*unwrapped.signed_headers, *unwrapped.inner_headers)):
+        return True
+    try:
+        view = unwrapped.message()
+        blank = _BLANK_LINE.search(view)
+        head = view[:blank.start() + 1] if blank else view
+        return any(f.lname == lname for f in parse_headers(to_crlf(head).removesuffix(CRLF)))
+    except _PARSE_ERRORS:
+        return False
+
+
 def _is_smime(message: bytes) -> bool:
     from smimekit.smime.canonical import Entity
     from smimekit.smime.message import is_multipart_signed, is_pkcs7_mime
@@ -318,6 +338,20 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     if clear.encryption_detail:
         facts["encryption-detail"] = clear.encryption_detail
     _signature_facts(clear, policy, facts)
+    # A result header inside the sender's signed header section (RFC 9788: what the
+    # reader's client shows as the message's own header) cannot be removed without breaking
+    # the signature. A signature the gateway verified goes, so that the reader sees the
+    # verified content under the gateway's verdict alone; one it could not verify stays (the
+    # gateway never removes what it cannot vouch for) and the verdict says it is forged.
+    verified_view: bytes | None = None
+    if _forged_inside(clear, context.config.result_header):
+        facts["forged"] = "a result header inside the signed part"
+        if clear.verdict is not None and clear.verdict.valid and clear.unwrapped is not None:
+            verified_view, _ = strip_header(clear.unwrapped.message(),
+                                            context.config.result_header)
+            facts["forged"] += "; signature removed after verifying it"
+        else:
+            facts["forged"] += "; not removable (the signature was not verified)"
 
     # The clear content: what the scanner and the rules read (None: still encrypted).
     content = clear.unwrapped.message() if clear.unwrapped is not None else \
@@ -357,7 +391,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     # What the recipient receives.
     sealed = False  # the result header travels inside the new encryption (and outside)
     if clear.decrypted is None:
-        data = work.received
+        data = work.received if verified_view is None else verified_view
         action = "verified" if facts["signature"] in ("valid", "invalid") else "passed"
     elif policy.webmail and not require_encryption:
         vouched = clear.verdict is not None and clear.verdict.valid
@@ -368,7 +402,8 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         data, _ = strip_header(data, context.config.result_header)
         action = "decrypted"
     else:
-        inside, _ = strip_header(clear.decrypted, context.config.result_header)
+        inside = verified_view if verified_view is not None else \
+            strip_header(clear.decrypted, context.config.result_header)[0]
         encrypted = _seal(inside, history(), facts, context, "encrypted")
         if encrypted is None:
             # Mail stays encrypted end to end: the original goes on, readable with the
@@ -622,7 +657,7 @@ def _reason(action: str, facts: dict[str, str]) -> str:
 _TOKEN = re.compile(r"[^A-Za-z0-9@._+:,/()-]")
 _HEADER_KEYS = ("encryption", "signature", "signer", "signature-reason", "headers", "scan",
                 "scan-detail", "dlp", "dlp-incomplete", "harvest", "delivered", "re-encryption",
-                "stripped")
+                "stripped", "forged")
 
 
 def _safe(text: str) -> str:
