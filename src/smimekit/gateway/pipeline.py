@@ -6,11 +6,12 @@ outbound ones go through :func:`~smimekit.gateway.outbound.process_outbound`, in
 through :func:`~smimekit.gateway.inbound.process_inbound`, internal (ours to ours, through the
 trusted door) ones pass without any result header, relay ones pass unchanged. Mail from the
 public door is never outbound: whatever sender it claims, our recipients get it as inbound
-(result header replaced, scanned, decrypted) and the others unchanged and unsigned. Every Decision is written to
-the store's audit log before the outcome is handed back: action ``gateway.<action>``, subject
-the recipient, details with the direction, the reason, the policy levels and facts behind it
-(certificate fingerprints, DLP rule names and counts), the sender and the SHA-256 of the
-message as received. Never message content, never a password or key.
+(result header replaced, scanned, decrypted) and the others unchanged and unsigned. Every
+Decision is written to the store's audit log before the outcome is handed back: action
+``gateway.<action>``, subject the recipient, details with the direction, the door, the reason,
+the policy levels and facts behind it (certificate fingerprints, DLP rule names and
+counts), the sender and the SHA-256 of the message as received. Never message content,
+never a password or key.
 
 The audit rows of one message are one transaction. If they cannot be written the message is
 deferred (a temporary GatewayError: 4xx), so nothing leaves the gateway unaudited. A message
