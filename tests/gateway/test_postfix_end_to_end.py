@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fakeclamd import EICAR
 from gwout_kit import PASS, harvest
 from loopback import TcpRelay, free_port, wait_for_port
 from pki import PKI, Identity
@@ -291,6 +292,11 @@ def test_policy_pipeline_through_postfix(mail_system: Start, pki: PKI, tmp_path:
 FORGED = "X-Smimekit-Result: gw.test; signature=valid; signer=ceo@example.org"
 
 
+SCANNER = ("import sys; found = b'EICAR-STANDARD-ANTIVIRUS-TEST-FILE' in sys.stdin.buffer"
+           ".read(); print('stdin: Eicar-Test-Signature FOUND' if found else 'stdin: OK');"
+           " sys.exit(1 if found else 0)")
+
+
 def _trust_rig(mail_system: Start, pki: PKI, store: Store, *, map_before_filter: bool = False
                ) -> tuple[MailSystem, Identity]:
     """The review's set-up: alice's key held, a partner with a known certificate, a
@@ -298,7 +304,7 @@ def _trust_rig(mail_system: Start, pki: PKI, store: Store, *, map_before_filter:
     alice = pki.person("alice")
     partner = pki.person("partner", "p256", email="partner@partner.example")
     gateway = GatewayConfig(internal_domains=("example.org",), scan=ScanConfig(
-        command=(sys.executable, "-c", "import sys; sys.stdin.buffer.read()")))
+        command=(sys.executable, "-c", SCANNER)))
     held = StoreHeldKeys.open(store, PASS, create=True)
     held.add(alice.key, alice.cert, (pki.inter,))
     harvest(store, pki, partner)
@@ -385,3 +391,26 @@ def test_the_same_message_through_the_submission_door_is_signed(
         entry = _audit(store)[partner.email]
         assert entry["door"] == "submission" and entry["direction"] == "outbound"
         assert entry["action"] == "gateway.signed+encrypted"
+
+
+def test_malware_from_outside_is_not_bounced_to_the_claimed_sender(
+        mail_system: Start, pki: PKI, tmp_path: Path) -> None:
+    """Review 12 item 13 (backscatter): a 5xx from an after-queue filter, or a DSN, becomes a
+    bounce to the envelope sender, which mail from outside may forge (and names the rule).
+    Malware through port 25 is dropped (no quarantine_dir here) with its reason audited;
+    nothing goes back to the sender, and mail after it flows."""
+    with Store.open(None, tmp_path / "data") as store:
+        system, _ = _trust_rig(mail_system, pki, store)
+        victim = "victim@innocent.example"
+        system.send(["bob@example.org"], subject="invoice", sender=victim,
+                    extra=["--body", EICAR.decode()])
+        system.send(["bob@example.org"], subject="clean after", sender=victim)
+        system.arrived(1)
+        system.settled()
+        [got] = system.sink.received
+        assert got.recipients == ("bob@example.org",) and b"clean after" in got.data
+        assert not system.sink.to(victim) and "status=bounced" not in system.postfix.log()
+        rejected = [e for e in store.audit_entries() if e.action == "gateway.rejected"]
+        assert [e.subject for e in rejected] == ["bob@example.org"]
+        assert rejected[0].details["dsn"] == "none (from outside: no backscatter)"
+        assert "malware" in rejected[0].details["reason"]

@@ -15,8 +15,12 @@
 6. adds a fresh result header saying what was found and done.
 
 Recipients who end up with the same bytes share one :class:`Delivery`. Malware and the DLP
-``reject`` action refuse the recipient (a :class:`Refusal`: the sender gets a DSN);
-``quarantine`` keeps the message in ``quarantine_dir`` and delivers nothing. The gateway
+``reject`` action refuse the recipient: for mail through the trusted door a :class:`Refusal`
+(our sender gets a DSN); for mail from outside (``from_outside``) no DSN and no SMTP
+rejection, both of which would become a bounce to a sender that may be forged (backscatter,
+naming the rule): the message is quarantined when ``quarantine_dir`` is set, else dropped,
+and the audit log keeps the reason. ``quarantine`` keeps the message in ``quarantine_dir``
+and delivers nothing. The gateway
 never removes a signature it could not vouch for, and never delivers partial plaintext: a
 message it cannot decrypt or re-encrypt goes on exactly as it arrived.
 """
@@ -210,6 +214,8 @@ class _Work:
     """By content (dict keys: bytes hash once, and the same object compares at once)."""
     dlps: dict[bytes, dlp.DlpResult] = field(default_factory=dict)
     quarantined: dict[bytes, str] = field(default_factory=dict)
+    from_outside: bool = False
+    """Refusals are silent (no DSN: no backscatter), see the module docstring."""
 
 
 def process_inbound(
@@ -219,12 +225,14 @@ def process_inbound(
     held_keys: HeldKeys,
     policy_for: Callable[[str], InboundPolicy],
     context: InboundContext,
+    from_outside: bool = False,
 ) -> Outcome:
     """Process ``envelope`` for ``recipients`` (those of its recipients in our domains).
 
     Returns the deliveries (recipients grouped by identical output), one decision per
     recipient, and the refused ones (malware, a DLP ``reject``, or a DLP
-    ``require-encryption`` for a recipient without a held certificate and no quarantine).
+    ``require-encryption`` for a recipient without a held certificate and no quarantine);
+    none when ``from_outside`` (the public door): those are quarantined or dropped instead.
 
     Raises:
         GatewayError: permanent when the message's header cannot be read; temporary when
@@ -237,7 +245,8 @@ def process_inbound(
     except MIMEError as exc:
         raise GatewayError(f"the message header cannot be read: {exc}", permanent=True) from None
     encrypted = _is_encrypted(received)
-    work = _Work(received, stripped, encrypted, encrypted or _is_smime(received))
+    work = _Work(received, stripped, encrypted, encrypted or _is_smime(received),
+                 from_outside=from_outside)
     outputs: dict[bytes, list[str]] = {}
     decisions: list[Decision] = []
     refused: list[Refusal] = []
@@ -367,18 +376,17 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
             if result.detail:
                 facts["scan-detail"] = result.detail
             if result.status == "infected":
-                reason = f"the message carries malware ({result.detail})"
-                return None, _decision(recipient, "rejected", reason, facts), \
-                    Refusal(recipient, reason)
+                return _refuse(recipient, f"the message carries malware ({result.detail})",
+                               facts, work, envelope, context)
         found = _dlp(work, content, context)
         if found.fired:
             facts["dlp"] = found.summary()
         if found.truncated:
             facts["dlp-incomplete"] = "; ".join(found.notes) or "not everything was counted"
         if found.action == "reject":
-            reason = f"rejected by the data-loss rule {', '.join(found.names('reject'))}"
-            return None, _decision(recipient, "rejected", reason, facts), \
-                Refusal(recipient, reason)
+            return _refuse(recipient, f"rejected by the data-loss rule"
+                           f" {', '.join(found.names('reject'))}", facts, work, envelope,
+                           context)
         if found.action == "quarantine":
             path = _quarantine(work, envelope, context)
             facts["quarantine"] = path
@@ -423,10 +431,9 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
                     recipient, "quarantined", f"the data-loss rule {require_encryption}"
                     f" requires encryption and no certificate of {recipient} is held:"
                     f" quarantined in {path}", facts), None
-            reason = (f"the data-loss rule {require_encryption} requires encryption and the"
-                      f" gateway holds no usable certificate of {recipient}")
-            return None, _decision(recipient, "rejected", reason, facts), \
-                Refusal(recipient, reason)
+            return _refuse(recipient, f"the data-loss rule {require_encryption} requires"
+                           f" encryption and the gateway holds no usable certificate of"
+                           f" {recipient}", facts, work, envelope, context)
         data, action, sealed = encrypted, "re-encrypted", True
     if action not in ("decrypted", "re-encrypted"):
         facts.pop("headers", None)  # delivered as received: the reader's client restores them
@@ -435,6 +442,23 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     if sealed:
         return data, decision, None
     return _result_header(context, facts) + data, decision, None
+
+
+def _refuse(recipient: str, reason: str, facts: dict[str, str], work: _Work,
+            envelope: Envelope, context: InboundContext
+            ) -> tuple[None, Decision, Refusal | None]:
+    """Refuse ``recipient``: a Refusal (DSN) for our own senders; for mail from outside the
+    message is quarantined (``quarantine_dir``) or dropped, never bounced (backscatter)."""
+    if not work.from_outside:
+        return None, _decision(recipient, "rejected", reason, facts), Refusal(recipient, reason)
+    facts["dsn"] = "none (from outside: no backscatter)"
+    if context.config.quarantine_dir is not None:
+        path = _quarantine(work, envelope, context)
+        facts["quarantine"] = path
+        return None, _decision(recipient, "quarantined", f"{reason}; from outside: quarantined"
+                               f" in {path}, no DSN", facts), None
+    return None, _decision(recipient, "rejected", f"{reason}; from outside: dropped without a"
+                           " DSN (no backscatter to a sender that may be forged)", facts), None
 
 
 def _seal(content: bytes, history: Sequence[HeldKey], facts: dict[str, str],

@@ -99,7 +99,8 @@ class Pipeline:
                 parts.append(process_inbound(envelope, groups["inbound"],
                                              held_keys=self.held_keys,
                                              policy_for=self.policy.resolve,
-                                             context=self.inbound))
+                                             context=self.inbound,
+                                             from_outside=not envelope.trusted))
         except GatewayError:
             raise
         except SmimeError as exc:  # anything the parts did not name: keep the mail, retry
