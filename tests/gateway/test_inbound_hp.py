@@ -160,3 +160,40 @@ def test_a_forged_result_header_under_an_unverified_signature_is_flagged(
     first = _every_result_header(delivered)[0]
     assert "forged=" in first and "signer=ceo" not in first
     assert delivered.startswith(b"X-Smimekit-Result: gw.example.org")
+
+
+def test_a_result_header_in_encrypted_only_protected_headers_is_simply_removed(
+        people: dict[str, Identity], trust: list) -> None:
+    """No signature covers it: removed from what decryption restores, for desktop and
+    webmail readers alike, and not reported as forged inside a signed part."""
+    bob, dana = people["bob"], people["dana"]
+    data = smimekit.encrypt(_forged_original(), [bob.cert, dana.cert], hcp="baseline")
+    held = Held({a.email: [HeldKey(a.key, a.cert)] for a in (bob, dana)})
+    copies = _inbound(data, held, trust, webmail=("dana@example.org",))
+    desktop, facts = copies["bob@example.org"]
+    assert "forged" not in facts
+    opened = smimekit.decrypt(desktop, bob.key, bob.cert).content
+    assert b"ceo@example.org" not in opened and b"pay invoice 77" in opened
+    (inner,) = _every_result_header(opened)
+    assert "encryption=decrypted" in inner
+    webmail, facts = copies["dana@example.org"]
+    assert "forged" not in facts and b"ceo@example.org" not in webmail
+    assert len(_every_result_header(webmail)) == 1
+
+
+def test_a_forged_result_header_under_signature_over_encryption_stays_encrypted(
+        people: dict[str, Identity], trust: list) -> None:
+    """Signed outside, encrypted inside: the signature covers the ciphertext, so the gateway
+    delivers it as received; it never removes that signature, which would deliver the
+    content decrypted."""
+    carol, bob = people["carol"], people["bob"]
+    inner = smimekit.encrypt(_forged_original(), [bob.cert], hcp="baseline")
+    data = smimekit.sign(inner, carol.key, carol.cert)
+    copies = _inbound(data, Held({"bob@example.org": [HeldKey(bob.key, bob.cert)]}), trust)
+    delivered, facts = copies["bob@example.org"]
+    assert facts["encryption"] == "inside-signature"
+    # as received: only the outer (unsigned) header section lost its result header
+    assert b"pay invoice 77" not in delivered
+    assert delivered.endswith(data.partition(b"\r\n\r\n")[2])
+    assert facts["stripped"] == "1" and b"signer=ceo" not in delivered
+    assert facts.get("forged", "").endswith("not removable (encrypted inside the signature)")

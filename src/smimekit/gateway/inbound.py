@@ -269,8 +269,8 @@ def _forged_inside(clear: _Clear, name: str) -> bool:
     (RFC 9788), the signed entity's own header section, a wrapped message/rfc822's. The
     outer one was stripped before reading, so any found here came from the sender."""
     unwrapped = clear.unwrapped
-    if unwrapped is None or not unwrapped.layers:
-        return False
+    if unwrapped is None or not unwrapped.signed:
+        return False  # no signature: what decryption restores is stripped like the rest
     lname = name.lower()
     if any(h.lname == lname for h in (*unwrapped.signed_headers, *unwrapped.inner_headers)):
         return True
@@ -353,14 +353,18 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     # verified content under the gateway's verdict alone; one it could not verify stays (the
     # gateway never removes what it cannot vouch for) and the verdict says it is forged.
     verified_view: bytes | None = None
-    if _forged_inside(clear, context.config.result_header):
+    if clear.unwrapped is not None and _forged_inside(clear, context.config.result_header):
         facts["forged"] = "a result header inside the signed part"
-        if clear.verdict is not None and clear.verdict.valid and clear.unwrapped is not None:
+        if clear.verdict is None or not clear.verdict.valid:
+            facts["forged"] += "; not removable (the signature was not verified)"
+        elif clear.decrypted is None and clear.unwrapped.encrypted:
+            # signed outside, encrypted inside (delivered as received): removing the
+            # signature would deliver the content decrypted, to desktop users too
+            facts["forged"] += "; not removable (encrypted inside the signature)"
+        else:
             verified_view, _ = strip_header(clear.unwrapped.message(),
                                             context.config.result_header)
             facts["forged"] += "; signature removed after verifying it"
-        else:
-            facts["forged"] += "; not removable (the signature was not verified)"
 
     # The clear content: what the scanner and the rules read (None: still encrypted).
     content = clear.unwrapped.message() if clear.unwrapped is not None else \
