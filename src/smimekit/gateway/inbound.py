@@ -3,7 +3,10 @@
 :func:`process_inbound` takes one message for recipients in our domains and, per recipient:
 
 1. removes every result header (``[gateway] result_header``) that came from outside, before
-   anything else reads the message, so a sender cannot forge the gateway's verdict;
+   anything else reads the message, and from what decryption restores; one inside the
+   sender's signed header section (RFC 9788) cannot be removed without the signature: a
+   verified signature is removed, an unverified one stays, and the verdict says ``forged``
+   (:func:`_forged_inside`);
 2. decrypts with the recipient's held keys, the whole key history (policy ``decrypt``);
    mail not encrypted to any of them passes unchanged, saying so in the result header;
 3. verifies every signature against the organisation's trust anchors (policy ``verify``)
@@ -20,9 +23,9 @@ Recipients who end up with the same bytes share one :class:`Delivery`. Malware a
 rejection, both of which would become a bounce to a sender that may be forged (backscatter,
 naming the rule): the message is quarantined when ``quarantine_dir`` is set, else dropped,
 and the audit log keeps the reason. ``quarantine`` keeps the message in ``quarantine_dir``
-and delivers nothing. The gateway
-never removes a signature it could not vouch for, and never delivers partial plaintext: a
-message it cannot decrypt or re-encrypt goes on exactly as it arrived.
+and delivers nothing. The gateway never removes a signature it could not vouch for, and
+never delivers partial plaintext: a message it cannot decrypt or re-encrypt goes on exactly
+as it arrived.
 """
 
 from __future__ import annotations
