@@ -12,7 +12,9 @@ as ``virtual_alias_maps`` apply there, after the filter); Postfix then relays ev
 
 The smtpd on :attr:`Postfix.submission_port` is the trusted door (submission, port 587 in
 production): its mail goes to the gateway's ``listen_submission`` port when :meth:`start` is
-given one (else to the same port as the public door). Here it takes mail from loopback
+given one (else to the same port as the public door), with address mappings applied before
+the filter (so an alias of ours that forwards outside is outbound to the gateway, under its
+encryption and DLP policy). Here it takes mail from loopback
 without a login: what the gateway trusts is the port it is handed the mail on, which the
 deployment (docs/gateway.md) reserves for SASL-authenticated senders.
 
@@ -53,9 +55,9 @@ MASTER_CF = """\
 # address mappings (virtual aliases) only after the filter (FILTER_README).
 127.0.0.1:{smtpd_port} inet n - n - - smtpd
   -o receive_override_options={front_overrides}
-# The submission door: its own content filter, the gateway's trusted listener.
+# The submission door: its own content filter, the gateway's trusted listener; aliases
+# expanded before the filter, so the gateway's outbound policy sees where mail really goes.
 127.0.0.1:{submission_port} inet n - n - - smtpd
-  -o receive_override_options=no_address_mappings
   -o content_filter={submission_filter}
 # FILTER_README advanced content filter: Postfix's smtp client to the gateway ...
 scan      unix  -       -       n       -       {maxproc} smtp

@@ -375,14 +375,17 @@ def test_spoofed_sender_on_port_25_is_inbound_and_its_result_header_replaced(
         assert entry["scan"] == "clean" and entry["stripped"] == "1"
 
 
+@pytest.mark.parametrize("alias", [False, True], ids=["partner", "forwarding-alias"])
 def test_the_same_message_through_the_submission_door_is_signed(
-        mail_system: Start, pki: PKI, tmp_path: Path) -> None:
+        mail_system: Start, pki: PKI, tmp_path: Path, alias: bool) -> None:
     """The legitimate path still works: alice through the submission door (its own content
-    filter, the gateway's trusted listener) to the partner is signed with her key."""
+    filter, the gateway's trusted listener) to the partner is signed with her key and
+    encrypted; to the alias forwarding there too (the submission door expands aliases before
+    the filter, so an alias cannot carry mail outside past the outbound policy)."""
     with Store.open(None, tmp_path / "data") as store:
         system, partner = _trust_rig(mail_system, pki, store)
-        system.send([partner.email], subject="signed", sender="alice@example.org",
-                    submission=True)
+        system.send(["fwd@example.org" if alias else partner.email], subject="signed",
+                    sender="alice@example.org", submission=True)
         system.arrived(1)
         system.settled()
         [got] = system.sink.to(partner.email)
