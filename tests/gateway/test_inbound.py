@@ -374,6 +374,21 @@ def test_unreadable_header_is_a_permanent_error(held: Held, trust: list) -> None
     assert info.value.permanent
 
 
+def test_unreadable_header_from_outside_is_kept_or_dropped_never_bounced(
+        held: Held, trust: list, tmp_path: Path) -> None:
+    broken = b"no colon here\r\nFrom: x@y\r\n\r\nbody\r\n"
+    dropped = _run(broken, ["bob@example.org"], held, _context(trust), from_outside=True)
+    assert dropped.deliveries == () and dropped.refused == ()
+    (decision,) = dropped.decisions
+    assert decision.action == "rejected" and "no backscatter" in decision.reason
+    assert "no colon" not in decision.reason  # nothing of the header in the audit
+    kept = _run(broken, ["bob@example.org", "dana@example.org"], held,
+                _context(trust, quarantine_dir=tmp_path / "q"), from_outside=True)
+    assert kept.refused == () and {d.action for d in kept.decisions} == {"quarantined"}
+    (path,) = {d.details["quarantine"] for d in kept.decisions}
+    assert Path(path).read_bytes().endswith(broken)
+
+
 def test_strip_header_keeps_the_body_exactly() -> None:
     raw = (b"Received: x\r\nX-Smimekit-Result: a;\r\n\tb\r\nSubject: s\r\n\r\n"
            b"X-Smimekit-Result: in the body\r\n")

@@ -238,7 +238,8 @@ def process_inbound(
     none when ``from_outside`` (the public door): those are quarantined or dropped instead.
 
     Raises:
-        GatewayError: permanent when the message's header cannot be read; temporary when
+        GatewayError: permanent when the message's header cannot be read (from outside:
+            quarantined or dropped instead, as refusals are); temporary when
             the scanner fails under ``on_failure = "defer"``, the quarantine cannot be
             written, or the store fails while reading keys.
     """
@@ -246,6 +247,8 @@ def process_inbound(
     try:
         received, stripped = strip_header(envelope.data, name)
     except MIMEError as exc:
+        if from_outside:  # a 5xx would bounce to a sender that may be forged
+            return _unreadable(envelope, recipients, context)
         raise GatewayError(f"the message header cannot be read: {exc}", permanent=True) from None
     encrypted = _is_encrypted(received)
     work = _Work(received, stripped, encrypted, encrypted or _is_smime(received),
@@ -466,6 +469,26 @@ def _refuse(recipient: str, reason: str, facts: dict[str, str], work: _Work,
                                f" in {path}, no DSN", facts), None
     return None, _decision(recipient, "rejected", f"{reason}; from outside: dropped without a"
                            " DSN (no backscatter to a sender that may be forged)", facts), None
+
+
+def _unreadable(envelope: Envelope, recipients: Sequence[str], context: InboundContext
+                ) -> Outcome:
+    """Mail from outside whose header block cannot be read: quarantined (as it arrived) or
+    dropped, never bounced; the decision says so (not what the header held)."""
+    reason = "the message header cannot be read"
+    facts = {"dsn": "none (from outside: no backscatter)"}
+    if context.config.quarantine_dir is not None:
+        head = f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n" + "".join(
+            f"X-Smimekit-Envelope-To: <{_safe(r)}>\r\n" for r in envelope.recipients)
+        path = str(dlp.quarantine(head.encode() + envelope.data, context.config.quarantine_dir,
+                                  label="inbound"))
+        return Outcome((), tuple(_decision(r, "quarantined", f"{reason}; from outside:"
+                                           f" quarantined in {path}, no DSN",
+                                           {**facts, "quarantine": path})
+                                 for r in recipients))
+    return Outcome((), tuple(_decision(r, "rejected", f"{reason}; from outside: dropped"
+                                       " without a DSN (no backscatter to a sender that may"
+                                       " be forged)", facts) for r in recipients))
 
 
 def _seal(content: bytes, history: Sequence[HeldKey], facts: dict[str, str],
