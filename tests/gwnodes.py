@@ -101,8 +101,10 @@ class FrontsPostfix(Postfix):
                 master.write(f"127.0.0.1:{port} inet n - n - - smtpd\n"
                              f"  -o content_filter={self._filter(i)}\n")
 
-    def start(self, gateway_port: int | None = None) -> None:
-        super().start(self.nodes[0][1] if gateway_port is None else gateway_port)
+    def start(self, gateway_port: int | None = None, submission_port: int | None = None
+              ) -> None:
+        super().start(self.nodes[0][1] if gateway_port is None else gateway_port,
+                      submission_port)
         for port in self.fronts[1:]:
             self._wait_listening(port)
 
@@ -119,6 +121,8 @@ class Node:
         the loopback interface), so nodes can be separate hosts on one machine."""
         self.database_url, self.config = database_url, config
         self.port = port or free_port()
+        self.submission_port = free_port()
+        """The trusted door (``--listen-submission``)."""
         self.log = (log_dir or data_dir.parent) / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_kib = 0
@@ -131,6 +135,7 @@ class Node:
             args += ["--database-url", self.database_url]
         args += ["--config", str(self.config or self._relay_config())]
         args += ["gateway", "serve", "--listen", f"{self.host}:{self.port}",
+                 "--listen-submission", f"{self.host}:{self.submission_port}",
                  "--next-hop", f"127.0.0.1:{self.next_hop}", "--grace", "5"]
         env = {**os.environ, "SMIMEKIT_ACTOR": self.name}
         with self.log.open("ab") as log:
@@ -141,7 +146,8 @@ class Node:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
             try:
-                socket.create_connection((self.host, self.port), timeout=1).close()
+                for port in (self.port, self.submission_port):
+                    socket.create_connection((self.host, port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.1)

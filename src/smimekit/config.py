@@ -45,9 +45,10 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     name = "cn"
 
     [gateway]                         # smimekit gateway serve (docs/gateway.md)
-    listen = "127.0.0.1:10025"        # where Postfix's content filter delivers
+    listen = "127.0.0.1:10025"        # the public door: Postfix's port 25 content filter
+    listen_submission = "127.0.0.1:10027"   # the trusted door: submission (SASL) only
     next_hop = "127.0.0.1:10026"      # Postfix's re-injection smtpd
-    internal_domains = ["example.org"]   # mail from these is outbound, to them inbound
+    internal_domains = ["example.org"]   # from these via the trusted door: outbound
     key_memo_seconds = 30             # held keys remembered this long (0: read every time)
     lookup_memo_seconds = 60          # certificates found remembered this long (0: off)
     [gateway.policy]                  # every level: a key left out inherits from above
@@ -220,9 +221,15 @@ class DlpRule:
 @dataclass(frozen=True)
 class GatewayConfig:
     listen: str = "127.0.0.1:10025"
+    """The public door: mail here is from outside, whatever its sender claims."""
+    listen_submission: str | None = None
+    """The trusted door (Postfix's submission smtpd: SASL login, sender login maps): only
+    mail that came here is signed with our users' keys and treated as outbound. None: no
+    trusted door, nothing is outbound."""
     next_hop: str = "127.0.0.1:10026"
     internal_domains: tuple[str, ...] = ()
-    """Our domains (wildcards allowed): from one of them is outbound; to one is inbound."""
+    """Our domains (wildcards allowed): from one of them through the trusted door is
+    outbound; to one of them from the public door is inbound."""
     key_passphrase_file: Path | None = None
     """The passphrase that opens the gateway's key store (keys held for users)."""
     pkcs11_module: Path | None = None

@@ -108,7 +108,7 @@ def _rig(stack: ExitStack, tmp_path: Path, *, database_port: int | None = None,
     stack.callback(relay.cut)
     node = Node("node-1", relay.port, data_dir=data_dir, database_url=url,
                 config=home.config if home else None, log_dir=tmp_path)
-    postfix.start(node.port)
+    postfix.start(node.port, node.submission_port)
     stack.callback(postfix.stop)
     node.start()
     stack.callback(node.stop)
@@ -251,7 +251,7 @@ def test_kill_9_with_the_real_pipeline_delivers_each_message_once_encrypted(
         alice, partner = rig.home.alice.email, rig.home.partner.email
 
         def submit(prefix: str, count: int) -> dict[str, str]:
-            return send(rig.postfix.smtpd_port,
+            return send(rig.postfix.submission_port,  # the trusted door: signed
                         [f"{prefix}-{i}@faults.test" for i in range(count)],
                         sender=alice, to=[partner])
 

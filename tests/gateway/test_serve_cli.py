@@ -46,6 +46,7 @@ def test_serve_passes_mail_journals_it_and_stops_at_sigterm(tmp_path: Path) -> N
     assert server.returncode == 0, err
     assert [m.data for m in handler.received] == [data]
     assert b"listening on 127.0.0.1:" in err and b"Traceback" not in err
+    assert b"no listen_submission: all mail is treated as from outside" in err
     assert b"Hello." not in err  # no message content in the log
     with Store.open(None, data_dir, create=False) as store:
         key = message_key(Envelope(ANN, (BOB,), data))
@@ -120,3 +121,44 @@ def test_wrong_key_passphrase_exits_1_at_start_without_listening(tmp_path: Path)
                                   " wrong passphrase")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_serve_has_a_trusted_door_for_submission(tmp_path: Path) -> None:
+    """--listen-submission (or [gateway] listen_submission) is a second listener: the audit
+    names the door each message came through; without it the log says nothing is trusted."""
+    data_dir = tmp_path / "data"
+    Store.open(None, data_dir).close()
+    public, trusted = free_port(), free_port()
+    with sink() as (handler, sink_port):
+        config = gateway_config(tmp_path, f'listen = "127.0.0.1:{public}"\n'
+                                          f'next_hop = "127.0.0.1:{sink_port}"\n'
+                                          'internal_domains = ["example.org"]\n')
+        server = subprocess.Popen(_smimekit(data_dir, "--config", str(config), "gateway",
+                                            "serve", "--listen-submission",
+                                            f"127.0.0.1:{trusted}"), stderr=subprocess.PIPE)
+        try:
+            wait_for_port(public, server, "gateway serve")
+            wait_for_port(trusted, server, "gateway serve (submission)")
+            for port, subject in ((public, "by the public door"), (trusted, "by submission")):
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                    assert client.sendmail(ANN, ["carol@example.org"], message(subject)) == {}
+        finally:
+            server.send_signal(signal.SIGTERM)
+            _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert len(handler.received) == 2
+    assert f"listening on 127.0.0.1:{trusted} (trusted door)".encode() in err
+    assert b"no listen_submission" not in err
+    with Store.open(None, data_dir, create=False) as store:
+        rows = [(r.details["door"], r.details["direction"]) for r in store.audit_entries()
+                if r.action.startswith("gateway.")]
+    assert sorted(rows) == [("public", "inbound"), ("submission", "internal")]
+
+
+def test_bad_submission_address_is_one_line(tmp_path: Path) -> None:
+    Store.open(None, tmp_path / "data").close()
+    done = subprocess.run(_smimekit(tmp_path / "data", "--config", str(gateway_config(tmp_path)),
+                                    "gateway", "serve", "--listen-submission", "10027"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == "smimekit: error: --listen-submission: '10027' is not HOST:PORT\n"

@@ -88,7 +88,8 @@ class GatewayHandler:
         received = Envelope(
             mail_from="" if mail_from == "<>" else mail_from,
             recipients=tuple(envelope.rcpt_tos), data=data,
-            peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or ""))
+            peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or ""),
+            trusted=getattr(server, "trusted", False) is True)
         # Shielded: when Postfix hangs up (its timeout, a network cut) while the message is
         # being passed on, the work still ends with the journal written, so that Postfix's
         # retry finds it delivered rather than delivering it twice.
@@ -246,6 +247,9 @@ class _BulkDataSMTP(SMTP):
     comes (552), a line longer than ``line_length_limit`` octets with its CRLF gives 500.
     """
 
+    trusted = False
+    """The listener is the trusted door (:class:`GatewayServer` ``trusted``)."""
+
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
             return
@@ -371,8 +375,12 @@ class GatewayServer:
     """The listening socket, the SMTP protocol per connection, and a clean stop."""
 
     def __init__(self, handler: GatewayHandler, listen: str, *, hostname: str | None = None,
-                 idle_timeout: float = 300.0) -> None:
+                 idle_timeout: float = 300.0, trusted: bool = False) -> None:
         """``listen``: ``host:port`` (port 0: any free port, see :attr:`port`).
+        ``trusted``: this is the trusted door (``listen_submission``, only Postfix's
+        submission smtpd hands mail here): mail from it may be outbound (signed with our
+        users' keys); mail from any other listener is from outside. Two servers may share
+        one handler.
 
         Raises:
             ValueError: ``listen`` is not ``host:port``.
@@ -381,6 +389,7 @@ class GatewayServer:
         self.host, self.port = parse_address(listen, any_port=True)
         self.hostname = hostname or socket.gethostname()
         self.idle_timeout = idle_timeout
+        self.trusted = trusted
         self._server: asyncio.Server | None = None
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
@@ -388,6 +397,7 @@ class GatewayServer:
         protocol = _BulkDataSMTP(self.handler, data_size_limit=self.handler.limits.max_message_size,
                     enable_SMTPUTF8=True, decode_data=False, hostname=self.hostname,
                     ident="smimekit gateway", timeout=self.idle_timeout)
+        protocol.trusted = self.trusted
         self._connections.add(protocol)
         return protocol
 
