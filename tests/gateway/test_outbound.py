@@ -445,3 +445,14 @@ def test_a_permanent_pdf_failure_refuses_only_the_pdf_recipients(
         process_outbound(_envelope(mail(), partner.email, "cfo@nowhere.example"),
                          [partner.email, "cfo@nowhere.example"], replace(ctx, pdf=broken))
     assert not raised.value.permanent
+
+
+def test_the_attached_original_is_compressed() -> None:
+    # the PDF goes out base64-encoded to a re-injection smtpd with a size limit
+    data = mail(body="A line of an ordinary long letter, said again and again.\r\n" * 20_000)
+    document = pdf.message_pdf(data, "pw")
+    assert len(document) < len(data) // 4
+    reader = _open_pdf(document)
+    [attachment] = reader.attachment_list
+    assert attachment.name == ATTACHMENT_NAME and attachment.content == data
+    assert attachment.subtype == "/message/rfc822"

@@ -4,9 +4,9 @@ PDF 2.0 (ISO 32000-2) with the standard security handler revision 6: AES-256 (AE
 every string and stream, metadata included. fpdf2 lays out the page: the message's From, To,
 Cc, Date and Subject and its text (text/plain parts; HTML parts as text when there is no plain
 one), and the names of the attachments. pypdf then embeds the original message, as received,
-as the file ``original-message.eml`` (so its attachments and every character are there) and
-encrypts the whole document (fpdf2's own encryption leaves the names of embedded files in
-the clear, which strict readers misread).
+as the file ``original-message.eml`` (message/rfc822, Flate-compressed; so its attachments and
+every character are there) and encrypts the whole document (fpdf2's own encryption leaves
+the names of embedded files in the clear, which strict readers misread).
 
 The page uses DejaVu Sans when the system has it (Debian fonts-dejavu-core), else the PDF core
 font Helvetica (Latin-1 only). Characters the font has no glyph for, and right-to-left text
@@ -24,6 +24,7 @@ import html
 import io
 import secrets
 import unicodedata
+import zlib
 from collections.abc import Callable, Container
 from email.message import EmailMessage
 from pathlib import Path
@@ -157,6 +158,7 @@ def message_pdf(message: bytes, password: str) -> bytes:
     from fpdf.errors import FPDFException
     from pypdf import PdfReader, PdfWriter
     from pypdf.errors import PyPdfError
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject, NumberObject
 
     parsed = email.message_from_bytes(message, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
@@ -204,7 +206,17 @@ def message_pdf(message: bytes, password: str) -> bytes:
                            permanent=True) from None
     try:
         writer = PdfWriter(clone_from=PdfReader(io.BytesIO(page)))
-        writer.add_attachment(ATTACHMENT_NAME, message)
+        embedded = writer.add_attachment(ATTACHMENT_NAME, message)
+        embedded.subtype = NameObject("/message/rfc822")
+        embedded.size = NumberObject(len(message))
+        # compressed (pypdf stores it as it is): a message is mostly text and base64, and the
+        # PDF travels base64-encoded again, to a re-injection smtpd with a size limit
+        files = embedded.pdf_object["/EF"].get_object()
+        assert isinstance(files, DictionaryObject)
+        stream = files["/F"].get_object()
+        assert isinstance(stream, DecodedStreamObject)
+        stream.set_data(zlib.compress(message))
+        stream[NameObject("/Filter")] = NameObject("/FlateDecode")
         writer.encrypt(user_password=password, owner_password=secrets.token_urlsafe(32),
                        algorithm="AES-256")
         writer.pdf_header = b"%PDF-2.0"  # AES-256 (revision 6) is PDF 2.0's handler
