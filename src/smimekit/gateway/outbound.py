@@ -23,8 +23,10 @@ then per recipient, with the recipient's effective policy:
   the message is deferred (4xx): a directory outage must not turn into clear text;
 * a required encryption without a certificate follows ``no_certificate``: ``clear`` (sent
   signed but readable), ``bounce`` (the recipient is refused; the sender's DSN names why), or
-  ``pdf`` (the message as an AES-256 encrypted PDF 2.0, :mod:`smimekit.gateway.pdf`, whose
-  password goes to the sender in a separate message, to be passed on by another channel).
+  ``pdf`` (the message as an AES-256 encrypted PDF 2.0 with the original attached,
+  :mod:`smimekit.gateway.pdf`; a message that cannot be made into one refuses only those
+  recipients), whose password goes to the sender in a separate message, to be passed on by
+  another channel).
 
 Recipients with the same treatment share one :class:`Delivery`: one message encrypted to all
 their certificates (per header confidentiality policy), one signed clear message, one PDF
@@ -88,6 +90,8 @@ class OutboundContext:
     rules: dlp.RuleSet = field(default_factory=dlp.RuleSet)
     password: Callable[[], str] = new_password
     """Makes the password of a PDF (tests fix it)."""
+    pdf: Callable[[bytes, str], bytes] = message_pdf
+    """Makes the PDF of a message with a password (tests make it fail)."""
     notice_from: str = ""
     """The From of the password notice; "" for ``postmaster@<sender's domain>``."""
 
@@ -101,6 +105,8 @@ class _Recipient:
     certificate: x509.Certificate | None = None
     reason: str = ""
     details: dict[str, str] = field(default_factory=dict)
+    required: str = ""
+    """Why encryption was required without a certificate (for a ``pdf`` that fails)."""
 
 
 def _from_addresses(head: bytes) -> list[str]:
@@ -278,7 +284,7 @@ def _plan(ctx: OutboundContext, recipient: str, required_by: str) -> _Recipient:
         r.treatment = "refuse"
         r.reason = f"{head} ({policy.source('no_certificate')})"
     else:
-        r.treatment = "pdf"
+        r.treatment, r.required = "pdf", f"{head} ({policy.source('no_certificate')})"
         r.reason = (f"{head}; sent as a password-protected PDF, the password to the sender"
                     f" ({policy.source('no_certificate')})")
     return r
@@ -417,9 +423,20 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
             out = _sign(data, signer) if signer is not None else data
             deliveries.append(Delivery(sender, tuple(p.address for p in clear), out))
         pdfs = [p for p in plans if p.treatment == "pdf"]
+        document = None
         if pdfs:
             password = ctx.password()
-            document = message_pdf(data, password)
+            try:
+                document = ctx.pdf(data, password)
+            except GatewayError as exc:
+                if not exc.permanent:
+                    raise
+                # This message cannot become a PDF: only its PDF recipients are refused
+                # (the sender's DSN says why); those with certificates still get it.
+                for p in pdfs:
+                    p.treatment = "refuse"
+                    p.reason = f"{p.required}; {exc}"
+        if pdfs and document is not None:
             names = [p.address for p in pdfs]
             out = _pdf_message(data, sender, names, document)
             if signer is not None:
