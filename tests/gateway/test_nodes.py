@@ -73,13 +73,14 @@ def _cluster(stack: ExitStack, tmp_path: Path, pki: PKI | None = None) -> Cluste
     url = stack.enter_context(pg_store(data_dir))
     home = make_home(tmp_path, pki, database_url=url) if pki is not None else None
     handler, sink_port = stack.enter_context(sink())
-    port = free_port()
-    addresses = [(NODE_HOSTS[0], port), (NODE_HOSTS[1], port)]
-    postfix = FrontsPostfix(tmp_path / "postfix", sink_port=sink_port, nodes=addresses)
+    port, trusted = free_port(), free_port()
+    postfix = FrontsPostfix(tmp_path / "postfix", sink_port=sink_port,
+                            nodes=[(host, port) for host in NODE_HOSTS],
+                            submission=[(host, trusted) for host in NODE_HOSTS])
     nodes = tuple(Node(f"node-{i + 1}", postfix.reinject_port, data_dir=data_dir,
-                       database_url=url, host=host, port=port, log_dir=tmp_path,
-                       config=home.config if home is not None else None)
-                  for i, (host, port) in enumerate(addresses))
+                       database_url=url, host=host, port=port, submission_port=trusted,
+                       log_dir=tmp_path, config=home.config if home is not None else None)
+                  for i, host in enumerate(NODE_HOSTS))
     postfix.start()
     stack.callback(postfix.stop)
     for node in nodes:
@@ -173,12 +174,17 @@ def test_two_nodes_running_the_policy_pipeline_sign_encrypt_and_decrypt(
         home = cluster.home
         assert home is not None
         expected_out, expected_in = set(), set()
-        for front, node in zip(cluster.postfix.fronts, ("node-1", "node-2"), strict=True):
-            with smtplib.SMTP("127.0.0.1", front, timeout=60) as client:
+        fronts = zip(cluster.postfix.fronts, cluster.postfix.submission_fronts,
+                     ("node-1", "node-2"), strict=True)
+        for front, submission, node in fronts:
+            # alice's mail through the trusted door, the partner's through the public one
+            with smtplib.SMTP("127.0.0.1", submission, timeout=60) as client:
                 for i in range(3):
                     body = f"Outbound {i} through {node}: the price is 42.\r\n".encode()
                     expected_out.add(body)
                     client.sendmail(*home.outbound(body, f"out-{node}-{i}@example.org"))
+            with smtplib.SMTP("127.0.0.1", front, timeout=60) as client:
+                for i in range(3):
                     body = f"Inbound {i} through {node}: the code is 7.\r\n".encode()
                     expected_in.add(body)
                     client.sendmail(*home.inbound(body, f"in-{node}-{i}@partner.example"))

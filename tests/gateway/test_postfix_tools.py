@@ -95,11 +95,11 @@ def test_smtp_source_through_the_policy_pipeline_into_smtp_sink(pki: PKI, tmp_pa
         gateway_thread = stack.enter_context(
             GatewayThread(pipeline, f"127.0.0.1:{postfix.reinject_port}",
                           journal=StoreJournal(store, "node-1")))
-        postfix.start(gateway_thread.port)
+        postfix.start(gateway_thread.port, gateway_thread.submission_port)
         stack.callback(postfix.stop)
         subprocess.run(["smtp-source", "-c", "-m", str(count), "-s", "3", "-l", "3000",
                         "-S", "quarterly figures", "-f", alice.email, "-t", partner.email,
-                        f"127.0.0.1:{postfix.smtpd_port}"],
+                        f"127.0.0.1:{postfix.submission_port}"],  # alice's own door
                        capture_output=True, timeout=120, check=True)
         postfix.wait(lambda: postfix.log().count("status=sent") >= 2 * count,
                      f"{count} messages through the gateway and on to smtp-sink", timeout=120)
