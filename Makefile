@@ -1,8 +1,8 @@
 # smimekit: two commands from a fresh clone.
 #   make demo   creates .venv from the lock file, runs the end-to-end demonstration
 #   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM, slapd, Postfix
-#               with "No configuration": the gateway's tests start their own instances) and runs
-#               the whole suite
+#               with "No configuration": the gateway's tests start their own instances; the
+#               DejaVu font for the gateway's PDF) and runs the whole suite
 # Others: make lock (re-resolve requirements/lock.txt), make test-latest (the suite against the
 # newest releases, in .venv-latest; not part of CI), make test-lowest (the lowest versions
 # pyproject.toml allows: are its lower bounds honest?), make bench, make lint, make typecheck.
@@ -13,10 +13,12 @@ LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
 APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils \
-  slapd ldap-utils postfix swaks chromium chromium-driver
+  slapd ldap-utils postfix swaks chromium chromium-driver fonts-dejavu-core
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen \
   ldns-signzone unbound dig ldapsearch postfix swaks smtp-source smtp-sink \
   chromium chromedriver
+# files, not commands: the gateway's encrypted PDF uses DejaVu Sans when it is there
+PEER_FILES := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade
@@ -45,6 +47,7 @@ lock: install
 
 peers:
 	@missing=""; for c in $(PEER_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	for f in $(PEER_FILES); do [ -f $$f ] || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing interop peers (missing:$$missing)"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" \

@@ -153,10 +153,12 @@ def _run(postfix: Postfix, sink_port: int, message: tuple[str, str, bytes], coun
 
 
 def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
-                  body: Callable[[Postfix, int, list[int]], float],
+                  body: Callable[[Postfix, int, list[int]], float], trusted: bool = False,
                   attach: str = "after-queue") -> tuple[float, float]:
     """Start smtp-sink, Postfix (and ``nodes`` gateway nodes when ``home`` is given), run
-    ``body``; (its seconds, the nodes' highest peak memory in MiB)."""
+    ``body``; (its seconds, the nodes' highest peak memory in MiB). ``trusted``: the fronts
+    hand mail to the nodes' trusted door (``--listen-submission``: outbound mail is signed
+    only from there), else to their public door."""
     sink_port = free_port()
     sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "256"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -169,15 +171,16 @@ def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
             postfix.start(free_port())
             fronts = [postfix.smtpd_port]
         else:
-            ports = [free_port() for _ in range(nodes)]
+            reinject = free_port()
+            started = [Node(f"node-{i + 1}", reinject, data_dir=home.data_dir,
+                            database_url=home.database_url, config=home.config,
+                            log_dir=workdir, attach=attach) for i in range(nodes)]
+            ports = [n.submission_port if trusted else n.port for n in started]
             fronts_postfix = FrontsPostfix(root, sink_port=sink_port,
                                            nodes=[("127.0.0.1", p) for p in ports], maxproc=8,
                                            attach=attach)
+            fronts_postfix.reinject_port = reinject
             postfix, fronts = fronts_postfix, fronts_postfix.fronts
-            started = [Node(f"node-{i + 1}", postfix.reinject_port, data_dir=home.data_dir,
-                            database_url=home.database_url, config=home.config,
-                            log_dir=workdir, port=port, attach=attach)
-                       for i, port in enumerate(ports)]
             postfix.start(ports[0])
             for node in started:
                 node.start()
@@ -227,7 +230,8 @@ def main() -> None:
 
                 alone, _ = _with_postfix(workdir, nodes=0, home=None, body=run)
                 through = {attach: _with_postfix(workdir, nodes=args.nodes, home=home,
-                                                 body=run, attach=attach)
+                                                 body=run, trusted=direction == "outbound",
+                                                 attach=attach)
                            for attach in attachments}
                 rate = _api_rate(home, direction, message[2], max(3, count // 4),
                                  [pki.root, pki.inter])

@@ -77,37 +77,70 @@ class FrontsPostfix(Postfix):
     """:class:`~postfix.Postfix` in front of several gateway nodes: one front smtpd per node
     (:attr:`fronts`; the first is :attr:`smtpd_port`), each handing its mail to its own node
     first and to the others, in order, when that one is down (Postfix 3.5's list of next hops
-    in ``content_filter``). Before-queue (``attach``), each front has its own node as its
-    proxy filter, without the others to fall back on (``smtpd_proxy_filter`` names one)."""
+    in ``content_filter``); the same for the trusted door (:attr:`submission_fronts` to the
+    nodes' ``--listen-submission`` addresses, when ``submission`` names them). Before-queue
+    (``attach``), each front has its own node as its proxy filter, without the others to fall
+    back on (``smtpd_proxy_filter`` names one)."""
 
     def __init__(self, root: Path, *, sink_port: int, nodes: list[tuple[str, int]],
-                 maxproc: int = 4, attach: str = "after-queue") -> None:
+                 submission: list[tuple[str, int]] | None = None, maxproc: int = 4,
+                 attach: str = "after-queue") -> None:
         super().__init__(root, sink_port=sink_port, maxproc=maxproc, attach=attach)
         self.nodes = nodes
         """Each node's (address, port)."""
         self.gateway_host = nodes[0][0]
+        self.submission = submission or []
+        """Each node's trusted door (address, port)."""
         self.fronts = [self.smtpd_port] + [free_port() for _ in nodes[1:]]
+        self.submission_fronts = [self.submission_port] + [free_port()
+                                                           for _ in self.submission[1:]]
 
-    def _filter(self, first: int) -> str:
-        order = self.nodes[first:] + self.nodes[:first]
+    @staticmethod
+    def _filter(doors: list[tuple[str, int]], first: int) -> str:
+        order = doors[first:] + doors[:first]
         return "scan:" + ",".join(f"[{host}]:{port}" for host, port in order)
 
     def _write_config(self) -> None:
         super()._write_config()
         main = (self.conf / "main.cf").read_text()
         main = main.replace(f"content_filter = scan:[127.0.0.1]:{self.gateway_port}",
-                            f"content_filter = {self._filter(0)}")
+                            f"content_filter = {self._filter(self.nodes, 0)}")
         (self.conf / "main.cf").write_text(main)
-        with (self.conf / "master.cf").open("a") as master:
+        master = (self.conf / "master.cf").read_text()
+        if self.attach == "before-queue":
+            if self.submission:
+                first = self.proxy_options(self.submission_gateway_port or self.gateway_port
+                                           or 0, self.gateway_host)
+                master = master.replace(first, self.proxy_options(self.submission[0][1],
+                                                                  self.submission[0][0]))
             for i, port in enumerate(self.fronts[1:], start=1):
-                options = (self.proxy_options(self.nodes[i][1], self.nodes[i][0])
-                           if self.attach == "before-queue"
-                           else f"\n  -o content_filter={self._filter(i)}")
-                master.write(f"127.0.0.1:{port} inet n - n - - smtpd{options}\n")
+                master += (f"127.0.0.1:{port} inet n - n - - smtpd"
+                           f"{self.proxy_options(self.nodes[i][1], self.nodes[i][0])}\n")
+            for i, port in enumerate(self.submission_fronts[1:], start=1):
+                host, gateway = self.submission[i]
+                master += (f"127.0.0.1:{port} inet n - n - - smtpd"
+                           f"{self.proxy_options(gateway, host)}\n")
+            (self.conf / "master.cf").write_text(master)
+            return
+        if self.submission:
+            door = f"127.0.0.1:{self.submission_port} inet n - n - - smtpd\n  -o content_filter="
+            assert door in master
+            head, _, rest = master.partition(door)
+            master = head + door + self._filter(self.submission, 0) + rest.partition("\n")[1] \
+                + rest.partition("\n")[2]
+        for i, port in enumerate(self.fronts[1:], start=1):
+            master += (f"127.0.0.1:{port} inet n - n - - smtpd\n"
+                       f"  -o content_filter={self._filter(self.nodes, i)}\n")
+        for i, port in enumerate(self.submission_fronts[1:], start=1):
+            master += (f"127.0.0.1:{port} inet n - n - - smtpd\n"
+                       f"  -o content_filter={self._filter(self.submission, i)}\n")
+        (self.conf / "master.cf").write_text(master)
 
-    def start(self, gateway_port: int | None = None) -> None:
-        super().start(self.nodes[0][1] if gateway_port is None else gateway_port)
-        for port in self.fronts[1:]:
+    def start(self, gateway_port: int | None = None, submission_port: int | None = None
+              ) -> None:
+        super().start(self.nodes[0][1] if gateway_port is None else gateway_port,
+                      submission_port)
+        for port in self.fronts[1:] + self.submission_fronts[1:]:
             self._wait_listening(port)
 
 
@@ -117,14 +150,17 @@ class Node:
     def __init__(self, name: str, next_hop: int, *, data_dir: Path, database_url: str | None,
                  config: Path | None = None, port: int | None = None,
                  log_dir: Path | None = None, host: str = "127.0.0.1",
-                 attach: str = "after-queue") -> None:
+                 submission_port: int | None = None, attach: str = "after-queue") -> None:
         self.name, self.next_hop, self.data_dir = name, next_hop, data_dir
         self.host = host
         """The address it listens on: any of 127.0.0.0/8 (Linux routes the whole block to
         the loopback interface), so nodes can be separate hosts on one machine."""
-        self.attach = attach
         self.database_url, self.config = database_url, config
         self.port = port or free_port()
+        self.submission_port = submission_port or free_port()
+        """The trusted door (``--listen-submission``)."""
+        self.attach = attach
+        """How Postfix hands mail over (``--attach``)."""
         self.log = (log_dir or data_dir.parent) / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_kib = 0
@@ -137,6 +173,7 @@ class Node:
             args += ["--database-url", self.database_url]
         args += ["--config", str(self.config or self._relay_config())]
         args += ["gateway", "serve", "--listen", f"{self.host}:{self.port}",
+                 "--listen-submission", f"{self.host}:{self.submission_port}",
                  "--next-hop", f"127.0.0.1:{self.next_hop}", "--grace", "5",
                  "--attach", self.attach]
         env = {**os.environ, "SMIMEKIT_ACTOR": self.name}
@@ -148,7 +185,8 @@ class Node:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
             try:
-                socket.create_connection((self.host, self.port), timeout=1).close()
+                for port in (self.port, self.submission_port):
+                    socket.create_connection((self.host, port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.1)

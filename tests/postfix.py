@@ -1,16 +1,25 @@
 """A real Postfix for the gateway's tests, with its own configuration and queue in a test's
 tmp_path and its listeners on loopback ports (Debian's postfix package, as root).
 
-Two layouts (``attach``). By default Postfix's FILTER_README "advanced content filter": the
-smtpd on :attr:`Postfix.smtpd_port` queues mail with
-``content_filter = scan:[127.0.0.1]:<gateway>``;
-the ``scan`` transport (Postfix's smtp client) hands it to the gateway; the gateway hands it
-back to the second smtpd on :attr:`Postfix.reinject_port` (``-o content_filter=`` and the
-override options, so it is not filtered twice); Postfix then relays everything to
+The layout is Postfix's FILTER_README "advanced content filter": the smtpd on
+:attr:`Postfix.smtpd_port` (the public door, port 25 in production) queues mail with
+``content_filter = scan:[127.0.0.1]:<gateway>`` and ``receive_override_options =
+no_address_mappings``; the ``scan`` transport (Postfix's smtp client) hands it to the gateway;
+the gateway hands it back to the second smtpd on :attr:`Postfix.reinject_port` (``-o
+content_filter=`` and the override options, so it is not filtered twice; address mappings such
+as ``virtual_alias_maps`` apply there, after the filter); Postfix then relays everything to
 ``relayhost = [127.0.0.1]:<sink>``, the test's final destination. With
-``attach="before-queue"`` (SMTPD_PROXY_README) the smtpd on :attr:`Postfix.smtpd_port` has the
-gateway as its ``smtpd_proxy_filter`` instead: one queue pass, behind the same re-injection
-smtpd.
+``attach="before-queue"`` (SMTPD_PROXY_README) the public and submission smtpds have the
+gateway's listeners as their ``smtpd_proxy_filter`` instead: one queue pass, behind the same
+re-injection smtpd.
+
+The smtpd on :attr:`Postfix.submission_port` is the trusted door (submission, port 587 in
+production): its mail goes to the gateway's ``listen_submission`` port when :meth:`start` is
+given one (else to the same port as the public door), with address mappings applied before
+the filter (so an alias of ours that forwards outside is outbound to the gateway, under its
+encryption and DLP policy). Here it takes mail from loopback
+without a login: what the gateway trusts is the port it is handed the mail on, which the
+deployment (docs/gateway.md) reserves for SASL-authenticated senders.
 
 Postfix's master opens its lock file in ``data_directory`` by its full path as the
 ``postfix`` user, which cannot pass pytest's 0700 temporary directories (other pytest runs
@@ -45,10 +54,14 @@ def require_postfix() -> None:
 
 
 MASTER_CF = """\
-# The smtpd the world (the test) talks to: after-queue, it queues and the content filter
-# comes later; before-queue, it passes each message through the gateway while the client
-# waits (smtpd_proxy_filter) and queues nothing itself.
-127.0.0.1:{smtpd_port} inet n - n - - smtpd{front_options}
+# The smtpd the world (the test) talks to: it queues, the content filter comes later;
+# address mappings (virtual aliases) only after the filter (FILTER_README).
+127.0.0.1:{smtpd_port} inet n - n - - smtpd
+  -o receive_override_options={front_overrides}{front_options}
+# The submission door: its own content filter, the gateway's trusted listener; aliases
+# expanded before the filter, so the gateway's outbound policy sees where mail really goes.
+127.0.0.1:{submission_port} inet n - n - - smtpd
+  -o content_filter={submission_filter}{submission_options}
 # FILTER_README advanced content filter: Postfix's smtp client to the gateway ...
 scan      unix  -       -       n       -       {maxproc} smtp
   -o disable_mime_output_conversion=yes
@@ -111,6 +124,9 @@ smtpd_relay_restrictions = permit_mynetworks, reject
 # Every message goes through the gateway, then to the test's sink.
 {content_filter}
 relayhost = [127.0.0.1]:{sink_port}
+# Forwarding aliases (Postfix.virtual), expanded after the filter; no virtual alias domain.
+virtual_alias_maps = texthash:{conf}/virtual
+virtual_alias_domains =
 # Quick retries for tests (defaults: 300s, 300s, 4000s).
 queue_run_delay = 1s
 minimal_backoff_time = 1s
@@ -128,21 +144,31 @@ class Postfix:
 
     ``attach``: how the gateway is attached. ``"after-queue"`` (the default) is FILTER_README's
     advanced content filter (two queue passes); ``"before-queue"`` is SMTPD_PROXY_README's
-    proxy filter: the front smtpd hands each message to the gateway during the client's
+    proxy filter: each front smtpd hands each message to the gateway during the client's
     session (``smtpd_proxy_filter``, ``smtpd_proxy_options = speed_adjust``), the gateway to the
     re-injection smtpd, which queues it once; the client's reply is the gateway's.
     """
 
     def __init__(self, root: Path, *, sink_port: int, maxproc: int = 4,
-                 message_size_limit: int = 10_240_000, attach: str = "after-queue") -> None:
+                 message_size_limit: int = 10_240_000,
+                 virtual: dict[str, str] | None = None,
+                 map_before_filter: bool = False, attach: str = "after-queue") -> None:
+        """``virtual``: forwarding aliases (``virtual_alias_maps``), address -> target;
+        ``map_before_filter``: the public door expands them before the filter (the mistake
+        FILTER_README warns about: the gateway sees the alias's target)."""
         if attach not in ATTACHMENTS:
             raise ValueError(f"attach must be one of {ATTACHMENTS}, not {attach!r}")
         self.attach = attach
+        self.gateway_host = "127.0.0.1"
         self.root = root
         self.conf = root / "conf"
-        self.gateway_port, self.sink_port = 0, sink_port
-        self.gateway_host = "127.0.0.1"
+        self.gateway_port: int | None = 0
+        self.submission_gateway_port: int | None = None
+        self.sink_port = sink_port
         self.smtpd_port, self.reinject_port = free_port(), free_port()
+        self.submission_port = free_port()
+        self.virtual = dict(virtual or {})
+        self.map_before_filter = map_before_filter
         self.maxproc = maxproc
         self._data_parent: Path | None = None
         self.data = Path()
@@ -160,14 +186,23 @@ class Postfix:
         self.data.mkdir()
         shutil.chown(self.data, "postfix", "postfix")
         self.defer_file.touch()
+        (self.conf / "virtual").write_text("".join(f"{a} {t}\n"
+                                                   for a, t in self.virtual.items()))
         restrictions = (f"check_recipient_access,texthash:{self.defer_file},"
                         "permit_mynetworks,reject")
-        before = self.attach == "before-queue" and bool(self.gateway_port)
+        submission = self.submission_gateway_port or self.gateway_port
+        before = self.attach == "before-queue"
         (self.conf / "master.cf").write_text(MASTER_CF.format(
             smtpd_port=self.smtpd_port, reinject_port=self.reinject_port,
-            maxproc=self.maxproc, reinject_recipient_restrictions=restrictions,
+            submission_port=self.submission_port,
+            front_overrides="" if self.map_before_filter else "no_address_mappings",
             front_options=(self.proxy_options(self.gateway_port, self.gateway_host)
-                           if before else "")))
+                           if before and self.gateway_port else ""),
+            submission_filter=(f"scan:[127.0.0.1]:{submission}"
+                               if submission and not before else ""),
+            submission_options=(self.proxy_options(submission, self.gateway_host)
+                                if before and submission else ""),
+            maxproc=self.maxproc, reinject_recipient_restrictions=restrictions))
         if not self.gateway_port:
             content_filter = "# no content filter: Postfix alone"
         elif before:
@@ -175,7 +210,7 @@ class Postfix:
         else:
             content_filter = f"content_filter = scan:[127.0.0.1]:{self.gateway_port}"
         (self.conf / "main.cf").write_text(MAIN_CF.format(
-            root=self.root, data=self.data, content_filter=content_filter,
+            root=self.root, data=self.data, conf=self.conf, content_filter=content_filter,
             sink_port=self.sink_port,
             message_size_limit=self.message_size_limit))
 
@@ -186,8 +221,8 @@ class Postfix:
         (speed_adjust: a slow client does not hold a gateway connection), then handed over;
         the gateway's reply, after the re-injection smtpd queued it, is the client's."""
         return (f"\n  -o smtpd_proxy_filter=[{host}]:{gateway_port}"
-                + "\n  -o smtpd_proxy_options=speed_adjust"
-                + "\n  -o smtpd_proxy_timeout=300s")
+                "\n  -o smtpd_proxy_options=speed_adjust"
+                "\n  -o smtpd_proxy_timeout=300s")
 
     def _postfix(self, *args: str) -> None:
         result = subprocess.run([POSTFIX, "-c", str(self.conf), *args], capture_output=True,
@@ -196,15 +231,17 @@ class Postfix:
             raise AssertionError(f"postfix {' '.join(args)} failed:"
                                  f" {result.stderr.decode(errors='replace')}\n{self.log()}")
 
-    def start(self, gateway_port: int | None) -> None:
+    def start(self, gateway_port: int | None, submission_port: int | None = None) -> None:
         """Start with the content filter at 127.0.0.1:``gateway_port`` (None: Postfix alone,
-        the baseline of a benchmark)."""
+        the baseline of a benchmark) and the submission door's at ``submission_port`` (the
+        gateway's trusted listener; None: the same as the public door's)."""
         self.gateway_port = gateway_port
+        self.submission_gateway_port = submission_port
         try:
             self._write_config()
             self._postfix("check")
             self._postfix("start")
-            for port in (self.smtpd_port, self.reinject_port):
+            for port in (self.smtpd_port, self.reinject_port, self.submission_port):
                 self._wait_listening(port)
         except BaseException:
             self.stop()

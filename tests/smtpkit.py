@@ -115,7 +115,9 @@ def sink() -> Iterator[tuple[SinkHandler, int]]:
 
 
 class GatewayThread:
-    """The gateway's SMTP front on its own event loop in a thread."""
+    """The gateway's SMTP front on its own event loop in a thread: the public door
+    (:attr:`port`) and the trusted door (:attr:`submission_port`, ``listen_submission``),
+    one handler behind both."""
 
     def __init__(self, processor: Processor, next_hop: str, *, journal: Journal | None = None,
                  limits: Limits | None = None, timeout: float = 10.0) -> None:
@@ -124,6 +126,7 @@ class GatewayThread:
                                       NextHop(next_hop, timeout=timeout), limits=limits or Limits(),
                                       reporting_mta="gateway.test")
         self.server = GatewayServer(self.handler, "127.0.0.1:0")
+        self.submission = GatewayServer(self.handler, "127.0.0.1:0", trusted=True)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -131,13 +134,19 @@ class GatewayThread:
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def submission_port(self) -> int:
+        return self.submission.port
+
     def __enter__(self) -> GatewayThread:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        for server in (self.server, self.submission):
+            asyncio.run_coroutine_threadsafe(server.start(), self.loop).result(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        for server in (self.server, self.submission):
+            asyncio.run_coroutine_threadsafe(server.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,36 @@ def test_gateway_mistakes_are_named(tmp_path: Path, text: str, named: str) -> No
     with pytest.raises(ConfigError, match="^" + named.replace(".", r"\.").replace("[", r"\[")
                        .replace("]", r"\]").replace("(", r"\(")):
         load_config(_write(tmp_path, text))
+
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("[gateway]\nmax_message_size = 0\n",
+     "gateway.max_message_size must be at least 1 and at most 1073741824 (it is 0)"),
+    ("[gateway]\nmax_message_size = 2_000_000_000\n", "gateway.max_message_size must be"),
+    ("[gateway]\nmax_recipients = 0\n", "gateway.max_recipients must be at least 1"),
+    ("[gateway]\nmax_recipients = -5\n", "gateway.max_recipients must be at least 1"),
+    ("[gateway]\ntimeout = 0\n", "gateway.timeout must be above 0 and at most 3600 (it is 0)"),
+    ("[gateway]\ntimeout = -1.5\n",
+     "gateway.timeout must be above 0 and at most 3600 (it is -1.5)"),
+    ("[gateway]\ntimeout = nan\n", "gateway.timeout must be above 0"),
+    ("[gateway]\ntimeout = inf\n", "gateway.timeout must be above 0"),
+    ("[gateway]\nkey_memo_seconds = -1\n", "gateway.key_memo_seconds must be at least 0"),
+    ("[gateway]\nlookup_memo_seconds = -0.5\n", "gateway.lookup_memo_seconds must be at least 0"),
+    ("[gateway.scan]\nsocket = 'unix:/x'\ntimeout = 0\n", "gateway.scan.timeout must be above 0"),
+    ("[[gateway.dlp]]\nname = 'x'\nthreshold = 0\n", "gateway.dlp[0].threshold must be at least 1"),
+])
+def test_gateway_numbers_out_of_range_are_refused_at_load(tmp_path: Path, text: str,
+                                                           named: str) -> None:
+    # review 12 item 10: a zero size or recipient limit, a timeout of 0 or less (or NaN)
+    # would start a gateway that refuses everything or never waits; the key is named
+    with pytest.raises(ConfigError, match="^" + re.escape(named)):
+        load_config(_write(tmp_path, text))
+
+@pytest.mark.parametrize("text", [
+    "[gateway]\nmax_message_size = 1\nmax_recipients = 1\ntimeout = 0.1\n"
+    "key_memo_seconds = 0\nlookup_memo_seconds = 0\n",
+    "[gateway]\nmax_message_size = 1073741824\nmax_recipients = 100000\ntimeout = 3600\n",
+])
+def test_gateway_numbers_at_their_bounds_load(tmp_path: Path, text: str) -> None:
+    assert load_config(_write(tmp_path, text)).gateway is not None

@@ -45,10 +45,11 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     name = "cn"
 
     [gateway]                         # smimekit gateway serve (docs/gateway.md)
-    listen = "127.0.0.1:10025"        # where Postfix's content filter delivers
+    listen = "127.0.0.1:10025"        # the public door: Postfix's port 25 content filter
+    listen_submission = "127.0.0.1:10027"   # the trusted door: submission (SASL) only
     next_hop = "127.0.0.1:10026"      # Postfix's re-injection smtpd
     attach = "after-queue"            # or "before-queue": Postfix's smtpd_proxy_filter
-    internal_domains = ["example.org"]   # mail from these is outbound, to them inbound
+    internal_domains = ["example.org"]   # from these via the trusted door: outbound
     key_memo_seconds = 30             # held keys remembered this long (0: read every time)
     lookup_memo_seconds = 60          # certificates found remembered this long (0: off)
     harvest_memo_seconds = 60         # a signer harvested once this long (0: every message)
@@ -71,6 +72,7 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -148,6 +150,7 @@ class SyncConfig:
 
 EncryptMode = Literal["always", "if-possible", "never"]
 NoCertificate = Literal["clear", "bounce", "pdf"]
+MissingKey = Literal["defer", "send-unsigned"]
 HeaderConfidentiality = Literal["baseline", "shy", "none"]
 DlpAction = Literal["warn", "require-encryption", "quarantine", "reject"]
 
@@ -164,6 +167,11 @@ class PolicyConfig:
     """Outbound: sign with the sender's key held by the gateway."""
     organisation_signature: bool | None = None
     """Outbound: sign with the organisation's certificate when the sender has no key."""
+    missing_key: MissingKey | None = None
+    """Outbound: signing was asked for (``sign = true`` or ``organisation_signature = true``
+    set in the configuration) and the gateway holds no key to sign with: ``defer`` (4xx, the
+    mail waits in Postfix's queue for the key) or ``send-unsigned``. The built-in ``sign``
+    (not set anywhere) signs when a key is held and never defers."""
     encrypt: EncryptMode | None = None
     """Outbound, per recipient."""
     no_certificate: NoCertificate | None = None
@@ -193,7 +201,7 @@ class ScanConfig:
     """Run with the message on stdin: exit 0 clean, 1 infected (reject), other: failure."""
     socket: str | None = None
     """A clamd-style INSTREAM socket: ``unix:/path`` or ``tcp:host:port``."""
-    timeout: float = 30.0
+    timeout: float = field(default=30.0, metadata={"range": (0, True, 3600)})
     on_failure: Literal["defer", "pass"] = "defer"
     """Scanner down or silent: ``defer`` (4xx, Postfix retries) or ``pass`` (with a warning
     in the result header and the audit log)."""
@@ -206,7 +214,7 @@ class DlpRule:
     name: str
     keywords: tuple[str, ...] = ()
     patterns: tuple[str, ...] = ()
-    threshold: int = 1
+    threshold: int = field(default=1, metadata={"range": (1, False, 1_000_000)})
     """Matches (keywords and patterns together) needed to fire."""
     action: DlpAction = "warn"
     direction: Literal["outbound", "inbound", "both"] = "both"
@@ -215,12 +223,18 @@ class DlpRule:
 @dataclass(frozen=True)
 class GatewayConfig:
     listen: str = "127.0.0.1:10025"
+    """The public door: mail here is from outside, whatever its sender claims."""
+    listen_submission: str | None = None
+    """The trusted door (Postfix's submission smtpd: SASL login, sender login maps): only
+    mail that came here is signed with our users' keys and treated as outbound. None: no
+    trusted door, nothing is outbound."""
     next_hop: str = "127.0.0.1:10026"
     attach: Literal["after-queue", "before-queue"] = "after-queue"
     """How Postfix hands mail over: ``after-queue`` (content_filter) or ``before-queue``
     (smtpd_proxy_filter); docs/gateway.md."""
     internal_domains: tuple[str, ...] = ()
-    """Our domains (wildcards allowed): from one of them is outbound; to one is inbound."""
+    """Our domains (wildcards allowed): from one of them through the trusted door is
+    outbound; to one of them from the public door is inbound."""
     key_passphrase_file: Path | None = None
     """The passphrase that opens the gateway's key store (keys held for users)."""
     pkcs11_module: Path | None = None
@@ -228,18 +242,21 @@ class GatewayConfig:
     token_label: str | None = None
     pin_file: Path | None = None
     result_header: str = "X-Smimekit-Result"
-    max_message_size: int = 50 * 1024 * 1024
-    max_recipients: int = 1000
+    max_message_size: int = field(default=50 * 1024 * 1024,
+                                  metadata={"range": (1, False, 1024**3)})
+    """Bytes; larger messages are refused (552) as they are read. At most 1 GiB: the gateway
+    holds a message in memory several times over while it works on it."""
+    max_recipients: int = field(default=1000, metadata={"range": (1, False, 100_000)})
     quarantine_dir: Path | None = None
-    timeout: float = 60.0
+    timeout: float = field(default=60.0, metadata={"range": (0, True, 3600)})
     """Seconds for the next hop to accept a message (then 4xx)."""
-    key_memo_seconds: float = 30.0
+    key_memo_seconds: float = field(default=30.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses which keys an address holds (retired or not) before asking the
     store again: a key retired on another node is used at most this late (0: every time)."""
-    lookup_memo_seconds: float = 60.0
+    lookup_memo_seconds: float = field(default=60.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses a recipient's usable certificate (never past its notAfter): a
     certificate revoked or replaced in the directory is used at most this late (0: off)."""
-    harvest_memo_seconds: float = 60.0
+    harvest_memo_seconds: float = field(default=60.0, metadata={"range": (0, False, 86_400)})
     """How long a node skips recording an inbound signer whose certificates it recorded
     already: the harvested row's "last seen" is at most this old (0: every message)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -306,10 +323,29 @@ def _build(cls: type[T], data: Any, where: str, base: Path,
         key = _join(where, name)
         if name in data:
             values[name] = _value(hints[name], data[name], key, base)
+            if "range" in fields[name].metadata:
+                _in_range(values[name], fields[name].metadata["range"], key)
         elif (fields[name].default is dataclasses.MISSING
               and fields[name].default_factory is dataclasses.MISSING):
             raise ConfigError(f"{key} is required in the configuration")
     return cls(**values)
+
+
+def _in_range(value: float, bounds: tuple[float, bool, float], key: str) -> None:
+    """Refuse a number out of ``bounds`` (lowest, whether the lowest itself is excluded,
+    highest), NaN and infinity included, naming the key (review 12 item 10: a zero size
+    limit or recipient limit, a timeout of 0 or less must not start a gateway)."""
+    low, exclusive, high = bounds
+    fits = math.isfinite(value) and (value > low if exclusive else value >= low) \
+        and value <= high
+    if not fits:
+        above = f"above {_number(low)}" if exclusive else f"at least {_number(low)}"
+        raise ConfigError(f"{key} must be {above} and at most {_number(high)}"
+                          f" (it is {_number(value)})")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and value == int(value) else str(value)
 
 
 def _join(where: str, name: str) -> str:

@@ -105,10 +105,12 @@ def test_policy_shows_each_value_with_its_level(tmp_path: Path,
                  "A@X.Partner.Example", "ceo@example.org"]) == 0
     out = capsys.readouterr().out
     first, second = out.split("\n\n")
-    assert first.startswith("a@x.partner.example  (outbound from ceo@example.org)")
+    assert first.startswith("a@x.partner.example  (outbound from ceo@example.org through the"
+                            " trusted door; relay through the public door)")
     assert re.search(r"^  encrypt +always +domain \*\.partner\.example$", first, re.M)
     assert re.search(r"^  no_certificate +bounce +default$", first, re.M)
-    assert second.startswith("ceo@example.org  (internal from ceo@example.org)")
+    assert second.startswith("ceo@example.org  (internal from ceo@example.org through the"
+                             " trusted door; inbound through the public door)")
     assert re.search(r"^  webmail +true +user ceo@example.org$", second, re.M)
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from pki import DATE, PKI, Identity
 
 from smimekit.config import GatewayConfig, PolicyConfig
@@ -37,6 +38,12 @@ class Held:
 
     def decryption_keys(self, address: str) -> Sequence[HeldKey]:
         return self.keys.get(address, [])
+
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        """The first listed is the current one (the store's ranking is tested with the
+        store: test_keys.py, test_inbound.py)."""
+        history = self.keys.get(address, [])
+        return history[0].certificate if history else None
 
     def organisation_key(self) -> HeldKey | None:
         return None

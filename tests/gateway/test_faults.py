@@ -60,6 +60,18 @@ class Rig:
     def copies(self) -> dict[str, list[str]]:
         return tally(self.sink.received)
 
+    def wait_answered(self, count: int, timeout: float = 90.0) -> None:
+        """Wait until Postfix has logged the gateway's 250 for ``count`` messages.
+
+        At the sink is not yet answered: the gateway may still owe Postfix the 250 for the
+        last of them, and a kill in that window is the duplicate SMTP allows
+        (:func:`test_kill_9_after_the_next_hop_took_the_message`). Call this before a kill
+        that must cost no duplicate."""
+        answered = f"relay=127.0.0.1[127.0.0.1]:{self.node.port}, "
+        self.postfix.wait(lambda: sum(answered in line and "status=sent" in line
+                                      for line in self.postfix.log().splitlines()) >= count,
+                          f"the gateway's 250 for {count} message(s)", timeout)
+
 
 def assert_exactly_once(copies: dict[str, list[str]], sent: dict[str, str]) -> None:
     missing = sorted(set(sent) - set(copies))
@@ -96,7 +108,7 @@ def _rig(stack: ExitStack, tmp_path: Path, *, database_port: int | None = None,
     stack.callback(relay.cut)
     node = Node("node-1", relay.port, data_dir=data_dir, database_url=url,
                 config=home.config if home else None, log_dir=tmp_path)
-    postfix.start(node.port)
+    postfix.start(node.port, node.submission_port)
     stack.callback(postfix.stop)
     node.start()
     stack.callback(node.stop)
@@ -109,13 +121,7 @@ def test_kill_9_while_handing_over_loses_nothing(rig: Rig) -> None:
     assert rig.relay.stalled.wait(30), rig.postfix.log()[-3000:]
     others = rig.submit("other", 9)  # passed on while the victim hangs
     rig.postfix.wait(lambda: set(others) <= set(rig.copies()), "the others at the sink")
-    # At the sink is not yet answered: the gateway may still owe Postfix the 250 for the
-    # last of them, and a kill in that window is the duplicate SMTP allows (the next test).
-    # So wait for Postfix to log the gateway's 250 for each of them.
-    answered = f"relay=127.0.0.1[127.0.0.1]:{rig.node.port}, "
-    rig.postfix.wait(lambda: sum(answered in line and "status=sent" in line
-                                 for line in rig.postfix.log().splitlines()) >= len(others),
-                     "the gateway's 250 for each of the others")
+    rig.wait_answered(len(others))  # at the sink is not yet answered
     rig.node.kill9()
     rig.relay.cut()  # the half-sent transaction dies with the connection
     assert rig.postfix.queued(), "Postfix must keep the message the gateway never answered"
@@ -245,7 +251,7 @@ def test_kill_9_with_the_real_pipeline_delivers_each_message_once_encrypted(
         alice, partner = rig.home.alice.email, rig.home.partner.email
 
         def submit(prefix: str, count: int) -> dict[str, str]:
-            return send(rig.postfix.smtpd_port,
+            return send(rig.postfix.submission_port,  # the trusted door: signed
                         [f"{prefix}-{i}@faults.test" for i in range(count)],
                         sender=alice, to=[partner])
 
@@ -254,6 +260,7 @@ def test_kill_9_with_the_real_pipeline_delivers_each_message_once_encrypted(
         assert rig.relay.stalled.wait(60), rig.postfix.log()[-3000:]
         others = submit("other", 4)
         rig.postfix.wait(lambda: set(others) <= set(rig.copies()), "the others", 90)
+        rig.wait_answered(len(others))  # else a kill before a 250 may rightly duplicate
         rig.node.kill9()
         rig.relay.cut()
         rig.relay.stall = None

@@ -1,40 +1,53 @@
 """Hostile input through SMTP, into ``smimekit gateway serve`` running the real policy
 pipeline (tests/gwhome.py) in a process of its own, its next hop a sink that keeps everything.
 
-Whatever arrives: a clean SMTP reply (250, or a 4xx/5xx naming the problem), the node still
-serving afterwards, no traceback in its log, and never plaintext of a message that could not be
-decrypted and authenticated whole. Huge messages: 552 past the limit with the excess dropped as
+Whatever arrives: the SMTP reply documented for it (250, or a 4xx/5xx naming the problem),
+the node still serving afterwards, never its catch-all "internal error" (server.py: a bug
+answered 4xx) in a reply or its log, no traceback in its log, and never plaintext of a message
+that could not be decrypted and authenticated whole. The malformed-message corpus of
+tests/malformed/cases.py goes through SMTP as inbound mail to a user whose key the gateway
+holds, one case each. Huge messages: 552 past the limit with the excess dropped as
 it is read; just under it processed, the node's peak resident memory measured.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from corpus.vectors import corpus_path, list_files, read_bytes
-from gwhome import GatewayHome, make_home
+from gwhome import PASS, GatewayHome, make_home
 from gwnodes import Node
 from malformed import hostile
-from malformed.cases import der_of, pkcs7_mime
+from malformed.cases import DECRYPT_INPUTS, VERIFY_INPUTS, der_of, pkcs7_mime
 from pki import PKI
+from properties.pki import Pki, test_pki
 from smtpkit import SinkHandler, sink
 
 from smimekit import api
 from smimekit.cms import limits
 from smimekit.cms.algorithms import Cipher
+from smimekit.gateway.keys import StoreHeldKeys
+from smimekit.store import Store
+from smimekit.validation.trust import TrustStore
 
 pytestmark = [pytest.mark.slow]
 
 LIMIT = 4 * 1024 * 1024
 MAX_RECIPIENTS = 50
 SECRET = b"The launch code is 0000-SECRET-0000, tell nobody."
+CORPUS_SECRET = b"The secret is 42."
+"""The text of every encrypted message of tests/malformed/cases.py."""
+INTERNAL_ERROR = "internal error"
+"""server.py's catch-all: a bug, answered 4xx; no test input may reach it."""
 
 
 @dataclass
@@ -42,6 +55,10 @@ class Served:
     home: GatewayHome
     node: Node
     sink: SinkHandler
+    kit: Pki
+    """tests/malformed's PKI: the gateway holds the key of its user rsa@example.org."""
+    replies: list[str]
+    """Every reply to DATA or to a refused command, as text."""
 
     def client(self) -> smtplib.SMTP:
         client = smtplib.SMTP("127.0.0.1", self.node.port, timeout=120)
@@ -50,20 +67,35 @@ class Served:
 
     def exchange(self, sender: str, to: list[str], data: bytes) -> int:
         """One transaction; the reply code to DATA (or to the first refusal)."""
+        return self.transact(sender, to, data)[0]
+
+    def transact(self, sender: str, to: list[str], data: bytes) -> tuple[int, str]:
+        """One transaction; the reply to DATA (or to the first refusal), recorded."""
         with self.client() as client:
             try:
-                client.sendmail(sender, to, data)
+                client.mail(sender)
+                for rcpt in to:
+                    code, text = client.rcpt(rcpt)
+                    if code != 250:
+                        return self._reply(code, text)
+                code, text = client.data(data)
             except smtplib.SMTPResponseException as exc:
-                return exc.smtp_code
-            except smtplib.SMTPRecipientsRefused as exc:
-                return min(code for code, _ in exc.recipients.values())
-            return 250
+                return self._reply(exc.smtp_code, exc.smtp_error)
+            return self._reply(code, text)
+
+    def _reply(self, code: int, text: bytes | str) -> tuple[int, str]:
+        reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        self.replies.append(f"{code} {reply}")
+        return code, reply
 
     def alive(self) -> None:
         with self.client() as client:
             assert client.noop()[0] == 250
         assert self.node.process is not None and self.node.process.poll() is None
-        assert "Traceback" not in self.node.log.read_text()
+        log = self.node.log.read_text()
+        assert "Traceback" not in log
+        assert INTERNAL_ERROR not in log, log[log.index(INTERNAL_ERROR) - 300:][:600]
+        assert not [r for r in self.replies if INTERNAL_ERROR in r], self.replies
 
     def leaked(self) -> list[bytes]:
         return [m.data for m in self.sink.received if b"0000-SECRET-0000" in m.data
@@ -74,13 +106,20 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("hostile")
     home = make_home(root, PKI(), max_message_size=LIMIT, max_recipients=MAX_RECIPIENTS)
+    kit = test_pki()
+    # the corpus's user rsa@example.org: key held, reads on the web (delivered decrypted)
+    TrustStore(home.data_dir).add([kit.ca])
+    with Store.open(None, home.data_dir) as store:
+        StoreHeldKeys.open(store, PASS).add(kit["rsa"].key, kit["rsa"].cert, ())
+    with home.config.open("a") as config:
+        config.write(f'[gateway.users."{kit["rsa"].email}"]\nwebmail = true\n')
     with ExitStack() as stack:
         handler, sink_port = stack.enter_context(sink())
         node = Node("hostile", sink_port, data_dir=home.data_dir, database_url=None,
                     config=home.config, log_dir=root)
         node.start()
         stack.callback(node.stop)
-        yield Served(home, node, handler)
+        yield Served(home, node, handler, kit, [])
 
 
 def _inbound_secret(served: Served) -> bytes:
@@ -110,9 +149,13 @@ def test_truncated_or_tampered_ciphertext_never_delivers_plaintext(served: Serve
     der[int(len(der) * cut)] ^= 0x01
     flipped = base64.encodebytes(bytes(der)).replace(b"\n", b"\r\n")
     for broken in (truncated, flipped):
+        before = len(served.sink.received)
         code = served.exchange(served.home.partner.email, [served.home.bob.email],
                                head + sep + broken)
-        assert code == 250 or 400 <= code < 600
+        # delivered unchanged, the header saying it could not be decrypted
+        assert code == 250
+        [got] = served.sink.received[before:]
+        assert b"encryption=failed" in got.data.partition(b"\r\n\r\n")[0]
     assert served.leaked() == []
     served.alive()
 
@@ -126,26 +169,28 @@ def test_the_malformed_corpus_through_smtp_gets_clean_replies(served: Served) ->
         data = read_bytes("johnny-you-are-fired", name).replace(b"\r\n", b"\n")
         data = data.replace(b"\n", b"\r\n")
         codes[name] = served.exchange("eve@bigcorporation.de", [served.home.bob.email], data)
-    assert all(c == 250 or 400 <= c < 600 for c in codes.values()), codes
+    # every one has a readable header: delivered, with a verdict
+    assert set(codes.values()) == {250}, codes
     served.alive()
 
 
-@pytest.mark.parametrize("what, data", [
-    ("bare LF", b"From: x@partner.example\nTo: bob@example.org\nSubject: lf\n\nbody\nmore\n"),
-    ("NUL", b"From: x@partner.example\r\nTo: bob@example.org\r\nSubject: n\x00ul\r\n\r\n"
+@pytest.mark.parametrize("what, expected, data", [
+    ("bare LF", 250, b"From: x@partner.example\nTo: bob@example.org\nSubject: lf\n\nbody\nmore\n"),
+    ("NUL", 250, b"From: x@partner.example\r\nTo: bob@example.org\r\nSubject: n\x00ul\r\n\r\n"
             b"a\x00b\r\n"),
-    ("8-bit header", b"From: \xe9\xff\xfe <x@partner.example>\r\nTo: bob@example.org\r\n"
+    ("8-bit header", 250, b"From: \xe9\xff\xfe <x@partner.example>\r\nTo: bob@example.org\r\n"
                      b"Subject: \xc3\x28 \x80\x81\r\n\r\nbody\r\n"),
-    ("no header block", b"just a body line\r\n"),
-    ("broken MIME", b"From: x@partner.example\r\nTo: bob@example.org\r\nMIME-Version: 1.0\r\n"
+    ("no header block", 554, b"just a body line\r\n"),
+    ("broken MIME", 250, b"From: x@partner.example\r\nTo: bob@example.org\r\nMIME-Version: 1.0\r\n"
                     b"Content-Type: multipart/mixed; boundary=\"\r\n\r\n--\r\n--\r\n"),
-    ("pkcs7 garbage", b"From: x@partner.example\r\nTo: bob@example.org\r\nMIME-Version: 1.0"
+    ("pkcs7 garbage", 250, b"From: x@partner.example\r\nTo: bob@example.org\r\nMIME-Version: 1.0"
                       b"\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
                       b"Content-Transfer-Encoding: base64\r\n\r\nMIIBIjANBgkqhkiG9w0BAQ\r\n"),
 ])
-def test_odd_bytes_get_a_clean_reply(served: Served, what: str, data: bytes) -> None:
+def test_odd_bytes_get_a_clean_reply(served: Served, what: str, expected: int,
+                                     data: bytes) -> None:
     code = served.exchange("x@partner.example", [served.home.bob.email], data)
-    assert code == 250 or 400 <= code < 600, what
+    assert code == expected, what
     served.alive()
 
 
@@ -184,18 +229,41 @@ def test_over_the_size_limit_is_552_and_not_held(served: Served) -> None:
     served.alive()
 
 
+PEAK_FACTOR = 12
+"""The node's peak memory while it works on one message, over its resident memory just
+before, in multiples of the message's size on the wire. Measured (docs/gateway.md "Limits",
+fresh nodes, peak reset before the message): 8.6x to 8.9x for a message decrypted for a
+webmail user from 2.7 to 22 MiB (5.4x at 44 MiB), up to 11.7x re-encrypted for a desktop
+user, 8.7x to 9.7x signed and encrypted outbound; this test's 3.7 MB message 8.7x to 9.5x
+(the bound leaves a quarter more: a further copy of the message fails it)."""
+
+
+def _status_kib(served: Served, field: str) -> int:
+    assert served.node.process is not None
+    status = Path(f"/proc/{served.node.process.pid}/status").read_text()
+    [line] = [x for x in status.splitlines() if x.startswith(field + ":")]
+    return int(line.split()[1])
+
+
 def test_just_under_the_limit_is_processed_with_bounded_memory(served: Served) -> None:
-    body = (b"z" * 74 + b"\r\n") * ((LIMIT - 64 * 1024) // 76 // 2)  # ~2 MiB of clear text
+    body = (b"z" * 74 + b"\r\n") * (LIMIT * 2 // 3 // 76)  # ~2.7 MiB of clear text
     _, to, data = served.home.inbound(body, "big@partner.example")
-    assert LIMIT // 2 < len(data) < LIMIT  # base64 of the CMS: about 4/3 of the body
+    assert LIMIT * 3 // 4 < len(data) < LIMIT  # base64 of the CMS: about 4/3 of the body
     before = len(served.sink.received)
+    # the same kind of message, small, first: code loaded on first use is not the message's
+    _, _, small = served.home.inbound(b"warm\r\n", "warm@partner.example")
+    assert served.exchange(served.home.partner.email, to, small) == 250
+    assert served.node.process is not None
+    served.node.peak_rss()  # keep the peak so far for the node's own record
+    # reset the node's peak (VmHWM) to what it holds now: the peak below is this message's
+    Path(f"/proc/{served.node.process.pid}/clear_refs").write_text("5")
+    base_kib = _status_kib(served, "VmRSS")
     assert served.exchange(served.home.partner.email, to, data) == 250
-    [got] = served.sink.received[before:]
+    got = served.sink.received[-1]
     assert body[:7600] in got.data
-    peak_mib = _rss(served) / 1024
-    # Measured 95 MiB peak for a 2.7 MiB message (the node's Python and libraries ~80 MiB):
-    # a fixed few copies of the message, not a growth without bound.
-    assert peak_mib < 100 + 40 * len(data) / 2**20, peak_mib
+    grown = (_status_kib(served, "VmHWM") - base_kib) * 1024
+    # a fixed few copies of the message, not a growth without bound (review 12 item 8)
+    assert grown < PEAK_FACTOR * len(data), f"{grown / len(data):.1f}x of {len(data)} bytes"
     served.sink.received[before:] = []
 
 
@@ -235,7 +303,64 @@ def test_messages_over_the_parser_budgets_get_a_clean_reply_in_bounded_time(
     for what, data in _over_budget(served):
         started = time.monotonic()
         code = served.exchange("x@partner.example", [served.home.bob.email], data)
-        assert code == 250 or 400 <= code < 600, what
+        assert code == 250, what  # delivered as received, the header saying why
         assert time.monotonic() - started < 60, what
     assert served.leaked() == []
+    served.alive()
+
+
+_INVALID = "encryption=none; signature=invalid"
+_FAILED = "encryption=failed; signature=unknown"
+VERIFY_EXPECTED: dict[str, tuple[int, str]] = {
+    **{case: (250, _INVALID) for case in VERIFY_INPUTS},
+    "random-bytes": (500, ""),  # 1 KiB without a line break: over SMTP's line limit
+    "plain-message": (250, "encryption=none; signature=none"),
+    "wrong-protocol": (250, "encryption=none; signature=none"),  # not S/MIME: a PGP signature
+    "encrypted-without-key": (250, "encryption=decrypted; signature=none"),  # the gateway's
+}
+DECRYPT_EXPECTED: dict[str, tuple[int, str]] = {
+    **{case: (250, _FAILED) for case in DECRYPT_INPUTS},
+    "random-bytes": (500, ""),
+    "plain-message": (250, "encryption=none; signature=none"),
+    "signed-only": (250, "encryption=none; signature=valid"),
+    "certs-only": (250, _INVALID),
+    "wrong-key": (250, "encryption=not-for-held-keys; signature=unknown"),
+}
+"""Per case of tests/malformed/cases.py: the reply code and, for 250, the start of the
+verdict in the result header (docs/gateway.md, "Inbound": what the gateway cannot decrypt or
+verify is delivered unchanged with the header saying why)."""
+
+
+@pytest.mark.parametrize(("table", "expected", "case"), [
+    *((VERIFY_INPUTS, VERIFY_EXPECTED, case) for case in VERIFY_INPUTS),
+    *((DECRYPT_INPUTS, DECRYPT_EXPECTED, case) for case in DECRYPT_INPUTS)],
+    ids=[*(f"verify-{c}" for c in VERIFY_INPUTS), *(f"decrypt-{c}" for c in DECRYPT_INPUTS)])
+def test_the_malformed_message_corpus_as_inbound_mail(
+        served: Served, table: dict[str, Callable[[Pki], bytes]],
+        expected: dict[str, tuple[int, str]], case: str) -> None:
+    rsa = served.kit["rsa"].email  # key held, webmail: delivered decrypted when it can be
+    label = "verify" if table is VERIFY_INPUTS else "decrypt"
+    # a header of its own, so that the two tables' identical cases are not one message to the
+    # delivery journal (a retry of the first)
+    data = f"X-Corpus-Case: {label}/{case}\r\n".encode() + table[case](served.kit)
+    before = len(served.sink.received)
+    code, reply = served.transact("partner@partner.example", [rsa], data)
+    got = served.sink.received[before:]
+    want_code, verdict = expected[case]
+    assert code == want_code, reply
+    if code != 250:
+        assert got == []
+    else:
+        [delivered] = got
+        assert delivered.recipients == (rsa,)
+        head, _, body = delivered.data.partition(b"\r\n\r\n")
+        result = re.sub(rb"\r\n[ \t]+", b" ", head).decode("utf-8", "replace")
+        assert re.search(r"^X-Smimekit-Result: [^;]*; " + re.escape(verdict), result, re.M), \
+            result
+        if "encryption=decrypted" in verdict:
+            assert CORPUS_SECRET in body  # decrypted and authenticated whole (AES-GCM)
+        else:
+            assert CORPUS_SECRET not in delivered.data  # no partial plaintext
+            assert body == data.partition(b"\r\n\r\n")[2]  # delivered as received
+    served.sink.received[before:] = []
     served.alive()

@@ -75,11 +75,11 @@ def _signed(people: dict[str, Identity], body: bytes = b"Hello, world.\r\n",
                          carol.cert)
 
 
-def _run(data: bytes, recipients: Sequence[str], held: Held, context: InboundContext
-         ) -> Outcome:
+def _run(data: bytes, recipients: Sequence[str], held: Held, context: InboundContext,
+         *, from_outside: bool = False) -> Outcome:
     envelope = Envelope("carol@partner.example", tuple(recipients), data)
     return process_inbound(envelope, recipients, held_keys=held, policy_for=_policy,
-                           context=context)
+                           context=context, from_outside=from_outside)
 
 
 def _results(data: bytes) -> list[str]:
@@ -267,6 +267,35 @@ def test_decrypted_eicar_is_refused_for_every_recipient(
     assert _facts(_results(ok.deliveries[0].data)[0])["scan"] == "clean"
 
 
+def test_mail_from_outside_is_never_bounced_for_malware_or_a_rule(
+        people: dict[str, Identity], held: Held, trust: list, tmp_path: Path) -> None:
+    """Review 12 item 13: a refusal of mail from outside would bounce to a sender that may be
+    forged and name the rule (backscatter). No Refusal (so no DSN and no 5xx): quarantined
+    when quarantine_dir is set, else dropped; the audit facts keep the reason."""
+    infected = smimekit.encrypt(_signed(people, body=EICAR + b"\r\n"), [people["bob"].cert])
+    dropped = _run(infected, ["bob@example.org"], held, _scanning(trust), from_outside=True)
+    assert dropped.deliveries == () and dropped.refused == ()
+    (decision,) = dropped.decisions
+    assert decision.action == "rejected" and "malware" in decision.reason
+    assert "dropped without a DSN" in decision.reason
+    assert decision.details["dsn"] == "none (from outside: no backscatter)"
+    context = _context(trust, dlp=RULES, quarantine_dir=tmp_path / "q",
+                       scan=ScanConfig(command=(sys.executable, "-c", SCANNER)))
+    for data in (infected, message("carol@partner.example", body=b"cheap pills\r\n")):
+        kept = _run(data, ["bob@example.org"], held, context, from_outside=True)
+        assert kept.deliveries == () and kept.refused == ()
+        (decision,) = kept.decisions
+        assert decision.action == "quarantined" and "no DSN" in decision.reason
+        assert Path(decision.details["quarantine"]).read_bytes().endswith(data)
+    # require-encryption for a recipient without a certificate, no quarantine: dropped
+    card = message("carol@partner.example", body=b"card 4111 1111 1111 1111\r\n")
+    no_quarantine = _context(trust, dlp=tuple(r for r in RULES if r.action != "quarantine"))
+    lost = _run(card, ["frank@example.org"], held, no_quarantine, from_outside=True)
+    assert lost.refused == () and lost.decisions[0].action == "rejected"
+    assert "requires encryption" in lost.decisions[0].reason
+    assert "no backscatter" in lost.decisions[0].reason
+
+
 def test_scanner_failure_defers_or_passes_with_a_warning(
         people: dict[str, Identity], held: Held, trust: list) -> None:
     broken = "import sys; sys.exit(3)"
@@ -344,6 +373,21 @@ def test_unreadable_header_is_a_permanent_error(held: Held, trust: list) -> None
         _run(b"no colon here\r\nFrom: x@y\r\n\r\nbody\r\n", ["bob@example.org"], held,
              _context(trust))
     assert info.value.permanent
+
+
+def test_unreadable_header_from_outside_is_kept_or_dropped_never_bounced(
+        held: Held, trust: list, tmp_path: Path) -> None:
+    broken = b"no colon here\r\nFrom: x@y\r\n\r\nbody\r\n"
+    dropped = _run(broken, ["bob@example.org"], held, _context(trust), from_outside=True)
+    assert dropped.deliveries == () and dropped.refused == ()
+    (decision,) = dropped.decisions
+    assert decision.action == "rejected" and "no backscatter" in decision.reason
+    assert "no colon" not in decision.reason  # nothing of the header in the audit
+    kept = _run(broken, ["bob@example.org", "dana@example.org"], held,
+                _context(trust, quarantine_dir=tmp_path / "q"), from_outside=True)
+    assert kept.refused == () and {d.action for d in kept.decisions} == {"quarantined"}
+    (path,) = {d.details["quarantine"] for d in kept.decisions}
+    assert Path(path).read_bytes().endswith(broken)
 
 
 def test_strip_header_keeps_the_body_exactly() -> None:
@@ -503,6 +547,57 @@ def test_expired_current_certificate_delivers_the_original_never_the_clear(
     facts = _facts(_results(delivery.data)[0])
     assert facts["encryption"] == "decrypted" and facts["delivered"] == "as-received"
     assert facts["re-encryption"].startswith('"failed: ') and "expired" in facts["re-encryption"]
+
+
+def test_inbound_mail_is_re_encrypted_to_the_current_key_never_a_retired_one(
+        pki: PKI, people: dict[str, Identity], trust: list, backend: Backend) -> None:
+    # review 12 item 2: the key history decrypts; only the current key (newest certificate,
+    # not retired, valid now) is encrypted to, whatever order the keys were imported in
+    from smimekit.gateway.keys import StoreHeldKeys
+
+    now = dt.datetime.now(dt.UTC)
+    root = (pki.root_key, pki.root)
+
+    def jo(name: str, days_old: int) -> Identity:
+        return pki.person(name, "rsa2048", email="jo@example.org", issuer=root,
+                          not_before=now - dt.timedelta(days=days_old),
+                          not_after=now + dt.timedelta(days=200))
+
+    old, current, stolen = jo("jo-old", 300), jo("jo", 100), jo("jo-stolen", 10)
+    with Store.open(backend.url, backend.data_dir) as store:
+        held = StoreHeldKeys.open(store, b"pass", create=True)
+        held.add(stolen.key, stolen.cert)
+        held.add(current.key, current.cert)
+        held.add(old.key, old.cert)  # imported last, certified first
+        assert store.retire_gateway_key(held.add(stolen.key, stolen.cert).fingerprint, now)
+        held.forget()
+        data = smimekit.encrypt(_signed(people, body=b"for jo\r\n"), [old.cert])
+        envelope = Envelope("carol@partner.example", ("jo@example.org",), data)
+        outcome = process_inbound(envelope, ["jo@example.org"], held_keys=held,
+                                  policy_for=_policy, context=_context(trust))
+        (decision,) = outcome.decisions
+        assert decision.action == "re-encrypted"
+        assert decision.details["re-encrypted-to"] == f"serial {current.cert.serial_number:x}"
+        sent = outcome.deliveries[0].data
+        opened = smimekit.decrypt_verify(sent, current.key, current.cert, trust=trust,
+                                         revocation=None)
+        assert b"for jo" in opened.content
+        for other in (stolen, old):
+            with pytest.raises(NoRecipientError):
+                smimekit.decrypt(sent, other.key, other.cert)
+        # every key retired: the mail goes on as it came (still encrypted, as the sender
+        # made it), never in the clear nor to a retired key
+        for who in (current, old):
+            assert store.retire_gateway_key(held.add(who.key, who.cert).fingerprint, now)
+        held.forget()
+        outcome = process_inbound(envelope, ["jo@example.org"], held_keys=held,
+                                  policy_for=_policy, context=_context(trust))
+        (decision,) = outcome.decisions
+        assert decision.action == "passed"
+        assert decision.details["re-encryption"].startswith(
+            "failed: no current certificate of the recipient is held")
+        (delivery,) = outcome.deliveries
+        assert delivery.data.endswith(data) and b"for jo" not in delivery.data
 
 
 @pytest.mark.parametrize("memo", [60.0, 0.0])

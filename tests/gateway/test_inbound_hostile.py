@@ -31,6 +31,9 @@ class NoKeys:
     def decryption_keys(self, address: str) -> Sequence[HeldKey]:
         return ()
 
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        return None
+
     def organisation_key(self) -> HeldKey | None:
         return None
 

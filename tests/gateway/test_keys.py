@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 from backends import Backend
 from cryptography.hazmat.primitives import serialization
-from pki import PKI
+from pki import PKI, Identity
 from sqlalchemy import select
 
 from smimekit.ca.export import pkcs12_bytes
@@ -156,3 +156,44 @@ def test_open_for_serving_names_the_missing_or_empty_passphrase_file(
     with pytest.raises(ConfigError):
         from smimekit.gateway.keys import read_key_passphrase
         read_key_passphrase(tmp_path / "missing")
+
+
+def test_the_current_key_is_the_newest_certificate_not_retired_whatever_the_import_order(
+        backend: Backend, pki: PKI) -> None:
+    # review 12 item 2: what mail is re-encrypted to (and signed with) is ranked by the
+    # certificate's dates, never by import order, and never a retired key
+    now = dt.datetime.now(dt.UTC)
+
+    def ivy(name: str, days_old: int, days_left: int = 300) -> Identity:
+        return pki.person(name, "p256", email="ivy@example.org",
+                          not_before=now - dt.timedelta(days=days_old),
+                          not_after=now + dt.timedelta(days=days_left))
+
+    old, mid, new = ivy("ivy-old", 300, 30), ivy("ivy-mid", 100), ivy("ivy-new", 10)
+    same_start = ivy("ivy-same-start-longer", 100, 400)
+    future = pki.person("ivy-future", "p256", email="ivy@example.org",
+                        not_before=now + dt.timedelta(days=5),
+                        not_after=now + dt.timedelta(days=500))
+    with Store.open(backend.url, backend.data_dir) as store:
+        held = StoreHeldKeys.open(store, PASS, create=True)
+        for who in (new, future, old, mid):  # not the certificates' order
+            held.add(who.key, who.cert)
+        assert held.encryption_certificate("ivy@example.org") == new.cert
+        signer = held.signing_key("ivy@example.org")
+        assert signer is not None and signer.certificate == new.cert
+        # the newest is retired (compromised, say): the next newest, not the last imported
+        assert store.retire_gateway_key(
+            held.add(new.key, new.cert).fingerprint, now)
+        held.forget()
+        assert held.encryption_certificate("ivy@example.org") == mid.cert
+        # the same notBefore: the later notAfter wins, imported first or not
+        held.add(same_start.key, same_start.cert)
+        assert held.encryption_certificate("ivy@example.org") == same_start.cert
+        for who in (same_start, mid, old):
+            assert store.retire_gateway_key(
+                held.add(who.key, who.cert).fingerprint, now)
+        held.forget()
+        # all retired (the future one is not valid yet): none is current, the history stays
+        assert held.encryption_certificate("ivy@example.org") is None
+        assert held.signing_key("ivy@example.org") is None
+        assert len(held.decryption_keys("ivy@example.org")) == 5

@@ -191,7 +191,8 @@ def test_outbound_mail_is_signed_in_the_token_and_openssl_and_gpgsm_verify_it(
             assert signing is not None and isinstance(signing.key, TokenRSAKey)
             assert signing.certificate == alice.cert  # the retired key does not sign
             out = _pipeline(store, pki, held, config).process(
-                Envelope("alice@example.org", (partner.email,), mail(body=SECRET)))
+                Envelope("alice@example.org", (partner.email,), mail(body=SECRET),
+                         trusted=True))
         finally:
             held.close()
     assert [d.action for d in out.decisions] == ["signed"]
@@ -301,7 +302,7 @@ def test_token_trouble_is_temporary_clear_and_tells_no_secret(
                                [alice.cert])
             return Envelope(partner.email, (alice.email,), sent)
 
-        outbound = Envelope(alice.email, (partner.email,), mail(body=SECRET))
+        outbound = Envelope(alice.email, (partner.email,), mail(body=SECRET), trusted=True)
         try:
             assert pipeline.process(inbound()).decisions[0].action == "re-encrypted"
             # the session dies under the gateway (token reset): 4xx, then the next message

@@ -16,8 +16,10 @@ from pki import PKI
 from smimekit import api
 from smimekit.config import DlpRule, GatewayConfig, PolicyConfig
 from smimekit.errors import GatewayError
+from smimekit.gateway import pdf
 from smimekit.gateway.model import Envelope
 from smimekit.gateway.outbound import process_outbound, remove_trigger
+from smimekit.gateway.pdf import ATTACHMENT_NAME, NOTICE
 from smimekit.store import Store
 
 
@@ -112,12 +114,118 @@ def test_always_without_certificate_sends_an_aes256_pdf_and_the_password_to_the_
     assert reader.decrypt(PDF_PASSWORD)
     text = reader.pages[0].extract_text()
     assert "The acquisition price is 42 million." in text and "Quarterly figures" in text
+    assert "cannot be shown" not in text  # all of it is on the page
+    # the original message, whole, is attached inside the encrypted PDF; nothing of it (not
+    # even the attachment's name) is readable without the password
+    assert reader.attachments[ATTACHMENT_NAME] == [mail(body=secret)]
+    assert ATTACHMENT_NAME.encode() not in document and b"acquisition" not in document
     assert notice.mail_from == "" and notice.recipients == ("alice@example.org",)
     assert PDF_PASSWORD in _text(notice.data) and "cfo@x.partner.example" in _text(notice.data)
     [decision] = out.decisions
     assert decision.action == "pdf"
     assert "encrypt=always (domain *.partner.example)" in decision.reason
     assert PDF_PASSWORD not in repr(out.decisions)
+
+
+def _open_pdf(document: bytes) -> pypdf.PdfReader:
+    reader = pypdf.PdfReader(io.BytesIO(document))
+    assert reader.decrypt("pw")
+    return reader
+
+
+def _unicode_mail() -> bytes:
+    body = ("Japanese: \u65e5\u672c\u8a9e\u306e\u624b\u7d19\r\n"
+            "Arabic: \u0645\u0631\u062d\u0628\u0627\r\n"
+            "German: Gr\u00fc\u00dfe\r\n")
+    return ("From: alice@example.org\r\nTo: partner@partner.example\r\n"
+            "Subject: =?utf-8?b?5pel5pys?=\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n" + body).encode()
+
+
+@pytest.mark.skipif(not any(p.is_file() for p in pdf.FONT_PATHS),
+                    reason="DejaVu Sans (fonts-dejavu-core, make peers) is not installed")
+def test_text_the_page_cannot_show_gets_a_visible_notice_and_the_original_is_attached() -> None:
+    data = _unicode_mail()
+    reader = _open_pdf(pdf.message_pdf(data, "pw"))
+    text = " ".join(reader.pages[0].extract_text().split())
+    assert " ".join(NOTICE.split()) in text
+    assert "German: Gr\u00fc\u00dfe" in text  # DejaVu has these
+    [attached] = reader.attachments[ATTACHMENT_NAME]
+    assert attached == data
+    original = email.message_from_bytes(attached, policy=email.policy.default)
+    body = original.get_body(("plain",))
+    assert body is not None
+    content = body.get_content()
+    assert "\u65e5\u672c\u8a9e\u306e\u624b\u7d19" in content  # nothing lost: in order
+    assert "\u0645\u0631\u062d\u0628\u0627" in content
+
+
+@pytest.mark.parametrize("body", ["Arabic only: \u0645\u0631\u062d\u0628\u0627\r\n",
+                                  "Greek: \u03b1\u03b2\u03b3\r\n"])
+def test_without_dejavu_text_outside_latin1_gets_the_notice(
+        monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    monkeypatch.setattr(pdf, "FONT_PATHS", ())  # a system without fonts-dejavu-core
+    data = ("From: a@example.org\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n" + body).encode()
+    reader = _open_pdf(pdf.message_pdf(data, "pw"))
+    assert " ".join(NOTICE.split()) in " ".join(reader.pages[0].extract_text().split())
+    assert reader.attachments[ATTACHMENT_NAME] == [data]
+
+
+def test_latin1_text_without_dejavu_has_no_notice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pdf, "FONT_PATHS", ())
+    data = ("From: a@example.org\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\nGr\u00fc\u00dfe, caf\u00e9\r\n").encode()
+    reader = _open_pdf(pdf.message_pdf(data, "pw"))
+    text = reader.pages[0].extract_text()
+    assert "cannot be shown" not in text and "caf\u00e9" in text
+
+
+def test_a_permanent_pdf_failure_refuses_only_the_pdf_recipients(
+        store: Store, pki: PKI) -> None:
+    from dataclasses import replace
+
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    harvest(store, pki, partner)
+    ctx = context(store, pki, config(encrypt="always", no_certificate="pdf"))
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+
+    def no_pdf(message: bytes, password: str) -> bytes:
+        raise GatewayError("the message cannot be made into a PDF: test", permanent=True)
+
+    ctx = replace(ctx, pdf=no_pdf)
+    out = process_outbound(_envelope(mail(), partner.email, "cfo@nowhere.example"),
+                           [partner.email, "cfo@nowhere.example"], ctx)
+    [delivery] = out.deliveries  # no PDF message, no password notice
+    assert delivery.recipients == (partner.email,)
+    opened = api.decrypt_verify(delivery.data, partner.key, partner.cert, trust=[pki.root])
+    assert b"The numbers are in." in opened.content
+    assert [r.recipient for r in out.refused] == ["cfo@nowhere.example"]
+    refusal = out.refused[0].reason
+    assert "no usable certificate" in refusal and "cannot be made into a PDF" in refusal
+    assert "sent as a password-protected PDF" not in refusal
+    assert [d.action for d in out.decisions] == ["signed+encrypted", "bounced"]
+
+    def broken(message: bytes, password: str) -> bytes:
+        raise GatewayError("the PDF cannot be encrypted: test")  # temporary: all retried
+
+    with pytest.raises(GatewayError) as raised:
+        process_outbound(_envelope(mail(), partner.email, "cfo@nowhere.example"),
+                         [partner.email, "cfo@nowhere.example"], replace(ctx, pdf=broken))
+    assert not raised.value.permanent
+
+
+def test_the_attached_original_is_compressed() -> None:
+    # the PDF goes out base64-encoded to a re-injection smtpd with a size limit
+    data = mail(body="A line of an ordinary long letter, said again and again.\r\n" * 20_000)
+    document = pdf.message_pdf(data, "pw")
+    assert len(document) < len(data) // 4
+    reader = _open_pdf(document)
+    [attachment] = reader.attachment_list
+    assert attachment.name == ATTACHMENT_NAME and attachment.content == data
+    assert attachment.subtype == "/message/rfc822"
 
 
 def test_never_sends_clear_even_with_a_certificate_and_clear_fallback(
@@ -348,3 +456,36 @@ def test_html_text_drops_scripts_and_styles_and_decodes_entities() -> None:
 
     assert _html_text("<p>Hello <b>world</b><script>x()</script><STYLE>p{}</style> &amp;"
                       " more</p>x<br/>y") == "\nHello world & more\nx\ny"
+
+
+def test_signing_set_in_the_configuration_and_no_key_defers_unless_send_unsigned(
+        store: Store, pki: PKI) -> None:
+    # review 12 item 13: an administrator who wrote sign = true gets no unsigned mail
+    partner = "x@nowhere.example"
+    data = mail()
+    for policy in ({"sign": True}, {"organisation_signature": True},
+                   {"missing_key": "defer"}):
+        ctx = context(store, pki, config(**policy))
+        with pytest.raises(GatewayError) as deferred:
+            process_outbound(_envelope(data, partner), [partner], ctx)
+        assert not deferred.value.permanent  # 4xx: Postfix keeps it until a key is held
+        reason = str(deferred.value)
+        assert "holds no current signing key" in reason and "alice@example.org" in reason
+        assert 'missing_key = "send-unsigned"' in reason
+    # the user level may let one sender's mail go unsigned while the global one defers
+    ctx = context(store, pki, GatewayConfig(
+        internal_domains=("example.org",), policy=PolicyConfig(sign=True),
+        users={"alice@example.org": PolicyConfig(missing_key="send-unsigned")}))
+    out = process_outbound(_envelope(data, partner), [partner], ctx)
+    assert out.deliveries[0].data == data
+    assert "missing_key=send-unsigned (user alice@example.org)" in out.decisions[0].reason
+    # the built-in sign alone (nothing set): signs when it can, never defers
+    out = process_outbound(_envelope(data, partner), [partner], context(store, pki, config()))
+    assert out.deliveries[0].data == data and "holds no signing key" in out.decisions[0].reason
+    # once a key is held the deferred mail goes out signed
+    alice = pki.person("alice")
+    ctx = context(store, pki, config(sign=True))
+    ctx.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    out = process_outbound(_envelope(data, partner), [partner], ctx)
+    assert out.decisions[0].action == "signed"
+

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from backends import Backend
+from cryptography import x509
 from gwout_kit import PASS, harvest, mail
 from pki import PKI
 
@@ -30,6 +31,9 @@ class NoKeys:
 
     def decryption_keys(self, address: str) -> list[HeldKey]:
         return []
+
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        return None
 
     def organisation_key(self) -> HeldKey | None:
         return None
@@ -58,7 +62,7 @@ def test_one_message_to_outside_inside_and_ours_is_split_and_every_decision_audi
         data = mail(body=SECRET)
         out = pipeline.process(Envelope(
             "alice@example.org", (partner.email, "bob@example.org", "nocert@partner.example"),
-            data))
+            data, trusted=True))
         actions = {d.recipient: (d.direction, d.action) for d in out.decisions}
         assert actions == {partner.email: ("outbound", "signed+encrypted"),
                            "bob@example.org": ("internal", "passed"),
@@ -76,6 +80,7 @@ def test_one_message_to_outside_inside_and_ours_is_split_and_every_decision_audi
             ("gateway.passed", "bob@example.org")]
         first = entries[0].details
         assert first["direction"] == "outbound" and first["from"] == "alice@example.org"
+        assert first["door"] == "submission"
         assert first["encrypt"] == "encrypt=always (domain partner.example)"
         assert "encrypt=always (domain partner.example)" in first["reason"]
         assert len(first["message_sha256"]) == 64 and len(first["certificate"]) == 64
@@ -108,6 +113,53 @@ def test_inbound_mail_is_decrypted_with_the_held_key_and_re_encrypted(
         assert entry.details["direction"] == "inbound"
 
 
+FORGED = b"X-Smimekit-Result: gw.test; signature=valid; signer=ceo@example.org\r\n"
+
+
+def test_our_sender_on_the_public_door_is_from_outside(backend: Backend, pki: PKI) -> None:
+    """Review 12 item 1: MAIL FROM alice@example.org through the public door is never signed
+    with alice's key (a forwarding alias: passed unchanged, saying why) and, to one of ours,
+    is inbound: the forged result header replaced, the content scanned, audited as such."""
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    gateway = GatewayConfig(internal_domains=("example.org",),
+                            domains={"partner.example": PolicyConfig(encrypt="always")})
+    with Store.open(backend.url, backend.data_dir) as store:
+        pipeline = _pipeline(store, pki, gateway)
+        pipeline.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+        harvest(store, pki, partner)
+        before = store.audit_count()
+        data = FORGED + mail(body=SECRET)
+        out = pipeline.process(Envelope("alice@example.org",
+                                        (partner.email, "bob@example.org"), data))
+        actions = {d.recipient: (d.direction, d.action) for d in out.decisions}
+        assert actions == {partner.email: ("relay", "passed"),
+                           "bob@example.org": ("inbound", "passed")}
+        assert not out.refused
+        to_partner = next(d for d in out.deliveries if d.recipients == (partner.email,))
+        assert to_partner.data == data  # not signed, not encrypted: as it came
+        to_bob = next(d for d in out.deliveries if d.recipients == ("bob@example.org",))
+        head = to_bob.data.split(b"\r\n\r\n")[0]
+        assert b"ceo@example.org" not in head and head.count(b"X-Smimekit-Result") == 1
+        assert b"signature=none" in head and b"stripped=1" in head
+        entries = {e.subject: e.details for e in store.audit_entries()[before:]}
+        assert entries[partner.email]["door"] == "public"
+        assert "public door" in entries[partner.email]["reason"]
+        assert "claims one of internal_domains" in entries[partner.email]["reason"]
+        assert entries["bob@example.org"]["direction"] == "inbound"
+        assert entries["bob@example.org"]["stripped"] == "1"
+
+
+def test_internal_mail_through_the_trusted_door_loses_a_result_header(pki: PKI) -> None:
+    pipeline = build_pipeline(GatewayConfig(internal_domains=("example.org",)), None, NoKeys(),
+                              Resolver([], trust=[pki.root], cache=None), hostname="gw.test")
+    data = mail(sender="alice@example.org", to="bob@example.org")
+    out = pipeline.process(Envelope("alice@example.org", ("bob@example.org",), FORGED + data,
+                                    trusted=True))
+    assert [(d.direction, d.action) for d in out.decisions] == [("internal", "passed")]
+    assert [d.data for d in out.deliveries] == [data]
+
+
 def test_relay_mail_passes_unchanged_and_no_store_means_no_audit(pki: PKI) -> None:
     held = NoKeys()
     resolver = Resolver([], trust=[pki.root], cache=None)
@@ -131,7 +183,7 @@ def test_an_audit_log_that_cannot_be_written_defers_the_message(
         monkeypatch.setattr(store, "audit", broken)
         with pytest.raises(GatewayError, match="audit log cannot be written") as caught:
             pipeline.process(Envelope(
-                "alice@example.org", ("bob@example.org",), mail()))
+                "alice@example.org", ("bob@example.org",), mail(), trusted=True))
         assert not caught.value.permanent
 
 
@@ -163,7 +215,8 @@ def test_pipeline_from_data_dir_opens_keys_and_directory_as_serve_does(
         pipeline = pipeline_from_data_dir(Config(gateway=gateway), store, data_dir,
                                           trust=[pki.root])
         assert pipeline.actor.startswith("gateway@")
-        out = pipeline.process(Envelope("alice@example.org", (partner.email,), mail()))
+        out = pipeline.process(Envelope("alice@example.org", (partner.email,), mail(),
+                                        trusted=True))
         assert out.decisions[0].action == "signed+encrypted"
         assert b"The numbers are in." in api.decrypt(out.deliveries[0].data, partner.key,
                                                      partner.cert).content

@@ -65,13 +65,26 @@ def test_most_specific_wildcard_then_exact_domain_then_user(policy: Policy) -> N
     assert judge.source("encrypt") == "encrypt=never (user judge@legal.eu.partner.example)"
 
 
-def test_directions(policy: Policy) -> None:
-    assert policy.direction("me@example.org", "you@partner.example") == "outbound"
+def test_directions_through_the_trusted_door(policy: Policy) -> None:
+    def direction(sender: str, recipient: str) -> str:
+        return policy.direction(sender, recipient, trusted=True)
+
+    assert direction("me@example.org", "you@partner.example") == "outbound"
+    assert direction("you@partner.example", "me@sales.example.org") == "inbound"
+    assert direction("me@example.org", "boss@example.org") == "internal"
+    assert direction("a@x.example", "b@y.example") == "relay"
+    assert direction("", "me@example.org") == "inbound"  # a bounce to us
+    assert direction("me@example.org", "no-domain") == "outbound"
+
+
+def test_the_public_door_is_outside_whatever_the_sender_claims(policy: Policy) -> None:
+    """Review 12 item 1: the envelope sender is a claim; only the door is a fact."""
+    assert policy.direction("me@example.org", "you@partner.example") == "relay"
+    assert policy.direction("me@example.org", "boss@example.org") == "inbound"
     assert policy.direction("you@partner.example", "me@sales.example.org") == "inbound"
-    assert policy.direction("me@example.org", "boss@example.org") == "internal"
     assert policy.direction("a@x.example", "b@y.example") == "relay"
-    assert policy.direction("", "me@example.org") == "inbound"  # a bounce to us
-    assert policy.direction("me@example.org", "no-domain") == "outbound"
+    assert policy.direction("", "me@example.org") == "inbound"
+    assert policy.direction("me@example.org", "no-domain") == "relay"
 
 
 @pytest.mark.parametrize(("config", "named"), [

@@ -13,20 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fakeclamd import EICAR
 from gwout_kit import PASS, harvest
 from loopback import TcpRelay, free_port, wait_for_port
-from pki import PKI
+from pki import PKI, Identity
 from postfix import Postfix, require_postfix, swaks
 from smtpkit import GatewayThread, Scripted, SinkHandler, gateway_config, sink
 from sqlalchemy import text
 
 from smimekit import api
-from smimekit.config import GatewayConfig, PolicyConfig
+from smimekit.config import GatewayConfig, PolicyConfig, ScanConfig
 from smimekit.directory.harvest import HarvestedSource
 from smimekit.directory.resolver import Resolver
 from smimekit.gateway.journal import Journal, StoreJournal
 from smimekit.gateway.keys import StoreHeldKeys
-from smimekit.gateway.model import Processor
+from smimekit.gateway.model import Envelope, Outcome, Processor
 from smimekit.gateway.passthrough import PassThrough
 from smimekit.gateway.pipeline import build_pipeline
 from smimekit.gateway.server import Limits
@@ -46,8 +47,11 @@ class MailSystem:
     down."""
     gateway: GatewayThread
 
-    def send(self, to: list[str], subject: str = "test", sender: str = ANN) -> None:
-        sent = swaks(self.postfix.smtpd_port, sender=sender, to=to, subject=subject)
+    def send(self, to: list[str], subject: str = "test", sender: str = ANN, *,
+             submission: bool = False, extra: list[str] | None = None) -> None:
+        """Through the public door (port 25), or the submission door."""
+        port = self.postfix.submission_port if submission else self.postfix.smtpd_port
+        sent = swaks(port, sender=sender, to=to, subject=subject, extra=extra)
         assert sent.returncode == 0, sent.stdout + sent.stderr
 
     def arrived(self, count: int) -> None:
@@ -67,15 +71,18 @@ def mail_system(tmp_path: Path) -> Iterator[Start]:
     require_postfix()
     with ExitStack() as stack:
         def start(processor: Processor, journal: Journal | None = None,
-                  limits: Limits | None = None) -> MailSystem:
+                  limits: Limits | None = None,
+                  virtual: dict[str, str] | None = None,
+                  map_before_filter: bool = False) -> MailSystem:
             handler, sink_port = stack.enter_context(sink())
-            postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
+            postfix = Postfix(tmp_path / "postfix", sink_port=sink_port, virtual=virtual,
+                              map_before_filter=map_before_filter)
             relay = TcpRelay(("127.0.0.1", postfix.reinject_port))
             stack.callback(relay.cut)
             gateway = stack.enter_context(
                 GatewayThread(processor, f"127.0.0.1:{relay.port}", journal=journal,
                               limits=limits))
-            postfix.start(gateway.port)
+            postfix.start(gateway.port, gateway.submission_port)
             stack.callback(postfix.stop)
             return MailSystem(postfix, handler, relay, gateway)
 
@@ -188,6 +195,49 @@ def test_journal_skips_the_delivered_group_when_postfix_retries(mail_system: Sta
         store.close()
 
 
+class Recording(Scripted):
+    """Scripted, keeping the recipients of every transaction the gateway was handed."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.groups: list[tuple[str, ...]] = []
+
+    def process(self, envelope: Envelope) -> Outcome:
+        self.groups.append(envelope.recipients)
+        return super().process(envelope)
+
+
+def test_journal_knows_a_copy_when_postfix_regroups_the_retry(mail_system: Start,
+                                                              tmp_path: Path) -> None:
+    # review 12 item 12: the retry comes in other groups (here one recipient per
+    # transaction, as a recipient limit makes it); bob's copy must not go out again
+    store = Store.open(None, tmp_path / "data")
+    try:
+        processor = Recording(split=True)
+        system = mail_system(processor, StoreJournal(store, "node-1"))
+        system.postfix.defer_file.write_text(f"{CAROL} 450 4.2.0 mailbox busy\n")
+        system.postfix.reload()
+        system.send([BOB, CAROL], subject="regrouped")
+        system.postfix.wait(lambda: "deferred carol@example.net" in system.postfix.log(),
+                            "the gateway's 4xx for carol")
+        system.arrived(1)
+        assert processor.groups == [(BOB, CAROL)]
+        system.postfix.defer_file.write_text("")
+        subprocess.run(["postconf", "-c", str(system.postfix.conf), "-e",
+                        "scan_destination_recipient_limit = 1"], check=True, timeout=60)
+        system.postfix.reload()
+        system.postfix.flush()
+        system.arrived(2)
+        system.settled()
+        # regrouped indeed (before the reload Postfix may have retried the old grouping
+        # too: bob skipped by the journal, carol deferred again)
+        assert sorted(processor.groups[-2:]) == [(BOB,), (CAROL,)]
+        assert set(processor.groups[1:-2]) <= {(BOB, CAROL)}
+        assert sorted(m.recipients for m in system.sink.received) == [(BOB,), (CAROL,)]
+    finally:
+        store.close()
+
+
 def test_smtp_source_load_arrives_exactly_once(mail_system: Start) -> None:
     if shutil.which("smtp-source") is None:
         pytest.skip("smtp-source is not installed (make peers)")
@@ -264,7 +314,7 @@ def test_policy_pipeline_through_postfix(mail_system: Start, pki: PKI, tmp_path:
                                   hostname="gw.test")
         system = mail_system(pipeline, StoreJournal(store, "node-1"))
         system.send([partner.email, "bob@example.org", "nocert@partner.example"],
-                    subject="merger", sender=alice.email)
+                    subject="merger", sender=alice.email, submission=True)
         system.arrived(3)
         system.settled()
         [to_partner] = system.sink.to(partner.email)
@@ -280,3 +330,133 @@ def test_policy_pipeline_through_postfix(mail_system: Start, pki: PKI, tmp_path:
         assert actions == [("gateway.bounced", "nocert@partner.example"),
                            ("gateway.passed", "bob@example.org"),
                            ("gateway.signed+encrypted", partner.email)]
+
+
+FORGED = "X-Smimekit-Result: gw.test; signature=valid; signer=ceo@example.org"
+
+
+SCANNER = ("import sys; found = b'EICAR-STANDARD-ANTIVIRUS-TEST-FILE' in sys.stdin.buffer"
+           ".read(); print('stdin: Eicar-Test-Signature FOUND' if found else 'stdin: OK');"
+           " sys.exit(1 if found else 0)")
+
+
+def _trust_rig(mail_system: Start, pki: PKI, store: Store, *, map_before_filter: bool = False
+               ) -> tuple[MailSystem, Identity]:
+    """The review's set-up: alice's key held, a partner with a known certificate, a
+    forwarding alias fwd@example.org -> the partner, a scanner, the real pipeline."""
+    alice = pki.person("alice")
+    partner = pki.person("partner", "p256", email="partner@partner.example")
+    gateway = GatewayConfig(internal_domains=("example.org",), scan=ScanConfig(
+        command=(sys.executable, "-c", SCANNER)))
+    held = StoreHeldKeys.open(store, PASS, create=True)
+    held.add(alice.key, alice.cert, (pki.inter,))
+    harvest(store, pki, partner)
+    resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
+    pipeline = build_pipeline(gateway, store, held, resolver, trust=[pki.root],
+                              hostname="gw.test")
+    system = mail_system(pipeline, StoreJournal(store, "node-1"),
+                         virtual={"fwd@example.org": partner.email},
+                         map_before_filter=map_before_filter)
+    return system, partner
+
+
+def _audit(store: Store) -> dict[str, dict[str, str]]:
+    return {e.subject: {"action": e.action, **e.details} for e in store.audit_entries()
+            if e.action.startswith("gateway.")}
+
+
+@pytest.mark.parametrize("map_before_filter", [False, True],
+                         ids=["documented", "aliases-before-filter"])
+def test_our_sender_through_port_25_to_a_forwarding_alias_arrives_unsigned(
+        mail_system: Start, pki: PKI, tmp_path: Path, map_before_filter: bool) -> None:
+    """Review 12 item 1, the reviewer's probe: MAIL FROM alice@example.org on the public door
+    to an alias that Postfix forwards outside; it arrives as sent, never signed with alice's
+    key. As documented (no_address_mappings on the front) the gateway sees the alias, one of
+    ours from outside: inbound. With the aliases expanded before the filter (the reviewer's
+    Postfix) it sees the partner: passed unchanged, the audit saying why."""
+    with Store.open(None, tmp_path / "data") as store:
+        system, partner = _trust_rig(mail_system, pki, store,
+                                     map_before_filter=map_before_filter)
+        system.send(["fwd@example.org"], subject="forward me", sender="alice@example.org")
+        system.arrived(1)
+        system.settled()
+        [got] = system.sink.to(partner.email)
+        head, _, body = got.data.partition(b"\r\n\r\n")
+        assert b"pkcs7" not in got.data and b"multipart/signed" not in head
+        assert b"Hello from swaks." in body
+        audit = _audit(store)
+        if map_before_filter:
+            assert list(audit) == [partner.email]
+            entry = audit[partner.email]
+            assert (entry["action"], entry["direction"]) == ("gateway.passed", "relay")
+            assert "claims one of internal_domains" in entry["reason"]
+        else:
+            assert list(audit) == ["fwd@example.org"]
+            entry = audit["fwd@example.org"]
+            assert entry["direction"] == "inbound" and entry["scan"] == "clean"
+        assert entry["door"] == "public"
+
+
+def test_spoofed_sender_on_port_25_is_inbound_and_its_result_header_replaced(
+        mail_system: Start, pki: PKI, tmp_path: Path) -> None:
+    """Review 12 item 1: a sender in our domain through the public door, to one of ours,
+    with a forged verdict: the header is replaced by the gateway's, the content scanned,
+    the decision audited as inbound from the public door."""
+    with Store.open(None, tmp_path / "data") as store:
+        system, _ = _trust_rig(mail_system, pki, store)
+        system.send(["bob@example.org"], subject="pay this", sender="ceo@example.org",
+                    extra=["--add-header", FORGED])
+        system.arrived(1)
+        system.settled()
+        [got] = system.sink.to("bob@example.org")
+        head = got.data.partition(b"\r\n\r\n")[0]
+        assert b"signer=ceo@example.org" not in head
+        assert head.count(b"X-Smimekit-Result:") == 1
+        assert b"signature=none" in head and b"scan=clean" in head and b"stripped=1" in head
+        entry = _audit(store)["bob@example.org"]
+        assert entry["direction"] == "inbound" and entry["door"] == "public"
+        assert entry["scan"] == "clean" and entry["stripped"] == "1"
+
+
+@pytest.mark.parametrize("alias", [False, True], ids=["partner", "forwarding-alias"])
+def test_the_same_message_through_the_submission_door_is_signed(
+        mail_system: Start, pki: PKI, tmp_path: Path, alias: bool) -> None:
+    """The legitimate path still works: alice through the submission door (its own content
+    filter, the gateway's trusted listener) to the partner is signed with her key and
+    encrypted; to the alias forwarding there too (the submission door expands aliases before
+    the filter, so an alias cannot carry mail outside past the outbound policy)."""
+    with Store.open(None, tmp_path / "data") as store:
+        system, partner = _trust_rig(mail_system, pki, store)
+        system.send(["fwd@example.org" if alias else partner.email], subject="signed",
+                    sender="alice@example.org", submission=True)
+        system.arrived(1)
+        system.settled()
+        [got] = system.sink.to(partner.email)
+        opened = api.decrypt_verify(got.data, partner.key, partner.cert, trust=[pki.root])
+        assert b"Hello from swaks." in opened.content
+        entry = _audit(store)[partner.email]
+        assert entry["door"] == "submission" and entry["direction"] == "outbound"
+        assert entry["action"] == "gateway.signed+encrypted"
+
+
+def test_malware_from_outside_is_not_bounced_to_the_claimed_sender(
+        mail_system: Start, pki: PKI, tmp_path: Path) -> None:
+    """Review 12 item 13 (backscatter): a 5xx from an after-queue filter, or a DSN, becomes a
+    bounce to the envelope sender, which mail from outside may forge (and names the rule).
+    Malware through port 25 is dropped (no quarantine_dir here) with its reason audited;
+    nothing goes back to the sender, and mail after it flows."""
+    with Store.open(None, tmp_path / "data") as store:
+        system, _ = _trust_rig(mail_system, pki, store)
+        victim = "victim@innocent.example"
+        system.send(["bob@example.org"], subject="invoice", sender=victim,
+                    extra=["--body", EICAR.decode()])
+        system.send(["bob@example.org"], subject="clean after", sender=victim)
+        system.arrived(1)
+        system.settled()
+        [got] = system.sink.received
+        assert got.recipients == ("bob@example.org",) and b"clean after" in got.data
+        assert not system.sink.to(victim) and "status=bounced" not in system.postfix.log()
+        rejected = [e for e in store.audit_entries() if e.action == "gateway.rejected"]
+        assert [e.subject for e in rejected] == ["bob@example.org"]
+        assert rejected[0].details["dsn"] == "none (from outside: no backscatter)"
+        assert "malware" in rejected[0].details["reason"]

@@ -33,6 +33,10 @@ def gateway() -> None:
 @click.option("--listen", metavar="HOST:PORT",
               help="Where Postfix's content_filter hands mail over [default: [gateway] listen,"
               " 127.0.0.1:10025].")
+@click.option("--listen-submission", metavar="HOST:PORT",
+              help="The trusted door: where Postfix's submission smtpd hands mail over; only"
+              " mail from here is signed and outbound [default: [gateway] listen_submission,"
+              " none].")
 @click.option("--next-hop", metavar="HOST:PORT",
               help="Postfix's re-injection smtpd [default: [gateway] next_hop,"
               " 127.0.0.1:10026].")
@@ -41,15 +45,17 @@ def gateway() -> None:
 @click.option("--attach", type=click.Choice(["after-queue", "before-queue"]),
               help="How Postfix hands mail over: content_filter (after-queue) or"
               " smtpd_proxy_filter (before-queue) [default: [gateway] attach, after-queue].")
-def serve(listen: str | None, next_hop: str | None, grace: float,
-          attach: str | None) -> None:
+def serve(listen: str | None, listen_submission: str | None, next_hop: str | None,
+          grace: float, attach: str | None) -> None:
     """Take mail from Postfix over SMTP, process it by policy, hand it back; until SIGTERM.
 
     Answers 250 only after the next hop accepted everything made of a message; any failure
     is a 4xx, so Postfix keeps the message and tries again (docs/gateway.md "No lost mail").
     The configuration file (--config) holds the [gateway] table (key_passphrase_file opens
     the keys the gateway holds); the store (--data-dir or --database-url) holds those keys,
-    the audit log and the delivery journal, shared by every node.
+    the audit log and the delivery journal, shared by every node. Mail from --listen is
+    from outside whatever its sender claims; only mail from --listen-submission (Postfix's
+    submission smtpd) may be outbound and signed.
     """
     from smimekit.config import GatewayConfig
     from smimekit.gateway.journal import StoreJournal
@@ -59,10 +65,14 @@ def serve(listen: str | None, next_hop: str | None, grace: float,
     whole = cli_config()
     config = whole.gateway or GatewayConfig()
     listen = listen or config.listen
+    submission = listen_submission or config.listen_submission
     next_hop = next_hop or config.next_hop
-    for option, value in (("--listen", listen), ("--next-hop", next_hop)):
+    for option, value in (("--listen", listen), ("--listen-submission", submission),
+                          ("--next-hop", next_hop)):
+        if value is None:
+            continue
         try:
-            parse_address(value, any_port=option == "--listen")
+            parse_address(value, any_port=option != "--next-hop")
         except ValueError:
             raise CliError(f"{option}: {value!r} is not HOST:PORT") from None
     store = open_store()
@@ -73,11 +83,13 @@ def serve(listen: str | None, next_hop: str | None, grace: float,
             NextHop(next_hop, timeout=config.timeout),
             limits=Limits(config.max_message_size, config.max_recipients),
             attach=attach or config.attach)
-        server = GatewayServer(handler, listen)
+        servers = [GatewayServer(handler, listen)]
+        if submission is not None:
+            servers.append(GatewayServer(handler, submission, trusted=True))
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every command
-        asyncio.run(_run(server, next_hop, grace, store))
+        asyncio.run(_run(servers, next_hop, grace, store))
     finally:
         store.close()
 
@@ -105,20 +117,29 @@ def _processor(config: Config, store: Store) -> Processor:
     return pipeline_from_data_dir(config, store, cli_globals().data_dir)
 
 
-async def _run(server: GatewayServer, next_hop: str, grace: float, store: Store) -> None:
-    try:
-        await server.start()
-    except OSError as exc:
-        raise CliError(f"cannot listen on {server.host}:{server.port}:"
-                       f" {exc.strerror or exc}") from None
+async def _run(servers: list[GatewayServer], next_hop: str, grace: float,
+               store: Store) -> None:
+    log = logging.getLogger("smimekit.gateway")
+    for server in servers:
+        try:
+            await server.start()
+        except OSError as exc:
+            for started in servers:
+                await started.stop()
+            raise CliError(f"cannot listen on {server.host}:{server.port}:"
+                           f" {exc.strerror or exc}") from None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    logging.getLogger("smimekit.gateway").info(
-        "listening on %s:%d, next hop %s", server.host, server.port, next_hop)
+    for server in servers:
+        log.info("listening on %s:%d (%s door), next hop %s", server.host, server.port,
+                 "trusted" if server.trusted else "public", next_hop)
+    if len(servers) == 1:
+        log.info("no listen_submission: all mail is treated as from outside (none is signed"
+                 " or outbound)")
     pruning = asyncio.create_task(_prune_daily(store))
     await stopping.wait()
     pruning.cancel()
-    await server.stop(grace)
-    logging.getLogger("smimekit.gateway").info("stopped")
+    await asyncio.gather(*(server.stop(grace) for server in servers))
+    log.info("stopped")

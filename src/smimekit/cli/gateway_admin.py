@@ -135,14 +135,14 @@ def retire(fingerprint: str) -> None:
     click.echo(f"retired: {row.fingerprint[:16]}  {row.address or '(organisation)'}")
 
 
-_FIELDS = ("sign", "organisation_signature", "subject_trigger", "encrypt", "no_certificate",
-           "hcp", "decrypt", "verify", "harvest", "webmail")
+_FIELDS = ("sign", "organisation_signature", "missing_key", "subject_trigger", "encrypt",
+           "no_certificate", "hcp", "decrypt", "verify", "harvest", "webmail")
 
 
 @click.command("policy")
 @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
 @click.option("--from", "sender", metavar="ADDRESS",
-              help="The sender, to show each recipient's direction.")
+              help="The sender, to show each recipient's direction through each door.")
 def policy(addresses: tuple[str, ...], sender: str | None) -> None:
     """The effective gateway policy of each ADDRESS, every value with the level it comes
     from (default, global, domain or user), as the gateway resolves it."""
@@ -153,7 +153,10 @@ def policy(addresses: tuple[str, ...], sender: str | None) -> None:
         effective = resolved.resolve(address)
         head = effective.address
         if sender is not None:
-            head += f"  ({resolved.direction(sender, address)} from {sender.strip().lower()})"
+            via = resolved.direction(sender, address, trusted=True)
+            public = resolved.direction(sender, address)
+            head += (f"  ({via} from {sender.strip().lower()} through the trusted door; {public}"
+                     " through the public door)")
         else:
             head += "  (internal)" if resolved.is_internal(address) else "  (outside)"
         click.echo(("\n" if n else "") + head)

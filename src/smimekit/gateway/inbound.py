@@ -3,22 +3,31 @@
 :func:`process_inbound` takes one message for recipients in our domains and, per recipient:
 
 1. removes every result header (``[gateway] result_header``) that came from outside, before
-   anything else reads the message, so a sender cannot forge the gateway's verdict;
+   anything else reads the message, and from what decryption restores; one inside the
+   sender's signed header section (RFC 9788) cannot be removed without the signature: a
+   verified signature is removed, an unverified one stays, and the verdict says ``forged``
+   (:func:`_forged_inside`);
 2. decrypts with the recipient's held keys, the whole key history (policy ``decrypt``);
    mail not encrypted to any of them passes unchanged, saying so in the result header;
 3. verifies every signature against the organisation's trust anchors (policy ``verify``)
    and keeps valid signers' certificates for the directory (policy ``harvest``);
 4. sends the clear content to the scanning hook and the inbound data-loss rules;
 5. delivers: decrypted mail is re-encrypted to the recipient's current certificate (the
-   newest held one) for desktop users, or delivered in the clear over the internal hop for
-   users flagged ``webmail``; protected header fields (RFC 9788) are restored by unwrapping;
+   newest by date not retired and valid now: ``HeldKeys.encryption_certificate``, never a
+   retired key of the history) for desktop users, or delivered in the clear over the
+   internal hop for users flagged ``webmail``; protected header fields (RFC 9788) are
+   restored by unwrapping;
 6. adds a fresh result header saying what was found and done.
 
 Recipients who end up with the same bytes share one :class:`Delivery`. Malware and the DLP
-``reject`` action refuse the recipient (a :class:`Refusal`: the sender gets a DSN);
-``quarantine`` keeps the message in ``quarantine_dir`` and delivers nothing. The gateway
-never removes a signature it could not vouch for, and never delivers partial plaintext: a
-message it cannot decrypt or re-encrypt goes on exactly as it arrived.
+``reject`` action refuse the recipient: for mail through the trusted door a :class:`Refusal`
+(our sender gets a DSN); for mail from outside (``from_outside``) no DSN and no SMTP
+rejection, both of which would become a bounce to a sender that may be forged (backscatter,
+naming the rule): the message is quarantined when ``quarantine_dir`` is set, else dropped,
+and the audit log keeps the reason. ``quarantine`` keeps the message in ``quarantine_dir``
+and delivers nothing. The gateway never removes a signature it could not vouch for, and
+never delivers partial plaintext: a message it cannot decrypt or re-encrypt goes on exactly
+as it arrived.
 """
 
 from __future__ import annotations
@@ -215,6 +224,8 @@ class _Work:
     """By content (dict keys: bytes hash once, and the same object compares at once)."""
     dlps: dict[bytes, dlp.DlpResult] = field(default_factory=dict)
     quarantined: dict[bytes, str] = field(default_factory=dict)
+    from_outside: bool = False
+    """Refusals are silent (no DSN: no backscatter), see the module docstring."""
 
 
 def process_inbound(
@@ -224,15 +235,18 @@ def process_inbound(
     held_keys: HeldKeys,
     policy_for: Callable[[str], InboundPolicy],
     context: InboundContext,
+    from_outside: bool = False,
 ) -> Outcome:
     """Process ``envelope`` for ``recipients`` (those of its recipients in our domains).
 
     Returns the deliveries (recipients grouped by identical output), one decision per
     recipient, and the refused ones (malware, a DLP ``reject``, or a DLP
-    ``require-encryption`` for a recipient without a held certificate and no quarantine).
+    ``require-encryption`` for a recipient without a held certificate and no quarantine);
+    none when ``from_outside`` (the public door): those are quarantined or dropped instead.
 
     Raises:
-        GatewayError: permanent when the message's header cannot be read; temporary when
+        GatewayError: permanent when the message's header cannot be read (from outside:
+            quarantined or dropped instead, as refusals are); temporary when
             the scanner fails under ``on_failure = "defer"``, the quarantine cannot be
             written, or the store fails while reading keys.
     """
@@ -240,9 +254,12 @@ def process_inbound(
     try:
         received, stripped = strip_header(envelope.data, name)
     except MIMEError as exc:
+        if from_outside:  # a 5xx would bounce to a sender that may be forged
+            return _unreadable(envelope, recipients, context)
         raise GatewayError(f"the message header cannot be read: {exc}", permanent=True) from None
     encrypted = _is_encrypted(received)
-    work = _Work(received, stripped, encrypted, encrypted or _is_smime(received))
+    work = _Work(received, stripped, encrypted, encrypted or _is_smime(received),
+                 from_outside=from_outside)
     outputs: dict[bytes, list[str]] = {}
     decisions: list[Decision] = []
     refused: list[Refusal] = []
@@ -257,6 +274,26 @@ def process_inbound(
     deliveries = tuple(Delivery(envelope.mail_from, tuple(rcpts), data)
                        for data, rcpts in outputs.items())
     return Outcome(deliveries, tuple(decisions), tuple(refused))
+
+
+def _forged_inside(clear: _Clear, name: str) -> bool:
+    """Whether a result header sits among the header fields the reader's client shows as
+    the message's own once the protection is removed: the restored protected view
+    (RFC 9788), the signed entity's own header section, a wrapped message/rfc822's. The
+    outer one was stripped before reading, so any found here came from the sender."""
+    unwrapped = clear.unwrapped
+    if unwrapped is None or not unwrapped.signed:
+        return False  # no signature: what decryption restores is stripped like the rest
+    lname = name.lower()
+    if any(h.lname == lname for h in (*unwrapped.signed_headers, *unwrapped.inner_headers)):
+        return True
+    try:
+        view = unwrapped.message()
+        blank = _BLANK_LINE.search(view)
+        head = view[:blank.start() + 1] if blank else view
+        return any(f.lname == lname for f in parse_headers(to_crlf(head).removesuffix(CRLF)))
+    except _PARSE_ERRORS:
+        return False
 
 
 def _is_smime(message: bytes) -> bool:
@@ -318,11 +355,37 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     def keys() -> Sequence[HeldKey]:
         return history() if work.smime and policy.decrypt else ()
 
+    def current() -> x509.Certificate | None:
+        """The certificate to re-encrypt to: the recipient's current one, never a retired
+        key of the history (it may be compromised)."""
+        try:
+            return held_keys.encryption_certificate(recipient)
+        except (StoreError, KeyLoadError) as exc:
+            raise GatewayError(f"cannot read the held keys of {recipient}: {exc}") from None
+
     clear = _read(work, keys, policy, context)
     facts["encryption"] = clear.encryption
     if clear.encryption_detail:
         facts["encryption-detail"] = clear.encryption_detail
     _signature_facts(clear, policy, facts)
+    # A result header inside the sender's signed header section (RFC 9788: what the
+    # reader's client shows as the message's own header) cannot be removed without breaking
+    # the signature. A signature the gateway verified goes, so that the reader sees the
+    # verified content under the gateway's verdict alone; one it could not verify stays (the
+    # gateway never removes what it cannot vouch for) and the verdict says it is forged.
+    verified_view: bytes | None = None
+    if clear.unwrapped is not None and _forged_inside(clear, context.config.result_header):
+        facts["forged"] = "a result header inside the signed part"
+        if clear.verdict is None or not clear.verdict.valid:
+            facts["forged"] += "; not removable (the signature was not verified)"
+        elif clear.decrypted is None and clear.unwrapped.encrypted:
+            # signed outside, encrypted inside (delivered as received): removing the
+            # signature would deliver the content decrypted, to desktop users too
+            facts["forged"] += "; not removable (encrypted inside the signature)"
+        else:
+            verified_view, _ = strip_header(clear.unwrapped.message(),
+                                            context.config.result_header)
+            facts["forged"] += "; signature removed after verifying it"
 
     # The clear content: what the scanner and the rules read (None: still encrypted).
     content = clear.unwrapped.message() if clear.unwrapped is not None else \
@@ -338,18 +401,17 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
             if result.detail:
                 facts["scan-detail"] = result.detail
             if result.status == "infected":
-                reason = f"the message carries malware ({result.detail})"
-                return None, _decision(recipient, "rejected", reason, facts), \
-                    Refusal(recipient, reason)
+                return _refuse(recipient, f"the message carries malware ({result.detail})",
+                               facts, work, envelope, context)
         found = _dlp(work, content, context)
         if found.fired:
             facts["dlp"] = found.summary()
         if found.truncated:
             facts["dlp-incomplete"] = "; ".join(found.notes) or "not everything was counted"
         if found.action == "reject":
-            reason = f"rejected by the data-loss rule {', '.join(found.names('reject'))}"
-            return None, _decision(recipient, "rejected", reason, facts), \
-                Refusal(recipient, reason)
+            return _refuse(recipient, f"rejected by the data-loss rule"
+                           f" {', '.join(found.names('reject'))}", facts, work, envelope,
+                           context)
         if found.action == "quarantine":
             path = _quarantine(work, envelope, context)
             facts["quarantine"] = path
@@ -362,7 +424,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     # What the recipient receives.
     sealed = False  # the result header travels inside the new encryption (and outside)
     if clear.decrypted is None:
-        data = work.received
+        data = work.received if verified_view is None else verified_view
         action = "verified" if facts["signature"] in ("valid", "invalid") else "passed"
     elif policy.webmail and not require_encryption:
         vouched = clear.verdict is not None and clear.verdict.valid
@@ -373,8 +435,9 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
         data, _ = strip_header(data, context.config.result_header)
         action = "decrypted"
     else:
-        inside, _ = strip_header(clear.decrypted, context.config.result_header)
-        encrypted = _seal(inside, history(), facts, context, "encrypted")
+        inside = verified_view if verified_view is not None else \
+            strip_header(clear.decrypted, context.config.result_header)[0]
+        encrypted = _seal(inside, current(), facts, context, "encrypted")
         if encrypted is None:
             # Mail stays encrypted end to end: the original goes on, readable with the
             # key history, never the clear content.
@@ -384,7 +447,7 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
             data, action, sealed = encrypted, "re-encrypted", True
     if require_encryption and not sealed and not _is_encrypted(data):
         # the message as it would go (a signature kept), encrypted to the recipient
-        encrypted = _seal(data, history(), facts, context, "encrypted (data-loss rule)")
+        encrypted = _seal(data, current(), facts, context, "encrypted (data-loss rule)")
         if encrypted is None:
             if context.config.quarantine_dir is not None:
                 path = _quarantine(work, envelope, context)
@@ -393,10 +456,9 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
                     recipient, "quarantined", f"the data-loss rule {require_encryption}"
                     f" requires encryption and no certificate of {recipient} is held:"
                     f" quarantined in {path}", facts), None
-            reason = (f"the data-loss rule {require_encryption} requires encryption and the"
-                      f" gateway holds no usable certificate of {recipient}")
-            return None, _decision(recipient, "rejected", reason, facts), \
-                Refusal(recipient, reason)
+            return _refuse(recipient, f"the data-loss rule {require_encryption} requires"
+                           f" encryption and the gateway holds no usable certificate of"
+                           f" {recipient}", facts, work, envelope, context)
         data, action, sealed = encrypted, "re-encrypted", True
     if action not in ("decrypted", "re-encrypted"):
         facts.pop("headers", None)  # delivered as received: the reader's client restores them
@@ -407,21 +469,60 @@ def _one(recipient: str, envelope: Envelope, work: _Work, held_keys: HeldKeys,
     return _result_header(context, facts) + data, decision, None
 
 
-def _seal(content: bytes, history: Sequence[HeldKey], facts: dict[str, str],
+def _refuse(recipient: str, reason: str, facts: dict[str, str], work: _Work,
+            envelope: Envelope, context: InboundContext
+            ) -> tuple[None, Decision, Refusal | None]:
+    """Refuse ``recipient``: a Refusal (DSN) for our own senders; for mail from outside the
+    message is quarantined (``quarantine_dir``) or dropped, never bounced (backscatter)."""
+    if not work.from_outside:
+        return None, _decision(recipient, "rejected", reason, facts), Refusal(recipient, reason)
+    facts["dsn"] = "none (from outside: no backscatter)"
+    if context.config.quarantine_dir is not None:
+        path = _quarantine(work, envelope, context)
+        facts["quarantine"] = path
+        return None, _decision(recipient, "quarantined", f"{reason}; from outside: quarantined"
+                               f" in {path}, no DSN", facts), None
+    return None, _decision(recipient, "rejected", f"{reason}; from outside: dropped without a"
+                           " DSN (no backscatter to a sender that may be forged)", facts), None
+
+
+def _unreadable(envelope: Envelope, recipients: Sequence[str], context: InboundContext
+                ) -> Outcome:
+    """Mail from outside whose header block cannot be read: quarantined (as it arrived) or
+    dropped, never bounced; the decision says so (not what the header held)."""
+    reason = "the message header cannot be read"
+    facts = {"dsn": "none (from outside: no backscatter)"}
+    if context.config.quarantine_dir is not None:
+        head = f"X-Smimekit-Envelope-From: <{_safe(envelope.mail_from)}>\r\n" + "".join(
+            f"X-Smimekit-Envelope-To: <{_safe(r)}>\r\n" for r in envelope.recipients)
+        path = str(dlp.quarantine(head.encode() + envelope.data, context.config.quarantine_dir,
+                                  label="inbound"))
+        return Outcome((), tuple(_decision(r, "quarantined", f"{reason}; from outside:"
+                                           f" quarantined in {path}, no DSN",
+                                           {**facts, "quarantine": path})
+                                 for r in recipients))
+    return Outcome((), tuple(_decision(r, "rejected", f"{reason}; from outside: dropped"
+                                       " without a DSN (no backscatter to a sender that may"
+                                       " be forged)", facts) for r in recipients))
+
+
+def _seal(content: bytes, current: x509.Certificate | None, facts: dict[str, str],
           context: InboundContext, delivered: str) -> bytes | None:
-    """``content`` with the result header, encrypted to the newest held certificate.
+    """``content`` with the result header, encrypted to the recipient's ``current``
+    certificate (the newest by date among the held ones not retired and valid now).
 
     The header goes in before encrypting: with RFC 9788 header protection the reader's
     client shows the protected header fields, so the verdict must be among them (without
     header protection the encryption leaves it outside, where it is read as before).
-    None (and why, in ``facts``) when no certificate is held or it is unfit (expired, say).
+    None (and why, in ``facts``) when no current certificate is held (none, or all retired
+    or expired) or it is unfit.
     """
     from smimekit.api import encrypt
 
-    if not history:
-        facts["re-encryption"] = "failed: no certificate of the recipient is held"
+    if current is None:
+        facts["re-encryption"] = ("failed: no current certificate of the recipient is held"
+                                  " (none, or all retired or expired)")
         return None
-    current = history[0].certificate
     header = _result_header(context, {**facts, "delivered": delivered})
     try:
         data = encrypt(header + content, [current], trust=None)
@@ -633,7 +734,7 @@ def _reason(action: str, facts: dict[str, str]) -> str:
 _TOKEN = re.compile(r"[^A-Za-z0-9@._+:,/()-]")
 _HEADER_KEYS = ("encryption", "signature", "signer", "signature-reason", "headers", "scan",
                 "scan-detail", "dlp", "dlp-incomplete", "harvest", "delivered", "re-encryption",
-                "stripped")
+                "stripped", "forged")
 
 
 def _safe(text: str) -> str:

@@ -18,7 +18,11 @@ Two layers, so that opening one of ten thousand users' keys costs a microsecond,
 
 Nothing is ever stored or logged in the clear. Retired keys stay in the history:
 :meth:`StoreHeldKeys.decryption_keys` returns every encryption key a user ever had, newest
-first, so mail encrypted to an old certificate still opens.
+first, so mail encrypted to an old certificate still opens. Only decryption uses the history:
+what the gateway signs with or encrypts to (:meth:`StoreHeldKeys.signing_key`,
+:meth:`StoreHeldKeys.encryption_certificate`) is the *current* key, the newest by its
+certificate's notBefore (then notAfter) among the keys not retired and valid now, whatever
+order they were imported in.
 
 Keys come in as PKCS#12 (what ``smimekit ca issue`` writes, with the whole key history):
 :func:`import_pkcs12`. Each key's purpose follows its certificate's key usage.
@@ -517,13 +521,25 @@ class StoreHeldKeys:
         return held
 
     def _current(self, rows: Sequence[GatewayKeyRow]) -> GatewayKeyRow | None:
+        """The newest of ``rows`` by its certificate (latest notBefore, then latest notAfter,
+        then the last imported) among those not retired and valid now; None if none is.
+
+        The certificate's dates rank, not the import order: a PKCS#12 file of an old key
+        imported after the new one, or a key history imported newest first, must not make
+        the old key current."""
         now = self._now()
-        for row in reversed(rows):
+        best: tuple[dt.datetime, dt.datetime, int] | None = None
+        chosen: GatewayKeyRow | None = None
+        for index, row in enumerate(rows):
             if row.retired_at is not None or row.not_after < now:
                 continue
-            if self._certificate(row).not_valid_before_utc <= now:
-                return row
-        return None
+            cert = self._certificate(row)
+            if cert.not_valid_before_utc > now:
+                continue
+            rank = (cert.not_valid_before_utc, cert.not_valid_after_utc, index)
+            if best is None or rank > best:
+                best, chosen = rank, row
+        return chosen
 
     def _certificate(self, row: GatewayKeyRow) -> x509.Certificate:
         held = self._opened.get(row.fingerprint)
@@ -532,7 +548,8 @@ class StoreHeldKeys:
         return x509.load_der_x509_certificate(row.certificate)
 
     def signing_key(self, address: str) -> HeldKey | None:
-        """The user's newest current (not retired, within validity) signing key, or None.
+        """The user's newest current (not retired, within validity; newest by certificate
+        date) signing key, or None.
 
         Raises:
             KeyLoadError: the key is held but does not open (damaged row).
@@ -543,11 +560,16 @@ class StoreHeldKeys:
         return self._held(row) if row is not None else None
 
     def encryption_certificate(self, address: str) -> x509.Certificate | None:
-        """The user's newest current encryption certificate (for the sender's own copy)."""
+        """The user's current encryption certificate: the newest by certificate date among
+        those not retired and valid now (what inbound mail is re-encrypted to), or None.
+
+        Raises:
+            StoreError: the database cannot be read.
+        """
         rows = [r for r in self._key_rows(address)
                 if r.purpose in ("encrypt", "both")]
         row = self._current(rows)
-        return x509.load_der_x509_certificate(row.certificate) if row is not None else None
+        return self._certificate(row) if row is not None else None
 
     def decryption_keys(self, address: str) -> list[HeldKey]:
         """Every encryption key the user ever had (retired and expired too), newest first.

@@ -17,8 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 Direction = Literal["outbound", "inbound", "internal", "relay"]
-"""outbound: from one of our domains to another; inbound: to one of ours from outside;
-internal: ours to ours; relay: neither (passed unchanged, with a decision saying so)."""
+"""outbound: from one of our domains to another, through the trusted door; inbound: to one
+of ours from outside (anything that came through the public door); internal: ours to ours
+through the trusted door; relay: neither (passed unchanged, with a decision saying so)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Envelope:
     """The message exactly as received (CRLF line ends)."""
     peer: str = ""
     """host:port of the SMTP client (Postfix)."""
+    trusted: bool = False
+    """It came through the trusted door (``listen_submission``: Postfix's submission smtpd,
+    SASL-authenticated with ``reject_sender_login_mismatch``, or clients Postfix routes
+    there). Only such mail is outbound or internal; everything else is from outside,
+    whatever its envelope sender or From claims (gateway/policy.py :meth:`direction`)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,13 @@ class HeldKeys(Protocol):
         ...
 
     def decryption_keys(self, address: str) -> Sequence[HeldKey]:
-        """Every encryption key the user ever had (the key history), newest first."""
+        """Every encryption key the user ever had (the key history), newest first: to decrypt
+        with, never to encrypt to (some are retired, perhaps compromised)."""
+        ...
+
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        """The user's current encryption certificate (not retired, valid now, the newest by
+        certificate date), what mail to the user is re-encrypted to; None if there is none."""
         ...
 
     def organisation_key(self) -> HeldKey | None:

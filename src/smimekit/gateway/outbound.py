@@ -9,7 +9,9 @@ once per message:
    recipient, ``quarantine`` keeps the message in ``quarantine_dir`` and delivers nothing,
    ``require-encryption`` makes encryption required, ``warn`` is noted in the decisions;
 3. the **signer**: the sender's key held by the gateway (policy ``sign``), else the
-   organisation's key (policy ``organisation_signature``), else none;
+   organisation's key (policy ``organisation_signature``), else none; when signing was set
+   in the configuration and no key can sign, ``missing_key = "defer"`` (the default) makes
+   the whole message a temporary failure (4xx) instead of unsigned mail;
 
 then per recipient, with the recipient's effective policy:
 
@@ -21,8 +23,10 @@ then per recipient, with the recipient's effective policy:
   the message is deferred (4xx): a directory outage must not turn into clear text;
 * a required encryption without a certificate follows ``no_certificate``: ``clear`` (sent
   signed but readable), ``bounce`` (the recipient is refused; the sender's DSN names why), or
-  ``pdf`` (the message as an AES-256 encrypted PDF 2.0, :mod:`smimekit.gateway.pdf`, whose
-  password goes to the sender in a separate message, to be passed on by another channel).
+  ``pdf`` (the message as an AES-256 encrypted PDF 2.0 with the original attached,
+  :mod:`smimekit.gateway.pdf`; a message that cannot be made into one refuses only those
+  recipients), whose password goes to the sender in a separate message, to be passed on by
+  another channel).
 
 Recipients with the same treatment share one :class:`Delivery`: one message encrypted to all
 their certificates (per header confidentiality policy), one signed clear message, one PDF
@@ -86,6 +90,8 @@ class OutboundContext:
     rules: dlp.RuleSet = field(default_factory=dlp.RuleSet)
     password: Callable[[], str] = new_password
     """Makes the password of a PDF (tests fix it)."""
+    pdf: Callable[[bytes, str], bytes] = message_pdf
+    """Makes the PDF of a message with a password (tests make it fail)."""
     notice_from: str = ""
     """The From of the password notice; "" for ``postmaster@<sender's domain>``."""
 
@@ -99,6 +105,8 @@ class _Recipient:
     certificate: x509.Certificate | None = None
     reason: str = ""
     details: dict[str, str] = field(default_factory=dict)
+    required: str = ""
+    """Why encryption was required without a certificate (for a ``pdf`` that fails)."""
 
 
 def _from_addresses(head: bytes) -> list[str]:
@@ -207,7 +215,23 @@ def _signer(ctx: OutboundContext, sender: str, policy: EffectivePolicy, head: by
         raise GatewayError(f"the gateway's keys cannot be read: {exc}") from None
     if not policy.sign and not policy.organisation_signature:
         return None, f"not signed ({policy.source('sign')})"
-    return None, "not signed (the gateway holds no signing key for the sender)"
+    # Signing was asked for and nothing can sign. Set in the configuration (sign = true,
+    # organisation_signature = true or missing_key at any level), that is a demand: no
+    # unsigned mail, the message waits in Postfix's queue for the key (a 4xx) unless
+    # missing_key = "send-unsigned". The built-in sign alone signs when it can.
+    demanded = (policy.sign and policy.levels.get("sign", "default") != "default") \
+        or policy.organisation_signature \
+        or policy.levels.get("missing_key", "default") != "default"
+    if demanded and policy.missing_key == "defer":
+        which = "the sender's or the organisation's" if policy.organisation_signature \
+            else "the sender's"
+        raise GatewayError(
+            f"signing is required ({policy.source('sign')},"
+            f" {policy.source('organisation_signature')}, {policy.source('missing_key')})"
+            f" and the gateway holds no current signing key, {which}, for"
+            f" {normalise(sender)}: import one, or set missing_key = \"send-unsigned\"")
+    return None, ("not signed (the gateway holds no signing key for the sender;"
+                  f" {policy.source('missing_key')})")
 
 
 def _certificate(ctx: OutboundContext, recipient: str) -> tuple[x509.Certificate | None, str]:
@@ -260,7 +284,7 @@ def _plan(ctx: OutboundContext, recipient: str, required_by: str) -> _Recipient:
         r.treatment = "refuse"
         r.reason = f"{head} ({policy.source('no_certificate')})"
     else:
-        r.treatment = "pdf"
+        r.treatment, r.required = "pdf", f"{head} ({policy.source('no_certificate')})"
         r.reason = (f"{head}; sent as a password-protected PDF, the password to the sender"
                     f" ({policy.source('no_certificate')})")
     return r
@@ -399,9 +423,20 @@ def process_outbound(envelope: Envelope, recipients: Sequence[str], ctx: Outboun
             out = _sign(data, signer) if signer is not None else data
             deliveries.append(Delivery(sender, tuple(p.address for p in clear), out))
         pdfs = [p for p in plans if p.treatment == "pdf"]
+        document = None
         if pdfs:
             password = ctx.password()
-            document = message_pdf(data, password)
+            try:
+                document = ctx.pdf(data, password)
+            except GatewayError as exc:
+                if not exc.permanent:
+                    raise
+                # This message cannot become a PDF: only its PDF recipients are refused
+                # (the sender's DSN says why); those with certificates still get it.
+                for p in pdfs:
+                    p.treatment = "refuse"
+                    p.reason = f"{p.required}; {exc}"
+        if pdfs and document is not None:
             names = [p.address for p in pdfs]
             out = _pdf_message(data, sender, names, document)
             if signer is not None:

@@ -1,13 +1,17 @@
 """The gateway's :class:`~smimekit.gateway.model.Processor`: policy, outbound, inbound, audit.
 
 :class:`Pipeline` splits a message's recipients by direction (gateway/policy.py:
-``internal_domains``): outbound ones go through :func:`~smimekit.gateway.outbound.
-process_outbound`, inbound ones through :func:`~smimekit.gateway.inbound.process_inbound`,
-internal (ours to ours) and relay (neither) ones pass unchanged. Every Decision is written to
-the store's audit log before the outcome is handed back: action ``gateway.<action>``, subject
-the recipient, details with the direction, the reason, the policy levels and facts behind it
-(certificate fingerprints, DLP rule names and counts), the sender and the SHA-256 of the
-message as received. Never message content, never a password or key.
+``internal_domains`` and the door the message came through, :attr:`Envelope.trusted`):
+outbound ones go through :func:`~smimekit.gateway.outbound.process_outbound`, inbound ones
+through :func:`~smimekit.gateway.inbound.process_inbound`, internal (ours to ours, through the
+trusted door) ones pass without any result header, relay ones pass unchanged. Mail from the
+public door is never outbound: whatever sender it claims, our recipients get it as inbound
+(result header replaced, scanned, decrypted) and the others unchanged and unsigned. Every
+Decision is written to the store's audit log before the outcome is handed back: action
+``gateway.<action>``, subject the recipient, details with the direction, the door, the reason,
+the policy levels and facts behind it (certificate fingerprints, DLP rule names and
+counts), the sender and the SHA-256 of the message as received. Never message content,
+never a password or key.
 
 The audit rows of one message are one transaction. If they cannot be written the message is
 deferred (a temporary GatewayError: 4xx), so nothing leaves the gateway unaudited. A message
@@ -26,9 +30,9 @@ from typing import Any
 from cryptography import x509
 
 from smimekit.config import Config, GatewayConfig
-from smimekit.errors import ConfigError, GatewayError, SmimeError, StoreError
+from smimekit.errors import ConfigError, GatewayError, MIMEError, SmimeError, StoreError
 from smimekit.gateway import dlp
-from smimekit.gateway.inbound import InboundContext, process_inbound
+from smimekit.gateway.inbound import InboundContext, process_inbound, strip_header
 from smimekit.gateway.model import (
     Decision,
     Delivery,
@@ -47,9 +51,18 @@ ACTOR = "gateway"
 """The actor of the gateway's audit rows (a node name may be added: ``gateway@node1``)."""
 
 _PASS_REASONS: dict[Direction, str] = {
-    "internal": "internal mail (sender and recipient in internal_domains): passed unchanged",
+    "internal": "internal mail (sender and recipient in internal_domains, through the trusted"
+                " door): passed unchanged but for any result header",
     "relay": "neither sender nor recipient in internal_domains: passed unchanged",
 }
+_PUBLIC_RELAY_OURS = ("came through the public door (not listen_submission), recipient outside"
+                      " internal_domains: passed unchanged, never signed; the sender claims"
+                      " one of internal_domains, which only the trusted door can vouch for"
+                      " (a forwarding alias, or forged)")
+
+
+def _door(envelope: Envelope) -> str:
+    return "submission" if envelope.trusted else "public"
 
 
 @dataclass
@@ -75,7 +88,8 @@ class Pipeline:
         """
         groups: dict[Direction, list[str]] = {}
         for recipient in envelope.recipients:
-            groups.setdefault(self.policy.direction(envelope.mail_from, recipient),
+            groups.setdefault(self.policy.direction(envelope.mail_from, recipient,
+                                                    trusted=envelope.trusted),
                               []).append(recipient)
         parts: list[Outcome] = []
         try:
@@ -85,17 +99,28 @@ class Pipeline:
                 parts.append(process_inbound(envelope, groups["inbound"],
                                              held_keys=self.held_keys,
                                              policy_for=self.policy.resolve,
-                                             context=self.inbound))
+                                             context=self.inbound,
+                                             from_outside=not envelope.trusted))
         except GatewayError:
             raise
         except SmimeError as exc:  # anything the parts did not name: keep the mail, retry
             raise GatewayError(f"processing failed: {exc}") from None
         for direction, reason in _PASS_REASONS.items():
             passing = groups.get(direction)
-            if passing:
-                parts.append(Outcome(
-                    (Delivery(envelope.mail_from, tuple(passing), envelope.data),),
-                    tuple(Decision(r, direction, "passed", reason) for r in passing)))
+            if not passing:
+                continue
+            data = envelope.data
+            if direction == "internal":
+                # a colleague's client shows no verdict the gateway did not write
+                try:
+                    data, _ = strip_header(data, self.inbound.config.result_header)
+                except MIMEError:
+                    pass  # an unreadable header: no result header can be found in it
+            elif not envelope.trusted and self.policy.is_internal(envelope.mail_from):
+                reason = _PUBLIC_RELAY_OURS
+            parts.append(Outcome(
+                (Delivery(envelope.mail_from, tuple(passing), data),),
+                tuple(Decision(r, direction, "passed", reason) for r in passing)))
         outcome = Outcome(tuple(d for p in parts for d in p.deliveries),
                           tuple(d for p in parts for d in p.decisions),
                           tuple(r for p in parts for r in p.refused))
@@ -114,6 +139,7 @@ class Pipeline:
                     details: dict[str, Any] = {
                         **{k: str(v) for k, v in decision.details.items()},
                         "direction": decision.direction,
+                        "door": _door(envelope),
                         "reason": decision.reason,
                         "from": envelope.mail_from,
                         "message_sha256": digest,

@@ -8,7 +8,8 @@ one address and records, per field, the level the value came from, so a Decision
 Domains: an exact domain (``partner.example``) beats any wildcard; a wildcard ``*.D`` matches
 every subdomain of ``D`` at any depth (not ``D`` itself: list both when both are meant), and
 of two wildcards that match, the longer (more specific) wins. ``internal_domains`` match the
-same way and decide each recipient's direction (:meth:`Policy.direction`).
+same way and decide each recipient's direction (:meth:`Policy.direction`), together with the
+door the message came through: the envelope sender alone is a claim anyone can make.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from smimekit.config import (
     EncryptMode,
     GatewayConfig,
     HeaderConfidentiality,
+    MissingKey,
     NoCertificate,
     PolicyConfig,
 )
@@ -32,6 +34,7 @@ __all__ = ["DEFAULTS", "EffectivePolicy", "Policy", "domain_of", "normalise"]
 DEFAULTS = PolicyConfig(
     sign=True,
     organisation_signature=False,
+    missing_key="defer",
     encrypt="if-possible",
     no_certificate="bounce",
     subject_trigger="[encrypt]",
@@ -41,7 +44,8 @@ DEFAULTS = PolicyConfig(
     harvest=True,
     webmail=False,
 )
-"""The built-in level: sign when the gateway holds the sender's key; encrypt to every
+"""The built-in level: sign when the gateway holds the sender's key (signing set in the
+configuration and no key: defer, ``missing_key``); encrypt to every
 recipient with a usable certificate; when encryption is required and impossible, refuse (never
 fall back to clear text unless the configuration says so); RFC 9788 ``hcp_baseline``."""
 
@@ -66,6 +70,7 @@ class EffectivePolicy:
     address: str
     sign: bool
     organisation_signature: bool
+    missing_key: MissingKey
     encrypt: EncryptMode
     no_certificate: NoCertificate
     subject_trigger: str
@@ -174,12 +179,18 @@ class Policy:
         domain = domain_of(address)
         return bool(domain) and any(_matches(p, domain) for p in self._internal)
 
-    def direction(self, sender: str, recipient: str) -> Direction:
+    def direction(self, sender: str, recipient: str, *, trusted: bool = False) -> Direction:
         """outbound (ours to outside), inbound (outside to ours), internal or relay.
 
-        A bounce (empty sender) to one of ours is inbound.
+        ``trusted``: the message came through the trusted door (``listen_submission``). Only
+        then does the sender count: mail from the public door is from outside whatever its
+        sender claims, so inbound for our recipients and relay (passed unchanged, never
+        signed) for the others. A bounce (empty sender) to one of ours is inbound.
         """
-        ours_from, ours_to = self.is_internal(sender), self.is_internal(recipient)
+        ours_to = self.is_internal(recipient)
+        if not trusted:
+            return "inbound" if ours_to else "relay"
+        ours_from = self.is_internal(sender)
         if ours_from and ours_to:
             return "internal"
         if ours_from:

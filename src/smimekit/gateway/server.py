@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import re
 import secrets
 import socket
 import weakref
@@ -33,7 +34,12 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.dsn import Failed, build_dsn, reply_text
-from smimekit.gateway.journal import Journal, delivery_keys, message_key
+from smimekit.gateway.journal import (
+    Journal,
+    delivery_keys,
+    legacy_message_key,
+    message_key,
+)
 from smimekit.gateway.model import Delivery, Envelope, Outcome, Processor
 from smimekit.gateway.relay import NextHop, parse_address
 
@@ -101,7 +107,8 @@ class GatewayHandler:
         received = Envelope(
             mail_from="" if mail_from == "<>" else mail_from,
             recipients=tuple(envelope.rcpt_tos), data=data,
-            peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or ""))
+            peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or ""),
+            trusted=getattr(server, "trusted", False) is True)
         # Shielded: when Postfix hangs up (its timeout, a network cut) while the message is
         # being passed on, the work still ends with the journal written, so that Postfix's
         # retry finds it delivered rather than delivering it twice.
@@ -139,8 +146,11 @@ class GatewayHandler:
             log.info("message %s: %s %s %s: %s", key[:16], decision.direction,
                      decision.recipient, decision.action, reply_text(decision.reason, 200))
         try:
-            done = (frozenset() if self.attach == "before-queue"  # a fresh key: no rows
-                    else await asyncio.to_thread(self.journal.delivered, key))
+            # the old key too: rows journalled before the upgrade (gateway/journal.py);
+            # before the queue a fresh key of this transaction: no rows to look up
+            done = (frozenset() if self.attach == "before-queue"
+                    else await asyncio.to_thread(
+                        lambda: self.journal.delivered(key, legacy_message_key(envelope))))
         except Exception as exc:
             log.warning("message %s: the delivery journal cannot be read (%s)", key[:16],
                         reply_text(str(exc), 200))
@@ -195,7 +205,7 @@ class GatewayHandler:
                 temporary.append(problem)
         if temporary:
             return TEMPORARY.format(detail=reply_text(temporary[0]))
-        detail = "; ".join(r for r in replies if r) or "nothing left to pass on"
+        detail = "; ".join(_said(r) for r in replies if _said(r)) or "nothing left to pass on"
         return OK.format(detail=reply_text(detail, 300))
 
     async def _record(self, key: str, keys: Sequence[str], reply: str) -> None:
@@ -232,6 +242,15 @@ class GatewayHandler:
         return None
 
 
+_NEXT_HOP_OK = re.compile(r"^(?:2\.\d{1,3}\.\d{1,3}\s+)?(?:ok\b:?\s*)?", re.I)
+
+
+def _said(reply: str) -> str:
+    """What the next hop said past its status and "Ok" ("queued as 4Fx"), for our own
+    ``250 2.0.0 Ok: ...`` (not "250 2.0.0 Ok: 2.0.0 Ok: queued as ...")."""
+    return _NEXT_HOP_OK.sub("", reply, count=1).strip()
+
+
 _END = b"\r\n.\r\n"
 _DATA_CHUNK = 256 * 1024
 """How much the reader may buffer while DATA is read in bulk (commands keep the 1001 line
@@ -250,6 +269,9 @@ class _BulkDataSMTP(SMTP):
     that has one, a message past ``data_size_limit`` is read to its end and dropped as it
     comes (552), a line longer than ``line_length_limit`` octets with its CRLF gives 500.
     """
+
+    trusted = False
+    """The listener is the trusted door (:class:`GatewayServer` ``trusted``)."""
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
@@ -376,8 +398,12 @@ class GatewayServer:
     """The listening socket, the SMTP protocol per connection, and a clean stop."""
 
     def __init__(self, handler: GatewayHandler, listen: str, *, hostname: str | None = None,
-                 idle_timeout: float = 300.0) -> None:
+                 idle_timeout: float = 300.0, trusted: bool = False) -> None:
         """``listen``: ``host:port`` (port 0: any free port, see :attr:`port`).
+        ``trusted``: this is the trusted door (``listen_submission``, only Postfix's
+        submission smtpd hands mail here): mail from it may be outbound (signed with our
+        users' keys); mail from any other listener is from outside. Two servers may share
+        one handler.
 
         Raises:
             ValueError: ``listen`` is not ``host:port``.
@@ -386,6 +412,7 @@ class GatewayServer:
         self.host, self.port = parse_address(listen, any_port=True)
         self.hostname = hostname or socket.gethostname()
         self.idle_timeout = idle_timeout
+        self.trusted = trusted
         self._server: asyncio.Server | None = None
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
@@ -393,6 +420,7 @@ class GatewayServer:
         protocol = _BulkDataSMTP(self.handler, data_size_limit=self.handler.limits.max_message_size,
                     enable_SMTPUTF8=True, decode_data=False, hostname=self.hostname,
                     ident="smimekit gateway", timeout=self.idle_timeout)
+        protocol.trusted = self.trusted
         self._connections.add(protocol)
         return protocol
 

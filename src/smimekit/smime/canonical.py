@@ -72,24 +72,27 @@ def parse_headers(head: bytes) -> list[Header]:
     if not head:
         return fields
     current: list[bytes] = []
-    for line in head.split(CRLF):
+    start = 1  # the line number of the field in ``current``
+    for number, line in enumerate(head.split(CRLF), 1):
         if line[:1] in (b" ", b"\t") and current:
             current.append(line)
             continue
         if current:
-            fields.append(_field(current))
-        current = [line]
+            fields.append(_field(current, start))
+        current, start = [line], number
     if current:
-        fields.append(_field(current))
+        fields.append(_field(current, start))
     return fields
 
 
-def _field(lines: list[bytes]) -> Header:
+def _field(lines: list[bytes], number: int) -> Header:
     raw = CRLF.join(lines)
     match = _HEADER_NAME.match(raw)
     if match is None:
-        snippet = raw[:40].decode("ascii", "replace")
-        raise MIMEError(f"malformed header line: {snippet!r}")
+        # The line's position, never its text: the gateway replies and logs this, and
+        # message content must appear in neither (docs/gateway.md, review 12 item 9).
+        raise MIMEError(f"malformed header line {number}: neither a 'Name: value' field"
+                        " nor the continuation of one")
     return Header(match.group(1).decode("ascii"), raw)
 
 
@@ -179,7 +182,9 @@ class Entity:
             return binascii.a2b_qp(self.body)
         if cte in ("7bit", "8bit", "binary"):
             return self.body
-        raise MIMEError(f"unknown Content-Transfer-Encoding {cte!r}")
+        # not the value itself: it is the message's text (review 12 item 9)
+        raise MIMEError("unknown Content-Transfer-Encoding (not 7bit, 8bit, binary,"
+                        " quoted-printable or base64)")
 
 
 def _content_type(headers: tuple[Header, ...]) -> tuple[str, dict[str, str]]:
@@ -244,7 +249,7 @@ def split_multipart(data: bytes, boundary: str, start: int = 0) -> list[bytes]:
             break
         part_start = pos = tail.end()
     if not parts and part_start is None:
-        raise MIMEError(f"multipart body has no delimiter for boundary {boundary!r}")
+        raise MIMEError("multipart body has no delimiter for its boundary")
     if not closed:
         raise MIMEError("multipart body is truncated: the closing delimiter is missing")
     return parts

@@ -23,16 +23,19 @@ _D = schema.gateway_deliveries
 class DeliveryRecords(StoreBase):
     """Queries of the gateway_deliveries table."""
 
-    def delivered_keys(self, message_key: str) -> frozenset[str]:
-        """The delivery keys of ``message_key`` the next hop has accepted.
+    def delivered_keys(self, message_key: str, *older: str) -> frozenset[str]:
+        """The delivery keys the next hop has accepted of ``message_key`` (or of the
+        ``older`` keys the same message was journalled under before, gateway/journal.py).
 
         Raises StoreError on database failures.
         """
         with self.read() as conn:
             if self._pending_upgrade is not None:
                 return frozenset()  # a store older than version 6 has journalled nothing
-            rows = conn.execute(select(_D.c.delivery_key)
-                                .where(_D.c.message_key == message_key)).scalars()
+            keys = (message_key, *older)
+            where = _D.c.message_key == message_key if not older \
+                else _D.c.message_key.in_(keys)
+            rows = conn.execute(select(_D.c.delivery_key).where(where)).scalars()
             return frozenset(rows)
 
     def record_delivered(self, message_key: str, delivery_keys: Iterable[str], node: str,
