@@ -67,8 +67,10 @@ class Rig:
         last of them, and a kill in that window is the duplicate SMTP allows
         (:func:`test_kill_9_after_the_next_hop_took_the_message`). Call this before a kill
         that must cost no duplicate."""
-        answered = f"relay=127.0.0.1[127.0.0.1]:{self.node.port}, "
-        self.postfix.wait(lambda: sum(answered in line and "status=sent" in line
+        doors = [f"relay=127.0.0.1[127.0.0.1]:{port}, "
+                 for port in (self.node.port, self.node.submission_port)]
+        self.postfix.wait(lambda: sum(any(door in line for door in doors)
+                                      and "status=sent" in line
                                       for line in self.postfix.log().splitlines()) >= count,
                           f"the gateway's 250 for {count} message(s)", timeout)
 
