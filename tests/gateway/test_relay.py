@@ -69,8 +69,10 @@ def test_messages_share_one_connection(server: tuple[SinkHandler, int]) -> None:
     assert [m.data for m in handler.received] == [message(f"m{i}") for i in range(5)]
 
 
-def test_refusals_on_a_kept_connection_leave_it_usable(server: tuple[SinkHandler, int]
-                                                       ) -> None:
+def test_after_a_refusal_the_connection_is_not_kept(server: tuple[SinkHandler, int]
+                                                    ) -> None:
+    """A next hop that refused or deferred anything is asked again on a new connection (a
+    fresh smtpd: after a postfix reload, one with the new configuration)."""
     handler, port = server
     handler.refuse.add(CAROL)
     handler.defer.add("dave@example.net")
@@ -93,7 +95,7 @@ def test_refusals_on_a_kept_connection_leave_it_usable(server: tuple[SinkHandler
         return hop
 
     hop = _run(go())
-    assert hop.opened == 1  # type: ignore[attr-defined]
+    assert hop.opened == 4  # type: ignore[attr-defined]  # one per refusal, and the first
     assert [(m.recipients, m.message()["Subject"]) for m in handler.received] == [
         ((BOB,), "some"), ((BOB,), "after")]
 

@@ -8,8 +8,12 @@ the clear over loopback by the small SMTP client of this module. What comes back
 itself with a 5xx, else temporary (connection refused or lost, timeout, a 4xx).
 
 Connections are kept open between messages (up to :attr:`NextHop.max_idle` idle ones, each
-closed after :attr:`NextHop.idle_seconds` unused) instead of a connection, a greeting, EHLO
-and QUIT per message. Each transaction on a kept connection begins with RSET; with the next
+closed after :attr:`NextHop.idle_seconds` unused, none reused past
+:attr:`NextHop.reuse_seconds`: Postfix's own SMTP client caches its connections so) instead of
+a connection, a greeting, EHLO and QUIT per message. A connection on which the next hop
+refused or deferred anything is closed, not kept: the retry meets a fresh smtpd process (one
+started after a ``postfix reload`` reads the new configuration; a kept one still has the
+old). Each transaction on a kept connection begins with RSET; with the next
 hop's PIPELINING, RSET, MAIL, the RCPTs and DATA go in one write (RFC 2920). A kept
 connection found broken before the end-of-data mark was written is replaced by a new one
 for the same transaction (the next hop cannot have accepted anything on it); once the mark
@@ -129,6 +133,7 @@ class _Connection:
         self.used = False
         """A transaction has been begun on it (it is a kept connection)."""
         self.idle_since = 0.0
+        self.opened_at = time.monotonic()
 
     async def reply(self) -> _Reply:
         lines: list[str] = []
@@ -179,8 +184,11 @@ class NextHop:
 
     max_idle = 16
     """Connections kept open between messages, at most (each ties up one smtpd)."""
-    idle_seconds = 30.0
-    """A kept connection unused this long is closed (QUIT)."""
+    idle_seconds = 2.0
+    """A kept connection unused this long is closed (QUIT); Postfix's own SMTP client keeps
+    its connections as long (smtp_connection_cache_time_limit)."""
+    reuse_seconds = 300.0
+    """A connection this old is not kept (smtp_connection_reuse_time_limit)."""
 
     def __init__(self, address: str, *, timeout: float = 60.0,
                  helo: str | None = None) -> None:
@@ -232,7 +240,7 @@ class NextHop:
                 raise GatewayError(f"the next hop {self} did not take the message:"
                                    f" {reply_text(str(exc), 200)}") from None
             except _Refusal as exc:
-                self._give_back(connection)
+                connection.close(quit=True)  # not kept after a refusal (see the module)
                 code = exc.reply.code
                 raise GatewayError(
                     f"the next hop {self} answered {reply_text(str(exc.reply))}",
@@ -244,7 +252,10 @@ class NextHop:
                 if connection is not None:
                     connection.close()
                 raise
-            self._give_back(connection)
+            if accepted.refused:
+                connection.close(quit=True)
+            else:
+                self._give_back(connection)
             return accepted
 
     async def _open(self) -> _Connection:
@@ -340,7 +351,8 @@ class NextHop:
     def _give_back(self, connection: _Connection | None) -> None:
         if connection is None:
             return
-        if len(self._idle) >= self.max_idle or connection.writer.is_closing():
+        if len(self._idle) >= self.max_idle or connection.writer.is_closing() \
+                or time.monotonic() - connection.opened_at >= self.reuse_seconds:
             connection.close(quit=True)
             return
         connection.idle_since = time.monotonic()
