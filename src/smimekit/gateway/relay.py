@@ -240,7 +240,8 @@ class NextHop:
                 raise GatewayError(f"the next hop {self} did not take the message:"
                                    f" {reply_text(str(exc), 200)}") from None
             except _Refusal as exc:
-                connection.close(quit=True)  # not kept after a refusal (see the module)
+                if connection is not None:  # not kept after a refusal (see the module)
+                    connection.close(quit=True)
                 code = exc.reply.code
                 raise GatewayError(
                     f"the next hop {self} answered {reply_text(str(exc.reply))}",
