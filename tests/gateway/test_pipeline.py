@@ -10,7 +10,7 @@ import pytest
 from backends import Backend
 from cryptography import x509
 from gwout_kit import PASS, harvest, mail
-from pki import PKI
+from pki import PKI, Identity
 
 from smimekit import api
 from smimekit.config import GatewayConfig, PolicyConfig
@@ -48,16 +48,23 @@ def _pipeline(store: Store, pki: PKI, gateway: GatewayConfig) -> Pipeline:
     return build_pipeline(gateway, store, held, resolver, trust=[pki.root], hostname="gw.test")
 
 
-def test_one_message_to_outside_inside_and_ours_is_split_and_every_decision_audited(
-        backend: Backend, pki: PKI) -> None:
+def _alice_and_partner(store: Store, pki: PKI) -> tuple[Pipeline, Identity]:
+    """The pipeline of example.org holding alice's key, encrypting always to partner.example,
+    whose partner's certificate is in the directory."""
     alice = pki.person("alice")
     partner = pki.person("partner", "p256", email="partner@partner.example")
     gateway = GatewayConfig(internal_domains=("example.org",),
                             domains={"partner.example": PolicyConfig(encrypt="always")})
+    pipeline = _pipeline(store, pki, gateway)
+    pipeline.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
+    harvest(store, pki, partner)
+    return pipeline, partner
+
+
+def test_one_message_to_outside_inside_and_ours_is_split_and_every_decision_audited(
+        backend: Backend, pki: PKI) -> None:
     with Store.open(backend.url, backend.data_dir) as store:
-        pipeline = _pipeline(store, pki, gateway)
-        pipeline.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
-        harvest(store, pki, partner)
+        pipeline, partner = _alice_and_partner(store, pki)
         before = store.audit_count()
         data = mail(body=SECRET)
         out = pipeline.process(Envelope(
@@ -120,14 +127,8 @@ def test_our_sender_on_the_public_door_is_from_outside(backend: Backend, pki: PK
     """Review 12 item 1: MAIL FROM alice@example.org through the public door is never signed
     with alice's key (a forwarding alias: passed unchanged, saying why) and, to one of ours,
     is inbound: the forged result header replaced, the content scanned, audited as such."""
-    alice = pki.person("alice")
-    partner = pki.person("partner", "p256", email="partner@partner.example")
-    gateway = GatewayConfig(internal_domains=("example.org",),
-                            domains={"partner.example": PolicyConfig(encrypt="always")})
     with Store.open(backend.url, backend.data_dir) as store:
-        pipeline = _pipeline(store, pki, gateway)
-        pipeline.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
-        harvest(store, pki, partner)
+        pipeline, partner = _alice_and_partner(store, pki)
         before = store.audit_count()
         data = FORGED + mail(body=SECRET)
         out = pipeline.process(Envelope("alice@example.org",

@@ -171,19 +171,25 @@ def test_recipients_past_the_gateways_limit_arrive_in_later_transactions(
     assert processor.calls >= 3 and all(len(m.recipients) <= 2 for m in system.sink.received)
 
 
+def _bob_delivered_carol_deferred(system: MailSystem, subject: str) -> None:
+    """Send one message to bob and carol while the next hop defers carol: bob's copy is
+    delivered, carol's is Postfix's to retry."""
+    system.postfix.defer_file.write_text(f"{CAROL} 450 4.2.0 mailbox busy\n")
+    system.postfix.reload()
+    system.send([BOB, CAROL], subject=subject)
+    system.postfix.wait(lambda: "deferred carol@example.net" in system.postfix.log(),
+                        "the gateway's 4xx for carol")
+    # Bob's copy went back into Postfix before the 4xx: wait until Postfix delivered it
+    # (under load it may still be queued when the gateway's reply is logged)
+    system.arrived(1)
+
+
 def test_journal_skips_the_delivered_group_when_postfix_retries(mail_system: Start,
                                                                 tmp_path: Path) -> None:
     store = Store.open(None, tmp_path / "data")
     try:
         system = mail_system(Scripted(split=True), StoreJournal(store, "node-1"))
-        system.postfix.defer_file.write_text(f"{CAROL} 450 4.2.0 mailbox busy\n")
-        system.postfix.reload()
-        system.send([BOB, CAROL], subject="twice?")
-        system.postfix.wait(lambda: "deferred carol@example.net" in system.postfix.log(),
-                            "the gateway's 4xx for carol")
-        # Bob's copy went back into Postfix before the 4xx: wait until Postfix delivered it
-        # (under load it may still be queued when the gateway's reply is logged)
-        system.arrived(1)
+        _bob_delivered_carol_deferred(system, "twice?")
         assert [m.recipients for m in system.sink.received] == [(BOB,)]
         system.postfix.defer_file.write_text("")
         system.postfix.reload()
@@ -215,12 +221,7 @@ def test_journal_knows_a_copy_when_postfix_regroups_the_retry(mail_system: Start
     try:
         processor = Recording(split=True)
         system = mail_system(processor, StoreJournal(store, "node-1"))
-        system.postfix.defer_file.write_text(f"{CAROL} 450 4.2.0 mailbox busy\n")
-        system.postfix.reload()
-        system.send([BOB, CAROL], subject="regrouped")
-        system.postfix.wait(lambda: "deferred carol@example.net" in system.postfix.log(),
-                            "the gateway's 4xx for carol")
-        system.arrived(1)
+        _bob_delivered_carol_deferred(system, "regrouped")
         assert processor.groups == [(BOB, CAROL)]
         system.postfix.defer_file.write_text("")
         subprocess.run(["postconf", "-c", str(system.postfix.conf), "-e",
