@@ -20,6 +20,7 @@ from smimekit.gateway import dlp
 from smimekit.gateway.keys import StoreHeldKeys
 from smimekit.gateway.model import HeldKey
 from smimekit.gateway.outbound import OutboundContext
+from smimekit.gateway.pipeline import Pipeline, build_pipeline
 from smimekit.gateway.policy import Policy
 from smimekit.store import Store
 
@@ -61,6 +62,20 @@ def harvest(store: Store, pki: PKI, who: Identity) -> None:
     store.record_harvested(who.email, who.cert, chain=(pki.inter,), role="signer",
                            preferred=False, seen_at=dt.datetime.now(dt.UTC),
                            message_ref="test")
+
+
+def pipeline_holding(store: Store, pki: PKI, gateway: GatewayConfig, *,
+                     holds: Sequence[Identity] = (), knows: Sequence[Identity] = ()
+                     ) -> Pipeline:
+    """The real pipeline over ``store``: the keys of ``holds`` held by the gateway (sealed
+    under PASS), the certificates of ``knows`` in the directory (harvested)."""
+    held = StoreHeldKeys.open(store, PASS, create=True)
+    for who in holds:
+        held.add(who.key, who.cert, (pki.inter,))
+    for who in knows:
+        harvest(store, pki, who)
+    resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
+    return build_pipeline(gateway, store, held, resolver, trust=[pki.root], hostname="gw.test")
 
 
 @dataclass

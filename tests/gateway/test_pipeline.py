@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from backends import Backend
 from cryptography import x509
-from gwout_kit import PASS, harvest, mail
+from gwout_kit import PASS, harvest, mail, pipeline_holding
 from pki import PKI, Identity
 
 from smimekit import api
 from smimekit.config import GatewayConfig, PolicyConfig
-from smimekit.directory.harvest import HarvestedSource
 from smimekit.directory.resolver import Resolver
 from smimekit.errors import GatewayError, StoreError
 from smimekit.gateway.keys import StoreHeldKeys
@@ -42,12 +41,6 @@ class NoKeys:
 SECRET = "Board minutes: the merger closes Friday.\r\n"
 
 
-def _pipeline(store: Store, pki: PKI, gateway: GatewayConfig) -> Pipeline:
-    held = StoreHeldKeys.open(store, PASS, create=True)
-    resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
-    return build_pipeline(gateway, store, held, resolver, trust=[pki.root], hostname="gw.test")
-
-
 def _alice_and_partner(store: Store, pki: PKI) -> tuple[Pipeline, Identity]:
     """The pipeline of example.org holding alice's key, encrypting always to partner.example,
     whose partner's certificate is in the directory."""
@@ -55,10 +48,7 @@ def _alice_and_partner(store: Store, pki: PKI) -> tuple[Pipeline, Identity]:
     partner = pki.person("partner", "p256", email="partner@partner.example")
     gateway = GatewayConfig(internal_domains=("example.org",),
                             domains={"partner.example": PolicyConfig(encrypt="always")})
-    pipeline = _pipeline(store, pki, gateway)
-    pipeline.held_keys.add(alice.key, alice.cert, (pki.inter,))  # type: ignore[attr-defined]
-    harvest(store, pki, partner)
-    return pipeline, partner
+    return pipeline_holding(store, pki, gateway, holds=[alice], knows=[partner]), partner
 
 
 def test_one_message_to_outside_inside_and_ours_is_split_and_every_decision_audited(
@@ -103,8 +93,7 @@ def test_inbound_mail_is_decrypted_with_the_held_key_and_re_encrypted(
     outsider = pki.person("outsider", "p256", email="outsider@partner.example")
     gateway = GatewayConfig(internal_domains=("example.org",))
     with Store.open(backend.url, backend.data_dir) as store:
-        pipeline = _pipeline(store, pki, gateway)
-        pipeline.held_keys.add(carol.key, carol.cert, (pki.inter,))  # type: ignore[attr-defined]
+        pipeline = pipeline_holding(store, pki, gateway, holds=[carol])
         sent = api.sign_encrypt(mail(body=SECRET, sender=outsider.email, to=carol.email),
                                 outsider.key, outsider.cert, [carol.cert], chain=[pki.inter],
                                 include_self=False)
@@ -176,7 +165,7 @@ def test_relay_mail_passes_unchanged_and_no_store_means_no_audit(pki: PKI) -> No
 def test_an_audit_log_that_cannot_be_written_defers_the_message(
         tmp_path: Path, pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
     with Store.open(None, tmp_path / "data") as store:
-        pipeline = _pipeline(store, pki, GatewayConfig(internal_domains=("example.org",)))
+        pipeline = pipeline_holding(store, pki, GatewayConfig(internal_domains=("example.org",)))
 
         def broken(*args: object, **kwargs: object) -> None:
             raise StoreError("database is locked")
@@ -196,7 +185,7 @@ def test_quarantine_rule_without_a_directory_is_a_config_error(tmp_path: Path, p
     gateway = GatewayConfig(dlp=(DlpRule(name="x", keywords=("x",), action="quarantine"),))
     with Store.open(None, tmp_path / "data") as store, \
             pytest.raises(ConfigError, match="quarantine_dir"):
-        _pipeline(store, pki, gateway)
+        pipeline_holding(store, pki, gateway)
 
 
 def test_pipeline_from_data_dir_opens_keys_and_directory_as_serve_does(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fakeclamd import EICAR
-from gwout_kit import PASS, harvest
+from gwout_kit import pipeline_holding
 from loopback import TcpRelay, free_port, wait_for_port
 from pki import PKI, Identity
 from postfix import Postfix, require_postfix, swaks
@@ -23,13 +23,9 @@ from sqlalchemy import text
 
 from smimekit import api
 from smimekit.config import GatewayConfig, PolicyConfig, ScanConfig
-from smimekit.directory.harvest import HarvestedSource
-from smimekit.directory.resolver import Resolver
 from smimekit.gateway.journal import Journal, StoreJournal
-from smimekit.gateway.keys import StoreHeldKeys
 from smimekit.gateway.model import Envelope, Outcome, Processor
 from smimekit.gateway.passthrough import PassThrough
-from smimekit.gateway.pipeline import build_pipeline
 from smimekit.gateway.server import Limits
 from smimekit.store import Store
 
@@ -307,12 +303,7 @@ def test_policy_pipeline_through_postfix(mail_system: Start, pki: PKI, tmp_path:
     gateway = GatewayConfig(internal_domains=("example.org",),
                             domains={"partner.example": PolicyConfig(encrypt="always")})
     with Store.open(None, tmp_path / "data") as store:
-        held = StoreHeldKeys.open(store, PASS, create=True)
-        held.add(alice.key, alice.cert, (pki.inter,))
-        harvest(store, pki, partner)
-        resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
-        pipeline = build_pipeline(gateway, store, held, resolver, trust=[pki.root],
-                                  hostname="gw.test")
+        pipeline = pipeline_holding(store, pki, gateway, holds=[alice], knows=[partner])
         system = mail_system(pipeline, StoreJournal(store, "node-1"))
         system.send([partner.email, "bob@example.org", "nocert@partner.example"],
                     subject="merger", sender=alice.email, submission=True)
@@ -349,12 +340,7 @@ def _trust_rig(mail_system: Start, pki: PKI, store: Store, *, map_before_filter:
     partner = pki.person("partner", "p256", email="partner@partner.example")
     gateway = GatewayConfig(internal_domains=("example.org",), scan=ScanConfig(
         command=(sys.executable, "-c", SCANNER)))
-    held = StoreHeldKeys.open(store, PASS, create=True)
-    held.add(alice.key, alice.cert, (pki.inter,))
-    harvest(store, pki, partner)
-    resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
-    pipeline = build_pipeline(gateway, store, held, resolver, trust=[pki.root],
-                              hostname="gw.test")
+    pipeline = pipeline_holding(store, pki, gateway, holds=[alice], knows=[partner])
     system = mail_system(pipeline, StoreJournal(store, "node-1"),
                          virtual={"fwd@example.org": partner.email},
                          map_before_filter=map_before_filter)

@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from gwout_kit import PASS, harvest
+from gwout_kit import pipeline_holding
 from loopback import free_port, wait_for_port
 from pki import PKI
 from postfix import Postfix, require_postfix
@@ -21,11 +21,7 @@ from smtpkit import GatewayThread
 
 from smimekit import api
 from smimekit.config import GatewayConfig, PolicyConfig
-from smimekit.directory.harvest import HarvestedSource
-from smimekit.directory.resolver import Resolver
 from smimekit.gateway.journal import StoreJournal
-from smimekit.gateway.keys import StoreHeldKeys
-from smimekit.gateway.pipeline import build_pipeline
 from smimekit.store import Store
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -84,12 +80,7 @@ def test_smtp_source_through_the_policy_pipeline_into_smtp_sink(pki: PKI, tmp_pa
     count = 12
     with ExitStack() as stack:
         store = stack.enter_context(Store.open(None, tmp_path / "data"))
-        held = StoreHeldKeys.open(store, PASS, create=True)
-        held.add(alice.key, alice.cert, (pki.inter,))
-        harvest(store, pki, partner)
-        resolver = Resolver([HarvestedSource(store)], trust=[pki.root], cache=None)
-        pipeline = build_pipeline(gateway, store, held, resolver, trust=[pki.root],
-                                  hostname="gw.test")
+        pipeline = pipeline_holding(store, pki, gateway, holds=[alice], knows=[partner])
         sink_port = stack.enter_context(smtp_sink(dump))
         postfix = Postfix(tmp_path / "postfix", sink_port=sink_port)
         gateway_thread = stack.enter_context(
