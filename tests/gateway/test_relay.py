@@ -1,5 +1,6 @@
-"""The re-injection client (gateway/relay.py) against a real SMTP server (aiosmtpd, with and
-without PIPELINING): kept connections, their replacement when broken, the data on the wire."""
+"""The re-injection client (gateway/relay.py, aiosmtplib) against a real SMTP server (aiosmtpd,
+with and without PIPELINING): kept connections, their replacement when broken, the data on the
+wire, the SIZE declared."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from smtpkit import SinkHandler, message, sink
 
 from smimekit.errors import GatewayError
 from smimekit.gateway.model import Delivery
-from smimekit.gateway.relay import NextHop, wire_data
+from smimekit.gateway.relay import NextHop
 
 ANN, BOB, CAROL = "ann@example.org", "bob@example.net", "carol@example.net"
 
@@ -181,17 +182,7 @@ def test_the_reply_lost_after_the_data_is_temporary_and_not_resent() -> None:
     assert ends == [2]
 
 
-@pytest.mark.parametrize(("data", "wire"), [
-    (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
-    (b"a\r\nb", b"a\r\nb\r\n.\r\n"),
-    (b".a\r\n.\r\n..b\r\n", b"..a\r\n..\r\n...b\r\n.\r\n"),
-    (b"lone\nlf\rcr\r\n.x", b"lone\r\nlf\r\ncr\r\n..x\r\n.\r\n"),
-])
-def test_wire_data(data: bytes, wire: bytes) -> None:
-    assert wire_data(data) == wire
-
-
-def test_odd_line_ends_and_dots_arrive_as_the_old_client_sent_them(
+def test_odd_line_ends_and_dots_arrive_made_crlf_and_unstuffed(
         server: tuple[SinkHandler, int]) -> None:
     handler, port = server
     data = b"Subject: x\r\n\r\n.first\nbare LF\rbare CR\r\n..two\r\n."
@@ -204,3 +195,70 @@ def test_odd_line_ends_and_dots_arrive_as_the_old_client_sent_them(
     _run(go())
     [got] = handler.received
     assert got.data == b"Subject: x\r\n\r\n.first\r\nbare LF\r\nbare CR\r\n..two\r\n.\r\n"
+
+
+class _Sizes(SinkHandler):
+    """The sink announcing SIZE and keeping the SIZE= of each MAIL FROM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        self.sizes += [int(o[5:]) for o in options if o.upper().startswith("SIZE=")]
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+
+@pytest.mark.parametrize("data", [
+    b"Subject: a\r\n\r\nbody\r\n",
+    b"Subject: a\r\n\r\nno final line end",
+    b"Subject: a\n\nlone LF\nlone CR\r.dot\r\r\n\n\r",
+    b"Subject: a\r\n\r\n" + b"x" * 998 + b"\r\n.\r\n",
+])
+def test_the_size_declared_is_what_the_next_hop_receives(data: bytes) -> None:
+    """RFC 1870: SIZE counts the octets after the 354 with CRLF line ends, without the
+    end-of-data mark and the doubled dots (aiosmtpd's content is that, unstuffed)."""
+    handler = _Sizes()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
+                            data_size_limit=10_000_000)
+    controller.start()
+
+    async def go() -> None:
+        hop = NextHop(f"127.0.0.1:{controller.port}", timeout=10)
+        await hop.send(Delivery(ANN, (BOB,), data))
+        await hop.close()
+
+    try:
+        _run(go())
+    finally:
+        controller.stop()
+    [got] = handler.received
+    assert handler.sizes == [len(got.data)]
+
+
+@pytest.mark.parametrize("address", ["a:b@example.net", "a,b@example.net",
+                                     "a(c)@example.net", "a b@example.net",
+                                     "a\r\nRSET@example.net", "a\x00@example.net"])
+def test_an_address_the_client_would_change_is_refused_before_anything_is_sent(
+        address: str) -> None:
+    """aiosmtplib parses addresses (email.utils.parseaddr): "a:b@x" would go as "b@x", another
+    mailbox. Such an address is a permanent error and nothing reaches the next hop."""
+    with sink() as (handler, port):
+
+        async def go() -> NextHop:
+            hop = NextHop(f"127.0.0.1:{port}", timeout=10)
+            for delivery in (Delivery(address, (BOB,), message("from")),
+                             Delivery(ANN, (BOB, address), message("to"))):
+                with pytest.raises(GatewayError) as refused:
+                    await hop.send(delivery)
+                assert refused.value.permanent and "cannot go on a command line" in str(
+                    refused.value)
+            await hop.close()
+            return hop
+
+        hop = _run(go())
+    assert hop.opened == 0  # type: ignore[attr-defined]
+    assert handler.received == []
