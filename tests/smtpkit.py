@@ -102,9 +102,10 @@ class Scripted:
 
 
 @contextmanager
-def sink() -> Iterator[tuple[SinkHandler, int]]:
-    """An SMTP server on 127.0.0.1 that keeps every message: (its handler, its port)."""
-    handler = SinkHandler()
+def sink(handler: SinkHandler | None = None) -> Iterator[tuple[SinkHandler, int]]:
+    """An SMTP server on 127.0.0.1 that keeps every message: (its handler, its port);
+    ``handler`` a SinkHandler of the test's own (one that answers EHLO otherwise, say)."""
+    handler = handler or SinkHandler()
     controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
                             data_size_limit=None, enable_SMTPUTF8=True)
     controller.start()

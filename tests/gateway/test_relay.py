@@ -34,18 +34,8 @@ class _Pipelining(SinkHandler):
 
 @pytest.fixture(params=["plain", "pipelining"])
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[SinkHandler, int]]:
-    if request.param == "plain":
-        with sink() as found:
-            yield found
-        return
-    handler = _Pipelining()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
-                            data_size_limit=None, enable_SMTPUTF8=True)
-    controller.start()
-    try:
-        yield handler, controller.port
-    finally:
-        controller.stop()
+    with sink(_Pipelining() if request.param == "pipelining" else None) as found:
+        yield found
 
 
 def _run(coro: object) -> object:
