@@ -150,7 +150,8 @@ class Node:
     def __init__(self, name: str, next_hop: int, *, data_dir: Path, database_url: str | None,
                  config: Path | None = None, port: int | None = None,
                  log_dir: Path | None = None, host: str = "127.0.0.1",
-                 submission_port: int | None = None, attach: str = "after-queue") -> None:
+                 submission_port: int | None = None, attach: str = "after-queue",
+                 workers: int = 1) -> None:
         self.name, self.next_hop, self.data_dir = name, next_hop, data_dir
         self.host = host
         """The address it listens on: any of 127.0.0.0/8 (Linux routes the whole block to
@@ -161,6 +162,8 @@ class Node:
         """The trusted door (``--listen-submission``)."""
         self.attach = attach
         """How Postfix hands mail over (``--attach``)."""
+        self.workers = workers
+        """Worker processes (``--workers``; 1: the node serves in its own process)."""
         self.log = (log_dir or data_dir.parent) / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_kib = 0
@@ -176,6 +179,8 @@ class Node:
                  "--listen-submission", f"{self.host}:{self.submission_port}",
                  "--next-hop", f"127.0.0.1:{self.next_hop}", "--grace", "5",
                  "--attach", self.attach]
+        if self.workers != 1:
+            args += ["--workers", str(self.workers)]
         env = {**os.environ, "SMIMEKIT_ACTOR": self.name}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env)
@@ -187,6 +192,8 @@ class Node:
             try:
                 for port in (self.port, self.submission_port):
                     socket.create_connection((self.host, port), timeout=1).close()
+                if self.workers > 1 and len(self.children()) < self.workers:
+                    raise OSError("the workers are starting")
                 return self
             except OSError:
                 time.sleep(0.1)
@@ -200,6 +207,17 @@ class Node:
         config = self.data_dir.parent / f"{self.name}.toml"
         config.write_text(f'[gateway]\nkey_passphrase_file = "{secret}"\n')
         return config
+
+    def children(self) -> list[int]:
+        """The pids of the node's worker processes (``--workers``), from /proc."""
+        if self.process is None:
+            return []
+        pid = self.process.pid
+        try:
+            listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(child) for child in listed.split()]
 
     def _sample_rss(self) -> None:
         if self.process is None:

@@ -250,6 +250,9 @@ class GatewayConfig:
     quarantine_dir: Path | None = None
     timeout: float = field(default=60.0, metadata={"range": (0, True, 3600)})
     """Seconds for the next hop to accept a message (then 4xx)."""
+    workers: int = field(default=1, metadata={"range": (1, False, 64)})
+    """Worker processes of one node (``gateway serve --workers``): 1 serves in the process
+    itself; more fork that many, sharing the listening sockets (docs/gateway.md)."""
     key_memo_seconds: float = field(default=30.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses which keys an address holds (retired or not) before asking the
     store again: a key retired on another node is used at most this late (0: every time)."""

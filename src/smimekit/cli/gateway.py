@@ -45,8 +45,12 @@ def gateway() -> None:
 @click.option("--attach", type=click.Choice(["after-queue", "before-queue"]),
               help="How Postfix hands mail over: content_filter (after-queue) or"
               " smtpd_proxy_filter (before-queue) [default: [gateway] attach, after-queue].")
+@click.option("--workers", type=int, metavar="N",
+              help="Worker processes of this node (1 to 64): more than 1 forks that many,"
+              " sharing the listening sockets, to use every core [default: [gateway]"
+              " workers, 1].")
 def serve(listen: str | None, listen_submission: str | None, next_hop: str | None,
-          grace: float, attach: str | None) -> None:
+          grace: float, attach: str | None, workers: int | None) -> None:
     """Take mail from Postfix over SMTP, process it by policy, hand it back; until SIGTERM.
 
     Answers 250 only after the next hop accepted everything made of a message; any failure
@@ -75,6 +79,13 @@ def serve(listen: str | None, listen_submission: str | None, next_hop: str | Non
             parse_address(value, any_port=option != "--next-hop")
         except ValueError:
             raise CliError(f"{option}: {value!r} is not HOST:PORT") from None
+    workers = config.workers if workers is None else workers
+    if not 1 <= workers <= 64:
+        raise CliError(f"--workers must be at least 1 and at most 64 (it is {workers})")
+    if workers > 1:
+        _serve_workers(whole, listen, submission, next_hop, grace, attach or config.attach,
+                       workers)
+        return
     store = open_store()
     try:
         _prune(store)
@@ -86,12 +97,84 @@ def serve(listen: str | None, listen_submission: str | None, next_hop: str | Non
         servers = [GatewayServer(handler, listen)]
         if submission is not None:
             servers.append(GatewayServer(handler, submission, trusted=True))
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every command
+        _logging()
         asyncio.run(_run(servers, next_hop, grace, store))
     finally:
         store.close()
+
+
+def _logging(workers: int = 1) -> None:
+    pid = " [%(process)d]" if workers > 1 else ""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(name)s{pid} %(levelname)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every command
+
+
+def _serve_workers(whole: Config, listen: str, submission: str | None, next_hop: str,
+                   grace: float, attach: str, workers: int) -> None:
+    """``--workers N`` (N > 1): bind here, fork N workers, supervise them
+    (smimekit.gateway.workers)."""
+    import socket
+
+    from smimekit.gateway import workers as pool
+    from smimekit.gateway.journal import StoreJournal
+    from smimekit.gateway.relay import NextHop
+    from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
+
+    timeout = whole.gateway.timeout if whole.gateway else 60.0
+    limits = (Limits(whole.gateway.max_message_size, whole.gateway.max_recipients)
+              if whole.gateway else Limits())
+    doors: list[tuple[str, socket.socket, bool]] = []
+    try:
+        for address, trusted in ((listen, False), (submission, True)):
+            if address is None:
+                continue
+            try:
+                doors.append((address, pool.bind(address), trusted))
+            except OSError as exc:
+                raise CliError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+        store = open_store()  # the journal pruned here, closed before any fork
+        try:
+            _prune(store)
+        finally:
+            store.close()
+        _logging(workers)
+        log = logging.getLogger("smimekit.gateway")
+
+        def worker() -> int:
+            try:
+                store = open_store()
+            except (SmimeError, CliError) as exc:
+                log.error("worker cannot start: %s", _message(exc))
+                return pool.CANNOT_START
+            try:
+                try:
+                    handler = GatewayHandler(
+                        _processor(whole, store), StoreJournal(store),
+                        NextHop(next_hop, timeout=timeout), limits=limits, attach=attach)
+                except (SmimeError, CliError) as exc:
+                    log.error("worker cannot start: %s", _message(exc))
+                    return pool.CANNOT_START
+                servers = [GatewayServer(handler, address, trusted=trusted, sock=sock)
+                           for address, sock, trusted in doors]
+                asyncio.run(_run(servers, next_hop, grace, store))
+                return 0
+            finally:
+                store.close()
+
+        log.info("%d workers, next hop %s", workers, next_hop)
+        try:
+            pool.supervise(workers, worker, grace)
+        except pool.GiveUp as exc:
+            raise CliError(str(exc)) from None
+        log.info("stopped")
+    finally:
+        for _, sock, _ in doors:
+            sock.close()
+
+
+def _message(exc: Exception) -> str:
+    return exc.format_message() if isinstance(exc, CliError) else str(exc)
 
 
 def _prune(store: Store) -> None:
@@ -138,7 +221,7 @@ async def _run(servers: list[GatewayServer], next_hop: str, grace: float,
     if len(servers) == 1:
         log.info("no listen_submission: all mail is treated as from outside (none is signed"
                  " or outbound)")
-    pruning = asyncio.create_task(_prune_daily(store))
+    pruning = asyncio.create_task(_prune_daily(store))  # each worker: the same rows, idempotent
     await stopping.wait()
     pruning.cancel()
     await asyncio.gather(*(server.stop(grace) for server in servers))

@@ -398,12 +398,14 @@ class GatewayServer:
     """The listening socket, the SMTP protocol per connection, and a clean stop."""
 
     def __init__(self, handler: GatewayHandler, listen: str, *, hostname: str | None = None,
-                 idle_timeout: float = 300.0, trusted: bool = False) -> None:
+                 idle_timeout: float = 300.0, trusted: bool = False,
+                 sock: socket.socket | None = None) -> None:
         """``listen``: ``host:port`` (port 0: any free port, see :attr:`port`).
         ``trusted``: this is the trusted door (``listen_submission``, only Postfix's
         submission smtpd hands mail here): mail from it may be outbound (signed with our
         users' keys); mail from any other listener is from outside. Two servers may share
-        one handler.
+        one handler. ``sock``: a socket bound and listening already at ``listen`` (a worker
+        of ``gateway serve --workers``: the parent bound it before the fork).
 
         Raises:
             ValueError: ``listen`` is not ``host:port``.
@@ -413,6 +415,7 @@ class GatewayServer:
         self.hostname = hostname or socket.gethostname()
         self.idle_timeout = idle_timeout
         self.trusted = trusted
+        self._sock = sock
         self._server: asyncio.Server | None = None
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
@@ -431,7 +434,10 @@ class GatewayServer:
             OSError: the address cannot be bound.
         """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.host, self.port)
+        if self._sock is not None:
+            self._server = await loop.create_server(self._protocol, sock=self._sock)
+        else:
+            self._server = await loop.create_server(self._protocol, self.host, self.port)
         sockets: Sequence[Any] = self._server.sockets
         self.port = sockets[0].getsockname()[1]
 

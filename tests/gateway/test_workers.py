@@ -1,0 +1,152 @@
+"""``gateway serve --workers N``: one node as N forked worker processes (docs/gateway.md
+"Deployment"), as real processes: the node with the real policy pipeline over a PostgreSQL
+store (tests/gwhome.py), mail straight to its doors over SMTP, an SMTP sink as the next hop.
+
+What is held: messages arrive once each and more than one worker did the work (the journal
+names a node host:pid); a worker killed with -9 is replaced and mail still flows; SIGTERM
+ends the parent with 0 and leaves no worker behind; a bad ``--workers`` or ``[gateway]
+workers`` is one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gwhome import GatewayHome, make_home
+from gwnodes import Node, journal_nodes, pg_store, tally
+from pki import PKI
+from smtpkit import SinkHandler, sink
+
+pytestmark = [pytest.mark.slow]
+
+
+@dataclass
+class Served:
+    node: Node
+    sink: SinkHandler
+    home: GatewayHome
+    database_url: str
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with ExitStack() as stack:
+        url = stack.enter_context(pg_store(tmp_path / "data"))
+        home = make_home(tmp_path, PKI(), database_url=url)
+        handler, sink_port = stack.enter_context(sink())
+        node = Node("workers", sink_port, data_dir=home.data_dir, database_url=url,
+                    config=home.config, log_dir=tmp_path, workers=2)
+        node.start()
+        stack.callback(node.stop)
+        yield Served(node, handler, home, url)
+
+
+def _send_outbound(served: Served, ids: list[str]) -> None:
+    """Each message on a connection of its own, four at a time (so that both workers take
+    some), through the trusted door: alice -> partner, signed and encrypted."""
+    def one(message_id: str) -> None:
+        sender, to, data = served.home.outbound(f"Hello {message_id}.\r\n".encode(),
+                                                message_id)
+        with smtplib.SMTP(served.node.host, served.node.submission_port, timeout=60) as client:
+            client.sendmail(sender, to, data)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, ids))
+
+
+def _wait(condition: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_workers_each_message_arrives_once_and_both_work(served: Served) -> None:
+    workers = served.node.children()
+    assert len(workers) == 2
+    ids = [f"w{i}@example.org" for i in range(20)]
+    _send_outbound(served, ids)
+    copies = tally(served.sink.received)
+    assert sorted(copies) == sorted(ids)
+    assert all(len(hashes) == 1 for hashes in copies.values())
+    # every copy is encrypted to the partner (the real pipeline ran in the workers)
+    assert all(b"application/pkcs7-mime" in got.data for got in served.sink.received)
+    journal = journal_nodes(served.database_url, served.home.data_dir)
+    assert sum(journal.values()) == 20
+    pids = {int(node.rsplit(":", 1)[1]) for node in journal}
+    assert len(pids) == 2 and pids <= set(workers), (journal, workers)
+
+
+def test_a_worker_killed_while_idle_is_replaced_and_mail_flows(served: Served) -> None:
+    first = served.node.children()
+    assert len(first) == 2
+    os.kill(first[0], signal.SIGKILL)
+    _wait(lambda: len(served.node.children()) == 2 and first[0] not in served.node.children(),
+          "a new worker")
+    assert served.node.process is not None and served.node.process.poll() is None
+    ids = [f"k{i}@example.org" for i in range(6)]
+    _send_outbound(served, ids)
+    copies = tally(served.sink.received)
+    assert sorted(copies) == sorted(ids)
+    assert all(len(hashes) == 1 for hashes in copies.values())
+    log = served.node.log.read_text()
+    assert f"worker {first[0]} died (killed by SIGKILL); starting another" in log
+    assert "Traceback" not in log
+
+
+def test_sigterm_exits_0_and_leaves_no_worker(served: Served) -> None:
+    process = served.node.process
+    assert process is not None
+    workers = served.node.children()
+    assert len(workers) == 2
+    _send_outbound(served, ["t@example.org"])
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    served.node.process = None
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the parent"
+    assert "Traceback" not in served.node.log.read_text()
+
+
+@pytest.mark.parametrize("how", ["--workers=0", "--workers=65", "config"])
+def test_a_bad_workers_value_is_one_line_and_exit_1(tmp_path: Path, how: str) -> None:
+    config = tmp_path / "smimekit.toml"
+    config.write_text("[gateway]\nworkers = 65\n" if how == "config" else "[gateway]\n")
+    args = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(tmp_path / "data"),
+            "--config", str(config), "gateway", "serve", "--listen", "127.0.0.1:0"]
+    if how != "config":
+        args.append(how)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "workers" in lines[0] and "64" in lines[0]
+
+
+def test_a_bad_address_with_workers_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "smimekit.toml"
+        config.write_text("[gateway]\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(tmp_path / "data"),
+             "--config", str(config), "gateway", "serve", "--listen", f"127.0.0.1:{port}",
+             "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot listen on" in lines[0], done.stderr
