@@ -20,12 +20,16 @@ Postfix's own smtp-sink; `smtp-source -F` sends the same prepared message ``coun
 ``--sessions`` parallel sessions. The time is from the first connection until Postfix's log
 says every message reached the sink. "Postfix alone" is the same Postfix without the
 content filter. The in-process rate is api.sign_encrypt / api.decrypt_verify in a loop, one
-process, one thread. Peak memory per node is its VmHWM.
+process, one thread. Peak memory per node is its VmHWM. ``--workers N``: each node is
+``gateway serve --workers N`` (N forked worker processes sharing its sockets; its peak
+memory is then the sum of its processes' VmHWM, which counts the pages they share after the
+fork more than once).
 
 Goals (printed as met or not): the gateway at most 2x Postfix alone's time; at least 50% of
 the in-process API rate; 40,000 messages/hour on average and 150,000 at peak on one node.
 
-    sudo .venv/bin/python benchmarks/bench_gateway.py [--quick] [--nodes N] [--sessions N]
+    sudo .venv/bin/python benchmarks/bench_gateway.py [--quick] [--nodes N] [--workers N]
+        [--sessions N]
         [--database-url URL] [--json FILE] [--attach after-queue|before-queue|both]
 """
 
@@ -154,7 +158,7 @@ def _run(postfix: Postfix, sink_port: int, message: tuple[str, str, bytes], coun
 
 def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
                   body: Callable[[Postfix, int, list[int]], float], trusted: bool = False,
-                  attach: str = "after-queue") -> tuple[float, float]:
+                  attach: str = "after-queue", workers: int = 1) -> tuple[float, float]:
     """Start smtp-sink, Postfix (and ``nodes`` gateway nodes when ``home`` is given), run
     ``body``; (its seconds, the nodes' highest peak memory in MiB). ``trusted``: the fronts
     hand mail to the nodes' trusted door (``--listen-submission``: outbound mail is signed
@@ -174,7 +178,8 @@ def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
             reinject = free_port()
             started = [Node(f"node-{i + 1}", reinject, data_dir=home.data_dir,
                             database_url=home.database_url, config=home.config,
-                            log_dir=workdir, attach=attach) for i in range(nodes)]
+                            log_dir=workdir, attach=attach, workers=workers)
+                       for i in range(nodes)]
             ports = [n.submission_port if trusted else n.port for n in started]
             fronts_postfix = FrontsPostfix(root, sink_port=sink_port,
                                            nodes=[("127.0.0.1", p) for p in ports], maxproc=8,
@@ -200,6 +205,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few messages (tests)")
     parser.add_argument("--nodes", type=int, default=1,
                         help="gateway nodes, each behind a Postfix front of its own [1]")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes per node (gateway serve --workers) [1]")
     parser.add_argument("--sessions", type=int, default=8, help="smtp-source sessions [8]")
     parser.add_argument("--database-url", help="the nodes' shared store [SQLite]")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -231,7 +238,7 @@ def main() -> None:
                 alone, _ = _with_postfix(workdir, nodes=0, home=None, body=run)
                 through = {attach: _with_postfix(workdir, nodes=args.nodes, home=home,
                                                  body=run, trusted=direction == "outbound",
-                                                 attach=attach)
+                                                 attach=attach, workers=args.workers)
                            for attach in attachments}
                 rate = _api_rate(home, direction, message[2], max(3, count // 4),
                                  [pki.root, pki.inter])
@@ -244,7 +251,8 @@ def main() -> None:
 
 def _report(rows: list[Row], args: argparse.Namespace) -> None:
     print(f"# Gateway throughput ({cpu_model()}, {os.cpu_count()} cores, revision"
-          f" {git_revision()}, {args.nodes} node(s), {args.sessions} smtp-source sessions"
+          f" {git_revision()}, {args.nodes} node(s) of {args.workers} worker(s),"
+          f" {args.sessions} smtp-source sessions"
           f"{', quick' if args.quick else ''})\n")
     print("| attachment | direction | size | messages | Postfix alone msg/s"
           " | Postfix + gateway msg/s | time x Postfix alone | in-process API msg/s"

@@ -220,15 +220,20 @@ class Node:
         return [int(child) for child in listed.split()]
 
     def _sample_rss(self) -> None:
+        """The node's VmHWM; with workers, the sum of its processes' (which counts the
+        pages they share since the fork more than once)."""
         if self.process is None:
             return
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+        total = 0
+        for pid in [self.process.pid, *self.children()]:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        self.peak_rss_kib = max(self.peak_rss_kib, total)
 
     def kill9(self) -> None:
         """``kill -9``: no grace, no cleanup, connections cut mid-transaction."""

@@ -150,3 +150,25 @@ def test_a_bad_address_with_workers_is_one_line_and_exit_1(tmp_path: Path) -> No
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot listen on" in lines[0], done.stderr
+
+
+def test_workers_dying_too_often_make_the_parent_exit_1_saying_why(served: Served) -> None:
+    process = served.node.process
+    assert process is not None
+    for _ in range(4):  # more than max_restarts(2) = 3 within 10 s
+        _wait(lambda: len(served.node.children()) == 2, "two workers")
+        os.kill(served.node.children()[0], signal.SIGKILL)
+        time.sleep(0.2)
+    assert process.wait(30) == 1
+    served.node.process = None
+    log = served.node.log.read_text()
+    assert "died within 10 s, more than 3; giving up" in log
+    assert "Traceback" not in log
+
+
+def test_no_worker_outlives_a_parent_killed_with_9(served: Served) -> None:
+    workers = served.node.children()
+    assert len(workers) == 2
+    served.node.kill9()
+    _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+          "the workers to end with their parent", 30)
