@@ -172,3 +172,89 @@ def test_no_worker_outlives_a_parent_killed_with_9(served: Served) -> None:
     served.node.kill9()
     _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
           "the workers to end with their parent", 30)
+
+
+def test_two_workers_each_log_in_to_the_token_and_sign_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent never opens the token: each worker loads the PKCS#11 module and logs in
+    after the fork, and both sign with alice's key that lives only in the token."""
+    import datetime as dt
+
+    from softhsm import init_tokens, require_module
+
+    from smimekit.keys.pkcs12 import write_pkcs12
+    from smimekit.store import Store
+    from smimekit.validation.trust import TrustStore
+
+    module = require_module()
+    pin, label = "workers-pin-2718", "gw-workers"
+    monkeypatch.setenv("SOFTHSM2_CONF", init_tokens(tmp_path / "softhsm", [label], pin=pin,
+                                                    so_pin="so-pin-2718")["SOFTHSM2_CONF"])
+    pki = PKI()
+    alice = pki.person("wk-alice", email="alice@example.org", issuer=(pki.root_key, pki.root))
+    partner = pki.person("wk-partner", email="partner@partner.example")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with ExitStack() as stack:
+        url = stack.enter_context(pg_store(data_dir))
+        TrustStore(data_dir).add([pki.root])
+        with Store.open(url, data_dir) as store:
+            store.record_harvested(partner.email, partner.cert, chain=(pki.inter,),
+                                   role="signer", preferred=False,
+                                   seen_at=dt.datetime.now(dt.UTC), message_ref="workers")
+        (tmp_path / "pin").write_text(pin + "\n")
+        config = tmp_path / "smimekit.toml"
+        config.write_text(f'[gateway]\ninternal_domains = ["example.org"]\n'
+                          f'pkcs11_module = "{module}"\ntoken_label = "{label}"\n'
+                          f'pin_file = "{tmp_path / "pin"}"\n')
+        p12 = tmp_path / "alice.p12"
+        p12.write_bytes(write_pkcs12([("current", alice.key, alice.cert)], [pki.root],
+                                     b"p12 pass", iterations=1000))
+        (tmp_path / "p12.pass").write_text("p12 pass\n")
+        cli = [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(data_dir),
+               "--database-url", url, "--config", str(config)]
+        imported = subprocess.run(
+            [*cli, "gateway", "keys", "import", "--into-token", "--passphrase-file",
+             str(tmp_path / "p12.pass"), str(p12)], capture_output=True, text=True,
+            timeout=120)
+        assert imported.returncode == 0, imported.stderr
+        handler, sink_port = stack.enter_context(sink())
+        node = Node("token-workers", sink_port, data_dir=data_dir, database_url=url,
+                    config=config, log_dir=tmp_path, workers=2)
+        node.start()
+        stack.callback(node.stop)
+        workers = node.children()
+
+        def one(message_id: str) -> None:
+            data = (f"From: {alice.email}\r\nTo: {partner.email}\r\nSubject: {message_id}\r\n"
+                    f"Message-ID: <{message_id}>\r\n\r\nHello.\r\n").encode()
+            with smtplib.SMTP(node.host, node.submission_port, timeout=60) as client:
+                client.sendmail(alice.email, [partner.email], data)
+
+        ids = [f"tk{i}@example.org" for i in range(12)]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, ids))
+        copies = tally(handler.received)
+        assert sorted(copies) == sorted(ids)
+        assert all(b"application/pkcs7-mime" in got.data for got in handler.received)
+        journal = journal_nodes(url, data_dir)
+        assert {int(n.rsplit(":", 1)[1]) for n in journal} == set(workers), journal
+        log = node.log.read_text()
+        assert pin not in log and "Traceback" not in log
+
+
+def test_workers_that_cannot_start_stop_the_node_with_exit_1(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    from smimekit.store import Store
+
+    Store.open(None, data_dir, create=True).close()
+    config = tmp_path / "smimekit.toml"
+    config.write_text(f'[gateway]\nkey_passphrase_file = "{tmp_path / "absent.pass"}"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "smimekit.cli.main", "--data-dir", str(data_dir),
+         "--config", str(config), "gateway", "serve", "--listen", "127.0.0.1:0",
+         "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "could not start" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr

@@ -12,9 +12,9 @@ spreads the connections) and supervises:
   database connection crosses a fork;
 - a worker that dies unexpectedly is logged (one line) and replaced; more than
   :data:`MAX_RESTARTS` (at least N) restarts within :data:`RESTART_WINDOW` seconds and the
-  parent stops the others and exits 1, saying why. A worker that cannot start (its
-  configuration, the store, the key passphrase) exits :data:`CANNOT_START`: the parent stops
-  and exits 1 at once (replacing it would fail the same way);
+  parent stops the others and exits 1, saying why. A worker of the first N that cannot start
+  (its configuration, the store, the key passphrase) exits :data:`CANNOT_START`: the parent
+  stops and exits 1 at once (replacing it would fail the same way);
 - SIGTERM or SIGINT to the parent: it closes its copies of the sockets, forwards SIGTERM to
   the workers (each stops accepting and lets its messages in flight finish within
   ``grace``), waits for them and exits 0;
@@ -105,12 +105,22 @@ def supervise(workers: int, worker: Callable[[], int], grace: float) -> None:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def spawn() -> int:
-        pid = os.fork()
+        # SIGTERM and SIGINT blocked across the fork: one that comes before the worker has
+        # its own handling waits (the parent's handler would only flag the worker's copy)
+        signals = set(previous)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         if pid == 0:
             status = 1
             try:
                 for signum in previous:  # nothing in flight yet: a signal ends it at once
                     signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
                 _die_with_parent(parent)
                 status = worker()
             except Exception as exc:  # a bug: one line, no traceback (the parent replaces it)
@@ -126,12 +136,14 @@ def supervise(workers: int, worker: Callable[[], int], grace: float) -> None:
         return pid
 
     children: set[int] = set()
+    first: set[int] = set()  # the workers started with the node
     restarts: deque[float] = deque()
     allowed = max_restarts(workers)
     reason: str | None = None
     try:
         for _ in range(workers):
-            children.add(spawn())
+            first.add(spawn())
+        children |= first
         while not stopping and reason is None:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -141,7 +153,11 @@ def supervise(workers: int, worker: Callable[[], int], grace: float) -> None:
                 time.sleep(0.1)
                 continue
             children.discard(pid)
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == CANNOT_START:
+            if (pid in first and os.WIFEXITED(status)
+                    and os.WEXITSTATUS(status) == CANNOT_START):
+                # at the node's start: the configuration, the store or the keys; replacing it
+                # would fail the same way (a replacement that cannot start, the database
+                # down for a moment, counts as a death below)
                 reason = f"worker {pid} could not start (see its error above)"
                 break
             now = time.monotonic()
