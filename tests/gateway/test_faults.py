@@ -60,6 +60,20 @@ class Rig:
     def copies(self) -> dict[str, list[str]]:
         return tally(self.sink.received)
 
+    def kill(self) -> None:
+        """``kill -9`` of the node mid-transaction: the half-sent transaction to the next hop
+        dies with its connection."""
+        self.node.kill9()
+        self.relay.cut()
+
+    def revive(self) -> None:
+        """The relay passing everything again, a new node process on the same port, and
+        Postfix told to try its deferred mail now."""
+        self.relay.stall = None
+        self.relay.restore()
+        self.node.start()
+        self.postfix.flush()
+
     def wait_answered(self, count: int, timeout: float = 90.0) -> None:
         """Wait until Postfix has logged the gateway's 250 for ``count`` messages.
 
@@ -124,14 +138,10 @@ def test_kill_9_while_handing_over_loses_nothing(rig: Rig) -> None:
     others = rig.submit("other", 9)  # passed on while the victim hangs
     rig.postfix.wait(lambda: set(others) <= set(rig.copies()), "the others at the sink")
     rig.wait_answered(len(others))  # at the sink is not yet answered
-    rig.node.kill9()
-    rig.relay.cut()  # the half-sent transaction dies with the connection
+    rig.kill()
     assert rig.postfix.queued(), "Postfix must keep the message the gateway never answered"
     assert "victim-0@faults.test" not in rig.copies()
-    rig.relay.stall = None
-    rig.relay.restore()
-    rig.node.start()  # a new process on the same port
-    rig.postfix.flush()
+    rig.revive()
     sent = {**victim, **others}
     rig.wait_delivered(sent)
     assert_exactly_once(rig.copies(), sent)
@@ -145,13 +155,9 @@ def test_kill_9_after_the_next_hop_took_the_message(rig: Rig) -> None:
     victim = rig.submit("victim", 1)
     assert rig.relay.stalled.wait(30), rig.postfix.log()[-3000:]
     rig.postfix.wait(lambda: "victim-0@faults.test" in rig.copies(), "the first copy")
-    rig.node.kill9()
-    rig.relay.cut()
+    rig.kill()
     others = rig.submit("other", 9)  # queued while the gateway is down
-    rig.relay.stall = None
-    rig.relay.restore()
-    rig.node.start()
-    rig.postfix.flush()
+    rig.revive()
     sent = {**victim, **others}
     rig.wait_delivered(sent)
     copies = rig.copies()
@@ -263,12 +269,8 @@ def test_kill_9_with_the_real_pipeline_delivers_each_message_once_encrypted(
         others = submit("other", 4)
         rig.postfix.wait(lambda: set(others) <= set(rig.copies()), "the others", 90)
         rig.wait_answered(len(others))  # else a kill before a 250 may rightly duplicate
-        rig.node.kill9()
-        rig.relay.cut()
-        rig.relay.stall = None
-        rig.relay.restore()
-        rig.node.start()
-        rig.postfix.flush()
+        rig.kill()
+        rig.revive()
         sent = {**victim, **others}
         rig.wait_delivered(sent)
         copies = rig.copies()
