@@ -13,14 +13,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script>`` with ``args``; it must exit 0 (else its stderr's end)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares with openssl")
 def test_message_benchmark_quick_mode_prints_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_messages.py"), "--quick", "--no-cli"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_messages.py", "--quick", "--no-cli")
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1")]
     assert len(rows) == 12, result.stdout  # 10 KB and 1 MB x six operations
     assert "x openssl" in result.stdout
@@ -28,12 +32,7 @@ def test_message_benchmark_quick_mode_prints_its_table() -> None:
 
 @pytest.mark.slow
 def test_ca_benchmark_quick_mode_prints_its_tables() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_ca.py"), "--quick",
-         "--backend", "sqlite"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_ca.py", "--quick", "--backend", "sqlite")
     rows = [line for line in result.stdout.splitlines() if line.startswith("| sqlite | P-384 |")]
     for what in ("bare signing", "CSR issuance, recorded",
                  "generated P-256 key issuance, recorded", "P-256 key generation alone"):
@@ -45,11 +44,7 @@ def test_ca_benchmark_quick_mode_prints_its_tables() -> None:
 
 @pytest.mark.slow
 def test_archive_benchmark_quick_mode_prints_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_archive.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_archive.py", "--quick")
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| scan |",
                                                                             "| decrypt |"))]
     assert len(rows) == 2, result.stdout
@@ -59,12 +54,7 @@ def test_archive_benchmark_quick_mode_prints_its_table() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares with openssl")
 def test_startup_benchmark_prints_each_command_beside_openssl(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--repeats", "1",
-         "--json", str(tmp_path / "startup.json")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_startup.py", "--repeats", "1", "--json", str(tmp_path / "startup.json"))
     for op in ("verify", "sign", "encrypt", "decrypt"):
         assert f"smimekit {op} " in result.stdout and f"openssl cms {op} " in result.stdout
     assert "python -c pass" in result.stdout and "goal 0.12s CPU" in result.stdout
@@ -76,11 +66,7 @@ def test_startup_benchmark_prints_each_command_beside_openssl(tmp_path: Path) ->
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the benchmark compares with openssl")
 def test_budget_benchmark_quick_mode_prints_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_budgets.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_budgets.py", "--quick")
     rows = result.stdout.splitlines()[1:]
     assert len(rows) == 6, result.stdout  # three inputs x (smimekit, openssl)
     refused = [r for r in rows if "smimekit decrypt" in r and "exit 1" in r]
@@ -93,12 +79,8 @@ def test_budget_benchmark_quick_mode_prints_its_table() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="the benchmark drives load with wrk")
 def test_ocsp_load_benchmark_quick_mode_prints_its_table(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_ocsp_load.py"), "--quick",
-         "--backend", "sqlite", "--json", str(tmp_path / "ocsp.json")],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_ocsp_load.py", "--quick", "--backend", "sqlite", "--json",
+                   str(tmp_path / "ocsp.json"), timeout=600)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| sqlite |")]
     phases = {row.split("|")[3].strip() for row in rows}
     assert {"quiet", "enrolment round 1", "during ca crl"} <= phases, result.stdout
@@ -117,40 +99,24 @@ def test_ocsp_load_benchmark_quick_mode_prints_its_table(tmp_path: Path) -> None
                         for c in ("nsd", "unbound", "ldns-signzone", "dig")),
                     reason="NSD, unbound, ldnsutils and dig are needed (make peers)")
 def test_smimea_benchmark_quick_mode_prints_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_smimea.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_smimea.py", "--quick")
     for what in ("find, AD bit only", "find, own DNSSEC check", "find, a miss",
                  "dig +dnssec"):
         assert any(line.startswith(what) for line in result.stdout.splitlines()), result.stdout
 @pytest.mark.slow
 def test_lookup_benchmark_quick_mode_prints_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_lookup.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_lookup.py", "--quick")
     for what in ("store", "cache hit", "cache read alone", "validation floor"):
         assert f"| {what}" in result.stdout, result.stdout
 @pytest.mark.slow
 def test_harvest_benchmark_quick_mode_prints_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_harvest.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_harvest.py", "--quick")
     rows = [line for line in result.stdout.splitlines() if line.startswith("| verify only |")
             or line.startswith("| harvest, ")]
     assert len(rows) == 3, result.stdout
     assert "21 certificates kept" in result.stdout and "0 new, 0 updated" in rows[2]
 def test_enroll_benchmark_quick_mode_prints_its_table() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_enroll.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_enroll.py", "--quick")
     rows = [line for line in result.stdout.splitlines() if line.startswith("| sqlite |")]
     assert [row.split("|")[2].strip() for row in rows] == ["1", "2"], result.stdout
     for what in ("RSA-3072 key generation", "P-256 key generation", "PKCS#12",
@@ -161,11 +127,7 @@ def test_enroll_benchmark_quick_mode_prints_its_table() -> None:
 
 @pytest.mark.slow
 def test_pq_benchmark_quick_mode_prints_its_tables() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_pq.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_pq.py", "--quick")
     for operation in ("sign", "verify", "encrypt", "decrypt"):
         for algorithm in ("rsa-3072", "p-256"):
             assert any(line.split()[:3] == [operation, algorithm, "10"]
@@ -185,12 +147,7 @@ def test_gateway_benchmark_quick_mode_prints_its_table_and_goals() -> None:
 
     if os.geteuid() != 0 or shutil.which("smtp-source") is None:
         pytest.skip("bench_gateway starts a private Postfix: root and Postfix needed")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gateway.py"), "--quick",
-         "--attach", "both"],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("bench_gateway.py", "--quick", "--attach", "both", timeout=600)
     rows = [line for line in result.stdout.splitlines()
             if line.startswith(("| after-queue |", "| before-queue |"))]
     # 10 KB and 1 MB, each direction, each attachment
