@@ -258,6 +258,14 @@ def test_postgresql_over_tcp_is_outside(tmp_path: Path, pg_schema: tuple[str, st
     assert "unix socket" in report.steps[0].detail
 
 
+def _python(code: str, *, cwd: str | None = None) -> list[str]:
+    """The lines ``python -c code`` printed; it must exit 0."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False, cwd=cwd)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
+
+
 @needs_namespace
 def test_outside_unreachable_inside_the_namespace() -> None:
     code = ("import ctypes, socket\n"
@@ -266,10 +274,7 @@ def test_outside_unreachable_inside_the_namespace() -> None:
             "print(outside_unreachable())\n"
             "s = socket.socket(); s.settimeout(3)\n"
             "print(s.connect_ex(('192.0.2.1', 80)) != 0)\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
+    lines = _python(code)
     assert lines[0] == NAMESPACE
     assert lines[1].startswith("connect to 192.0.2.1:80 failed")
     assert lines[2] == "True"
@@ -286,10 +291,7 @@ def test_unprivileged_user_gets_a_namespace_too() -> None:
             "print(cut_network()); print(outside_unreachable()); print(os.geteuid())\n"
             "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
             "socket.create_connection(srv.getsockname(), timeout=3); print('lo ok')\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False, cwd="/")
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
+    lines = _python(code, cwd="/")
     if lines[0] != NAMESPACE:
         assert "socket guard" in lines[0]
         pytest.skip(f"unprivileged user namespaces are not allowed here: {lines[0]}")
@@ -318,10 +320,7 @@ def test_socket_guard_when_no_namespace() -> None:
             "print(outside_unreachable())\n"
             "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
             "c = socket.create_connection(srv.getsockname(), timeout=3); print('lo ok')\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
+    lines = _python(code)
     assert lines[0].startswith("no network namespace (not requested)")
     assert "socket guard" in lines[0]
     assert "refused (outside network cut)" in lines[1]
