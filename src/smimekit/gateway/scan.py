@@ -37,11 +37,6 @@ class ScanResult:
     detail: str = ""
     """What was found (infected), or why the scan failed; one printable line."""
 
-    @property
-    def header_value(self) -> str:
-        """``clean``, ``infected``, or ``failed`` (the result header's ``scan=``)."""
-        return self.status
-
 
 def _line(text: str) -> str:
     first = text.strip().splitlines()[0] if text.strip() else ""
