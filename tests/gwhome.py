@@ -49,6 +49,13 @@ class GatewayHome:
         return self.partner.email, [self.bob.email], protected
 
 
+    def relay(self, body: bytes, message_id: str) -> tuple[str, list[str], bytes]:
+        """A stranger to a stranger (neither in internal_domains): the gateway passes it
+        unchanged, audited; no cryptography (the gateway's own cost)."""
+        sender, to = "someone@elsewhere.example", "other@faraway.example"
+        return sender, [to], _mail(sender, to, message_id, body)
+
+
 def _mail(sender: str, to: str, message_id: str, body: bytes) -> bytes:
     return (f"From: {sender}\r\nTo: {to}\r\nSubject: {message_id}\r\n"
             f"Message-ID: <{message_id}>\r\nMIME-Version: 1.0\r\n"

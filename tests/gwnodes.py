@@ -235,6 +235,21 @@ class Node:
                     total += int(line.split()[1])
         self.peak_rss_kib = max(self.peak_rss_kib, total)
 
+    def cpu_seconds(self) -> float:
+        """The CPU time (user and system) the node's processes have used so far, seconds
+        (workers included while they run)."""
+        if self.process is None:
+            return 0.0
+        ticks = 0
+        for pid in [self.process.pid, *self.children()]:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def kill9(self) -> None:
         """``kill -9``: no grace, no cleanup, connections cut mid-transaction."""
         assert self.process is not None
