@@ -121,11 +121,13 @@ class GatewayThread:
     one handler behind both."""
 
     def __init__(self, processor: Processor, next_hop: str, *, journal: Journal | None = None,
-                 limits: Limits | None = None, timeout: float = 10.0) -> None:
+                 limits: Limits | None = None, timeout: float = 10.0,
+                 attach: str = "after-queue", threads: int = 2) -> None:
         self.journal = journal if journal is not None else MemoryJournal()
         self.handler = GatewayHandler(processor, self.journal,
                                       NextHop(next_hop, timeout=timeout), limits=limits or Limits(),
-                                      reporting_mta="gateway.test")
+                                      reporting_mta="gateway.test", attach=attach,
+                                      threads=threads)
         self.server = GatewayServer(self.handler, "127.0.0.1:0")
         self.submission = GatewayServer(self.handler, "127.0.0.1:0", trusted=True)
         self.loop = asyncio.new_event_loop()

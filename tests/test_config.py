@@ -145,6 +145,9 @@ def test_gateway_mistakes_are_named(tmp_path: Path, text: str, named: str) -> No
     ("[gateway]\ntimeout = inf\n", "gateway.timeout must be above 0"),
     ("[gateway]\nkey_memo_seconds = -1\n", "gateway.key_memo_seconds must be at least 0"),
     ("[gateway]\nlookup_memo_seconds = -0.5\n", "gateway.lookup_memo_seconds must be at least 0"),
+    ("[gateway]\nprocessing_threads = 0\n",
+     "gateway.processing_threads must be at least 1 and at most 64 (it is 0)"),
+    ("[gateway]\nprocessing_threads = 65\n", "gateway.processing_threads must be at least 1"),
     ("[gateway.scan]\nsocket = 'unix:/x'\ntimeout = 0\n", "gateway.scan.timeout must be above 0"),
     ("[[gateway.dlp]]\nname = 'x'\nthreshold = 0\n", "gateway.dlp[0].threshold must be at least 1"),
 ])

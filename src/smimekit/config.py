@@ -53,6 +53,7 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     key_memo_seconds = 30             # held keys remembered this long (0: read every time)
     lookup_memo_seconds = 60          # certificates found remembered this long (0: off)
     harvest_memo_seconds = 60         # a signer harvested once this long (0: every message)
+    processing_threads = 2            # messages worked on at once in each process
     [gateway.policy]                  # every level: a key left out inherits from above
     encrypt = "if-possible"           # always | if-possible | never
     no_certificate = "clear"          # clear | bounce | pdf
@@ -253,6 +254,11 @@ class GatewayConfig:
     workers: int = field(default=1, metadata={"range": (1, False, 64)})
     """Worker processes of one node (``gateway serve --workers``): 1 serves in the process
     itself; more fork that many, sharing the listening sockets (docs/gateway.md)."""
+    processing_threads: int = field(default=2, metadata={"range": (1, False, 64)})
+    """Threads of each gateway process that work on messages (policy, cryptography, store):
+    the SMTP of every connection runs on the event loop, the work on these. Two let one wait
+    for the store while the other computes; each more contends for Python's GIL and costs
+    CPU (docs/benchmarks.md, issue 12)."""
     key_memo_seconds: float = field(default=30.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses which keys an address holds (retired or not) before asking the
     store again: a key retired on another node is used at most this late (0: every time)."""

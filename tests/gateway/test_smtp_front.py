@@ -3,7 +3,9 @@ recipients, the limits and the journal, with a saving sink as the next hop."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import smtplib
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
@@ -153,6 +155,52 @@ def test_journal_skips_what_the_next_hop_took_before_a_4xx(next_hop) -> None:
         assert send(gateway.port, ANN, [BOB, CAROL], data)[0] == 250
     assert processor.calls == 3
     assert sorted(m.recipients for m in handler.received) == [(BOB,), (CAROL,)]
+
+
+def test_before_the_queue_nothing_is_journalled(next_hop) -> None:
+    """Before the queue every transaction has a journal key of its own that nothing will
+    look up: no rows are written for it (nor for its DSN)."""
+    handler, port = next_hop
+    handler.refuse.add(CAROL)
+    journal = MemoryJournal()
+    with GatewayThread(PassThrough(), f"127.0.0.1:{port}", journal=journal,
+                       attach="before-queue") as gateway:
+        code, _, _ = send(gateway.port, ANN, [BOB, CAROL], message("bq"))
+        assert code == 250
+    assert journal.rows == {}
+    assert [m.recipients for m in handler.received] == [(BOB,), (ANN,)]  # the copy, the DSN
+
+
+class _Threads:
+    """A processor that notes which threads it ran on and how many at once."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def process(self, envelope: Envelope) -> Outcome:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.names.add(threading.current_thread().name)
+        time.sleep(0.05)
+        with self.lock:
+            self.now -= 1
+        return PassThrough().process(envelope)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_messages_are_worked_on_by_the_processing_threads_only(next_hop, threads) -> None:
+    handler, port = next_hop
+    processor = _Threads()
+    with GatewayThread(processor, f"127.0.0.1:{port}", threads=threads) as gateway:
+        with concurrent.futures.ThreadPoolExecutor(6) as clients:
+            codes = list(clients.map(
+                lambda i: send(gateway.port, ANN, [BOB], message(f"t{i}"))[0], range(12)))
+    assert codes == [250] * 12 and len(handler.received) == 12
+    assert processor.most == threads
+    assert all(n.startswith("gateway-work") for n in processor.names), processor.names
 
 
 def test_a_retry_with_the_recipients_regrouped_delivers_nothing_twice(next_hop) -> None:

@@ -17,6 +17,7 @@ it: Postfix sends those in a later transaction), lines of at most 1000 octets (5
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import hashlib
 import logging
@@ -24,9 +25,9 @@ import re
 import secrets
 import socket
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from aiosmtpd.smtp import MISSING, SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
@@ -44,6 +45,8 @@ from smimekit.gateway.model import Delivery, Envelope, Outcome, Processor
 from smimekit.gateway.relay import NextHop, parse_address
 
 log = logging.getLogger("smimekit.gateway")
+
+T = TypeVar("T")
 
 OK = "250 2.0.0 Ok: {detail}"
 TEMPORARY = "451 4.3.0 {detail}; Postfix keeps the message and tries again"
@@ -75,14 +78,24 @@ class GatewayHandler:
     the same bytes: the journal then names each transaction apart (a fresh key, never
     looked up) instead of by its content, which would pass the second one on as "already
     delivered". A client's retry of a message partly delivered is then delivered again to
-    the recipients that had it (a duplicate, never a loss)."""
+    the recipients that had it (a duplicate, never a loss). Such a key is never read, so
+    before the queue nothing is written to the journal either.
+
+    ``threads``: the processing runs on a pool of this many threads of its own (the SMTP of
+    every connection on the event loop). Not asyncio's default pool: its up to
+    ``cpu_count + 4`` threads, all busy under load, fight over the GIL and cost the node a
+    fifth more CPU per message (docs/benchmarks.md)."""
 
     def __init__(self, processor: Processor, journal: Journal, next_hop: NextHop, *,
                  limits: Limits = Limits(), reporting_mta: str | None = None,
-                 attach: str = "after-queue") -> None:
+                 attach: str = "after-queue", threads: int = 2) -> None:
         if attach not in ATTACHMENTS:
             raise ValueError(f"attach must be one of {', '.join(ATTACHMENTS)}")
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
         self.attach = attach
+        self.threads = threads
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.processor = processor
         self.journal = journal
         self.next_hop = next_hop
@@ -90,6 +103,19 @@ class GatewayHandler:
         self.reporting_mta = reporting_mta or socket.gethostname()
         self.in_flight = 0
         """Messages between the end of DATA and the reply."""
+
+    async def _in_pool(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on the processing threads."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.threads, thread_name_prefix="gateway-work")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+
+    def close(self) -> None:
+        """Let the processing threads end (a message still on them finishes first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -134,7 +160,7 @@ class GatewayHandler:
 
     async def _pass_on(self, envelope: Envelope, key: str) -> str:
         try:
-            outcome: Outcome = await asyncio.to_thread(self.processor.process, envelope)
+            outcome: Outcome = await self._in_pool(self.processor.process, envelope)
         except GatewayError as exc:
             template = POLICY_REJECT if exc.permanent else TEMPORARY
             return template.format(detail=reply_text(str(exc)))
@@ -149,8 +175,8 @@ class GatewayHandler:
             # the old key too: rows journalled before the upgrade (gateway/journal.py);
             # before the queue a fresh key of this transaction: no rows to look up
             done = (frozenset() if self.attach == "before-queue"
-                    else await asyncio.to_thread(
-                        lambda: self.journal.delivered(key, legacy_message_key(envelope))))
+                    else await self._in_pool(self.journal.delivered, key,
+                                             legacy_message_key(envelope)))
         except Exception as exc:
             log.warning("message %s: the delivery journal cannot be read (%s)", key[:16],
                         reply_text(str(exc), 200))
@@ -209,8 +235,10 @@ class GatewayHandler:
         return OK.format(detail=reply_text(detail, 300))
 
     async def _record(self, key: str, keys: Sequence[str], reply: str) -> None:
+        if self.attach == "before-queue":
+            return  # a key of this transaction only: nothing will ever look it up
         try:
-            await asyncio.to_thread(self.journal.record, key, keys, reply)
+            await self._in_pool(self.journal.record, key, keys, reply)
         except Exception as exc:
             # Delivered all the same: a 250 now is right. Only a retry of this message
             # (after a failure elsewhere in it) would hand these recipients a second copy.
@@ -272,6 +300,20 @@ class _BulkDataSMTP(SMTP):
 
     trusted = False
     """The listener is the trusted door (:class:`GatewayServer` ``trusted``)."""
+
+    _command_names: ClassVar[dict[type, list[str]]] = {}
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ builds its tables of commands and AUTH mechanisms from
+        # dir(self) and inspect.getmembers(self) on every connection: a few hundred
+        # attributes looked up each time (before the queue, each message is a connection of
+        # its own: 5% of the node's CPU). Those tables are all it asks dir() for.
+        cls = type(self)
+        names = self._command_names.get(cls)
+        if names is None:
+            names = [n for n in dir(cls) if n.startswith(("smtp_", "auth_"))]
+            self._command_names[cls] = names
+        return names
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
@@ -457,3 +499,4 @@ class GatewayServer:
             await self._server.wait_closed()
             self._server = None
         await self.handler.next_hop.close()
+        self.handler.close()
