@@ -401,3 +401,37 @@ def test_after_a_dsn_the_rest_is_reported_by_dsn_not_by_a_bounce(next_hop) -> No
     assert b"Final-Recipient: rfc822; carol@example.net" in first.data
     assert b"Final-Recipient: rfc822; bob@example.net" in second.data
     assert b"carol@example.net" not in second.data.split(b"message/delivery-status")[1]
+
+
+@pytest.mark.parametrize("arg", [
+    "", "<>", "<ann@example.org>", "ann@example.org", "<ann@example.org> SIZE=100",
+    " <ann@example.org>", "<\"odd person\"@example.org>", "<@relay.example:ann@example.org>",
+    "<ann@[127.0.0.1]>", "<ann@example.org", "ann@", "<<ann@example.org>>", "@", "<ann>",
+    "<ännä@bücher.example> SMTPUTF8", "<" + "x" * 70 + "@example.org>", "<a b@example.org>",
+    "<ann@example.org>\x00", "(comment) ann@example.org", "<ann@example.org> BODY=8BITMIME",
+])
+@pytest.mark.parametrize("limit", [0, 64])
+def test_address_parsing_is_aiosmtpds_own(arg: str, limit: int) -> None:
+    """_BulkDataSMTP._getaddr (without the class aiosmtpd defines at every call) answers as
+    aiosmtpd's SMTP._getaddr does."""
+    from aiosmtpd.smtp import SMTP
+
+    from smimekit.gateway.server import _BulkDataSMTP
+
+    ours = object.__new__(_BulkDataSMTP)
+    theirs = object.__new__(SMTP)
+    ours.local_part_limit = theirs.local_part_limit = limit
+    try:
+        expected = SMTP._getaddr(theirs, arg)
+    except IndexError:  # email's parser on "ann@": ours calls it a syntax error
+        expected = (None, None)
+    assert ours._getaddr(arg) == expected
+
+
+def test_an_address_that_breaks_emails_parser_is_a_syntax_error(next_hop) -> None:
+    with GatewayThread(PassThrough(), f"127.0.0.1:{next_hop[1]}") as gateway, \
+            smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.test")
+        for command in ("MAIL FROM:<ann@>", "MAIL FROM: ann@"):
+            assert client.docmd(command) == (553, b"5.1.3 Error: malformed address")
+        assert client.mail(ANN)[0] == 250  # the session goes on

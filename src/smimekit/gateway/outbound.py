@@ -37,6 +37,7 @@ message. Encryption uses RFC 9788 header protection with the recipient's ``hcp``
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -182,6 +183,7 @@ def remove_trigger(message: bytes, trigger: str) -> tuple[bytes, bool]:
     return CRLF.join(out) + CRLF + CRLF + raw[offset:], True
 
 
+@functools.lru_cache(maxsize=4096)
 def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
