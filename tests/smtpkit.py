@@ -8,6 +8,7 @@ import email
 import email.message
 import email.policy
 import hashlib
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,13 +123,14 @@ class GatewayThread:
 
     def __init__(self, processor: Processor, next_hop: str, *, journal: Journal | None = None,
                  limits: Limits | None = None, timeout: float = 10.0,
-                 attach: str = "after-queue", threads: int = 2) -> None:
+                 attach: str = "after-queue", threads: int = 2,
+                 sock: socket.socket | None = None) -> None:
         self.journal = journal if journal is not None else MemoryJournal()
         self.handler = GatewayHandler(processor, self.journal,
                                       NextHop(next_hop, timeout=timeout), limits=limits or Limits(),
                                       reporting_mta="gateway.test", attach=attach,
                                       threads=threads)
-        self.server = GatewayServer(self.handler, "127.0.0.1:0")
+        self.server = GatewayServer(self.handler, "127.0.0.1:0", sock=sock)
         self.submission = GatewayServer(self.handler, "127.0.0.1:0", trusted=True)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

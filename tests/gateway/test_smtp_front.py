@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import smtplib
+import socket
 import threading
 import time
 import tracemalloc
@@ -435,3 +436,19 @@ def test_an_address_that_breaks_emails_parser_is_a_syntax_error(next_hop) -> Non
         for command in ("MAIL FROM:<ann@>", "MAIL FROM: ann@"):
             assert client.docmd(command) == (553, b"5.1.3 Error: malformed address")
         assert client.mail(ANN)[0] == 250  # the session goes on
+
+
+@pytest.mark.parametrize("bound_by", ["asyncio", "the parent of --workers"])
+def test_replies_go_out_at_once_whoever_bound_the_socket(next_hop, bound_by: str) -> None:
+    """TCP_NODELAY on every connection: asyncio sets it only on sockets it made itself with
+    proto IPPROTO_TCP; a socket bound by ``gateway serve --workers`` before the fork is
+    not, and Nagle's algorithm held multi-part replies until the client's delayed ACK."""
+    from smimekit.gateway import workers
+
+    sock = workers.bind("127.0.0.1:0") if bound_by != "asyncio" else None
+    with GatewayThread(PassThrough(), f"127.0.0.1:{next_hop[1]}", sock=sock) as gateway, \
+            smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("client.test")
+        [protocol] = list(gateway.server._connections)
+        server_side = protocol.transport.get_extra_info("socket")
+        assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

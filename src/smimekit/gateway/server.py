@@ -320,6 +320,20 @@ class _BulkDataSMTP(SMTP):
     trusted = False
     """The listener is the trusted door (:class:`GatewayServer` ``trusted``)."""
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Replies go out at once (TCP_NODELAY). asyncio sets it itself only on sockets made
+        # with proto IPPROTO_TCP, which a socket bound by socket.create_server (the parent
+        # of ``--workers``) is not: there Nagle's algorithm held each reply written in two
+        # pieces until the client's delayed ACK, up to 40 ms a command, and a node of two
+        # workers passed half the messages of one (docs/benchmarks.md).
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # the connection is already gone: aiosmtpd finds out
+        super().connection_made(transport)
+
     def __dir__(self) -> list[str]:
         # aiosmtpd's __init__ builds its tables of commands and AUTH mechanisms from
         # dir(self) and inspect.getmembers(self) on every connection: a few hundred
