@@ -28,6 +28,13 @@ fork more than once).
 Goals (printed as met or not): the gateway at most 2x Postfix alone's time; at least 50% of
 the in-process API rate; 40,000 messages/hour on average and 150,000 at peak on one node.
 
+``relay`` (a stranger to a stranger, passed unchanged and audited) is the node's floor: SMTP
+in and out, policy and audit with no cryptography; it has no goal. Each row also gives the
+node's CPU time per message and the rest of the machine's (all processes but the nodes and
+this script: Postfix, smtp-source, smtp-sink), alone and with the gateway; a last table turns
+them into what each goal leaves the node per message on these cores, beside the API's own
+work and the node's floor (docs/benchmarks.md, "What the goals leave the node").
+
     sudo .venv/bin/python benchmarks/bench_gateway.py [--quick] [--nodes N] [--workers N]
         [--sessions N]
         [--database-url URL] [--json FILE] [--attach after-queue|before-queue|both]
@@ -77,6 +84,11 @@ class Row:
     node_peak_mib: float
     node_cpu_ms: float
     """The nodes' CPU time (user + system) per message while the messages went through."""
+    alone_rest_cpu_ms: float
+    """Postfix alone: the machine's CPU time per message but for this script's own (Postfix,
+    smtp-source, smtp-sink, anything else running)."""
+    rest_cpu_ms: float
+    """The same with the gateway, the nodes' own left out."""
 
     @property
     def postfix_per_s(self) -> float:
@@ -159,13 +171,22 @@ def _run(postfix: Postfix, sink_port: int, message: tuple[str, str, bytes], coun
     return time.perf_counter() - started
 
 
+def _machine_cpu_seconds() -> float:
+    """The CPU time every process of the machine has used so far (/proc/stat: user, nice,
+    system, irq, softirq), seconds."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
                   body: Callable[[Postfix, int, list[int]], float], trusted: bool = False,
                   attach: str = "after-queue", workers: int = 1,
-                  ) -> tuple[float, float, float]:
+                  ) -> tuple[float, float, float, float]:
     """Start smtp-sink, Postfix (and ``nodes`` gateway nodes when ``home`` is given), run
     ``body``; (its seconds, the nodes' highest peak memory in MiB, the CPU seconds the nodes
-    used during it). ``trusted``: the fronts
+    used during it, the CPU seconds the rest of the machine used: all but the nodes and this
+    script). ``trusted``: the fronts
     hand mail to the nodes' trusted door (``--listen-submission``: outbound mail is signed
     only from there), else to their public door."""
     sink_port = free_port()
@@ -195,10 +216,13 @@ def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
             for node in started:
                 node.start()
         cpu = sum(n.cpu_seconds() for n in started)
+        machine, ours = _machine_cpu_seconds(), time.process_time()
         seconds = body(postfix, sink_port, fronts)
         cpu = sum(n.cpu_seconds() for n in started) - cpu
+        ours = time.process_time() - ours
+        rest = _machine_cpu_seconds() - machine - cpu - ours
         peak = max((n.peak_rss() for n in started), default=0) / 1024
-        return seconds, peak, cpu
+        return seconds, peak, cpu, rest
     finally:
         for node in started:
             node.stop()
@@ -253,16 +277,17 @@ def main() -> None:
                     return _run(postfix, sink_port, message, count, args.sessions, workdir,
                                 fronts)
 
-                alone, _, _ = _with_postfix(workdir, nodes=0, home=None, body=run)
+                alone, _, _, alone_rest = _with_postfix(workdir, nodes=0, home=None, body=run)
                 through = {attach: _with_postfix(workdir, nodes=args.nodes, home=home,
                                                  body=run, trusted=direction == "outbound",
                                                  attach=attach, workers=args.workers)
                            for attach in attachments}
                 rate = (_api_rate(home, direction, message[2], max(3, count // 4),
                                   [pki.root, pki.inter]) if direction != "relay" else 0.0)
-                for attach, (gateway, peak, cpu) in through.items():
+                for attach, (gateway, peak, cpu, rest) in through.items():
                     rows.append(Row(attach, direction, label, count, alone, gateway, rate,
-                                    peak, 1000 * cpu / count))
+                                    peak, 1000 * cpu / count, 1000 * alone_rest / count,
+                                    1000 * rest / count))
                 print(f"  {direction} {label}: done", file=sys.stderr)
     _report(rows, args)
 
@@ -301,8 +326,34 @@ def _report(rows: list[Row], args: argparse.Namespace) -> None:
             print(f"goal {attach} {what} load, {goal:,} messages/hour (10 KB, the slower"
                   f" direction) on one node: {per_node:,.0f}/hour"
                   f" {'met' if per_node >= goal else 'NOT met'}")
+    _budget(rows)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+def _budget(rows: list[Row]) -> None:
+    """What the node may spend per message for each goal, from what the rest of the machine
+    spent on the same messages (Postfix's path through the filter, smtp-source, smtp-sink):
+    at the goal's rate the cores give ``cores / rate`` of CPU per message, the rest takes its
+    share, the node gets what is left. Beside it: what the node spent, the API's own work
+    (the cryptography, the least any node does) and the node's floor without cryptography
+    (the relay row: SMTP in and out, policy, audit)."""
+    cores = os.cpu_count() or 1
+    print(f"\n# CPU per message ({cores} cores; ms): what the goals leave the node\n")
+    print("| attachment | direction | size | Postfix alone: rest of the machine"
+          " | with the gateway: rest of the machine | node | API's own work"
+          " | node's floor (relay) | node may spend for 2x | node may spend for 50% of API |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    floors = {(r.attach, r.size): r.node_cpu_ms for r in rows if r.direction == "relay"}
+    for r in rows:
+        if r.direction == "relay":
+            continue
+        floor = floors.get((r.attach, r.size))
+        for_2x = 1000 * cores / (r.postfix_per_s / 2) - r.rest_cpu_ms
+        for_api = 1000 * cores / (r.api_per_s / 2) - r.rest_cpu_ms
+        print(f"| {r.attach} | {r.direction} | {r.size} | {r.alone_rest_cpu_ms:.2f} |"
+              f" {r.rest_cpu_ms:.2f} | {r.node_cpu_ms:.2f} | {1000 / r.api_per_s:.2f} |"
+              f" {'-' if floor is None else f'{floor:.2f}'} | {for_2x:.2f} | {for_api:.2f} |")
 
 
 if __name__ == "__main__":

@@ -148,10 +148,18 @@ def test_gateway_benchmark_quick_mode_prints_its_table_and_goals() -> None:
     if os.geteuid() != 0 or shutil.which("smtp-source") is None:
         pytest.skip("bench_gateway starts a private Postfix: root and Postfix needed")
     result = bench("bench_gateway.py", "--quick", "--attach", "both", timeout=600)
-    rows = [line for line in result.stdout.splitlines()
+    throughput, budget = result.stdout.split("# CPU per message")
+    rows = [line for line in throughput.splitlines()
             if line.startswith(("| after-queue |", "| before-queue |"))]
-    # 10 KB and 1 MB, each direction, each attachment
-    assert len(rows) == 8, result.stdout
+    # 10 KB and 1 MB, outbound, inbound and relay, each attachment
+    assert len(rows) == 12, result.stdout
     assert all(float(row.split("|")[6]) > 0 for row in rows), result.stdout  # gateway msg/s
-    goals = [line for line in result.stdout.splitlines() if line.startswith("goal ")]
+    assert all(float(row.split("|")[10]) > 0 for row in rows), result.stdout  # node CPU ms
+    goals = [line for line in throughput.splitlines() if line.startswith("goal ")]
     assert len(goals) == 12 and all(" met" in g or "NOT met" in g for g in goals), goals
+    # what the goals leave the node, for each row with a goal (not relay)
+    left = [line.split("|")[4:11] for line in budget.splitlines()
+            if line.startswith(("| after-queue |", "| before-queue |"))]
+    assert len(left) == 8, budget
+    numbers = [float(cell) for row in left for cell in row if cell.strip() != "-"]
+    assert len(numbers) >= 8 * 6, budget  # the relay floor may be "-" in quick mode only
