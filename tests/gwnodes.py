@@ -219,17 +219,24 @@ class Node:
             return []
         return [int(child) for child in listed.split()]
 
+    def _proc_files(self, name: str) -> list[str]:
+        """/proc/PID/``name`` of each of the node's processes still there (workers too)."""
+        assert self.process is not None
+        texts = []
+        for pid in [self.process.pid, *self.children()]:
+            try:
+                texts.append(Path(f"/proc/{pid}/{name}").read_text())
+            except OSError:
+                continue
+        return texts
+
     def _sample_rss(self) -> None:
         """The node's VmHWM; with workers, the sum of its processes' (which counts the
         pages they share since the fork more than once)."""
         if self.process is None:
             return
         total = 0
-        for pid in [self.process.pid, *self.children()]:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
+        for status in self._proc_files("status"):
             for line in status.splitlines():
                 if line.startswith("VmHWM:"):
                     total += int(line.split()[1])
@@ -241,11 +248,7 @@ class Node:
         if self.process is None:
             return 0.0
         ticks = 0
-        for pid in [self.process.pid, *self.children()]:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
+        for stat in self._proc_files("stat"):
             fields = stat[stat.rindex(")") + 2:].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
