@@ -182,8 +182,8 @@ class GatewayHandler:
             # the old key too: rows journalled before the upgrade (gateway/journal.py);
             # before the queue a fresh key of this transaction: no rows to look up
             done = (frozenset() if self.attach == "before-queue"
-                    else await self._in_pool(self.journal.delivered, key,
-                                             legacy_message_key(envelope)))
+                    else await self._in_pool(  # the old key's hash off the event loop too
+                        lambda: self.journal.delivered(key, legacy_message_key(envelope))))
         except Exception as exc:
             log.warning("message %s: the delivery journal cannot be read (%s)", key[:16],
                         reply_text(str(exc), 200))
