@@ -708,3 +708,37 @@ def test_a_store_sealed_under_the_passphrase_moves_to_the_token_master_key_too(
             assert SECRET.encode() in api.decrypt(sent, keys[1].key, gina_old.cert).content
         finally:
             held.close()
+
+
+def test_a_token_that_fails_mid_move_keeps_that_row_sealed_and_the_next_key_goes_on(
+        tmp_path: Path, module: str, pki: PKI, movers: dict[str, Identity]) -> None:
+    config = _config(tmp_path, module)
+    carol, old = movers["carol"], movers["carol-old"]
+    with Store.open(None, tmp_path / "data") as store:
+        held = _sealed_history(store, pki, master_key_source(config), [carol, old])
+        rows = store.gateway_keys(carol.email)  # oldest first: old, then carol
+        try:
+            moving = held.move_to_token(rows, actor="test")
+            # the session dies under the command (token reset) before the first key
+            held._keyring(TOKEN, "test")._session.close()
+            first = next(moving)
+            assert first.state == "failed" and first.fingerprint == rows[0].fingerprint
+            assert f"token {TOKEN!r} could not" in first.reason
+            second = next(moving)  # a new session: the next key moves
+            assert (second.state, second.fingerprint) == ("moved", rows[1].fingerprint)
+            assert next(moving, None) is None
+        finally:
+            held.close()
+        after = store.gateway_keys(carol.email)
+        assert after[0] == rows[0]  # still sealed, as it was
+        assert token_reference(after[1]) is not None
+        assert [e.subject for e in store.audit_entries()
+                if e.action == "gateway.keys.move-to-token"] == [carol.email]
+        # the next run moves the one that failed (its object may or may not be in the token)
+        held = StoreHeldKeys.open(store, master_key_source(config))
+        try:
+            assert [m.state for m in held.move_to_token(store.gateway_keys(carol.email),
+                                                        actor="test")] in (
+                ["moved", "in token"], ["reused", "in token"])
+        finally:
+            held.close()
