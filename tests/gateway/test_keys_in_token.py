@@ -5,11 +5,17 @@ only where each key is. The pipeline signs outbound mail in the token (OpenSSL a
 verify it) and decrypts inbound mail there, to the current and to a retired certificate,
 RSA PKCS#1 v1.5, RSA-OAEP and EC (ECDH). A wrong PIN, a missing token, a failed session and
 a key object deleted from the token are temporary GatewayErrors with clear messages.
+
+Keys sealed in the store move into the token (``gateway keys move-to-token``): the gateway
+then signs and decrypts with them there, a second run moves nothing, a wrong PIN changes
+nothing, a run stopped between the token and the row completes, and a store sealed under the
+key passphrase gets its master key sealed in the token too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from backends import Backend
+from cryptography.hazmat.primitives import hashes
 from gwout_kit import harvest, mail
 from pki import PKI, Identity
 from softhsm import tokens_in_process
@@ -122,7 +129,8 @@ def _secret_parts(who: Identity) -> list[bytes]:
         return [der, *(v.to_bytes((v.bit_length() + 7) // 8, "big")
                        for v in (n.d, n.p, n.q))]
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    return [der, key.private_numbers().private_value.to_bytes(32, "big")]
+    size = (key.curve.key_size + 7) // 8
+    return [der, key.private_numbers().private_value.to_bytes(size, "big")]
 
 
 def test_import_into_the_token_leaves_no_key_material_in_the_store(
@@ -395,3 +403,342 @@ def test_cli_imports_into_the_token_and_lists_where_keys_live(
                  str(tmp_path / "p12.pass"), str(p12)]) != 0
     err = capsys.readouterr().err
     assert "needs a PKCS#11 token" in err and "Traceback" not in err
+
+
+# -- keys sealed in the store moved into the token (gateway keys move-to-token) -------------
+
+def _toml(tmp_path: Path, config: GatewayConfig, *, passphrase_file: Path | None = None,
+          name: str = "smimekit.toml") -> Path:
+    path = tmp_path / name
+    text = (f'[gateway]\npkcs11_module = "{config.pkcs11_module}"\n'
+            f'token_label = "{config.token_label}"\npin_file = "{config.pin_file}"\n')
+    if passphrase_file is not None:
+        text += f'key_passphrase_file = "{passphrase_file}"\n'
+    path.write_text(text)
+    return path
+
+
+def _sealed_history(store: Store, pki: PKI, source: bytes | object, people: list[Identity],
+                    ) -> StoreHeldKeys:
+    """Each pair (current, old) of ``people`` imported sealed in the store (no token), the
+    older key retired."""
+    held = StoreHeldKeys.open(store, source, create=True)  # type: ignore[arg-type]
+    for current, old in zip(people[::2], people[1::2], strict=True):
+        done = import_pkcs12(held, _p12(pki, current, old), P12_PASS)
+        assert [d.new for d in done] == [True, True]
+        assert store.retire_gateway_key(done[1].fingerprint, dt.datetime.now(dt.UTC))
+    return held
+
+
+def _raw_key_columns(store: Store) -> list[bytes]:
+    with store.read() as conn:
+        return [bytes(v) for r in conn.execute(select(schema.gateway_keys)).all()
+                for v in r if isinstance(v, bytes | memoryview)]
+
+
+@pytest.fixture
+def movers(pki: PKI) -> dict[str, Identity]:
+    # certificates of each test's own (so CKA_IDs no other test, or backend, wrote)
+    root = (pki.root_key, pki.root)
+    return {
+        "carol": pki.person("mv-carol", "rsa2048", email="carol@example.org", issuer=root),
+        "carol-old": pki.person("mv-carol-old", "rsa2048", email="carol@example.org",
+                                issuer=root),
+        "dan": pki.person("mv-dan", "p256", email="dan@example.org", issuer=root),
+        "dan-old": pki.person("mv-dan-old", "p256", email="dan@example.org", issuer=root),
+        "org": pki.person("mv-org", "rsa2048", email="gateway@example.org", issuer=root),
+        "erin": pki.person("mv-erin", "ed25519", email="erin@example.org", issuer=root),
+        # encryption only: proved in the token by a decryption, an ECDH agreement
+        "hank": pki.person("mv-hank", "rsa2048", email="hank@example.org", issuer=root,
+                           key_usage="encrypt"),
+        "ivy": pki.person("mv-ivy", "p384", email="ivy@example.org", issuer=root,
+                          key_usage="encrypt"),
+    }
+
+
+def test_keys_sealed_in_the_store_move_into_the_token_and_keep_working(
+        backend: Backend, tmp_path: Path, module: str, pki: PKI,
+        people: dict[str, Identity], movers: dict[str, Identity],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, module)
+    toml = _toml(tmp_path, config)
+    carol, dan, org, erin = movers["carol"], movers["dan"], movers["org"], movers["erin"]
+    history = [carol, movers["carol-old"], dan, movers["dan-old"]]
+    partner = people["partner"]
+    with Store.open(backend.url, backend.data_dir) as store:
+        held = _sealed_history(store, pki, master_key_source(config), history)
+        held.add(org.key, org.cert, organisation=True)
+        held.add(erin.key, erin.cert)  # Ed25519: the token does not take it
+        for name in ("hank", "ivy"):
+            assert held.add(movers[name].key, movers[name].cert).purpose == "encrypt"
+        held.close()
+        assert all(where(r) == "store" for r in store.gateway_keys())
+        audited = store.audit_count()
+
+    def run(*args: str) -> int:
+        return main([*backend.cli_args(), "--config", str(toml), "gateway", "keys", *args])
+
+    assert run("move-to-token", "--all") == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert len(re.findall(rf"^moved to token {TOKEN!r}: [0-9a-f]{{16}}  ", out, re.M)) == 7, out
+    assert re.search(r"^stays in the store: [0-9a-f]{16}  erin@example.org  sign \(a "
+                     r"\S*Ed25519\S* cannot be kept in the token", out, re.M), out
+    assert out.splitlines()[-1] == ("7 moved, 0 in the token already, 1 staying in the store,"
+                                    " 0 failed")
+    assert captured.err == ""
+    with Store.open(backend.url, backend.data_dir, create=False) as store:
+        rows = store.gateway_keys()
+        assert len(rows) == 8
+        for row in rows:
+            if row.address == "erin@example.org":
+                assert where(row) == "store"
+                continue
+            assert token_reference(row) == (TOKEN, bytes.fromhex(row.fingerprint))
+        # the rows hold no key material any more
+        raw = _raw_key_columns(store)
+        for who in (*history, org, movers["hank"], movers["ivy"]):
+            assert not any(part in value for part in _secret_parts(who) for value in raw)
+        if backend.name == "sqlite":
+            files = b"".join(p.read_bytes() for p in backend.data_dir.rglob("*")
+                             if p.is_file())
+            for who in (*history, org, movers["hank"], movers["ivy"]):
+                assert not any(part in files for part in _secret_parts(who))
+        entries = store.audit_entries()[audited:]
+        assert [e.action for e in entries] == ["gateway.keys.move-to-token"] * 7
+        assert {e.subject for e in entries} == {"carol@example.org", "dan@example.org",
+                                                "hank@example.org", "ivy@example.org",
+                                                "organisation"}
+        assert all(e.details["where"] == f"token {TOKEN!r}" and not e.details["reused"]
+                   and e.actor.startswith("cli:") for e in entries)
+        logged = "".join(str(e.details) for e in entries).encode()
+        for who in (*history, org, movers["hank"], movers["ivy"]):
+            assert not any(part.hex().encode() in logged for part in _secret_parts(who)[1:])
+
+        # the gateway signs and decrypts with them in the token: current and retired keys
+        held = open_held_keys(config, store)
+        try:
+            harvest(store, pki, partner)
+            pipeline = _pipeline(store, pki, held, config)
+            signing = held.signing_key(carol.email)
+            assert signing is not None and isinstance(signing.key, TokenRSAKey)
+            assert signing.certificate == carol.cert
+            organisation = held.organisation_key()
+            assert organisation is not None and isinstance(organisation.key, TokenRSAKey)
+            out_mail = pipeline.process(Envelope(carol.email, (partner.email,),
+                                                 mail(body=SECRET, sender=carol.email),
+                                                 trusted=True))
+            assert [d.action for d in out_mail.decisions] == ["signed"]
+            verified = api.verify(out_mail.deliveries[0].data, trust=[pki.root])
+            assert SECRET.encode() in verified.content
+            for target, current, kind in ((carol, carol, TokenRSAKey),
+                                          (movers["carol-old"], carol, TokenRSAKey),
+                                          (dan, dan, TokenECKey),
+                                          (movers["dan-old"], dan, TokenECKey),
+                                          (movers["hank"], movers["hank"], TokenRSAKey),
+                                          (movers["ivy"], movers["ivy"], TokenECKey)):
+                assert all(isinstance(k.key, kind) for k in held.decryption_keys(target.email))
+                sent = api.sign_encrypt(
+                    mail(body=SECRET, sender=partner.email, to=target.email), partner.key,
+                    partner.cert, [target.cert], include_self=False)
+                got = pipeline.process(Envelope(partner.email, (target.email,), sent))
+                [decision] = got.decisions
+                assert decision.action == "re-encrypted", decision.reason
+                opened = api.decrypt_verify(got.deliveries[0].data, current.key, current.cert,
+                                            trust=[pki.root])
+                assert SECRET.encode() in opened.content
+            # Ed25519 stayed sealed in the store and still opens from there
+            erin_key = held.signing_key(erin.email)
+            assert erin_key is not None and not getattr(erin_key.key, "token_held", False)
+        finally:
+            held.close()
+
+    # a second run moves nothing and audits nothing
+    assert run("move-to-token", "--all") == 0
+    out = capsys.readouterr().out
+    assert "moved to" not in out
+    assert len(re.findall(rf"^already in token {TOKEN!r}: ", out, re.M)) == 7, out
+    assert out.splitlines()[-1] == ("0 moved, 7 in the token already, 1 staying in the store,"
+                                    " 0 failed")
+    with Store.open(backend.url, backend.data_dir, create=False) as store:
+        assert [e.action for e in store.audit_entries()].count(
+            "gateway.keys.move-to-token") == 7
+    # naming nothing is a usage error
+    assert run("move-to-token") == 2
+    assert "--all" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("master", ["token", "passphrase"])
+def test_a_wrong_pin_moves_nothing_and_says_so_in_one_line(
+        tmp_path: Path, module: str, pki: PKI, movers: dict[str, Identity], master: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, module)
+    passphrase = tmp_path / "key.pass"
+    passphrase.write_text("gateway key passphrase\n")
+    data_dir = tmp_path / "data"
+    carol, old = movers["carol"], movers["carol-old"]
+    with Store.open(None, data_dir) as store:
+        source = master_key_source(config) if master == "token" else b"gateway key passphrase"
+        _sealed_history(store, pki, source, [carol, old]).close()
+        before = store.gateway_keys()
+        sealing = store.gateway_master_key()
+        audited = store.audit_count()
+    bad = _config(tmp_path, module, pin="wrong-pin-0000")
+    toml = _toml(tmp_path, bad, passphrase_file=passphrase)
+    code = main(["--data-dir", str(data_dir), "--config", str(toml), "gateway", "keys",
+                 "move-to-token", "carol@example.org"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "wrong user PIN" in err and "Traceback" not in err, err
+    assert "wrong-pin-0000" not in err
+    with Store.open(None, data_dir, create=False) as store:
+        assert store.gateway_keys() == before  # every row still sealed, as it was
+        assert store.gateway_master_key() == sealing
+        assert store.audit_count() == audited
+        held = StoreHeldKeys.open(store, source)  # type: ignore[arg-type]
+        keys = held.decryption_keys(carol.email)
+        assert [k.key.private_numbers() for k in keys] == \
+            [carol.key.private_numbers(), old.key.private_numbers()]  # type: ignore[union-attr]
+
+
+def test_an_interrupted_move_completes_and_another_key_under_the_id_fails_clearly(
+        tmp_path: Path, module: str, pki: PKI, people: dict[str, Identity],
+        movers: dict[str, Identity], capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, module)
+    toml = _toml(tmp_path, config)
+    data_dir = tmp_path / "data"
+    # fresh certificates: CKA_IDs no other test wrote
+    root = (pki.root_key, pki.root)
+    frank = pki.person("mv-frank", "rsa2048", email="frank@example.org", issuer=root)
+    frank_old = pki.person("mv-frank-old", "rsa2048", email="frank@example.org", issuer=root)
+    with Store.open(None, data_dir) as store:
+        _sealed_history(store, pki, master_key_source(config), [frank, frank_old]).close()
+        rows = {r.fingerprint: r for r in store.gateway_keys("frank@example.org")}
+    current_id = frank.cert.fingerprint(hashes.SHA256())
+    old_id = frank_old.cert.fingerprint(hashes.SHA256())
+    ring = TokenKeyring(module, TOKEN, PIN)
+    try:
+        # a run that stopped after the token took the current key, before its row changed
+        assert ring.store(frank.key, current_id, f"smimekit-held frank@example.org"
+                          f" {current_id.hex()[:16]}", sign=True, decrypt=True)
+        # and someone else's key under the old key's ID
+        assert ring.store(people["partner"].key, old_id, "not frank's", sign=True,
+                          decrypt=True)
+    finally:
+        ring.close()
+
+    def run() -> tuple[int, str, str]:
+        code = main(["--data-dir", str(data_dir), "--config", str(toml), "gateway", "keys",
+                     "move-to-token", "frank@example.org"])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = run()
+    assert code == 1
+    assert re.search(rf"^moved to token {TOKEN!r} \(its object was there already\):"
+                     rf" {current_id.hex()[:16]}  frank@example.org", out, re.M), out
+    assert out.splitlines()[-1] == "1 moved, 0 in the token already, 0 staying in the store," \
+                                   " 1 failed"
+    assert f"failed: {old_id.hex()[:16]}  frank@example.org" in err
+    assert "not the private half" in err and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("smimekit: error: 1 key(s) could not be moved")
+    with Store.open(None, data_dir, create=False) as store:
+        after = {r.fingerprint: r for r in store.gateway_keys("frank@example.org")}
+        assert token_reference(after[current_id.hex()]) == (TOKEN, current_id)
+        assert after[old_id.hex()] == rows[old_id.hex()]  # unchanged, still sealed
+        [entry] = [e for e in store.audit_entries()
+                   if e.action == "gateway.keys.move-to-token"]
+        assert entry.details["reused"] is True
+        assert entry.details["fingerprint"] == current_id.hex()
+        held = open_held_keys(config, store)
+        try:
+            keys = held.decryption_keys("frank@example.org")
+            assert isinstance(keys[0].key, TokenRSAKey)
+            assert keys[1].key.private_numbers() == frank_old.key.private_numbers()  # type: ignore[union-attr]
+        finally:
+            held.close()
+    # the intruder removed, the next run completes
+    ring = TokenKeyring(module, TOKEN, PIN)
+    try:
+        assert ring.delete(old_id) == 1
+    finally:
+        ring.close()
+    code, out, err = run()
+    assert code == 0, err
+    assert out.splitlines()[-1] == "1 moved, 1 in the token already, 0 staying in the store," \
+                                   " 0 failed"
+
+
+def test_a_store_sealed_under_the_passphrase_moves_to_the_token_master_key_too(
+        tmp_path: Path, module: str, pki: PKI, movers: dict[str, Identity],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The organisation that started without an HSM: master key under the passphrase."""
+    config = _config(tmp_path, module)
+    passphrase = tmp_path / "key.pass"
+    passphrase.write_text("gateway key passphrase\n")
+    data_dir = tmp_path / "data"
+    root = (pki.root_key, pki.root)
+    gina = pki.person("mv-gina", "p384", email="gina@example.org", issuer=root)
+    gina_old = pki.person("mv-gina-old", "rsa2048", email="gina@example.org", issuer=root)
+    with Store.open(None, data_dir) as store:
+        _sealed_history(store, pki, b"gateway key passphrase", [gina, gina_old]).close()
+    # the token alone does not open it, and without the passphrase the move says why
+    code = main(["--data-dir", str(data_dir), "--config", str(_toml(tmp_path, config)),
+                 "gateway", "keys", "move-to-token", "--all"])
+    err = capsys.readouterr().err
+    assert code == 1 and "sealed under the key passphrase" in err and err.count("\n") == 1
+    toml = _toml(tmp_path, config, passphrase_file=passphrase, name="both.toml")
+    code = main(["--data-dir", str(data_dir), "--config", str(toml), "gateway", "keys",
+                 "move-to-token", "--all"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(f"master key: now sealed in token {TOKEN!r}")
+    assert out.splitlines()[-1] == "2 moved, 0 in the token already, 0 staying in the store," \
+                                   " 0 failed"
+    with Store.open(None, data_dir, create=False) as store:
+        assert json.loads(store.gateway_master_key() or "")["kdf"] == "pkcs11"
+        assert [e.action for e in store.audit_entries()][-3:] == \
+            ["gateway.keys.master-to-token"] + ["gateway.keys.move-to-token"] * 2
+        # the token configuration alone now opens the store, and the keys are in the token
+        held = open_held_keys(config, store)
+        try:
+            keys = held.decryption_keys("gina@example.org")
+            assert [type(k.key) for k in keys] == [TokenECKey, TokenRSAKey]
+            sent = api.encrypt(mail(body=SECRET, to=gina_old.email), [gina_old.cert])
+            assert SECRET.encode() in api.decrypt(sent, keys[1].key, gina_old.cert).content
+        finally:
+            held.close()
+
+
+def test_a_token_that_fails_mid_move_keeps_that_row_sealed_and_the_next_key_goes_on(
+        tmp_path: Path, module: str, pki: PKI, movers: dict[str, Identity]) -> None:
+    config = _config(tmp_path, module)
+    carol, old = movers["carol"], movers["carol-old"]
+    with Store.open(None, tmp_path / "data") as store:
+        held = _sealed_history(store, pki, master_key_source(config), [carol, old])
+        rows = store.gateway_keys(carol.email)  # oldest first: old, then carol
+        try:
+            moving = held.move_to_token(rows, actor="test")
+            # the session dies under the command (token reset) before the first key
+            held._keyring(TOKEN, "test")._session.close()
+            first = next(moving)
+            assert first.state == "failed" and first.fingerprint == rows[0].fingerprint
+            assert f"token {TOKEN!r} could not" in first.reason
+            second = next(moving)  # a new session: the next key moves
+            assert (second.state, second.fingerprint) == ("moved", rows[1].fingerprint)
+            assert next(moving, None) is None
+        finally:
+            held.close()
+        after = store.gateway_keys(carol.email)
+        assert after[0] == rows[0]  # still sealed, as it was
+        assert token_reference(after[1]) is not None
+        assert [e.subject for e in store.audit_entries()
+                if e.action == "gateway.keys.move-to-token"] == [carol.email]
+        # the next run moves the one that failed (its object may or may not be in the token)
+        held = StoreHeldKeys.open(store, master_key_source(config))
+        try:
+            assert [m.state for m in held.move_to_token(store.gateway_keys(carol.email),
+                                                        actor="test")] in (
+                ["moved", "in token"], ["reused", "in token"])
+        finally:
+            held.close()

@@ -1,15 +1,17 @@
-"""``smimekit gateway keys import|list|retire`` (the keys the gateway holds) and ``smimekit
-gateway policy`` (the effective policy of addresses), docs/gateway.md.
+"""``smimekit gateway keys import|list|retire|move-to-token`` (the keys the gateway holds)
+and ``smimekit gateway policy`` (the effective policy of addresses), docs/gateway.md.
 
 Both join the ``gateway`` group of cli/gateway.py through ``COMMANDS`` (the ``extend`` of its
 entry in cli/main.py). The key store opens with ``[gateway]
 key_passphrase_file`` (or the PKCS#11 token of ``pkcs11_module``), as ``gateway serve`` opens
-it; ``import --into-token`` keeps the keys themselves inside that token.
+it; ``import --into-token`` keeps the keys themselves inside that token, and ``move-to-token``
+moves keys sealed in the store there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,6 +135,96 @@ def retire(fingerprint: str) -> None:
         store.audit(cli_actor(), "gateway.keys.retire", row.address or "organisation",
                     {"fingerprint": row.fingerprint, "purpose": row.purpose})
     click.echo(f"retired: {row.fingerprint[:16]}  {row.address or '(organisation)'}")
+
+
+@keys.command("move-to-token")
+@click.argument("addresses", nargs=-1, metavar="[ADDRESS]...")
+@click.option("--organisation", is_flag=True, help="The organisation's keys.")
+@click.option("--all", "all_", is_flag=True,
+              help="Every held key: each address's and the organisation's.")
+def move_to_token(addresses: tuple[str, ...], organisation: bool, all_: bool) -> None:
+    """Move the keys of ADDRESS (or the organisation's, or --all) sealed in the store into
+    the PKCS#11 token of [gateway] pkcs11_module: every key of the history, retired ones
+    too. There is no way back (the token's objects are non-extractable).
+
+    Each key's row refers to the token only once the token holds the key and has signed or
+    decrypted with it; keys in the token already are skipped, so running it again is safe.
+    A store whose master key is sealed under key_passphrase_file gets it sealed in the
+    token first (every node then needs the token configuration).
+    """
+    from smimekit.errors import ConfigError
+    from smimekit.gateway.keys import (
+        StoreHeldKeys,
+        TokenKek,
+        master_key_sealing,
+        master_key_source,
+        read_key_passphrase,
+    )
+
+    if not (addresses or organisation or all_):
+        raise click.UsageError("name the keys to move: ADDRESS..., --organisation or --all")
+    if all_ and (addresses or organisation):
+        raise click.UsageError("--all moves every key: give no ADDRESS or --organisation")
+    gateway = _gateway_config()
+    if gateway.pkcs11_module is None:
+        raise CliError("move-to-token needs a PKCS#11 token: set [gateway] pkcs11_module,"
+                       " token_label and pin_file")
+    token = master_key_source(gateway)
+    assert isinstance(token, TokenKek)
+    actor = cli_actor()
+    with open_store() as store:
+        rows = list(store.gateway_keys()) if all_ else []
+        for address in addresses:
+            found = store.gateway_keys(address)
+            if not found:
+                raise CliError(f"no keys held for {address.strip().lower()}")
+            rows += found
+        if organisation:
+            found = store.gateway_organisation_keys()
+            if not found:
+                raise CliError("no organisation key is held")
+            rows += found
+        sealing = master_key_sealing(store)
+        if not rows or sealing is None:
+            click.echo("no keys held (nothing to move)")
+            return
+        secret: bytes | TokenKek = token
+        if sealing == "scrypt":
+            try:
+                secret = read_key_passphrase(gateway.key_passphrase_file)
+            except ConfigError as exc:
+                raise CliError(f"the store's master key is sealed under the key passphrase,"
+                               f" which is needed once more to move keys: {exc}") from None
+        held = StoreHeldKeys.open(store, secret, token=token)
+        unique = list({r.fingerprint: r for r in rows}.values())  # an ADDRESS given twice
+        counts: Counter[str] = Counter()
+        where = f"token {token.token_label!r}"
+        try:
+            if held.seal_master_in_token(actor=actor):
+                click.echo(f"master key: now sealed in {where} (key_passphrase_file no"
+                           " longer opens it)")
+            for item in held.move_to_token(unique, actor=actor):
+                counts[item.state] += 1
+                who = f"{item.fingerprint[:16]}  {item.address or '(organisation)'}" \
+                      f"  {item.purpose}"
+                if item.state == "moved":
+                    click.echo(f"moved to {where}: {who}")
+                elif item.state == "reused":
+                    click.echo(f"moved to {where} (its object was there already): {who}")
+                elif item.state == "in token":
+                    click.echo(f"already in {item.reason}: {who}")
+                elif item.state == "stays":
+                    click.echo(f"stays in the store: {who} ({item.reason})")
+                else:
+                    click.echo(f"failed: {who}: {item.reason}", err=True)
+        finally:
+            held.close()
+            moved = counts["moved"] + counts["reused"]
+            click.echo(f"{moved} moved, {counts['in token']} in the token already,"
+                       f" {counts['stays']} staying in the store, {counts['failed']} failed")
+        if counts["failed"]:
+            raise CliError(f"{counts['failed']} key(s) could not be moved into {where}"
+                           " (their rows are unchanged; see above)")
 
 
 _FIELDS = ("sign", "organisation_signature", "missing_key", "subject_trigger", "encrypt",

@@ -25,7 +25,11 @@ certificate's notBefore (then notAfter) among the keys not retired and valid now
 order they were imported in.
 
 Keys come in as PKCS#12 (what ``smimekit ca issue`` writes, with the whole key history):
-:func:`import_pkcs12`. Each key's purpose follows its certificate's key usage.
+:func:`import_pkcs12`. Each key's purpose follows its certificate's key usage. Keys sealed
+in the store move into the token later with :meth:`StoreHeldKeys.move_to_token` (``gateway
+keys move-to-token``): the row becomes a reference only once the token holds the key and it
+has done a private operation there; there is no way back (the token's objects are
+non-extractable).
 
 A key object found in the token is checked against its certificate when first opened (RSA
 modulus; an ECDH or ECDSA round for EC). A token that fails (gone, session lost) or a key
@@ -72,9 +76,11 @@ __all__ = [
     "TOKEN_KEY_LABEL",
     "Imported",
     "MasterKeySource",
+    "Moved",
     "StoreHeldKeys",
     "TokenKek",
     "import_pkcs12",
+    "master_key_sealing",
     "master_key_source",
     "open_held_keys",
     "purpose_of",
@@ -263,6 +269,20 @@ def _open_master(text: str, source: MasterKeySource) -> bytes:
                               " (gateway.key_passphrase_file)") from None
 
 
+def master_key_sealing(store: Store) -> str | None:
+    """How the store's master key is sealed: ``scrypt`` (under the key passphrase),
+    ``pkcs11`` (inside a token), or None when the store has none yet (or an unknown form,
+    which opening reports)."""
+    text = store.gateway_master_key()
+    if text is None:
+        return None
+    try:
+        kdf = json.loads(text).get("kdf")
+    except (ValueError, AttributeError):
+        return None
+    return kdf if kdf in ("scrypt", "pkcs11") else None
+
+
 def _seal(master: bytes, key: PrivateKeyTypes, fingerprint: str) -> bytes:
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -318,6 +338,62 @@ def where(row: GatewayKeyRow) -> str:
     return "store" if ref is None else f"token {ref[0]!r}"
 
 
+def _object_label(owner: str, fingerprint: str) -> str:
+    """The ``CKA_LABEL`` of a held key's object in the token."""
+    return f"smimekit-held {owner or 'organisation'} {fingerprint[:16]}"
+
+
+def _signs(purpose: str) -> bool:
+    return purpose in ("sign", "both", "organisation")
+
+
+def _decrypts(purpose: str) -> bool:
+    return purpose in ("encrypt", "both")
+
+
+def _prove(key: PrivateKeyTypes, purpose: str) -> None:
+    """One private operation with a key object in the token, checked with the certificate's
+    public key: a signature over a random digest for a signing key, else an RSA decryption
+    of a random secret or an ECDH agreement with a fresh key.
+
+    Raises:
+        KeyLoadError: the token fails, or the object is not the certificate's key.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    digest = os.urandom(32)
+    if isinstance(key, rsa.RSAPrivateKey):
+        if _signs(purpose):  # TokenRSAKey.sign checks the signature with the public key
+            key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+            return
+        try:
+            same = key.decrypt(key.public_key().encrypt(digest, padding.PKCS1v15()),
+                               padding.PKCS1v15()) == digest
+        except ValueError:
+            same = False
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        if _signs(purpose):  # TokenECKey.sign checks the signature with the public key
+            key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+            return
+        other = ec.generate_private_key(key.curve)
+        same = key.exchange(ec.ECDH(), other.public_key()) == \
+            other.exchange(ec.ECDH(), key.public_key())
+    else:
+        raise KeyLoadError(f"a {type(key).__name__} cannot be kept in the token")
+    if not same:
+        raise KeyLoadError("the key object in the token is not the private half of its"
+                           " certificate's key")
+
+
+def _token_takes(key: PrivateKeyTypes) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return isinstance(key, rsa.RSAPrivateKey) or (
+        isinstance(key, ec.EllipticCurvePrivateKey)
+        and key.curve.name in ("secp256r1", "secp384r1", "secp521r1"))
+
+
 def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
@@ -367,6 +443,21 @@ class Imported:
     """False: the gateway held this key already (nothing changed)."""
 
 
+@dataclass(frozen=True)
+class Moved:
+    """What :meth:`StoreHeldKeys.move_to_token` did with one held key."""
+
+    address: str
+    purpose: str
+    fingerprint: str
+    state: str
+    """``moved`` (now in the token), ``reused`` (the token held it already, from a run that
+    stopped before its row changed: the row now refers to it), ``in token`` (its row was a
+    reference already: nothing done), ``stays`` (a key type the token does not take: it
+    stays sealed in the store) or ``failed`` (``reason`` says why; its row is unchanged)."""
+    reason: str = ""
+
+
 class StoreHeldKeys:
     """:class:`~smimekit.gateway.model.HeldKeys` over the store's ``gateway_keys`` table.
 
@@ -400,9 +491,11 @@ class StoreHeldKeys:
 
     @classmethod
     def open(cls, store: Store, passphrase: MasterKeySource, *, create: bool = False,
-             memo_seconds: float = 0.0) -> StoreHeldKeys:
+             memo_seconds: float = 0.0, token: TokenKek | None = None) -> StoreHeldKeys:
         """Open the key store with ``passphrase`` (or a :class:`TokenKek`); ``create`` makes
-        the master key when the store has none yet (the first import).
+        the master key when the store has none yet (the first import). ``token``: the token
+        that holds keys when the master key opens with a passphrase (``gateway keys
+        move-to-token`` on a store sealed under one); by default the :class:`TokenKek`.
 
         Raises:
             PassphraseError: the passphrase (or the token's PIN) is wrong.
@@ -422,7 +515,8 @@ class StoreHeldKeys:
                 master = _open_master(stored, passphrase)
         else:
             master = _open_master(text, passphrase)
-        token = passphrase if isinstance(passphrase, TokenKek) else None
+        if token is None and isinstance(passphrase, TokenKek):
+            token = passphrase
         return cls(store, master, memo_seconds=memo_seconds, token=token)
 
     def forget(self) -> None:
@@ -644,10 +738,116 @@ class StoreHeldKeys:
                                " token_label and pin_file")
         key_id = bytes.fromhex(fingerprint)
         ring = self._keyring(self._token.token_label, f"the key {fingerprint[:16]}")
-        ring.store(key, key_id, f"smimekit-held {owner or 'organisation'} {fingerprint[:16]}",
-                   sign=purpose in ("sign", "both", "organisation"),
-                   decrypt=purpose in ("encrypt", "both"))
+        ring.store(key, key_id, _object_label(owner, fingerprint), sign=_signs(purpose),
+                   decrypt=_decrypts(purpose))
         return _token_ref(self._token.token_label, key_id)
+
+    def seal_master_in_token(self, *, actor: str) -> bool:
+        """Seal the master key (the same key: the held keys sealed under it still open)
+        inside the configured token instead of under the key passphrase, which then opens
+        nothing; audited as ``gateway.keys.master-to-token``. False when it is sealed there
+        already.
+
+        Raises:
+            KeyLoadError: no token is configured, the token cannot seal it, or another
+                process changed the stored master key meanwhile.
+            PassphraseError: the token's PIN is wrong.
+        """
+        token = self._token
+        if token is None:
+            raise KeyLoadError("no PKCS#11 token is configured (gateway.pkcs11_module)")
+        if master_key_sealing(self._store) == "pkcs11":
+            return False
+        old = self._store.gateway_master_key()
+        assert old is not None  # this object opened it
+        new = json.dumps({"v": 1, **token.seal(self._master)}, sort_keys=True)
+        if _open_master(new, token) != self._master:
+            raise KeyLoadError(f"token {token.token_label!r} does not give back the master key"
+                               " it sealed")
+        with self._store.transaction():
+            if not self._store.replace_gateway_master_key(old, new):
+                raise KeyLoadError("the gateway's master key changed in the store meanwhile;"
+                                   " run the command again")
+            self._store.audit(actor, "gateway.keys.master-to-token", "master key",
+                              {"token": token.token_label, "key_label": token.key_label})
+        return True
+
+    def move_to_token(self, rows: Sequence[GatewayKeyRow], *, actor: str) -> Iterator[Moved]:
+        """Move each of ``rows`` that is sealed in the store into the configured token,
+        one :class:`Moved` per row, as each is done.
+
+        For each key: unsealed, stored in the token as :meth:`add` with ``into_token`` does
+        (same ``CKA_ID``, label and sign/decrypt flags), found again and proved by one
+        private operation (:func:`_prove`), and only then its row's ``sealed`` becomes the
+        token reference, in one transaction with its audit row
+        (``gateway.keys.move-to-token``). A row that is a reference already is skipped; an
+        object with the key's ID that holds this very key (a run that stopped before the row
+        changed) is reused; one that holds another key fails that key. A key that fails
+        keeps its row as it was, and the others go on.
+
+        Raises:
+            KeyLoadError: no token is configured, or it cannot be opened (module, token
+                missing); the keys done before stay done.
+            PassphraseError: the token's PIN is wrong.
+            StoreError: the database cannot be written.
+        """
+        token = self._token
+        if token is None:
+            raise KeyLoadError("moving keys into the token needs one: set"
+                               " gateway.pkcs11_module, token_label and pin_file")
+        for row in rows:
+            def done(state: str, reason: str = "", row: GatewayKeyRow = row) -> Moved:
+                return Moved(row.address, row.purpose, row.fingerprint, state, reason)
+
+            try:
+                ref = token_reference(row)
+            except KeyLoadError as exc:
+                yield done("failed", str(exc))
+                continue
+            if ref is not None:
+                yield done("in token", f"token {ref[0]!r}")
+                continue
+            try:
+                key = _unseal(self._master, row)
+            except KeyLoadError as exc:
+                yield done("failed", str(exc))
+                continue
+            if not _token_takes(key):
+                yield done("stays", f"a {type(key).__name__} cannot be kept in the token"
+                                    " (RSA and EC P-256, P-384, P-521 keys can)")
+                continue
+            key_id = bytes.fromhex(row.fingerprint)
+            what = f"the key {row.fingerprint[:16]}"
+            ring = self._keyring(token.token_label, what)  # PIN, module: everything stops
+            try:
+                cert = x509.load_der_x509_certificate(row.certificate)
+                if not key_matches(key, cert):
+                    raise KeyLoadError("the sealed key does not match its certificate")
+                written = ring.store(key, key_id, _object_label(row.address, row.fingerprint),
+                                     sign=_signs(row.purpose), decrypt=_decrypts(row.purpose))
+                del key
+                _prove(ring.key(key_id, cert.public_key()), row.purpose)
+            except KeyLoadError as exc:
+                yield done("failed", str(exc))
+                continue
+            reference = _token_ref(token.token_label, key_id)
+            with self._store.transaction():
+                changed = self._store.set_gateway_key_sealed(row.fingerprint, row.sealed,
+                                                             reference)
+                if changed:
+                    self._store.audit(actor, "gateway.keys.move-to-token",
+                                      row.address or "organisation",
+                                      {"fingerprint": row.fingerprint, "purpose": row.purpose,
+                                       "where": f"token {token.token_label!r}",
+                                       "reused": not written})
+            if not changed:
+                yield done("failed", "its row changed meanwhile (another process?); run the"
+                                     " command again")
+                continue
+            with self._lock:
+                self._rows.clear()
+                self._opened.pop(row.fingerprint, None)
+            yield done("moved" if written else "reused", f"token {token.token_label!r}")
 
 
 def import_pkcs12(held: StoreHeldKeys, data: bytes, passphrase: bytes | None, *,

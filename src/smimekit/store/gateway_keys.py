@@ -92,6 +92,26 @@ class GatewayKeyRecords(StoreBase):
                                 .values(retired_at=at).returning(_K.c.id))
             return bool(done.all())
 
+    def set_gateway_key_sealed(self, fingerprint: str, old: bytes, new: bytes) -> bool:
+        """Replace a held key's ``sealed`` with ``new`` (its token reference, once the key is
+        in the token) if it still is ``old``; False when it is not (another process changed
+        it, or no such key)."""
+        with self.transaction() as conn:
+            done = conn.execute(_K.update().where((_K.c.fingerprint == fingerprint.lower())
+                                                  & (_K.c.sealed == old))
+                                .values(sealed=new).returning(_K.c.id))
+            return bool(done.all())
+
+    def replace_gateway_master_key(self, old: str, new: str) -> bool:
+        """Replace the sealed master key ``old`` with ``new`` (the same master key sealed
+        another way); False when the stored one is not ``old`` any more."""
+        meta = schema.schema_meta
+        with self.transaction() as conn:
+            done = conn.execute(meta.update().where((meta.c.key == MASTER_KEY)
+                                                    & (meta.c.value == old))
+                                .values(value=new).returning(meta.c.key))
+            return bool(done.all())
+
     def gateway_master_key(self) -> str | None:
         """The sealed master key (text), or None before the first key is imported."""
         meta = schema.schema_meta
