@@ -585,8 +585,9 @@ def test_a_wrong_pin_moves_nothing_and_says_so_in_one_line(
         audited = store.audit_count()
     bad = _config(tmp_path, module, pin="wrong-pin-0000")
     toml = _toml(tmp_path, bad, passphrase_file=passphrase)
+    consent = ["--seal-master-in-token"] if master == "passphrase" else []
     code = main(["--data-dir", str(data_dir), "--config", str(toml), "gateway", "keys",
-                 "move-to-token", "carol@example.org"])
+                 "move-to-token", "carol@example.org", *consent])
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1 and "wrong user PIN" in err and "Traceback" not in err, err
@@ -688,8 +689,17 @@ def test_a_store_sealed_under_the_passphrase_moves_to_the_token_master_key_too(
     err = capsys.readouterr().err
     assert code == 1 and "sealed under the key passphrase" in err and err.count("\n") == 1
     toml = _toml(tmp_path, config, passphrase_file=passphrase, name="both.toml")
+    # with the passphrase but without consent to re-seal the master key: nothing changes
+    with Store.open(None, data_dir, create=False) as store:
+        before, sealing = store.gateway_keys(), store.gateway_master_key()
     code = main(["--data-dir", str(data_dir), "--config", str(toml), "gateway", "keys",
                  "move-to-token", "--all"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--seal-master-in-token" in err, err
+    with Store.open(None, data_dir, create=False) as store:
+        assert store.gateway_keys() == before and store.gateway_master_key() == sealing
+    code = main(["--data-dir", str(data_dir), "--config", str(toml), "gateway", "keys",
+                 "move-to-token", "--all", "--seal-master-in-token"])
     out = capsys.readouterr().out
     assert code == 0
     assert out.startswith(f"master key: now sealed in token {TOKEN!r}")

@@ -142,15 +142,21 @@ def retire(fingerprint: str) -> None:
 @click.option("--organisation", is_flag=True, help="The organisation's keys.")
 @click.option("--all", "all_", is_flag=True,
               help="Every held key: each address's and the organisation's.")
-def move_to_token(addresses: tuple[str, ...], organisation: bool, all_: bool) -> None:
+@click.option("--seal-master-in-token", "seal_master", is_flag=True,
+              help="The store's master key is sealed under key_passphrase_file: seal it in"
+                   " the token instead (needed to move keys; the passphrase then no longer"
+                   " opens the store, and every node needs the token configuration).")
+def move_to_token(addresses: tuple[str, ...], organisation: bool, all_: bool,
+                  seal_master: bool) -> None:
     """Move the keys of ADDRESS (or the organisation's, or --all) sealed in the store into
     the PKCS#11 token of [gateway] pkcs11_module: every key of the history, retired ones
     too. There is no way back (the token's objects are non-extractable).
 
     Each key's row refers to the token only once the token holds the key and has signed or
     decrypted with it; keys in the token already are skipped, so running it again is safe.
-    A store whose master key is sealed under key_passphrase_file gets it sealed in the
-    token first (every node then needs the token configuration).
+    A store whose master key is sealed under key_passphrase_file needs it sealed in the
+    token first, which changes how every node opens the store: only with
+    --seal-master-in-token.
     """
     from smimekit.errors import ConfigError
     from smimekit.gateway.keys import (
@@ -190,6 +196,12 @@ def move_to_token(addresses: tuple[str, ...], organisation: bool, all_: bool) ->
             return
         secret: bytes | TokenKek = token
         if sealing == "scrypt":
+            if not seal_master:
+                raise CliError("the store's master key is sealed under the key passphrase"
+                               " (key_passphrase_file): keys in the token need it sealed in"
+                               " the token too, after which the passphrase no longer opens"
+                               " the store and every node needs the token configuration;"
+                               " add --seal-master-in-token to do that (nothing was changed)")
             try:
                 secret = read_key_passphrase(gateway.key_passphrase_file)
             except ConfigError as exc:
