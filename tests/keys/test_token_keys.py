@@ -154,3 +154,25 @@ def test_wrong_pin_and_missing_token(module: str, ring: TokenKeyring) -> None:
 def test_wrong_pin_checked_by_the_token(module: str) -> None:
     with pytest.raises(PassphraseError, match="wrong user PIN"):
         TokenKeyring(module, TOKEN, "not-the-pin")
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_search_on_a_lost_session_raises_once_and_prints_nothing(
+        module: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """python-pkcs11's search iterator fails a second time in its finaliser when the session
+    is gone, and prints that traceback to stderr; find_objects keeps it quiet and raises
+    the first error (what a CLI user would otherwise see under the one-line error)."""
+    import sys
+
+    from pkcs11 import Attribute, ObjectClass
+
+    from smimekit.keys.pkcs11 import find_objects
+
+    lib = pkcs11.lib(os.path.realpath(module))
+    session = lib.get_token(token_label=TOKEN).open(user_pin=PIN)
+    assert isinstance(find_objects(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY}), list)
+    session.close()
+    with pytest.raises(pkcs11.exceptions.SessionHandleInvalid):
+        find_objects(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: b"x"})
+    print("someone else's line", file=sys.stderr)  # stderr itself still works
+    assert capfd.readouterr().err == "someone else's line\n"

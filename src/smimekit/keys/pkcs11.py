@@ -22,8 +22,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import io
 import os
 import secrets
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,6 +186,34 @@ def _drop_login(where: tuple[str, bytes]) -> None:
 
 
 # -- public keys ---------------------------------------------------------------------------
+
+
+def find_objects(session: pkcs11.Session, template: dict[Attribute, Any]) -> list[Any]:
+    """The session's objects matching ``template``.
+
+    Raises:
+        pkcs11.exceptions.PKCS11Error: the search failed (the session lost, say). The search
+            iterator's finaliser then fails too (C_FindObjectsFinal on the same dead
+            session) while the first error unwinds, and python-pkcs11 prints that second
+            error's traceback to stderr ("Exception ignored in ... OperationContext
+            .__del__"). That output is kept from stderr (anything else written meanwhile
+            is passed on); the first error is raised for the caller to name.
+    """
+    hook, stderr = sys.unraisablehook, sys.stderr
+    caught = io.StringIO()
+
+    def quiet(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, p11.PKCS11Error):
+            hook(unraisable)
+
+    sys.unraisablehook, sys.stderr = quiet, caught
+    try:
+        return list(session.get_objects(template))
+    finally:
+        sys.unraisablehook, sys.stderr = hook, stderr
+        text = caught.getvalue()
+        if text and "pkcs11." not in text:
+            stderr.write(text)  # not the finaliser's: someone else's, passed on
 
 
 def _point(value: bytes, size: int) -> bytes:
@@ -542,7 +572,7 @@ def generate_ca_key(
         with _generate_lock:  # other processes can still race us; PKCS#11 has no lock
             try:
                 # Any object class: a certificate or public key by that name is taken too.
-                taken = list(session.get_objects({Attribute.LABEL: key_label}))
+                taken = find_objects(session, {Attribute.LABEL: key_label})
             except p11.PKCS11Error as exc:
                 raise CAError(f"cannot search token {token_label!r}: {_name(exc)}") from None
             if taken:

@@ -56,6 +56,7 @@ from smimekit.keys.pkcs11 import (
     _mechanisms,
     _name,
     _open_session,
+    find_objects,
 )
 
 __all__ = ["TokenECKey", "TokenKeyring", "TokenRSAKey"]
@@ -167,8 +168,8 @@ class TokenKeyring:
     # -- storing and finding keys ---------------------------------------------------------
 
     def _find(self, key_id: bytes) -> list[pkcs11.Object]:
-        return list(self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                                               Attribute.ID: key_id}))
+        return find_objects(self._session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                            Attribute.ID: key_id})
 
     def holds(self, key_id: bytes) -> bool:
         """Whether the token has a private key object with ``CKA_ID`` ``key_id``."""
