@@ -31,7 +31,9 @@ the in-process API rate; 40,000 messages/hour on average and 150,000 at peak on 
 ``relay`` (a stranger to a stranger, passed unchanged and audited) is the node's floor: SMTP
 in and out, policy and audit with no cryptography; it has no goal. Each row also gives the
 node's CPU time per message and the rest of the machine's (all processes but the nodes and
-this script: Postfix, smtp-source, smtp-sink), alone and with the gateway; a last table turns
+this script: Postfix, smtp-source, smtp-sink; less the machine's background use, measured
+for 3 s before the runs and taken off in proportion to each run's time), alone and with the
+gateway; a last table turns
 them into what each goal leaves the node per message on these cores, beside the API's own
 work and the node's floor (docs/benchmarks.md, "What the goals leave the node").
 
@@ -179,6 +181,19 @@ def _machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def _background_cpu(seconds: float = 3.0) -> float:
+    """The machine's CPU use with nothing of this benchmark running, cores busy on average
+    over ``seconds`` (other tenants of the VM, daemons): taken off "the rest of the machine"
+    in proportion to each run's time."""
+    before, ours = _machine_cpu_seconds(), time.process_time()
+    time.sleep(seconds)
+    return max(0.0, _machine_cpu_seconds() - before - (time.process_time() - ours)) / seconds
+
+
+BACKGROUND = 0.0
+"""Cores the machine keeps busy without the benchmark (:func:`_background_cpu`, set in main)."""
+
+
 def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
                   body: Callable[[Postfix, int, list[int]], float], trusted: bool = False,
                   attach: str = "after-queue", workers: int = 1,
@@ -220,7 +235,7 @@ def _with_postfix(workdir: Path, *, nodes: int, home: GatewayHome | None,
         seconds = body(postfix, sink_port, fronts)
         cpu = sum(n.cpu_seconds() for n in started) - cpu
         ours = time.process_time() - ours
-        rest = _machine_cpu_seconds() - machine - cpu - ours
+        rest = _machine_cpu_seconds() - machine - cpu - ours - BACKGROUND * seconds
         peak = max((n.peak_rss() for n in started), default=0) / 1024
         return seconds, peak, cpu, rest
     finally:
@@ -259,6 +274,8 @@ def main() -> None:
         counts = {"10 KB": args.count, "1 MB": max(1, args.count // 10)}
     only = {o.replace(" ", "").upper() for o in args.only}
     rows: list[Row] = []
+    global BACKGROUND
+    BACKGROUND = _background_cpu(1.0 if args.quick else 3.0)
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
@@ -295,7 +312,7 @@ def main() -> None:
 def _report(rows: list[Row], args: argparse.Namespace) -> None:
     print(f"# Gateway throughput ({cpu_model()}, {os.cpu_count()} cores, revision"
           f" {git_revision()}, {args.nodes} node(s) of {args.workers} worker(s),"
-          f" {args.sessions} smtp-source sessions"
+          f" {args.sessions} smtp-source sessions, background {BACKGROUND:.2f} cores"
           f"{', quick' if args.quick else ''})\n")
     print("| attachment | direction | size | messages | Postfix alone msg/s"
           " | Postfix + gateway msg/s | time x Postfix alone | in-process API msg/s"

@@ -165,3 +165,17 @@ def test_gateway_numbers_out_of_range_are_refused_at_load(tmp_path: Path, text: 
 ])
 def test_gateway_numbers_at_their_bounds_load(tmp_path: Path, text: str) -> None:
     assert load_config(_write(tmp_path, text)).gateway is not None
+
+
+@pytest.mark.parametrize(("text", "threads"), [
+    ("[gateway]\n", 2),
+    ("[gateway.scan]\ncommand = ['/usr/local/bin/scan-mail']\n", 8),
+    ("[gateway]\nprocessing_threads = 3\n[gateway.scan]\ncommand = ['/bin/scan']\n", 3),
+    ("[gateway]\nprocessing_threads = 1\n", 1),
+])
+def test_gateway_processing_threads_default_to_more_with_a_scanner(
+        tmp_path: Path, text: str, threads: int) -> None:
+    config = tmp_path / "smimekit.toml"
+    config.write_text(text)
+    gateway = load_config(config).gateway
+    assert gateway is not None and gateway.threads == threads

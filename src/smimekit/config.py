@@ -53,7 +53,7 @@ relative to the file's own folder. A missing file named by ``--config`` is an er
     key_memo_seconds = 30             # held keys remembered this long (0: read every time)
     lookup_memo_seconds = 60          # certificates found remembered this long (0: off)
     harvest_memo_seconds = 60         # a signer harvested once this long (0: every message)
-    processing_threads = 2            # messages worked on at once in each process
+    processing_threads = 2            # work on messages at once per process (scan hook: 8)
     [gateway.policy]                  # every level: a key left out inherits from above
     encrypt = "if-possible"           # always | if-possible | never
     no_certificate = "clear"          # clear | bounce | pdf
@@ -254,11 +254,19 @@ class GatewayConfig:
     workers: int = field(default=1, metadata={"range": (1, False, 64)})
     """Worker processes of one node (``gateway serve --workers``): 1 serves in the process
     itself; more fork that many, sharing the listening sockets (docs/gateway.md)."""
-    processing_threads: int = field(default=2, metadata={"range": (1, False, 64)})
-    """Threads of each gateway process that work on messages (policy, cryptography, store):
-    the SMTP of every connection runs on the event loop, the work on these. Two let one wait
-    for the store while the other computes; each more contends for Python's GIL and costs
-    CPU (docs/benchmarks.md, issue 12)."""
+    processing_threads: int | None = field(default=None, metadata={"range": (1, False, 64)})
+    """Threads of each gateway process that work on messages (policy, cryptography, store,
+    the scanning hook): the SMTP of every connection runs on the event loop, the work on
+    these. None: 2 (one waits for the store while the other computes; more threads all busy
+    with cryptography contend for Python's GIL and cost CPU, docs/benchmarks.md), or 8 when
+    a scanning hook is set (a message waiting for the scanner holds its thread)."""
+
+    @property
+    def threads(self) -> int:
+        """The processing threads in effect (:attr:`processing_threads` or its default)."""
+        if self.processing_threads is not None:
+            return self.processing_threads
+        return 8 if self.scan is not None else 2
     key_memo_seconds: float = field(default=30.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses which keys an address holds (retired or not) before asking the
     store again: a key retired on another node is used at most this late (0: every time)."""

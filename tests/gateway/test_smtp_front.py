@@ -3,6 +3,7 @@ recipients, the limits and the journal, with a saving sink as the next hop."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import smtplib
 import socket
@@ -452,3 +453,35 @@ def test_replies_go_out_at_once_whoever_bound_the_socket(next_hop, bound_by: str
         [protocol] = list(gateway.server._connections)
         server_side = protocol.transport.get_extra_info("socket")
         assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_stop_waits_for_the_work_on_the_processing_threads_and_takes_no_more(
+        next_hop) -> None:
+    """Past the grace, stop() still lets the message being processed finish (bounded) before
+    it returns, so that ``gateway serve`` does not close the store under it; new work is
+    refused with a 4xx reason."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        finished = False
+
+        def process(self, envelope: Envelope) -> Outcome:
+            entered.set()
+            release.wait(10)
+            time.sleep(0.2)
+            Slow.finished = True
+            return PassThrough().process(envelope)
+
+    gateway = GatewayThread(Slow(), f"127.0.0.1:{next_hop[1]}")
+    with gateway, concurrent.futures.ThreadPoolExecutor(1) as client:
+        sending = client.submit(send, gateway.port, ANN, [BOB], message("slow"))
+        assert entered.wait(10)
+        stopping = asyncio.run_coroutine_threadsafe(gateway.server.stop(), gateway.loop)
+        release.set()
+        stopping.result(20)
+        assert Slow.finished  # stop returned only once the work had ended
+        with pytest.raises(GatewayError, match="stopping"):
+            asyncio.run_coroutine_threadsafe(
+                gateway.handler._in_pool(lambda: None), gateway.loop).result(10)
+        with pytest.raises((smtplib.SMTPException, OSError)):
+            sending.result(20)  # cut off: no 250, Postfix would try again

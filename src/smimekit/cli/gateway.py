@@ -93,7 +93,7 @@ def serve(listen: str | None, listen_submission: str | None, next_hop: str | Non
             _processor(whole, store), StoreJournal(store),
             NextHop(next_hop, timeout=config.timeout),
             limits=Limits(config.max_message_size, config.max_recipients),
-            attach=attach or config.attach, threads=config.processing_threads)
+            attach=attach or config.attach, threads=config.threads)
         servers = [GatewayServer(handler, listen)]
         if submission is not None:
             servers.append(GatewayServer(handler, submission, trusted=True))
@@ -122,7 +122,7 @@ def _serve_workers(whole: Config, listen: str, submission: str | None, next_hop:
     from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
 
     timeout = whole.gateway.timeout if whole.gateway else 60.0
-    threads = whole.gateway.processing_threads if whole.gateway else 2
+    threads = whole.gateway.threads if whole.gateway else 2
     limits = (Limits(whole.gateway.max_message_size, whole.gateway.max_recipients)
               if whole.gateway else Limits())
     doors: list[tuple[str, socket.socket, bool]] = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
-import hashlib
 import logging
 import re
 import secrets
@@ -98,6 +97,8 @@ class GatewayHandler:
         self.attach = attach
         self.threads = threads
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._running: set[asyncio.Future[Any]] = set()
+        self._closed = False
         self.processor = processor
         self.journal = journal
         self.next_hop = next_hop
@@ -112,17 +113,32 @@ class GatewayHandler:
         return _hook_names(type(self), ("handle_", "auth_"))
 
     async def _in_pool(self, work: Callable[..., T], *args: Any) -> T:
-        """``work(*args)`` on the processing threads."""
+        """``work(*args)`` on the processing threads.
+
+        Raises:
+            GatewayError: (temporary: 4xx) the gateway is stopping (:meth:`close`).
+        """
+        if self._closed:
+            raise GatewayError("the S/MIME gateway is stopping")
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self.threads, thread_name_prefix="gateway-work")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        return await future
 
-    def close(self) -> None:
-        """Let the processing threads end (a message still on them finishes first)."""
+    async def close(self, wait: float = 10.0) -> None:
+        """Take no more work, drop work not begun, and wait up to ``wait`` seconds for the
+        work still running on the processing threads, so that the store is not closed
+        under it (a thread cannot be stopped: past that it runs on, its reply lost, and
+        Postfix retries the message)."""
+        self._closed = True
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        running = [f for f in self._running if not f.done()]
+        if running:
+            await asyncio.wait(running, timeout=wait)
 
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -149,9 +165,10 @@ class GatewayHandler:
 
     async def pass_on(self, envelope: Envelope) -> str:
         """Process ``envelope`` and hand the result to the next hop; the SMTP reply."""
-        key = message_key(envelope)
-        if self.attach == "before-queue":  # each transaction apart (see the class)
-            key = hashlib.sha256(key.encode() + secrets.token_bytes(16)).hexdigest()
+        # before the queue each transaction apart (see the class): a random key, no hash
+        # of the whole message on the event loop
+        key = (secrets.token_hex(32) if self.attach == "before-queue"
+               else message_key(envelope))
         self.in_flight += 1
         try:
             reply = await self._pass_on(envelope, key)
@@ -245,7 +262,10 @@ class GatewayHandler:
         if self.attach == "before-queue":
             return  # a key of this transaction only: nothing will ever look it up
         try:
-            await self._in_pool(self.journal.record, key, keys, reply)
+            if self._closed:  # stopping: the copies were delivered, journal them all the same
+                self.journal.record(key, keys, reply)
+            else:
+                await self._in_pool(self.journal.record, key, keys, reply)
         except Exception as exc:
             # Delivered all the same: a 250 now is right. Only a retry of this message
             # (after a failure elsewhere in it) would hand these recipients a second copy.
@@ -296,7 +316,9 @@ _HOOK_NAMES: dict[tuple[type, tuple[str, ...]], list[str]] = {}
 
 
 def _hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
-    """The attributes of ``cls`` that begin with one of ``prefixes`` (computed once)."""
+    """The attributes of ``cls`` that begin with one of ``prefixes``, computed once per
+    class: a hook set on an instance, or added to the class after its first connection,
+    would not be seen (nothing does either)."""
     names = _HOOK_NAMES.get((cls, prefixes))
     if names is None:
         names = [n for n in dir(cls) if n.startswith(prefixes)]
@@ -547,5 +569,5 @@ class GatewayServer:
                     protocol.transport.close()
             await self._server.wait_closed()
             self._server = None
+        await self.handler.close()
         await self.handler.next_hop.close()
-        self.handler.close()
