@@ -1,8 +1,9 @@
 # smimekit: two commands from a fresh clone.
 #   make demo   creates .venv from the lock file, runs the end-to-end demonstration
 #   make test   also installs the system peers (openssl, gpgsm, NSS tools, SoftHSM, slapd, Postfix
-#               with "No configuration": the gateway's tests start their own instances; the
-#               DejaVu font for the gateway's PDF) and runs the whole suite
+#               with "No configuration": the gateway's tests start their own instances; Cyrus
+#               SASL's sasldb tool and plugins for their submission login; the DejaVu font for
+#               the gateway's PDF) and runs the whole suite
 # Others: make lock (re-resolve requirements/lock.txt), make test-latest (the suite against the
 # newest releases, in .venv-latest; not part of CI), make test-lowest (the lowest versions
 # pyproject.toml allows: are its lower bounds honest?), make bench, make lint, make typecheck.
@@ -13,12 +14,16 @@ LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
 APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils \
-  slapd ldap-utils postfix swaks chromium chromium-driver fonts-dejavu-core
+  slapd ldap-utils postfix swaks sasl2-bin libsasl2-modules libsasl2-modules-db chromium \
+  chromium-driver fonts-dejavu-core
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen \
-  ldns-signzone unbound dig ldapsearch postfix swaks smtp-source smtp-sink \
+  ldns-signzone unbound dig ldapsearch postfix swaks smtp-source smtp-sink saslpasswd2 \
   chromium chromedriver
-# files, not commands: the gateway's encrypted PDF uses DejaVu Sans when it is there
-PEER_FILES := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+# files, not commands: the gateway's encrypted PDF uses DejaVu Sans when it is there; the
+# private Postfix's SASL submission (tests/postfix.py) needs Cyrus SASL's PLAIN and sasldb
+# plugins (in the multiarch directory: the glob)
+PEER_FILES := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/lib/*/sasl2/libplain.so \
+  /usr/lib/*/sasl2/libsasldb.so
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade

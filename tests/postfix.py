@@ -17,14 +17,22 @@ The smtpd on :attr:`Postfix.submission_port` is the trusted door (submission, po
 production): its mail goes to the gateway's ``listen_submission`` port when :meth:`start` is
 given one (else to the same port as the public door), with address mappings applied before
 the filter (so an alias of ours that forwards outside is outbound to the gateway, under its
-encryption and DLP policy). Here it takes mail from loopback
+encryption and DLP policy). By default it takes mail from loopback
 without a login: what the gateway trusts is the port it is handed the mail on, which the
-deployment (docs/gateway.md) reserves for SASL-authenticated senders.
+deployment (docs/gateway.md) reserves for SASL-authenticated senders. Given ``sasl_users``
+(login -> password), it runs docs/gateway.md's submission lines for real: Cyrus SASL with a
+sasldb (``saslpasswd2``), ``permit_sasl_authenticated,reject`` as client and relay
+restrictions, and ``reject_sender_login_mismatch`` over a ``sender_login`` hash map
+(``postmap``) in which each login owns the address it is named for (``sender_login`` to say
+otherwise). No TLS: AUTH PLAIN on loopback, which production must never offer in clear
+(``smtpd_tls_security_level=encrypt`` or ``smtpd_tls_auth_only=yes``).
 
 Postfix's master opens its lock file in ``data_directory`` by its full path as the
 ``postfix`` user, which cannot pass pytest's 0700 temporary directories (other pytest runs
 make them 0700 again at any time): that one directory is a private ``mkdtemp`` under /tmp,
-removed at :meth:`Postfix.stop`. Configuration, queue and log stay in the test's tmp_path.
+removed at :meth:`Postfix.stop`. The SASL configuration and sasldb live there too: the
+``postfix`` user reads the sasldb at each login. Configuration, queue and log stay in the
+test's tmp_path.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from loopback import free_port
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
+POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
+SASLPASSWD2 = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
 
 
 def require_postfix() -> None:
@@ -53,6 +63,17 @@ def require_postfix() -> None:
         pytest.skip("a private Postfix instance must be started as root")
 
 
+def require_sasl() -> None:
+    """Skip unless Cyrus SASL's sasldb tool and its PLAIN and sasldb plugins are installed
+    (Debian's sasl2-bin and libsasl2-modules)."""
+    require_postfix()
+    if not Path(SASLPASSWD2).exists():
+        pytest.skip("saslpasswd2 is not installed (make peers: sasl2-bin)")
+    for plugin, package in (("libplain", "libsasl2-modules"), ("libsasldb", "libsasl2-modules-db")):
+        if not any(Path("/usr/lib").glob(f"*/sasl2/{plugin}.so*")):
+            pytest.skip(f"Cyrus SASL's {plugin} plugin is not installed (make peers: {package})")
+
+
 MASTER_CF = """\
 # The smtpd the world (the test) talks to: it queues, the content filter comes later;
 # address mappings (virtual aliases) only after the filter (FILTER_README).
@@ -61,7 +82,7 @@ MASTER_CF = """\
 # The submission door: its own content filter, the gateway's trusted listener; aliases
 # expanded before the filter, so the gateway's outbound policy sees where mail really goes.
 127.0.0.1:{submission_port} inet n - n - - smtpd
-  -o content_filter={submission_filter}{submission_options}
+  -o content_filter={submission_filter}{submission_options}{submission_sasl}
 # FILTER_README advanced content filter: Postfix's smtp client to the gateway ...
 scan      unix  -       -       n       -       {maxproc} smtp
   -o disable_mime_output_conversion=yes
@@ -133,10 +154,30 @@ minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 smtp_connect_timeout = 5s
 message_size_limit = {message_size_limit}
+{sasl_config}
 """
 
 
 ATTACHMENTS = ("after-queue", "before-queue")
+
+# docs/gateway.md's submission lines ("Deployment", step 5) but TLS. Postfix's default
+# smtpd_sasl_type is cyrus and smtpd_sasl_path smtpd: Cyrus reads smtpd.conf from
+# cyrus_sasl_config_path, which Debian's Postfix ignores for its own "$config_directory/sasl"
+# (debian/patches/07_sasl_config.diff): the harness sets the one and writes the other.
+SUBMISSION_SASL = """
+  -o syslog_name=postfix/submission
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_sender_login_maps=hash:{conf}/sender_login
+  -o smtpd_sender_restrictions=reject_sender_login_mismatch
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject"""
+
+SMTPD_CONF = """\
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+sasldb_path: {sasldb}
+mech_list: PLAIN LOGIN
+"""
 
 
 class Postfix:
@@ -152,10 +193,15 @@ class Postfix:
     def __init__(self, root: Path, *, sink_port: int, maxproc: int = 4,
                  message_size_limit: int = 10_240_000,
                  virtual: dict[str, str] | None = None,
-                 map_before_filter: bool = False, attach: str = "after-queue") -> None:
+                 map_before_filter: bool = False, attach: str = "after-queue",
+                 sasl_users: dict[str, str] | None = None,
+                 sender_login: dict[str, str] | None = None) -> None:
         """``virtual``: forwarding aliases (``virtual_alias_maps``), address -> target;
         ``map_before_filter``: the public door expands them before the filter (the mistake
-        FILTER_README warns about: the gateway sees the alias's target)."""
+        FILTER_README warns about: the gateway sees the alias's target). ``sasl_users``:
+        the submission door takes mail only from these logins (login -> password), each
+        sending only as the addresses ``sender_login`` gives it (address -> login; by
+        default each login's own name)."""
         if attach not in ATTACHMENTS:
             raise ValueError(f"attach must be one of {ATTACHMENTS}, not {attach!r}")
         self.attach = attach
@@ -173,6 +219,9 @@ class Postfix:
         self._data_parent: Path | None = None
         self.data = Path()
         self.message_size_limit = message_size_limit
+        self.sasl_users = dict(sasl_users or {})
+        self.sender_login = (dict(sender_login) if sender_login is not None
+                             else {login: login for login in self.sasl_users})
         self.defer_file = self.conf / "defer_recipients"
         """A texthash table the re-injection smtpd consults: "addr 450 reason" lines make it
         defer a recipient (change it, then :meth:`reload`)."""
@@ -202,6 +251,7 @@ class Postfix:
                                if submission and not before else ""),
             submission_options=(self.proxy_options(submission, self.gateway_host)
                                 if before and submission else ""),
+            submission_sasl=self._write_sasl() if self.sasl_users else "",
             maxproc=self.maxproc, reinject_recipient_restrictions=restrictions))
         if not self.gateway_port:
             content_filter = "# no content filter: Postfix alone"
@@ -212,7 +262,50 @@ class Postfix:
         (self.conf / "main.cf").write_text(MAIN_CF.format(
             root=self.root, data=self.data, conf=self.conf, content_filter=content_filter,
             sink_port=self.sink_port,
-            message_size_limit=self.message_size_limit))
+            message_size_limit=self.message_size_limit,
+            sasl_config=(f"cyrus_sasl_config_path = {self.conf / 'sasl'}"
+                         if self.sasl_users else "")))
+        if self.sasl_users:
+            self._postmap_sender_login()
+
+    def _write_sasl(self) -> str:
+        """The sasldb, Cyrus's smtpd.conf and the sender_login map; the submission
+        smtpd's options that use them."""
+        assert self._data_parent is not None
+        # the sasldb where the postfix user can reach it at each login; smtpd.conf is read
+        # as root when smtpd starts
+        db_dir = self._data_parent / "sasldb"
+        db_dir.mkdir()
+        db_dir.chmod(0o755)
+        sasldb = db_dir / "sasldb2"
+        for login, password in self.sasl_users.items():
+            # -p: the password on stdin; -c: create; -f: this sasldb, not /etc/sasldb2. A
+            # login with "@" is stored as user and realm, as Cyrus splits it at login.
+            user, _, realm = login.rpartition("@") if "@" in login else (login, "", "")
+            result = subprocess.run(
+                [SASLPASSWD2, "-f", str(sasldb), "-p", "-c",
+                 *(["-u", realm] if realm else []), user],
+                input=password.encode(), capture_output=True, timeout=30, check=False)
+            if result.returncode != 0:
+                raise AssertionError(f"saslpasswd2 {login} failed:"
+                                     f" {result.stderr.decode(errors='replace')}")
+        # smtpd reads it as the postfix user at each login
+        shutil.chown(sasldb, "root", "postfix")
+        sasldb.chmod(0o640)
+        (self.conf / "sasl").mkdir(exist_ok=True)
+        (self.conf / "sasl" / "smtpd.conf").write_text(SMTPD_CONF.format(sasldb=sasldb))
+        (self.conf / "sender_login").write_text(
+            "".join(f"{address} {login}\n" for address, login in self.sender_login.items()))
+        return SUBMISSION_SASL.format(conf=self.conf)
+
+    def _postmap_sender_login(self) -> None:
+        """``postmap`` the sender_login map (it needs main.cf)."""
+        result = subprocess.run([POSTMAP, "-c", str(self.conf),
+                                 f"hash:{self.conf / 'sender_login'}"],
+                                capture_output=True, timeout=30, check=False)
+        if result.returncode != 0:
+            raise AssertionError(f"postmap sender_login failed:"
+                                 f" {result.stderr.decode(errors='replace')}")
 
     @staticmethod
     def proxy_options(gateway_port: int, host: str = "127.0.0.1") -> str:
@@ -313,10 +406,12 @@ def _alive(pid_file: Path) -> bool:
 
 def swaks(port: int, *, sender: str, to: list[str], subject: str = "test",
           body: str = "Hello from swaks.", extra: list[str] | None = None,
-          ) -> subprocess.CompletedProcess[str]:
-    """Send one message with swaks to 127.0.0.1:``port``."""
+          transcript: bool = False) -> subprocess.CompletedProcess[str]:
+    """Send one message with swaks to 127.0.0.1:``port``; ``transcript``: its stdout shows
+    the server's replies (``<-`` lines, ``<**`` for errors) instead of nothing."""
+    hide = ["--hide-informational", "--hide-send"] if transcript else ["--hide-all"]
     return subprocess.run(
         ["swaks", "--server", "127.0.0.1", "--port", str(port), "--from", sender,
          "--to", ",".join(to), "--helo", "client.test", "--header", f"Subject: {subject}",
-         "--body", body, "--hide-all", *(extra or [])],
+         "--body", body, *hide, *(extra or [])],
         capture_output=True, text=True, timeout=60, check=False)
