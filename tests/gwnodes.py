@@ -28,8 +28,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import pytest
@@ -38,6 +40,10 @@ from loopback import TcpRelay, free_port
 from postfix import Postfix
 
 from smimekit.store import Store
+
+if TYPE_CHECKING:
+    from gwhome import GatewayHome
+    from smtpkit import SinkHandler
 
 
 @contextmanager
@@ -379,3 +385,37 @@ def tally(received: Iterable[object]) -> dict[str, list[str]]:
         message_id = (parsed["Message-ID"] or "").strip().strip("<>")
         copies.setdefault(message_id, []).append(body_hash(data))
     return copies
+
+
+@dataclass
+class PostfixRig:
+    """A private Postfix in front of one gateway node, whose next hop delivers to a saving
+    sink (:func:`postfix_rig`); tests add their own ways of sending."""
+
+    home: GatewayHome
+    postfix: Postfix
+    node: Node
+    sink: SinkHandler
+
+
+R = TypeVar("R", bound=PostfixRig)
+
+
+@contextmanager
+def postfix_rig(tmp_path: Path, home: GatewayHome, rig: type[R], *,
+                attach: str = "after-queue", **postfix_options: Any) -> Iterator[R]:
+    """Start the sink, a :class:`Postfix` (``attach``, ``postfix_options``) and a node of
+    ``home`` on SQLite behind it; yield them as a ``rig``; stop them all at the end."""
+    from smtpkit import sink
+
+    with ExitStack() as stack:
+        handler, sink_port = stack.enter_context(sink())
+        postfix = Postfix(tmp_path / "postfix", sink_port=sink_port, attach=attach,
+                          **postfix_options)
+        node = Node("node-1", postfix.reinject_port, data_dir=home.data_dir,
+                    database_url=None, config=home.config, log_dir=tmp_path, attach=attach)
+        node.start()
+        stack.callback(node.stop)
+        postfix.start(node.port, node.submission_port)
+        stack.callback(postfix.stop)
+        yield rig(home, postfix, node, handler)

@@ -9,29 +9,20 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from gwhome import GatewayHome, make_home
-from gwnodes import Node
-from loopback import free_port
+from gwnodes import PostfixRig, postfix_rig
 from pki import PKI
 from postfix import Postfix, require_postfix
-from smtpkit import SinkHandler, sink
 
 from smimekit import api
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 
-@dataclass
-class Rig:
-    home: GatewayHome
-    postfix: Postfix
-    node: Node
-    sink: SinkHandler
+class Rig(PostfixRig):
 
     def send(self, sender: str, to: str, data: bytes, *, trusted: bool = True
              ) -> subprocess.CompletedProcess[str]:
@@ -51,17 +42,8 @@ class Rig:
 def rig(tmp_path: Path, pki: PKI) -> Iterator[Rig]:
     require_postfix()
     home = make_home(tmp_path / "home", pki)
-    with ExitStack() as stack:
-        handler, sink_port = stack.enter_context(sink())
-        postfix = Postfix(tmp_path / "postfix", sink_port=sink_port, attach="before-queue")
-        node = Node("node-1", postfix.reinject_port, data_dir=home.data_dir,
-                    database_url=None, config=home.config, port=free_port(),
-                    log_dir=tmp_path, attach="before-queue")
-        node.start()
-        stack.callback(node.stop)
-        postfix.start(node.port, node.submission_port)
-        stack.callback(postfix.stop)
-        yield Rig(home, postfix, node, handler)
+    with postfix_rig(tmp_path, home, Rig, attach="before-queue") as rig:
+        yield rig
 
 
 def _sent_lines(postfix: Postfix) -> list[str]:

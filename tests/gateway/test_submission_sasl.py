@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from gwhome import GatewayHome, make_home
-from gwnodes import Node
+from gwhome import make_home
+from gwnodes import PostfixRig, postfix_rig
 from pki import PKI
-from postfix import Postfix, require_sasl, swaks
-from smtpkit import SinkHandler, sink
+from postfix import require_sasl, swaks
 
 from smimekit import api
 from smimekit.store import Store
@@ -34,12 +31,7 @@ PASSWORDS = {"alice@example.org": "alice's submission password",
 PARTNER = "partner@partner.example"
 
 
-@dataclass
-class Rig:
-    home: GatewayHome
-    postfix: Postfix
-    node: Node
-    sink: SinkHandler
+class Rig(PostfixRig):
 
     def submit(self, sender: str, to: str, *, login: str | None = None,
                password: str | None = None, subject: str = "test", public: bool = False,
@@ -75,17 +67,8 @@ class Rig:
 def rig(tmp_path: Path, pki: PKI) -> Iterator[Rig]:
     require_sasl()
     home = make_home(tmp_path / "home", pki)
-    with ExitStack() as stack:
-        handler, sink_port = stack.enter_context(sink())
-        postfix = Postfix(tmp_path / "postfix", sink_port=sink_port,
-                          sasl_users=dict(PASSWORDS))
-        node = Node("node-1", postfix.reinject_port, data_dir=home.data_dir,
-                    database_url=None, config=home.config, log_dir=tmp_path)
-        node.start()
-        stack.callback(node.stop)
-        postfix.start(node.port, node.submission_port)
-        stack.callback(postfix.stop)
-        yield Rig(home, postfix, node, handler)
+    with postfix_rig(tmp_path, home, Rig, sasl_users=dict(PASSWORDS)) as rig:
+        yield rig
 
 
 def _refusal(sent: subprocess.CompletedProcess[str]) -> str:
