@@ -260,13 +260,6 @@ class GatewayConfig:
     these. None: 2 (one waits for the store while the other computes; more threads all busy
     with cryptography contend for Python's GIL and cost CPU, docs/benchmarks.md), or 8 when
     a scanning hook is set (a message waiting for the scanner holds its thread)."""
-
-    @property
-    def threads(self) -> int:
-        """The processing threads in effect (:attr:`processing_threads` or its default)."""
-        if self.processing_threads is not None:
-            return self.processing_threads
-        return 8 if self.scan is not None else 2
     key_memo_seconds: float = field(default=30.0, metadata={"range": (0, False, 86_400)})
     """How long a node reuses which keys an address holds (retired or not) before asking the
     store again: a key retired on another node is used at most this late (0: every time)."""
@@ -281,6 +274,13 @@ class GatewayConfig:
     users: Mapping[str, PolicyConfig] = field(default_factory=dict)
     scan: ScanConfig | None = None
     dlp: tuple[DlpRule, ...] = ()
+
+    @property
+    def threads(self) -> int:
+        """The processing threads in effect (:attr:`processing_threads` or its default)."""
+        if self.processing_threads is not None:
+            return self.processing_threads
+        return 8 if self.scan is not None else 2
 
 
 @dataclass(frozen=True)

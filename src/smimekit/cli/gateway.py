@@ -14,9 +14,9 @@ from smimekit.cli.common import CliError, cli_config, cli_globals, open_store
 from smimekit.errors import SmimeError
 
 if TYPE_CHECKING:
-    from smimekit.config import Config
+    from smimekit.config import Config, GatewayConfig
     from smimekit.gateway.model import Processor
-    from smimekit.gateway.server import GatewayServer
+    from smimekit.gateway.server import GatewayHandler, GatewayServer
     from smimekit.store import Store
 
 JOURNAL_DAYS = 14
@@ -62,9 +62,8 @@ def serve(listen: str | None, listen_submission: str | None, next_hop: str | Non
     submission smtpd) may be outbound and signed.
     """
     from smimekit.config import GatewayConfig
-    from smimekit.gateway.journal import StoreJournal
-    from smimekit.gateway.relay import NextHop, parse_address
-    from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
+    from smimekit.gateway.relay import parse_address
+    from smimekit.gateway.server import GatewayServer
 
     whole = cli_config()
     config = whole.gateway or GatewayConfig()
@@ -82,18 +81,14 @@ def serve(listen: str | None, listen_submission: str | None, next_hop: str | Non
     workers = config.workers if workers is None else workers
     if not 1 <= workers <= 64:
         raise CliError(f"--workers must be at least 1 and at most 64 (it is {workers})")
+    attach = attach or config.attach
     if workers > 1:
-        _serve_workers(whole, listen, submission, next_hop, grace, attach or config.attach,
-                       workers)
+        _serve_workers(whole, config, listen, submission, next_hop, grace, attach, workers)
         return
     store = open_store()
     try:
         _prune(store)
-        handler = GatewayHandler(
-            _processor(whole, store), StoreJournal(store),
-            NextHop(next_hop, timeout=config.timeout),
-            limits=Limits(config.max_message_size, config.max_recipients),
-            attach=attach or config.attach, threads=config.threads)
+        handler = _handler(whole, config, store, next_hop, attach)
         servers = [GatewayServer(handler, listen)]
         if submission is not None:
             servers.append(GatewayServer(handler, submission, trusted=True))
@@ -110,21 +105,28 @@ def _logging(workers: int = 1) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every command
 
 
-def _serve_workers(whole: Config, listen: str, submission: str | None, next_hop: str,
-                   grace: float, attach: str, workers: int) -> None:
+def _handler(whole: Config, config: GatewayConfig, store: Store, next_hop: str,
+             attach: str) -> GatewayHandler:
+    """The SMTP front's handler of one gateway process over ``store``."""
+    from smimekit.gateway.journal import StoreJournal
+    from smimekit.gateway.relay import NextHop
+    from smimekit.gateway.server import GatewayHandler, Limits
+
+    return GatewayHandler(
+        _processor(whole, store), StoreJournal(store), NextHop(next_hop, timeout=config.timeout),
+        limits=Limits(config.max_message_size, config.max_recipients), attach=attach,
+        threads=config.threads)
+
+
+def _serve_workers(whole: Config, config: GatewayConfig, listen: str, submission: str | None,
+                   next_hop: str, grace: float, attach: str, workers: int) -> None:
     """``--workers N`` (N > 1): bind here, fork N workers, supervise them
     (smimekit.gateway.workers)."""
     import socket
 
     from smimekit.gateway import workers as pool
-    from smimekit.gateway.journal import StoreJournal
-    from smimekit.gateway.relay import NextHop
-    from smimekit.gateway.server import GatewayHandler, GatewayServer, Limits
+    from smimekit.gateway.server import GatewayServer
 
-    timeout = whole.gateway.timeout if whole.gateway else 60.0
-    threads = whole.gateway.threads if whole.gateway else 2
-    limits = (Limits(whole.gateway.max_message_size, whole.gateway.max_recipients)
-              if whole.gateway else Limits())
     doors: list[tuple[str, socket.socket, bool]] = []
     try:
         for address, trusted in ((listen, False), (submission, True)):
@@ -150,10 +152,7 @@ def _serve_workers(whole: Config, listen: str, submission: str | None, next_hop:
                 return pool.CANNOT_START
             try:
                 try:
-                    handler = GatewayHandler(
-                        _processor(whole, store), StoreJournal(store),
-                        NextHop(next_hop, timeout=timeout), limits=limits, attach=attach,
-                        threads=threads)
+                    handler = _handler(whole, config, store, next_hop, attach)
                 except (SmimeError, CliError) as exc:
                     log.error("worker cannot start: %s", _message(exc))
                     return pool.CANNOT_START
