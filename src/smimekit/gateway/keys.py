@@ -386,14 +386,6 @@ def _prove(key: PrivateKeyTypes, purpose: str) -> None:
                            " certificate's key")
 
 
-def _token_takes(key: PrivateKeyTypes) -> bool:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return isinstance(key, rsa.RSAPrivateKey) or (
-        isinstance(key, ec.EllipticCurvePrivateKey)
-        and key.curve.name in ("secp256r1", "secp384r1", "secp521r1"))
-
-
 def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
@@ -660,8 +652,7 @@ class StoreHeldKeys:
         Raises:
             StoreError: the database cannot be read.
         """
-        rows = [r for r in self._key_rows(address)
-                if r.purpose in ("encrypt", "both")]
+        rows = [r for r in self._key_rows(address) if _decrypts(r.purpose)]
         row = self._current(rows)
         return self._certificate(row) if row is not None else None
 
@@ -672,8 +663,7 @@ class StoreHeldKeys:
             KeyLoadError: a key is held but does not open (damaged row).
             StoreError: the database cannot be read.
         """
-        rows = [r for r in self._key_rows(address)
-                if r.purpose in ("encrypt", "both")]
+        rows = [r for r in self._key_rows(address) if _decrypts(r.purpose)]
         return [self._held(r) for r in reversed(rows)]
 
     def organisation_key(self) -> HeldKey | None:
@@ -791,6 +781,8 @@ class StoreHeldKeys:
             PassphraseError: the token's PIN is wrong.
             StoreError: the database cannot be written.
         """
+        from smimekit.keys.token_keys import unkept
+
         token = self._token
         if token is None:
             raise KeyLoadError("moving keys into the token needs one: set"
@@ -812,9 +804,9 @@ class StoreHeldKeys:
             except KeyLoadError as exc:
                 yield done("failed", str(exc))
                 continue
-            if not _token_takes(key):
-                yield done("stays", f"a {type(key).__name__} cannot be kept in the token"
-                                    " (RSA and EC P-256, P-384, P-521 keys can)")
+            why = unkept(key)
+            if why is not None:
+                yield done("stays", why)
                 continue
             key_id = bytes.fromhex(row.fingerprint)
             what = f"the key {row.fingerprint[:16]}"

@@ -59,7 +59,7 @@ from smimekit.keys.pkcs11 import (
     find_objects,
 )
 
-__all__ = ["TokenECKey", "TokenKeyring", "TokenRSAKey"]
+__all__ = ["TokenECKey", "TokenKeyring", "TokenRSAKey", "unkept"]
 
 _T = TypeVar("_T")
 
@@ -68,6 +68,16 @@ _CURVE_OIDS: dict[str, str] = {
     "secp384r1": "1.3.132.0.34",
     "secp521r1": "1.3.132.0.35",
 }
+
+def unkept(key: PrivateKeyTypes) -> str | None:
+    """Why ``key`` cannot be kept in a token by :meth:`TokenKeyring.store`, or None when it
+    can (RSA, and EC on P-256, P-384 or P-521)."""
+    if isinstance(key, rsa.RSAPrivateKey) or (
+            isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _CURVE_OIDS):
+        return None
+    return (f"a {type(key).__name__} cannot be kept in the token (RSA and EC P-256, P-384,"
+            " P-521 keys can)")
+
 
 # PKCS#11 names of the hashes OAEP, PSS and the combined RSA signing mechanisms use.
 _HASHES: dict[str, tuple[Mechanism, MGF, Mechanism | None, Mechanism | None]] = {
@@ -192,6 +202,9 @@ class TokenKeyring:
             Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
             Attribute.ID: key_id, Attribute.LABEL: label, Attribute.SIGN: sign,
         }
+        why = unkept(key)
+        if why is not None:
+            raise KeyLoadError(why)
         if isinstance(key, rsa.RSAPrivateKey):
             n = key.private_numbers()
             template.update({
@@ -201,15 +214,13 @@ class TokenKeyring:
                 Attribute.PRIVATE_EXPONENT: _bytes(n.d), Attribute.PRIME_1: _bytes(n.p),
                 Attribute.PRIME_2: _bytes(n.q), Attribute.EXPONENT_1: _bytes(n.dmp1),
                 Attribute.EXPONENT_2: _bytes(n.dmq1), Attribute.COEFFICIENT: _bytes(n.iqmp)})
-        elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _CURVE_OIDS:
+        else:
+            assert isinstance(key, ec.EllipticCurvePrivateKey)  # unkept() said so
             size = (key.curve.key_size + 7) // 8
             template.update({
                 Attribute.KEY_TYPE: KeyType.EC, Attribute.DERIVE: decrypt,
                 Attribute.EC_PARAMS: der.oid(_CURVE_OIDS[key.curve.name]),
                 Attribute.VALUE: key.private_numbers().private_value.to_bytes(size, "big")})
-        else:
-            raise KeyLoadError(f"a {type(key).__name__} cannot be kept in the token (RSA and EC"
-                               " P-256, P-384, P-521 keys can)")
 
         def create() -> bool:
             if self._find(key_id):
