@@ -1,5 +1,5 @@
 """Loopback helpers for tests: a file server over real HTTP, a free port, a relay that can be
-cut, and waiting for a server process to listen."""
+cut, waiting for a server process to listen, and waiting for a condition."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -182,3 +183,16 @@ def url_line(process: subprocess.Popen[bytes], port: int) -> str:
         if not line:
             break
     raise AssertionError("".join(seen))
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0, *,
+               detail: Callable[[], str] = lambda: "") -> None:
+    """Poll ``condition()`` every 0.1 s until it is true; after ``timeout`` seconds fail,
+    naming ``what`` and adding ``detail()`` (a log tail, say)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    more = detail()
+    raise AssertionError(f"timed out waiting for {what}" + (f":\n{more}" if more else ""))

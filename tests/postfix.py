@@ -42,10 +42,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from loopback import free_port
+from loopback import free_port, wait_until
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
@@ -386,14 +387,9 @@ class Postfix:
                 time.sleep(0.05)
         raise AssertionError(f"Postfix does not listen on {port}:\n{self.log()}")
 
-    def wait(self, condition: object, what: str, timeout: float = 30.0) -> None:
+    def wait(self, condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
         """Wait until ``condition()`` is true (Postfix works in its own time)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():  # type: ignore[operator]
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+        wait_until(condition, what, timeout, detail=lambda: self.log()[-4000:])
 
 
 def _alive(pid_file: Path) -> bool:

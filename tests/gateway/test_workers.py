@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from gwhome import GatewayHome, make_home
 from gwnodes import Node, journal_nodes, pg_store, tally
+from loopback import wait_until
 from pki import PKI
 from smtpkit import SinkHandler, sink
 
@@ -83,15 +84,6 @@ def _until_every_worker_works(send: Callable[[list[str]], None], url: str, data_
     return ids
 
 
-def _wait(condition: object, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_two_workers_each_message_arrives_once_and_both_work(served: Served) -> None:
     workers = served.node.children()
     assert len(workers) == 2
@@ -113,8 +105,8 @@ def test_a_worker_killed_while_idle_is_replaced_and_mail_flows(served: Served) -
     first = served.node.children()
     assert len(first) == 2
     os.kill(first[0], signal.SIGKILL)
-    _wait(lambda: len(served.node.children()) == 2 and first[0] not in served.node.children(),
-          "a new worker")
+    wait_until(lambda: len(served.node.children()) == 2
+               and first[0] not in served.node.children(), "a new worker", 60)
     assert served.node.process is not None and served.node.process.poll() is None
     ids = [f"k{i}@example.org" for i in range(6)]
     _send_outbound(served, ids)
@@ -175,7 +167,7 @@ def test_workers_dying_too_often_make_the_parent_exit_1_saying_why(served: Serve
     process = served.node.process
     assert process is not None
     for _ in range(4):  # more than max_restarts(2) = 3 within 10 s
-        _wait(lambda: len(served.node.children()) == 2, "two workers")
+        wait_until(lambda: len(served.node.children()) == 2, "two workers", 60)
         os.kill(served.node.children()[0], signal.SIGKILL)
         time.sleep(0.2)
     assert process.wait(30) == 1
@@ -189,8 +181,8 @@ def test_no_worker_outlives_a_parent_killed_with_9(served: Served) -> None:
     workers = served.node.children()
     assert len(workers) == 2
     served.node.kill9()
-    _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
-          "the workers to end with their parent", 30)
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+               "the workers to end with their parent", 30)
 
 
 def test_two_workers_each_log_in_to_the_token_and_sign_with_it(
