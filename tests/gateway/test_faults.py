@@ -233,14 +233,21 @@ def test_full_spool_disk_defers_and_nothing_is_lost(tmp_path: Path) -> None:
             and "Insufficient system storage" in line
             for line in rig.postfix.log().splitlines()),
             "the gateway's 4xx quoting the re-injection's refusal for lack of room", 60)
-        subprocess.run(["dd", "if=/dev/zero", f"of={queue / 'filler2'}", "bs=64k"],
-                       capture_output=True, check=False)  # the last blocks: ENOSPC
+        # The last blocks: ENOSPC. Postfix's processes may free a block while dd writes (a
+        # temporary file of theirs removed): fill again, a few times at most.
+        fillers = [queue / "filler"]
+        for n in range(2, 12):
+            fillers.append(queue / f"filler{n}")
+            subprocess.run(["dd", "if=/dev/zero", f"of={fillers[-1]}", "bs=4k"],
+                           capture_output=True, check=False)
+            if os.statvfs(queue).f_bavail == 0:
+                break
         assert os.statvfs(queue).f_bavail == 0
         rig.postfix.flush()
         time.sleep(3)
         assert not set(queued) & set(rig.copies())
-        (queue / "filler").unlink()
-        (queue / "filler2").unlink()
+        for filler in fillers:
+            filler.unlink()
         rig.postfix.flush()
         rig.wait_delivered(queued, timeout=120)
         assert_exactly_once(rig.copies(), queued)
