@@ -535,16 +535,11 @@ def test_node_answers_try_later_while_the_database_is_away_and_recovers(
         assert "cannot use the database" in lines[0], lines
 
         relay.restore()
-        answers = []
-        for _ in range(20):  # bounded: the pool replaces its dropped connections
-            answers.append(fetch(node, "POST", "/ocsp", ocsp_request(issuer, serial),
-                                 {"Content-Type": "application/ocsp-request"}))
-            response = ocsp.load_der_ocsp_response(answers[-1][1])
-            if response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL:
-                break
-            time.sleep(0.2)
-        assert ask_ocsp(node, issuer, signer, serial).status == ocsp.OCSPCertStatus.GOOD
-        assert len(answers) <= 2, f"{len(answers)} requests until the node answered again"
+        # every request is answered from the first on, whichever worker takes it: a worker
+        # whose pooled connections died in the outage notices on its first read and reads
+        # again on a new connection (a stale one answered tryLater here before)
+        for _ in range(6):
+            assert ask_ocsp(node, issuer, signer, serial).status == ocsp.OCSPCertStatus.GOOD
         assert fetch(node, "GET", "/crl/issuing.crl") == (200, latest.der)
         assert "Traceback" not in node.stderr()
         with Store.open(deployment.url, deployment.ca_dir, create=False) as store:

@@ -55,6 +55,13 @@ def encrypted(kit: Pki, recipient: str = "rsa", *,
                             cipher=cipher, oaep=oaep)
 
 
+def tail_flip(der: bytes, back: int) -> bytes:
+    """``der`` with one bit flipped in the byte ``back`` bytes from its end: always a change,
+    unlike overwriting a byte with a constant it may already hold."""
+    at = len(der) - back
+    return der[:at] + bytes([der[at] ^ 1]) + der[at + 1:]
+
+
 def boundary_of(multipart: bytes) -> bytes:
     match = re.search(rb'boundary="([^"]+)"', multipart)
     assert match is not None
@@ -209,7 +216,7 @@ DECRYPT_INPUTS = {
     "signed-only": lambda kit: signed(kit),
     "certs-only": _certs_only,
     "wrong-key": lambda kit: encrypted(kit, "rsa2"),
-    "tampered-tag": lambda kit: pkcs7_mime(der_of(encrypted(kit))[:-1] + b"\x00",
+    "tampered-tag": lambda kit: pkcs7_mime(tail_flip(der_of(encrypted(kit)), 1),
                                            "authEnveloped-data"),
     "garbage-cms": lambda kit: pkcs7_mime(GARBAGE, "enveloped-data"),
     "truncated-cms": lambda kit: pkcs7_mime(der_of(encrypted(kit))[:200], "enveloped-data"),

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from properties.pki import Pki, cert_pem, key_pem, message
 
 import smimekit
-from malformed.cases import der_of, encrypted, openssl, openssl_run, pkcs7_mime
+from malformed.cases import der_of, encrypted, openssl, openssl_run, pkcs7_mime, tail_flip
 from smimekit import Cipher
 from smimekit.errors import (
     DecryptionError,
@@ -27,11 +27,6 @@ GENERIC = str(DecryptionError())
 def _flip_in(der: bytes, needle: bytes, offset: int) -> bytes:
     """Flip the low bit of the byte ``offset`` bytes into the first ``needle`` in ``der``."""
     at = der.index(needle) + offset
-    return der[:at] + bytes([der[at] ^ 1]) + der[at + 1:]
-
-
-def _tail_flip(der: bytes, back: int) -> bytes:
-    at = len(der) - back
     return der[:at] + bytes([der[at] ^ 1]) + der[at + 1:]
 
 
@@ -51,13 +46,13 @@ CASES: dict[str, Callable[[Pki], tuple[bytes, Any, Any]]] = {
     "ecdh-right-cert-wrong-key": lambda k: (encrypted(k, "p256"), _wrong_p256_key(),
                                             k["p256"].cert),
     "gcm-tampered-ciphertext": lambda k: (
-        pkcs7_mime(_tail_flip(der_of(encrypted(k, "rsa")), 40), "authEnveloped-data"),
+        pkcs7_mime(tail_flip(der_of(encrypted(k, "rsa")), 40), "authEnveloped-data"),
         k["rsa"].key, k["rsa"].cert),
     "gcm-tampered-tag": lambda k: (
-        pkcs7_mime(_tail_flip(der_of(encrypted(k, "rsa")), 3), "authEnveloped-data"),
+        pkcs7_mime(tail_flip(der_of(encrypted(k, "rsa")), 3), "authEnveloped-data"),
         k["rsa"].key, k["rsa"].cert),
     "chacha-tampered-ciphertext": lambda k: (
-        pkcs7_mime(_tail_flip(der_of(encrypted(k, "x25519", cipher=Cipher.CHACHA20_POLY1305)),
+        pkcs7_mime(tail_flip(der_of(encrypted(k, "x25519", cipher=Cipher.CHACHA20_POLY1305)),
                               40), "authEnveloped-data"),
         k["x25519"].key, k["x25519"].cert),
     "rsa-v1.5-tampered-encrypted-key": lambda k: (

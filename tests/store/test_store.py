@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from backends import Backend
+from backends import PG_PORT, Backend
 from cryptography.hazmat.primitives import hashes
+from loopback import TcpRelay
 from pki import Identity
 from sqlalchemy import inspect, text
 
@@ -172,6 +175,37 @@ def test_bad_database_url_in_the_cli_is_one_line_without_traceback(
     err = capsys.readouterr().err
     assert err.startswith("smimekit: error: cannot use the database")
     assert err.count("\n") == 1 and "Traceback" not in err and "secret" not in err
+
+
+def test_issued_status_answers_at_once_when_the_server_is_back(backend: Backend) -> None:
+    """The pool's connections die while the server is away (the relay between us drops
+    them). Once it is back, the very first lookup is answered: the dead connection is
+    noticed, the pool emptied and the read run again on a new one; while it is away, the
+    lookup fails as a StoreError."""
+    if backend.url is None:
+        pytest.skip("SQLite has no server to lose")
+    relay = TcpRelay(("127.0.0.1", PG_PORT))
+    try:
+        url = backend.url.replace(f":{PG_PORT}/", f":{relay.port}/")
+        with Store.open(url, backend.data_dir, busy_timeout=2) as store:
+            with ThreadPoolExecutor(max_workers=3) as pool:  # several pooled connections
+                barrier = threading.Barrier(3)
+
+                def lookup() -> None:
+                    with store.read():  # hold a connection until all three have one
+                        barrier.wait(timeout=10)
+                    store.issued_status(serial="ab", issuer_fingerprint="f" * 64)
+
+                for future in [pool.submit(lookup) for _ in range(3)]:
+                    future.result(timeout=30)
+            relay.cut()
+            with pytest.raises(StoreError, match="cannot"):
+                store.issued_status(serial="ab", issuer_fingerprint="f" * 64)
+            relay.restore()
+            for _ in range(4):
+                assert store.issued_status(serial="ab", issuer_fingerprint="f" * 64) is None
+    finally:
+        relay.stop()
 
 
 def test_raw_sql_sees_the_same_tables(backend: Backend) -> None:

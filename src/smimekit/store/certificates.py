@@ -111,6 +111,12 @@ class IssuedRecord:
         return self.revoked_at is None and self.renewed_by is None
 
 
+def _lost(driver: Any) -> bool:
+    """Whether a driver connection is gone for good (psycopg marks it ``broken`` or
+    ``closed`` when the server or the network dropped it; sqlite3 connections never are)."""
+    return bool(getattr(driver, "broken", False) or getattr(driver, "closed", False))
+
+
 def certificate_emails(cert: x509.Certificate) -> list[str]:
     """Addresses from the SAN (rfc822Name) then the subject's emailAddress, lower-cased."""
     found: list[str] = []
@@ -378,35 +384,57 @@ class CertificateRecords(StoreBase):
                 row = conn.execute(_STATUS_BY_SERIAL, params).first()
             return _issued_status(row[1], row[2]) if row is not None else None
         sql, bind, parse_time = self._status_sql()
-        try:
-            fairy = self._engine.raw_connection()
-        except SQLAlchemyError as exc:
-            raise self._translate(exc) from None
-        try:
-            driver: Any = fairy.driver_connection
-            # psycopg would open a transaction for the SELECT and roll it back when the
-            # connection goes back to the pool: two more round trips
-            autocommit = getattr(driver, "autocommit", None)
-            if autocommit is False:
-                driver.autocommit = True
-            try:
-                cursor = fairy.cursor()
-                cursor.execute(sql, bind(params))
-                row = cursor.fetchone()
-                cursor.close()
-            finally:
-                if autocommit is False:
-                    driver.autocommit = False
-        except Exception as exc:  # the driver's own errors (sqlite3, psycopg)
-            fairy.invalidate()
-            raise StoreError(f"cannot read the store: {_first_line(exc)}") from None
-        finally:
-            fairy.close()
+        row = self._raw_fetchone(sql, bind(params))
         if row is None:
             return None
         revoked_at = parse_time(row[1]) if parse_time is not None and row[1] is not None \
             else row[1]
         return _issued_status(revoked_at, row[2])
+
+    def _raw_fetchone(self, sql: str, values: Any) -> Any:
+        """One statement on a pooled driver connection, in autocommit; its first row.
+
+        A pooled connection may have died while the database was away (restarted, or the
+        network cut): the driver's error then says the connection is lost. Every pooled
+        connection is as stale as this one, so the pool is emptied and the statement is run
+        once more on a new connection; the first request after the database is back is
+        answered, on whichever worker it lands. Any other error, or a second failure, is a
+        :class:`StoreError`.
+        """
+        for attempt in (1, 2):
+            try:
+                fairy = self._engine.raw_connection()
+            except SQLAlchemyError as exc:
+                raise self._translate(exc) from None
+            except self._engine.dialect.loaded_dbapi.Error as exc:  # the pool does not wrap
+                raise StoreError(f"cannot use the database {self.description}:"
+                                 f" {_first_line(exc)}") from None
+            driver: Any = fairy.driver_connection
+            try:
+                # psycopg would open a transaction for the SELECT and roll it back when the
+                # connection goes back to the pool: two more round trips
+                autocommit = getattr(driver, "autocommit", None)
+                if autocommit is False:
+                    driver.autocommit = True
+                try:
+                    cursor = fairy.cursor()
+                    cursor.execute(sql, values)
+                    row = cursor.fetchone()
+                    cursor.close()
+                finally:
+                    if autocommit is False and not _lost(driver):
+                        driver.autocommit = False
+                return row
+            except Exception as exc:  # the driver's own errors (sqlite3, psycopg)
+                lost = _lost(driver)
+                fairy.invalidate()
+                if lost and attempt == 1:
+                    self._engine.dispose()  # the others died with it
+                    continue
+                raise StoreError(f"cannot read the store: {_first_line(exc)}") from None
+            finally:
+                fairy.close()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _status_sql(self) -> tuple[str, Callable[[dict[str, str]], Any], Any]:
         """The status query compiled once for this database's driver, how to pass it its
