@@ -56,13 +56,13 @@ def tokens_in_process(home: Path, labels: list[str], *, pin: str,
     """:func:`init_tokens`, with this process's ``SOFTHSM2_CONF`` set to it while the
     context lasts; yields the module's path. SoftHSM2 reads its configuration once per
     process, so a module loaded earlier with another token directory is reinitialised."""
-    import pkcs11
+    from smimekit.keys.pkcs11 import load_module, reinitialise
 
     path = require_module()
     env = init_tokens(home, labels, pin=pin, so_pin=so_pin)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOFTHSM2_CONF", env["SOFTHSM2_CONF"])
-        lib = pkcs11.lib(os.path.realpath(path))
+        lib = load_module(path)  # as smimekit loads it: with OS locking
         if labels[0] not in {t.label for t in lib.get_tokens()}:
-            lib.reinitialize()
+            reinitialise(path)
         yield path

@@ -270,3 +270,48 @@ def test_one_signer_signs_from_many_threads(module: str) -> None:
 def test_signer_satisfies_the_protocol(module: str) -> None:
     with generate_ca_key(module, TOKEN, _label("p256"), PIN, "p256") as signer:
         assert isinstance(signer, Signer)
+
+
+THREADS_SCRIPT = """
+import sys, threading
+from pkcs11 import Attribute, ObjectClass
+from smimekit.keys.pkcs11 import find_objects, load_module, open_signer
+module, token_label, key_label, pin, rounds = sys.argv[1:6]
+signers = [open_signer(module, token_label, key_label, pin) for _ in range(4)]
+token = load_module(module).get_token(token_label=token_label)
+start = threading.Barrier(4, timeout=30)
+failed = []
+
+def work(signer):
+    try:
+        start.wait()
+        for _ in range(int(rounds)):
+            signer.sign(b"one of many")
+            with token.open() as session:
+                find_objects(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+    except BaseException as exc:
+        failed.append(repr(exc))
+
+threads = [threading.Thread(target=work, args=(s,)) for s in signers]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(60)
+for s in signers:
+    s.close()
+print("failed:", failed) if failed else print("ok")
+"""
+
+
+def test_signers_and_searches_in_several_threads_at_once(module: str) -> None:
+    """python-pkcs11 initialises a module as if no two threads called it at once, and
+    SoftHSM2 then keeps no locks: four threads signing and opening sessions crashed the
+    process (SIGSEGV) in most runs. smimekit initialises every module again with OS locking.
+    Run in a child process, three times, so that a crash is a failure and not a lost worker."""
+    label = _label("p256")
+    generate_ca_key(module, TOKEN, label, PIN, "p256").close()
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", THREADS_SCRIPT, module, TOKEN, label, PIN, "600"],
+            capture_output=True, text=True, timeout=120, env=os.environ.copy())
+        assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]

@@ -176,3 +176,58 @@ def test_a_search_on_a_lost_session_raises_once_and_prints_nothing(
         find_objects(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: b"x"})
     print("someone else's line", file=sys.stderr)  # stderr itself still works
     assert capfd.readouterr().err == "someone else's line\n"
+
+
+def test_searches_in_several_threads_leave_stderr_and_the_hooks_alone(
+        module: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """The gateway's processing threads search their tokens at once: whatever find_objects
+    does to keep python-pkcs11's finaliser quiet must not leave another thread's stand-in
+    for stderr or for a hook in place (putting back "the previous one" per search did)."""
+    import sys
+    import threading
+
+    from pkcs11 import Attribute, ObjectClass
+
+    from smimekit.keys.pkcs11 import find_objects
+
+    lib = pkcs11.lib(os.path.realpath(module))
+    token = lib.get_token(token_label=TOKEN)
+    login = token.open(user_pin=PIN)  # the login is the application's: every session has it
+    stderr = sys.stderr
+    start = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            with token.open() as session:
+                start.wait(timeout=10)
+                for _ in range(300):
+                    find_objects(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures, failures
+    assert sys.stderr is stderr
+    print("a line after the searches", file=sys.stderr)
+    assert capfd.readouterr().err == "a line after the searches\n"
+    # an unraisable error of anybody else's still reaches the hook that was in place
+    seen: list[BaseException | None] = []
+    before = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: seen.append(unraisable.exc_value)
+    try:
+        find_objects(login, {Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+
+        class Finaliser:
+            def __del__(self) -> None:
+                raise ValueError("someone else's")
+
+        Finaliser()
+    finally:
+        sys.unraisablehook = before
+        login.close()
+    assert [str(exc) for exc in seen] == ["someone else's"]

@@ -19,10 +19,11 @@ never reaches a certificate.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import hashlib
 import hmac
-import io
+import logging
 import os
 import secrets
 import sys
@@ -47,7 +48,10 @@ from smimekit.cms import der
 from smimekit.errors import CAError, PassphraseError, SmimeError
 from smimekit.keys.signer import hash_for
 
-__all__ = ["KEY_TYPES", "Pkcs11Signer", "generate_ca_key", "open_signer"]
+__all__ = ["KEY_TYPES", "Pkcs11Signer", "generate_ca_key", "load_module", "open_signer",
+           "reinitialise"]
+
+log = logging.getLogger(__name__)
 
 KEY_TYPES = ("rsa3072", "rsa4096", "p256", "p384", "ed25519")
 """The key types :func:`generate_ca_key` makes: the values of ``smimekit.ca.CAKeyType``."""
@@ -97,7 +101,7 @@ def _token(module_path: str | os.PathLike[str], token_label: str, error: _Error 
     if not os.path.isfile(path):
         raise error(f"PKCS#11 module {shown} not found")
     try:
-        lib = pkcs11.lib(path)
+        lib = load_module(path)
     except p11.PKCS11Error as exc:
         raise error(f"cannot load PKCS#11 module {shown}: {_name(exc)}") from None
     try:
@@ -108,6 +112,100 @@ def _token(module_path: str | os.PathLike[str], token_label: str, error: _Error 
         raise error(f"more than one token labelled {token_label!r} in {shown}") from None
     except p11.PKCS11Error as exc:
         raise error(f"cannot list the tokens of {shown}: {_name(exc)}") from None
+
+
+# -- several threads -------------------------------------------------------------------------
+#
+# python-pkcs11 initialises a module with C_Initialize(NULL): a promise that no two threads
+# call into it at once (PKCS#11 2.40 section 5.4), and SoftHSM2 then turns its own locks off.
+# A process may hold several signers and keyrings on one module, each with a session and a
+# lock of its own, and use them from several threads (the gateway's processing threads, a
+# program using the API): four signers signing in four threads crashed SoftHSM2 (SIGSEGV) or
+# got CKR_GENERAL_ERROR. So each module is initialised again, once per process and before
+# any session is opened, with CKF_OS_LOCKING_OK: it locks its own state.
+
+_CKF_OS_LOCKING_OK = 0x00000002
+_CKR_CANT_LOCK = 0x0000000A
+
+
+class _InitArgs(ctypes.Structure):
+    """CK_C_INITIALIZE_ARGS: no mutex callbacks, the OS-locking flag."""
+
+    _fields_ = [("CreateMutex", ctypes.c_void_p), ("DestroyMutex", ctypes.c_void_p),
+                ("LockMutex", ctypes.c_void_p), ("UnlockMutex", ctypes.c_void_p),
+                ("flags", ctypes.c_ulong), ("pReserved", ctypes.c_void_p)]
+
+
+_Call = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
+
+
+class _FunctionListHead(ctypes.Structure):
+    """The start of CK_FUNCTION_LIST: its version, then C_Initialize and C_Finalize."""
+
+    _fields_ = [("version", ctypes.c_ubyte * 2), ("C_Initialize", _Call),
+                ("C_Finalize", _Call)]
+
+
+_locking_lock = threading.Lock()
+_locking: dict[str, bool] = {}
+"""Per module path: whether it was initialised with OS locking (False: it cannot lock)."""
+
+
+def _initialise_for_threads(path: str) -> bool:
+    """Finalise the module python-pkcs11 just initialised and initialise it again with
+    CKF_OS_LOCKING_OK, through its own function list (the same loaded library: ``dlopen``
+    of one path gives one handle). A module that cannot lock is initialised as before and
+    named in the log: calls to it from several threads at once are then not safe.
+
+    Raises:
+        pkcs11.exceptions.PKCS11Error: the module refused either call.
+    """
+    library = ctypes.CDLL(path)
+    functions = ctypes.POINTER(_FunctionListHead)()
+    rv = library.C_GetFunctionList(ctypes.byref(functions))
+    if rv != 0 or not functions:
+        raise p11.PKCS11Error(f"C_GetFunctionList failed (CKR 0x{rv:x})")
+    head = functions.contents
+    rv = head.C_Finalize(None)
+    if rv != 0:
+        raise p11.PKCS11Error(f"C_Finalize failed (CKR 0x{rv:x})")
+    args = _InitArgs(flags=_CKF_OS_LOCKING_OK)
+    rv = head.C_Initialize(ctypes.cast(ctypes.pointer(args), ctypes.c_void_p))
+    if rv == _CKR_CANT_LOCK:
+        rv = head.C_Initialize(None)
+        if rv == 0:
+            log.warning("PKCS#11 module cannot lock for several threads: keep the gateway's"
+                        " processing_threads at 1", extra={"module": path})
+            return False
+    if rv != 0:
+        raise p11.PKCS11Error(f"C_Initialize with OS locking failed (CKR 0x{rv:x})")
+    return True
+
+
+def load_module(module_path: str | os.PathLike[str]) -> Any:
+    """python-pkcs11's loaded module (one per path), initialised with OS locking the first
+    time this process loads it.
+
+    Raises:
+        pkcs11.exceptions.PKCS11Error: the module cannot be loaded or initialised.
+    """
+    path = os.path.realpath(os.fspath(module_path))
+    lib = pkcs11.lib(path)
+    with _locking_lock:
+        if path not in _locking:
+            _locking[path] = _initialise_for_threads(path)
+    return lib
+
+
+def reinitialise(module_path: str | os.PathLike[str]) -> None:
+    """Finalise and initialise the module again, with OS locking: every session and login
+    of this process on it is gone. (The tests do this to point SoftHSM2 at another token
+    directory; python-pkcs11's own ``reinitialize`` would leave it without locks.)"""
+    path = os.path.realpath(os.fspath(module_path))
+    pkcs11.lib(path)
+    with _locking_lock, _logins_lock:
+        _logins.clear()
+        _locking[path] = _initialise_for_threads(path)
 
 
 @dataclass
@@ -195,25 +293,61 @@ def find_objects(session: pkcs11.Session, template: dict[Attribute, Any]) -> lis
         pkcs11.exceptions.PKCS11Error: the search failed (the session lost, say). The search
             iterator's finaliser then fails too (C_FindObjectsFinal on the same dead
             session) while the first error unwinds, and python-pkcs11 prints that second
-            error's traceback to stderr ("Exception ignored in ... OperationContext
-            .__del__"). That output is kept from stderr (anything else written meanwhile
-            is passed on); the first error is raised for the caller to name.
+            error's traceback to stderr. :func:`_quiet_search_finalisers` keeps that one
+            quiet; the first error is raised for the caller to name.
     """
-    hook, stderr = sys.unraisablehook, sys.stderr
-    caught = io.StringIO()
+    _quiet_search_finalisers()
+    return list(session.get_objects(template))
 
-    def quiet(unraisable: Any) -> None:
-        if not isinstance(unraisable.exc_value, p11.PKCS11Error):
-            hook(unraisable)
 
-    sys.unraisablehook, sys.stderr = quiet, caught
-    try:
-        return list(session.get_objects(template))
-    finally:
-        sys.unraisablehook, sys.stderr = hook, stderr
-        text = caught.getvalue()
-        if text and "pkcs11." not in text:
-            stderr.write(text)  # not the finaliser's: someone else's, passed on
+_finaliser_hooks_lock = threading.Lock()
+_finaliser_hooks: list[Any] = [None, None]
+"""The wrappers this module put in place: sys.excepthook's, sys.unraisablehook's."""
+
+
+def _quiet_search_finalisers() -> None:
+    """Keep python-pkcs11's search finaliser from printing a second error's traceback.
+
+    Its Cython finaliser reports the error twice: a traceback through ``sys.excepthook``,
+    then "Exception ignored in" through ``sys.unraisablehook``. Each hook in place is wrapped,
+    for good, by one that passes on everything but a PKCS#11 error raised inside
+    python-pkcs11's ``_finalize``; it is wrapped again only when somebody has replaced it
+    since (pytest does, around each test). Wrapping for the length of each search and putting
+    the previous hook back after loses hooks when two threads search at once (the second
+    puts back the first one's wrapper); swapping ``sys.stderr`` did worse.
+    """
+    with _finaliser_hooks_lock:
+        if sys.excepthook is not _finaliser_hooks[0]:
+            excepthook = sys.excepthook
+
+            def quiet_excepthook(kind: type[BaseException], value: BaseException,
+                                 traceback: TracebackType | None) -> None:
+                if not _from_search_finaliser(value, traceback):
+                    excepthook(kind, value, traceback)
+
+            sys.excepthook = _finaliser_hooks[0] = quiet_excepthook
+        if sys.unraisablehook is not _finaliser_hooks[1]:
+            unraisablehook = sys.unraisablehook
+
+            def quiet_unraisablehook(unraisable: Any) -> None:
+                if not _from_search_finaliser(unraisable.exc_value, unraisable.exc_traceback):
+                    unraisablehook(unraisable)
+
+            sys.unraisablehook = _finaliser_hooks[1] = quiet_unraisablehook
+
+
+def _from_search_finaliser(value: BaseException | None,
+                           traceback: TracebackType | None) -> bool:
+    """Whether ``value`` is a PKCS#11 error raised in python-pkcs11's operation finaliser
+    (its Cython frames are named in full: ``pkcs11._pkcs11.SearchIter._finalize``)."""
+    if not isinstance(value, p11.PKCS11Error):
+        return False
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if code.co_name.rpartition(".")[2] == "_finalize" and "pkcs11" in code.co_filename:
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def _point(value: bytes, size: int) -> bytes:
