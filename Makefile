@@ -14,16 +14,16 @@ LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 LOWEST := .venv-lowest
 APT_PEERS := openssl gpgsm libnss3-tools softhsm2 wrk nginx nsd ldnsutils unbound bind9-dnsutils \
-  slapd ldap-utils postfix swaks sasl2-bin libsasl2-modules libsasl2-modules-db chromium \
-  chromium-driver fonts-dejavu-core
+  slapd ldap-utils postfix swaks libnet-ssleay-perl libio-socket-ssl-perl sasl2-bin \
+  libsasl2-modules libsasl2-modules-db chromium chromium-driver fonts-dejavu-core
 PEER_COMMANDS := openssl gpgsm certutil cmsutil pk12util softhsm2-util wrk nginx nsd ldns-keygen \
   ldns-signzone unbound dig ldapsearch postfix swaks smtp-source smtp-sink saslpasswd2 \
   chromium chromedriver
 # files, not commands: the gateway's encrypted PDF uses DejaVu Sans when it is there; the
 # private Postfix's SASL submission (tests/postfix.py) needs Cyrus SASL's PLAIN and sasldb
-# plugins (in the multiarch directory: the glob)
+# plugins (in the multiarch directory: the glob), and swaks its Perl TLS modules for STARTTLS
 PEER_FILES := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/lib/*/sasl2/libplain.so \
-  /usr/lib/*/sasl2/libsasldb.so
+  /usr/lib/*/sasl2/libsasldb.so /usr/lib/*/perl5/*/Net/SSLeay.pm /usr/share/perl5/IO/Socket/SSL.pm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 UPGRADE ?= --upgrade

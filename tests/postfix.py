@@ -24,8 +24,8 @@ deployment (docs/gateway.md) reserves for SASL-authenticated senders. Given ``sa
 sasldb (``saslpasswd2``), ``permit_sasl_authenticated,reject`` as client and relay
 restrictions, and ``reject_sender_login_mismatch`` over a ``sender_login`` hash map
 (``postmap``) in which each login owns the address it is named for (``sender_login`` to say
-otherwise). No TLS: AUTH PLAIN on loopback, which production must never offer in clear
-(``smtpd_tls_security_level=encrypt`` or ``smtpd_tls_auth_only=yes``).
+otherwise), and TLS as in production: ``smtpd_tls_security_level=encrypt``, so no AUTH
+and no mail before STARTTLS, with a throwaway certificate (loopback.tls_files).
 
 Postfix's master opens its lock file in ``data_directory`` by its full path as the
 ``postfix`` user, which cannot pass pytest's 0700 temporary directories (other pytest runs
@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from loopback import free_port, wait_until
+from loopback import free_port, tls_files, wait_until
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
@@ -66,13 +66,18 @@ def require_postfix() -> None:
 
 def require_sasl() -> None:
     """Skip unless Cyrus SASL's sasldb tool and its PLAIN and sasldb plugins are installed
-    (Debian's sasl2-bin and libsasl2-modules)."""
+    (Debian's sasl2-bin and libsasl2-modules), and swaks can STARTTLS."""
     require_postfix()
     if not Path(SASLPASSWD2).exists():
         pytest.skip("saslpasswd2 is not installed (make peers: sasl2-bin)")
     for plugin, package in (("libplain", "libsasl2-modules"), ("libsasldb", "libsasl2-modules-db")):
         if not any(Path("/usr/lib").glob(f"*/sasl2/{plugin}.so*")):
             pytest.skip(f"Cyrus SASL's {plugin} plugin is not installed (make peers: {package})")
+    support = subprocess.run(["swaks", "--support"], capture_output=True, text=True,
+                             timeout=30, check=False)
+    if "=== TLS supported" not in support.stdout + support.stderr:
+        pytest.skip("swaks cannot STARTTLS (make peers: libnet-ssleay-perl,"
+                    " libio-socket-ssl-perl)")
 
 
 MASTER_CF = """\
@@ -121,6 +126,8 @@ local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+# TLS on the submission door (with sasl_users): smtpd takes its entropy from tlsmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 """
 
 MAIN_CF = """\
@@ -161,12 +168,16 @@ message_size_limit = {message_size_limit}
 
 ATTACHMENTS = ("after-queue", "before-queue")
 
-# docs/gateway.md's submission lines ("Deployment", step 5) but TLS. Postfix's default
+# docs/gateway.md's submission lines ("Deployment", step 5), TLS included: a throwaway
+# certificate from loopback.tls_files (swaks does not check it). Postfix's default
 # smtpd_sasl_type is cyrus and smtpd_sasl_path smtpd: Cyrus reads smtpd.conf from
 # cyrus_sasl_config_path, which Debian's Postfix ignores for its own "$config_directory/sasl"
 # (debian/patches/07_sasl_config.diff): the harness sets the one and writes the other.
 SUBMISSION_SASL = """
   -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_cert_file={conf}/tls/server.pem
+  -o smtpd_tls_key_file={conf}/tls/server.key
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_client_restrictions=permit_sasl_authenticated,reject
   -o smtpd_sender_login_maps=hash:{conf}/sender_login
@@ -297,6 +308,9 @@ class Postfix:
         (self.conf / "sasl" / "smtpd.conf").write_text(SMTPD_CONF.format(sasldb=sasldb))
         (self.conf / "sender_login").write_text(
             "".join(f"{address} {login}\n" for address, login in self.sender_login.items()))
+        tls = self.conf / "tls"
+        tls.mkdir(mode=0o700)
+        tls_files(tls)  # ca.pem, server.pem, server.key: read by smtpd as root
         return SUBMISSION_SASL.format(conf=self.conf)
 
     def _postmap_sender_login(self) -> None:

@@ -3,8 +3,9 @@
 restrictions, ``reject_sender_login_mismatch`` over a ``sender_login`` hash map) run by a
 private Postfix (tests/postfix.py, ``sasl_users``) with Cyrus SASL and a sasldb, in front of
 ``smimekit gateway serve`` with the real pipeline (tests/gwhome.py: the gateway holds the keys of
-alice@example.org and her colleague bob@example.org). swaks logs in with AUTH PLAIN, in clear
-on loopback: production offers AUTH only over TLS (docs/gateway.md).
+alice@example.org and her colleague bob@example.org). swaks logs in with AUTH PLAIN after
+STARTTLS (``smtpd_tls_security_level=encrypt``, as in production); without STARTTLS the door
+offers no AUTH and takes no mail.
 
 Only a logged-in user reaches the trusted door, and only as an address the login owns; the
 public door takes the same claim of ours and never signs it."""
@@ -35,14 +36,16 @@ class Rig(PostfixRig):
 
     def submit(self, sender: str, to: str, *, login: str | None = None,
                password: str | None = None, subject: str = "test", public: bool = False,
-               ) -> subprocess.CompletedProcess[str]:
+               starttls: bool = True) -> subprocess.CompletedProcess[str]:
         """One message with swaks to the submission door (or the public one), logged in as
-        ``login`` when given (AUTH PLAIN); stdout shows the server's replies."""
+        ``login`` when given (AUTH PLAIN), after STARTTLS on the submission door unless
+        ``starttls`` is false; stdout shows the server's replies."""
         port = self.postfix.smtpd_port if public else self.postfix.submission_port
+        tls = [] if public or not starttls else ["--tls"]
         auth = [] if login is None else [
             "--auth", "PLAIN", "--auth-user", login,
             "--auth-password", PASSWORDS[login] if password is None else password]
-        return swaks(port, sender=sender, to=[to], subject=subject, extra=auth,
+        return swaks(port, sender=sender, to=[to], subject=subject, extra=tls + auth,
                      transcript=True)
 
     def arrived(self, count: int) -> None:
@@ -89,8 +92,10 @@ def rig(tmp_path: Path, pki: PKI, request: pytest.FixtureRequest) -> Iterator[Ri
 
 
 def _refusal(sent: subprocess.CompletedProcess[str]) -> str:
-    """The server's error reply in a swaks transcript (its ``<**`` line)."""
-    errors = [line[3:].strip() for line in sent.stdout.splitlines() if line.startswith("<**")]
+    """The server's error reply in a swaks transcript (its ``<**`` line, ``<~*`` inside
+    TLS)."""
+    errors = [line[3:].strip() for line in sent.stdout.splitlines()
+              if line.startswith(("<**", "<~*"))]
     assert sent.returncode != 0 and errors, sent.stdout + sent.stderr
     return errors[0]
 
@@ -137,6 +142,21 @@ def test_submission_without_login_is_refused_before_the_gateway(rig: Rig) -> Non
     _control(rig)
 
 
+def test_without_starttls_the_door_offers_no_login_and_takes_no_mail(rig: Rig) -> None:
+    """The password never crosses the network in clear: before STARTTLS the submission door
+    does not offer AUTH, and refuses MAIL with 530 (Must issue a STARTTLS command first)."""
+    sent = rig.submit("alice@example.org", PARTNER, subject="in clear", starttls=False)
+    assert "250-STARTTLS" in sent.stdout and "AUTH" not in sent.stdout
+    assert _refusal(sent).startswith("530 5.7.0 Must issue a STARTTLS command first")
+    assert rig.postfix.queued() == [] and rig.gateway_handed() == [] and rig.audit() == {}
+    sent = rig.submit("alice@example.org", PARTNER, login="alice@example.org",
+                      subject="in clear", starttls=False)  # swaks will not AUTH unoffered
+    assert sent.returncode != 0 and "AUTH" not in sent.stdout.replace("--auth", "")
+    assert "sasl_username" not in rig.postfix.log()
+    assert rig.postfix.queued() == [] and rig.gateway_handed() == [] and rig.audit() == {}
+    _control(rig)
+
+
 def test_a_wrong_password_gets_535_and_nothing_is_delivered(rig: Rig) -> None:
     sent = rig.submit("alice@example.org", PARTNER, login="alice@example.org",
                       password="not alice's password", subject="wrong password")
@@ -150,7 +170,9 @@ def test_alice_logged_in_as_herself_is_signed_and_encrypted(rig: Rig) -> None:
     sent = rig.submit("alice@example.org", PARTNER, login="alice@example.org",
                       subject="signed")
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    assert "235 2.7.0 Authentication successful" in sent.stdout
+    # swaks marks the replies it read inside TLS with "<~": the login went encrypted
+    assert "<~  235 2.7.0 Authentication successful" in sent.stdout
+    assert "220 2.0.0 Ready to start TLS" in sent.stdout
     rig.arrived(1)
     [got] = rig.sink.to(PARTNER)
     assert b"Hello from swaks." not in got.data  # encrypted (the home's "if-possible")
