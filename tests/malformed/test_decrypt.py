@@ -30,6 +30,20 @@ def _flip_in(der: bytes, needle: bytes, offset: int) -> bytes:
     return der[:at] + bytes([der[at] ^ 1]) + der[at + 1:]
 
 
+def _non_canonical_x25519(der: bytes) -> bytes:
+    """``der`` (AuthEnvelopedData to an X25519 recipient) with the top bit of the sender's
+    ephemeral key set: RFC 7748's X25519 ignores that bit, so without a check the changed
+    message gives the same shared secret and decrypts."""
+    from asn1crypto import cms
+
+    info = cms.ContentInfo.load(der)
+    [kari] = [r.chosen for r in info["content"]["recipient_infos"]]
+    point = bytes(kari["originator"].chosen["public_key"].native)
+    assert len(point) == 32 and point[31] < 0x80 and der.count(point) == 1
+    at = der.index(point) + 31
+    return der[:at] + bytes([der[at] | 0x80]) + der[at + 1:]
+
+
 def _wrong_p256_key() -> Any:
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -63,6 +77,10 @@ CASES: dict[str, Callable[[Pki], tuple[bytes, Any, Any]]] = {
         pkcs7_mime(_flip_in(der_of(encrypted(k, "rsa", oaep=True)), b"\x04\x82\x01\x00", 100),
                    "authEnveloped-data"),
         k["rsa"].key, k["rsa"].cert),
+    "x25519-non-canonical-ephemeral-key": lambda k: (
+        pkcs7_mime(_non_canonical_x25519(der_of(encrypted(k, "x25519"))),
+                   "authEnveloped-data"),
+        k["x25519"].key, k["x25519"].cert),
     "gcm-tampered-nonce": lambda k: (
         pkcs7_mime(_flip_in(der_of(encrypted(k, "p256")), b"\x30\x11\x04\x0c", 6),
                    "authEnveloped-data"),

@@ -407,14 +407,34 @@ def _unwrap_kari(
         peer: Any = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, bytes(point))
         secret = key.exchange(ec.ECDH(), peer)
     elif isinstance(key, x25519.X25519PrivateKey):
+        _canonical(bytes(point), _X25519_P, "X25519")
         secret = key.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(point)))
     elif isinstance(key, x448.X448PrivateKey):
+        _canonical(bytes(point), _X448_P, "X448")
         secret = key.exchange(x448.X448PublicKey.from_public_bytes(bytes(point)))
     else:  # pragma: no cover - filtered by candidates()
         raise ValueError("not an agreement key")
     ukm = kari["ukm"].native if kari["ukm"].native is not None else None
     kek = _kdf(kind, hash_name, secret, _shared_info(wrap_der, ukm, wrap_len), wrap_len)
     return aes_key_unwrap(kek, rek["encrypted_key"].native)
+
+
+_X25519_P = 2**255 - 19
+_X448_P = 2**448 - 2**224 - 1
+
+
+def _canonical(point: bytes, prime: int, name: str) -> None:
+    """Refuse a Montgomery u-coordinate that is not below the field's prime.
+
+    RFC 7748 section 5 makes X25519 ignore the top bit of the last byte and reduce values of
+    p and above, so 2**255 - p encodings (and 2**448 - p for X448) give the same shared
+    secret as a canonical one. The ephemeral key is outside the AEAD tag: without this check
+    a changed message (the top bit flipped) would still decrypt. A sender following RFC 7748
+    never writes one.
+    """
+    if int.from_bytes(point, "little") >= prime:
+        raise ValueError(f"the originator's {name} key is not canonically encoded"
+                         " (u-coordinate not below the field prime)")
 
 
 _ = hashes  # re-exported for type checkers of callers
