@@ -37,6 +37,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import loopback
 
 PARENT = "test."
 SIGNED_CHILDREN = ("good.test.", "bogus.test.", "expired.test.")
@@ -57,17 +58,7 @@ def _command(name: str) -> str:
 
 def free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 (DNS needs both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free loopback port for UDP and TCP")
+    return loopback.free_port(udp=True)
 
 
 def _soa(zone: str) -> list[str]:
@@ -172,9 +163,7 @@ def start_dns_lab(folder: Path, records: Mapping[str, str]) -> DnsLab:
     anchor = folder / "anchor.ds"
     anchor.write_text(parent_ds + "\n")
 
-    auth_port, resolver_port = free_port(), free_port()
-    while resolver_port == auth_port:
-        resolver_port = free_port()
+    auth_port, resolver_port = free_port(), free_port()  # never the same one twice
     lab = DnsLab(folder, auth_port, resolver_port, anchor)
     nsd_conf = folder / "nsd.conf"
     nsd_conf.write_text("\n".join([

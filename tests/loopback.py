@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import ipaddress
+import os
+import random
 import socket
 import subprocess
 import threading
@@ -76,11 +78,46 @@ class FileServer:
         self.httpd.server_close()
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (on all interfaces, as openssl ocsp binds)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+_PORTS = (16000, 32000)
+"""Where :func:`free_port` looks: below Linux's ephemeral range (32768-60999), so neither a
+client socket nor another ``bind(0)`` is handed the port between the pick and the server's
+bind; each xdist worker takes a slice of its own."""
+_given: set[int] = set()
+
+
+def _port_slice() -> tuple[int, int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "") or 1)
+    index = int(worker[2:]) if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    span = (_PORTS[1] - _PORTS[0]) // max(workers, 1)
+    low = _PORTS[0] + min(index, max(workers, 1) - 1) * span
+    return low, low + span
+
+
+def free_port(*, udp: bool = False) -> int:
+    """A TCP port nobody listens on now (on all interfaces, as openssl ocsp binds), and free
+    for UDP on 127.0.0.1 too when ``udp`` (DNS needs both).
+
+    Never the same port twice in one test process: a test picks several ports before its
+    servers bind them, and ``bind(0)`` gives a port that was just closed again about once in
+    10,000 pairs (enough for a few CI runs in a hundred to start two servers on one port).
+    """
+    low, high = _port_slice()
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        if port in _given:
+            continue
+        try:
+            with socket.socket() as tcp:
+                tcp.bind(("", port))
+                if udp:
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram:
+                        datagram.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {low}-{high} for this test process")
 
 
 class TcpRelay:
