@@ -455,7 +455,8 @@ class StoreHeldKeys:
 
     Keys are opened when first asked for and kept in memory for the life of the object (a
     gateway process); :meth:`forget` drops them (e.g. after ``gateway keys retire`` on
-    another node). ``clock`` gives the time a signing certificate must be valid at.
+    another node). ``clock`` gives the time a signing certificate must be valid at;
+    ``monotonic`` the seconds the memo's age is measured in.
 
     ``memo_seconds`` (``[gateway] key_memo_seconds``): how long an address's rows (which keys
     it has, which are retired) are reused without asking the store again, for at most
@@ -468,8 +469,10 @@ class StoreHeldKeys:
     def __init__(self, store: Store, master: bytes, *,
                  clock: Callable[[], dt.datetime] | None = None,
                  memo_seconds: float = 0.0, memo_entries: int = 10_000,
-                 token: TokenKek | None = None) -> None:
+                 token: TokenKek | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
+        self._monotonic = monotonic
         self._master = master
         self._token = token
         self._ring: TokenKeyring | None = None
@@ -561,7 +564,7 @@ class StoreHeldKeys:
         address = address.strip().lower()
         if self.memo_seconds <= 0:
             return self._read_rows(address)
-        now = time.monotonic()
+        now = self._monotonic()
         with self._lock:
             hit = self._rows.get(address)
             if hit is not None and now - hit[0] < self.memo_seconds:
