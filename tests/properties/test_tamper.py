@@ -217,3 +217,28 @@ def test_every_byte_of_auth_enveloped_data_is_protected(recipient: str, oaep: bo
                       range(len(der)), lambda position: path_to(der, position))
     assert problems == [], f"{len(problems)} of {len(der)} changes released plaintext:\n" + \
         "\n".join(problems)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipient", ["x25519", "p256"])
+def test_every_bit_of_the_senders_ephemeral_key_is_protected(recipient: str) -> None:
+    """The sender's ephemeral key is outside the tag, and the byte sweep above flips one bit
+    per byte: here every bit of it. X25519 ignores the top bit of its last byte (RFC 7748),
+    so that flip decrypted unchanged until non-canonical keys were refused."""
+    pki = test_pki()
+    user = pki[recipient]
+    head, der = pkcs7_parts(smimekit.encrypt(
+        b"Subject: sweep\r\n\r\nThe secret is 42.\r\n", [user.cert]))
+    [kari] = [r.chosen for r in cms.ContentInfo.load(der)["content"]["recipient_infos"]]
+    key = kari["originator"].chosen["public_key"]
+    point = bytes(key.native) if recipient == "x25519" else key.contents[1:]
+    assert der.count(point) == 1
+    start = der.index(point)
+    problems = []
+    for position in range(start, start + len(point)):
+        for bit in range(8):
+            tampered = pkcs7_message(head, flip(der, position, bit))
+            outcome = _outcome(lambda t=tampered: smimekit.decrypt(t, user.key, user.cert))
+            if outcome is not None:
+                problems.append(f"byte {position - start} bit {bit}: {outcome}")
+    assert problems == []
