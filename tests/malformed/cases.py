@@ -115,6 +115,14 @@ def openssl_run(*args: str | Path) -> None:
 # -- a catalogue of broken inputs, for the CLI tests -----------------------------------------
 
 
+def _bare_cr(message: bytes) -> bytes:
+    """A genuine message behind a trace field whose lone CRs (RFC 5322 allows CR only in
+    CRLF) make, to Python's email package and other readers, a From, a Subject, the end of
+    the header section and a body of the sender's choosing."""
+    return (b"Received: by mx.partner.example\rFrom: Mallory <mallory@evil.example>\r"
+            b"Subject: Payment\r\rPlease wire 50,000 EUR today.\r\r\r\n" + message)
+
+
 def _three_parts(kit: Pki) -> bytes:
     head, part1, part2, boundary = signed_parts(signed(kit))
     return multipart_signed(head, [part1, part2, part2], boundary)
@@ -208,6 +216,7 @@ VERIFY_INPUTS = {
     "encrypted-without-key": lambda kit: encrypted(kit),
     "too-many-layers": _layers,
     "certificate-with-invalid-version": _certificate_with_invalid_version,
+    "bare-cr-in-header": lambda kit: _bare_cr(signed(kit)),
 }
 
 DECRYPT_INPUTS = {
@@ -225,4 +234,5 @@ DECRYPT_INPUTS = {
     "unknown-transfer-encoding": lambda kit: encrypted(kit).replace(
         b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: x-uuencode"),
     "mac-overruns-structure": lambda kit: _mac_overrun(kit),
+    "bare-cr-in-header": lambda kit: _bare_cr(encrypted(kit)),
 }

@@ -51,6 +51,33 @@ def ms(kit: Pki) -> bytes:
     return good
 
 
+# -- header sections -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lone", [b"\r", b"\n"])
+def test_a_lone_cr_or_lf_in_a_header_field_never_shows_as_the_signed_message(
+        kit: Pki, ms: bytes, lone: bytes) -> None:
+    """A field whose lone CR is a line break to Python's email package but not to a CRLF
+    parser: in front of a genuine signed message it carried a From, a Subject and a body of
+    the sender's choosing into Verified.as_message() of a VALID verdict. A lone CR in a field
+    is now refused; lone LFs become CRLF before anything is parsed (the input's line ending),
+    so the message is then read as the reader reads it: Mallory's, and not signed."""
+    import email
+    import email.policy
+
+    field = (b"Received: by mx.partner.example" + lone + b"From: Mallory <m@evil.example>"
+             + lone + b"Subject: Payment" + lone + lone + b"Wire 50,000 EUR today." + lone)
+    hostile = field + CRLF + ms
+    shown = email.message_from_bytes(hostile, policy=email.policy.default)
+    assert shown["From"] == "Mallory <m@evil.example>"  # what a reader would have shown
+    refused = (MIMEError, "carriage return or line feed alone inside a field") \
+        if lone == b"\r" else (NoSignatureError, "not signed")
+    with pytest.raises(refused[0], match=refused[1]):
+        _verify(kit, hostile)
+    with pytest.raises(MIMEError, match=refused[1] if lone == b"\r" else "not encrypted"):
+        _decrypt(kit, field + CRLF + encrypted(kit))
+
+
 # -- multipart/signed structure ------------------------------------------------------------
 
 

@@ -86,6 +86,13 @@ def parse_headers(head: bytes) -> list[Header]:
 
 
 def _field(lines: list[bytes], number: int) -> Header:
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        # RFC 5322 2.2: CR and LF only together, as CRLF. A lone one is a line break to
+        # Python's email package and to other readers, not to this parser: a field of ours
+        # would carry whole fields (From, Subject), an empty line and a body of somebody
+        # else's into what a verified message shows (review of stop 18, finding 1).
+        raise MIMEError(f"malformed header line {number}: a carriage return or line feed"
+                        " alone inside a field (CR and LF must come together as CRLF)")
     raw = CRLF.join(lines)
     match = _HEADER_NAME.match(raw)
     if match is None:
