@@ -131,3 +131,70 @@ def nested_segments(depth: int) -> bytes:
     encap = d.seq(data_oid, d.tlv(0xA0, inner))
     return d.seq(SIGNED_DATA_OID, d.tlv(0xA0, d.seq(d.integer(1), d.tlv(0x31), encap,
                                                      d.tlv(0x31))))
+
+
+# -- deep nesting inside ANY fields: what asn1crypto's recursive parser meets ---------------
+
+SMIME_CAPABILITIES_OID = d.oid("1.2.840.113549.1.9.15")
+
+
+def nested(depth: int) -> bytes:
+    """A NULL inside ``depth`` SEQUENCEs: small, and deeper than Python's recursion limit
+    allows a recursive parser to go."""
+    inner = d.tlv(0x05, b"")
+    for _ in range(depth):
+        inner = d.seq(inner)
+    return inner
+
+
+def capability_parameters(ci: bytes, parameters: bytes) -> bytes:
+    """A SignedData whose signer's SMIMECapabilities attribute is replaced by one capability
+    with ``parameters`` (the signature then fails; the attributes are read first)."""
+    oid, fields = _open(ci)
+    infos = d.children(fields[-1][1])
+    assert infos is not None
+    parts = d.children(infos[0][1])
+    assert parts is not None
+    new_parts = []
+    for tag, part in parts:
+        if tag == 0xA0:  # signedAttrs
+            attrs = d.children(part)
+            assert attrs is not None
+            kept = [a for _, a in attrs if SMIME_CAPABILITIES_OID not in a[:16]]
+            caps = d.seq(SMIME_CAPABILITIES_OID, d.set_of(d.seq(d.seq(
+                d.oid("2.16.840.1.101.3.4.1.46"), parameters))))
+            part = d.tlv(0xA0, *sorted([*kept, caps]))
+        new_parts.append(part)
+    return _close(oid, [*(f for _, f in fields[:-1]), d.set_of(d.seq(*new_parts))])
+
+
+def oaep_label_source(ci: bytes, source: bytes | None) -> bytes:
+    """``ci`` (AuthEnvelopedData to one RSA recipient, OAEP) with RSAES-OAEP parameters
+    naming SHA-256 and ``source`` as the pSourceAlgorithm (None: left out, the default)."""
+    oid, fields = _open(ci)
+    infos = d.children(fields[1][1])
+    assert infos is not None and len(infos) == 1
+    ktri = d.children(infos[0][1])
+    assert ktri is not None
+    sha256 = d.seq(d.oid("2.16.840.1.101.3.4.2.1"))
+    oaep = d.seq(d.oid("1.2.840.113549.1.1.7"), d.seq(
+        d.tlv(0xA0, sha256), d.tlv(0xA1, d.seq(d.oid("1.2.840.113549.1.1.8"), sha256)),
+        *([] if source is None else [d.tlv(0xA2, source)])))
+    new_ktri = d.seq(*(oaep if i == 2 else f for i, (_, f) in enumerate(ktri)))
+    return _close(oid, [fields[0][1], d.set_of(new_ktri), *(f for _, f in fields[2:])])
+
+
+def kem_recipient(ci: bytes, kem_parameters: bytes) -> bytes:
+    """``ci`` with one more RecipientInfo: an id-ori-kem one (ML-KEM-768) whose KEM
+    algorithm carries ``kem_parameters``, for nobody the reader holds a key of."""
+    oid, fields = _open(ci)
+    infos = d.children(fields[1][1])
+    assert infos is not None
+    kemri = d.seq(d.integer(0), d.tlv(0x80, b"\x01" * 20),
+                  d.seq(d.oid("2.16.840.1.101.3.4.4.2"), kem_parameters),
+                  d.octets(b"\x00" * 1088), d.seq(d.oid("1.2.840.113549.1.9.16.3.28")),
+                  d.integer(32), d.seq(d.oid("2.16.840.1.101.3.4.1.45")),
+                  d.octets(b"\x00" * 40))
+    ori = d.tlv(0xA4, d.oid("1.2.840.113549.1.9.16.13.3"), kemri)
+    new = d.tlv(0x31, *sorted([*(i for _, i in infos), ori]))
+    return _close(oid, [fields[0][1], new, *(f for _, f in fields[2:])])

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from properties.pki import Pki, test_pki
 
 import smimekit
+from malformed import hostile
 from malformed.cases import (
     AUTH_ENVELOPED_OID,
     DATA_OID,
@@ -30,6 +31,7 @@ from malformed.cases import (
     tlv,
 )
 from smimekit.cms import decrypt_enveloped, verify_signed_data
+from smimekit.cms import der as d
 from smimekit.cms.limits import MAX_BER_SEGMENTS
 from smimekit.errors import (
     ASN1Error,
@@ -211,6 +213,41 @@ def test_nesting_bombs_inside_auth_enveloped_data_are_asn1_errors(
     der = ENVELOPED_BOMBS[name]
     _raises_fast(ASN1Error, lambda: _open(kit, smime_type)(der))
     _raises_fast(ASN1Error, lambda: _low_level(kit, smime_type)(der))
+
+
+def test_deep_nesting_inside_any_fields_is_an_error_not_a_recursion_crash(kit: Pki) -> None:
+    """asn1crypto parses an ANY field recursively, one call per level: a SEQUENCE nested
+    3,000 deep (15 KB) as a capability's parameters, an OAEP label source or a KEM
+    recipient's parameters raised RecursionError out of verify and decrypt."""
+    deep = hostile.nested(3000)
+    sealed = der_of(signed(kit, opaque=True))
+    with pytest.raises(SmimeError):
+        smimekit.verify(pkcs7_mime(hostile.capability_parameters(sealed, deep)),
+                        trust=[kit.ca])
+    oaep = der_of(encrypted(kit, oaep=True))
+    for source in (d.seq(d.oid("1.2.3.4"), deep),  # an unknown label source
+                   d.seq(d.oid("1.2.840.113549.1.1.9"), deep)):  # pSpecified, not OCTETs
+        with pytest.raises(SmimeError):
+            smimekit.decrypt(pkcs7_mime(hostile.oaep_label_source(oaep, source),
+                                        "authEnveloped-data"), kit["rsa"].key, kit["rsa"].cert)
+    extra = hostile.kem_recipient(der_of(encrypted(kit)), deep)
+    with pytest.raises(ASN1Error):
+        smimekit.decrypt(pkcs7_mime(extra, "authEnveloped-data"), kit["rsa"].key,
+                         kit["rsa"].cert)
+
+
+def test_the_hostile_builders_change_only_what_they_say(kit: Pki) -> None:
+    """Controls for the test above: the OAEP parameters as the builder writes them, without
+    a label source (the default), decrypt; the extra KEM recipient with shallow parameters
+    is passed over."""
+    oaep = der_of(encrypted(kit, oaep=True))
+    opened = smimekit.decrypt(pkcs7_mime(hostile.oaep_label_source(oaep, None),
+                                         "authEnveloped-data"), kit["rsa"].key, kit["rsa"].cert)
+    assert b"The secret is 42." in opened.content
+    extra = hostile.kem_recipient(der_of(encrypted(kit)), d.tlv(0x05, b""))
+    opened = smimekit.decrypt(pkcs7_mime(extra, "authEnveloped-data"), kit["rsa"].key,
+                              kit["rsa"].cert)
+    assert b"The secret is 42." in opened.content
 
 
 @pytest.mark.slow

@@ -138,8 +138,12 @@ class RC2CBCParameter(core.Sequence):
 T = TypeVar("T", bound=core.Asn1Value)
 F = TypeVar("F", bound=Callable[..., Any])
 
-# What asn1crypto raises on bad input, lazily, wherever a field is first touched.
-PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
+# What asn1crypto raises on bad input, lazily, wherever a field is first touched. Its parser
+# recurses once per level of nesting: a SEQUENCE nested 3,000 deep in an ANY (a capability's
+# parameters, an OAEP label source, a KEM recipient) raised RecursionError out of verify and
+# decrypt (review of stop 18, finding 2).
+PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError,
+                RecursionError)
 
 
 def load(cls: type[T], data: bytes, what: str) -> T:

@@ -352,7 +352,10 @@ def _unwrap_ktri(ktri: cms.KeyTransRecipientInfo, key: PrivateKeyTypes) -> bytes
         h = hash_algorithm(params["hash_algorithm"]["algorithm"].native, allow_legacy=True)
         mgf_params = params["mask_gen_algorithm"]["parameters"]
         mh = hash_algorithm(mgf_params["algorithm"].native, allow_legacy=True)
-        label = params["p_source_algorithm"]["parameters"].native or None
+        source = params["p_source_algorithm"]
+        if source["algorithm"].native != "p_specified":  # RFC 8017 A.2.1: the only one
+            raise UnsupportedError(f"unsupported OAEP label source {source['algorithm'].dotted}")
+        label = source["parameters"].native or None
         return key.decrypt(encrypted, padding.OAEP(padding.MGF1(mh), h, label))
     if name in ("rsaes_pkcs1v15", "rsa"):
         return key.decrypt(encrypted, padding.PKCS1v15())
