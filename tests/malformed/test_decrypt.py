@@ -18,6 +18,7 @@ from smimekit.errors import (
     DecryptionError,
     LegacyAlgorithmError,
     NoRecipientError,
+    SignatureInvalidError,
     SmimeError,
 )
 
@@ -193,6 +194,33 @@ def test_sha1_signature_is_refused_without_allow_legacy(
     signed_sha1 = b"From: rsa@example.org\r\n" + (tmp_path / "out.msg").read_bytes()
     with pytest.raises(LegacyAlgorithmError):
         smimekit.verify(signed_sha1, trust=[kit.ca])
+
+
+@pytest.mark.parametrize("econtent_type", ["1.3.6.1.4.1.32473.1", None],
+                         ids=["another-protocol", "id-data"])
+def test_a_signature_over_another_content_type_is_not_a_mail_signature(
+    kit: Pki, tmp_path: Path, econtent_type: str | None
+) -> None:
+    """OpenSSL signs the same MIME bytes under another eContentType (an OID of RFC 5612's
+    documentation arc) instead of id-data: valid CMS, the content-type attribute agreeing,
+    but a signature made for another protocol. S/MIME signs id-data (RFC 8551 3.1); the
+    other is refused, by name."""
+    if openssl() is None:
+        pytest.skip("openssl is not installed")
+    user = kit["rsa"]
+    (tmp_path / "key.pem").write_bytes(key_pem(user.key))
+    (tmp_path / "cert.pem").write_bytes(cert_pem(user.cert))
+    (tmp_path / "in.txt").write_bytes(message())
+    openssl_run("cms", "-sign", "-md", "sha256", "-nodetach", "-binary", "-in",
+                tmp_path / "in.txt", "-signer", tmp_path / "cert.pem", "-inkey",
+                tmp_path / "key.pem", "-out", tmp_path / "out.msg",
+                *(["-econtent_type", econtent_type] if econtent_type else []))
+    sealed = b"From: rsa@example.org\r\n" + (tmp_path / "out.msg").read_bytes()
+    if econtent_type is None:
+        assert smimekit.verify(sealed, trust=[kit.ca]).verdict.valid
+        return
+    with pytest.raises(SignatureInvalidError, match="not a MIME entity"):
+        smimekit.verify(sealed, trust=[kit.ca])
 
 
 # -- trial decryption without a certificate ------------------------------------------------

@@ -19,6 +19,7 @@ from smimekit.errors import (
     LegacyAlgorithmError,
     MIMEError,
     NoRecipientError,
+    SignatureInvalidError,
     SmimeError,
     VerificationError,
 )
@@ -39,6 +40,22 @@ MAX_WALK_PARTS = 1000
 
 KeyPairs = Sequence[tuple[PrivateKeyTypes, x509.Certificate | None]]
 
+
+
+def _mail(result: SignedDataResult) -> SignedDataResult:
+    """``result``, when what it signs is a MIME entity: S/MIME signs id-data (RFC 8551 3.1).
+
+    A signature over another content type (made for another CMS protocol, or a signed
+    receipt) is not a signature over mail, whatever its bytes look like when read as MIME.
+
+    Raises:
+        SignatureInvalidError: the signed content type is not id-data.
+    """
+    if result.content_type != "data":
+        raise SignatureInvalidError(
+            f"the signature covers a {result.content_type} content, not a MIME entity"
+            " (S/MIME signs id-data)")
+    return result
 
 @dataclass(frozen=True)
 class Layer:
@@ -153,12 +170,12 @@ def unwrap(
                 break  # signatures inside the encryption are left for verify
             detached = split_signed(current)
             try:
-                result = verify_signed_data(
+                result = _mail(verify_signed_data(
                     detached.signature,
                     detached_content=detached.content,
                     extra_certs=extra_certs,
                     allow_legacy=allow_legacy,
-                )
+                ))
             except (VerificationError, LegacyAlgorithmError) as exc:
                 layers.append(Layer("signed", "multipart/signed", str(exc), error=exc))
                 if not encryption_only:
@@ -178,9 +195,9 @@ def unwrap(
                 if encryption_only and seen_encryption:
                     break
                 try:
-                    result = verify_signed_data(
+                    result = _mail(verify_signed_data(
                         der, extra_certs=extra_certs, allow_legacy=allow_legacy
-                    )
+                    ))
                 except (VerificationError, LegacyAlgorithmError) as exc:
                     layers.append(Layer("signed", "application/pkcs7-mime", str(exc), error=exc))
                     unverified = embedded_content(der) if encryption_only else None
