@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from malformed import hostile
@@ -156,3 +157,23 @@ def test_a_message_over_a_parser_budget_is_counted_once_as_malformed(
     reasons = sorted(why for _, _, why in result.problems)
     assert any("MAX_BER_SEGMENTS" in why for why in reasons), reasons
     assert any("MAX_RECIPIENT_INFOS" in why for why in reasons), reasons
+
+
+def test_a_multipart_of_many_parts_is_split_only_as_far_as_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smimekit.archive import envelope
+
+    split = envelope.split_multipart
+    sizes: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> list[bytes]:
+        parts = split(*args, **kwargs)
+        sizes.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(envelope, "split_multipart", counting)
+    many = (b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+            + b"--x\r\n\r\n" * 3000 + b"--x--\r\n")
+    report = archive.scan(build("eml", tmp_path, [many]))
+    assert report.messages == 1 and report.by_kind == {"plain": 1}
+    assert sizes == [1000]

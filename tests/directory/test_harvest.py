@@ -18,6 +18,7 @@ import pytest
 from backends import Backend
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from malformed.certs import BROKEN
 from pki import NOW, PKI, Identity, ca_cert, new_key
 
 import smimekit
@@ -396,3 +397,36 @@ def test_harvest_in_a_cas_data_directory_uses_the_cas_store_and_chain(
         assert rows["encryption"].certificate == enc.cert and rows["encryption"].preferred
         assert rows["signer"].certificate == sign.cert
         assert len(store.issued_for("hana@example.com")) == 2  # the CA's own records
+
+
+def test_certificates_that_cannot_be_read_neither_stop_the_run_nor_spoil_a_genuine_message(
+        store: Store, trust: list[x509.Certificate], pki: PKI, people: dict[str, Identity],
+        tmp_path: Path) -> None:
+    """A message signed with a certificate whose subjectAltName is there twice is malformed
+    (before, cryptography's DuplicateExtension stopped the whole run); the same junk added to
+    a genuine message is left out, and the signer's certificate is kept."""
+    carol = people["carol"]
+    junk = x509.load_der_x509_certificate(BROKEN["duplicate-extension"](carol.cert,
+                                                                        pki.inter_key))
+    (tmp_path / "junk-signer.eml").write_bytes(smimekit.sign(
+        _msg(carol.email, msgid="j"), carol.key, junk, chain=[pki.inter]))
+    (tmp_path / "junk-carried.eml").write_bytes(smimekit.sign(
+        _msg(carol.email, msgid="g"), carol.key, carol.cert, chain=[pki.inter, junk]))
+    report = harvest([tmp_path], store=store, trust=trust, revocation=None)
+    assert report.messages == 2
+    assert report.skipped[MALFORMED] == 1
+    assert any("malformed signer certificate" in n for n in report.notes), report.notes
+    assert report.valid == 1 and report.new == 1
+    assert [r.certificate for r in store.harvested_for(carol.email)] == [carol.cert]
+
+
+def test_a_certificate_error_escaping_the_verdict_is_counted_and_the_run_goes_on(
+        store: Store, trust: list[x509.Certificate], pki: PKI, people: dict[str, Identity],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise x509.UnsupportedGeneralNameType("x400Address/EDIPartyName are not supported types")
+
+    monkeypatch.setattr("smimekit.validation.assess.assess", unreadable)
+    (tmp_path / "one.eml").write_bytes(_sign(people["carol"], [pki.inter]))
+    report = harvest([tmp_path], store=store, trust=trust, revocation=None)
+    assert report.skipped[MALFORMED] == 1 and "x400Address" in report.notes[0]

@@ -7,6 +7,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,6 +142,22 @@ def test_text_past_the_cap_is_not_read_and_the_result_says_so(
     result = dlp.evaluate([SECRET], _message(b"a" * 200 + b" project x project x\r\n"),
                           "outbound")
     assert result.truncated and result.fired == ()
+
+
+def test_parts_past_the_part_limit_are_not_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    split = dlp.split_multipart
+    sizes: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> list[bytes]:
+        parts = split(*args, **kwargs)
+        sizes.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(dlp, "split_multipart", counting)
+    many = _multipart(*[b"Content-Type: text/plain\r\n\r\nproject x"] * (dlp.MAX_PARTS * 3))
+    result = dlp.evaluate([SECRET], many, "outbound")
+    assert any("too many" in note for note in result.notes)
+    assert sizes == [dlp.MAX_PARTS]  # the root counts as one part: one more than it may read
 
 
 def test_unreadable_message_gives_a_note_not_an_error() -> None:

@@ -6,17 +6,22 @@ the gateway holds are given through the HeldKeys protocol by a small in-memory h
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from backends import Backend
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fakeclamd import EICAR
 from gwout_kit import Held
+from malformed.cases import multipart_signed, signature_part, signed_parts
+from malformed.certs import BROKEN, replace_certificate, with_certificate_first
 from pki import NOW, PKI, Identity, message
 
 import smimekit
@@ -231,6 +236,58 @@ def test_bad_signature_is_reported_and_nothing_harvested(
             context, trust=()))
         facts = _facts(_results(untrusted.deliveries[0].data)[0])
         assert facts["signature"] == "invalid" and "signature-reason" in facts
+
+
+def _with_signature(data: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """A multipart/signed message whose SignedData is replaced by ``edit(SignedData)``."""
+    head, content, signature, boundary = signed_parts(data)
+    der = base64.b64decode(signature.partition(b"\r\n\r\n")[2])
+    return multipart_signed(head, [content, signature_part(edit(der))], boundary)
+
+
+@pytest.mark.parametrize("kind", ["duplicate-extension", "x400-address-in-san",
+                                  "bad-utf8-subject", "bit-string-cn"])
+def test_certificates_that_cannot_be_read_give_a_verdict_not_a_retry(
+        pki: PKI, people: dict[str, Identity], held: Held, trust: list, kind: str) -> None:
+    """Before, cryptography's exception escaped process_inbound: a 451 that Postfix retried
+    until the message bounced. Junk added to a genuine message (signed by key identifier,
+    the junk first) is left out; the signer's own certificate unreadable is an invalid
+    signature that says why."""
+    carol = people["carol"]
+    by_ski = smimekit.sign(message("carol@partner.example"), carol.key, carol.cert,
+                           use_ski=True)
+    junk = BROKEN[kind](people["dana"].cert, pki.root_key)
+    genuine = _with_signature(by_ski, lambda der: with_certificate_first(der, junk))
+    outcome = _run(genuine, ["bob@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    assert delivery.data.endswith(genuine)
+    assert _facts(_results(delivery.data)[0])["signature"] == "valid"
+
+    bad = BROKEN[kind](carol.cert, pki.root_key)
+    forged = _with_signature(_signed(people), lambda der: replace_certificate(
+        der, carol.cert.public_bytes(serialization.Encoding.DER), bad))
+    outcome = _run(forged, ["bob@example.org"], held, _context(trust))
+    (delivery,) = outcome.deliveries
+    assert delivery.data.endswith(forged)
+    facts = _facts(_results(delivery.data)[0])
+    assert facts["signature"] == "invalid"
+    assert "malformed signer certificate" in facts["signature-reason"]
+
+
+def test_a_certificate_error_escaping_the_verdict_is_still_a_verdict(
+        people: dict[str, Identity], held: Held, trust: list,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should cryptography's own exceptions for an unreadable certificate ever escape again
+    (smimekit.cms reads a message's certificates up front), the message still gets a verdict,
+    not the 451 of a gateway bug that Postfix would retry until it bounced."""
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise x509.DuplicateExtension("Duplicate 2.5.29.17 extension found",
+                                      x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+
+    monkeypatch.setattr("smimekit.validation.assess.assess", unreadable)
+    outcome = _run(_signed(people), ["bob@example.org"], held, _context(trust))
+    facts = _facts(_results(outcome.deliveries[0].data)[0])
+    assert facts["signature"] == "invalid" and "Duplicate" in facts["signature-reason"]
 
 
 def test_webmail_user_keeps_a_signature_the_gateway_cannot_vouch_for(

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from asn1crypto import cms
 from asn1crypto import x509 as asn1_x509
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from properties.pki import Pki, message
 
 import smimekit
+from malformed.certs import BROKEN
 
 CRLF = b"\r\n"
 SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
@@ -167,6 +169,13 @@ def _certificate_with_invalid_version(kit: Pki) -> bytes:
     return pkcs7_mime(der.replace(cert, bad, 1))
 
 
+def _signer_certificate_with_a_duplicate_extension(kit: Pki) -> bytes:
+    """Signed with a certificate whose subjectAltName is there twice."""
+    user = kit["rsa"]
+    bad = x509.load_der_x509_certificate(BROKEN["duplicate-extension"](user.cert, kit.ca_key))
+    return smimekit.sign(message(sender="rsa"), user.key, bad)
+
+
 def _certs_only(kit: Pki) -> bytes:
     cert = asn1_x509.Certificate.load(kit["rsa"].cert.public_bytes(serialization.Encoding.DER))
     signed_data = cms.SignedData({
@@ -216,6 +225,8 @@ VERIFY_INPUTS = {
     "encrypted-without-key": lambda kit: encrypted(kit),
     "too-many-layers": _layers,
     "certificate-with-invalid-version": _certificate_with_invalid_version,
+    "signer-certificate-with-a-duplicate-extension":
+        _signer_certificate_with_a_duplicate_extension,
     "bare-cr-in-header": lambda kit: _bare_cr(signed(kit)),
 }
 

@@ -8,6 +8,8 @@ benchmarks/bench_budgets.py, which also runs ``openssl cms`` on the same files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from smimekit.cms import der as d
 
 SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
@@ -75,6 +77,84 @@ def many_certificates(ci: bytes, n: int) -> bytes:
     assert certs is not None
     new = d.tlv(0xA0, *[certs[0][1]] * n)
     return _close(oid, [*(f for _, f in fields[:at]), new, *(f for _, f in fields[at + 1:])])
+
+
+def many_digest_algorithms(ci: bytes, n: int) -> bytes:
+    """A SignedData whose digestAlgorithms lists its one digest ``n`` times."""
+    oid, fields = _open(ci)
+    digests = d.children(fields[1][1])
+    assert digests is not None and len(digests) == 1
+    return _close(oid, [fields[0][1], _repeat(0x31, digests[0][1], n),
+                        *(f for _, f in fields[2:])])
+
+
+JUNK_ATTRIBUTE = d.seq(d.oid("1.2.3.4"), d.set_of(d.tlv(0x05, b"")))
+"""An attribute of a type nobody reads, with one NULL value."""
+
+
+def _with_signer_info(ci: bytes, edit: Callable[[list[tuple[int, bytes]]], list[bytes]]) -> bytes:
+    """A SignedData whose one SignerInfo's fields are replaced by ``edit(fields)``."""
+    oid, fields = _open(ci)
+    infos = d.children(fields[-1][1])
+    assert infos is not None and len(infos) == 1
+    parts = d.children(infos[0][1])
+    assert parts is not None
+    return _close(oid, [*(f for _, f in fields[:-1]), d.set_of(d.seq(*edit(parts)))])
+
+
+def many_signed_attributes(ci: bytes, n: int) -> bytes:
+    """A SignedData whose signer carries ``n`` junk signed attributes besides its own (its
+    signature then fails: it is counted before anything is checked)."""
+    def edit(parts: list[tuple[int, bytes]]) -> list[bytes]:
+        out = []
+        for tag, part in parts:
+            if tag == 0xA0:
+                attrs = d.children(part)
+                assert attrs is not None
+                part = _repeat(0xA0, JUNK_ATTRIBUTE, n, [a for _, a in attrs])
+            out.append(part)
+        return out
+    return _with_signer_info(ci, edit)
+
+
+def many_unsigned_attributes(ci: bytes, n: int) -> bytes:
+    """A SignedData whose signer carries ``n`` junk unsigned attributes (no signature
+    covers them: anyone on the way can add them)."""
+    return _with_signer_info(ci, lambda parts: [*(p for _, p in parts),
+                                                _repeat(0xA1, JUNK_ATTRIBUTE, n)])
+
+
+def many_attribute_values(ci: bytes, n: int) -> bytes:
+    """A SignedData whose content-type signed attribute has its value ``n`` times."""
+    content_type = d.oid("1.2.840.113549.1.9.3")
+
+    def edit(parts: list[tuple[int, bytes]]) -> list[bytes]:
+        out = []
+        for tag, part in parts:
+            if tag == 0xA0:
+                attrs = d.children(part)
+                assert attrs is not None
+                new = []
+                for _, attr in attrs:
+                    fields = d.children(attr)
+                    assert fields is not None
+                    if fields[0][1] == content_type:
+                        values = d.children(fields[1][1])
+                        assert values is not None
+                        attr = d.seq(content_type, _repeat(0x31, values[0][1], n))
+                    new.append(attr)
+                part = d.tlv(0xA0, *new)
+            out.append(part)
+        return out
+    return _with_signer_info(ci, edit)
+
+
+def many_auth_attributes(ci: bytes, n: int) -> bytes:
+    """An AuthEnvelopedData (written without authAttrs) with ``n`` junk authAttrs."""
+    oid, fields = _open(ci)
+    assert fields[-1][0] == 0x04 and fields[-2][0] == 0x30  # ... content, mac
+    return _close(oid, [*(f for _, f in fields[:-1]), _repeat(0xA1, JUNK_ATTRIBUTE, n),
+                        fields[-1][1]])
 
 
 def many_crls(ci: bytes, crl: bytes, n: int) -> bytes:

@@ -28,7 +28,15 @@ from smimekit.cli.main import main
 from smimekit.cms import limits
 from smimekit.cms.enveloped import decrypt_enveloped
 from smimekit.cms.signed import verify_signed_data
-from smimekit.errors import ASN1Error, LimitExceededError, MalformedError, NoSignatureError
+from smimekit.errors import (
+    ASN1Error,
+    DecryptionError,
+    LimitExceededError,
+    MalformedError,
+    NoSignatureError,
+    SignatureInvalidError,
+    SignedAttributesError,
+)
 
 
 @pytest.fixture
@@ -121,6 +129,74 @@ def test_certificates_over_the_limit_are_refused(kit: Pki, decoded: list[int]) -
     assert decoded[0] < 50
 
 
+def test_digest_algorithms_over_the_limit_are_refused_before_they_are_parsed(
+        kit: Pki, decoded: list[int]) -> None:
+    der = hostile.many_digest_algorithms(der_of(signed(kit, opaque=True)),
+                                         limits.MAX_DIGEST_ALGORITHMS + 1)
+    err = _refused(_verify(kit, der), "MAX_DIGEST_ALGORITHMS")
+    assert "digest algorithms" in str(err)
+    _refused(lambda: verify_signed_data(der), "MAX_DIGEST_ALGORITHMS")
+    assert decoded[0] < 50
+
+
+def test_digest_algorithms_at_the_limit_still_verify(kit: Pki) -> None:
+    der = hostile.many_digest_algorithms(der_of(signed(kit, opaque=True)),
+                                         limits.MAX_DIGEST_ALGORITHMS)
+    assert smimekit.verify(pkcs7_mime(der), trust=[kit.ca]).verdict.valid
+
+
+@pytest.mark.parametrize("kind", ["signed", "unsigned"])
+def test_attributes_of_a_signer_over_the_limit_are_refused_before_they_are_parsed(
+        kit: Pki, decoded: list[int], kind: str) -> None:
+    build = hostile.many_signed_attributes if kind == "signed" else hostile.many_unsigned_attributes
+    der = build(der_of(signed(kit, opaque=True)), limits.MAX_ATTRIBUTES + 1)
+    err = _refused(_verify(kit, der), "MAX_ATTRIBUTES")
+    assert f"{kind} attributes in a SignerInfo" in str(err)
+    _refused(lambda: verify_signed_data(der), "MAX_ATTRIBUTES")
+    assert decoded[0] < 50
+
+
+def test_unsigned_attributes_at_the_limit_leave_a_genuine_signature_valid(
+        kit: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_ATTRIBUTES", 8)
+    real = der_of(signed(kit, opaque=True))
+    at_limit = hostile.many_unsigned_attributes(real, 8)
+    assert smimekit.verify(pkcs7_mime(at_limit), trust=[kit.ca]).verdict.valid
+    _refused(_verify(kit, hostile.many_unsigned_attributes(real, 9)), "MAX_ATTRIBUTES")
+
+
+def test_signed_attributes_at_the_limit_are_read(kit: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_ATTRIBUTES", 8)
+    real = der_of(signed(kit, opaque=True))  # content-type, signing-time, message-digest,
+    # SMIMECapabilities, signing-certificate-v2: three more make eight
+    with pytest.raises(SignatureInvalidError, match="does not verify"):
+        verify_signed_data(hostile.many_signed_attributes(real, 3))
+    _refused(lambda: verify_signed_data(hostile.many_signed_attributes(real, 4)),
+             "MAX_ATTRIBUTES")
+
+
+def test_values_of_one_attribute_over_the_limit_are_refused_before_they_are_parsed(
+        kit: Pki, decoded: list[int]) -> None:
+    real = der_of(signed(kit, opaque=True))
+    der = hostile.many_attribute_values(real, limits.MAX_ATTRIBUTE_VALUES + 1)
+    err = _refused(_verify(kit, der), "MAX_ATTRIBUTE_VALUES")
+    assert "values in one attribute" in str(err)
+    assert decoded[0] < 50
+    with pytest.raises(SignedAttributesError, match="exactly one value"):
+        verify_signed_data(hostile.many_attribute_values(real, 2))  # within: read and judged
+
+
+def test_authenticated_attributes_over_the_limit_are_refused_before_they_are_parsed(
+        kit: Pki, decoded: list[int]) -> None:
+    real = der_of(encrypted(kit, "p256"))
+    der = hostile.many_auth_attributes(real, limits.MAX_ATTRIBUTES + 1)
+    err = _refused(_decrypt(kit, der, "authEnveloped-data", "p256"), "MAX_ATTRIBUTES")
+    assert "authenticated attributes in an AuthEnvelopedData" in str(err)
+    assert decoded[0] < 50
+    with pytest.raises(DecryptionError):  # within: they are authenticated, and these are not
+        _decrypt(kit, hostile.many_auth_attributes(real, 2), "authEnveloped-data", "p256")()
+
+
 def _crl(kit: Pki) -> bytes:
     now = dt.datetime.now(dt.UTC)
     crl = (x509.CertificateRevocationListBuilder().issuer_name(kit.ca.subject)
@@ -156,14 +232,15 @@ def test_ber_segments_of_the_ciphertext_over_the_limit_are_refused(
 
 def test_walking_indefinite_lengths_has_a_budget_too(
         kit: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
-    """digestAlgorithms is not counted, only passed: BER that makes the check walk far."""
+    """The one digest algorithm is counted, not entered: BER that makes the check walk far."""
     monkeypatch.setattr(limits, "MAX_BER_ELEMENTS", 1000)
     data_oid = bytes.fromhex("06092a864886f70d010701")
     der = (b"\x30\x80" + hostile.SIGNED_DATA_OID + b"\xa0\x80\x30\x80\x02\x01\x01"
-           + b"\x31\x80" + b"\x05\x00" * 1001 + b"\x00\x00"
+           + b"\x31\x80\x30\x80" + b"\x05\x00" * 1001 + b"\x00\x00" * 2
            + b"\x30\x80" + data_oid + b"\x00\x00" + b"\x31\x00" + b"\x00\x00" * 3)
     _refused(lambda: verify_signed_data(der), "MAX_BER_ELEMENTS")
-    within = der.replace(b"\x05\x00" * 1001, b"\x05\x00" * 900)
+    # Read twice (counted as the one digest algorithm, then passed): 2 x 452 within 1,000.
+    within = der.replace(b"\x05\x00" * 1001, b"\x05\x00" * 450)
     with pytest.raises(NoSignatureError):  # within the budget: parsed as before
         verify_signed_data(within)
 

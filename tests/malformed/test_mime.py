@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from asn1crypto import cms
@@ -32,7 +34,10 @@ from smimekit.errors import (
     SignatureInvalidError,
     SmimeError,
     UnsupportedError,
+    VerificationError,
 )
+from smimekit.smime import canonical, hp_read, wrap
+from smimekit.smime import message as smime_message
 
 
 def _verify(kit: Pki, msg: bytes) -> smimekit.Verified:
@@ -340,6 +345,91 @@ def test_a_hundred_thousand_parts_are_not_signed_and_finish(kit: Pki) -> None:
     body = b"--x\r\n\r\npart\r\n" * 100_000 + b"--x--\r\n"
     with pytest.raises(NoSignatureError):
         _verify(kit, b"Content-Type: multipart/mixed; boundary=x\r\n\r\n" + body)
+
+
+@dataclass
+class _Work:
+    split: list[int] = field(default_factory=list)
+    """How many parts each call of split_multipart handed out."""
+    parsed: int = 0
+    """How many entities were parsed."""
+
+
+@pytest.fixture
+def work(monkeypatch: pytest.MonkeyPatch) -> _Work:
+    """Counts what reading a message costs in parts, not in seconds (the budgets must hold
+    on a loaded machine too)."""
+    seen = _Work()
+    real_split = canonical.split_multipart
+    real_parse = canonical.Entity.parse.__func__  # type: ignore[attr-defined]
+
+    def split(*args: Any, **kwargs: Any) -> list[bytes]:
+        parts = real_split(*args, **kwargs)
+        seen.split.append(len(parts))
+        return parts
+
+    def parse(cls: type[canonical.Entity], raw: bytes) -> canonical.Entity:
+        seen.parsed += 1
+        return real_parse(cls, raw)  # type: ignore[no-any-return]
+
+    for module in (wrap, smime_message, hp_read):
+        monkeypatch.setattr(module, "split_multipart", split)
+    monkeypatch.setattr(canonical.Entity, "parse", classmethod(parse))
+    return seen
+
+
+def test_parts_past_the_walk_budget_are_neither_split_nor_parsed(kit: Pki, work: _Work) -> None:
+    """Looking for S/MIME parts buried in an unsigned multipart reads MAX_WALK_PARTS parts:
+    the split stops there too (a million empty parts, 7 MB, took 2.4 s and 90 MB)."""
+    many = wrap.MAX_WALK_PARTS * 3
+    msg = (b"From: rsa@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+           + b"--x\r\n\r\n" * many + b"--x--\r\n")  # empty parts, 7 bytes each
+    assert canonical.split_multipart(msg, "x") == [b""] * many  # what there is to read
+    work.split.clear()
+    with pytest.raises(NoSignatureError):
+        _verify(kit, msg)
+    assert max(work.split) <= wrap.MAX_WALK_PARTS
+    assert work.parsed <= wrap.MAX_WALK_PARTS + 2
+
+
+def test_a_signed_part_within_the_walk_budget_is_still_found(kit: Pki, ms: bytes) -> None:
+    parts = [b"Content-Type: text/plain\r\n\r\nx"] * 10 + [ms.partition(b"\r\n")[2]]
+    body = b"".join(b"--x\r\n" + part + CRLF for part in parts) + b"--x--\r\n"
+    msg = b"From: rsa@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n" + body
+    with pytest.raises(VerificationError) as caught:
+        _verify(kit, msg)
+    assert caught.value.verdict is not None and caught.value.verdict.partially_signed
+
+
+def test_multipart_signed_with_many_parts_is_refused_at_the_third(
+        kit: Pki, ms: bytes, work: _Work) -> None:
+    head, part1, part2, boundary = signed_parts(ms)
+    msg = multipart_signed(head, [part1, part2, *[b""] * 1000], boundary)
+    with pytest.raises(MIMEError, match="exactly 2 parts, this one has more"):
+        _verify(kit, msg)
+    assert work.split and max(work.split) == 3
+
+
+def test_legacy_display_search_splits_no_more_parts_than_its_budget(
+        kit: Pki, work: _Work) -> None:
+    """A header-protected message (RFC 9788) whose body is a multipart/alternative of many
+    parts: the search for legacy display elements, which parses every alternative, leaves
+    one with more than MAX_LEGACY_PARTS parts as it is, without splitting the rest."""
+    many = hp_read.MAX_LEGACY_PARTS * 3
+    alternatives = b"".join(b"--a\r\nContent-Type: text/plain\r\n\r\nx\r\n"
+                            for _ in range(many)) + b"--a--\r\n"
+    user = kit["rsa"]
+    sent = smimekit.sign(message(alternatives, headers=b"Content-Type: multipart/alternative;"
+                                                       b" boundary=a\r\n"),
+                         user.key, user.cert)
+    work.split.clear()
+    work.parsed = 0
+    verified = _verify(kit, sent)
+    assert verified.verdict.valid
+    assert verified.verdict.header_protection is not None
+    assert verified.content.count(b"--a\r\n") == many  # shown as sent
+    assert max(work.split) <= hp_read.MAX_LEGACY_PARTS + 1
+    assert work.parsed < 20
 
 
 # -- mutated messages ----------------------------------------------------------------------

@@ -46,6 +46,18 @@ def test_split_multipart_without_closing_delimiter_is_truncated() -> None:
         split_multipart(b"--b\r\n\r\nx\r\n", "b")
 
 
+def test_split_multipart_stops_at_max_parts_without_reading_the_rest() -> None:
+    body = b"--b\r\n1\r\n--b\r\n2\r\n--b\r\n3\r\n--b--\r\n"
+    assert split_multipart(body, "b", max_parts=2) == [b"1", b"2"]
+    assert split_multipart(body, "b", max_parts=3) == [b"1", b"2", b"3"]
+    assert split_multipart(body, "b", max_parts=4) == [b"1", b"2", b"3"]
+    # Past max_parts nothing is read, not even whether the body is closed ...
+    assert split_multipart(body[:-9], "b", max_parts=2) == [b"1", b"2"]
+    # ... but a body that ends before it is still truncated.
+    with pytest.raises(MIMEError, match="truncated"):
+        split_multipart(body[:-9], "b", max_parts=3)
+
+
 def test_split_multipart_without_any_delimiter() -> None:
     with pytest.raises(MIMEError, match="no delimiter"):
         split_multipart(b"nothing here", "b")

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from loopback import FileServer
+from malformed.certs import BROKEN
 from pki import NOW, PKI, Identity, _name, ca_cert, message, new_key
 
 import smimekit
@@ -174,6 +175,8 @@ def test_every_caissuers_format_is_read(pki: PKI, server: FileServer, form: str)
     (b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "PEM file without"),
     (b"\x30" * (MAX_CERT_BYTES + 1), f"exceeds {MAX_CERT_BYTES}"),
     ("other-ca", "did not issue it"),
+    # the issuing CA's certificate, its subject made undecodable (a bad UTF8String)
+    ("undecodable", "the certificate served is malformed: its subject cannot be decoded"),
 ])
 def test_a_bad_caissuers_answer_is_a_clear_reason(pki: PKI, server: FileServer,
                                                    served: bytes | str | None,
@@ -182,6 +185,8 @@ def test_a_bad_caissuers_answer_is_a_clear_reason(pki: PKI, server: FileServer,
         other = ca_cert(new_key("p256#other"), pki.inter.subject,  # type: ignore[arg-type]
                         new_key("p256#other"), pki.inter.subject)  # type: ignore[arg-type]
         server.files["ca.cer"] = der(other)
+    elif served == "undecodable":
+        server.files["ca.cer"] = BROKEN["bad-utf8-subject"](pki.inter, pki.root_key)
     elif isinstance(served, bytes):
         server.files["ca.cer"] = served
     carol = person(pki, "carol", [server.url("ca.cer")])

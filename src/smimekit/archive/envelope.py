@@ -388,8 +388,9 @@ def _walk(ent: Entity, depth: int, nested: tuple[str, ...], inside: bool) -> _Pa
             return _Parsed(Kind.SIGNED)
         raise MalformedError(f"application/pkcs7-mime carries an unexpected CMS type {kind}")
     if ent.content_type.startswith("multipart/"):
-        parts = split_multipart(ent.raw, ent.params.get("boundary", ""), ent.body_offset)
-        found = [_walk(Entity.parse(part), depth + 1, nested, True) for part in parts[:1000]]
+        parts = split_multipart(ent.raw, ent.params.get("boundary", ""), ent.body_offset,
+                                max_parts=1000)  # the rest is not split either
+        found = [_walk(Entity.parse(part), depth + 1, nested, True) for part in parts]
         encrypted = next((f for f in found if f.kind is Kind.ENCRYPTED), None)
         if encrypted is not None:
             return encrypted  # its envelope says partial: it sits inside a multipart

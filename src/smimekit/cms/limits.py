@@ -1,9 +1,10 @@
 """Parser budgets: how many of each repeated CMS element smimekit will read.
 
-RFC 5652 puts no bound on the number of RecipientInfos, SignerInfos, certificates or CRLs,
-nor on the number of segments of a BER constructed string, and parsing each one costs
-Python objects: a message with 200,000 RecipientInfos took 37 s and 1.35 GB to decrypt, one
-with a million one-byte segments 19 s. Every limit below is far above what a real message
+RFC 5652 puts no bound on the number of RecipientInfos, SignerInfos, digest algorithms,
+attributes, certificates or CRLs, nor on the number of segments of a BER constructed string,
+and parsing each one costs Python objects: a message with 200,000 RecipientInfos took 37 s
+and 1.35 GB to decrypt, one with a million one-byte segments 19 s, one with a million
+digestAlgorithms 33 s and 880 MB to verify. Every limit below is far above what a real message
 carries (docs/messages.md, "Parser budgets", gives the reasoning); a message over one is
 refused with :class:`~smimekit.errors.LimitExceededError` *before* asn1crypto parses it.
 
@@ -22,11 +23,14 @@ from smimekit.cms.der import read_header
 from smimekit.errors import LimitExceededError
 
 __all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_VALUES",
     "MAX_BER_ELEMENTS",
     "MAX_BER_NESTING",
     "MAX_BER_SEGMENTS",
     "MAX_CERTIFICATES",
     "MAX_CRLS",
+    "MAX_DIGEST_ALGORITHMS",
     "MAX_RECIPIENT_INFOS",
     "MAX_SIGNER_INFOS",
     "check_content_info",
@@ -40,6 +44,20 @@ are 1,000 (Exchange Online) and 2,000 (Google Workspace); twice the larger, plus
 
 MAX_SIGNER_INFOS = 64
 """Signers of one SignedData. Real messages have one, two with algorithm agility."""
+
+MAX_DIGEST_ALGORITHMS = 64
+"""Digest algorithms in one SignedData's digestAlgorithms. Each signer's digest must be
+listed, and there are only a handful of digests: the signer limit is plenty."""
+
+MAX_ATTRIBUTES = 256
+"""Attributes in one set: a SignerInfo's signed or unsigned attributes, an
+AuthEnvelopedData's authenticated or unauthenticated ones, an EnvelopedData's unprotected
+ones. smimekit signs with five or six; other clients add a few (countersignatures and
+timestamps go in the unsigned set)."""
+
+MAX_ATTRIBUTE_VALUES = 256
+"""Values of one attribute. Most attributes must have exactly one (RFC 5652 11); a
+countersignature attribute has one per countersigner."""
 
 MAX_CERTIFICATES = 1024
 """Certificates in one CertificateSet (SignedData.certificates, OriginatorInfo.certs).
@@ -234,7 +252,7 @@ def check_content_info(der: bytes | memoryview) -> None:
         if kind == _SIGNED:
             _signed_data(reader, body[1], body[2])
         elif kind in (_ENVELOPED, _AUTH_ENVELOPED):
-            _enveloped_data(reader, body[1], body[2])
+            _enveloped_data(reader, body[1], body[2], kind == _AUTH_ENVELOPED)
     except _Stop:
         return
 
@@ -256,7 +274,12 @@ def _signed_data(reader: _Reader, off: int, end: int) -> None:
     # RFC 5652 5.1: version, digestAlgorithms, encapContentInfo, [0] certificates,
     # [1] crls, signerInfos.
     for index, (tag, start, stop) in enumerate(reader.lazy(off, end)):
-        if index < 2:
+        if index == 0:
+            continue
+        if index == 1:
+            if tag == 0x31:
+                reader.each(start, stop, MAX_DIGEST_ALGORITHMS,
+                            "digest algorithms in a SignedData", "MAX_DIGEST_ALGORITHMS")
             continue
         if tag == 0x30:
             encap = reader.lazy(start, stop)
@@ -271,17 +294,50 @@ def _signed_data(reader: _Reader, off: int, end: int) -> None:
         elif tag == 0xA1:
             _crls(reader, start, stop)
         elif tag == 0x31:
-            reader.each(start, stop, MAX_SIGNER_INFOS, "SignerInfos", "MAX_SIGNER_INFOS")
+            infos = reader.each(start, stop, MAX_SIGNER_INFOS, "SignerInfos", "MAX_SIGNER_INFOS")
+            for _tag, istart, istop in infos:
+                _signer_info(reader, istart, istop)
             return
 
 
-def _enveloped_data(reader: _Reader, off: int, end: int) -> None:
+def _signer_info(reader: _Reader, off: int, end: int) -> None:
+    # RFC 5652 5.3: version, sid, digestAlgorithm, [0] signedAttrs OPTIONAL,
+    # signatureAlgorithm, signature, [1] unsignedAttrs OPTIONAL. Told apart by position too:
+    # a subjectKeyIdentifier sid is [0] as well (constructed, in BER).
+    for index, (tag, start, stop) in enumerate(reader.lazy(off, end)):
+        if index == 3 and tag == 0xA0:
+            _attributes(reader, start, stop, "signed attributes in a SignerInfo")
+        elif index >= 5 and tag == 0xA1:
+            _attributes(reader, start, stop, "unsigned attributes in a SignerInfo")
+
+
+def _attributes(reader: _Reader, off: int, end: int, what: str) -> None:
+    """Count the attributes of one set, and the values of each (Attribute ::= SEQUENCE {
+    attrType, attrValues SET OF AttributeValue })."""
+    for tag, start, stop in reader.each(off, end, MAX_ATTRIBUTES, what, "MAX_ATTRIBUTES"):
+        if tag != 0x30:
+            continue
+        fields = reader.lazy(start, stop)
+        next(fields, None)  # attrType
+        values = next(fields, None)
+        if values is not None and values[0] == 0x31:
+            reader.each(values[1], values[2], MAX_ATTRIBUTE_VALUES, "values in one attribute",
+                        "MAX_ATTRIBUTE_VALUES")
+
+
+def _enveloped_data(reader: _Reader, off: int, end: int, authenticated: bool) -> None:
     # RFC 5652 6.1 / RFC 5083 2.1: version, [0] originatorInfo, recipientInfos,
-    # (auth)encryptedContentInfo, ...
+    # (auth)encryptedContentInfo, then [1] unprotectedAttrs (EnvelopedData) or [1] authAttrs,
+    # mac, [2] unauthAttrs (AuthEnvelopedData).
+    after_content = False
     for index, (tag, start, stop) in enumerate(reader.lazy(off, end)):
         if index == 0:
             continue
-        if tag == 0xA0:
+        if after_content:
+            what = _ENVELOPED_ATTRIBUTES.get((authenticated, tag))
+            if what is not None:
+                _attributes(reader, start, stop, what)
+        elif tag == 0xA0:
             for inner, istart, istop in reader.lazy(start, stop):
                 if inner == 0xA0:
                     _certificates(reader, istart, istop)
@@ -290,12 +346,19 @@ def _enveloped_data(reader: _Reader, off: int, end: int) -> None:
         elif tag == 0x31:
             _recipients(reader, start, stop)
         elif tag == 0x30:
+            after_content = True
             # contentType, contentEncryptionAlgorithm, [0] encryptedContent
             for position, (field, fstart, fstop) in enumerate(reader.lazy(start, stop)):
                 if position == 2 and field in (0x80, 0xA0):
                     reader.segments(fstart, fstop)
-                    return
-            return
+                    break
+
+
+_ENVELOPED_ATTRIBUTES = {
+    (False, 0xA1): "unprotected attributes in an EnvelopedData",
+    (True, 0xA1): "authenticated attributes in an AuthEnvelopedData",
+    (True, 0xA2): "unauthenticated attributes in an AuthEnvelopedData",
+}
 
 
 def _certificates(reader: _Reader, off: int, end: int) -> None:

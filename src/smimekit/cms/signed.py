@@ -27,6 +27,7 @@ from smimekit.cms.algorithms import Digest, hash_algorithm
 from smimekit.cms.asn1 import PARSE_ERRORS
 from smimekit.cms.keyinfo import (
     cert_der,
+    certificate_defect,
     key_matches_cert,
     matches_issuer_serial,
     matches_ski,
@@ -112,7 +113,8 @@ class SignedDataResult:
     """True when the content was supplied separately (multipart/signed)."""
     signers: tuple[SignerResult, ...]
     certificates: tuple[x509.Certificate, ...]
-    """Every certificate carried in the SignedData."""
+    """Every well-formed certificate carried in the SignedData (one whose subject, issuer or
+    extensions cannot be decoded is left out: the field is unsigned, anyone can add one)."""
 
 
 # -- signing --------------------------------------------------------------------------------
@@ -354,7 +356,8 @@ def verify_signed_data(
     """Verify every signer of a SignedData (DER or BER ContentInfo).
 
     Raises:
-        ASN1Error: the structure cannot be decoded.
+        ASN1Error: the structure cannot be decoded, or a signer's certificate carried in it
+            cannot (another certificate that cannot is left out of ``certificates``).
         NoSignatureError: not a SignedData, or zero signers.
         SignatureInvalidError: a digest or signature does not verify, content confusion.
         SignedAttributesError: a required signed attribute is missing, duplicated or wrong.
@@ -384,13 +387,15 @@ def verify_signed_data(
     else:
         content = embedded_bytes
 
-    certs = _certificates(sd)
+    certs, malformed = _certificates(sd)
     pool = certs + [c for c in extra_certs if c not in certs]
     digest_cache: dict[str, bytes] = {}
     results = []
     for index, si in enumerate(signer_infos, start=1):
+        cert = _find_signer_cert(si["sid"], pool, malformed)
         results.append(
-            _verify_signer(si, index, content, content_type, pool, digest_cache, allow_legacy)
+            _verify_signer(si, index, cert, content, content_type, pool, digest_cache,
+                           allow_legacy)
         )
     return SignedDataResult(
         content=content,
@@ -427,43 +432,117 @@ def _octets(value: core.Asn1Value) -> bytes:
     return native if isinstance(native, bytes) else value.dump()
 
 
-def _certificates(sd: cms.SignedData) -> list[x509.Certificate]:
-    """The X.509 certificates of a SignedData, from the bytes exactly as received."""
+@dataclass(frozen=True)
+class _Malformed:
+    """A certificate of the message that cannot be used: its bytes, and why."""
+
+    der: bytes
+    problem: str
+
+
+def _certificates(sd: cms.SignedData) -> tuple[list[x509.Certificate], list[_Malformed]]:
+    """The X.509 certificates of a SignedData, from the bytes exactly as received: those that
+    can be used, and those that cannot."""
     field = sd["certificates"]
     if isinstance(field, core.Void):
-        return []
+        return [], []
     raw = dertools.elements(field.contents)
     if raw is not None:
-        return [_load_cert(tlv) for tag, tlv in raw if tag == 0x30]
-    return [_load_cert(c.dump()) for c in field if c.name == "certificate"]  # BER input
+        ders = [tlv for tag, tlv in raw if tag == 0x30]
+    else:
+        ders = [c.dump() for c in field if c.name == "certificate"]  # BER input
+    good: list[x509.Certificate] = []
+    bad: list[_Malformed] = []
+    for der in ders:
+        loaded = _load_cert(der)
+        if isinstance(loaded, str):
+            bad.append(_Malformed(der, loaded))
+        else:
+            good.append(loaded)
+    return good, bad
 
 
-def _load_cert(der: bytes) -> x509.Certificate:
+def _load_cert(der: bytes) -> x509.Certificate | str:
+    """The certificate, its subject, issuer and extensions decoded; or what is wrong with it.
+
+    cryptography decodes those on first use, and from a hostile certificate they raise
+    DuplicateExtension, UnsupportedGeneralNameType, ValueError or TypeError from wherever
+    that is. The certificates field is not signed: anyone on the way can add one, and a
+    certificate that is not the signer's must not fail a genuine message.
+    """
     try:
-        return x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
     except (ValueError, x509.InvalidVersion) as exc:
-        raise ASN1Error(f"malformed certificate in the SignedData: {exc}") from None
+        return f"it cannot be loaded ({str(exc).strip()[:160] or type(exc).__name__})"
+    return certificate_defect(cert) or cert
 
 
-def _find_signer_cert(sid: cms.SignerIdentifier, pool: list[x509.Certificate]) -> x509.Certificate:
+def _find_signer_cert(
+    sid: cms.SignerIdentifier, pool: list[x509.Certificate], malformed: list[_Malformed]
+) -> x509.Certificate:
+    """The signer's certificate in ``pool``.
+
+    Raises:
+        ASN1Error: the signer's certificate is in the message, but malformed.
+        SignatureInvalidError: it is not found.
+    """
+    by_ski = sid.name == "subject_key_identifier"
     for cert in pool:
-        if sid.name == "issuer_and_serial_number" and matches_issuer_serial(sid.chosen, cert):
+        if by_ski and matches_ski(sid.chosen.native, cert):
             return cert
-        if sid.name == "subject_key_identifier" and matches_ski(sid.chosen.native, cert):
+        if not by_ski and matches_issuer_serial(sid.chosen, cert):
             return cert
-    raise SignatureInvalidError("the signer's certificate is not in the message or the given set")
+    for bad in malformed:
+        ias, ski = _raw_identifiers(bad.der)
+        if (ski is not None and by_ski and ski == sid.chosen.native) or (
+            ias is not None and not by_ski and ias == sid.chosen.dump()
+        ):
+            raise ASN1Error(f"malformed signer certificate in the SignedData: {bad.problem}")
+    left_out = f" ({len(malformed)} malformed certificate(s) of the message left out)"
+    raise SignatureInvalidError(
+        "the signer's certificate is not in the message or the given set"
+        + (left_out if malformed else "")
+    )
+
+
+_SKI_EXTENSION = dertools.oid("2.5.29.14")
+
+
+def _raw_identifiers(der: bytes) -> tuple[bytes | None, bytes | None]:
+    """(IssuerAndSerialNumber DER, subjectKeyIdentifier extension value) read from the bytes of
+    a certificate that cannot be loaded or decoded, to tell whether it is the signer's."""
+    top = dertools.children(der)
+    tbs = dertools.children(top[0][1]) if top else None
+    if not tbs or len(tbs) < 7:
+        return None, None
+    at = 1 if tbs[0][0] == 0xA0 else 0  # [0] version
+    ias = dertools.seq(tbs[at + 2][1], tbs[at][1])  # issuer, serialNumber
+    ski = None
+    extensions = next((field for tag, field in tbs if tag == 0xA3), None)
+    outer = dertools.children(extensions) if extensions is not None else None
+    listed = dertools.children(outer[0][1]) if outer else None
+    for _tag, extension in listed or ():
+        parts = dertools.children(extension)
+        if parts and parts[0][1] == _SKI_EXTENSION and parts[-1][0] == 0x04:
+            value = parts[-1][1]
+            head = dertools.read_header(value, 0, len(value))
+            inner = value[head[1]:] if head is not None else b""
+            found = dertools.read_header(inner, 0, len(inner))
+            if found is not None and inner[:1] == b"\x04":
+                ski = inner[found[1]:found[1] + (found[2] or 0)]
+    return ias, ski
 
 
 def _verify_signer(
     si: cms.SignerInfo,
     index: int,
+    cert: x509.Certificate,
     content: bytes,
     content_type: str,
     pool: list[x509.Certificate],
     digest_cache: dict[str, bytes],
     allow_legacy: bool,
 ) -> SignerResult:
-    cert = _find_signer_cert(si["sid"], pool)
     missing = unsupported_pq_algorithm(si["signature_algorithm"]["algorithm"].dotted)
     if missing is not None:  # named before its digest (SHAKE) is refused in other words
         raise UnsupportedError(

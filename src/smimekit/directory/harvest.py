@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from smimekit.cms import asn1
+from smimekit.cms.keyinfo import CERTIFICATE_ERRORS
 from smimekit.directory.sources import Candidate, Found
 from smimekit.errors import ArchiveError, NoRecipientError, SmimeError
 from smimekit.mailbox import comparable
@@ -62,8 +63,10 @@ PARTIALLY_SIGNED = "partially-signed"
 INVALID = "signature-invalid"
 FROM_MISMATCH = "from-mismatch"
 
-_PARSE_ERRORS = (SmimeError, *asn1.PARSE_ERRORS, binascii.Error, UnicodeError, RecursionError,
-                 ValueError, IndexError)
+# cryptography decodes a certificate's names and extensions when first asked, raising its own
+# exceptions: smimekit.cms reads the message's certificates up front, these are for the rest.
+_PARSE_ERRORS = (SmimeError, *asn1.PARSE_ERRORS, *CERTIFICATE_ERRORS, binascii.Error,
+                 UnicodeError, RecursionError, ValueError, IndexError)
 
 
 @dataclass

@@ -305,7 +305,8 @@ def _walk(entity: Entity, texts: Texts, notes: list[str], budget: list[int],
             notes.append(f"a {ctype} part without a boundary was not read")
             return False
         try:
-            children = split_multipart(entity.body, boundary)
+            # One more than the walk may read, so that it notes the rest was not read.
+            children = split_multipart(entity.body, boundary, max_parts=MAX_PARTS - parts[0] + 1)
         except MIMEError as exc:
             notes.append(f"a {ctype} part cannot be split: {exc}")
             return False

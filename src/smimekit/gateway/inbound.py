@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smimekit.api import SOFT_REVOCATION
 from smimekit.cms import asn1
+from smimekit.cms.keyinfo import CERTIFICATE_ERRORS
 from smimekit.config import GatewayConfig
 from smimekit.errors import (
     ConfigError,
@@ -85,8 +86,10 @@ __all__ = ["InboundContext", "InboundPolicy", "InboundSettings", "process_inboun
 
 
 # What broken input may raise while it is read (as directory/harvest.py counts them).
-_PARSE_ERRORS = (SmimeError, *asn1.PARSE_ERRORS, binascii.Error, UnicodeError, RecursionError,
-                 ValueError, IndexError)
+# cryptography decodes a certificate's names and extensions when first asked, raising its own
+# exceptions: smimekit.cms reads the message's certificates up front, these are for the rest.
+_PARSE_ERRORS = (SmimeError, *asn1.PARSE_ERRORS, *CERTIFICATE_ERRORS, binascii.Error,
+                 UnicodeError, RecursionError, ValueError, IndexError)
 
 
 class InboundPolicy(Protocol):

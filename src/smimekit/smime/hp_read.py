@@ -58,6 +58,8 @@ MAX_PROTECTED_FIELDS = 1000
 """A protected header section with more fields than this is refused (a real one has tens)."""
 MAX_PROTECTED_BYTES = 256 * 1024
 MAX_LEGACY_DEPTH = 8
+MAX_LEGACY_PARTS = 1000
+"""Parts split while looking for legacy display elements; a body with more is left as sent."""
 
 TRACE_FIELDS = frozenset(
     {
@@ -268,7 +270,7 @@ def restore(
                 content, body, removed = main.content_headers, main.body, True
         entity = join_entity(content, body)
         if scheme == SCHEME_RFC9788:
-            stripped = _strip_legacy(Entity.parse(entity), 0)
+            stripped = _strip_legacy(Entity.parse(entity), 0, [MAX_LEGACY_PARTS])
             if stripped is not None:
                 entity, removed = stripped, True
     kept = tuple(h for h in root.headers if h.lname in TRACE_FIELDS)
@@ -340,7 +342,7 @@ def _v1_original_body(payload: Entity) -> Entity | None:
         return None
     try:
         parts = split_multipart(payload.raw, payload.params.get("boundary", ""),
-                                payload.body_offset)
+                                payload.body_offset, max_parts=3)  # a third one is enough
     except MIMEError:
         return None
     if len(parts) != 2:
@@ -353,11 +355,13 @@ def _v1_original_body(payload: Entity) -> Entity | None:
     return Entity.parse(parts[1])
 
 
-def _strip_legacy(entity: Entity, depth: int) -> bytes | None:
+def _strip_legacy(entity: Entity, depth: int, budget: list[int]) -> bytes | None:
     """The entity without its RFC 9788 legacy display element(s), or None if it has none.
 
     Only main body parts are looked at: the first part of a multipart/mixed or /related,
     every part of a multipart/alternative (a text and an HTML rendering each carry one).
+    ``budget`` holds how many more parts may be split (shared by the whole walk): a
+    multipart with more is left as it is.
     """
     if depth > MAX_LEGACY_DEPTH:
         return None
@@ -365,15 +369,19 @@ def _strip_legacy(entity: Entity, depth: int) -> bytes | None:
     if ctype in ("multipart/mixed", "multipart/related", "multipart/alternative"):
         boundary = entity.params.get("boundary", "")
         try:
-            parts = split_multipart(entity.raw, boundary, entity.body_offset)
+            parts = split_multipart(entity.raw, boundary, entity.body_offset,
+                                    max_parts=budget[0] + 1)
         except MIMEError:
             return None
+        if len(parts) > budget[0]:
+            return None  # a million empty parts are 7 MB: not split, not parsed
+        budget[0] -= len(parts)
         indexes = range(len(parts)) if ctype == "multipart/alternative" else range(1)
         changed = False
         for i in indexes:
             if i >= len(parts):
                 break
-            new = _strip_legacy(Entity.parse(parts[i]), depth + 1)
+            new = _strip_legacy(Entity.parse(parts[i]), depth + 1, budget)
             if new is not None:
                 parts[i], changed = new, True
         if not changed:

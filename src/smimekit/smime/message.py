@@ -211,9 +211,12 @@ def split_signed(entity: Entity) -> DetachedSignature:
     Raises:
         MIMEError: not two parts, or the second part is not a PKCS#7 signature.
     """
-    parts = split_multipart(entity.raw, entity.params.get("boundary", ""), entity.body_offset)
+    # A third part is enough to refuse it: the rest is not split (a million parts are 7 MB).
+    parts = split_multipart(entity.raw, entity.params.get("boundary", ""), entity.body_offset,
+                            max_parts=3)
     if len(parts) != 2:
-        raise MIMEError(f"multipart/signed must have exactly 2 parts, this one has {len(parts)}")
+        count = "more" if len(parts) > 2 else str(len(parts))
+        raise MIMEError(f"multipart/signed must have exactly 2 parts, this one has {count}")
     sig = Entity.parse(parts[1])
     if sig.content_type not in PKCS7_SIGNATURE and not (
         sig.content_type == OCTET_STREAM and sig.filename.endswith(".p7s")

@@ -334,11 +334,17 @@ def _buried_smime(entity: Entity) -> list[tuple[str, Entity]]:
             found.append(("signed" if kind == "signed_data" else "encrypted", ent))
             return
         if ent.content_type.startswith("multipart/"):
+            if budget[0] <= 0 or depth >= MAX_WALK_DEPTH:
+                return  # the parts would not be walked: do not split or parse them either
             try:
-                parts = split_multipart(ent.raw, ent.params.get("boundary", ""), ent.body_offset)
+                # Split no more parts than the budget can walk (a million empty ones are 7 MB).
+                parts = split_multipart(ent.raw, ent.params.get("boundary", ""), ent.body_offset,
+                                        max_parts=budget[0])
             except MIMEError:
                 return
             for part in parts:
+                if budget[0] <= 0:
+                    break
                 walk(Entity.parse(part), depth + 1)
         elif ent.content_type == "message/rfc822":
             walk(Entity.parse(bytes(ent.body_view)), depth + 1)

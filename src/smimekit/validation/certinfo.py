@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from smimekit.cms.keyinfo import CERTIFICATE_ERRORS
 from smimekit.dn import display_name
 from smimekit.keys.kinds import (
     ML_DSA_OIDS,
@@ -125,13 +126,23 @@ class CertInfo:
         return self.cert.public_key_algorithm_oid.dotted_string in ML_KEM_OIDS
 
     def name(self) -> str:
-        return display_name(self.cert.subject) or "(empty subject)"
+        return readable_name(self.cert, "subject") or "(empty subject)"
+
+
+def readable_name(cert: x509.Certificate, which: str) -> str:
+    """The certificate's ``subject`` or ``issuer`` for people (:func:`display_name`), or
+    ``(undecodable subject)`` when it cannot be decoded."""
+    try:
+        return display_name(getattr(cert, which))
+    except CERTIFICATE_ERRORS:
+        return f"(undecodable {which})"
 
 
 @functools.lru_cache(maxsize=4096)
 def cert_info(cert: x509.Certificate) -> CertInfo:
     """The (cached) facts about ``cert``; never raises for a hostile certificate."""
-    subject, issuer = name_key(cert.subject), name_key(cert.issuer)
+    subject, subject_defect = _name_key(cert, "subject")
+    issuer, issuer_defect = _name_key(cert, "issuer")
     key_error = weak_key = None
     spki: bytes | None = None
     try:
@@ -153,11 +164,11 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         alg = None
     weak_hash = alg.name.upper() if isinstance(alg, _WEAK_HASHES) else None
     extensions: dict[str, x509.Extension[x509.ExtensionType]] = {}
-    defect = None
+    defect = subject_defect or issuer_defect
     try:
         extensions = {ext.oid.dotted_string: ext for ext in cert.extensions}
-    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
-        defect = f"malformed extensions ({exc})"
+    except CERTIFICATE_ERRORS as exc:
+        defect = defect or f"malformed extensions ({exc})"
     defect = defect or _der_defect(cert)
     mappings = None
     pm = extensions.get(ExtensionOID.POLICY_MAPPINGS.dotted_string)
@@ -195,6 +206,19 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         if aki_ext is not None and isinstance(aki_ext.value, x509.AuthorityKeyIdentifier)
         else None,
     )
+
+
+def _name_key(cert: x509.Certificate, which: str) -> tuple[NameKey, str | None]:
+    """The comparable form of the certificate's subject or issuer, and None; or, when it
+    cannot be decoded, a key no other name has (such a certificate is nobody's issuer and
+    names no issuer: it cannot take a place in a path) and the defect."""
+    try:
+        return name_key(getattr(cert, which)), None
+    except CERTIFICATE_ERRORS as exc:
+        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+        text = str(exc).strip().splitlines() or [type(exc).__name__]
+        return (frozenset({(f"undecodable {which}", fingerprint)}),), \
+            f"malformed {which} ({text[0][:160]})"
 
 
 def _weak_key(key: object) -> str | None:

@@ -45,6 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from smimekit.cms.keyinfo import certificate_defect
 from smimekit.dn import display_name
 from smimekit.errors import FetchError
 from smimekit.fsutil import atomic_write
@@ -385,7 +386,12 @@ class IssuerSource:
             certs = parse_certificates(data)
         except ValueError as exc:
             return str(exc)
-        return certs[:MAX_BUNDLE_CERTS]
+        # The sender chose the URL: a certificate whose names or extensions cannot be
+        # decoded would raise from wherever they are first read.
+        usable = [c for c in certs[:MAX_BUNDLE_CERTS] if certificate_defect(c) is None]
+        if not usable:
+            return f"the certificate served is malformed: {certificate_defect(certs[0])}"
+        return usable
 
 
 def issuer_source(

@@ -33,8 +33,13 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from smimekit.dn import display_name
-from smimekit.validation.certinfo import MIN_RSA_BITS, CertInfo, cert_info, signed_by
+from smimekit.validation.certinfo import (
+    MIN_RSA_BITS,
+    CertInfo,
+    cert_info,
+    readable_name,
+    signed_by,
+)
 from smimekit.validation.names import NameConstraintsState, NameKey, certificate_names
 from smimekit.validation.policies import PolicyError, PolicyState
 
@@ -457,7 +462,7 @@ class _Builder:
 
     def no_path_reasons(self, leaf: CertInfo) -> list[str]:
         out = [
-            f"no chain to a trust anchor: issuer {display_name(leaf.cert.issuer)!r} of"
+            f"no chain to a trust anchor: issuer {readable_name(leaf.cert, 'issuer')!r} of"
             f" {leaf.name()} is not trusted or not found"
         ]
         out += list(dict.fromkeys(self.bad_signatures))[:5]

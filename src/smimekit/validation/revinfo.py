@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from smimekit.cms.keyinfo import CERTIFICATE_ERRORS
 from smimekit.dn import display_name
 from smimekit.errors import MalformedError, RevocationError
 from smimekit.keys.kinds import is_dsa_public_key, is_ml_dsa_public_key
@@ -250,8 +251,8 @@ def cert_ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.Exte
     # Certificates are immutable and hash by their DER: the lookup is remembered.
     try:
         return ext(cert.extensions, cls)
-    except ValueError:  # duplicate or undecodable extensions: path validation reports those
-        return None
+    except CERTIFICATE_ERRORS:  # duplicate or undecodable extensions: path validation
+        return None  # reports those
 
 
 def has_oid(extensions: x509.Extensions, oid: x509.ObjectIdentifier) -> bool:

@@ -14,9 +14,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from smimekit.dn import display_name
+from smimekit.cms.keyinfo import CERTIFICATE_ERRORS
 from smimekit.errors import NoSignatureError, UntrustedError, VerificationError
 from smimekit.smime.hp_read import HeaderProtection
+from smimekit.validation.certinfo import readable_name
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class CertSummary:
     @classmethod
     def _build(cls, cert: x509.Certificate) -> CertSummary:
         return cls(
-            subject=display_name(cert.subject),
-            issuer=display_name(cert.issuer),
+            subject=readable_name(cert, "subject"),
+            issuer=readable_name(cert, "issuer"),
             serial=format(cert.serial_number, "x"),
             sha256=cert.fingerprint(hashes.SHA256()).hex(),
             not_before=cert.not_valid_before_utc,
@@ -71,8 +72,8 @@ def _find_emails(cert: x509.Certificate) -> list[str]:
     found: list[str] = []
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        san = None
+    except (x509.ExtensionNotFound, *CERTIFICATE_ERRORS):
+        san = None  # undecodable extensions bind no address (and are a defect of the path)
     if san is not None:
         found.extend(san.get_values_for_type(x509.RFC822Name))
         for other in san.get_values_for_type(x509.OtherName):
@@ -81,8 +82,11 @@ def _find_emails(cert: x509.Certificate) -> list[str]:
     if not found:
         from cryptography.x509.oid import NameOID
 
-        for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
-            found.append(str(attr.value))
+        try:
+            found.extend(str(attr.value)
+                         for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS))
+        except CERTIFICATE_ERRORS:
+            pass
     return [f for f in found if f]
 
 
