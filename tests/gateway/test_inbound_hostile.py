@@ -21,7 +21,7 @@ from smimekit.config import GatewayConfig
 from smimekit.errors import GatewayError
 from smimekit.gateway.inbound import InboundContext, InboundSettings, process_inbound
 from smimekit.gateway.model import Envelope, HeldKey
-from smimekit.smime.canonical import Entity
+from smimekit.smime.canonical import Entity, to_crlf
 
 
 class NoKeys:
@@ -46,7 +46,8 @@ def _context() -> InboundContext:
 
 
 def _result(data: bytes) -> dict[str, str]:
-    (value,) = [h.value() for h in Entity.parse(data).headers
+    # the Johnny files are LF-only and delivered as received (the result header CRLF)
+    (value,) = [h.value() for h in Entity.parse(to_crlf(data)).headers
                 if h.lname == "x-smimekit-result"]
     return dict(p.strip().split("=", 1) for p in value.split(";")[1:])
 
