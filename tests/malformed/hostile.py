@@ -102,19 +102,25 @@ def _with_signer_info(ci: bytes, edit: Callable[[list[tuple[int, bytes]]], list[
     return _close(oid, [*(f for _, f in fields[:-1]), d.set_of(d.seq(*edit(parts)))])
 
 
-def many_signed_attributes(ci: bytes, n: int) -> bytes:
-    """A SignedData whose signer carries ``n`` junk signed attributes besides its own (its
-    signature then fails: it is counted before anything is checked)."""
-    def edit(parts: list[tuple[int, bytes]]) -> list[bytes]:
+def _signed_attributes(ci: bytes, edit: Callable[[list[bytes]], list[bytes]]) -> bytes:
+    """A SignedData whose one signer's signed attributes are ``edit(attributes)``, as a
+    sorted SET (its signature then fails: attributes are read before it is checked)."""
+    def edit_info(parts: list[tuple[int, bytes]]) -> list[bytes]:
         out = []
         for tag, part in parts:
             if tag == 0xA0:
                 attrs = d.children(part)
                 assert attrs is not None
-                part = _repeat(0xA0, JUNK_ATTRIBUTE, n, [a for _, a in attrs])
+                part = d.tlv(0xA0, *sorted(edit([a for _, a in attrs])))
             out.append(part)
         return out
-    return _with_signer_info(ci, edit)
+    return _with_signer_info(ci, edit_info)
+
+
+def many_signed_attributes(ci: bytes, n: int) -> bytes:
+    """A SignedData whose signer carries ``n`` junk signed attributes besides its own (its
+    signature then fails: it is counted before anything is checked)."""
+    return _signed_attributes(ci, lambda attrs: [*attrs, *[JUNK_ATTRIBUTE] * n])
 
 
 def many_unsigned_attributes(ci: bytes, n: int) -> bytes:
@@ -128,25 +134,15 @@ def many_attribute_values(ci: bytes, n: int) -> bytes:
     """A SignedData whose content-type signed attribute has its value ``n`` times."""
     content_type = d.oid("1.2.840.113549.1.9.3")
 
-    def edit(parts: list[tuple[int, bytes]]) -> list[bytes]:
-        out = []
-        for tag, part in parts:
-            if tag == 0xA0:
-                attrs = d.children(part)
-                assert attrs is not None
-                new = []
-                for _, attr in attrs:
-                    fields = d.children(attr)
-                    assert fields is not None
-                    if fields[0][1] == content_type:
-                        values = d.children(fields[1][1])
-                        assert values is not None
-                        attr = d.seq(content_type, _repeat(0x31, values[0][1], n))
-                    new.append(attr)
-                part = d.tlv(0xA0, *new)
-            out.append(part)
-        return out
-    return _with_signer_info(ci, edit)
+    def repeated(attr: bytes) -> bytes:
+        fields = d.children(attr)
+        assert fields is not None
+        if fields[0][1] != content_type:
+            return attr
+        values = d.children(fields[1][1])
+        assert values is not None
+        return d.seq(content_type, _repeat(0x31, values[0][1], n))
+    return _signed_attributes(ci, lambda attrs: [repeated(a) for a in attrs])
 
 
 def many_auth_attributes(ci: bytes, n: int) -> bytes:
@@ -229,23 +225,11 @@ def nested(depth: int) -> bytes:
 
 def capability_parameters(ci: bytes, parameters: bytes) -> bytes:
     """A SignedData whose signer's SMIMECapabilities attribute is replaced by one capability
-    with ``parameters`` (the signature then fails; the attributes are read first)."""
-    oid, fields = _open(ci)
-    infos = d.children(fields[-1][1])
-    assert infos is not None
-    parts = d.children(infos[0][1])
-    assert parts is not None
-    new_parts = []
-    for tag, part in parts:
-        if tag == 0xA0:  # signedAttrs
-            attrs = d.children(part)
-            assert attrs is not None
-            kept = [a for _, a in attrs if SMIME_CAPABILITIES_OID not in a[:16]]
-            caps = d.seq(SMIME_CAPABILITIES_OID, d.set_of(d.seq(d.seq(
-                d.oid("2.16.840.1.101.3.4.1.46"), parameters))))
-            part = d.tlv(0xA0, *sorted([*kept, caps]))
-        new_parts.append(part)
-    return _close(oid, [*(f for _, f in fields[:-1]), d.set_of(d.seq(*new_parts))])
+    with ``parameters``."""
+    caps = d.seq(SMIME_CAPABILITIES_OID, d.set_of(d.seq(d.seq(
+        d.oid("2.16.840.1.101.3.4.1.46"), parameters))))
+    return _signed_attributes(ci, lambda attrs: [
+        *(a for a in attrs if SMIME_CAPABILITIES_OID not in a[:16]), caps])
 
 
 def oaep_label_source(ci: bytes, source: bytes | None) -> bytes:

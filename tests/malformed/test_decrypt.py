@@ -179,19 +179,25 @@ def test_3des_opens_with_allow_legacy(kit: Pki, des3_message: bytes) -> None:
     assert opened.content.endswith(b"\r\n\r\nA legacy archive.\r\n")
 
 
-def test_sha1_signature_is_refused_without_allow_legacy(
-    kit: Pki, tmp_path: Path
-) -> None:
+def _openssl_signed(kit: Pki, tmp_path: Path, *options: str) -> bytes:
+    """rsa@example.org's opaque signed message, as ``openssl cms -sign -nodetach`` writes it
+    with ``options``, a From field in front."""
     if openssl() is None:
-        pytest.skip("openssl is not installed: cannot craft a SHA-1 signature")
+        pytest.skip("openssl is not installed: cannot craft this signature")
     user = kit["rsa"]
     (tmp_path / "key.pem").write_bytes(key_pem(user.key))
     (tmp_path / "cert.pem").write_bytes(cert_pem(user.cert))
     (tmp_path / "in.txt").write_bytes(message())
-    openssl_run("cms", "-sign", "-md", "sha1", "-nodetach", "-in", tmp_path / "in.txt",
-                "-signer", tmp_path / "cert.pem", "-inkey", tmp_path / "key.pem",
-                "-out", tmp_path / "out.msg")
-    signed_sha1 = b"From: rsa@example.org\r\n" + (tmp_path / "out.msg").read_bytes()
+    openssl_run("cms", "-sign", "-nodetach", *options, "-in", tmp_path / "in.txt", "-signer",
+                tmp_path / "cert.pem", "-inkey", tmp_path / "key.pem", "-out",
+                tmp_path / "out.msg")
+    return b"From: rsa@example.org\r\n" + (tmp_path / "out.msg").read_bytes()
+
+
+def test_sha1_signature_is_refused_without_allow_legacy(
+    kit: Pki, tmp_path: Path
+) -> None:
+    signed_sha1 = _openssl_signed(kit, tmp_path, "-md", "sha1")
     with pytest.raises(LegacyAlgorithmError):
         smimekit.verify(signed_sha1, trust=[kit.ca])
 
@@ -205,17 +211,8 @@ def test_a_signature_over_another_content_type_is_not_a_mail_signature(
     documentation arc) instead of id-data: valid CMS, the content-type attribute agreeing,
     but a signature made for another protocol. S/MIME signs id-data (RFC 8551 3.1); the
     other is refused, by name."""
-    if openssl() is None:
-        pytest.skip("openssl is not installed")
-    user = kit["rsa"]
-    (tmp_path / "key.pem").write_bytes(key_pem(user.key))
-    (tmp_path / "cert.pem").write_bytes(cert_pem(user.cert))
-    (tmp_path / "in.txt").write_bytes(message())
-    openssl_run("cms", "-sign", "-md", "sha256", "-nodetach", "-binary", "-in",
-                tmp_path / "in.txt", "-signer", tmp_path / "cert.pem", "-inkey",
-                tmp_path / "key.pem", "-out", tmp_path / "out.msg",
-                *(["-econtent_type", econtent_type] if econtent_type else []))
-    sealed = b"From: rsa@example.org\r\n" + (tmp_path / "out.msg").read_bytes()
+    sealed = _openssl_signed(kit, tmp_path, "-md", "sha256", "-binary",
+                             *(["-econtent_type", econtent_type] if econtent_type else []))
     if econtent_type is None:
         assert smimekit.verify(sealed, trust=[kit.ca]).verdict.valid
         return
