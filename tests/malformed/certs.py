@@ -111,6 +111,13 @@ BROKEN: dict[str, Callable[[x509.Certificate, object], bytes]] = {
                                                            b"\xa0\x03\x02\x01\x05", 1),
 }
 
+def with_one_letter_country(cert: x509.Certificate, issuer_key: object) -> bytes:
+    """A copy of ``cert`` whose subject is C=G: decodable, but out of spec (a countryName is
+    two letters), which cryptography warns about when it reads the name."""
+    return resign(cert, issuer_key, _name_at(4, d.seq(d.set_of(d.seq(
+        d.oid("2.5.4.6"), d.tlv(0x13, b"G"))))))
+
+
 SIGNER_BROKEN = ("duplicate-extension", "x400-address-in-san", "edi-party-name-in-san",
                  "bad-utf8-subject", "bit-string-cn", "invalid-version")
 """Those a signer's certificate can be (issuer and serial still name it)."""

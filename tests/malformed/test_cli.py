@@ -89,6 +89,25 @@ def test_verify_fails_cleanly(kit: Pki, kit_files: PkiFiles, tmp_path: Path, cas
     _assert_clean_failure(*_subprocess(_verify_args(kit_files, out), tmp_path), out)
 
 
+def test_an_out_of_spec_name_in_a_signer_certificate_prints_no_warning(
+        kit: Pki, kit_files: PkiFiles, tmp_path: Path) -> None:
+    """A countryName of one letter: cryptography reads it with a UserWarning ("Attribute's
+    length must be >= 2 ..."), which reached the user's stderr under a verdict. Another
+    party's certificate is input we read on purpose: no warning, the verdict alone."""
+    from cryptography import x509
+    from properties.pki import message
+
+    import smimekit
+    from malformed.certs import with_one_letter_country
+
+    user = kit["rsa"]
+    odd = x509.load_der_x509_certificate(with_one_letter_country(user.cert, kit.ca_key))
+    (tmp_path / "in.eml").write_bytes(smimekit.sign(message(sender="rsa"), user.key, odd))
+    status, _, stderr = _subprocess(_verify_args(kit_files, tmp_path / "out.eml"), tmp_path)
+    assert status == 0, stderr
+    assert "Warning" not in stderr and "length must be" not in stderr, stderr
+
+
 @pytest.mark.parametrize("case", ["wrong-key", "tampered-tag", "absurd-length"])
 def test_decrypt_fails_cleanly(kit: Pki, kit_files: PkiFiles, tmp_path: Path, case: str) -> None:
     (tmp_path / "in.eml").write_bytes(DECRYPT_INPUTS[case](kit))
