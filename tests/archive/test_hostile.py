@@ -8,11 +8,10 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from malformed import hostile
-from malformed.cases import der_of, pkcs7_mime
+from malformed.cases import count_splits, der_of, pkcs7_mime
 
 from archive.corpus import People, Sample, build, sample_name
 from smimekit import archive
@@ -163,15 +162,7 @@ def test_a_multipart_of_many_parts_is_split_only_as_far_as_it_is_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from smimekit.archive import envelope
 
-    split = envelope.split_multipart
-    sizes: list[int] = []
-
-    def counting(*args: Any, **kwargs: Any) -> list[bytes]:
-        parts = split(*args, **kwargs)
-        sizes.append(len(parts))
-        return parts
-
-    monkeypatch.setattr(envelope, "split_multipart", counting)
+    sizes = count_splits(monkeypatch, envelope)
     many = (b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
             + b"--x\r\n\r\n" * 3000 + b"--x--\r\n")
     report = archive.scan(build("eml", tmp_path, [many]))

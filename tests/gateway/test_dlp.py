@@ -7,9 +7,9 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from malformed.cases import count_splits
 
 from smimekit.config import DlpRule
 from smimekit.errors import ConfigError, GatewayError
@@ -145,15 +145,7 @@ def test_text_past_the_cap_is_not_read_and_the_result_says_so(
 
 
 def test_parts_past_the_part_limit_are_not_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    split = dlp.split_multipart
-    sizes: list[int] = []
-
-    def counting(*args: Any, **kwargs: Any) -> list[bytes]:
-        parts = split(*args, **kwargs)
-        sizes.append(len(parts))
-        return parts
-
-    monkeypatch.setattr(dlp, "split_multipart", counting)
+    sizes = count_splits(monkeypatch, dlp)
     many = _multipart(*[b"Content-Type: text/plain\r\n\r\nproject x"] * (dlp.MAX_PARTS * 3))
     result = dlp.evaluate([SECRET], many, "outbound")
     assert any("too many" in note for note in result.notes)

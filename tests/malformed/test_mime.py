@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from asn1crypto import cms
@@ -17,6 +16,7 @@ from properties.pki import Pki, message, test_pki
 import smimekit
 from malformed.cases import (
     CRLF,
+    count_splits,
     der_of,
     encrypted,
     multipart_signed,
@@ -359,21 +359,13 @@ class _Work:
 def work(monkeypatch: pytest.MonkeyPatch) -> _Work:
     """Counts what reading a message costs in parts, not in seconds (the budgets must hold
     on a loaded machine too)."""
-    seen = _Work()
-    real_split = canonical.split_multipart
+    seen = _Work(split=count_splits(monkeypatch, wrap, smime_message, hp_read))
     real_parse = canonical.Entity.parse.__func__  # type: ignore[attr-defined]
-
-    def split(*args: Any, **kwargs: Any) -> list[bytes]:
-        parts = real_split(*args, **kwargs)
-        seen.split.append(len(parts))
-        return parts
 
     def parse(cls: type[canonical.Entity], raw: bytes) -> canonical.Entity:
         seen.parsed += 1
         return real_parse(cls, raw)  # type: ignore[no-any-return]
 
-    for module in (wrap, smime_message, hp_read):
-        monkeypatch.setattr(module, "split_multipart", split)
     monkeypatch.setattr(canonical.Entity, "parse", classmethod(parse))
     return seen
 
