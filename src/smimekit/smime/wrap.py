@@ -41,7 +41,6 @@ MAX_WALK_PARTS = 1000
 KeyPairs = Sequence[tuple[PrivateKeyTypes, x509.Certificate | None]]
 
 
-
 def _mail(result: SignedDataResult) -> SignedDataResult:
     """``result``, when what it signs is a MIME entity: S/MIME signs id-data (RFC 8551 3.1).
 
@@ -56,6 +55,7 @@ def _mail(result: SignedDataResult) -> SignedDataResult:
             f"the signature covers a {result.content_type} content, not a MIME entity"
             " (S/MIME signs id-data)")
     return result
+
 
 @dataclass(frozen=True)
 class Layer:
