@@ -166,7 +166,7 @@ def load(cls: type[T], data: bytes, what: str) -> T:
     try:
         return cls.load(data, strict=False)
     except PARSE_ERRORS as exc:
-        raise ASN1Error(f"malformed {what}: {_reason(exc)}") from None
+        raise ASN1Error(f"malformed {what}: {reason(exc)}") from None
 
 
 def guard(what: str) -> Callable[[F], F]:
@@ -182,14 +182,16 @@ def guard(what: str) -> Callable[[F], F]:
             try:
                 return func(*args, **kwargs)
             except PARSE_ERRORS as exc:
-                raise ASN1Error(f"malformed {what}: {_reason(exc)}") from None
+                raise ASN1Error(f"malformed {what}: {reason(exc)}") from None
 
         return inner  # type: ignore[return-value]
 
     return wrap
 
 
-def _reason(exc: Exception) -> str:
+def reason(exc: BaseException) -> str:
+    """The first line of ``exc``'s text (its class name when it has none), at most 160
+    characters: what an error message quotes of a parser's complaint."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return first[:160]

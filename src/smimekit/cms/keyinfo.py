@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from smimekit.cms import der as dertools
+from smimekit.cms.asn1 import reason
 from smimekit.errors import ASN1Error
 from smimekit.keys.kinds import certificate_public_key
 
@@ -57,8 +58,7 @@ def certificate_defect(cert: x509.Certificate) -> str | None:
         try:
             getattr(cert, what)
         except CERTIFICATE_ERRORS as exc:
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            return f"its {what} cannot be decoded ({lines[0][:160]})"
+            return f"its {what} cannot be decoded ({reason(exc)})"
     return None
 
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from smimekit.cms.algorithms import CONTENT_CIPHERS, ContentCipher, cbc_decrypt
-from smimekit.cms.asn1 import PARSE_ERRORS, load
+from smimekit.cms.asn1 import PARSE_ERRORS, load, reason
 from smimekit.errors import ASN1Error, DecryptionError, KeyLoadError, PassphraseError
 from smimekit.keys.kinds import accepted_input
 from smimekit.keys.load import Passphrase, Source, _secret, key_matches, read_source
@@ -518,8 +518,7 @@ def load_pkcs12_identities(
     except UnsupportedAlgorithm as exc:
         raise reader.fail(f"unsupported PKCS#12 content ({exc})") from None
     except PARSE_ERRORS as exc:  # asn1crypto parses lazily: structure errors surface late
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise reader.fail(f"malformed PKCS#12 file: {reason}") from None
+        raise reader.fail(f"malformed PKCS#12 file: {reason(exc)}") from None
 
 
 # -- writing ---------------------------------------------------------------------------------

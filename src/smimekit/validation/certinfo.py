@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from smimekit.cms.asn1 import reason
 from smimekit.cms.keyinfo import CERTIFICATE_ERRORS
 from smimekit.dn import display_name
 from smimekit.keys.kinds import (
@@ -216,9 +217,8 @@ def _name_key(cert: x509.Certificate, which: str) -> tuple[NameKey, str | None]:
         return name_key(getattr(cert, which)), None
     except CERTIFICATE_ERRORS as exc:
         fingerprint = cert.fingerprint(hashes.SHA256()).hex()
-        text = str(exc).strip().splitlines() or [type(exc).__name__]
         return (frozenset({(f"undecodable {which}", fingerprint)}),), \
-            f"malformed {which} ({text[0][:160]})"
+            f"malformed {which} ({reason(exc)})"
 
 
 def _weak_key(key: object) -> str | None:
